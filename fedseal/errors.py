@@ -1,0 +1,50 @@
+"""One root error for everything FedSeal raises, with one subclass per kind of failure.
+
+Verification code raises these; it never answers with a bool. Messages name what is
+wrong and never include key material or plaintext.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CanonicalJSONError",
+    "EnvelopeError",
+    "FedSealError",
+    "FormatError",
+    "NoteError",
+    "ProofError",
+    "ReceiptError",
+    "SignatureError",
+]
+
+
+class FedSealError(Exception):
+    """Root of every error FedSeal raises on purpose."""
+
+
+class FormatError(FedSealError, ValueError):
+    """Input does not follow the documented format (bad length, bad encoding, unknown field)."""
+
+
+class CanonicalJSONError(FormatError):
+    """A JSON document is not in RFC 8785 canonical form where canonical form is required."""
+
+
+class ProofError(FedSealError):
+    """A Merkle inclusion or consistency proof does not verify (RFC 9162)."""
+
+
+class SignatureError(FedSealError):
+    """A signature does not verify under the expected key."""
+
+
+class NoteError(FedSealError):
+    """A signed note (C2SP signed-note) is malformed or not signed by a required key."""
+
+
+class EnvelopeError(FedSealError):
+    """A sealed update cannot be opened: wrong key, wrong context, tampered, truncated or reordered."""
+
+
+class ReceiptError(FedSealError):
+    """A receipt does not prove that the submitted update is in the log."""
