@@ -1,0 +1,1 @@
+"""Federated LoRA demo: the machine-learning half (models, data, local training)."""

@@ -1,0 +1,133 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AttestationRequest(_message.Message):
+    __slots__ = ("challenge",)
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    challenge: bytes
+    def __init__(self, challenge: _Optional[bytes] = ...) -> None: ...
+
+class AttestationResponse(_message.Message):
+    __slots__ = ("evidence_bundle",)
+    EVIDENCE_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    evidence_bundle: bytes
+    def __init__(self, evidence_bundle: _Optional[bytes] = ...) -> None: ...
+
+class GetRoundRequest(_message.Message):
+    __slots__ = ("round_id",)
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    def __init__(self, round_id: _Optional[int] = ...) -> None: ...
+
+class RoundInfo(_message.Message):
+    __slots__ = ("round_config", "state", "accepted")
+    ROUND_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    round_config: bytes
+    state: str
+    accepted: int
+    def __init__(self, round_config: _Optional[bytes] = ..., state: _Optional[str] = ..., accepted: _Optional[int] = ...) -> None: ...
+
+class UpdateHeader(_message.Message):
+    __slots__ = ("protocol_version", "round_id", "client_id", "adapter_spec_digest", "num_examples", "hpke_suite", "wrapped_key", "idempotency_key", "challenge", "chunk_size", "ciphertext_size")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_SPEC_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    HPKE_SUITE_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    round_id: int
+    client_id: str
+    adapter_spec_digest: bytes
+    num_examples: int
+    hpke_suite: int
+    wrapped_key: bytes
+    idempotency_key: bytes
+    challenge: bytes
+    chunk_size: int
+    ciphertext_size: int
+    def __init__(self, protocol_version: _Optional[int] = ..., round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., adapter_spec_digest: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., hpke_suite: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., idempotency_key: _Optional[bytes] = ..., challenge: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., ciphertext_size: _Optional[int] = ...) -> None: ...
+
+class SubmitUpdateRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UpdateHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class SubmitUpdateResponse(_message.Message):
+    __slots__ = ("receipt",)
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    receipt: bytes
+    def __init__(self, receipt: _Optional[bytes] = ...) -> None: ...
+
+class GetAggregateRequest(_message.Message):
+    __slots__ = ("round_id", "wait_seconds")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    wait_seconds: float
+    def __init__(self, round_id: _Optional[int] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+
+class AggregateChunk(_message.Message):
+    __slots__ = ("manifest", "data")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    manifest: bytes
+    data: bytes
+    def __init__(self, manifest: _Optional[bytes] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class GetCheckpointRequest(_message.Message):
+    __slots__ = ("tree_size",)
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    tree_size: int
+    def __init__(self, tree_size: _Optional[int] = ...) -> None: ...
+
+class CheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
+
+class GetInclusionProofRequest(_message.Message):
+    __slots__ = ("index", "tree_size")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    tree_size: int
+    def __init__(self, index: _Optional[int] = ..., tree_size: _Optional[int] = ...) -> None: ...
+
+class GetConsistencyProofRequest(_message.Message):
+    __slots__ = ("old_size", "new_size")
+    OLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NEW_SIZE_FIELD_NUMBER: _ClassVar[int]
+    old_size: int
+    new_size: int
+    def __init__(self, old_size: _Optional[int] = ..., new_size: _Optional[int] = ...) -> None: ...
+
+class ProofResponse(_message.Message):
+    __slots__ = ("hashes", "checkpoint")
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    checkpoint: str
+    def __init__(self, hashes: _Optional[_Iterable[bytes]] = ..., checkpoint: _Optional[str] = ...) -> None: ...
+
+class OpenRoundRequest(_message.Message):
+    __slots__ = ("round_config",)
+    ROUND_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    round_config: bytes
+    def __init__(self, round_config: _Optional[bytes] = ...) -> None: ...

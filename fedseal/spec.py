@@ -1,0 +1,176 @@
+"""The adapter spec: which tensors an update carries, with their shapes and wire dtypes.
+
+A round's configuration fixes one spec; every update must match it exactly (names, shapes,
+dtypes) and its digest is bound into the envelope. The spec also bounds sizes *before*
+anything is allocated: the largest possible serialized update follows from it.
+
+Updates travel as safetensors bytes. The accumulator is always float32; bfloat16 and
+float16 exist on the wire only to halve the bytes sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fedseal.canonical import canonical_json
+from fedseal.errors import FormatError
+
+__all__ = ["AdapterSpec", "TensorSpec", "WireDtype"]
+
+_MAX_TENSORS = 65_536
+_MAX_NAME = 512
+_MAX_PARAMS = 4 * 1024**3  # 4 Gi parameters: far beyond any LoRA adapter
+
+
+class WireDtype(enum.Enum):
+    """Element types allowed on the wire, named as safetensors names them."""
+
+    FLOAT32 = "F32"
+    BFLOAT16 = "BF16"
+    FLOAT16 = "F16"
+
+    @property
+    def itemsize(self) -> int:
+        return 4 if self is WireDtype.FLOAT32 else 2
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: WireDtype
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > _MAX_NAME or not self.name.isprintable():
+            raise FormatError(f"tensor name {self.name[:80]!r} must be 1..{_MAX_NAME} printable chars")
+        if not 1 <= len(self.shape) <= 4 or any(d <= 0 for d in self.shape):
+            raise FormatError(f"tensor {self.name!r}: shape {self.shape} must have 1..4 positive dims")
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Tensors sorted by name; build with `AdapterSpec.of(...)` or `from_tensors`."""
+
+    tensors: tuple[TensorSpec, ...]
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tensors]
+        if not names:
+            raise FormatError("an adapter spec needs at least one tensor")
+        if len(names) > _MAX_TENSORS:
+            raise FormatError(f"an adapter spec may list at most {_MAX_TENSORS} tensors")
+        if names != sorted(names) or len(set(names)) != len(names):
+            raise FormatError("adapter spec tensor names must be unique and sorted")
+        if self.num_parameters > _MAX_PARAMS:
+            raise FormatError(f"adapter spec has {self.num_parameters} parameters, limit {_MAX_PARAMS}")
+
+    @classmethod
+    def of(cls, tensors: list[TensorSpec] | tuple[TensorSpec, ...]) -> AdapterSpec:
+        return cls(tuple(sorted(tensors, key=lambda t: t.name)))
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Any], dtype: WireDtype | None = None) -> AdapterSpec:
+        """Spec of a state dict of torch tensors or numpy arrays.
+
+        `dtype` forces one wire dtype for all tensors; otherwise each tensor's own dtype
+        is used (it must be float32, bfloat16 or float16).
+        """
+        specs = []
+        for name, tensor in tensors.items():
+            wire = dtype or _wire_dtype_of(tensor, name)
+            specs.append(TensorSpec(name, tuple(int(d) for d in tensor.shape), wire))
+        return cls.of(specs)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def by_name(self) -> dict[str, TensorSpec]:
+        return {t.name: t for t in self.tensors}
+
+    def max_serialized_size(self) -> int:
+        """Upper bound on the safetensors encoding of a conforming update (header + data).
+
+        safetensors writes an 8-byte header length, a JSON header with one entry per tensor
+        (`"name":{"dtype":"BF16","shape":[..],"data_offsets":[a,b]}`) padded to 8 bytes, then
+        the data. The bound counts every header entry at its longest possible form.
+        """
+        header = 64  # braces, optional empty metadata, padding
+        for t in self.tensors:
+            name_json = len(json.dumps(t.name))
+            # 40 covers the fixed keys and punctuation; 21 per dim and per offset covers
+            # the longest decimal u64 plus a comma.
+            header += name_json + 48 + 21 * len(t.shape) + 2 * 21
+        return 8 + header + 8 + self.data_bytes
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {
+            "format": "fedseal-adapter-spec/v1",
+            "tensors": [
+                {"name": t.name, "shape": list(t.shape), "dtype": t.dtype.value} for t in self.tensors
+            ],
+        }
+
+    @classmethod
+    def from_json_obj(cls, obj: object) -> AdapterSpec:
+        if not isinstance(obj, dict) or set(obj) != {"format", "tensors"}:
+            raise FormatError("adapter spec must be an object with exactly 'format' and 'tensors'")
+        if obj["format"] != "fedseal-adapter-spec/v1":
+            raise FormatError(f"unknown adapter spec format {obj['format']!r}")
+        tensors = obj["tensors"]
+        if not isinstance(tensors, list):
+            raise FormatError("adapter spec 'tensors' must be a list")
+        specs = []
+        for i, item in enumerate(tensors):
+            if not isinstance(item, dict) or set(item) != {"name", "shape", "dtype"}:
+                raise FormatError(f"adapter spec tensor #{i} must have exactly name, shape, dtype")
+            name, shape, dtype = item["name"], item["shape"], item["dtype"]
+            if not isinstance(name, str):
+                raise FormatError(f"adapter spec tensor #{i}: name must be a string")
+            if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) for d in shape
+            ):
+                raise FormatError(f"adapter spec tensor {name!r}: shape must be a list of integers")
+            try:
+                wire = WireDtype(dtype)
+            except ValueError:
+                allowed = ", ".join(d.value for d in WireDtype)
+                raise FormatError(
+                    f"adapter spec tensor {name!r}: dtype {dtype!r} is not one of {allowed}"
+                ) from None
+            specs.append(TensorSpec(name, tuple(shape), wire))
+        spec = cls(tuple(specs))
+        return spec
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.to_json_obj())
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.canonical_bytes()).digest()
+
+
+def _wire_dtype_of(tensor: Any, name: str) -> WireDtype:
+    text = str(tensor.dtype)
+    for marker, wire in (("bfloat16", WireDtype.BFLOAT16), ("float16", WireDtype.FLOAT16),
+                         ("float32", WireDtype.FLOAT32)):
+        if text.endswith(marker):
+            return wire
+    raise FormatError(f"tensor {name!r} has dtype {text}; updates must be float32, bfloat16 or float16")
