@@ -1,0 +1,22 @@
+"""FedSeal aggregator: the gRPC service that runs inside a Hopper confidential VM.
+
+Public API for embedding and tests; operators use the `fedseal-aggregator` command.
+"""
+
+from aggregator._config import JobConfig
+from fedseal.roundconfig import ConfigError, RoundConfig
+from aggregator._log import AuditLog, AuditLogError
+from aggregator._rounds import RoundError, RoundManager
+from aggregator._server import RunningAggregator, start_aggregator
+
+__all__ = [
+    "AuditLog",
+    "AuditLogError",
+    "ConfigError",
+    "JobConfig",
+    "RoundConfig",
+    "RoundError",
+    "RoundManager",
+    "RunningAggregator",
+    "start_aggregator",
+]

@@ -1,0 +1,112 @@
+"""`fedseal-aggregator`: run the confidential aggregator service."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from aggregator._config import JobConfig
+from fedseal.roundconfig import ConfigError
+from aggregator._logging import configure_logging
+from aggregator._server import start_aggregator
+from attestation import EvidenceCollector, InsecureSimulatedTeeCollector
+from fedseal.errors import FedSealError
+
+__all__ = ["main"]
+
+_ORIGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+
+_DESCRIPTION = """\
+Run the FedSeal aggregator: it makes fresh keys in memory, proves them with attestation
+evidence, receives envelope-encrypted LoRA updates over gRPC, aggregates them in memory
+only, and writes an append-only, signed audit log.
+
+On a Hopper confidential VM the hardware evidence collectors are used. For local
+development without that hardware, pass --insecure-simulated-tee: clients then refuse
+the aggregator unless their policy explicitly allows simulated evidence.
+"""
+
+_EPILOG = """\
+exit codes: 0 stopped cleanly (SIGINT/SIGTERM or job finished with --exit-when-done),
+            2 bad arguments or configuration, 1 any other start-up failure.
+example:
+  fedseal-aggregator --insecure-simulated-tee --job deploy/examples/job.json \\
+      --log ./audit.log --listen 127.0.0.1:50051
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fedseal-aggregator",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--log", type=Path, required=True, help="audit log file to create (must not exist or be empty)")
+    p.add_argument("--log-origin", default="fedseal.local/demo",
+                   help="name of the log in its checkpoints (default: %(default)s)")
+    p.add_argument("--listen", default="127.0.0.1:50051",
+                   help="address to serve gRPC on; port 0 picks a free one (default: %(default)s)")
+    p.add_argument("--job", type=Path,
+                   help="job config (JSON): rounds to open one after another; without it, rounds "
+                        "are opened through the OpenRound call")
+    p.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
+    p.add_argument("--insecure-simulated-tee", action="store_true",
+                   help="INSECURE, development only: sign evidence with a throwaway key instead of TEE hardware")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="with --job: stop once the last round has closed or failed")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    if not _ORIGIN.match(args.log_origin):
+        print("error: --log-origin must be 1-128 characters of letters, digits, '.', '_', '/', '-'",
+              file=sys.stderr)
+        return 2
+    collectors: list[EvidenceCollector] = []
+    if args.insecure_simulated_tee:
+        collectors.append(InsecureSimulatedTeeCollector("fedseal-aggregator (insecure simulated TEE)"))
+    else:
+        print(
+            "error: no TEE hardware evidence collector is available in this build.\n"
+            "On a Hopper confidential VM the NVIDIA GPU and SEV-SNP/TDX collectors provide evidence\n"
+            "(see deploy/README.md). For local development only, pass --insecure-simulated-tee.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        job = JobConfig.from_file(args.job) if args.job else None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        running = start_aggregator(
+            log_path=args.log, log_origin=args.log_origin, collectors=collectors, job=job,
+            listen=args.listen,
+        )
+    except (FedSealError, OSError) as exc:
+        print(f"error: cannot start the aggregator: {exc}", file=sys.stderr)
+        return 1
+    if args.port_file:
+        args.port_file.write_text(f"{running.port}\n")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.2):
+            if args.exit_when_done and job is not None and running.rounds.job_finished():
+                break
+    finally:
+        running.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

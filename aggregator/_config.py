@@ -1,0 +1,53 @@
+"""Job configuration (`fedseal-aggregator --job FILE`), as the operator writes it (JSON, strict).
+
+A job config is a round template plus a number of rounds: the aggregator opens round 1 at
+start and the next round whenever one closes or fails, until the job is done. The round
+template is a round config (fedseal/roundconfig.py) without `round_id`. See
+deploy/examples/job.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedseal.roundconfig import ConfigError, RoundConfig, config_int
+
+__all__ = ["JobConfig"]
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """`rounds` rounds, each built from `round_template` with ids 1..rounds."""
+
+    rounds: int
+    round_template: dict[str, Any]
+
+    def round_config(self, round_id: int) -> RoundConfig:
+        return RoundConfig.from_json_obj(self.round_template, round_id=round_id)
+
+    @classmethod
+    def from_json_obj(cls, obj: object) -> JobConfig:
+        where = "job config"
+        if not isinstance(obj, dict) or set(obj) - {"format", "rounds", "round_template"}:
+            raise ConfigError(f"{where}: must be an object with 'format', 'rounds', 'round_template'")
+        if obj.get("format") != "fedseal-job/v1":
+            raise ConfigError(f"{where}: 'format' must be 'fedseal-job/v1'")
+        template = obj.get("round_template")
+        if not isinstance(template, dict) or "round_id" in template:
+            raise ConfigError(f"{where}: 'round_template' must be a round config without 'round_id'")
+        job = cls(config_int(obj, "rounds", 1, 100_000, where), template)
+        job.round_config(1)  # validate the template now, not when round 1 opens
+        return job
+
+    @classmethod
+    def from_file(cls, path: Path) -> JobConfig:
+        try:
+            obj = json.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read job config {path}: {exc.strerror}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"job config {path} is not valid JSON: {exc}") from exc
+        return cls.from_json_obj(obj)

@@ -1,0 +1,206 @@
+"""gRPC edge of the aggregator: protobuf in, FedSeal types to the core, protobuf out.
+
+Every handler bounds what it reads and maps FedSeal errors onto gRPC status codes with a
+message a client can act on. Refusals of an update also carry their one-word reason in
+trailing metadata (`fedseal-reject-reason`), so the client SDK can raise a typed error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+import structlog
+
+from fedseal.roundconfig import ConfigError, RoundConfig
+from aggregator._log import AuditLog, AuditLogError
+from aggregator._rounds import (
+    RoundError,
+    RoundFailedError,
+    RoundManager,
+    RoundNotFoundError,
+    RoundNotReadyError,
+)
+from aggregator.enclave._keys import EnclaveKeys
+from attestation import EvidenceCollector, build_bundle
+from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
+from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
+from fedseal.binding import CHALLENGE_SIZE
+from fedseal.canonical import parse_canonical
+from fedseal.errors import FedSealError, FormatError
+from fedseal.logformat import RejectReason
+from fedseal.wire import (
+    REJECT_REASON_METADATA_KEY,
+    STATUS_FOR_REASON,
+    UpdateRejectedError,
+    header_from_proto,
+)
+
+__all__ = ["AggregatorService", "AGGREGATE_CHUNK_SIZE", "MAX_WAIT_SECONDS"]
+
+AGGREGATE_CHUNK_SIZE = 1024 * 1024
+MAX_WAIT_SECONDS = 300.0
+_log = structlog.get_logger("fedseal.aggregator.service")
+
+
+class AggregatorService(pb_grpc.AggregatorServicer):
+    def __init__(
+        self,
+        keys: EnclaveKeys,
+        collectors: Sequence[EvidenceCollector],
+        rounds: RoundManager,
+        log: AuditLog,
+    ) -> None:
+        self._keys = keys
+        self._collectors = tuple(collectors)
+        self._rounds = rounds
+        self._log = log
+
+    def GetAttestation(  # noqa: N802 - gRPC method names
+        self, request: pb.AttestationRequest, context: grpc.ServicerContext
+    ) -> pb.AttestationResponse:
+        if len(request.challenge) != CHALLENGE_SIZE:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"challenge must be exactly {CHALLENGE_SIZE} random bytes, got {len(request.challenge)}",
+            )
+        try:
+            bundle = build_bundle(self._keys.bound, bytes(request.challenge), self._collectors)
+        except FedSealError as exc:
+            _log.error("attestation_failed", error=str(exc))
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot produce evidence: {exc}")
+        return pb.AttestationResponse(evidence_bundle=bundle.to_bytes())
+
+    def GetRound(  # noqa: N802
+        self, request: pb.GetRoundRequest, context: grpc.ServicerContext
+    ) -> pb.RoundInfo:
+        try:
+            snap = self._rounds.snapshot(request.round_id)
+        except RoundNotFoundError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return pb.RoundInfo(
+            round_config=snap.config.canonical_bytes(), state=snap.state.value, accepted=snap.accepted
+        )
+
+    def SubmitUpdate(  # noqa: N802
+        self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext
+    ) -> pb.SubmitUpdateResponse:
+        try:
+            first = next(request_iterator)
+        except StopIteration:
+            self._abort_rejected(context, self._rounds.reject_malformed(0, "", "empty stream"))
+        if first.WhichOneof("part") != "header":
+            self._abort_rejected(
+                context, self._rounds.reject_malformed(0, "", "the first message must be the header")
+            )
+        try:
+            header = header_from_proto(first.header)
+            header.seal_context(bytes(32))  # validates client id, sizes, suite eagerly
+        except FormatError as exc:
+            self._abort_rejected(
+                context,
+                self._rounds.reject_malformed(
+                    first.header.round_id, first.header.client_id[:128], f"bad header: {exc}"
+                ),
+            )
+        try:
+            receipt = self._rounds.submit(header, _chunks(request_iterator))
+        except UpdateRejectedError as exc:
+            self._abort_rejected(context, exc)
+        except AuditLogError as exc:
+            _log.error("audit_log_failed", error=str(exc))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the audit log cannot be written; try later")
+        return pb.SubmitUpdateResponse(receipt=receipt.encode("utf-8"))
+
+    def GetAggregate(  # noqa: N802
+        self, request: pb.GetAggregateRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AggregateChunk]:
+        wait = min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait = min(wait, max(0.0, remaining - 0.5))
+        try:
+            published = self._rounds.wait_aggregate(request.round_id, wait)
+        except RoundNotFoundError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except RoundFailedError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except RoundNotReadyError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; ask again later")
+        yield pb.AggregateChunk(manifest=published.signed_manifest.to_bytes())
+        data = memoryview(published.data)
+        for start in range(0, len(data), AGGREGATE_CHUNK_SIZE):
+            yield pb.AggregateChunk(data=bytes(data[start : start + AGGREGATE_CHUNK_SIZE]))
+
+    def GetCheckpoint(  # noqa: N802
+        self, request: pb.GetCheckpointRequest, context: grpc.ServicerContext
+    ) -> pb.CheckpointResponse:
+        try:
+            _, note = self._log.checkpoint(request.tree_size or None)
+        except AuditLogError as exc:
+            context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+        return pb.CheckpointResponse(checkpoint=note)
+
+    def GetInclusionProof(  # noqa: N802
+        self, request: pb.GetInclusionProofRequest, context: grpc.ServicerContext
+    ) -> pb.ProofResponse:
+        try:
+            size = request.tree_size or self._log.size
+            hashes = self._log.inclusion_proof(request.index, size)
+            _, note = self._log.checkpoint(size)
+        except AuditLogError as exc:
+            context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+        return pb.ProofResponse(hashes=hashes, checkpoint=note)
+
+    def GetConsistencyProof(  # noqa: N802
+        self, request: pb.GetConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> pb.ProofResponse:
+        try:
+            new_size = request.new_size or self._log.size
+            hashes = self._log.consistency_proof(request.old_size, new_size)
+            _, note = self._log.checkpoint(new_size)
+        except AuditLogError as exc:
+            context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+        return pb.ProofResponse(hashes=hashes, checkpoint=note)
+
+    def OpenRound(  # noqa: N802
+        self, request: pb.OpenRoundRequest, context: grpc.ServicerContext
+    ) -> pb.RoundInfo:
+        try:
+            config = RoundConfig.from_json_obj(
+                parse_canonical(bytes(request.round_config), what="round config")
+            )
+            snap = self._rounds.open_round(config)
+        except (ConfigError, FormatError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except RoundError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.RoundInfo(
+            round_config=snap.config.canonical_bytes(), state=snap.state.value, accepted=snap.accepted
+        )
+
+    @staticmethod
+    def _abort_rejected(context: grpc.ServicerContext, exc: UpdateRejectedError) -> None:
+        context.set_trailing_metadata(((REJECT_REASON_METADATA_KEY, exc.reason.value),))
+        context.abort(STATUS_FOR_REASON[exc.reason], str(exc))
+
+
+def _chunks(requests: Iterator[pb.SubmitUpdateRequest]) -> Iterator[bytes]:
+    index = 0
+    while True:
+        try:
+            message = next(requests)
+        except StopIteration:
+            return
+        except grpc.RpcError:
+            # The client cancelled or its deadline passed mid-stream.
+            raise UpdateRejectedError(
+                RejectReason.CANCELLED, f"the stream was cancelled after {index} chunk(s)"
+            ) from None
+        index += 1
+        if message.WhichOneof("part") != "chunk":
+            raise UpdateRejectedError(
+                RejectReason.MALFORMED,
+                f"message {index + 1} of the stream is not a chunk (only the first may be a header)",
+            )
+        yield message.chunk

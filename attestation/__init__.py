@@ -1,0 +1,76 @@
+"""FedSeal attestation: prove to a client which keys live inside the aggregator's TEE.
+
+Aggregator side, for each GetAttestation call::
+
+    bundle = build_bundle(BoundKeys(hpke_pk, log_pk), challenge, collectors)
+    response = bundle.to_bytes()
+
+Client side::
+
+    challenge = os.urandom(32)
+    attestation = verify_bundle(bundle_bytes, load_builtin_policy("default"), challenge)
+    # raises an AttestationError subclass on any failure; never returns False
+
+In this version the only evidence that can be produced and verified is the INSECURE
+simulated TEE (development only, refused by the default policy). Bundles and policies can
+already name NVIDIA GPU, AMD SEV-SNP and Intel TDX evidence; verifying those fails with
+:class:`UnsupportedEvidenceError` until their verifiers land.
+
+Everything public is re-exported here; the ``_``-modules are internal.
+"""
+
+from ._bundle import (
+    BUNDLE_FORMAT,
+    MAX_BUNDLE_SIZE,
+    Evidence,
+    EvidenceBundle,
+    EvidenceKind,
+)
+from ._checks import CheckResult
+from ._collect import EvidenceCollector, build_bundle
+from ._errors import (
+    AttestationError,
+    BindingMismatchError,
+    BundleFormatError,
+    EndpointError,
+    EvidenceCollectionError,
+    EvidenceFormatError,
+    EvidenceSignatureError,
+    PolicyError,
+    PolicyViolationError,
+    SimulatedEvidenceRefusedError,
+    UnsupportedEvidenceError,
+)
+from ._policy import POLICY_SCHEMA, Policy, builtin_policy_names, load_builtin_policy
+from ._simulated import InsecureSimulatedTeeCollector, simulated_measurement
+from ._verify import VerifiedAttestation, verify_bundle
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "MAX_BUNDLE_SIZE",
+    "POLICY_SCHEMA",
+    "AttestationError",
+    "BindingMismatchError",
+    "BundleFormatError",
+    "CheckResult",
+    "EndpointError",
+    "Evidence",
+    "EvidenceBundle",
+    "EvidenceCollectionError",
+    "EvidenceCollector",
+    "EvidenceFormatError",
+    "EvidenceKind",
+    "EvidenceSignatureError",
+    "InsecureSimulatedTeeCollector",
+    "Policy",
+    "PolicyError",
+    "PolicyViolationError",
+    "SimulatedEvidenceRefusedError",
+    "UnsupportedEvidenceError",
+    "VerifiedAttestation",
+    "build_bundle",
+    "builtin_policy_names",
+    "load_builtin_policy",
+    "simulated_measurement",
+    "verify_bundle",
+]

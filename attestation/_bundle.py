@@ -1,0 +1,295 @@
+"""The evidence bundle: what an aggregator answers to GetAttestation.
+
+Wire format (``fedseal-evidence-bundle/v1``)
+-------------------------------------------
+
+One JSON object in RFC 8785 (JCS) canonical form, UTF-8, at most 4 MiB::
+
+    {
+      "binding":         "<base64, 32 bytes>",
+      "challenge":       "<base64, 32 bytes>",
+      "evidence":        [ {"kind": "<evidence kind>", "payload": "<base64>"}, ... ],
+      "format":          "fedseal-evidence-bundle/v1",
+      "hpke_public_key": "<base64, 32 bytes: raw X25519>",
+      "log_public_key":  "<base64, 32 bytes: raw Ed25519>"
+    }
+
+(shown indented; on the wire there is no whitespace and keys are in JCS order).
+
+* base64 is the standard alphabet with padding (RFC 4648 section 4), one spelling only.
+* ``challenge`` is the 32 bytes the client sent; ``binding`` is
+  :func:`fedseal.binding.compute_binding` over the two public keys and that challenge.
+  A verifier recomputes it from the keys and *its own* challenge and never trusts this
+  field on its own; it is carried so that a mismatch can be reported precisely.
+* ``evidence`` holds 1 to 64 items. ``kind`` is one of :class:`EvidenceKind`'s values;
+  ``payload`` is the kind's own format (for ``simulated-insecure-tee`` see
+  ``attestation/_simulated.py``; hardware kinds carry the vendor's report or token).
+  Each item's report data must carry the binding.
+
+Parsing is strict: a missing or unknown field, a wrong length, non-canonical base64, an
+unknown evidence kind, another format version or a document not in canonical form is a
+:class:`BundleFormatError` that names the field. Requiring canonical form means a bundle
+has exactly one byte encoding, so :meth:`EvidenceBundle.digest` is the SHA-256 of the
+very bytes that went over the wire and can be logged and compared.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+from fedseal.binding import CHALLENGE_SIZE, ED25519_PUBLIC_KEY_SIZE, X25519_PUBLIC_KEY_SIZE
+
+from ._encoding import DecodeError, b64decode_strict, b64encode, canonical_json, load_json_object
+from ._errors import BundleFormatError
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_FORMAT_VERSION",
+    "MAX_BUNDLE_SIZE",
+    "MAX_EVIDENCE_ITEMS",
+    "Evidence",
+    "EvidenceBundle",
+    "EvidenceKind",
+]
+
+BUNDLE_FORMAT_VERSION = 1
+_FORMAT_PREFIX = "fedseal-evidence-bundle/v"
+BUNDLE_FORMAT = f"{_FORMAT_PREFIX}{BUNDLE_FORMAT_VERSION}"
+
+# 4 MiB: an NVIDIA GPU report with its certificate chain is tens of KiB, a CPU report
+# with its VCEK/PCK chain a few KiB; 4 MiB leaves room for several GPUs while keeping
+# a hostile endpoint from making a client parse an unbounded document.
+MAX_BUNDLE_SIZE = 4 * 1024 * 1024
+MAX_EVIDENCE_ITEMS = 64
+_BINDING_SIZE = 32
+
+_TOP_LEVEL_FIELDS = frozenset(
+    {"binding", "challenge", "evidence", "format", "hpke_public_key", "log_public_key"}
+)
+_EVIDENCE_FIELDS = frozenset({"kind", "payload"})
+
+
+class EvidenceKind(enum.Enum):
+    """Which kind of TEE produced an evidence item; each kind has its own payload format.
+
+    Only ``SIMULATED_INSECURE`` has a collector and a verifier in this version. The
+    hardware kinds are named now so that bundles and policies can already mention them;
+    verifying one fails with :class:`~attestation.UnsupportedEvidenceError` until its
+    verifier exists.
+    """
+
+    #: Development only: a software "report" signed by a throwaway key. Proves nothing.
+    SIMULATED_INSECURE = "simulated-insecure-tee"
+    #: NVIDIA Hopper (or later) GPU in confidential-computing mode.
+    NVIDIA_GPU = "nvidia-gpu"
+    #: AMD SEV-SNP confidential VM.
+    AMD_SEV_SNP = "amd-sev-snp"
+    #: Intel TDX trust domain.
+    INTEL_TDX = "intel-tdx"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One piece of evidence: a kind and that kind's opaque payload bytes."""
+
+    kind: EvidenceKind
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, EvidenceKind):
+            raise BundleFormatError("evidence kind must be an EvidenceKind", field="kind")
+        if not isinstance(self.payload, bytes) or not self.payload:
+            raise BundleFormatError("evidence payload must be non-empty bytes", field="payload")
+        if len(self.payload) > MAX_BUNDLE_SIZE:
+            raise BundleFormatError(
+                f"evidence payload exceeds {MAX_BUNDLE_SIZE} bytes", field="payload"
+            )
+
+
+@dataclass(frozen=True)
+class EvidenceBundle:
+    """An aggregator's public keys, the client's challenge, their binding, and the evidence.
+
+    Constructing one checks the shape (lengths, types, version), never the meaning: a
+    bundle whose binding is wrong is still representable, so that
+    :func:`~attestation.verify_bundle` can report *why* it is refused.
+    """
+
+    hpke_public_key: bytes
+    log_public_key: bytes
+    challenge: bytes
+    binding: bytes
+    evidence: tuple[Evidence, ...]
+    version: int = BUNDLE_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != BUNDLE_FORMAT_VERSION:
+            raise BundleFormatError(
+                f"unsupported evidence bundle version {self.version!r} "
+                f"(this verifier understands version {BUNDLE_FORMAT_VERSION})",
+                field="format",
+            )
+        for name, size in (
+            ("hpke_public_key", X25519_PUBLIC_KEY_SIZE),
+            ("log_public_key", ED25519_PUBLIC_KEY_SIZE),
+            ("challenge", CHALLENGE_SIZE),
+            ("binding", _BINDING_SIZE),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or len(value) != size:
+                found = len(value) if isinstance(value, bytes) else type(value).__name__
+                raise BundleFormatError(
+                    f"evidence bundle field {name!r} must be {size} bytes, got {found}",
+                    field=name,
+                )
+        if not isinstance(self.evidence, tuple):
+            raise BundleFormatError("evidence must be a tuple of Evidence", field="evidence")
+        if not 1 <= len(self.evidence) <= MAX_EVIDENCE_ITEMS:
+            raise BundleFormatError(
+                f"evidence bundle must carry 1 to {MAX_EVIDENCE_ITEMS} evidence items, "
+                f"got {len(self.evidence)}",
+                field="evidence",
+            )
+        for index, item in enumerate(self.evidence):
+            if not isinstance(item, Evidence):
+                raise BundleFormatError(
+                    f"evidence[{index}] must be an Evidence", field=f"evidence[{index}]"
+                )
+
+    def to_bytes(self) -> bytes:
+        """The canonical wire encoding (see the module docstring)."""
+        return canonical_json(
+            {
+                "binding": b64encode(self.binding),
+                "challenge": b64encode(self.challenge),
+                "evidence": [
+                    {"kind": item.kind.value, "payload": b64encode(item.payload)}
+                    for item in self.evidence
+                ],
+                "format": f"{_FORMAT_PREFIX}{self.version}",
+                "hpke_public_key": b64encode(self.hpke_public_key),
+                "log_public_key": b64encode(self.log_public_key),
+            }
+        )
+
+    def digest(self) -> bytes:
+        """SHA-256 of :meth:`to_bytes`: the bundle's identity in logs and reports."""
+        return hashlib.sha256(self.to_bytes()).digest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EvidenceBundle:
+        """Parse a bundle strictly; raise :class:`BundleFormatError` naming the bad field."""
+        if not isinstance(data, bytes):
+            raise BundleFormatError("evidence bundle must be bytes")
+        # Check the size before parsing anything: the bytes come from an untrusted endpoint.
+        if len(data) > MAX_BUNDLE_SIZE:
+            raise BundleFormatError(
+                f"evidence bundle is {len(data)} bytes, more than the {MAX_BUNDLE_SIZE} allowed"
+            )
+        try:
+            document = load_json_object(data)
+        except DecodeError as exc:
+            raise BundleFormatError(f"evidence bundle {exc}") from exc
+
+        _check_fields(document, _TOP_LEVEL_FIELDS, where="evidence bundle", prefix="")
+        version = _parse_format(document["format"])
+        fields: dict[str, bytes] = {}
+        for name, size in (
+            ("hpke_public_key", X25519_PUBLIC_KEY_SIZE),
+            ("log_public_key", ED25519_PUBLIC_KEY_SIZE),
+            ("challenge", CHALLENGE_SIZE),
+            ("binding", _BINDING_SIZE),
+        ):
+            fields[name] = _b64_field(document[name], name, size)
+        evidence = _parse_evidence_list(document["evidence"])
+
+        bundle = cls(
+            hpke_public_key=fields["hpke_public_key"],
+            log_public_key=fields["log_public_key"],
+            challenge=fields["challenge"],
+            binding=fields["binding"],
+            evidence=evidence,
+            version=version,
+        )
+        # Every field decoded to exactly one value; what is left to differ is whitespace,
+        # key order and string escapes. Refuse those so that one bundle has one encoding.
+        if bundle.to_bytes() != data:
+            raise BundleFormatError("evidence bundle is not in RFC 8785 canonical JSON form")
+        return bundle
+
+
+def _check_fields(
+    document: dict[str, object], expected: frozenset[str], *, where: str, prefix: str
+) -> None:
+    missing = sorted(expected - document.keys())
+    if missing:
+        raise BundleFormatError(
+            f"{where} is missing field {missing[0]!r}", field=prefix + missing[0]
+        )
+    unknown = sorted(document.keys() - expected)
+    if unknown:
+        raise BundleFormatError(
+            f"{where} has unknown field {unknown[0]!r}", field=prefix + unknown[0]
+        )
+
+
+def _parse_format(value: object) -> int:
+    if isinstance(value, str) and value == BUNDLE_FORMAT:
+        return BUNDLE_FORMAT_VERSION
+    if isinstance(value, str) and value.startswith(_FORMAT_PREFIX):
+        raise BundleFormatError(
+            f"evidence bundle field 'format' is {value!r}; this verifier understands only "
+            f"{BUNDLE_FORMAT!r} (a newer aggregator needs a newer FedSeal)",
+            field="format",
+        )
+    raise BundleFormatError(
+        f"evidence bundle field 'format' must be {BUNDLE_FORMAT!r}: not a FedSeal evidence bundle",
+        field="format",
+    )
+
+
+def _b64_field(value: object, field: str, size: int | None) -> bytes:
+    try:
+        return b64decode_strict(value, size=size)
+    except DecodeError as exc:
+        raise BundleFormatError(f"evidence bundle field {field!r} {exc}", field=field) from exc
+
+
+def _parse_evidence_list(value: object) -> tuple[Evidence, ...]:
+    if not isinstance(value, list):
+        raise BundleFormatError("evidence bundle field 'evidence' must be an array", field="evidence")
+    if not 1 <= len(value) <= MAX_EVIDENCE_ITEMS:
+        raise BundleFormatError(
+            f"evidence bundle field 'evidence' must hold 1 to {MAX_EVIDENCE_ITEMS} items, "
+            f"got {len(value)}",
+            field="evidence",
+        )
+    items: list[Evidence] = []
+    for index, entry in enumerate(value):
+        prefix = f"evidence[{index}]"
+        if not isinstance(entry, dict):
+            raise BundleFormatError(f"{prefix} must be a JSON object", field=prefix)
+        _check_fields(entry, _EVIDENCE_FIELDS, where=prefix, prefix=prefix + ".")
+        kind_value = entry["kind"]
+        try:
+            kind = EvidenceKind(kind_value)
+        except (ValueError, TypeError):
+            known = ", ".join(k.value for k in EvidenceKind)
+            raise BundleFormatError(
+                f"{prefix}.kind {_shorten(kind_value)} is not a known evidence kind "
+                f"(known: {known})",
+                field=f"{prefix}.kind",
+            ) from None
+        payload = _b64_field(entry["payload"], f"{prefix}.payload", None)
+        if not payload:
+            raise BundleFormatError(f"{prefix}.payload is empty", field=f"{prefix}.payload")
+        items.append(Evidence(kind=kind, payload=payload))
+    return tuple(items)
+
+
+def _shorten(value: object) -> str:
+    """repr() of an untrusted value, cut short so a hostile bundle cannot flood a log line."""
+    text = repr(value)
+    return text if len(text) <= 64 else text[:61] + "..."

@@ -1,0 +1,26 @@
+"""One row of a verification report: what was checked, what was expected, what was found.
+
+Kept in its own module because both the errors (which carry the rows that led to a
+refusal) and the verifier (which produces them) need it, and neither should import the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CheckResult"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one verification check, in words fit for a report table.
+
+    ``expected`` and ``found`` are display strings (hex digests, kind names, short
+    phrases). They never contain secret material: everything a verifier sees in an
+    evidence bundle is public.
+    """
+
+    name: str
+    expected: str
+    found: str
+    passed: bool

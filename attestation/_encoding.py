@@ -1,0 +1,137 @@
+"""Small strict decoders shared by the bundle, the simulated evidence format and policies.
+
+They raise :class:`DecodeError` with a plain description; each caller re-raises it as its
+own named error (``BundleFormatError``, ``EvidenceFormatError``, ``PolicyError``) with the
+field it was decoding, so the message a user sees always says *which* field is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+import rfc8785
+
+__all__ = [
+    "DecodeError",
+    "JsonDocument",
+    "b64decode_strict",
+    "b64encode",
+    "canonical_json",
+    "hexdecode_strict",
+    "json_type",
+    "load_json_object",
+]
+
+
+class DecodeError(ValueError):
+    """Internal: a value could not be decoded. Always re-raised as a named FedSeal error."""
+
+
+def b64encode(data: bytes) -> str:
+    """Standard base64 (RFC 4648 section 4) with padding: the one encoding our formats use."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode_strict(value: object, *, size: int | None = None) -> bytes:
+    """Decode standard padded base64, refusing anything but its one canonical spelling.
+
+    Non-alphabet characters, missing padding and non-zero trailing bits are all refused:
+    accepting several spellings of the same bytes would let two different documents
+    carry one value, which breaks digest-based identities.
+    """
+    if not isinstance(value, str):
+        raise DecodeError(f"must be a base64 string, got {json_type(value)}")
+    try:
+        decoded = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise DecodeError("is not valid standard base64") from exc
+    if b64encode(decoded) != value:
+        raise DecodeError("is not canonical standard base64 (padding or trailing bits)")
+    if size is not None and len(decoded) != size:
+        raise DecodeError(f"must decode to {size} bytes, got {len(decoded)}")
+    return decoded
+
+
+def hexdecode_strict(value: object, *, size: int) -> bytes:
+    """Decode lowercase hex of exactly ``size`` bytes (one spelling per value, as for base64)."""
+    if not isinstance(value, str):
+        raise DecodeError(f"must be a hex string, got {json_type(value)}")
+    if len(value) != 2 * size or value != value.lower():
+        raise DecodeError(f"must be {2 * size} lowercase hex digits ({size} bytes)")
+    try:
+        return bytes.fromhex(value)
+    except ValueError as exc:
+        raise DecodeError(f"must be {2 * size} lowercase hex digits ({size} bytes)") from exc
+
+
+# The shapes our canonical documents take: string fields and lists of string-valued objects.
+# Narrower than "any JSON" on purpose, so mypy catches a float (not canonicalisable
+# portably) or a bytes value (needs base64 first) before it reaches the encoder.
+JsonDocument = Mapping[str, str | Sequence[Mapping[str, str]]]
+
+
+def canonical_json(value: JsonDocument) -> bytes:
+    """RFC 8785 (JCS) canonical JSON bytes of ``value``."""
+    return rfc8785.dumps(value)
+
+
+def load_json_object(data: bytes | str) -> dict[str, object]:
+    """Parse one JSON object strictly: UTF-8, no duplicate keys, no NaN/Infinity.
+
+    Duplicate keys are refused because parsers disagree on which copy wins; a document
+    that means different things to different readers is exactly what an attacker wants.
+    """
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError("is not valid UTF-8") from exc
+    else:
+        text = data
+    try:
+        value = json.loads(
+            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+        )
+    except json.JSONDecodeError as exc:
+        raise DecodeError(f"is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except RecursionError as exc:
+        # Deeply nested arrays exhaust the parser's stack; none of our formats nest deeply.
+        raise DecodeError("is nested too deeply") from exc
+    if not isinstance(value, dict):
+        raise DecodeError(f"must be a JSON object, got {json_type(value)}")
+    return value
+
+
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DecodeError(f"has duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise DecodeError(f"contains {name}, which is not JSON")
+
+
+def json_type(value: object) -> str:
+    """Name a decoded JSON value's type in JSON's words, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
