@@ -259,7 +259,9 @@ def _b64_field(value: object, field: str, size: int | None) -> bytes:
 
 def _parse_evidence_list(value: object) -> tuple[Evidence, ...]:
     if not isinstance(value, list):
-        raise BundleFormatError("evidence bundle field 'evidence' must be an array", field="evidence")
+        raise BundleFormatError(
+            "evidence bundle field 'evidence' must be an array", field="evidence"
+        )
     if not 1 <= len(value) <= MAX_EVIDENCE_ITEMS:
         raise BundleFormatError(
             f"evidence bundle field 'evidence' must hold 1 to {MAX_EVIDENCE_ITEMS} items, "

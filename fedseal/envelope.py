@@ -61,7 +61,8 @@ Receiving
 
 :class:`StreamOpener` unwraps the data key, then authenticates and decrypts chunk by chunk
 into one buffer allocated once (``max_plaintext_size`` bytes, or exactly the plaintext size
-when the sender declared its ciphertext size). A chunk of full size (``chunk_size + 16``)
+when the sender declared its ciphertext size), or into a buffer the caller supplies and
+reuses across updates. A chunk of full size (``chunk_size + 16``)
 is tried as non-final first and then as final (a plaintext that is an exact multiple of
 ``chunk_size`` ends in a full-size final chunk); a shorter chunk must be final. Nothing is
 returned until a final chunk has authenticated. Any failure wipes the buffer and leaves
@@ -492,6 +493,20 @@ def _zero(view: memoryview) -> None:
         view[start:end] = _ZEROS[: end - start]
 
 
+def _writable_view(buffer: bytearray | memoryview, capacity: int) -> memoryview:
+    try:
+        view = memoryview(buffer)
+    except TypeError:
+        raise FormatError("buffer must be a bytearray or memoryview") from None
+    if view.readonly or not view.c_contiguous:
+        raise FormatError("buffer must be writable and C-contiguous")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if view.nbytes < capacity:
+        raise FormatError(f"buffer holds {view.nbytes} bytes, the opener needs {capacity}")
+    return view
+
+
 class StreamOpener:
     """The receiving side of one sealed update. Create it with :meth:`StreamOpener.open`.
 
@@ -508,12 +523,16 @@ class StreamOpener:
         chunk_size: int,
         capacity: int,
         expected_plaintext_size: int | None,
+        buffer: memoryview | None = None,
     ) -> None:
         self._aead: _Aead | None = aead
         self._aad = aad
         self._chunk_size = chunk_size
-        self._buffer = bytearray(capacity)  # the one allocation, bounded by the caller's max
-        self._view = memoryview(self._buffer)
+        if buffer is None:
+            # The one allocation, bounded by the caller's max.
+            self._view = memoryview(bytearray(capacity))
+        else:
+            self._view = buffer[:capacity]
         self._expected = expected_plaintext_size
         self._digest = CiphertextDigest(wrapped_key)
         self._index = 0
@@ -531,6 +550,7 @@ class StreamOpener:
         max_plaintext_size: int,
         *,
         declared_ciphertext_size: int | None = None,
+        buffer: bytearray | memoryview | None = None,
     ) -> StreamOpener:
         """Unwrap the data key and prepare to receive the chunks.
 
@@ -539,6 +559,12 @@ class StreamOpener:
         `declared_ciphertext_size`: an impossible or oversize declaration is refused before
         anything is allocated, the buffer is exactly the plaintext size, and :meth:`finish`
         also checks that the stream carried exactly that many bytes.
+
+        `buffer`, if given, is used instead of a fresh allocation: a writable byte buffer of
+        at least the capacity (the declared plaintext size, else `max_plaintext_size`).
+        Reusing one buffer across updates saves first-touching fresh memory, which costs
+        about as much as the decryption itself (see benchmarks/bench_envelope.py). The
+        opener owns the buffer until it is wiped; never share it between live openers.
         """
         if not isinstance(recipient_private_key, X25519PrivateKey):
             raise FormatError("recipient key must be an X25519PrivateKey")
@@ -562,6 +588,7 @@ class StreamOpener:
                     f"{expected} plaintext bytes, over the limit of {max_plaintext_size}"
                 )
             capacity = expected
+        view = None if buffer is None else _writable_view(buffer, capacity)
         if not isinstance(wrapped_key, bytes) or len(wrapped_key) != WRAPPED_KEY_SIZE:
             size = len(wrapped_key) if isinstance(wrapped_key, bytes) else "non-bytes"
             raise EnvelopeError(
@@ -589,12 +616,13 @@ class StreamOpener:
             context.chunk_size,
             capacity,
             expected,
+            view,
         )
 
     @property
     def capacity(self) -> int:
         """Bytes preallocated for the plaintext."""
-        return len(self._buffer)
+        return self._view.nbytes
 
     @property
     def chunks_opened(self) -> int:
@@ -648,11 +676,11 @@ class StreamOpener:
             )
         plain_size = size - TAG_SIZE
         end = self._written + plain_size
-        if end > len(self._buffer):
+        if end > self._view.nbytes:
             limit = "declared size" if self._expected is not None else "limit"
             raise self._fail(
                 f"oversize: chunk {index} would bring the plaintext to {end} bytes, over the "
-                f"{limit} of {len(self._buffer)}"
+                f"{limit} of {self._view.nbytes}"
             )
         if index >= MAX_CHUNK_COUNT:
             raise self._fail(f"too many chunks: chunk {index} exceeds {MAX_CHUNK_COUNT}")

@@ -35,7 +35,7 @@ class ConfigError(FormatError):
     """A round or job configuration is invalid; the message names the field."""
 
 
-def configconfig_int(obj: dict[str, Any], key: str, lo: int, hi: int, where: str) -> int:
+def config_int(obj: dict[str, Any], key: str, lo: int, hi: int, where: str) -> int:
     value = obj.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ConfigError(f"{where}: {key!r} must be an integer in [{lo}, {hi}], got {value!r}")

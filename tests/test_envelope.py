@@ -397,6 +397,46 @@ def test_finish_view_and_wipe(recipient: X25519PrivateKey) -> None:
         opener.feed(sealed.chunks[0])
 
 
+def test_caller_supplied_buffer_is_reused(recipient: X25519PrivateKey) -> None:
+    ctx = make_context()
+    shared = bytearray(4 * CHUNK)
+    for size in (3 * CHUNK + 1, CHUNK):
+        data = payload(size)
+        sealed = seal(data, recipient.public_key(), ctx)
+        opener = StreamOpener.open(
+            sealed.wrapped_key,
+            recipient,
+            ctx,
+            4 * CHUNK,
+            declared_ciphertext_size=sealed.ciphertext_size,
+            buffer=shared,
+        )
+        assert opener.capacity == size
+        for chunk in sealed.chunks:
+            opener.feed(chunk)
+        assert bytes(opener.finish()) == data
+        assert shared[:size] == data  # decrypted in place, no other plaintext buffer
+        opener.wipe()
+        assert not any(shared)
+
+
+@pytest.mark.parametrize(
+    ("buffer", "message"),
+    [
+        (bytearray(CHUNK), "needs"),
+        (memoryview(bytes(4 * CHUNK)), "writable"),
+        (memoryview(bytearray(8 * CHUNK))[::2], "contiguous"),
+    ],
+)
+def test_caller_supplied_buffer_is_checked(
+    recipient: X25519PrivateKey, buffer: bytearray | memoryview, message: str
+) -> None:
+    ctx = make_context()
+    sealed = seal(payload(2 * CHUNK), recipient.public_key(), ctx)
+    with pytest.raises(FormatError, match=message):
+        StreamOpener.open(sealed.wrapped_key, recipient, ctx, 4 * CHUNK, buffer=buffer)
+
+
 # ------------------------------------------------------------------------ tampering
 
 

@@ -1,0 +1,491 @@
+"""``fedseal-attest``: check an aggregator's attestation from the command line.
+
+Two ways in, one report out:
+
+* ``fedseal-attest verify --endpoint HOST:PORT`` asks a running aggregator for a fresh
+  attestation (with a new random challenge) and verifies it;
+* ``fedseal-attest verify --bundle FILE --challenge HEX`` verifies a bundle saved earlier
+  (``--save-bundle``) against the challenge it was made for.
+
+The gRPC import stays in this module: the library (``attestation.verify_bundle``) takes
+bytes and never needs a transport.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+import grpc
+
+from fedseal._proto.fedseal.v1 import fedseal_pb2, fedseal_pb2_grpc
+from fedseal.binding import CHALLENGE_SIZE
+from fedseal.errors import FormatError
+
+from ._bundle import MAX_BUNDLE_SIZE, EvidenceBundle
+from ._checks import CheckResult
+from ._errors import (
+    AttestationError,
+    BundleFormatError,
+    EndpointError,
+    PolicyError,
+    SimulatedEvidenceRefusedError,
+    UnsupportedEvidenceError,
+)
+from ._policy import Policy, builtin_policy_names, load_builtin_policy
+from ._verify import VerifiedAttestation, verify_bundle
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "build_parser",
+    "fetch_bundle",
+    "main",
+    "parse_endpoint",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+DEFAULT_TIMEOUT_S = 10.0
+# Room for the bundle plus protobuf framing; gRPC's own default (4 MiB) would cut a
+# maximal bundle off with a confusing RESOURCE_EXHAUSTED.
+_MAX_MESSAGE_SIZE = MAX_BUNDLE_SIZE + 64 * 1024
+_SIMULATED_HINT = (
+    "the aggregator runs the INSECURE simulated TEE (no hardware protection). "
+    "To try FedSeal on your own machine, use --builtin-policy dev-insecure-allow-simulated "
+    "for local development only, never with real data."
+)
+_UNSUPPORTED_HINT = (
+    "this FedSeal version cannot verify that evidence kind yet; it fails closed rather than "
+    "trusting evidence it cannot check."
+)
+
+_DESCRIPTION = """\
+Check that a FedSeal aggregator really runs inside a trusted execution environment (TEE)
+before you send it anything.
+
+The aggregator answers a random challenge with an "evidence bundle": its two public keys
+(the encryption key your update will be sealed to, and the key that signs its audit log),
+proof from the TEE that those keys were made inside it, and a binding that ties both to
+your challenge so the answer cannot be replayed. This tool verifies that bundle against a
+policy and prints every check it made.
+"""
+
+_EPILOG = """\
+exit status:
+  0  verified: the bundle satisfies the policy
+  1  verification failed: the error's name and every failing check are printed
+  2  usage or input error: bad arguments, unreadable file, bad policy file
+  3  cannot reach the endpoint, or it did not answer GetAttestation
+
+examples:
+  fedseal-attest verify --endpoint 127.0.0.1:50051
+  fedseal-attest verify --endpoint localhost:50051 \\
+      --builtin-policy dev-insecure-allow-simulated --save-bundle bundle.json
+  fedseal-attest verify --bundle bundle.json --challenge $(cat bundle.json.challenge)
+"""
+
+
+class _UsageError(Exception):
+    """Bad input from the person running the tool: printed, exit status 2."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    # argparse's default is to print and sys.exit(2); raising lets main() return the
+    # status instead, so it can be called in-process (tests, other tools).
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message}\n{self.format_usage().strip()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fedseal-attest`` argument parser."""
+    parser = _ArgumentParser(
+        prog="fedseal-attest",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    verify = commands.add_parser(
+        "verify",
+        help="verify an aggregator's evidence bundle (live or saved) against a policy",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+    source = verify.add_argument_group("where the evidence comes from (pick one)")
+    exclusive = source.add_mutually_exclusive_group(required=True)
+    exclusive.add_argument(
+        "--endpoint",
+        metavar="HOST:PORT",
+        help="ask a running aggregator, with a fresh random challenge. Loopback only in "
+        "this version (localhost, 127.0.0.1, [::1]): the channel is not yet encrypted",
+    )
+    exclusive.add_argument(
+        "--bundle",
+        metavar="FILE",
+        type=Path,
+        help="verify a saved evidence bundle (see --save-bundle); needs --challenge",
+    )
+    source.add_argument(
+        "--challenge",
+        metavar="HEX",
+        help=f"with --bundle: the {CHALLENGE_SIZE}-byte challenge ({2 * CHALLENGE_SIZE} hex "
+        "digits) the bundle was requested with, e.g. the content of FILE.challenge",
+    )
+
+    policy_group = verify.add_argument_group(
+        "policy: what the evidence must prove (default: --builtin-policy default)"
+    )
+    policies = policy_group.add_mutually_exclusive_group()
+    policies.add_argument(
+        "--policy", metavar="FILE", type=Path, help="a policy JSON file (see policies/README.md)"
+    )
+    policies.add_argument(
+        "--builtin-policy",
+        metavar="NAME",
+        help=f"a policy shipped with FedSeal: {', '.join(builtin_policy_names())}. "
+        "'default' is for production and refuses simulated evidence",
+    )
+
+    output = verify.add_argument_group("output and connection")
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print a machine-readable JSON report instead of a table",
+    )
+    output.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"with --endpoint: give up after this long (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    output.add_argument(
+        "--save-bundle",
+        metavar="FILE",
+        type=Path,
+        help="with --endpoint: write the received bundle to FILE and its challenge (hex) to "
+        "FILE.challenge, whatever the verdict, to re-check later with --bundle",
+    )
+    return parser
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:PORT`` for IPv6) and check that HOST is loopback.
+
+    Raises :class:`~fedseal.errors.FormatError`. Only loopback is accepted until the
+    channel gets TLS: the evidence itself does not need a secure channel, but nothing else
+    on a plaintext channel to another machine should be relied upon.
+    """
+    host, sep, port_text = endpoint.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise FormatError(f"endpoint {endpoint!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise FormatError(f"endpoint {endpoint!r}: port must be 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise FormatError(
+                f"endpoint host {host!r} is not loopback; this version talks to aggregators "
+                "over an unencrypted channel and so only to localhost, 127.0.0.1 or [::1]"
+            )
+    return host, port
+
+
+def fetch_bundle(endpoint: str, challenge: bytes, timeout: float) -> EvidenceBundle:
+    """Call GetAttestation on ``endpoint`` with ``challenge``; return the parsed bundle.
+
+    Raises :class:`~fedseal.errors.FormatError` for a malformed or non-loopback endpoint,
+    :class:`~attestation.EndpointError` when the call fails (unreachable, deadline, server
+    error) and :class:`~attestation.BundleFormatError` when the answer is not a bundle.
+    The bundle is parsed, not verified: call :func:`~attestation.verify_bundle` next.
+    """
+    if len(challenge) != CHALLENGE_SIZE:
+        raise FormatError(f"challenge must be {CHALLENGE_SIZE} bytes")
+    if not timeout > 0:
+        raise FormatError("timeout must be positive")
+    host, port = parse_endpoint(endpoint)
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    options = [
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_SIZE),
+        ("grpc.max_send_message_length", _MAX_MESSAGE_SIZE),
+    ]
+    with grpc.insecure_channel(target, options=options) as channel:
+        stub = fedseal_pb2_grpc.AggregatorStub(channel)  # type: ignore[no-untyped-call]
+        request = fedseal_pb2.AttestationRequest(challenge=challenge)
+        try:
+            response = stub.GetAttestation(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise EndpointError(f"GetAttestation on {endpoint} failed: {_rpc_error(exc)}") from exc
+    data = response.evidence_bundle
+    if not isinstance(data, bytes):
+        raise BundleFormatError("GetAttestation answer carries no evidence bundle bytes")
+    return EvidenceBundle.from_bytes(data)
+
+
+def _rpc_error(exc: grpc.RpcError) -> str:
+    """Status code and (shortened, server-chosen) details of a failed call."""
+    if isinstance(exc, grpc.Call):
+        details = exc.details() or ""
+        if len(details) > 200:
+            details = details[:197] + "..."
+        return f"{exc.code().name}: {details}" if details else exc.code().name
+    return type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``fedseal-attest`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(f"fedseal-attest: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version exit through here with status 0
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command != "verify":
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _verify_command(args)
+    except _UsageError as exc:
+        print(f"fedseal-attest: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _verify_command(args: argparse.Namespace) -> int:
+    policy = _load_policy(args)
+    as_json: bool = args.json
+
+    if args.bundle is not None:
+        if args.challenge is None:
+            raise _UsageError("--bundle needs --challenge HEX (the challenge it was made for)")
+        if args.save_bundle is not None:
+            raise _UsageError("--save-bundle goes with --endpoint, not --bundle")
+        challenge = _parse_challenge(args.challenge)
+        data = _read_bundle_file(args.bundle)
+        try:
+            bundle = EvidenceBundle.from_bytes(data)
+        except BundleFormatError as exc:
+            return _report_failure(exc, None, policy, challenge, as_json)
+    else:
+        if args.challenge is not None:
+            raise _UsageError(
+                "--challenge goes with --bundle; --endpoint always makes a fresh random one"
+            )
+        if not args.timeout > 0:
+            raise _UsageError("--timeout must be a positive number of seconds")
+        try:
+            parse_endpoint(args.endpoint)
+        except FormatError as exc:
+            raise _UsageError(str(exc)) from exc
+        # A fresh challenge per run: it is what makes a replayed old answer detectable.
+        challenge = secrets.token_bytes(CHALLENGE_SIZE)
+        try:
+            bundle = fetch_bundle(args.endpoint, challenge, args.timeout)
+        except EndpointError as exc:
+            print(f"fedseal-attest: cannot get an attestation: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        except BundleFormatError as exc:
+            return _report_failure(exc, None, policy, challenge, as_json)
+        if args.save_bundle is not None:
+            _save_bundle(args.save_bundle, bundle, challenge)
+
+    try:
+        verified = verify_bundle(bundle, policy, challenge)
+    except AttestationError as exc:
+        return _report_failure(exc, bundle, policy, challenge, as_json)
+    _report_success(verified, bundle, policy, as_json)
+    return EXIT_OK
+
+
+def _load_policy(args: argparse.Namespace) -> Policy:
+    try:
+        if args.policy is not None:
+            return Policy.from_file(args.policy)
+        return load_builtin_policy(args.builtin_policy or "default")
+    except PolicyError as exc:
+        raise _UsageError(str(exc)) from exc
+
+
+def _parse_challenge(text: str) -> bytes:
+    try:
+        challenge = bytes.fromhex(text.strip())
+    except ValueError:
+        challenge = b""
+    if len(challenge) != CHALLENGE_SIZE:
+        raise _UsageError(
+            f"--challenge must be {2 * CHALLENGE_SIZE} hex digits ({CHALLENGE_SIZE} bytes)"
+        )
+    return challenge
+
+
+def _read_bundle_file(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            # One byte over the limit is enough for from_bytes to refuse it by size.
+            return handle.read(MAX_BUNDLE_SIZE + 1)
+    except OSError as exc:
+        raise _UsageError(f"cannot read bundle file {path}: {exc.strerror or exc}") from exc
+
+
+def _save_bundle(path: Path, bundle: EvidenceBundle, challenge: bytes) -> None:
+    challenge_path = path.with_name(path.name + ".challenge")
+    try:
+        path.write_bytes(bundle.to_bytes())
+        challenge_path.write_text(challenge.hex() + "\n", encoding="ascii")
+    except OSError as exc:
+        raise _UsageError(f"cannot save bundle to {path}: {exc.strerror or exc}") from exc
+    print(f"saved bundle to {path} and its challenge to {challenge_path}", file=sys.stderr)
+
+
+def _hint(exc: AttestationError) -> str | None:
+    if isinstance(exc, SimulatedEvidenceRefusedError):
+        return _SIMULATED_HINT
+    if isinstance(exc, UnsupportedEvidenceError):
+        return _UNSUPPORTED_HINT
+    return None
+
+
+def _report_failure(
+    exc: AttestationError,
+    bundle: EvidenceBundle | None,
+    policy: Policy,
+    challenge: bytes,
+    as_json: bool,
+) -> int:
+    hint = _hint(exc)
+    if as_json:
+        report = _json_report(
+            verified=False,
+            bundle=bundle,
+            policy=policy,
+            challenge=challenge,
+            checks=exc.checks,
+            insecure=None,
+            error={"type": type(exc).__name__, "message": str(exc), "hint": hint},
+        )
+        _print_json(report, sys.stdout)
+        return EXIT_FAILED
+    _print_header(bundle, policy, challenge)
+    if exc.checks:
+        print(_render_table(exc.checks))
+        print()
+    print(f"NOT VERIFIED: {type(exc).__name__}: {exc}")
+    if hint is not None:
+        print(f"hint: {hint}")
+    return EXIT_FAILED
+
+
+def _report_success(
+    verified: VerifiedAttestation, bundle: EvidenceBundle, policy: Policy, as_json: bool
+) -> None:
+    if as_json:
+        report = _json_report(
+            verified=True,
+            bundle=bundle,
+            policy=policy,
+            challenge=verified.challenge,
+            checks=verified.checks,
+            insecure=verified.insecure,
+            error=None,
+        )
+        _print_json(report, sys.stdout)
+        return
+    _print_header(bundle, policy, verified.challenge)
+    print(_render_table(verified.checks))
+    print()
+    print(f"VERIFIED under policy {verified.policy_name!r}")
+    print(f"  encryption (HPKE) key: {verified.hpke_public_key.hex()}")
+    print(f"  log signing key:       {verified.log_public_key.hex()}")
+    if verified.insecure:
+        print(
+            "WARNING: INSECURE: accepted SIMULATED TEE evidence. Nothing protects data sent "
+            "to this aggregator. Development only."
+        )
+
+
+def _print_header(bundle: EvidenceBundle | None, policy: Policy, challenge: bytes) -> None:
+    print(f"policy:    {policy.name} ({policy.source})")
+    print(f"challenge: {challenge.hex()}")
+    if bundle is not None:
+        print(f"bundle:    sha256:{bundle.digest().hex()}")
+    print()
+
+
+def _short(text: str) -> str:
+    # Full 64-digit hex values make the table wrap on any terminal; the JSON report keeps
+    # them whole, and 16 digits are plenty to see that two values differ.
+    if len(text) > 24 and all(c in "0123456789abcdef" for c in text):
+        return text[:16] + "..."
+    return text
+
+
+def _render_table(checks: Sequence[CheckResult]) -> str:
+    header = ("CHECK", "EXPECTED", "FOUND", "VERDICT")
+    rows = [header] + [
+        (c.name, _short(c.expected), _short(c.found), "pass" if c.passed else "FAIL")
+        for c in checks
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "  ".join(
+            [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]), row[3]]
+        ).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def _json_report(
+    *,
+    verified: bool,
+    bundle: EvidenceBundle | None,
+    policy: Policy,
+    challenge: bytes,
+    checks: Sequence[CheckResult],
+    insecure: bool | None,
+    error: dict[str, str | None] | None,
+) -> dict[str, object]:
+    return {
+        "verified": verified,
+        "insecure": insecure,
+        "policy": {"name": policy.name, "source": policy.source},
+        "challenge": challenge.hex(),
+        "bundle_sha256": bundle.digest().hex() if bundle is not None else None,
+        "hpke_public_key": bundle.hpke_public_key.hex() if bundle is not None else None,
+        "log_public_key": bundle.log_public_key.hex() if bundle is not None else None,
+        "evidence_kinds": [e.kind.value for e in bundle.evidence] if bundle is not None else [],
+        "checks": [
+            {"name": c.name, "expected": c.expected, "found": c.found, "passed": c.passed}
+            for c in checks
+        ],
+        "error": error,
+    }
+
+
+def _print_json(report: dict[str, object], stream: TextIO) -> None:
+    stream.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""The client: attest the aggregator, seal an update to the attested key, submit, verify the receipt.
+
+Fail closed: nothing leaves this process before the aggregator's evidence has verified
+under the caller's policy and is bound to a challenge this client just made. The update
+is sealed to the HPKE key that evidence vouches for, and the receipt must be signed by the
+log key the same evidence vouches for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from attestation import Policy, VerifiedAttestation, verify_bundle
+from client_sdk._errors import AdapterMismatchError, AggregatorUnavailableError
+from client_sdk._transport import AggregatorConnection, RoundInfo
+from fedseal.binding import CHALLENGE_SIZE
+from fedseal.envelope import DEFAULT_SUITE, HpkeSuite, SealContext, seal
+from fedseal.manifest import AggregateManifest, SignedManifest, verify_manifest
+from fedseal.receipt import ExpectedUpdate, Receipt, verify_receipt
+from fedseal.roundconfig import DEFAULT_CHUNK_SIZE
+from fedseal.spec import AdapterSpec, WireDtype
+from fedseal.wire import PROTOCOL_VERSION, UpdateHeader
+
+__all__ = ["Aggregate", "FedSealClient", "fetch_aggregate", "submit_update"]
+
+_TORCH_DTYPE = {
+    WireDtype.FLOAT32: torch.float32,
+    WireDtype.BFLOAT16: torch.bfloat16,
+    WireDtype.FLOAT16: torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A round's aggregate whose manifest verified under the attested log key."""
+
+    manifest: AggregateManifest
+    data: bytes  # safetensors bytes, exactly those the manifest's digest names
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return dict(safetensors.torch.load(self.data))
+
+
+class FedSealClient:
+    """A session with one aggregator, under one appraisal policy.
+
+    Every submission and every fetch attests the aggregator afresh with a new challenge:
+    a restarted enclave has new keys, and a client must never seal to a stale one.
+    """
+
+    def __init__(self, endpoint: str, policy: Policy, *, timeout: float = 60.0) -> None:
+        self._connection = AggregatorConnection(endpoint, timeout=timeout)
+        self._policy = policy
+        self._timeout = timeout
+
+    def __enter__(self) -> FedSealClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def attest(self) -> VerifiedAttestation:
+        """Fetch evidence for a fresh challenge and verify it; raises AttestationError."""
+        challenge = os.urandom(CHALLENGE_SIZE)
+        bundle = self._connection.get_attestation(challenge)
+        return verify_bundle(bundle, self._policy, challenge)
+
+    def round_info(self, round_id: int = 0) -> RoundInfo:
+        return self._connection.get_round(round_id)
+
+    def submit_update(
+        self,
+        adapter: Mapping[str, Any],
+        *,
+        round_id: int,
+        client_id: str,
+        num_examples: int,
+        idempotency_key: bytes | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        suite: HpkeSuite = DEFAULT_SUITE,
+        retries: int = 2,
+    ) -> Receipt:
+        """Seal `adapter` (name → tensor/array) for `round_id` and submit it; return the verified receipt.
+
+        Tensors are converted to the wire dtype the round's adapter spec names. Raises
+        AdapterMismatchError before anything is sent if names or shapes differ from the spec.
+        """
+        round_info = self._connection.get_round(round_id)
+        spec = round_info.config.adapter_spec
+        payload = _serialize(adapter, spec)
+        chunk_size = min(chunk_size, round_info.config.max_chunk_size)
+        key = idempotency_key if idempotency_key is not None else os.urandom(32)
+        last_error: AggregatorUnavailableError | None = None
+        for attempt in range(retries + 1):
+            # A retry re-attests: the enclave may have restarted with new keys. The same
+            # idempotency key lets the aggregator recognise an upload it already accepted.
+            attested = self.attest()
+            context = SealContext(
+                protocol_version=PROTOCOL_VERSION,
+                round_id=round_id,
+                client_id=client_id,
+                adapter_spec_digest=spec.digest(),
+                num_examples=num_examples,
+                binding=attested.binding,
+                idempotency_key=key,
+                chunk_size=chunk_size,
+                suite=suite,
+            )
+            sealed = seal(payload, attested.hpke_public_key_obj(), context)
+            header = UpdateHeader(
+                protocol_version=PROTOCOL_VERSION,
+                round_id=round_id,
+                client_id=client_id,
+                adapter_spec_digest=spec.digest(),
+                num_examples=num_examples,
+                suite=suite,
+                wrapped_key=sealed.wrapped_key,
+                idempotency_key=key,
+                challenge=attested.challenge,
+                chunk_size=chunk_size,
+                ciphertext_size=sealed.ciphertext_size,
+            )
+            # The aggregator rebuilds the context from the header: both must agree exactly.
+            assert header.seal_context(attested.binding) == context
+            try:
+                receipt_text = self._connection.submit(header, sealed.chunks, timeout=self._timeout)
+            except AggregatorUnavailableError as exc:
+                last_error = exc
+                time.sleep(min(2.0, 0.25 * 2**attempt))
+                continue
+            expected = ExpectedUpdate(
+                round_id=round_id,
+                client_id=client_id,
+                ciphertext_digest=sealed.ciphertext_digest,
+                ciphertext_size=sealed.ciphertext_size,
+                num_examples=num_examples,
+                adapter_spec_digest=spec.digest(),
+                idempotency_key=key,
+            )
+            return verify_receipt(receipt_text, attested.log_public_key, expected)
+        assert last_error is not None
+        raise last_error
+
+    def fetch_aggregate(self, round_id: int, *, wait_seconds: float = 0.0) -> Aggregate:
+        """The round's aggregate, verified against the attested log key (waits for the round to close)."""
+        attested = self.attest()
+        manifest_bytes, data = self._connection.get_aggregate(round_id, wait_seconds=wait_seconds)
+        signed = SignedManifest.from_bytes(manifest_bytes)
+        manifest = verify_manifest(signed, attested.log_public_key_obj(), data)
+        if manifest.round_id != round_id:
+            raise AggregatorUnavailableError(
+                f"asked for round {round_id}'s aggregate, got a correctly signed one for round "
+                f"{manifest.round_id}"
+            )
+        return Aggregate(manifest, data)
+
+
+def _serialize(adapter: Mapping[str, Any], spec: AdapterSpec) -> bytes:
+    expected = spec.by_name()
+    missing = sorted(set(expected) - set(adapter))
+    extra = sorted(set(adapter) - set(expected))
+    if missing or extra:
+        raise AdapterMismatchError(
+            f"adapter does not match the round's adapter spec: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tspec in expected.items():
+        value = adapter[name]
+        tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(value)
+        if tuple(tensor.shape) != tspec.shape:
+            raise AdapterMismatchError(
+                f"tensor {name!r} has shape {tuple(tensor.shape)}, the round's spec says {tspec.shape}"
+            )
+        tensors[name] = tensor.detach().to(device="cpu", dtype=_TORCH_DTYPE[tspec.dtype]).contiguous()
+    return bytes(safetensors.torch.save(tensors))
+
+
+def submit_update(
+    endpoint: str,
+    adapter: Mapping[str, Any],
+    *,
+    policy: Policy,
+    round_id: int,
+    client_id: str,
+    num_examples: int,
+    timeout: float = 60.0,
+    **options: Any,
+) -> Receipt:
+    """Attest the aggregator at `endpoint` under `policy`, then seal, upload and get a verified receipt.
+
+    Raises AttestationError (and sends nothing) if the evidence does not satisfy the policy,
+    UpdateRejectedError if the aggregator refuses the update, ReceiptError if its receipt
+    does not prove the update was logged as sent.
+    """
+    with FedSealClient(endpoint, policy, timeout=timeout) as client:
+        return client.submit_update(
+            adapter, round_id=round_id, client_id=client_id, num_examples=num_examples, **options
+        )
+
+
+def fetch_aggregate(
+    endpoint: str, round_id: int, *, policy: Policy, wait_seconds: float = 0.0, timeout: float = 60.0
+) -> Aggregate:
+    with FedSealClient(endpoint, policy, timeout=timeout) as client:
+        return client.fetch_aggregate(round_id, wait_seconds=wait_seconds)
