@@ -159,11 +159,12 @@ def _verify_simulated(
             message=str(exc),
         )
         return
+    signature_ok = report.signature_is_valid()
     checks.record(
         f"{label} signature",
         expected="valid Ed25519 signature by the embedded key",
-        found="valid" if report.signature_is_valid() else "INVALID",
-        passed=report.signature_is_valid(),
+        found="valid" if signature_ok else "INVALID",
+        passed=signature_ok,
         error=EvidenceSignatureError,
         message=f"{label} signature does not verify under its embedded key (payload altered)",
     )

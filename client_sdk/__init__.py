@@ -10,7 +10,13 @@
 Nothing is sent before the aggregator's attestation verifies under the policy.
 """
 
-from client_sdk._client import Aggregate, FedSealClient, fetch_aggregate, submit_update
+from client_sdk._client import (
+    Aggregate,
+    FedSealClient,
+    SealedSubmission,
+    fetch_aggregate,
+    submit_update,
+)
 from client_sdk._errors import (
     AdapterMismatchError,
     AggregatorUnavailableError,
@@ -29,6 +35,7 @@ __all__ = [
     "FedSealClient",
     "Receipt",
     "RoundUnavailableError",
+    "SealedSubmission",
     "UpdateRejectedError",
     "fetch_aggregate",
     "submit_update",

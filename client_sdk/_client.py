@@ -28,13 +28,23 @@ from fedseal.roundconfig import DEFAULT_CHUNK_SIZE
 from fedseal.spec import AdapterSpec, WireDtype
 from fedseal.wire import PROTOCOL_VERSION, UpdateHeader
 
-__all__ = ["Aggregate", "FedSealClient", "fetch_aggregate", "submit_update"]
+__all__ = ["Aggregate", "FedSealClient", "SealedSubmission", "fetch_aggregate", "submit_update"]
 
 _TORCH_DTYPE = {
     WireDtype.FLOAT32: torch.float32,
     WireDtype.BFLOAT16: torch.bfloat16,
     WireDtype.FLOAT16: torch.float16,
 }
+
+
+@dataclass(frozen=True)
+class SealedSubmission:
+    """An update sealed to one attested enclave, ready to send (and to resend, as a retry)."""
+
+    header: UpdateHeader
+    chunks: tuple[bytes, ...]
+    expected: ExpectedUpdate
+    attestation: VerifiedAttestation
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,95 @@ class FedSealClient:
     def round_info(self, round_id: int = 0) -> RoundInfo:
         return self._connection.get_round(round_id)
 
+    def seal_update(
+        self,
+        adapter: Mapping[str, Any],
+        *,
+        round_id: int,
+        client_id: str,
+        num_examples: int,
+        idempotency_key: bytes | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        suite: HpkeSuite = DEFAULT_SUITE,
+    ) -> SealedSubmission:
+        """Attest the aggregator afresh and seal `adapter` to its attested key; nothing is sent.
+
+        Tensors are converted to the wire dtype the round's adapter spec names. Raises
+        AdapterMismatchError if names or shapes differ from the spec, AttestationError if
+        the evidence does not satisfy the policy.
+        """
+        round_info = self._connection.get_round(round_id)
+        spec = round_info.config.adapter_spec
+        payload = _serialize(adapter, spec)
+        return self.seal_payload(
+            payload,
+            round_id=round_id,
+            client_id=client_id,
+            num_examples=num_examples,
+            adapter_spec_digest=spec.digest(),
+            idempotency_key=idempotency_key,
+            chunk_size=min(chunk_size, round_info.config.max_chunk_size),
+            suite=suite,
+        )
+
+    def seal_payload(
+        self,
+        payload: bytes,
+        *,
+        round_id: int,
+        client_id: str,
+        num_examples: int,
+        adapter_spec_digest: bytes,
+        idempotency_key: bytes | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        suite: HpkeSuite = DEFAULT_SUITE,
+    ) -> SealedSubmission:
+        """Seal already-serialized safetensors bytes (lower level than `seal_update`)."""
+        attested = self.attest()
+        key = idempotency_key if idempotency_key is not None else os.urandom(32)
+        context = SealContext(
+            protocol_version=PROTOCOL_VERSION,
+            round_id=round_id,
+            client_id=client_id,
+            adapter_spec_digest=adapter_spec_digest,
+            num_examples=num_examples,
+            binding=attested.binding,
+            idempotency_key=key,
+            chunk_size=chunk_size,
+            suite=suite,
+        )
+        sealed = seal(payload, attested.hpke_public_key_obj(), context)
+        header = UpdateHeader(
+            protocol_version=PROTOCOL_VERSION,
+            round_id=round_id,
+            client_id=client_id,
+            adapter_spec_digest=adapter_spec_digest,
+            num_examples=num_examples,
+            suite=suite,
+            wrapped_key=sealed.wrapped_key,
+            idempotency_key=key,
+            challenge=attested.challenge,
+            chunk_size=chunk_size,
+            ciphertext_size=sealed.ciphertext_size,
+        )
+        # The aggregator rebuilds the context from the header: both must agree exactly.
+        assert header.seal_context(attested.binding) == context
+        expected = ExpectedUpdate(
+            round_id=round_id,
+            client_id=client_id,
+            ciphertext_digest=sealed.ciphertext_digest,
+            ciphertext_size=sealed.ciphertext_size,
+            num_examples=num_examples,
+            adapter_spec_digest=adapter_spec_digest,
+            idempotency_key=key,
+        )
+        return SealedSubmission(header, sealed.chunks, expected, attested)
+
+    def send(self, submission: SealedSubmission) -> Receipt:
+        """Upload a sealed submission and verify its receipt against the attested log key."""
+        text = self._connection.submit(submission.header, submission.chunks, timeout=self._timeout)
+        return verify_receipt(text, submission.attestation.log_public_key, submission.expected)
+
     def submit_update(
         self,
         adapter: Mapping[str, Any],
@@ -90,66 +189,24 @@ class FedSealClient:
         suite: HpkeSuite = DEFAULT_SUITE,
         retries: int = 2,
     ) -> Receipt:
-        """Seal `adapter` (name → tensor/array) for `round_id` and submit it; return the verified receipt.
+        """Seal `adapter` (name → torch tensor or numpy array) for `round_id`, submit it, verify the receipt.
 
-        Tensors are converted to the wire dtype the round's adapter spec names. Raises
-        AdapterMismatchError before anything is sent if names or shapes differ from the spec.
+        On a transport failure the upload is retried (re-attesting, since the enclave may have
+        restarted) with the same idempotency key, so it counts at most once.
         """
-        round_info = self._connection.get_round(round_id)
-        spec = round_info.config.adapter_spec
-        payload = _serialize(adapter, spec)
-        chunk_size = min(chunk_size, round_info.config.max_chunk_size)
         key = idempotency_key if idempotency_key is not None else os.urandom(32)
-        last_error: AggregatorUnavailableError | None = None
         for attempt in range(retries + 1):
-            # A retry re-attests: the enclave may have restarted with new keys. The same
-            # idempotency key lets the aggregator recognise an upload it already accepted.
-            attested = self.attest()
-            context = SealContext(
-                protocol_version=PROTOCOL_VERSION,
-                round_id=round_id,
-                client_id=client_id,
-                adapter_spec_digest=spec.digest(),
-                num_examples=num_examples,
-                binding=attested.binding,
-                idempotency_key=key,
-                chunk_size=chunk_size,
-                suite=suite,
+            submission = self.seal_update(
+                adapter, round_id=round_id, client_id=client_id, num_examples=num_examples,
+                idempotency_key=key, chunk_size=chunk_size, suite=suite,
             )
-            sealed = seal(payload, attested.hpke_public_key_obj(), context)
-            header = UpdateHeader(
-                protocol_version=PROTOCOL_VERSION,
-                round_id=round_id,
-                client_id=client_id,
-                adapter_spec_digest=spec.digest(),
-                num_examples=num_examples,
-                suite=suite,
-                wrapped_key=sealed.wrapped_key,
-                idempotency_key=key,
-                challenge=attested.challenge,
-                chunk_size=chunk_size,
-                ciphertext_size=sealed.ciphertext_size,
-            )
-            # The aggregator rebuilds the context from the header: both must agree exactly.
-            assert header.seal_context(attested.binding) == context
             try:
-                receipt_text = self._connection.submit(header, sealed.chunks, timeout=self._timeout)
-            except AggregatorUnavailableError as exc:
-                last_error = exc
+                return self.send(submission)
+            except AggregatorUnavailableError:
+                if attempt == retries:
+                    raise
                 time.sleep(min(2.0, 0.25 * 2**attempt))
-                continue
-            expected = ExpectedUpdate(
-                round_id=round_id,
-                client_id=client_id,
-                ciphertext_digest=sealed.ciphertext_digest,
-                ciphertext_size=sealed.ciphertext_size,
-                num_examples=num_examples,
-                adapter_spec_digest=spec.digest(),
-                idempotency_key=key,
-            )
-            return verify_receipt(receipt_text, attested.log_public_key, expected)
-        assert last_error is not None
-        raise last_error
+        raise AssertionError("unreachable")
 
     def fetch_aggregate(self, round_id: int, *, wait_seconds: float = 0.0) -> Aggregate:
         """The round's aggregate, verified against the attested log key (waits for the round to close)."""

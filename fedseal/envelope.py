@@ -91,7 +91,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from fedseal.binding import length_prefixed
-from fedseal.errors import EnvelopeError, FormatError
+from fedseal.errors import (
+    EnvelopeAuthenticationError,
+    EnvelopeError,
+    EnvelopeSizeError,
+    EnvelopeTruncatedError,
+    EnvelopeUnwrapError,
+    FormatError,
+)
 
 __all__ = [
     "CIPHERTEXT_DIGEST_DOMAIN",
@@ -578,12 +585,12 @@ class StreamOpener:
             try:
                 expected = plaintext_size_for(declared_ciphertext_size, context.chunk_size)
             except FormatError:
-                raise EnvelopeError(
+                raise EnvelopeSizeError(
                     f"declared ciphertext size {declared_ciphertext_size} is not a possible "
                     f"sealed payload size for chunk size {context.chunk_size}"
                 ) from None
             if expected > max_plaintext_size:
-                raise EnvelopeError(
+                raise EnvelopeSizeError(
                     f"oversize: declared ciphertext size {declared_ciphertext_size} carries "
                     f"{expected} plaintext bytes, over the limit of {max_plaintext_size}"
                 )
@@ -591,7 +598,7 @@ class StreamOpener:
         view = None if buffer is None else _writable_view(buffer, capacity)
         if not isinstance(wrapped_key, bytes) or len(wrapped_key) != WRAPPED_KEY_SIZE:
             size = len(wrapped_key) if isinstance(wrapped_key, bytes) else "non-bytes"
-            raise EnvelopeError(
+            raise EnvelopeUnwrapError(
                 f"cannot unwrap the data key: wrapped key must be {WRAPPED_KEY_SIZE} bytes, "
                 f"got {size}"
             )
@@ -601,12 +608,14 @@ class StreamOpener:
         except (InvalidTag, ValueError):
             # One message for every cause: the receiver must not become an oracle telling
             # a wrong key from a wrong context. `from None` keeps the chain out of logs.
-            raise EnvelopeError(
+            raise EnvelopeUnwrapError(
                 "cannot unwrap the data key: wrong recipient key, a context that differs "
                 "from the sender's, or a tampered wrapped key"
             ) from None
         if len(data_key) != DATA_KEY_SIZE:
-            raise EnvelopeError("cannot unwrap the data key: unwrapped key has the wrong length")
+            raise EnvelopeUnwrapError(
+                "cannot unwrap the data key: unwrapped key has the wrong length"
+            )
         aead = context.suite.chunk_aead(data_key)
         del data_key
         return cls(
@@ -628,13 +637,13 @@ class StreamOpener:
     def chunks_opened(self) -> int:
         return self._index
 
-    def _fail(self, message: str) -> EnvelopeError:
+    def _fail(self, kind: type[EnvelopeError], message: str) -> EnvelopeError:
         # Earlier chunks authenticated, but the update as a whole is rejected: its plaintext
         # must not linger, and a half-open stream must not be resumed.
         self._failed = message
         self._aead = None
         _zero(self._view)
-        return EnvelopeError(message)
+        return kind(message)
 
     def _check_usable(self) -> _Aead:
         if self._failed is not None:
@@ -661,33 +670,41 @@ class StreamOpener:
         index = self._index
         if self._final_seen:
             raise self._fail(
-                f"data after final chunk: chunk {index} arrived after the final chunk {index - 1}"
+                EnvelopeAuthenticationError,
+                f"data after final chunk: chunk {index} arrived after the final chunk {index - 1}",
             )
         size = memoryview(chunk).nbytes
         full_size = self._chunk_size + TAG_SIZE
         if size > full_size:
             raise self._fail(
+                EnvelopeSizeError,
                 f"oversize chunk {index}: {size} bytes, more than chunk_size + {TAG_SIZE} = "
-                f"{full_size}"
+                f"{full_size}",
             )
         if size < TAG_SIZE:
             raise self._fail(
-                f"truncated chunk {index}: {size} bytes, shorter than the {TAG_SIZE}-byte tag"
+                EnvelopeAuthenticationError,
+                f"truncated chunk {index}: {size} bytes, shorter than the {TAG_SIZE}-byte tag",
             )
         plain_size = size - TAG_SIZE
         end = self._written + plain_size
         if end > self._view.nbytes:
             limit = "declared size" if self._expected is not None else "limit"
             raise self._fail(
+                EnvelopeSizeError,
                 f"oversize: chunk {index} would bring the plaintext to {end} bytes, over the "
-                f"{limit} of {self._view.nbytes}"
+                f"{limit} of {self._view.nbytes}",
             )
         if index >= MAX_CHUNK_COUNT:
-            raise self._fail(f"too many chunks: chunk {index} exceeds {MAX_CHUNK_COUNT}")
+            raise self._fail(
+                EnvelopeSizeError, f"too many chunks: chunk {index} exceeds {MAX_CHUNK_COUNT}"
+            )
         if plain_size == 0 and index > 0:
             # Only an empty plaintext has an empty (final) chunk; refusing others keeps one
             # encoding per plaintext.
-            raise self._fail(f"non-canonical stream: empty chunk {index} after data")
+            raise self._fail(
+                EnvelopeAuthenticationError, f"non-canonical stream: empty chunk {index} after data"
+            )
         target = self._view[self._written : end]
         # decrypt_into writes unauthenticated plaintext before the tag check fails; it is
         # overwritten by the next attempt or zeroed by _fail.
@@ -697,9 +714,10 @@ class StreamOpener:
             final = True
         else:
             raise self._fail(
+                EnvelopeAuthenticationError,
                 f"chunk {index} does not authenticate: tampered, reordered, duplicated, "
                 f"or from another update"
-                + ("" if size == full_size else " (a short chunk must be the final one)")
+                + ("" if size == full_size else " (a short chunk must be the final one)"),
             )
         self._digest.update_chunk(chunk)
         self._written = end
@@ -714,12 +732,14 @@ class StreamOpener:
         self._check_usable()
         if not self._final_seen:
             raise self._fail(
-                f"stream truncated: {self._index} chunk(s) authenticated and none was final"
+                EnvelopeTruncatedError,
+                f"stream truncated: {self._index} chunk(s) authenticated and none was final",
             )
         if self._expected is not None and self._written != self._expected:
             raise self._fail(
+                EnvelopeTruncatedError,
                 f"stream truncated: carried {self._written} plaintext bytes, the declared "
-                f"size implies {self._expected}"
+                f"size implies {self._expected}",
             )
         self._finished = True
         return self._view[: self._written]

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 __all__ = [
     "CanonicalJSONError",
+    "EnvelopeAuthenticationError",
     "EnvelopeError",
+    "EnvelopeSizeError",
+    "EnvelopeTruncatedError",
+    "EnvelopeUnwrapError",
     "FedSealError",
     "FormatError",
     "NoteError",
@@ -44,6 +48,23 @@ class NoteError(FedSealError):
 
 class EnvelopeError(FedSealError):
     """A sealed update cannot be opened: wrong key, wrong context, tampered, truncated or reordered."""
+
+
+class EnvelopeUnwrapError(EnvelopeError):
+    """The data key does not open: wrong recipient key, differing context, or tampered wrapped key."""
+
+
+class EnvelopeSizeError(EnvelopeError):
+    """A declared size or a chunk exceeds what the context allows (refused before allocating)."""
+
+
+class EnvelopeTruncatedError(EnvelopeError):
+    """The stream ended before a final chunk authenticated, or carried less than declared."""
+
+
+class EnvelopeAuthenticationError(EnvelopeError):
+    """A chunk failed to authenticate or broke the STREAM framing (tampered, reordered,
+    duplicated, spliced, or data after the final chunk)."""
 
 
 class ReceiptError(FedSealError):

@@ -20,7 +20,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedseal.envelope import TAG_SIZE, StreamOpener
-from fedseal.errors import EnvelopeError
+from fedseal.errors import EnvelopeError, EnvelopeSizeError, EnvelopeUnwrapError
 from fedseal.logformat import RejectReason
 from fedseal.spec import AdapterSpec, WireDtype
 from fedseal.wire import UpdateHeader, UpdateRejectedError
@@ -79,12 +79,17 @@ class UpdateReceiver:
                 hpke_private_key,
                 header.seal_context(binding),
                 max_plaintext_size=spec.max_serialized_size(),
+                # Sizes the buffer to exactly what this stream can carry, before allocating.
+                declared_ciphertext_size=header.ciphertext_size,
             )
-        except EnvelopeError as exc:
+        except EnvelopeSizeError as exc:
+            raise UpdateRejectedError(RejectReason.OVERSIZE, str(exc)) from None
+        except EnvelopeUnwrapError:
             raise UpdateRejectedError(
                 RejectReason.UNWRAP_FAILED,
-                "the data key does not open under this enclave's key and this header "
-                f"(wrong key, round, client, spec, example count or binding): {exc}",
+                "the data key does not open under this enclave's key with this header: it was "
+                "sealed to another key, or for another round, client, adapter spec, example "
+                "count, idempotency key or attestation binding",
             ) from None
 
     def feed(self, chunk: bytes) -> None:
@@ -101,6 +106,8 @@ class UpdateReceiver:
             )
         try:
             self._opener.feed(chunk)
+        except EnvelopeSizeError as exc:
+            raise UpdateRejectedError(RejectReason.OVERSIZE, str(exc)) from None
         except EnvelopeError as exc:
             raise UpdateRejectedError(RejectReason.TAMPERED, str(exc)) from None
         self._chunk_index += 1
