@@ -10,11 +10,11 @@ import threading
 from pathlib import Path
 
 from aggregator._config import JobConfig
-from fedseal.roundconfig import ConfigError
 from aggregator._logging import configure_logging
 from aggregator._server import start_aggregator
 from attestation import EvidenceCollector, InsecureSimulatedTeeCollector
 from fedseal.errors import FedSealError
+from fedseal.roundconfig import ConfigError
 
 __all__ = ["main"]
 
@@ -46,19 +46,39 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--log", type=Path, required=True, help="audit log file to create (must not exist or be empty)")
-    p.add_argument("--log-origin", default="fedseal.local/demo",
-                   help="name of the log in its checkpoints (default: %(default)s)")
-    p.add_argument("--listen", default="127.0.0.1:50051",
-                   help="address to serve gRPC on; port 0 picks a free one (default: %(default)s)")
-    p.add_argument("--job", type=Path,
-                   help="job config (JSON): rounds to open one after another; without it, rounds "
-                        "are opened through the OpenRound call")
+    p.add_argument(
+        "--log",
+        type=Path,
+        required=True,
+        help="audit log file to create (must not exist or be empty)",
+    )
+    p.add_argument(
+        "--log-origin",
+        default="fedseal.local/demo",
+        help="name of the log in its checkpoints (default: %(default)s)",
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:50051",
+        help="address to serve gRPC on; port 0 picks a free one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--job",
+        type=Path,
+        help="job config (JSON): rounds to open one after another; without it, rounds "
+        "are opened through the OpenRound call",
+    )
     p.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
-    p.add_argument("--insecure-simulated-tee", action="store_true",
-                   help="INSECURE, development only: sign evidence with a throwaway key instead of TEE hardware")
-    p.add_argument("--exit-when-done", action="store_true",
-                   help="with --job: stop once the last round has closed or failed")
+    p.add_argument(
+        "--insecure-simulated-tee",
+        action="store_true",
+        help="INSECURE, development only: sign evidence with a throwaway key instead of TEE hardware",
+    )
+    p.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="with --job: stop once the last round has closed or failed",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -67,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
     if not _ORIGIN.match(args.log_origin):
-        print("error: --log-origin must be 1-128 characters of letters, digits, '.', '_', '/', '-'",
-              file=sys.stderr)
+        print(
+            "error: --log-origin must be 1-128 characters of letters, digits, '.', '_', '/', '-'",
+            file=sys.stderr,
+        )
         return 2
     collectors: list[EvidenceCollector] = []
     if args.insecure_simulated_tee:
@@ -88,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         running = start_aggregator(
-            log_path=args.log, log_origin=args.log_origin, collectors=collectors, job=job,
+            log_path=args.log,
+            log_origin=args.log_origin,
+            collectors=collectors,
+            job=job,
             listen=args.listen,
         )
     except (FedSealError, OSError) as exc:

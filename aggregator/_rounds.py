@@ -21,7 +21,6 @@ import safetensors.torch
 import structlog
 
 from aggregator._config import JobConfig
-from fedseal.roundconfig import RoundConfig
 from aggregator._log import AuditLog
 from aggregator.enclave._keys import EnclaveKeys
 from aggregator.enclave._receive import UpdateReceiver
@@ -30,6 +29,7 @@ from fedseal.canonical import b64encode
 from fedseal.errors import FedSealError
 from fedseal.logformat import EntryKind, RejectReason
 from fedseal.manifest import AggregateManifest, SignedManifest, sign_manifest
+from fedseal.roundconfig import RoundConfig
 from fedseal.spec import AdapterSpec, TensorSpec, WireDtype
 from fedseal.wire import RoundState, UpdateHeader, UpdateRejectedError
 
@@ -120,9 +120,7 @@ class RoundManager:
         if any(r.state is RoundState.OPEN for r in self._rounds.values()):
             raise RoundError("another round is still open; wait for it to close or fail")
         if self._rounds and config.round_id <= max(self._rounds):
-            raise RoundError(
-                f"round id {config.round_id} is not above the last round id {max(self._rounds)}"
-            )
+            raise RoundError(f"round id {config.round_id} is not above the last round id {max(self._rounds)}")
         self._log.append(
             EntryKind.ROUND_OPENED,
             {
@@ -141,8 +139,13 @@ class RoundManager:
         rnd.timer = timer
         self._rounds[config.round_id] = rnd
         timer.start()
-        _log.info("round_opened", round_id=config.round_id, min_clients=config.min_clients,
-                  max_clients=config.max_clients, deadline_s=config.deadline_seconds)
+        _log.info(
+            "round_opened",
+            round_id=config.round_id,
+            min_clients=config.min_clients,
+            max_clients=config.max_clients,
+            deadline_s=config.deadline_seconds,
+        )
         self._changed.notify_all()
         return RoundSnapshot(config, rnd.state, 0)
 
@@ -209,7 +212,8 @@ class RoundManager:
                 )
             if len(rnd.accepted) >= rnd.config.max_clients:
                 raise UpdateRejectedError(
-                    RejectReason.ROUND_FULL, f"round {header.round_id} already has max_clients updates"
+                    RejectReason.ROUND_FULL,
+                    f"round {header.round_id} already has max_clients updates",
                 )
             config = rnd.config
             rnd.in_flight.add(header.client_id)
@@ -255,9 +259,7 @@ class RoundManager:
                         "ciphertext_size": update.ciphertext_size,
                         "num_examples": header.num_examples,
                         "adapter_spec_digest": b64encode(header.adapter_spec_digest),
-                        "idempotency_key_digest": b64encode(
-                            hashlib.sha256(header.idempotency_key).digest()
-                        ),
+                        "idempotency_key_digest": b64encode(hashlib.sha256(header.idempotency_key).digest()),
                     },
                 )
                 rnd.strategy.accumulate(update.tensors, header.num_examples)
@@ -265,8 +267,13 @@ class RoundManager:
                 rnd.accepted[header.client_id] = _Accepted(
                     header.idempotency_key, update.ciphertext_digest, header.num_examples, receipt
                 )
-                _log.info("update_accepted", round_id=config.round_id, client_id=header.client_id,
-                          ciphertext_bytes=update.ciphertext_size, log_index=appended.entry.index)
+                _log.info(
+                    "update_accepted",
+                    round_id=config.round_id,
+                    client_id=header.client_id,
+                    ciphertext_bytes=update.ciphertext_size,
+                    log_index=appended.entry.index,
+                )
                 if len(rnd.accepted) >= config.max_clients:
                     self._close_locked(rnd)
                 return receipt
@@ -274,8 +281,13 @@ class RoundManager:
             receiver.wipe()
 
     def _record_rejection(self, round_id: int, client_id: str, exc: UpdateRejectedError) -> None:
-        _log.warning("update_rejected", round_id=round_id, client_id=client_id,
-                     reason=exc.reason.value, detail=exc.detail)
+        _log.warning(
+            "update_rejected",
+            round_id=round_id,
+            client_id=client_id,
+            reason=exc.reason.value,
+            detail=exc.detail,
+        )
         self._log.append(
             EntryKind.UPDATE_REJECTED,
             {
@@ -338,8 +350,13 @@ class RoundManager:
         )
         rnd.published = PublishedAggregate(sign_manifest(manifest, self._keys.log_private_key), data)
         rnd.state = RoundState.CLOSED
-        _log.info("round_closed", round_id=config.round_id, participants=len(participants),
-                  total_examples=total, log_index=appended.entry.index)
+        _log.info(
+            "round_closed",
+            round_id=config.round_id,
+            participants=len(participants),
+            total_examples=total,
+            log_index=appended.entry.index,
+        )
         self._after_round_locked(config.round_id)
 
     def _fail_locked(self, rnd: _Round, reason: str) -> None:
@@ -398,5 +415,3 @@ class RoundManager:
                 if rnd.timer is not None:
                     rnd.timer.cancel()
             self._changed.notify_all()
-
-

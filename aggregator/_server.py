@@ -12,7 +12,6 @@ import grpc
 import structlog
 
 from aggregator._config import JobConfig
-from fedseal.roundconfig import MAX_CHUNK_SIZE
 from aggregator._log import AuditLog
 from aggregator._rounds import RoundManager
 from aggregator._service import AggregatorService
@@ -21,6 +20,7 @@ from attestation import EvidenceCollector, EvidenceKind, build_bundle
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
 from fedseal.canonical import b64encode
 from fedseal.logformat import EntryKind
+from fedseal.roundconfig import MAX_CHUNK_SIZE
 
 __all__ = ["RunningAggregator", "start_aggregator"]
 
@@ -73,9 +73,7 @@ def start_aggregator(
             "evidence_bundle": b64encode(bundle.to_bytes()),
             "evidence_digest": b64encode(bundle.digest()),
             "challenge": b64encode(challenge),
-            "insecure_simulated": any(
-                e.kind is EvidenceKind.SIMULATED_INSECURE for e in bundle.evidence
-            ),
+            "insecure_simulated": any(e.kind is EvidenceKind.SIMULATED_INSECURE for e in bundle.evidence),
         },
     )
     rounds = RoundManager(log, keys, job)
@@ -87,13 +85,18 @@ def start_aggregator(
         ],
         maximum_concurrent_rpcs=max_workers * 4,
     )
-    pb_grpc.add_AggregatorServicer_to_server(AggregatorService(keys, collectors, rounds, log), server)
+    pb_grpc.add_AggregatorServicer_to_server(AggregatorService(keys, collectors, rounds, log), server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port(listen)
     if port == 0:
         log.close()
         raise OSError(f"cannot listen on {listen}")
     server.start()
     rounds.start_job()
-    _log.info("aggregator_started", endpoint=listen.rsplit(":", 1)[0] + f":{port}",
-              log=str(log_path), log_origin=log_origin, log_verifier_key=log.verifier_key)
+    _log.info(
+        "aggregator_started",
+        endpoint=listen.rsplit(":", 1)[0] + f":{port}",
+        log=str(log_path),
+        log_origin=log_origin,
+        log_verifier_key=log.verifier_key,
+    )
     return RunningAggregator(server, port, rounds, log, keys)

@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 import grpc
 import structlog
 
-from fedseal.roundconfig import ConfigError, RoundConfig
 from aggregator._log import AuditLog, AuditLogError
 from aggregator._rounds import (
     RoundError,
@@ -29,6 +28,7 @@ from fedseal.binding import CHALLENGE_SIZE
 from fedseal.canonical import parse_canonical
 from fedseal.errors import FedSealError, FormatError
 from fedseal.logformat import RejectReason
+from fedseal.roundconfig import ConfigError, RoundConfig
 from fedseal.wire import (
     REJECT_REASON_METADATA_KEY,
     STATUS_FOR_REASON,
@@ -36,7 +36,7 @@ from fedseal.wire import (
     header_from_proto,
 )
 
-__all__ = ["AggregatorService", "AGGREGATE_CHUNK_SIZE", "MAX_WAIT_SECONDS"]
+__all__ = ["AGGREGATE_CHUNK_SIZE", "MAX_WAIT_SECONDS", "AggregatorService"]
 
 AGGREGATE_CHUNK_SIZE = 1024 * 1024
 MAX_WAIT_SECONDS = 300.0
@@ -56,7 +56,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         self._rounds = rounds
         self._log = log
 
-    def GetAttestation(  # noqa: N802 - gRPC method names
+    def GetAttestation(
         self, request: pb.AttestationRequest, context: grpc.ServicerContext
     ) -> pb.AttestationResponse:
         if len(request.challenge) != CHALLENGE_SIZE:
@@ -71,18 +71,18 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot produce evidence: {exc}")
         return pb.AttestationResponse(evidence_bundle=bundle.to_bytes())
 
-    def GetRound(  # noqa: N802
-        self, request: pb.GetRoundRequest, context: grpc.ServicerContext
-    ) -> pb.RoundInfo:
+    def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.RoundInfo:
         try:
             snap = self._rounds.snapshot(request.round_id)
         except RoundNotFoundError as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         return pb.RoundInfo(
-            round_config=snap.config.canonical_bytes(), state=snap.state.value, accepted=snap.accepted
+            round_config=snap.config.canonical_bytes(),
+            state=snap.state.value,
+            accepted=snap.accepted,
         )
 
-    def SubmitUpdate(  # noqa: N802
+    def SubmitUpdate(
         self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext
     ) -> pb.SubmitUpdateResponse:
         try:
@@ -91,7 +91,8 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             self._abort_rejected(context, self._rounds.reject_malformed(0, "", "empty stream"))
         if first.WhichOneof("part") != "header":
             self._abort_rejected(
-                context, self._rounds.reject_malformed(0, "", "the first message must be the header")
+                context,
+                self._rounds.reject_malformed(0, "", "the first message must be the header"),
             )
         try:
             header = header_from_proto(first.header)
@@ -112,7 +113,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "the audit log cannot be written; try later")
         return pb.SubmitUpdateResponse(receipt=receipt.encode("utf-8"))
 
-    def GetAggregate(  # noqa: N802
+    def GetAggregate(
         self, request: pb.GetAggregateRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.AggregateChunk]:
         wait = min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)
@@ -132,7 +133,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         for start in range(0, len(data), AGGREGATE_CHUNK_SIZE):
             yield pb.AggregateChunk(data=bytes(data[start : start + AGGREGATE_CHUNK_SIZE]))
 
-    def GetCheckpoint(  # noqa: N802
+    def GetCheckpoint(
         self, request: pb.GetCheckpointRequest, context: grpc.ServicerContext
     ) -> pb.CheckpointResponse:
         try:
@@ -141,7 +142,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
         return pb.CheckpointResponse(checkpoint=note)
 
-    def GetInclusionProof(  # noqa: N802
+    def GetInclusionProof(
         self, request: pb.GetInclusionProofRequest, context: grpc.ServicerContext
     ) -> pb.ProofResponse:
         try:
@@ -152,7 +153,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
         return pb.ProofResponse(hashes=hashes, checkpoint=note)
 
-    def GetConsistencyProof(  # noqa: N802
+    def GetConsistencyProof(
         self, request: pb.GetConsistencyProofRequest, context: grpc.ServicerContext
     ) -> pb.ProofResponse:
         try:
@@ -163,9 +164,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
         return pb.ProofResponse(hashes=hashes, checkpoint=note)
 
-    def OpenRound(  # noqa: N802
-        self, request: pb.OpenRoundRequest, context: grpc.ServicerContext
-    ) -> pb.RoundInfo:
+    def OpenRound(self, request: pb.OpenRoundRequest, context: grpc.ServicerContext) -> pb.RoundInfo:
         try:
             config = RoundConfig.from_json_obj(
                 parse_canonical(bytes(request.round_config), what="round config")
@@ -176,7 +175,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         except RoundError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return pb.RoundInfo(
-            round_config=snap.config.canonical_bytes(), state=snap.state.value, accepted=snap.accepted
+            round_config=snap.config.canonical_bytes(),
+            state=snap.state.value,
+            accepted=snap.accepted,
         )
 
     @staticmethod

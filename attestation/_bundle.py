@@ -103,9 +103,7 @@ class Evidence:
         if not isinstance(self.payload, bytes) or not self.payload:
             raise BundleFormatError("evidence payload must be non-empty bytes", field="payload")
         if len(self.payload) > MAX_BUNDLE_SIZE:
-            raise BundleFormatError(
-                f"evidence payload exceeds {MAX_BUNDLE_SIZE} bytes", field="payload"
-            )
+            raise BundleFormatError(f"evidence payload exceeds {MAX_BUNDLE_SIZE} bytes", field="payload")
 
 
 @dataclass(frozen=True)
@@ -154,9 +152,7 @@ class EvidenceBundle:
             )
         for index, item in enumerate(self.evidence):
             if not isinstance(item, Evidence):
-                raise BundleFormatError(
-                    f"evidence[{index}] must be an Evidence", field=f"evidence[{index}]"
-                )
+                raise BundleFormatError(f"evidence[{index}] must be an Evidence", field=f"evidence[{index}]")
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (see the module docstring)."""
@@ -165,8 +161,7 @@ class EvidenceBundle:
                 "binding": b64encode(self.binding),
                 "challenge": b64encode(self.challenge),
                 "evidence": [
-                    {"kind": item.kind.value, "payload": b64encode(item.payload)}
-                    for item in self.evidence
+                    {"kind": item.kind.value, "payload": b64encode(item.payload)} for item in self.evidence
                 ],
                 "format": f"{_FORMAT_PREFIX}{self.version}",
                 "hpke_public_key": b64encode(self.hpke_public_key),
@@ -220,19 +215,13 @@ class EvidenceBundle:
         return bundle
 
 
-def _check_fields(
-    document: dict[str, object], expected: frozenset[str], *, where: str, prefix: str
-) -> None:
+def _check_fields(document: dict[str, object], expected: frozenset[str], *, where: str, prefix: str) -> None:
     missing = sorted(expected - document.keys())
     if missing:
-        raise BundleFormatError(
-            f"{where} is missing field {missing[0]!r}", field=prefix + missing[0]
-        )
+        raise BundleFormatError(f"{where} is missing field {missing[0]!r}", field=prefix + missing[0])
     unknown = sorted(document.keys() - expected)
     if unknown:
-        raise BundleFormatError(
-            f"{where} has unknown field {unknown[0]!r}", field=prefix + unknown[0]
-        )
+        raise BundleFormatError(f"{where} has unknown field {unknown[0]!r}", field=prefix + unknown[0])
 
 
 def _parse_format(value: object) -> int:
@@ -259,13 +248,10 @@ def _b64_field(value: object, field: str, size: int | None) -> bytes:
 
 def _parse_evidence_list(value: object) -> tuple[Evidence, ...]:
     if not isinstance(value, list):
-        raise BundleFormatError(
-            "evidence bundle field 'evidence' must be an array", field="evidence"
-        )
+        raise BundleFormatError("evidence bundle field 'evidence' must be an array", field="evidence")
     if not 1 <= len(value) <= MAX_EVIDENCE_ITEMS:
         raise BundleFormatError(
-            f"evidence bundle field 'evidence' must hold 1 to {MAX_EVIDENCE_ITEMS} items, "
-            f"got {len(value)}",
+            f"evidence bundle field 'evidence' must hold 1 to {MAX_EVIDENCE_ITEMS} items, got {len(value)}",
             field="evidence",
         )
     items: list[Evidence] = []
@@ -280,8 +266,7 @@ def _parse_evidence_list(value: object) -> tuple[Evidence, ...]:
         except (ValueError, TypeError):
             known = ", ".join(k.value for k in EvidenceKind)
             raise BundleFormatError(
-                f"{prefix}.kind {_shorten(kind_value)} is not a known evidence kind "
-                f"(known: {known})",
+                f"{prefix}.kind {_shorten(kind_value)} is not a known evidence kind (known: {known})",
                 field=f"{prefix}.kind",
             ) from None
         payload = _b64_field(entry["payload"], f"{prefix}.payload", None)

@@ -289,9 +289,7 @@ def _verify_command(args: argparse.Namespace) -> int:
             return _report_failure(exc, None, policy, challenge, as_json)
     else:
         if args.challenge is not None:
-            raise _UsageError(
-                "--challenge goes with --bundle; --endpoint always makes a fresh random one"
-            )
+            raise _UsageError("--challenge goes with --bundle; --endpoint always makes a fresh random one")
         if not args.timeout > 0:
             raise _UsageError("--timeout must be a positive number of seconds")
         try:
@@ -333,9 +331,7 @@ def _parse_challenge(text: str) -> bytes:
     except ValueError:
         challenge = b""
     if len(challenge) != CHALLENGE_SIZE:
-        raise _UsageError(
-            f"--challenge must be {2 * CHALLENGE_SIZE} hex digits ({CHALLENGE_SIZE} bytes)"
-        )
+        raise _UsageError(f"--challenge must be {2 * CHALLENGE_SIZE} hex digits ({CHALLENGE_SIZE} bytes)")
     return challenge
 
 
@@ -443,8 +439,7 @@ def _short(text: str) -> str:
 def _render_table(checks: Sequence[CheckResult]) -> str:
     header = ("CHECK", "EXPECTED", "FOUND", "VERDICT")
     rows = [header] + [
-        (c.name, _short(c.expected), _short(c.found), "pass" if c.passed else "FAIL")
-        for c in checks
+        (c.name, _short(c.expected), _short(c.found), "pass" if c.passed else "FAIL") for c in checks
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [
@@ -476,8 +471,7 @@ def _json_report(
         "log_public_key": bundle.log_public_key.hex() if bundle is not None else None,
         "evidence_kinds": [e.kind.value for e in bundle.evidence] if bundle is not None else [],
         "checks": [
-            {"name": c.name, "expected": c.expected, "found": c.found, "passed": c.passed}
-            for c in checks
+            {"name": c.name, "expected": c.expected, "found": c.found, "passed": c.passed} for c in checks
         ],
         "error": error,
     }

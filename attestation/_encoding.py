@@ -93,9 +93,7 @@ def load_json_object(data: bytes | str) -> dict[str, object]:
     else:
         text = data
     try:
-        value = json.loads(
-            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
-        )
+        value = json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise DecodeError(f"is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     except RecursionError as exc:

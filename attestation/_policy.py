@@ -44,9 +44,7 @@ MAX_POLICY_SIZE = 1024 * 1024
 _MEASUREMENT_SIZE = 32
 
 _REQUIRED_KEYS = frozenset({"schema", "name", "required_evidence"})
-_OPTIONAL_KEYS = frozenset(
-    {"allow_insecure_simulated_evidence", "simulated_measurements", "description"}
-)
+_OPTIONAL_KEYS = frozenset({"allow_insecure_simulated_evidence", "simulated_measurements", "description"})
 _KNOWN_KEYS = _REQUIRED_KEYS | _OPTIONAL_KEYS
 # Builtin names are file stems inside the package; anything else (slashes, dots) could
 # walk out of it.
@@ -98,16 +96,14 @@ class Policy:
             )
         if self.simulated_measurements is not None:
             if not isinstance(self.simulated_measurements, tuple) or not all(
-                isinstance(m, bytes) and len(m) == _MEASUREMENT_SIZE
-                for m in self.simulated_measurements
+                isinstance(m, bytes) and len(m) == _MEASUREMENT_SIZE for m in self.simulated_measurements
             ):
                 raise PolicyError(
                     f"{where}: 'simulated_measurements' must be {_MEASUREMENT_SIZE}-byte values"
                 )
             if not self.simulated_measurements:
                 raise PolicyError(
-                    f"{where}: 'simulated_measurements' is empty; omit it to accept any "
-                    "simulated measurement"
+                    f"{where}: 'simulated_measurements' is empty; omit it to accept any simulated measurement"
                 )
         if not isinstance(self.description, str):
             raise PolicyError(f"{where}: 'description' must be a string")
@@ -171,9 +167,7 @@ class Policy:
             with open(path, "rb") as handle:
                 data = handle.read(MAX_POLICY_SIZE + 1)
         except OSError as exc:
-            raise PolicyError(
-                f"cannot read policy file {os.fspath(path)!s}: {exc.strerror or exc}"
-            ) from exc
+            raise PolicyError(f"cannot read policy file {os.fspath(path)!s}: {exc.strerror or exc}") from exc
         return cls.from_json(data, source=os.fspath(path))
 
 
@@ -194,9 +188,7 @@ def load_builtin_policy(name: str) -> Policy:
         raise PolicyError(f"{name!r} is not a builtin policy name")
     resource = files("policies").joinpath(f"{name}.json")
     if not resource.is_file():
-        raise PolicyError(
-            f"no builtin policy named {name!r} (builtin: {', '.join(builtin_policy_names())})"
-        )
+        raise PolicyError(f"no builtin policy named {name!r} (builtin: {', '.join(builtin_policy_names())})")
     policy = Policy.from_json(resource.read_bytes(), source=f"builtin:{name}")
     if policy.name != name:
         # Reports and receipts name the policy; a file whose name lies would mislead them.
@@ -212,9 +204,7 @@ def _string(value: object, key: str, where: str) -> str:
 
 def _evidence_kinds(value: object, where: str) -> tuple[EvidenceKind, ...]:
     if not isinstance(value, list):
-        raise PolicyError(
-            f"{where}: key 'required_evidence' must be an array, got {json_type(value)}"
-        )
+        raise PolicyError(f"{where}: key 'required_evidence' must be an array, got {json_type(value)}")
     kinds: list[EvidenceKind] = []
     for index, entry in enumerate(value):
         try:
@@ -222,8 +212,7 @@ def _evidence_kinds(value: object, where: str) -> tuple[EvidenceKind, ...]:
         except (ValueError, TypeError):
             known = ", ".join(k.value for k in EvidenceKind)
             raise PolicyError(
-                f"{where}: key 'required_evidence[{index}]' is not a known evidence kind "
-                f"(known: {known})"
+                f"{where}: key 'required_evidence[{index}]' is not a known evidence kind (known: {known})"
             ) from None
         if kind in kinds:
             raise PolicyError(f"{where}: key 'required_evidence[{index}]' repeats {kind.value!r}")
@@ -233,9 +222,7 @@ def _evidence_kinds(value: object, where: str) -> tuple[EvidenceKind, ...]:
 
 def _measurements(value: object, where: str) -> tuple[bytes, ...]:
     if not isinstance(value, list):
-        raise PolicyError(
-            f"{where}: key 'simulated_measurements' must be an array, got {json_type(value)}"
-        )
+        raise PolicyError(f"{where}: key 'simulated_measurements' must be an array, got {json_type(value)}")
     result: list[bytes] = []
     for index, entry in enumerate(value):
         try:

@@ -61,9 +61,7 @@ _REPORT_DATA_SIZE = 32
 _MEASUREMENT_SIZE = 32
 _ED25519_PUBLIC_KEY_SIZE = 32
 _ED25519_SIGNATURE_SIZE = 64
-_PAYLOAD_FIELDS = frozenset(
-    {"measurement", "report_data", "signature", "signing_key", "type", "warning"}
-)
+_PAYLOAD_FIELDS = frozenset({"measurement", "report_data", "signature", "signing_key", "type", "warning"})
 
 
 def simulated_measurement(description: str) -> bytes:
@@ -99,9 +97,7 @@ class SimulatedReport:
         travels with the payload, so anyone can make a report that passes this check.
         """
         try:
-            Ed25519PublicKey.from_public_bytes(self.signing_key).verify(
-                self.signature, self.signed_bytes()
-            )
+            Ed25519PublicKey.from_public_bytes(self.signing_key).verify(self.signature, self.signed_bytes())
         except InvalidSignature:
             return False
         return True
@@ -118,18 +114,12 @@ def parse_simulated_payload(payload: bytes, *, field: str = "payload") -> Simula
         raise EvidenceFormatError(f"{field} {exc}", field=field) from exc
     missing = sorted(_PAYLOAD_FIELDS - document.keys())
     if missing:
-        raise EvidenceFormatError(
-            f"{field} is missing field {missing[0]!r}", field=f"{field}.{missing[0]}"
-        )
+        raise EvidenceFormatError(f"{field} is missing field {missing[0]!r}", field=f"{field}.{missing[0]}")
     unknown = sorted(document.keys() - _PAYLOAD_FIELDS)
     if unknown:
-        raise EvidenceFormatError(
-            f"{field} has unknown field {unknown[0]!r}", field=f"{field}.{unknown[0]}"
-        )
+        raise EvidenceFormatError(f"{field} has unknown field {unknown[0]!r}", field=f"{field}.{unknown[0]}")
     if document["type"] != SIMULATED_EVIDENCE_TYPE:
-        raise EvidenceFormatError(
-            f"{field}.type must be {SIMULATED_EVIDENCE_TYPE!r}", field=f"{field}.type"
-        )
+        raise EvidenceFormatError(f"{field}.type must be {SIMULATED_EVIDENCE_TYPE!r}", field=f"{field}.type")
     # The warning is part of the format on purpose: whoever reads a raw payload (in a log,
     # in a saved bundle) sees at once that it is worthless as security evidence.
     if document["warning"] != SIMULATED_EVIDENCE_WARNING:

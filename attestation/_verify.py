@@ -193,9 +193,7 @@ _VERIFIERS: Mapping[EvidenceKind, _EvidenceVerifier] = MappingProxyType(
 )
 
 
-def verify_bundle(
-    bundle: EvidenceBundle | bytes, policy: Policy, challenge: bytes
-) -> VerifiedAttestation:
+def verify_bundle(bundle: EvidenceBundle | bytes, policy: Policy, challenge: bytes) -> VerifiedAttestation:
     """Verify ``bundle`` against ``policy`` and the 32-byte ``challenge`` this client sent.
 
     Returns a :class:`VerifiedAttestation` or raises an :class:`~attestation.AttestationError`

@@ -132,9 +132,7 @@ def bench_suite(
     # The peer: the bare AEAD on the same chunks, without HPKE, framing checks or digest.
     data_key = os.urandom(32)
     aead: AESGCM | ChaCha20Poly1305 = (
-        AESGCM(data_key)
-        if suite is HpkeSuite.X25519_SHA256_AES256GCM
-        else ChaCha20Poly1305(data_key)
+        AESGCM(data_key) if suite is HpkeSuite.X25519_SHA256_AES256GCM else ChaCha20Poly1305(data_key)
     )
     aad = context.aad()
     view = memoryview(plaintext)
@@ -160,6 +158,7 @@ def bench_suite(
     report("raw encrypt", timed(raw_encrypt, repeats), size)
     report("raw decrypt", timed(raw_decrypt, repeats), size)
     report("raw decrypt_into", timed(raw_decrypt_into, repeats), size)
+
 
 if __name__ == "__main__":
     main()

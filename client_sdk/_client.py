@@ -197,8 +197,13 @@ class FedSealClient:
         key = idempotency_key if idempotency_key is not None else os.urandom(32)
         for attempt in range(retries + 1):
             submission = self.seal_update(
-                adapter, round_id=round_id, client_id=client_id, num_examples=num_examples,
-                idempotency_key=key, chunk_size=chunk_size, suite=suite,
+                adapter,
+                round_id=round_id,
+                client_id=client_id,
+                num_examples=num_examples,
+                idempotency_key=key,
+                chunk_size=chunk_size,
+                suite=suite,
             )
             try:
                 return self.send(submission)
@@ -228,8 +233,7 @@ def _serialize(adapter: Mapping[str, Any], spec: AdapterSpec) -> bytes:
     extra = sorted(set(adapter) - set(expected))
     if missing or extra:
         raise AdapterMismatchError(
-            f"adapter does not match the round's adapter spec: missing {missing[:5]}, "
-            f"unexpected {extra[:5]}"
+            f"adapter does not match the round's adapter spec: missing {missing[:5]}, unexpected {extra[:5]}"
         )
     tensors: dict[str, torch.Tensor] = {}
     for name, tspec in expected.items():
@@ -267,7 +271,12 @@ def submit_update(
 
 
 def fetch_aggregate(
-    endpoint: str, round_id: int, *, policy: Policy, wait_seconds: float = 0.0, timeout: float = 60.0
+    endpoint: str,
+    round_id: int,
+    *,
+    policy: Policy,
+    wait_seconds: float = 0.0,
+    timeout: float = 60.0,
 ) -> Aggregate:
     with FedSealClient(endpoint, policy, timeout=timeout) as client:
         return client.fetch_aggregate(round_id, wait_seconds=wait_seconds)

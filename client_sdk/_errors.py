@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from fedseal.errors import FedSealError
 
-__all__ = ["AdapterMismatchError", "AggregatorUnavailableError", "ClientError", "RoundUnavailableError"]
+__all__ = [
+    "AdapterMismatchError",
+    "AggregatorUnavailableError",
+    "ClientError",
+    "RoundUnavailableError",
+]
 
 
 class ClientError(FedSealError):

@@ -18,7 +18,13 @@ from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
 from fedseal.canonical import parse_canonical
 from fedseal.logformat import RejectReason
 from fedseal.roundconfig import MAX_CHUNK_SIZE, RoundConfig
-from fedseal.wire import REJECT_REASON_METADATA_KEY, RoundState, UpdateHeader, UpdateRejectedError, header_to_proto
+from fedseal.wire import (
+    REJECT_REASON_METADATA_KEY,
+    RoundState,
+    UpdateHeader,
+    UpdateRejectedError,
+    header_to_proto,
+)
 
 __all__ = ["AggregatorConnection", "RoundInfo"]
 
@@ -48,7 +54,7 @@ class AggregatorConnection:
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
             ],
         )
-        self._stub = pb_grpc.AggregatorStub(self._channel)
+        self._stub = pb_grpc.AggregatorStub(self._channel)  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> AggregatorConnection:
         return self
@@ -117,8 +123,11 @@ class AggregatorConnection:
                     raise AggregatorUnavailableError("aggregate stream is out of order")
         except grpc.RpcError as exc:
             code = _code(exc)
-            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
-                        grpc.StatusCode.UNAVAILABLE) and _details(exc):
+            if code in (
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.UNAVAILABLE,
+            ) and _details(exc):
                 raise RoundUnavailableError(_details(exc)) from None
             raise self._unavailable("GetAggregate", exc) from None
         if manifest is None:
@@ -127,10 +136,12 @@ class AggregatorConnection:
 
     def get_checkpoint(self, tree_size: int = 0) -> str:
         try:
-            reply = self._stub.GetCheckpoint(pb.GetCheckpointRequest(tree_size=tree_size), timeout=self._timeout)
+            reply = self._stub.GetCheckpoint(
+                pb.GetCheckpointRequest(tree_size=tree_size), timeout=self._timeout
+            )
         except grpc.RpcError as exc:
             raise self._unavailable("GetCheckpoint", exc) from None
-        return reply.checkpoint
+        return str(reply.checkpoint)
 
     def open_round(self, config: RoundConfig) -> RoundInfo:
         try:

@@ -1,4 +1,6 @@
-"""FedSeal shared formats: wire protocol, envelope, binding, adapter spec, log format and proofs, and the auditor tool.
+"""FedSeal's shared formats and the auditor's tool.
 
-Neither the aggregator nor the client SDK is imported from here: both sides import this package.
+Wire protocol, envelope, attestation binding, adapter spec, round config, log format,
+Merkle proofs, signed notes and receipts live here. Neither the aggregator nor the client
+SDK is imported from this package: both sides import it.
 """

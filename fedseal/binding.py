@@ -22,8 +22,8 @@ from fedseal.errors import FormatError
 __all__ = [
     "BINDING_DOMAIN",
     "CHALLENGE_SIZE",
-    "X25519_PUBLIC_KEY_SIZE",
     "ED25519_PUBLIC_KEY_SIZE",
+    "X25519_PUBLIC_KEY_SIZE",
     "BoundKeys",
     "compute_binding",
     "length_prefixed",
@@ -74,9 +74,7 @@ def compute_binding(hpke_public_key: bytes, log_public_key: bytes, challenge: by
     keys = BoundKeys(hpke_public_key, log_public_key)  # validates the key lengths
     if len(challenge) != CHALLENGE_SIZE:
         raise FormatError(f"challenge must be {CHALLENGE_SIZE} bytes, got {len(challenge)}")
-    encoded = length_prefixed(
-        BINDING_DOMAIN, keys.hpke_public_key, keys.log_public_key, challenge
-    )
+    encoded = length_prefixed(BINDING_DOMAIN, keys.hpke_public_key, keys.log_public_key, challenge)
     return hashlib.sha256(encoded).digest()
 
 

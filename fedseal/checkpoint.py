@@ -101,9 +101,7 @@ class Checkpoint:
             if not line:
                 raise FormatError(f"checkpoint extension line {i} is empty")
             if _CONTROL_CHARS.search(line):
-                raise FormatError(
-                    f"checkpoint extension line {i} contains a newline or control character"
-                )
+                raise FormatError(f"checkpoint extension line {i} contains a newline or control character")
 
     def body(self) -> str:
         """The note text: origin, size, base64 root, extension lines, each ending in newline."""
@@ -172,9 +170,7 @@ def open_checkpoint(
     note: VerifiedNote = open_note(note_text, verifiers)
     cp = Checkpoint.parse_body(note.text)
     if cp.origin != expected_origin:
-        raise NoteError(
-            f"checkpoint origin {cp.origin!r} does not match expected origin {expected_origin!r}"
-        )
+        raise NoteError(f"checkpoint origin {cp.origin!r} does not match expected origin {expected_origin!r}")
     verified = VerifiedCheckpoint(checkpoint=cp, signatures=note.signatures)
     if not verified.log_signatures:
         # A cosignature alone says a witness saw the tree head, not that the log signed it.
@@ -182,9 +178,7 @@ def open_checkpoint(
     return verified
 
 
-def cosign_checkpoint(
-    cp: Checkpoint, cosigner_name: str, key: Ed25519PrivateKey, timestamp: int
-) -> str:
+def cosign_checkpoint(cp: Checkpoint, cosigner_name: str, key: Ed25519PrivateKey, timestamp: int) -> str:
     """Return the tlog-cosignature line (type 0x04, ending in newline) for ``cp``.
 
     Append it to the signed checkpoint note to add the cosignature.
@@ -200,8 +194,7 @@ def verify_cosignature(cp: Checkpoint, signature_line: str, cosigner: NoteVerifi
     """
     if cosigner.sig_type != SIG_TYPE_COSIGNATURE_V1:
         raise FormatError(
-            f"verifier {cosigner.name!r} is type 0x{cosigner.sig_type:02x}, "
-            "not a cosignature key (0x04)"
+            f"verifier {cosigner.name!r} is type 0x{cosigner.sig_type:02x}, not a cosignature key (0x04)"
         )
     parsed = parse_signature_line(signature_line)
     if parsed.name != cosigner.name or parsed.key_id != cosigner.key_id:
@@ -230,9 +223,7 @@ class TlogProof:
         if not 0 <= self.index <= _MAX_UINT64:
             raise FormatError(f"tlog-proof index {self.index} is outside 0..2^64-1")
         if len(self.proof) > MAX_PROOF_HASHES:
-            raise FormatError(
-                f"tlog-proof has {len(self.proof)} hashes, more than {MAX_PROOF_HASHES}"
-            )
+            raise FormatError(f"tlog-proof has {len(self.proof)} hashes, more than {MAX_PROOF_HASHES}")
         for i, h in enumerate(self.proof):
             if len(h) != HASH_SIZE:
                 raise FormatError(f"tlog-proof hash {i} is {len(h)} bytes, expected 32")
@@ -282,9 +273,7 @@ class TlogProof:
                 raise FormatError(f"tlog-proof has more than {MAX_PROOF_HASHES} hashes")
             h = b64decode_strict(line, f"tlog-proof hash {len(hashes)}")
             if len(h) != HASH_SIZE:
-                raise FormatError(
-                    f"tlog-proof hash {len(hashes)} is {len(h)} bytes, expected {HASH_SIZE}"
-                )
+                raise FormatError(f"tlog-proof hash {len(hashes)} is {len(h)} bytes, expected {HASH_SIZE}")
             hashes.append(h)
         if not rest:
             raise FormatError("tlog-proof has no checkpoint after the blank line")

@@ -157,9 +157,7 @@ _IDEMPOTENCY_KEY_MAX: Final = 64
 
 # decrypt_into (cryptography >= 46) authenticates straight into our buffer: one copy less
 # per chunk than decrypt() followed by a slice assignment.
-_HAS_DECRYPT_INTO: Final = hasattr(AESGCM, "decrypt_into") and hasattr(
-    ChaCha20Poly1305, "decrypt_into"
-)
+_HAS_DECRYPT_INTO: Final = hasattr(AESGCM, "decrypt_into") and hasattr(ChaCha20Poly1305, "decrypt_into")
 
 _Aead = AESGCM | ChaCha20Poly1305
 
@@ -263,18 +261,12 @@ class SealContext:
         _check_int("round_id", self.round_id, 1, _U64_MAX)
         if not isinstance(self.client_id, str):
             raise FormatError(f"client_id must be a str, got {type(self.client_id).__name__}")
-        if not 1 <= len(self.client_id) <= _CLIENT_ID_MAX or not all(
-            " " <= c <= "~" for c in self.client_id
-        ):
+        if not 1 <= len(self.client_id) <= _CLIENT_ID_MAX or not all(" " <= c <= "~" for c in self.client_id):
             raise FormatError(f"client_id must be 1..{_CLIENT_ID_MAX} printable ASCII characters")
-        _check_bytes(
-            "adapter_spec_digest", self.adapter_spec_digest, _SPEC_DIGEST_SIZE, _SPEC_DIGEST_SIZE
-        )
+        _check_bytes("adapter_spec_digest", self.adapter_spec_digest, _SPEC_DIGEST_SIZE, _SPEC_DIGEST_SIZE)
         _check_int("num_examples", self.num_examples, 1, _U64_MAX)
         _check_bytes("binding", self.binding, _BINDING_SIZE, _BINDING_SIZE)
-        _check_bytes(
-            "idempotency_key", self.idempotency_key, _IDEMPOTENCY_KEY_MIN, _IDEMPOTENCY_KEY_MAX
-        )
+        _check_bytes("idempotency_key", self.idempotency_key, _IDEMPOTENCY_KEY_MIN, _IDEMPOTENCY_KEY_MAX)
         _check_int("chunk_size", self.chunk_size, MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
         if not isinstance(self.suite, HpkeSuite):
             raise FormatError(f"suite must be an HpkeSuite, got {type(self.suite).__name__}")
@@ -327,9 +319,7 @@ def plaintext_size_for(ciphertext_size: int, chunk_size: int) -> int:
         return full * chunk_size
     # A trailing partial chunk needs its tag and, after full chunks, at least one byte.
     if rest < TAG_SIZE or (rest == TAG_SIZE and full > 0):
-        raise FormatError(
-            f"{ciphertext_size} bytes cannot be a sealed payload with chunk size {chunk_size}"
-        )
+        raise FormatError(f"{ciphertext_size} bytes cannot be a sealed payload with chunk size {chunk_size}")
     return full * chunk_size + rest - TAG_SIZE
 
 
@@ -380,9 +370,7 @@ def _byte_view(plaintext: bytes | memoryview) -> memoryview:
     try:
         view = memoryview(plaintext)
     except TypeError:
-        raise FormatError(
-            f"plaintext must be bytes or memoryview, got {type(plaintext).__name__}"
-        ) from None
+        raise FormatError(f"plaintext must be bytes or memoryview, got {type(plaintext).__name__}") from None
     if not view.c_contiguous:
         raise FormatError("plaintext memoryview must be C-contiguous")
     if view.format != "B" or view.ndim != 1:
@@ -422,9 +410,7 @@ class SealingStream:
         info = context.encode()
         self._aad = hashlib.sha256(info).digest()
         data_key = os.urandom(DATA_KEY_SIZE)
-        self.wrapped_key: bytes = context.suite.hpke().encrypt(
-            data_key, recipient_public_key, info=info
-        )
+        self.wrapped_key: bytes = context.suite.hpke().encrypt(data_key, recipient_public_key, info=info)
         self._aead: _Aead | None = context.suite.chunk_aead(data_key)
         del data_key  # drop our reference; the bytes object itself cannot be zeroed
         self._digest = CiphertextDigest(self.wrapped_key)
@@ -599,8 +585,7 @@ class StreamOpener:
         if not isinstance(wrapped_key, bytes) or len(wrapped_key) != WRAPPED_KEY_SIZE:
             size = len(wrapped_key) if isinstance(wrapped_key, bytes) else "non-bytes"
             raise EnvelopeUnwrapError(
-                f"cannot unwrap the data key: wrapped key must be {WRAPPED_KEY_SIZE} bytes, "
-                f"got {size}"
+                f"cannot unwrap the data key: wrapped key must be {WRAPPED_KEY_SIZE} bytes, got {size}"
             )
         info = context.encode()
         try:
@@ -613,9 +598,7 @@ class StreamOpener:
                 "from the sender's, or a tampered wrapped key"
             ) from None
         if len(data_key) != DATA_KEY_SIZE:
-            raise EnvelopeUnwrapError(
-                "cannot unwrap the data key: unwrapped key has the wrong length"
-            )
+            raise EnvelopeUnwrapError("cannot unwrap the data key: unwrapped key has the wrong length")
         aead = context.suite.chunk_aead(data_key)
         del data_key
         return cls(
@@ -652,9 +635,7 @@ class StreamOpener:
             raise EnvelopeError("opener was wiped; it cannot be reused")
         return self._aead
 
-    def _try_decrypt(
-        self, aead: _Aead, nonce: bytes, chunk: bytes | memoryview, target: memoryview
-    ) -> bool:
+    def _try_decrypt(self, aead: _Aead, nonce: bytes, chunk: bytes | memoryview, target: memoryview) -> bool:
         try:
             if _HAS_DECRYPT_INTO:
                 aead.decrypt_into(nonce, chunk, self._aad, target)
@@ -678,8 +659,7 @@ class StreamOpener:
         if size > full_size:
             raise self._fail(
                 EnvelopeSizeError,
-                f"oversize chunk {index}: {size} bytes, more than chunk_size + {TAG_SIZE} = "
-                f"{full_size}",
+                f"oversize chunk {index}: {size} bytes, more than chunk_size + {TAG_SIZE} = {full_size}",
             )
         if size < TAG_SIZE:
             raise self._fail(
@@ -696,9 +676,7 @@ class StreamOpener:
                 f"{limit} of {self._view.nbytes}",
             )
         if index >= MAX_CHUNK_COUNT:
-            raise self._fail(
-                EnvelopeSizeError, f"too many chunks: chunk {index} exceeds {MAX_CHUNK_COUNT}"
-            )
+            raise self._fail(EnvelopeSizeError, f"too many chunks: chunk {index} exceeds {MAX_CHUNK_COUNT}")
         if plain_size == 0 and index > 0:
             # Only an empty plaintext has an empty (final) chunk; refusing others keeps one
             # encoding per plaintext.

@@ -123,8 +123,13 @@ class LogEntry:
         _check_fields(self.kind, self.fields, where=f"entry {self.index}")
 
     def to_json_obj(self) -> dict[str, Any]:
-        return {"v": FORMAT_VERSION, "index": self.index, "time": self.time,
-                "kind": self.kind.value, **self.fields}
+        return {
+            "v": FORMAT_VERSION,
+            "index": self.index,
+            "time": self.time,
+            "kind": self.kind.value,
+            **self.fields,
+        }
 
     def leaf_data(self) -> bytes:
         """The bytes hashed into the Merkle tree for this entry."""

@@ -57,8 +57,16 @@ class AggregateManifest:
     @classmethod
     def from_json_obj(cls, obj: object) -> AggregateManifest:
         expected = {
-            "format", "log_origin", "round_id", "strategy", "adapter_spec", "aggregate_digest",
-            "aggregate_size", "participants", "total_examples", "round_closed_index",
+            "format",
+            "log_origin",
+            "round_id",
+            "strategy",
+            "adapter_spec",
+            "aggregate_digest",
+            "aggregate_size",
+            "participants",
+            "total_examples",
+            "round_closed_index",
         }
         if not isinstance(obj, dict) or set(obj) != expected:
             raise FormatError("aggregate manifest has missing or unknown fields")

@@ -246,9 +246,7 @@ def _inclusion_proof_length(index: int, size: int) -> int:
     return inner + border
 
 
-def root_from_inclusion_proof(
-    leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes]
-) -> bytes:
+def root_from_inclusion_proof(leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes:
     """Compute the root that ``proof`` implies for ``leaf_hash`` at ``index`` in ``size``.
 
     RFC 9162 §2.1.3.2 steps 1-4; raises ProofError if the proof cannot be valid for any
@@ -262,8 +260,7 @@ def root_from_inclusion_proof(
     expected = _inclusion_proof_length(index, size)
     if len(proof) != expected:
         raise ProofError(
-            f"inclusion proof has {len(proof)} hashes, expected {expected} "
-            f"for index {index} in size {size}"
+            f"inclusion proof has {len(proof)} hashes, expected {expected} for index {index} in size {size}"
         )
     fn, sn = index, size - 1
     r = leaf_hash
@@ -287,18 +284,14 @@ def root_from_inclusion_proof(
     return r
 
 
-def verify_inclusion(
-    leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
-) -> None:
+def verify_inclusion(leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> None:
     """Check that ``leaf_hash`` is leaf ``index`` of the tree of ``size`` with ``root``.
 
     RFC 9162 §2.1.3.2. Returns None on success; raises ProofError otherwise.
     """
     computed = root_from_inclusion_proof(leaf_hash, index, size, proof)
     if not hmac.compare_digest(computed, root):
-        raise ProofError(
-            f"inclusion proof for index {index} in size {size} does not lead to the given root"
-        )
+        raise ProofError(f"inclusion proof for index {index} in size {size} does not lead to the given root")
 
 
 def verify_consistency(

@@ -261,8 +261,7 @@ class NoteVerifier:
         verifier = cls(name, public_key, sig_type=sig_type)
         if verifier.key_id.hex() != key_id_hex:
             raise FormatError(
-                f"verifier key ID {key_id_hex} does not match the key "
-                f"(computed {verifier.key_id.hex()})"
+                f"verifier key ID {key_id_hex} does not match the key (computed {verifier.key_id.hex()})"
             )
         return verifier
 
@@ -304,9 +303,7 @@ class NoteVerifier:
         """
         if self._sig_type == SIG_TYPE_ED25519:
             if len(signature) != _ED25519_SIG_SIZE:
-                raise SignatureError(
-                    f"signature from {self._name!r} is {len(signature)} bytes, expected 64"
-                )
+                raise SignatureError(f"signature from {self._name!r} is {len(signature)} bytes, expected 64")
             message, sig, timestamp = text.encode("utf-8"), signature, None
         else:
             if len(signature) != _TIMESTAMP_SIZE + _ED25519_SIG_SIZE:

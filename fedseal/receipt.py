@@ -85,9 +85,7 @@ def verify_receipt(
     if expected is not None:
         for name, value in expected.expected_fields().items():
             found = entry.fields.get(name)
-            same = (
-                hmac.compare_digest(str(found), str(value)) if isinstance(value, str) else found == value
-            )
+            same = hmac.compare_digest(str(found), str(value)) if isinstance(value, str) else found == value
             if not same:
                 raise ReceiptError(
                     f"receipt entry field {name!r} is {found!r}, but this client sent {value!r}"

@@ -91,8 +91,16 @@ class RoundConfig:
     @classmethod
     def from_json_obj(cls, obj: object, *, round_id: int | None = None) -> RoundConfig:
         where = "round config"
-        allowed = {"format", "round_id", "adapter_spec", "min_clients", "max_clients",
-                   "deadline_ms", "strategy", "max_chunk_size"}
+        allowed = {
+            "format",
+            "round_id",
+            "adapter_spec",
+            "min_clients",
+            "max_clients",
+            "deadline_ms",
+            "strategy",
+            "max_chunk_size",
+        }
         if not isinstance(obj, dict):
             raise ConfigError(f"{where}: must be a JSON object")
         unknown = sorted(set(obj) - allowed)

@@ -169,8 +169,11 @@ class AdapterSpec:
 
 def _wire_dtype_of(tensor: Any, name: str) -> WireDtype:
     text = str(tensor.dtype)
-    for marker, wire in (("bfloat16", WireDtype.BFLOAT16), ("float16", WireDtype.FLOAT16),
-                         ("float32", WireDtype.FLOAT32)):
+    for marker, wire in (
+        ("bfloat16", WireDtype.BFLOAT16),
+        ("float16", WireDtype.FLOAT16),
+        ("float32", WireDtype.FLOAT32),
+    ):
         if text.endswith(marker):
             return wire
     raise FormatError(f"tensor {name!r} has dtype {text}; updates must be float32, bfloat16 or float16")

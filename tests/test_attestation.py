@@ -71,9 +71,7 @@ def collector() -> InsecureSimulatedTeeCollector:
 
 
 @pytest.fixture
-def bundle(
-    keys: BoundKeys, challenge: bytes, collector: InsecureSimulatedTeeCollector
-) -> EvidenceBundle:
+def bundle(keys: BoundKeys, challenge: bytes, collector: InsecureSimulatedTeeCollector) -> EvidenceBundle:
     return build_bundle(keys, challenge, [collector])
 
 
@@ -111,9 +109,7 @@ def _payload_of(bundle: EvidenceBundle) -> JsonObject:
 
 
 def _with_payload(bundle: EvidenceBundle, payload: bytes) -> EvidenceBundle:
-    return dataclasses.replace(
-        bundle, evidence=(Evidence(EvidenceKind.SIMULATED_INSECURE, payload),)
-    )
+    return dataclasses.replace(bundle, evidence=(Evidence(EvidenceKind.SIMULATED_INSECURE, payload),))
 
 
 # --- bundle format -------------------------------------------------------------------
@@ -281,9 +277,7 @@ def test_evidence_kind_values() -> None:
 # --- simulated collector -------------------------------------------------------------
 
 
-def test_simulated_payload_format(
-    bundle: EvidenceBundle, collector: InsecureSimulatedTeeCollector
-) -> None:
+def test_simulated_payload_format(bundle: EvidenceBundle, collector: InsecureSimulatedTeeCollector) -> None:
     payload = _payload_of(bundle)
     assert set(payload) == {
         "type",
@@ -391,9 +385,7 @@ def test_default_policy_refuses_simulated_evidence(
     assert "required evidence nvidia-gpu" in failing
 
 
-def test_bundle_for_another_challenge_is_refused(
-    bundle: EvidenceBundle, dev_policy: Policy
-) -> None:
+def test_bundle_for_another_challenge_is_refused(bundle: EvidenceBundle, dev_policy: Policy) -> None:
     with pytest.raises(BindingMismatchError, match="another challenge"):
         verify_bundle(bundle, dev_policy, os.urandom(32))
 
@@ -411,9 +403,7 @@ def test_replay_with_rewritten_challenge_is_refused(
     assert names == {"binding", "evidence[0] simulated-insecure-tee report data"}
 
 
-def test_swapped_hpke_key_is_refused(
-    bundle: EvidenceBundle, dev_policy: Policy, challenge: bytes
-) -> None:
+def test_swapped_hpke_key_is_refused(bundle: EvidenceBundle, dev_policy: Policy, challenge: bytes) -> None:
     attacker_key = _new_keys().hpke_public_key
     swapped = dataclasses.replace(bundle, hpke_public_key=attacker_key)
     with pytest.raises(BindingMismatchError, match="binding"):
@@ -434,9 +424,7 @@ def test_swapped_key_with_recomputed_bundle_binding_is_refused(
         verify_bundle(forged, dev_policy, challenge)
 
 
-def test_swapped_log_key_is_refused(
-    bundle: EvidenceBundle, dev_policy: Policy, challenge: bytes
-) -> None:
+def test_swapped_log_key_is_refused(bundle: EvidenceBundle, dev_policy: Policy, challenge: bytes) -> None:
     swapped = dataclasses.replace(bundle, log_public_key=_new_keys().log_public_key)
     with pytest.raises(BindingMismatchError):
         verify_bundle(swapped, dev_policy, challenge)
@@ -466,12 +454,8 @@ def test_malformed_simulated_payload_is_refused(
         verify_bundle(_with_payload(bundle, b"not json"), dev_policy, challenge)
 
 
-@pytest.mark.parametrize(
-    "kind", [EvidenceKind.NVIDIA_GPU, EvidenceKind.AMD_SEV_SNP, EvidenceKind.INTEL_TDX]
-)
-def test_evidence_without_verifier_is_refused(
-    keys: BoundKeys, challenge: bytes, kind: EvidenceKind
-) -> None:
+@pytest.mark.parametrize("kind", [EvidenceKind.NVIDIA_GPU, EvidenceKind.AMD_SEV_SNP, EvidenceKind.INTEL_TDX])
+def test_evidence_without_verifier_is_refused(keys: BoundKeys, challenge: bytes, kind: EvidenceKind) -> None:
     binding = keys.binding_for(challenge)
     bundle = EvidenceBundle(
         hpke_public_key=keys.hpke_public_key,
@@ -489,9 +473,7 @@ def test_unverifiable_extra_evidence_is_refused(
     bundle: EvidenceBundle, dev_policy: Policy, challenge: bytes
 ) -> None:
     # The dev policy does not require GPU evidence, but evidence that is present must verify.
-    extra = dataclasses.replace(
-        bundle, evidence=(*bundle.evidence, Evidence(EvidenceKind.NVIDIA_GPU, b"x"))
-    )
+    extra = dataclasses.replace(bundle, evidence=(*bundle.evidence, Evidence(EvidenceKind.NVIDIA_GPU, b"x")))
     with pytest.raises(UnsupportedEvidenceError):
         verify_bundle(extra, dev_policy, challenge)
 

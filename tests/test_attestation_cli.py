@@ -85,9 +85,7 @@ def test_saved_bundle_refused_under_default_policy(
     assert out.count("FAIL") == 2
 
 
-def test_json_report(
-    bundle_file: Path, challenge: bytes, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_json_report(bundle_file: Path, challenge: bytes, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_verify_args(bundle_file, challenge, "--json")) == EXIT_FAILED
     report = json.loads(capsys.readouterr().out)
     assert report["verified"] is False
@@ -103,10 +101,7 @@ def test_json_report(
     assert report["insecure"] is True
     assert report["error"] is None
     assert report["evidence_kinds"] == ["simulated-insecure-tee"]
-    assert (
-        report["bundle_sha256"]
-        == EvidenceBundle.from_bytes(bundle_file.read_bytes()).digest().hex()
-    )
+    assert report["bundle_sha256"] == EvidenceBundle.from_bytes(bundle_file.read_bytes()).digest().hex()
 
 
 def test_policy_file(
@@ -148,9 +143,7 @@ def test_malformed_bundle_fails_verification(
         pytest.param(["verify"], id="no-source"),
         pytest.param(["frobnicate"], id="unknown-command"),
         pytest.param(["verify", "--bundle", "x", "--endpoint", "localhost:1"], id="two-sources"),
-        pytest.param(
-            ["verify", "--endpoint", "localhost:1", "--timeout", "soon"], id="bad-timeout"
-        ),
+        pytest.param(["verify", "--endpoint", "localhost:1", "--timeout", "soon"], id="bad-timeout"),
         pytest.param(["verify", "--endpoint", "localhost:1", "--timeout", "0"], id="zero-timeout"),
         pytest.param(["verify", "--endpoint", "localhost"], id="no-port"),
         pytest.param(["verify", "--endpoint", "10.1.2.3:50051"], id="not-loopback"),
@@ -270,9 +263,7 @@ def test_fetch_bundle_unreachable(challenge: bytes) -> None:
         fetch_bundle(f"127.0.0.1:{_free_port()}", challenge, timeout=5.0)
 
 
-def test_endpoint_verify_and_save(
-    endpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_endpoint_verify_and_save(endpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     saved = tmp_path / "bundle.json"
     argv = ["verify", "--endpoint", endpoint, *DEV, "--save-bundle", str(saved)]
     assert main(argv) == EXIT_OK

@@ -188,9 +188,7 @@ def test_cosigned_checkpoint_note(
     log_signer: NoteSigner, witness_key: Ed25519PrivateKey, witness: NoteVerifier
 ) -> None:
     cp = Checkpoint(ORIGIN, 99, ROOT)
-    note = sign_checkpoint(cp, log_signer) + cosign_checkpoint(
-        cp, "witness.example/w1", witness_key, 1234
-    )
+    note = sign_checkpoint(cp, log_signer) + cosign_checkpoint(cp, "witness.example/w1", witness_key, 1234)
     verified = open_checkpoint(note, [log_signer.verifier(), witness], ORIGIN)
     assert [s.sig_type for s in verified.cosignatures] == [SIG_TYPE_COSIGNATURE_V1]
     assert verified.cosignature_time("witness.example/w1") == 1234
@@ -223,9 +221,7 @@ def _b64(b: bytes) -> str:
 def test_tlog_proof_format_matches_go_marshal() -> None:
     # Expected strings from transparency-dev/formats proof/tlog_proof_test.go (TestMarshal).
     p = TlogProof(None, 5, (H1, H2), "test checkpoint\n")
-    assert (
-        p.to_text() == f"{TLOG_PROOF_HEADER}\nindex 5\n{_b64(H1)}\n{_b64(H2)}\n\ntest checkpoint\n"
-    )
+    assert p.to_text() == f"{TLOG_PROOF_HEADER}\nindex 5\n{_b64(H1)}\n{_b64(H2)}\n\ntest checkpoint\n"
     extra = b"extra information"
     q = TlogProof(extra, 10, (H1,), "checkpoint data\n")
     assert q.to_text() == (
@@ -316,9 +312,7 @@ def test_verify_tlog_proof_end_to_end(
         verify_tlog_proof(TlogProof.parse(p.to_text()), b"entry %d" % i, verifiers, ORIGIN)
 
 
-def test_verify_tlog_proof_tampering(
-    logged: tuple[MerkleTree, str], log_signer: NoteSigner
-) -> None:
+def test_verify_tlog_proof_tampering(logged: tuple[MerkleTree, str], log_signer: NoteSigner) -> None:
     tree, note = logged
     verifiers = [log_signer.verifier()]
     good = TlogProof(None, 13, tuple(tree.inclusion_proof(13)), note)
@@ -334,9 +328,7 @@ def test_verify_tlog_proof_tampering(
     with pytest.raises(ProofError):
         verify_tlog_proof(TlogProof(None, 13, flipped, note), b"entry 13", verifiers, ORIGIN)
     with pytest.raises(ProofError, match="expected"):
-        verify_tlog_proof(
-            TlogProof(None, 13, good.proof[:-1], note), b"entry 13", verifiers, ORIGIN
-        )
+        verify_tlog_proof(TlogProof(None, 13, good.proof[:-1], note), b"entry 13", verifiers, ORIGIN)
     with pytest.raises(ProofError, match="not below tree size"):
         verify_tlog_proof(TlogProof(None, 21, good.proof, note), b"entry 13", verifiers, ORIGIN)
     # The extra data is unauthenticated and does not affect verification.

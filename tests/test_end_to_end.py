@@ -27,15 +27,24 @@ from fedseal.receipt import verify_receipt
 from fedseal.spec import WireDtype
 
 
-def _send_raw(endpoint: str, sub: SealedSubmission, chunks: tuple[bytes, ...] | None = None,
-              **header_changes: object) -> str:
+def _send_raw(
+    endpoint: str,
+    sub: SealedSubmission,
+    chunks: tuple[bytes, ...] | None = None,
+    **header_changes: object,
+) -> str:
     header = dataclasses.replace(sub.header, **header_changes)  # type: ignore[arg-type]
     with AggregatorConnection(endpoint, timeout=10) as conn:
         return conn.submit(header, sub.chunks if chunks is None else chunks, timeout=10)
 
 
-def _expect_reject(reason: RejectReason, endpoint: str, sub: SealedSubmission,
-                   chunks: tuple[bytes, ...] | None = None, **header_changes: object) -> None:
+def _expect_reject(
+    reason: RejectReason,
+    endpoint: str,
+    sub: SealedSubmission,
+    chunks: tuple[bytes, ...] | None = None,
+    **header_changes: object,
+) -> None:
     with pytest.raises(UpdateRejectedError) as info:
         _send_raw(endpoint, sub, chunks, **header_changes)
     assert info.value.reason is reason, str(info.value)
@@ -64,9 +73,7 @@ def test_honest_round_end_to_end(live_aggregator: RunningAggregator, dev_policy:
     receipts = []
     with FedSealClient(live_aggregator.endpoint, dev_policy, timeout=20) as client:
         for i, n in enumerate([10, 30, 60]):
-            receipt = client.submit_update(
-                make_adapter(i), round_id=1, client_id=f"site-{i}", num_examples=n
-            )
+            receipt = client.submit_update(make_adapter(i), round_id=1, client_id=f"site-{i}", num_examples=n)
             assert receipt.entry.kind is EntryKind.UPDATE_ACCEPTED
             assert receipt.entry.fields["client_id"] == f"site-{i}"
             receipts.append(receipt)
@@ -104,17 +111,34 @@ def test_every_attack_is_refused_and_the_round_goes_on(
         # Tampered chunk: one bit flipped in the middle of the stream.
         flipped = bytearray(honest.chunks[1])
         flipped[7] ^= 0x01
-        _expect_reject(RejectReason.TAMPERED, endpoint, honest,
-                       honest.chunks[:1] + (bytes(flipped),) + honest.chunks[2:])
+        _expect_reject(
+            RejectReason.TAMPERED,
+            endpoint,
+            honest,
+            honest.chunks[:1] + (bytes(flipped),) + honest.chunks[2:],
+        )
         # Reordered and duplicated chunks.
-        _expect_reject(RejectReason.TAMPERED, endpoint, honest,
-                       (honest.chunks[1], honest.chunks[0]) + honest.chunks[2:])
-        _expect_reject(RejectReason.TAMPERED, endpoint, honest,
-                       (honest.chunks[0], honest.chunks[0]) + honest.chunks[2:])
+        _expect_reject(
+            RejectReason.TAMPERED,
+            endpoint,
+            honest,
+            (honest.chunks[1], honest.chunks[0]) + honest.chunks[2:],
+        )
+        _expect_reject(
+            RejectReason.TAMPERED,
+            endpoint,
+            honest,
+            (honest.chunks[0], honest.chunks[0]) + honest.chunks[2:],
+        )
         # Truncated stream: the final chunk is dropped, with and without a matching header.
         _expect_reject(RejectReason.TRUNCATED, endpoint, honest, honest.chunks[:-1])
-        _expect_reject(RejectReason.TRUNCATED, endpoint, honest, honest.chunks[:-1],
-                       ciphertext_size=sum(len(c) for c in honest.chunks[:-1]))
+        _expect_reject(
+            RejectReason.TRUNCATED,
+            endpoint,
+            honest,
+            honest.chunks[:-1],
+            ciphertext_size=sum(len(c) for c in honest.chunks[:-1]),
+        )
         # Wrong round: the round does not exist; and a header relabelled to another round.
         _expect_reject(RejectReason.UNKNOWN_ROUND, endpoint, honest, round_id=7)
         # Cross-client splice: site-0's header with site-1's chunks, and site-1's
@@ -124,26 +148,44 @@ def test_every_attack_is_refused_and_the_round_goes_on(
         # Inflated example count (a weight the client did not seal).
         _expect_reject(RejectReason.UNWRAP_FAILED, endpoint, honest, num_examples=10_000)
         # Spec mismatch, caught at the header: a digest of another spec.
-        _expect_reject(RejectReason.SPEC_MISMATCH, endpoint, honest,
-                       adapter_spec_digest=adapter_spec(WireDtype.BFLOAT16).digest())
+        _expect_reject(
+            RejectReason.SPEC_MISMATCH,
+            endpoint,
+            honest,
+            adapter_spec_digest=adapter_spec(WireDtype.BFLOAT16).digest(),
+        )
         # Oversize: a declared size beyond what the spec allows, and an oversized chunk.
         _expect_reject(RejectReason.OVERSIZE, endpoint, honest, ciphertext_size=10**9)
-        _expect_reject(RejectReason.OVERSIZE, endpoint, honest,
-                       (honest.chunks[0] + b"\0" * 64,) + honest.chunks[1:])
+        _expect_reject(
+            RejectReason.OVERSIZE,
+            endpoint,
+            honest,
+            (honest.chunks[0] + b"\0" * 64,) + honest.chunks[1:],
+        )
 
         # Lies inside a well-sealed payload: right spec digest, wrong content.
         spec_digest = adapter_spec().digest()
         bad_shape = make_adapter(2)
         bad_shape["layers.0.q_proj.lora_A.weight"] = torch.zeros(8, 63)
-        sub = client.seal_payload(safetensors.torch.save(bad_shape), round_id=1,
-                                  client_id="site-2", num_examples=5,
-                                  adapter_spec_digest=spec_digest, chunk_size=4096)
+        sub = client.seal_payload(
+            safetensors.torch.save(bad_shape),
+            round_id=1,
+            client_id="site-2",
+            num_examples=5,
+            adapter_spec_digest=spec_digest,
+            chunk_size=4096,
+        )
         _expect_reject(RejectReason.SPEC_MISMATCH, endpoint, sub)
         with_nan = make_adapter(2)
         with_nan["layers.0.v_proj.lora_B.weight"][3, 1] = math.nan
-        sub = client.seal_payload(safetensors.torch.save(with_nan), round_id=1,
-                                  client_id="site-2", num_examples=5,
-                                  adapter_spec_digest=spec_digest, chunk_size=4096)
+        sub = client.seal_payload(
+            safetensors.torch.save(with_nan),
+            round_id=1,
+            client_id="site-2",
+            num_examples=5,
+            adapter_spec_digest=spec_digest,
+            chunk_size=4096,
+        )
         _expect_reject(RejectReason.NOT_FINITE, endpoint, sub)
 
         # Honest site-0 now goes through; a retry with the same idempotency key gets the
@@ -173,9 +215,23 @@ def test_every_attack_is_refused_and_the_round_goes_on(
     entries = _log_entries(live_aggregator.log.path)
     reasons = [e.fields["reason"] for e in entries if e.kind is EntryKind.UPDATE_REJECTED]
     assert reasons == [
-        "tampered", "tampered", "tampered", "truncated", "truncated", "unknown_round",
-        "tampered", "unwrap_failed", "unwrap_failed", "spec_mismatch", "oversize", "oversize",
-        "spec_mismatch", "not_finite", "duplicate", "round_not_open", "unwrap_failed",
+        "tampered",
+        "tampered",
+        "tampered",
+        "truncated",
+        "truncated",
+        "unknown_round",
+        "tampered",
+        "unwrap_failed",
+        "unwrap_failed",
+        "spec_mismatch",
+        "oversize",
+        "oversize",
+        "spec_mismatch",
+        "not_finite",
+        "duplicate",
+        "round_not_open",
+        "unwrap_failed",
     ]
     accepted = [e for e in entries if e.kind is EntryKind.UPDATE_ACCEPTED]
     assert [e.fields["client_id"] for e in accepted] == ["site-0", "site-1", "site-2"]
@@ -188,9 +244,11 @@ def test_default_policy_refuses_simulated_evidence_and_sends_nothing(
 ) -> None:
     live_aggregator.rounds.open_round(round_config(1))
     size_before = live_aggregator.log.size
-    with FedSealClient(live_aggregator.endpoint, default_policy) as client:
-        with pytest.raises(SimulatedEvidenceRefusedError):
-            client.submit_update(make_adapter(0), round_id=1, client_id="site-0", num_examples=1)
+    with (
+        FedSealClient(live_aggregator.endpoint, default_policy) as client,
+        pytest.raises(SimulatedEvidenceRefusedError),
+    ):
+        client.submit_update(make_adapter(0), round_id=1, client_id="site-0", num_examples=1)
     # Nothing reached the aggregator: no accepted or rejected entry was written.
     assert live_aggregator.log.size == size_before
 
@@ -246,9 +304,7 @@ def test_round_below_min_clients_fails_at_deadline_and_publishes_nothing(
     assert not any(e.kind is EntryKind.ROUND_CLOSED for e in entries)
 
 
-def test_round_closes_at_deadline_with_quorum(
-    live_aggregator: RunningAggregator, dev_policy: Policy
-) -> None:
+def test_round_closes_at_deadline_with_quorum(live_aggregator: RunningAggregator, dev_policy: Policy) -> None:
     live_aggregator.rounds.open_round(round_config(1, min_clients=2, max_clients=5, deadline_seconds=1.5))
     with FedSealClient(live_aggregator.endpoint, dev_policy) as client:
         client.submit_update(make_adapter(0), round_id=1, client_id="site-0", num_examples=1)

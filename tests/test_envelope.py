@@ -111,10 +111,7 @@ def manual_seal(
     wrapped = context.suite.hpke().encrypt(data_key, key.public_key(), info=info)
     aead = chunk_aead(context.suite, data_key)
     aad = hashlib.sha256(info).digest()
-    chunks = [
-        aead.encrypt(chunk_nonce(i, final), piece, aad)
-        for i, (piece, final) in enumerate(pieces)
-    ]
+    chunks = [aead.encrypt(chunk_nonce(i, final), piece, aad) for i, (piece, final) in enumerate(pieces)]
     return wrapped, chunks
 
 
@@ -193,9 +190,7 @@ def test_rfc9180_sequence_zero_exact_ciphertext(vector: dict[str, Any]) -> None:
     Only sequence 0 is reachable in single-shot mode, and the AAD needs the test hook
     `_decrypt_with_aad` that cryptography's own test suite uses.
     """
-    decrypt_with_aad: Callable[..., bytes] | None = getattr(
-        rust_openssl.hpke, "_decrypt_with_aad", None
-    )
+    decrypt_with_aad: Callable[..., bytes] | None = getattr(rust_openssl.hpke, "_decrypt_with_aad", None)
     if decrypt_with_aad is None:
         pytest.skip("this cryptography has no _decrypt_with_aad; the public-API test still runs")
     suite = _suite_for(vector["aead_id"]).hpke()
@@ -315,9 +310,7 @@ def test_round_trip(recipient: X25519PrivateKey, suite: HpkeSuite, size: int) ->
     assert len(sealed.wrapped_key) == WRAPPED_KEY_SIZE
     assert len(sealed.chunks) == chunk_count(size, CHUNK) == max(1, -(-size // CHUNK))
     assert all(len(c) == CHUNK + TAG_SIZE for c in sealed.chunks[:-1])
-    assert sealed.ciphertext_size == sum(map(len, sealed.chunks)) == ciphertext_size_for(
-        size, CHUNK
-    )
+    assert sealed.ciphertext_size == sum(map(len, sealed.chunks)) == ciphertext_size_for(size, CHUNK)
     assert plaintext_size_for(sealed.ciphertext_size, CHUNK) == size
     opener = StreamOpener.open(
         sealed.wrapped_key,
@@ -481,9 +474,7 @@ def test_truncated_against_declared_size(
     """A stream that ends early but validly (a sender re-sealing less than it declared)."""
     ctx = sealed_three[0]
     wrapped, chunks = manual_seal(recipient, ctx, [(payload(CHUNK), True)])
-    opener = StreamOpener.open(
-        wrapped, recipient, ctx, MAX, declared_ciphertext_size=3 * (CHUNK + TAG_SIZE)
-    )
+    opener = StreamOpener.open(wrapped, recipient, ctx, MAX, declared_ciphertext_size=3 * (CHUNK + TAG_SIZE))
     opener.feed(chunks[0])
     with pytest.raises(EnvelopeError, match="stream truncated"):
         opener.finish()
@@ -635,9 +626,7 @@ def test_oversize_declared(
             declared_ciphertext_size=sealed.ciphertext_size,
         )
     with pytest.raises(EnvelopeError, match="not a possible sealed payload size"):
-        StreamOpener.open(
-            sealed.wrapped_key, recipient, ctx, MAX, declared_ciphertext_size=CHUNK + 20
-        )
+        StreamOpener.open(sealed.wrapped_key, recipient, ctx, MAX, declared_ciphertext_size=CHUNK + 20)
 
 
 def test_oversize_actual_stream(
@@ -682,7 +671,7 @@ def test_chunk_shorter_than_tag(
     ctx, _, sealed = sealed_three
     opener = StreamOpener.open(sealed.wrapped_key, recipient, ctx, MAX)
     with pytest.raises(EnvelopeError, match="truncated chunk 0"):
-        opener.feed(sealed.chunks[0][:TAG_SIZE - 1])
+        opener.feed(sealed.chunks[0][: TAG_SIZE - 1])
 
 
 def test_failure_wipes_earlier_plaintext(
@@ -806,9 +795,7 @@ def test_size_arithmetic_round_trips(size: int) -> None:
     assert plaintext_size_for(ciphertext_size_for(size, CHUNK), CHUNK) == size
 
 
-@pytest.mark.parametrize(
-    "ciphertext_size", [0, TAG_SIZE - 1, CHUNK + TAG_SIZE + 5, CHUNK + 2 * TAG_SIZE]
-)
+@pytest.mark.parametrize("ciphertext_size", [0, TAG_SIZE - 1, CHUNK + TAG_SIZE + 5, CHUNK + 2 * TAG_SIZE])
 def test_impossible_ciphertext_sizes(ciphertext_size: int) -> None:
     with pytest.raises(FormatError):
         plaintext_size_for(ciphertext_size, CHUNK)

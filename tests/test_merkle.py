@@ -163,9 +163,7 @@ def test_hash_definitions() -> None:
     assert leaf_hash(b"abc") == hashlib.sha256(b"\x00abc").digest()
     left, right = b"L" * 32, b"R" * 32
     assert node_hash(left, right) == hashlib.sha256(b"\x01" + left + right).digest()
-    assert leaf_hash(b"").hex() == (
-        "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-    )
+    assert leaf_hash(b"").hex() == ("6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d")
 
 
 def test_root_of_vector_leaves(vector_tree: MerkleTree) -> None:

@@ -72,9 +72,7 @@ def test_sign_reproduces_go_vector(vec: dict[str, Any], peter: NoteSigner) -> No
     assert peter.verifier_key_string() == vec["verifier_keys"]["PeterNeumann"]
 
 
-def test_verifier_key_strings_round_trip(
-    vec: dict[str, Any], verifiers: dict[str, NoteVerifier]
-) -> None:
+def test_verifier_key_strings_round_trip(vec: dict[str, Any], verifiers: dict[str, NoteVerifier]) -> None:
     for name, key_string in vec["verifier_keys"].items():
         v = verifiers[name]
         assert v.name == name

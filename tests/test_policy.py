@@ -130,17 +130,13 @@ def test_missing_required_key_is_named(key: str) -> None:
             "'required_evidence[1]'",
             id="duplicate-kind",
         ),
-        pytest.param(
-            {"simulated_measurements": ["abc"]}, "'simulated_measurements[0]'", id="short-hex"
-        ),
+        pytest.param({"simulated_measurements": ["abc"]}, "'simulated_measurements[0]'", id="short-hex"),
         pytest.param(
             {"simulated_measurements": [MEASUREMENT.hex().upper()]},
             "'simulated_measurements[0]'",
             id="uppercase-hex",
         ),
-        pytest.param(
-            {"simulated_measurements": ["zz" * 32]}, "'simulated_measurements[0]'", id="not-hex"
-        ),
+        pytest.param({"simulated_measurements": ["zz" * 32]}, "'simulated_measurements[0]'", id="not-hex"),
         pytest.param({"simulated_measurements": []}, "'simulated_measurements'", id="empty"),
         pytest.param(
             {"simulated_measurements": MEASUREMENT.hex()},

@@ -124,9 +124,7 @@ class UpdateReceiver:
         except EnvelopeError as exc:
             raise UpdateRejectedError(RejectReason.TRUNCATED, str(exc)) from None
         tensors = _parse_and_validate(plaintext, self._spec)
-        return ValidatedUpdate(
-            self._header, tensors, self._opener.ciphertext_digest, self._received
-        )
+        return ValidatedUpdate(self._header, tensors, self._opener.ciphertext_digest, self._received)
 
     def wipe(self) -> None:
         """Zero the plaintext buffer (best effort: Python may hold other copies briefly)."""
@@ -138,7 +136,8 @@ def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> dict[str, t
         tensors = safetensors.torch.load(bytes(plaintext))
     except Exception as exc:  # safetensors raises its own and builtin errors on bad bytes
         raise UpdateRejectedError(
-            RejectReason.MALFORMED, f"decrypted update is not valid safetensors ({type(exc).__name__})"
+            RejectReason.MALFORMED,
+            f"decrypted update is not valid safetensors ({type(exc).__name__})",
         ) from None
     expected = spec.by_name()
     missing = sorted(set(expected) - set(tensors))
@@ -166,4 +165,3 @@ def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> dict[str, t
                 RejectReason.NOT_FINITE, f"tensor {name!r} contains NaN or infinite values"
             )
     return tensors
-

@@ -10,6 +10,7 @@ evaluation loss round by round, then audits the log with `fedseal-audit`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -17,7 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from examples.lora_demo.training import DEFAULT_ROUNDS, HOSPITALS, DemoModelConfig, adapter_state, build_model
+from examples.lora_demo.training import (
+    DEFAULT_ROUNDS,
+    HOSPITALS,
+    DemoModelConfig,
+    adapter_state,
+    build_model,
+)
 from fedseal.audit._cli import main as audit_main
 from fedseal.spec import AdapterSpec
 
@@ -43,7 +50,9 @@ def _wait_for_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: floa
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise SystemExit(f"the aggregator exited early with code {proc.returncode}; see {port_file.parent}")
+            raise SystemExit(
+                f"the aggregator exited early with code {proc.returncode}; see {port_file.parent}"
+            )
         if port_file.exists() and port_file.read_text().strip():
             return int(port_file.read_text())
         time.sleep(0.1)
@@ -53,8 +62,12 @@ def _wait_for_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: floa
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
-    p.add_argument("--out", type=Path, default=Path("demo-run"),
-                   help="folder for the audit log, aggregator log and adapters (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo-run"),
+        help="folder for the audit log, aggregator log and adapters (default: %(default)s)",
+    )
     args = p.parse_args(argv)
     started = time.monotonic()
     run_dir = args.out / time.strftime("%Y%m%d-%H%M%S")
@@ -70,10 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"      hospitals accept it only because they use the '{DEV_POLICY}' policy.\n")
     with (run_dir / "aggregator.jsonl").open("wb") as agg_log:
         aggregator = subprocess.Popen(
-            [sys.executable, "-m", "aggregator", "--insecure-simulated-tee", "--job", str(job_file),
-             "--log", str(audit_path), "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-             "--exit-when-done"],
-            stdout=agg_log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "aggregator",
+                "--insecure-simulated-tee",
+                "--job",
+                str(job_file),
+                "--log",
+                str(audit_path),
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+                "--exit-when-done",
+            ],
+            stdout=agg_log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         try:
             port = _wait_for_port(port_file, aggregator)
@@ -81,10 +108,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"aggregator listening on {endpoint}")
             clients = {
                 name: subprocess.Popen(
-                    [sys.executable, "-m", "examples.lora_demo.hospital", "--name", name,
-                     "--endpoint", endpoint, "--rounds", str(args.rounds), "--out", str(run_dir),
-                     "--builtin-policy", DEV_POLICY],
-                    stdout=subprocess.PIPE, stderr=(run_dir / f"{name}.stderr").open("wb"), env=env,
+                    [
+                        sys.executable,
+                        "-m",
+                        "examples.lora_demo.hospital",
+                        "--name",
+                        name,
+                        "--endpoint",
+                        endpoint,
+                        "--rounds",
+                        str(args.rounds),
+                        "--out",
+                        str(run_dir),
+                        "--builtin-policy",
+                        DEV_POLICY,
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=(run_dir / f"{name}.stderr").open("wb"),
+                    env=env,
                 )
                 for name in HOSPITALS
             }
@@ -113,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             falling = False
             continue
         losses = [float(str(rows[0]["eval_loss_before"]))] + [float(str(r["eval_loss_after"])) for r in rows]
-        falling &= all(b < a for a, b in zip(losses, losses[1:], strict=False))
+        falling &= all(b < a for a, b in itertools.pairwise(losses))
         print(f"{name:<12}" + "".join(f"  {loss:7.4f}" for loss in losses))
     print("(round 0 = the common initial adapter, before any training)\n")
 

@@ -43,24 +43,31 @@ def run(name: str, endpoint: str, rounds: int, policy: Policy, out_dir: Path) ->
             train_loss = train_local(model, data, seed=round_id)
             trained = time.perf_counter()
             receipt = client.submit_update(
-                adapter_state(model), round_id=round_id, client_id=name,
+                adapter_state(model),
+                round_id=round_id,
+                client_id=name,
                 num_examples=data.num_examples,
             )
             submitted = time.perf_counter()
             aggregate = client.fetch_aggregate(round_id, wait_seconds=120)
             load_adapter_state(model, aggregate.tensors())
             after = evaluate(model, data)
-            print(json.dumps({
-                "hospital": name,
-                "round": round_id,
-                "eval_loss_before": round(before, 4),
-                "train_loss": round(train_loss, 4),
-                "eval_loss_after": round(after, 4),
-                "receipt_index": receipt.index,
-                "aggregate_participants": list(aggregate.manifest.participants),
-                "train_s": round(trained - started, 2),
-                "submit_s": round(submitted - trained, 3),
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "hospital": name,
+                        "round": round_id,
+                        "eval_loss_before": round(before, 4),
+                        "train_loss": round(train_loss, 4),
+                        "eval_loss_after": round(after, 4),
+                        "receipt_index": receipt.index,
+                        "aggregate_participants": list(aggregate.manifest.participants),
+                        "train_s": round(trained - started, 2),
+                        "submit_s": round(submitted - trained, 3),
+                    }
+                ),
+                flush=True,
+            )
         assert aggregate is not None
         folder = write_peft_adapter(
             aggregate, out_dir / f"{name}-global-adapter", cfg.lora_config().to_dict()

@@ -48,7 +48,7 @@ HOSPITALS: tuple[str, ...] = ("hospital-a", "hospital-b", "hospital-c", "hospita
 """The demo's federation members, in a fixed order."""
 
 DEFAULT_ROUNDS = 3
-DEFAULT_LOCAL_STEPS = 60
+DEFAULT_LOCAL_STEPS = 50
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_LR = 1e-2
 

@@ -37,18 +37,27 @@ examples:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fedseal-audit", description=_DESCRIPTION, epilog=_EPILOG,
+        prog="fedseal-audit",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("verify", help="verify a whole log and print a per-round report",
-                       description=_DESCRIPTION, epilog=_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v = sub.add_parser(
+        "verify",
+        help="verify a whole log and print a per-round report",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     v.add_argument("log", type=Path, help="the audit log file")
     group = v.add_mutually_exclusive_group()
     group.add_argument("--policy", type=Path, help="appraisal policy file (JSON)")
-    group.add_argument("--builtin-policy", default=None,
-                       help="name of a policy shipped in policies/ (default: 'default')")
+    group.add_argument(
+        "--builtin-policy",
+        default=None,
+        help="name of a policy shipped in policies/ (default: 'default')",
+    )
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--quiet", action="store_true", help="print only the verdict line")
     return p
@@ -58,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         policy = (
-            Policy.from_file(args.policy) if args.policy
+            Policy.from_file(args.policy)
+            if args.policy
             else load_builtin_policy(args.builtin_policy or "default")
         )
     except PolicyError as exc:
@@ -95,18 +105,27 @@ def _render(report: AuditReport, *, quiet: bool) -> str:
         return verdict
     out = [f"Audit of {report.path}", ""]
     if report.insecure_simulated:
-        out += ["WARNING: this log's enclave used an INSECURE simulated TEE (development only).", ""]
+        out += [
+            "WARNING: this log's enclave used an INSECURE simulated TEE (development only).",
+            "",
+        ]
     for r in report.rounds:
-        out.append(f"Round {r.round_id}: {r.state.upper()}  strategy={r.strategy} "
-                   f"quorum={r.min_clients}..{r.max_clients}")
+        out.append(
+            f"Round {r.round_id}: {r.state.upper()}  strategy={r.strategy} "
+            f"quorum={r.min_clients}..{r.max_clients}"
+        )
         for a in r.accepted:
-            out.append(f"  accepted  {a['client_id']:<20} examples={a['num_examples']:<8} "
-                       f"ciphertext={a['ciphertext_digest'][:16]}...  (entry {a['index']})")
+            out.append(
+                f"  accepted  {a['client_id']:<20} examples={a['num_examples']:<8} "
+                f"ciphertext={a['ciphertext_digest'][:16]}...  (entry {a['index']})"
+            )
         for x in r.rejected:
             out.append(f"  rejected  {x['client_id'] or '-':<20} reason={x['reason']}  (entry {x['index']})")
         if r.state == "closed":
-            out.append(f"  aggregate {r.aggregate_digest[:24]}...  participants={len(r.participants)} "
-                       f"total_examples={r.total_examples}")
+            out.append(
+                f"  aggregate {r.aggregate_digest[:24]}...  participants={len(r.participants)} "
+                f"total_examples={r.total_examples}"
+            )
         if r.state == "failed":
             out.append(f"  failed: {r.failure_reason}")
     if report.findings:

@@ -63,7 +63,12 @@ class Finding:
     message: str
 
     def to_json_obj(self) -> dict[str, Any]:
-        return {"kind": self.kind.value, "line": self.line, "index": self.index, "message": self.message}
+        return {
+            "kind": self.kind.value,
+            "line": self.line,
+            "index": self.index,
+            "message": self.message,
+        }
 
 
 @dataclass
@@ -156,9 +161,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
             yield number, raw[:-1] if complete else raw, complete
 
 
-def audit_log(
-    path: Path, policy: Policy, *, progress: Callable[[int], None] | None = None
-) -> AuditReport:
+def audit_log(path: Path, policy: Policy, *, progress: Callable[[int], None] | None = None) -> AuditReport:
     """Check everything and return the report; never stops at the first finding."""
     findings: list[Finding] = []
     tree = MerkleTree()
@@ -173,6 +176,7 @@ def audit_log(
     last_verified_size = 0
     reported_suspects: set[int] = set()
     index_offset = 0  # entry.index - leaf position of the previous entry
+    beyond_deficit = 0  # how far the previous over-long checkpoint ran past the entries
 
     def add(kind: FindingKind, line: int | None, index: int | None, message: str) -> None:
         findings.append(Finding(kind, line, index, message))
@@ -181,14 +185,22 @@ def audit_log(
         if progress is not None and number % 10_000 == 0:
             progress(number)
         if not complete:
-            add(FindingKind.TORN_TAIL, number, None,
-                f"line {number} is incomplete (no final newline): a torn or truncated write")
+            add(
+                FindingKind.TORN_TAIL,
+                number,
+                None,
+                f"line {number} is incomplete (no final newline): a torn or truncated write",
+            )
             continue
         try:
             record = decode_record(line, line_number=number)
         except FedSealError as exc:
-            add(FindingKind.MALFORMED_RECORD, number, tree.size if line.startswith(b'{"entry":') else None,
-                f"line {number} cannot be parsed ({exc}); the entry or checkpoint was modified")
+            add(
+                FindingKind.MALFORMED_RECORD,
+                number,
+                tree.size if line.startswith(b'{"entry":') else None,
+                f"line {number} cannot be parsed ({exc}); the entry or checkpoint was modified",
+            )
             if line.startswith(b'{"entry":'):
                 # Keep leaf positions aligned so later findings still name the right entries.
                 tree.append(line)
@@ -200,50 +212,81 @@ def audit_log(
             assert record.leaf_data is not None
             offset = entry.index - tree.size
             if offset != 0 and offset != index_offset:
-                add(FindingKind.INDEX_OUT_OF_SEQUENCE, number, entry.index,
+                add(
+                    FindingKind.INDEX_OUT_OF_SEQUENCE,
+                    number,
+                    entry.index,
                     f"line {number}: entry says index {entry.index} but it is leaf {tree.size}: "
-                    "an entry was removed, inserted or reordered")
+                    "an entry was removed, inserted or reordered",
+                )
             index_offset = offset
             tree.append(record.leaf_data)
             leaf_lines.append(number)
             if entry.index == 0 or tree.size == 1:
                 if entry.kind is not EntryKind.ENCLAVE_STARTED:
-                    add(FindingKind.MISSING_ENCLAVE_START, number, entry.index,
-                        "the first entry must be 'enclave_started' (it carries the attested log key)")
+                    add(
+                        FindingKind.MISSING_ENCLAVE_START,
+                        number,
+                        entry.index,
+                        "the first entry must be 'enclave_started' (it carries the attested log key)",
+                    )
                 else:
                     verifier, origin, insecure = _attested_key(entry, policy, number, add)
             elif entry.kind is EntryKind.ENCLAVE_STARTED:
-                add(FindingKind.INCONSISTENT_ROUND, number, entry.index,
-                    "a second 'enclave_started' entry: key handover is not supported by this log version")
+                add(
+                    FindingKind.INCONSISTENT_ROUND,
+                    number,
+                    entry.index,
+                    "a second 'enclave_started' entry: key handover is not supported by this log version",
+                )
             _apply_to_rounds(entry, rounds, number, add)
             continue
         assert record.checkpoint is not None
         if verifier is None:
-            add(FindingKind.BAD_CHECKPOINT_SIGNATURE, number, None,
-                f"line {number}: checkpoint before any attested log key is known")
+            add(
+                FindingKind.BAD_CHECKPOINT_SIGNATURE,
+                number,
+                None,
+                f"line {number}: checkpoint before any attested log key is known",
+            )
             continue
         try:
             cp = open_checkpoint(record.checkpoint, [verifier], origin).checkpoint
         except FedSealError as exc:
-            add(FindingKind.BAD_CHECKPOINT_SIGNATURE, number, None,
-                f"line {number}: checkpoint does not verify under the attested log key: {exc}")
+            add(
+                FindingKind.BAD_CHECKPOINT_SIGNATURE,
+                number,
+                None,
+                f"line {number}: checkpoint does not verify under the attested log key: {exc}",
+            )
             continue
         if cp.size > tree.size:
-            add(FindingKind.CHECKPOINT_BEYOND_LOG, number, tree.size,
+            deficit = cp.size - tree.size
+            if deficit == beyond_deficit:
+                continue  # the same gap as the last checkpoint: already reported
+            beyond_deficit = deficit
+            add(
+                FindingKind.CHECKPOINT_BEYOND_LOG,
+                number,
+                tree.size,
                 f"line {number}: checkpoint for tree size {cp.size} but only {tree.size} entries "
-                "precede it: entries were removed")
+                "precede it: entries were removed",
+            )
             continue
         if tree.root(cp.size) != cp.root_hash:
             suspect = last_verified_size
             if suspect in reported_suspects:
                 continue
             reported_suspects.add(suspect)
-            add(FindingKind.MODIFIED_ENTRY, leaf_lines[suspect] if suspect < len(leaf_lines) else number,
+            add(
+                FindingKind.MODIFIED_ENTRY,
+                leaf_lines[suspect] if suspect < len(leaf_lines) else number,
                 suspect,
                 f"line {number}: checkpoint for size {cp.size} does not match the recomputed tree: "
                 f"an entry in index range [{last_verified_size}, {cp.size - 1}] was modified "
                 f"(first suspect: entry {suspect} at line "
-                f"{leaf_lines[suspect] if suspect < len(leaf_lines) else '?'})")
+                f"{leaf_lines[suspect] if suspect < len(leaf_lines) else '?'})",
+            )
             continue
         checkpoints += 1
         last_verified_size = max(last_verified_size, cp.size)
@@ -254,8 +297,12 @@ def audit_log(
     elif checkpoints == 0:
         add(FindingKind.NO_CHECKPOINT, None, None, "no checkpoint in the log verifies")
     elif covered < tree.size:
-        add(FindingKind.UNCHECKPOINTED_ENTRIES, leaf_lines[covered], covered,
-            f"entries {covered}..{tree.size - 1} are not covered by any valid checkpoint")
+        add(
+            FindingKind.UNCHECKPOINTED_ENTRIES,
+            leaf_lines[covered],
+            covered,
+            f"entries {covered}..{tree.size - 1} are not covered by any valid checkpoint",
+        )
     for summary in rounds.values():
         _check_round(summary, add)
 
@@ -273,7 +320,10 @@ def audit_log(
 
 
 def _attested_key(
-    entry: LogEntry, policy: Policy, line: int, add: Callable[[FindingKind, int | None, int | None, str], None]
+    entry: LogEntry,
+    policy: Policy,
+    line: int,
+    add: Callable[[FindingKind, int | None, int | None, str], None],
 ) -> tuple[NoteVerifier | None, str, bool]:
     f = entry.fields
     try:
@@ -282,16 +332,28 @@ def _attested_key(
         log_key = base64.b64decode(f["log_public_key"], validate=True)
         attested = verify_bundle(bundle, policy, challenge)
     except (binascii.Error, ValueError) as exc:
-        add(FindingKind.MALFORMED_RECORD, line, entry.index, f"line {line}: enclave_started entry: {exc}")
+        add(
+            FindingKind.MALFORMED_RECORD,
+            line,
+            entry.index,
+            f"line {line}: enclave_started entry: {exc}",
+        )
         return None, "", False
     except (AttestationError, FedSealError) as exc:
-        add(FindingKind.ATTESTATION_FAILED, line, entry.index,
-            f"line {line}: the enclave's evidence does not verify under policy "
-            f"{policy.name!r}: {exc}")
+        add(
+            FindingKind.ATTESTATION_FAILED,
+            line,
+            entry.index,
+            f"line {line}: the enclave's evidence does not verify under policy {policy.name!r}: {exc}",
+        )
         return None, "", False
     if attested.log_public_key != log_key:
-        add(FindingKind.ATTESTATION_FAILED, line, entry.index,
-            f"line {line}: the log key in the entry is not the one its evidence attests")
+        add(
+            FindingKind.ATTESTATION_FAILED,
+            line,
+            entry.index,
+            f"line {line}: the log key in the entry is not the one its evidence attests",
+        )
         return None, "", False
     origin = str(f["log_origin"])
     try:
@@ -328,26 +390,40 @@ def _apply_to_rounds(
         if kind is EntryKind.UPDATE_REJECTED:
             # A refusal for a round that never existed is legitimate (the client named it).
             return
-        add(FindingKind.INCONSISTENT_ROUND, line, entry.index,
-            f"line {line}: {kind.value} for round {rid}, which was never opened")
+        add(
+            FindingKind.INCONSISTENT_ROUND,
+            line,
+            entry.index,
+            f"line {line}: {kind.value} for round {rid}, which was never opened",
+        )
         return
     if kind is EntryKind.UPDATE_REJECTED:
         summary.rejected.append({"client_id": f["client_id"], "reason": f["reason"], "index": entry.index})
         return
     if summary.state != "open":
-        add(FindingKind.INCONSISTENT_ROUND, line, entry.index,
-            f"line {line}: {kind.value} for round {rid} after it was {summary.state}")
+        add(
+            FindingKind.INCONSISTENT_ROUND,
+            line,
+            entry.index,
+            f"line {line}: {kind.value} for round {rid} after it was {summary.state}",
+        )
         return
     if kind is EntryKind.UPDATE_ACCEPTED:
         if any(a["client_id"] == f["client_id"] for a in summary.accepted):
-            add(FindingKind.INCONSISTENT_ROUND, line, entry.index,
-                f"line {line}: second accepted update from {f['client_id']!r} in round {rid}")
-        summary.accepted.append({
-            "client_id": f["client_id"],
-            "ciphertext_digest": f["ciphertext_digest"],
-            "num_examples": f["num_examples"],
-            "index": entry.index,
-        })
+            add(
+                FindingKind.INCONSISTENT_ROUND,
+                line,
+                entry.index,
+                f"line {line}: second accepted update from {f['client_id']!r} in round {rid}",
+            )
+        summary.accepted.append(
+            {
+                "client_id": f["client_id"],
+                "ciphertext_digest": f["ciphertext_digest"],
+                "num_examples": f["num_examples"],
+                "index": entry.index,
+            }
+        )
     elif kind is EntryKind.ROUND_CLOSED:
         summary.state = "closed"
         summary.participants = list(f["participants"])
@@ -355,22 +431,40 @@ def _apply_to_rounds(
         summary.aggregate_digest = str(f["aggregate_digest"])
         accepted = sorted(a["client_id"] for a in summary.accepted)
         if sorted(summary.participants) != accepted:
-            add(FindingKind.INCONSISTENT_ROUND, line, entry.index,
+            add(
+                FindingKind.INCONSISTENT_ROUND,
+                line,
+                entry.index,
                 f"line {line}: round {rid} closed with participants {summary.participants} "
-                f"but the log accepted updates from {accepted}")
+                f"but the log accepted updates from {accepted}",
+            )
         if summary.total_examples != sum(int(a["num_examples"]) for a in summary.accepted):
-            add(FindingKind.INCONSISTENT_ROUND, line, entry.index,
-                f"line {line}: round {rid} total_examples does not equal the sum over accepted updates")
+            add(
+                FindingKind.INCONSISTENT_ROUND,
+                line,
+                entry.index,
+                f"line {line}: round {rid} total_examples does not equal the sum over accepted updates",
+            )
         if len(accepted) < summary.min_clients:
-            add(FindingKind.INCONSISTENT_ROUND, line, entry.index,
+            add(
+                FindingKind.INCONSISTENT_ROUND,
+                line,
+                entry.index,
                 f"line {line}: round {rid} closed with {len(accepted)} updates, below min_clients "
-                f"{summary.min_clients}")
+                f"{summary.min_clients}",
+            )
     elif kind is EntryKind.ROUND_FAILED:
         summary.state = "failed"
         summary.failure_reason = str(f["reason"])
 
 
-def _check_round(summary: RoundSummary, add: Callable[[FindingKind, int | None, int | None, str], None]) -> None:
+def _check_round(
+    summary: RoundSummary, add: Callable[[FindingKind, int | None, int | None, str], None]
+) -> None:
     if len(summary.accepted) > summary.max_clients > 0:
-        add(FindingKind.INCONSISTENT_ROUND, None, None,
-            f"round {summary.round_id} accepted {len(summary.accepted)} updates, above max_clients")
+        add(
+            FindingKind.INCONSISTENT_ROUND,
+            None,
+            None,
+            f"round {summary.round_id} accepted {len(summary.accepted)} updates, above max_clients",
+        )

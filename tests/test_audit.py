@@ -1,0 +1,192 @@
+"""fedseal-audit: an honest log verifies; every kind of tampering is caught and located."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_adapter, round_config
+
+from aggregator import RunningAggregator
+from attestation import Policy
+from client_sdk import FedSealClient, UpdateRejectedError
+from client_sdk._transport import AggregatorConnection
+from fedseal.audit import FindingKind, LogVerificationError, audit_log, verify_log
+from fedseal.audit._cli import main as audit_main
+
+DEV = "dev-insecure-allow-simulated"
+
+
+@pytest.fixture(scope="module")
+def honest_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A log with two rounds (one closed, one failed), a rejection and ten-odd entries."""
+    import warnings
+
+    from aggregator import start_aggregator
+    from attestation import InsecureSimulatedTeeCollector, load_builtin_policy
+
+    tmp = tmp_path_factory.mktemp("audit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        collector = InsecureSimulatedTeeCollector("audit tests")
+    running: RunningAggregator = start_aggregator(
+        log_path=tmp / "audit.log", log_origin="fedseal.test/audit", collectors=[collector]
+    )
+    policy = load_builtin_policy(DEV)
+    try:
+        running.rounds.open_round(round_config(1))
+        with FedSealClient(running.endpoint, policy) as client:
+            for i in range(3):
+                client.submit_update(make_adapter(i), round_id=1, client_id=f"site-{i}",
+                                     num_examples=i + 1)
+            client.fetch_aggregate(1, wait_seconds=10)
+            running.rounds.open_round(round_config(2, min_clients=2, deadline_seconds=0.8))
+            sub = client.seal_update(make_adapter(5), round_id=2, client_id="site-0", num_examples=1)
+            with pytest.raises(UpdateRejectedError), AggregatorConnection(running.endpoint) as conn:
+                conn.submit(sub.header, sub.chunks[:-1], timeout=10)
+            client.send(sub)
+            with pytest.raises(Exception, match="failed"):
+                client.fetch_aggregate(2, wait_seconds=10)
+    finally:
+        running.stop()
+    return tmp / "audit.log"
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def _entry_line_numbers(lines: list[bytes]) -> list[int]:
+    """0-based line numbers of entry records, in file order."""
+    return [i for i, line in enumerate(lines) if line.startswith(b'{"entry":')]
+
+
+def _write(tmp_path: Path, lines: list[bytes]) -> Path:
+    out = tmp_path / "tampered.log"
+    out.write_bytes(b"".join(lines))
+    return out
+
+
+def test_honest_log_verifies_with_per_round_summary(honest_log: Path, dev_policy: Policy) -> None:
+    verified = verify_log(honest_log, dev_policy)
+    report = verified.report
+    assert report.findings == ()
+    assert report.entries == len(_entry_line_numbers(_lines(honest_log)))
+    assert report.checkpoints_verified == report.entries
+    assert report.insecure_simulated
+    r1, r2 = report.rounds
+    assert (r1.state, [a["client_id"] for a in r1.accepted]) == ("closed", ["site-0", "site-1", "site-2"])
+    assert r1.total_examples == 6 and r1.aggregate_digest
+    assert r2.state == "failed" and "min_clients" in r2.failure_reason
+    assert [x["reason"] for x in r2.rejected] == ["truncated"]
+
+
+def test_default_policy_refuses_a_log_from_a_simulated_enclave(
+    honest_log: Path, default_policy: Policy
+) -> None:
+    report = audit_log(honest_log, default_policy)
+    assert FindingKind.ATTESTATION_FAILED in {f.kind for f in report.findings}
+
+
+def test_modified_entry_is_named(honest_log: Path, dev_policy: Policy, tmp_path: Path) -> None:
+    lines = _lines(honest_log)
+    target = _entry_line_numbers(lines)[3]  # site-1's update_accepted entry
+    assert b"site-1" in lines[target]
+    lines[target] = lines[target].replace(b"site-1", b"site-9")  # still valid, canonical JSON
+    with pytest.raises(LogVerificationError) as info:
+        verify_log(_write(tmp_path, lines), dev_policy)
+    findings = info.value.report.findings
+    modified = [f for f in findings if f.kind is FindingKind.MODIFIED_ENTRY]
+    assert modified and modified[0].index == 3 and modified[0].line == target + 1
+
+
+@pytest.mark.parametrize("offset", [10, 40, -30])
+def test_flipped_byte_anywhere_in_an_entry_is_caught(
+    honest_log: Path, dev_policy: Policy, tmp_path: Path, offset: int
+) -> None:
+    lines = _lines(honest_log)
+    target = _entry_line_numbers(lines)[3]
+    flipped = bytearray(lines[target])
+    flipped[offset] ^= 0x01
+    lines[target] = bytes(flipped)
+    report = audit_log(_write(tmp_path, lines), dev_policy)
+    assert report.findings
+    first = report.findings[0]
+    assert first.kind in (FindingKind.MODIFIED_ENTRY, FindingKind.MALFORMED_RECORD)
+    assert first.index == 3 and first.line == target + 1
+
+
+def test_flipped_byte_in_a_checkpoint_signature_is_caught(
+    honest_log: Path, dev_policy: Policy, tmp_path: Path
+) -> None:
+    lines = _lines(honest_log)
+    target = _entry_line_numbers(lines)[2] + 1
+    record = json.loads(lines[target])
+    note = record["checkpoint"]
+    sig_at = note.rindex("\u2014 ") + 30
+    tampered = note[:sig_at] + ("A" if note[sig_at] != "A" else "B") + note[sig_at + 1:]
+    lines[target] = json.dumps({"checkpoint": tampered}, separators=(",", ":"),
+                               ensure_ascii=False).encode() + b"\n"
+    report = audit_log(_write(tmp_path, lines), dev_policy)
+    kinds = [(f.kind, f.line) for f in report.findings]
+    assert (FindingKind.BAD_CHECKPOINT_SIGNATURE, target + 1) in kinds
+
+
+def test_removed_entry_is_named(honest_log: Path, dev_policy: Policy, tmp_path: Path) -> None:
+    lines = _lines(honest_log)
+    target = _entry_line_numbers(lines)[5]
+    del lines[target]
+    report = audit_log(_write(tmp_path, lines), dev_policy)
+    kinds = [(f.kind, f.index) for f in report.findings]
+    # The checkpoint written after the removed entry 5 now runs past the entries, and the
+    # next entry arrives out of sequence: both name the gap.
+    assert kinds[:2] == [(FindingKind.CHECKPOINT_BEYOND_LOG, 5), (FindingKind.INDEX_OUT_OF_SEQUENCE, 6)]
+
+
+def test_swapped_pair_of_entries_is_named(honest_log: Path, dev_policy: Policy, tmp_path: Path) -> None:
+    lines = _lines(honest_log)
+    a, b = _entry_line_numbers(lines)[3:5]
+    lines[a], lines[b] = lines[b], lines[a]
+    report = audit_log(_write(tmp_path, lines), dev_policy)
+    sequence = [(f.index, f.line) for f in report.findings if f.kind is FindingKind.INDEX_OUT_OF_SEQUENCE]
+    assert sequence == [(4, a + 1), (3, b + 1)]
+    assert any(f.kind is FindingKind.MODIFIED_ENTRY and f.index == 3 for f in report.findings)
+
+
+def test_torn_last_line_is_reported(honest_log: Path, dev_policy: Policy, tmp_path: Path) -> None:
+    data = honest_log.read_bytes()
+    report = audit_log(_write(tmp_path, [data[:-25]]), dev_policy)
+    assert report.findings[-1].kind is FindingKind.TORN_TAIL or any(
+        f.kind is FindingKind.TORN_TAIL for f in report.findings
+    )
+
+
+def test_dropped_tail_is_not_covered_by_a_checkpoint(
+    honest_log: Path, dev_policy: Policy, tmp_path: Path
+) -> None:
+    # Removing the last checkpoint leaves the last entry unsigned: reported, not ignored.
+    lines = _lines(honest_log)
+    assert lines[-1].startswith(b'{"checkpoint":')
+    report = audit_log(_write(tmp_path, lines[:-1]), dev_policy)
+    assert [f.kind for f in report.findings] == [FindingKind.UNCHECKPOINTED_ENTRIES]
+
+
+def test_cli_exit_codes_and_output(
+    honest_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert audit_main(["verify", str(honest_log), "--builtin-policy", DEV]) == 0
+    out = capsys.readouterr().out
+    assert "VERIFIED" in out and "Round 1: CLOSED" in out and "Round 2: FAILED" in out
+
+    lines = _lines(honest_log)
+    del lines[_entry_line_numbers(lines)[5]]
+    tampered = _write(tmp_path, lines)
+    assert audit_main(["verify", str(tampered), "--builtin-policy", DEV, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["verdict"] == "FAILED"
+    assert report["findings"][0]["kind"] == "checkpoint_beyond_log"
+
+    assert audit_main(["verify", str(tmp_path / "missing.log")]) == 2
+    assert "not a readable file" in capsys.readouterr().err
+    assert audit_main(["verify", str(honest_log), "--builtin-policy", "no-such-policy"]) == 2
