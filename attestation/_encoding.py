@@ -7,13 +7,12 @@ field it was decoding, so the message a user sees always says *which* field is w
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-import rfc8785
+from fedseal.canonical import b64decode_canonical, b64encode, canonical_json
+from fedseal.errors import FormatError
 
 __all__ = [
     "DecodeError",
@@ -31,29 +30,14 @@ class DecodeError(ValueError):
     """Internal: a value could not be decoded. Always re-raised as a named FedSeal error."""
 
 
-def b64encode(data: bytes) -> str:
-    """Standard base64 (RFC 4648 section 4) with padding: the one encoding our formats use."""
-    return base64.b64encode(data).decode("ascii")
-
-
 def b64decode_strict(value: object, *, size: int | None = None) -> bytes:
-    """Decode standard padded base64, refusing anything but its one canonical spelling.
-
-    Non-alphabet characters, missing padding and non-zero trailing bits are all refused:
-    accepting several spellings of the same bytes would let two different documents
-    carry one value, which breaks digest-based identities.
-    """
+    """Canonical standard base64 (see fedseal.canonical), raising DecodeError for the caller."""
     if not isinstance(value, str):
         raise DecodeError(f"must be a base64 string, got {json_type(value)}")
     try:
-        decoded = base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise DecodeError("is not valid standard base64") from exc
-    if b64encode(decoded) != value:
-        raise DecodeError("is not canonical standard base64 (padding or trailing bits)")
-    if size is not None and len(decoded) != size:
-        raise DecodeError(f"must decode to {size} bytes, got {len(decoded)}")
-    return decoded
+        return b64decode_canonical(value, what="value", size=size)
+    except FormatError as exc:
+        raise DecodeError(str(exc).removeprefix("value ")) from None
 
 
 def hexdecode_strict(value: object, *, size: int) -> bytes:
@@ -72,11 +56,6 @@ def hexdecode_strict(value: object, *, size: int) -> bytes:
 # Narrower than "any JSON" on purpose, so mypy catches a float (not canonicalisable
 # portably) or a bytes value (needs base64 first) before it reaches the encoder.
 JsonDocument = Mapping[str, str | Sequence[Mapping[str, str]]]
-
-
-def canonical_json(value: JsonDocument) -> bytes:
-    """RFC 8785 (JCS) canonical JSON bytes of ``value``."""
-    return rfc8785.dumps(value)
 
 
 def load_json_object(data: bytes | str) -> dict[str, object]:

@@ -17,7 +17,7 @@ import rfc8785
 
 from fedseal.errors import CanonicalJSONError, FormatError
 
-__all__ = ["b64decode_field", "b64encode", "canonical_json", "parse_canonical"]
+__all__ = ["b64decode_canonical", "b64decode_field", "b64encode", "canonical_json", "parse_canonical"]
 
 
 def canonical_json(value: Any) -> bytes:
@@ -43,14 +43,26 @@ def b64encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def b64decode_field(value: object, *, field: str, size: int | None = None) -> bytes:
-    """Decode a standard-base64 string field, checking its decoded size when given."""
+def b64decode_canonical(value: object, *, what: str, size: int | None = None) -> bytes:
+    """Decode standard padded base64 (RFC 4648 §4), refusing every spelling but the canonical one.
+
+    Non-alphabet characters, missing padding and non-zero trailing bits are refused:
+    accepting several spellings of the same bytes would let two different documents carry
+    one value, which breaks digest-based identities. Errors name `what`.
+    """
     if not isinstance(value, str):
-        raise FormatError(f"field {field!r} must be a base64 string")
+        raise FormatError(f"{what} must be a base64 string")
     try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise FormatError(f"field {field!r} is not valid base64") from exc
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise FormatError(f"{what} is not valid base64") from None
+    if base64.b64encode(raw).decode("ascii") != value:
+        raise FormatError(f"{what} is not canonical base64 (padding or trailing bits)")
     if size is not None and len(raw) != size:
-        raise FormatError(f"field {field!r} must decode to {size} bytes, got {len(raw)}")
+        raise FormatError(f"{what} must decode to {size} bytes, got {len(raw)}")
     return raw
+
+
+def b64decode_field(value: object, *, field: str, size: int | None = None) -> bytes:
+    """`b64decode_canonical` for a named JSON field."""
+    return b64decode_canonical(value, what=f"field {field!r}", size=size)

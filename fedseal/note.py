@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from fedseal.canonical import b64decode_canonical
 from fedseal.errors import FormatError, NoteError, SignatureError
 
 __all__ = [
@@ -91,14 +92,7 @@ _KEY_ID_HEX = re.compile("[0-9a-f]{8}")
 
 def b64decode_strict(text: str, what: str) -> bytes:
     """Decode canonical standard base64 (RFC 4648 §4, padded); raise FormatError naming ``what``."""
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except ValueError:  # binascii.Error and UnicodeEncodeError are both ValueErrors
-        raise FormatError(f"{what} is not valid base64") from None
-    # Re-encoding catches non-zero padding bits and missing padding.
-    if base64.b64encode(raw).decode("ascii") != text:
-        raise FormatError(f"{what} is not canonical base64")
-    return raw
+    return b64decode_canonical(text, what=what)
 
 
 def validate_key_name(name: str) -> None:

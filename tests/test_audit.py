@@ -38,8 +38,7 @@ def honest_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
         running.rounds.open_round(round_config(1))
         with FedSealClient(running.endpoint, policy) as client:
             for i in range(3):
-                client.submit_update(make_adapter(i), round_id=1, client_id=f"site-{i}",
-                                     num_examples=i + 1)
+                client.submit_update(make_adapter(i), round_id=1, client_id=f"site-{i}", num_examples=i + 1)
             client.fetch_aggregate(1, wait_seconds=10)
             running.rounds.open_round(round_config(2, min_clients=2, deadline_seconds=0.8))
             sub = client.seal_update(make_adapter(5), round_id=2, client_id="site-0", num_examples=1)
@@ -125,9 +124,10 @@ def test_flipped_byte_in_a_checkpoint_signature_is_caught(
     record = json.loads(lines[target])
     note = record["checkpoint"]
     sig_at = note.rindex("\u2014 ") + 30
-    tampered = note[:sig_at] + ("A" if note[sig_at] != "A" else "B") + note[sig_at + 1:]
-    lines[target] = json.dumps({"checkpoint": tampered}, separators=(",", ":"),
-                               ensure_ascii=False).encode() + b"\n"
+    tampered = note[:sig_at] + ("A" if note[sig_at] != "A" else "B") + note[sig_at + 1 :]
+    lines[target] = (
+        json.dumps({"checkpoint": tampered}, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    )
     report = audit_log(_write(tmp_path, lines), dev_policy)
     kinds = [(f.kind, f.line) for f in report.findings]
     assert (FindingKind.BAD_CHECKPOINT_SIGNATURE, target + 1) in kinds

@@ -52,7 +52,7 @@ def test_global_adapter_folder_loads_with_peft(tmp_path: Path) -> None:
 
     data = safetensors.torch.save(state)
     manifest = AggregateManifest("o", 1, "fedavg", {}, hashlib.sha256(data).digest(), len(data), (), 0, 0)
-    folder = write_peft_adapter(Aggregate(manifest, data), tmp_path / "adapter", cfg.lora_config().to_dict())
+    folder = write_peft_adapter(Aggregate(manifest, data), tmp_path / "adapter", cfg.lora_config_dict())
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(cfg.base_seed)

@@ -69,9 +69,7 @@ def run(name: str, endpoint: str, rounds: int, policy: Policy, out_dir: Path) ->
                 flush=True,
             )
         assert aggregate is not None
-        folder = write_peft_adapter(
-            aggregate, out_dir / f"{name}-global-adapter", cfg.lora_config().to_dict()
-        )
+        folder = write_peft_adapter(aggregate, out_dir / f"{name}-global-adapter", cfg.lora_config_dict())
         (out_dir / f"{name}-last-receipt.txt").write_text(receipt.text)
         print(json.dumps({"hospital": name, "adapter_folder": str(folder)}), flush=True)
 

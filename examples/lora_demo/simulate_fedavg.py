@@ -11,6 +11,7 @@ and is fast enough before the confidential aggregator is put in between::
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 
@@ -72,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             load_adapter_state(model, global_state)
             before = evaluate(model, data)
             t0 = time.perf_counter()
-            train_local(
-                model, data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=rnd
-            )
+            train_local(model, data, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=rnd)
             train_s = time.perf_counter() - t0
             rows.append((h, before, evaluate(model, data), train_s))
             updates.append((adapter_state(model), data.num_examples))
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ok = True
     for h, losses in history.items():
-        falls = all(b < a for a, b in zip(losses, losses[1:], strict=False))
+        falls = all(b < a for a, b in itertools.pairwise(losses))
         ok = ok and falls
         trail = " -> ".join(f"{x:.3f}" for x in losses)
         print(f"{h}: {trail} {'ok' if falls else 'NOT FALLING'}")

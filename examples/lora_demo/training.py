@@ -18,6 +18,7 @@ import random
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -101,8 +102,13 @@ class DemoModelConfig:
             eos_token_id=None,
             tie_word_embeddings=False,
             # Eager attention is deterministic and needs no optional kernels.
-            attn_implementation="eager",
+            attn_implementation="eager",  # type: ignore[call-arg]
         )
+
+    def lora_config_dict(self) -> dict[str, Any]:
+        """The LoRA config as PEFT writes it to adapter_config.json."""
+        config: dict[str, Any] = self.lora_config().to_dict()  # type: ignore[no-untyped-call]
+        return config
 
     def lora_config(self) -> LoraConfig:
         """The PEFT config of the adapter that the federation trains."""
@@ -166,8 +172,9 @@ def load_adapter_state(model: PeftModel, tensors: Mapping[str, torch.Tensor]) ->
         unexpected = sorted(given - expected)
         raise ValueError(f"adapter mismatch: missing={missing} unexpected={unexpected}")
     result = set_peft_model_state_dict(model, dict(tensors))
-    if result.unexpected_keys:  # pragma: no cover - guarded by the check above
-        raise ValueError(f"unexpected adapter keys: {result.unexpected_keys}")
+    unexpected_keys = getattr(result, "unexpected_keys", ())
+    if unexpected_keys:  # pragma: no cover - guarded by the check above
+        raise ValueError(f"unexpected adapter keys: {unexpected_keys}")
 
 
 def fedavg(
@@ -380,7 +387,7 @@ def train_local(
         batch = _trim(data.train_ids[torch.randint(0, n, (batch_size,), generator=generator)])
         loss = _loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     model.eval()
     return float(loss.detach())
