@@ -37,6 +37,9 @@ __all__ = ["PublishedAggregate", "RoundError", "RoundManager", "RoundSnapshot"]
 
 _log = structlog.get_logger("fedseal.aggregator.rounds")
 
+UPLOAD_GRACE_SECONDS = 5.0
+MAX_UPLOAD_SECONDS = 3600.0
+
 
 class RoundError(FedSealError):
     """An operation on a round is not possible in its current state (message says why)."""
@@ -176,6 +179,15 @@ class RoundManager:
         except UpdateRejectedError as exc:
             self._record_rejection(header.round_id, header.client_id, exc)
             raise
+
+    def upload_time_limit(self, round_id: int) -> float:
+        """Seconds an upload for `round_id` may take: until the round's deadline (plus grace)."""
+        with self._lock:
+            rnd = self._rounds.get(round_id)
+            if rnd is None or rnd.state is not RoundState.OPEN:
+                return UPLOAD_GRACE_SECONDS
+            remaining = rnd.deadline - self._clock()
+        return min(MAX_UPLOAD_SECONDS, max(0.0, remaining) + UPLOAD_GRACE_SECONDS)
 
     def reject_malformed(self, round_id: int, client_id: str, detail: str) -> UpdateRejectedError:
         """Log a refusal for a stream whose header could not even be parsed."""

@@ -7,6 +7,7 @@ trailing metadata (`fedseal-reject-reason`), so the client SDK can raise a typed
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 
 import grpc
@@ -39,6 +40,7 @@ from fedseal.wire import (
 __all__ = ["AGGREGATE_CHUNK_SIZE", "MAX_WAIT_SECONDS", "AggregatorService"]
 
 AGGREGATE_CHUNK_SIZE = 1024 * 1024
+HEADER_TIMEOUT_SECONDS = 30.0
 MAX_WAIT_SECONDS = 300.0
 _log = structlog.get_logger("fedseal.aggregator.service")
 
@@ -85,32 +87,42 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     def SubmitUpdate(
         self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext
     ) -> pb.SubmitUpdateResponse:
+        # A client that stops sending must not hold a worker thread forever: the watchdog
+        # cancels the call (the request iterator then raises) after the header timeout and,
+        # once the header is known, when the round's deadline has passed.
+        watchdog = _Watchdog(HEADER_TIMEOUT_SECONDS, context)
         try:
-            first = next(request_iterator)
-        except StopIteration:
-            self._abort_rejected(context, self._rounds.reject_malformed(0, "", "empty stream"))
-        if first.WhichOneof("part") != "header":
-            self._abort_rejected(
-                context,
-                self._rounds.reject_malformed(0, "", "the first message must be the header"),
-            )
-        try:
-            header = header_from_proto(first.header)
-            header.seal_context(bytes(32))  # validates client id, sizes, suite eagerly
-        except FormatError as exc:
-            self._abort_rejected(
-                context,
-                self._rounds.reject_malformed(
-                    first.header.round_id, first.header.client_id[:128], f"bad header: {exc}"
-                ),
-            )
-        try:
-            receipt = self._rounds.submit(header, _chunks(request_iterator))
-        except UpdateRejectedError as exc:
-            self._abort_rejected(context, exc)
-        except AuditLogError as exc:
-            _log.error("audit_log_failed", error=str(exc))
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the audit log cannot be written; try later")
+            try:
+                first = next(request_iterator)
+            except (StopIteration, grpc.RpcError):
+                self._abort_rejected(
+                    context, self._rounds.reject_malformed(0, "", "the stream ended before its header")
+                )
+            if first.WhichOneof("part") != "header":
+                self._abort_rejected(
+                    context,
+                    self._rounds.reject_malformed(0, "", "the first message must be the header"),
+                )
+            try:
+                header = header_from_proto(first.header)
+                header.seal_context(bytes(32))  # validates client id, sizes, suite eagerly
+            except FormatError as exc:
+                self._abort_rejected(
+                    context,
+                    self._rounds.reject_malformed(
+                        first.header.round_id, first.header.client_id[:128], f"bad header: {exc}"
+                    ),
+                )
+            watchdog.restart(self._rounds.upload_time_limit(header.round_id))
+            try:
+                receipt = self._rounds.submit(header, _chunks(request_iterator))
+            except UpdateRejectedError as exc:
+                self._abort_rejected(context, exc)
+            except AuditLogError as exc:
+                _log.error("audit_log_failed", error=str(exc))
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the audit log cannot be written; try later")
+        finally:
+            watchdog.cancel()
         return pb.SubmitUpdateResponse(receipt=receipt.encode("utf-8"))
 
     def GetAggregate(
@@ -184,6 +196,27 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     def _abort_rejected(context: grpc.ServicerContext, exc: UpdateRejectedError) -> None:
         context.set_trailing_metadata(((REJECT_REASON_METADATA_KEY, exc.reason.value),))
         context.abort(STATUS_FOR_REASON[exc.reason], str(exc))
+
+
+class _Watchdog:
+    """Cancels an RPC when its time runs out (restartable with a new limit)."""
+
+    def __init__(self, seconds: float, context: grpc.ServicerContext) -> None:
+        self._context = context
+        self._timer = self._start(seconds)
+
+    def _start(self, seconds: float) -> threading.Timer:
+        timer = threading.Timer(seconds, self._context.cancel)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def restart(self, seconds: float) -> None:
+        self._timer.cancel()
+        self._timer = self._start(seconds)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _chunks(requests: Iterator[pb.SubmitUpdateRequest]) -> Iterator[bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from fedseal.spec import WireDtype
 def _send_raw(
     endpoint: str,
     sub: SealedSubmission,
-    chunks: tuple[bytes, ...] | None = None,
+    chunks: Iterable[bytes] | None = None,
     **header_changes: object,
 ) -> str:
     header = dataclasses.replace(sub.header, **header_changes)  # type: ignore[arg-type]
@@ -329,3 +330,42 @@ def test_bfloat16_on_the_wire_accumulates_in_float32(
     for name in ADAPTER_SHAPES:
         expected = (make_adapter(0)[name].bfloat16().float() + make_adapter(1)[name].bfloat16().float()) / 2
         torch.testing.assert_close(aggregate.tensors()[name], expected, rtol=0, atol=1e-7)
+
+
+def test_stalled_upload_is_cancelled_at_the_round_deadline(
+    live_aggregator: RunningAggregator, dev_policy: Policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that sends its header and then goes silent does not hold the server forever."""
+    import threading
+    import time
+
+    import aggregator._rounds as rounds_module
+
+    monkeypatch.setattr(rounds_module, "UPLOAD_GRACE_SECONDS", 0.2)
+    live_aggregator.rounds.open_round(round_config(1, deadline_seconds=1.0))
+    with FedSealClient(live_aggregator.endpoint, dev_policy) as client:
+        sub = client.seal_update(make_adapter(0), round_id=1, client_id="slow", num_examples=1)
+    release = threading.Event()
+
+    def stalled() -> Iterator[bytes]:
+        yield sub.chunks[0]
+        release.wait(20)  # never sends the rest while the test runs
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - the client sees a cancelled call
+            _send_raw(live_aggregator.endpoint, sub, stalled())
+    finally:
+        release.set()
+    assert time.monotonic() - started < 10
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        reasons = [
+            e.fields.get("reason")
+            for e in _log_entries(live_aggregator.log.path)
+            if e.kind is EntryKind.UPDATE_REJECTED
+        ]
+        if reasons:
+            break
+        time.sleep(0.05)
+    assert reasons == ["cancelled"]

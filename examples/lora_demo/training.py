@@ -105,11 +105,6 @@ class DemoModelConfig:
             attn_implementation="eager",  # type: ignore[call-arg]
         )
 
-    def lora_config_dict(self) -> dict[str, Any]:
-        """The LoRA config as PEFT writes it to adapter_config.json."""
-        config: dict[str, Any] = self.lora_config().to_dict()  # type: ignore[no-untyped-call]
-        return config
-
     def lora_config(self) -> LoraConfig:
         """The PEFT config of the adapter that the federation trains."""
         return LoraConfig(
@@ -120,6 +115,14 @@ class DemoModelConfig:
             bias="none",
             task_type="CAUSAL_LM",
         )
+
+    def lora_config_dict(self) -> dict[str, Any]:
+        """The LoRA config as a JSON-ready dict, the content of ``adapter_config.json``."""
+        config: dict[str, Any] = self.lora_config().to_dict()  # type: ignore[no-untyped-call]
+        # PEFT keeps target_modules as a set; JSON needs a list (sorted: stable bytes).
+        config["target_modules"] = sorted(config["target_modules"])
+        config["peft_type"] = str(config["peft_type"].value)
+        return config
 
 
 def build_model(cfg: DemoModelConfig | None = None) -> PeftModel:
