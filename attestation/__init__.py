@@ -32,6 +32,7 @@ from ._errors import (
     AttestationError,
     BindingMismatchError,
     BundleFormatError,
+    CollateralUnavailableError,
     EndpointError,
     EvidenceCollectionError,
     EvidenceFormatError,
@@ -41,9 +42,10 @@ from ._errors import (
     SimulatedEvidenceRefusedError,
     UnsupportedEvidenceError,
 )
+from ._fetch import CachingFetcher, CollateralFetcher, CollateralRequest, HttpFetcher, OfflineFetcher
 from ._policy import POLICY_SCHEMA, Policy, builtin_policy_names, load_builtin_policy
 from ._simulated import InsecureSimulatedTeeCollector, simulated_measurement
-from ._verify import VerifiedAttestation, verify_bundle
+from ._verify import VerificationContext, VerifiedAttestation, verify_bundle
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -52,7 +54,11 @@ __all__ = [
     "AttestationError",
     "BindingMismatchError",
     "BundleFormatError",
+    "CachingFetcher",
     "CheckResult",
+    "CollateralFetcher",
+    "CollateralRequest",
+    "CollateralUnavailableError",
     "EndpointError",
     "Evidence",
     "EvidenceBundle",
@@ -61,12 +67,15 @@ __all__ = [
     "EvidenceFormatError",
     "EvidenceKind",
     "EvidenceSignatureError",
+    "HttpFetcher",
     "InsecureSimulatedTeeCollector",
+    "OfflineFetcher",
     "Policy",
     "PolicyError",
     "PolicyViolationError",
     "SimulatedEvidenceRefusedError",
     "UnsupportedEvidenceError",
+    "VerificationContext",
     "VerifiedAttestation",
     "build_bundle",
     "builtin_policy_names",

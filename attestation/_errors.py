@@ -22,6 +22,7 @@ __all__ = [
     "AttestationError",
     "BindingMismatchError",
     "BundleFormatError",
+    "CollateralUnavailableError",
     "EndpointError",
     "EvidenceCollectionError",
     "EvidenceFormatError",
@@ -117,3 +118,7 @@ class EvidenceCollectionError(AttestationError):
 
 class EndpointError(AttestationError):
     """An aggregator endpoint could not be reached or did not answer GetAttestation."""
+
+
+class CollateralUnavailableError(AttestationError):
+    """Verification material (RIM, OCSP response, certificate, collateral) could not be obtained."""

@@ -18,6 +18,7 @@ Order of the checks:
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping
@@ -41,10 +42,11 @@ from ._errors import (
     SimulatedEvidenceRefusedError,
     UnsupportedEvidenceError,
 )
+from ._fetch import CollateralFetcher, OfflineFetcher
 from ._policy import Policy
 from ._simulated import parse_simulated_payload
 
-__all__ = ["VerifiedAttestation", "verify_bundle"]
+__all__ = ["VerificationContext", "VerifiedAttestation", "verify_bundle"]
 
 # Only this module holds the token, so only verify_bundle can make a VerifiedAttestation.
 # It is an immutable object() compared by identity; nothing about it is secret.
@@ -120,18 +122,35 @@ class _Checklist:
         raise error(message, checks=self.results)
 
 
-# A verifier checks one evidence item: its signature/chain, that its report data is
-# `binding`, and whatever the policy says about its kind. It records every check.
-_EvidenceVerifier = Callable[[str, Evidence, bytes, Policy, _Checklist], None]
+@dataclass(frozen=True)
+class VerificationContext:
+    """What every evidence verifier may use besides the evidence item itself.
+
+    `binding` is recomputed from the client's own challenge (never taken from the bundle);
+    `now` is the verification time (pinned in tests and for replaying old evidence, and
+    always stated in reports); `fetcher` is the only way to the network.
+    """
+
+    binding: bytes
+    bundle: EvidenceBundle
+    policy: Policy
+    checks: _Checklist
+    now: datetime.datetime
+    fetcher: CollateralFetcher
 
 
-def _verify_simulated(
-    label: str, evidence: Evidence, binding: bytes, policy: Policy, checks: _Checklist
-) -> None:
+# A verifier checks one evidence item: its signature/chain, that its report data is bound
+# to `ctx.binding`, and whatever the policy says about its kind. It records every check
+# in `ctx.checks` (and never raises for a failed check: verify_bundle raises at the end).
+_EvidenceVerifier = Callable[[str, Evidence, VerificationContext], None]
+
+
+def _verify_simulated(label: str, evidence: Evidence, ctx: VerificationContext) -> None:
     """Check simulated-TEE evidence. Even when every check passes this proves NOTHING about
     hardware: the signing key travels inside the evidence, so anyone can make a valid one.
     It is refused unless the policy explicitly allows insecure simulated evidence.
     """
+    binding, policy, checks = ctx.binding, ctx.policy, ctx.checks
     checks.record(
         f"{label} allowed by policy",
         expected="policy allows insecure simulated evidence",
@@ -188,12 +207,20 @@ def _verify_simulated(
 
 
 # Kinds absent here have no verifier yet; verify_bundle fails on them (never trusts them).
-_VERIFIERS: Mapping[EvidenceKind, _EvidenceVerifier] = MappingProxyType(
-    {EvidenceKind.SIMULATED_INSECURE: _verify_simulated}
-)
+# Hardware verifiers live in their own modules and are listed here explicitly (no import-time
+# registration side effects): see _verifiers() below.
+def _verifiers() -> Mapping[EvidenceKind, _EvidenceVerifier]:
+    return MappingProxyType({EvidenceKind.SIMULATED_INSECURE: _verify_simulated})
 
 
-def verify_bundle(bundle: EvidenceBundle | bytes, policy: Policy, challenge: bytes) -> VerifiedAttestation:
+def verify_bundle(
+    bundle: EvidenceBundle | bytes,
+    policy: Policy,
+    challenge: bytes,
+    *,
+    now: datetime.datetime | None = None,
+    fetcher: CollateralFetcher | None = None,
+) -> VerifiedAttestation:
     """Verify ``bundle`` against ``policy`` and the 32-byte ``challenge`` this client sent.
 
     Returns a :class:`VerifiedAttestation` or raises an :class:`~attestation.AttestationError`
@@ -204,6 +231,10 @@ def verify_bundle(bundle: EvidenceBundle | bytes, policy: Policy, challenge: byt
     :class:`~attestation.UnsupportedEvidenceError` or
     :class:`~attestation.PolicyViolationError`. A challenge that is not 32 bytes is the
     caller's mistake and raises :class:`~fedseal.errors.FormatError`.
+
+    ``now`` (timezone-aware; default: the current time) is when certificates and
+    collateral must be valid. ``fetcher`` is used for any collateral the evidence does not
+    carry (default: :class:`~attestation.OfflineFetcher`, i.e. no network at all).
     """
     if not isinstance(challenge, bytes) or len(challenge) != CHALLENGE_SIZE:
         raise FormatError(f"the client's challenge must be {CHALLENGE_SIZE} bytes")
@@ -238,9 +269,19 @@ def verify_bundle(bundle: EvidenceBundle | bytes, policy: Policy, challenge: byt
         ),
     )
 
+    ctx = VerificationContext(
+        binding=binding,
+        bundle=bundle,
+        policy=policy,
+        checks=checks,
+        now=now if now is not None else datetime.datetime.now(datetime.UTC),
+        fetcher=fetcher if fetcher is not None else OfflineFetcher(),
+    )
+    if ctx.now.tzinfo is None:
+        raise FormatError("verification time must be timezone-aware (e.g. datetime.UTC)")
     for index, item in enumerate(bundle.evidence):
         label = f"evidence[{index}] {item.kind.value}"
-        verifier = _VERIFIERS.get(item.kind)
+        verifier = _verifiers().get(item.kind)
         if verifier is None:
             checks.record(
                 f"{label} verifier",
@@ -254,7 +295,7 @@ def verify_bundle(bundle: EvidenceBundle | bytes, policy: Policy, challenge: byt
                 ),
             )
             continue
-        verifier(label, item, binding, policy, checks)
+        verifier(label, item, ctx)
 
     present = {item.kind for item in bundle.evidence}
     for kind in policy.required_evidence:
