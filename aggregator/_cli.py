@@ -31,7 +31,7 @@ the aggregator unless their policy explicitly allows simulated evidence.
 """
 
 _EPILOG = """\
-exit codes: 0 stopped cleanly (SIGINT/SIGTERM or job finished with --exit-when-done),
+exit codes: 0 stopped cleanly (SIGINT/SIGTERM),
             2 bad arguments or configuration, 1 any other start-up failure.
 example:
   fedseal-aggregator --insecure-simulated-tee --job deploy/examples/job.json \\
@@ -73,11 +73,6 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure-simulated-tee",
         action="store_true",
         help="INSECURE, development only: sign evidence with a throwaway key instead of TEE hardware",
-    )
-    p.add_argument(
-        "--exit-when-done",
-        action="store_true",
-        help="with --job: stop once the last round has closed or failed",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -125,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        while not stop.wait(0.2):
-            if args.exit_when_done and job is not None and running.rounds.job_finished():
-                break
+        stop.wait()
     finally:
         running.stop()
     return 0

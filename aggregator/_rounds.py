@@ -412,14 +412,6 @@ class RoundManager:
                     raise RoundNotReadyError(f"round {round_id} has not closed yet")
                 self._changed.wait(remaining)
 
-    def job_finished(self) -> bool:
-        """True once a job's last round has closed or failed (always False without a job)."""
-        with self._lock:
-            if self._job is None:
-                return False
-            last = self._rounds.get(self._job.rounds)
-            return last is not None and last.state is not RoundState.OPEN
-
     def shutdown(self) -> None:
         with self._lock:
             self._stopped = True

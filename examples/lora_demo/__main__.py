@@ -96,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
                 "127.0.0.1:0",
                 "--port-file",
                 str(port_file),
-                "--exit-when-done",
             ],
             stdout=agg_log,
             stderr=subprocess.STDOUT,
@@ -137,11 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = [line for line in lines if "round" in line]
                 if proc.returncode != 0:
                     failed.append(name)
-            aggregator.wait(timeout=60)
         finally:
-            if aggregator.poll() is None:
-                aggregator.terminate()
-                aggregator.wait(timeout=10)
+            # The job is over once every hospital has fetched the last aggregate.
+            aggregator.terminate()
+            aggregator.wait(timeout=30)
 
     print("\nEvaluation loss on each hospital's own held-out notes (global adapter):")
     header = "hospital     " + "".join(f"  round {r}" for r in range(0, args.rounds + 1))
