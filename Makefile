@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedseal-installed
 
-.PHONY: demo test lint proto bench clean
+.PHONY: demo test lint proto bench clean nvidia-collector
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first: a bare "torch" would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[demo,test]'
+	# NVIDIA's GPU evidence package pins cryptography 43 / signxml 3.2: install it without
+	# its pins (its real needs are in the test and nvidia-collector extras). The GPU
+	# collector tests run it over a fake libnvidia-ml.
+	$(BIN)/pip install --quiet --no-deps nv-local-gpu-verifier==2.7.3
 	touch $@
 
 demo: $(STAMP)
@@ -28,6 +32,11 @@ lint: $(STAMP)
 
 proto: $(STAMP)
 	$(BIN)/python -m fedseal._proto.generate
+
+# Aggregator host with NVIDIA Hopper GPUs in CC mode: the GPU evidence collector's packages.
+nvidia-collector: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[nvidia-collector]'
+	$(BIN)/pip install --quiet --no-deps nv-local-gpu-verifier==2.7.3
 
 clean:
 	rm -rf $(VENV)

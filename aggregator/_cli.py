@@ -13,8 +13,9 @@ from aggregator._config import JobConfig
 from aggregator._logging import configure_logging
 from aggregator._server import start_aggregator
 from attestation import EvidenceCollector, InsecureSimulatedTeeCollector
-from fedseal.errors import FedSealError
+from fedseal.errors import FedSealError, FormatError
 from fedseal.roundconfig import ConfigError
+from fedseal.witness_rpc import WitnessCosigner, WitnessEndpoint
 
 __all__ = ["main"]
 
@@ -50,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         "--log",
         type=Path,
         required=True,
-        help="audit log file to create (must not exist or be empty)",
+        help="audit log file: created if new; an existing log is resumed (a torn last commit "
+        "is cut and kept aside, and this enclave's new keys are recorded as a key handover)",
     )
     p.add_argument(
         "--log-origin",
@@ -69,6 +71,20 @@ def _parser() -> argparse.ArgumentParser:
         "are opened through the OpenRound call",
     )
     p.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
+    p.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="VERIFIER_KEY@HOST:PORT",
+        help="a witness (fedseal-audit witness serve) to offer every new checkpoint to; its "
+        "cosignature is added to the checkpoint receipts carry. Repeatable",
+    )
+    p.add_argument(
+        "--witness-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for each witness per checkpoint (default: %(default)s)",
+    )
     p.add_argument(
         "--insecure-simulated-tee",
         action="store_true",
@@ -100,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         job = JobConfig.from_file(args.job) if args.job else None
-    except ConfigError as exc:
+        witnesses = [WitnessEndpoint.parse(w) for w in args.witness]
+    except (ConfigError, FormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    cosigner = WitnessCosigner(witnesses, timeout=args.witness_timeout) if witnesses else None
     try:
         running = start_aggregator(
             log_path=args.log,
@@ -110,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             collectors=collectors,
             job=job,
             listen=args.listen,
+            cosigner=cosigner,
         )
     except (FedSealError, OSError) as exc:
         print(f"error: cannot start the aggregator: {exc}", file=sys.stderr)

@@ -3,7 +3,9 @@
 State machine per round: OPEN → CLOSED (quorum reached and `max_clients` accepted, or the
 deadline passed with at least `min_clients`) or OPEN → FAILED (deadline passed with fewer
 than `min_clients`: nothing is published). Every transition and every update, accepted or
-refused, is a log entry; an update is accepted only after its log entry is durable.
+refused, is a log entry; a receipt is returned only once its log entry is durable. An
+accepted update's entry is staged under the round lock (which fixes its place in the log)
+and waited for outside it, so concurrent uploads share one group commit (one fsync).
 
 At most one round is open at a time and round ids only grow, so a ciphertext sealed for
 one round can never count in another (the round id is bound into the envelope).
@@ -21,13 +23,13 @@ import safetensors.torch
 import structlog
 
 from aggregator._config import JobConfig
-from aggregator._log import AuditLog
+from aggregator._log import AuditLog, PendingEntry
 from aggregator.enclave._keys import EnclaveKeys
 from aggregator.enclave._receive import UpdateReceiver
 from aggregator.enclave.strategies import Strategy, make_strategy
 from fedseal.canonical import b64encode
 from fedseal.errors import FedSealError
-from fedseal.logformat import EntryKind, RejectReason
+from fedseal.logformat import EntryKind, FailureCause, RejectReason
 from fedseal.manifest import AggregateManifest, SignedManifest, sign_manifest
 from fedseal.roundconfig import RoundConfig
 from fedseal.spec import AdapterSpec, TensorSpec, WireDtype
@@ -75,7 +77,11 @@ class _Accepted:
     idempotency_key: bytes
     ciphertext_digest: bytes
     num_examples: int
-    receipt: str
+    entry: PendingEntry
+
+    def receipt(self, log: AuditLog) -> str:
+        """The receipt (tlog-proof text), once the entry is durable (blocks until then)."""
+        return self.entry.wait().receipt(log).to_text()
 
 
 @dataclass
@@ -98,6 +104,8 @@ class RoundManager:
         keys: EnclaveKeys,
         job: JobConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        last_round_id: int = 0,
     ) -> None:
         self._log = log
         self._keys = keys
@@ -107,11 +115,14 @@ class RoundManager:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._stopped = False
+        # Round ids already spent by earlier enclaves of a resumed log: never reused.
+        self._last_round_id = last_round_id
 
     # ----------------------------------------------------------------- operator side
     def start_job(self) -> None:
-        if self._job is not None:
-            self.open_round(self._job.round_config(1))
+        """Open the job's first round not yet used (a resumed log continues after its last)."""
+        if self._job is not None and self._last_round_id < self._job.rounds:
+            self.open_round(self._job.round_config(self._last_round_id + 1))
 
     def open_round(self, config: RoundConfig) -> RoundSnapshot:
         with self._lock:
@@ -122,8 +133,9 @@ class RoundManager:
             raise RoundError("the aggregator is shutting down")
         if any(r.state is RoundState.OPEN for r in self._rounds.values()):
             raise RoundError("another round is still open; wait for it to close or fail")
-        if self._rounds and config.round_id <= max(self._rounds):
-            raise RoundError(f"round id {config.round_id} is not above the last round id {max(self._rounds)}")
+        last = max([self._last_round_id, *self._rounds])
+        if config.round_id <= last:
+            raise RoundError(f"round id {config.round_id} is not above the last round id {last}")
         self._log.append(
             EntryKind.ROUND_OPENED,
             {
@@ -208,27 +220,28 @@ class RoundManager:
                     f"round {header.round_id} is {rnd.state.value}, not open",
                 )
             previous = rnd.accepted.get(header.client_id)
-            if previous is not None:
-                if previous.idempotency_key == header.idempotency_key:
-                    # A retry of an accepted upload: same receipt, counted once.
-                    return previous.receipt
+            if previous is not None and previous.idempotency_key != header.idempotency_key:
                 raise UpdateRejectedError(
                     RejectReason.DUPLICATE,
                     f"client {header.client_id!r} already has an accepted update in round "
                     f"{header.round_id}; one update per client per round",
                 )
-            if header.client_id in rnd.in_flight:
+            if previous is None and header.client_id in rnd.in_flight:
                 raise UpdateRejectedError(
                     RejectReason.DUPLICATE,
                     f"another upload from client {header.client_id!r} is in progress",
                 )
-            if len(rnd.accepted) >= rnd.config.max_clients:
+            if previous is None and len(rnd.accepted) >= rnd.config.max_clients:
                 raise UpdateRejectedError(
                     RejectReason.ROUND_FULL,
                     f"round {header.round_id} already has max_clients updates",
                 )
             config = rnd.config
-            rnd.in_flight.add(header.client_id)
+            if previous is None:
+                rnd.in_flight.add(header.client_id)
+        if previous is not None:
+            # A retry of an accepted upload: same receipt, counted once.
+            return previous.receipt(self._log)
         try:
             return self._receive_and_accept(rnd, config, header, chunks)
         finally:
@@ -261,8 +274,9 @@ class RoundManager:
                     raise UpdateRejectedError(
                         RejectReason.ROUND_FULL, f"round {config.round_id} filled up during upload"
                     )
-                # Durable log entry first, then fold in: an accepted update is always logged.
-                appended = self._log.append(
+                # The entry's place in the log is fixed before the update is folded in, and
+                # the receipt waits for it to be durable: an accepted update is always logged.
+                pending = self._log.stage(
                     EntryKind.UPDATE_ACCEPTED,
                     {
                         "round_id": config.round_id,
@@ -275,22 +289,23 @@ class RoundManager:
                     },
                 )
                 rnd.strategy.accumulate(update.tensors, header.num_examples)
-                receipt = appended.receipt(self._log).to_text()
-                rnd.accepted[header.client_id] = _Accepted(
-                    header.idempotency_key, update.ciphertext_digest, header.num_examples, receipt
+                accepted = _Accepted(
+                    header.idempotency_key, update.ciphertext_digest, header.num_examples, pending
                 )
+                rnd.accepted[header.client_id] = accepted
                 _log.info(
                     "update_accepted",
                     round_id=config.round_id,
                     client_id=header.client_id,
                     ciphertext_bytes=update.ciphertext_size,
-                    log_index=appended.entry.index,
+                    log_index=pending.entry.index,
                 )
                 if len(rnd.accepted) >= config.max_clients:
                     self._close_locked(rnd)
-                return receipt
         finally:
             receiver.wipe()
+        # Outside the round lock: concurrent accepts share one commit.
+        return accepted.receipt(self._log)
 
     def _record_rejection(self, round_id: int, client_id: str, exc: UpdateRejectedError) -> None:
         _log.warning(
@@ -372,6 +387,7 @@ class RoundManager:
         self._after_round_locked(config.round_id)
 
     def _fail_locked(self, rnd: _Round, reason: str) -> None:
+        """Fail an open round (deadline passed below quorum): nothing is published."""
         if rnd.timer is not None:
             rnd.timer.cancel()
         rnd.strategy.discard()
@@ -379,7 +395,12 @@ class RoundManager:
         rnd.failure = reason
         self._log.append(
             EntryKind.ROUND_FAILED,
-            {"round_id": rnd.config.round_id, "reason": reason, "accepted": len(rnd.accepted)},
+            {
+                "round_id": rnd.config.round_id,
+                "reason": reason,
+                "accepted": len(rnd.accepted),
+                "cause": FailureCause.QUORUM_NOT_REACHED.value,
+            },
         )
         _log.warning("round_failed", round_id=rnd.config.round_id, reason=reason)
         self._after_round_locked(rnd.config.round_id)

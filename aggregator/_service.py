@@ -161,9 +161,10 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             size = request.tree_size or self._log.size
             hashes = self._log.inclusion_proof(request.index, size)
             _, note = self._log.checkpoint(size)
+            entry = self._log.entry_leaf(request.index) if request.with_entry else b""
         except AuditLogError as exc:
             context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
-        return pb.ProofResponse(hashes=hashes, checkpoint=note)
+        return pb.ProofResponse(hashes=hashes, checkpoint=note, entry=entry)
 
     def GetConsistencyProof(
         self, request: pb.GetConsistencyProofRequest, context: grpc.ServicerContext

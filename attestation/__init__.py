@@ -46,6 +46,7 @@ from ._fetch import CachingFetcher, CollateralFetcher, CollateralRequest, HttpFe
 from ._policy import POLICY_SCHEMA, Policy, builtin_policy_names, load_builtin_policy
 from ._simulated import InsecureSimulatedTeeCollector, simulated_measurement
 from ._verify import VerificationContext, VerifiedAttestation, verify_bundle
+from ._witness_policy import WitnessPolicy
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -77,6 +78,7 @@ __all__ = [
     "UnsupportedEvidenceError",
     "VerificationContext",
     "VerifiedAttestation",
+    "WitnessPolicy",
     "build_bundle",
     "builtin_policy_names",
     "load_builtin_policy",

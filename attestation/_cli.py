@@ -5,7 +5,12 @@ Two ways in, one report out:
 * ``fedseal-attest verify --endpoint HOST:PORT`` asks a running aggregator for a fresh
   attestation (with a new random challenge) and verifies it;
 * ``fedseal-attest verify --bundle FILE --challenge HEX`` verifies a bundle saved earlier
-  (``--save-bundle``) against the challenge it was made for.
+  (``--save-bundle``, or ``collect``) against the challenge it was made for;
+* ``fedseal-attest collect`` runs on the aggregator host (inside the confidential VM) and
+  writes a bundle with NVIDIA GPU evidence for a given challenge and keys.
+
+``--now`` pins the verification time (replaying old evidence, whose certificates or
+collateral have since expired), and ``--offline`` verifies from stapled material only.
 
 The gRPC import stays in this module: the library (``attestation.verify_bundle``) takes
 bytes and never needs a transport.
@@ -14,30 +19,35 @@ bytes and never needs a transport.
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import datetime
 import json
+import re
 import secrets
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, TextIO
 
 import grpc
 
 from fedseal._proto.fedseal.v1 import fedseal_pb2, fedseal_pb2_grpc
-from fedseal.binding import CHALLENGE_SIZE
+from fedseal.binding import CHALLENGE_SIZE, ED25519_PUBLIC_KEY_SIZE, X25519_PUBLIC_KEY_SIZE, BoundKeys
 from fedseal.errors import FormatError
 
 from ._bundle import MAX_BUNDLE_SIZE, EvidenceBundle
 from ._checks import CheckResult
+from ._collect import EvidenceCollector, build_bundle
 from ._errors import (
     AttestationError,
     BundleFormatError,
     EndpointError,
+    EvidenceCollectionError,
     PolicyError,
     SimulatedEvidenceRefusedError,
     UnsupportedEvidenceError,
 )
+from ._fetch import CachingFetcher, CollateralFetcher, HttpFetcher, OfflineFetcher
 from ._policy import Policy, builtin_policy_names, load_builtin_policy
 from ._verify import VerifiedAttestation, verify_bundle
 
@@ -80,12 +90,22 @@ The aggregator answers a random challenge with an "evidence bundle": its two pub
 proof from the TEE that those keys were made inside it, and a binding that ties both to
 your challenge so the answer cannot be replayed. This tool verifies that bundle against a
 policy and prints every check it made.
+
+The verification does not depend on the security of the connection: the evidence is
+signed by the hardware and bound to your fresh challenge and to the very keys your update
+will be sealed to, so whoever sits on the network can make verification fail, never pass.
+Any HOST:PORT may be checked. (Metadata such as sizes and timing is visible on the wire.)
+
+Collateral (NVIDIA RIMs, OCSP answers, the NRAS key set) is fetched from the vendors'
+services over HTTPS unless --offline is given, in which case only material stapled into
+the bundle is used; a policy that needs more then fails, as it should.
 """
 
 _EPILOG = """\
 exit status:
-  0  verified: the bundle satisfies the policy
+  0  verified: the bundle satisfies the policy (collect: the bundle was written)
   1  verification failed: the error's name and every failing check are printed
+     (collect: no evidence could be collected, e.g. no GPU in CC mode here)
   2  usage or input error: bad arguments, unreadable file, bad policy file
   3  cannot reach the endpoint, or it did not answer GetAttestation
 
@@ -94,6 +114,9 @@ examples:
   fedseal-attest verify --endpoint localhost:50051 \\
       --builtin-policy dev-insecure-allow-simulated --save-bundle bundle.json
   fedseal-attest verify --bundle bundle.json --challenge $(cat bundle.json.challenge)
+  fedseal-attest verify --bundle old.json --challenge HEX --now 2026-06-01T00:00:00Z --offline
+  fedseal-attest collect --challenge HEX --hpke-public-key HEX --log-public-key HEX \\
+      --out bundle.json            # on the aggregator host, with its GPUs in CC mode
 """
 
 
@@ -130,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     exclusive.add_argument(
         "--endpoint",
         metavar="HOST:PORT",
-        help="ask a running aggregator, with a fresh random challenge. Loopback only in "
-        "this version (localhost, 127.0.0.1, [::1]): the channel is not yet encrypted",
+        help="ask a running aggregator, with a fresh random challenge. Any host: the "
+        "evidence is bound to your challenge and the attested keys, so verification does not "
+        "rely on the connection's security",
     )
     exclusive.add_argument(
         "--bundle",
@@ -160,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
         "'default' is for production and refuses simulated evidence",
     )
 
+    verification = verify.add_argument_group("verification time and collateral")
+    verification.add_argument(
+        "--now",
+        metavar="ISO8601",
+        help="verify as of this time (with a UTC offset, e.g. 2026-06-01T00:00:00Z) instead of "
+        "the current time, to re-check saved evidence whose certificates have since expired. "
+        "Printed in the report",
+    )
+    verification.add_argument(
+        "--offline",
+        action="store_true",
+        help="fetch nothing: use only the RIMs, OCSP answers and tokens stapled into the bundle "
+        "(default: fetch what is missing from NVIDIA's services over HTTPS, with a cache)",
+    )
+
     output = verify.add_argument_group("output and connection")
     output.add_argument(
         "--json",
@@ -180,15 +219,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --endpoint: write the received bundle to FILE and its challenge (hex) to "
         "FILE.challenge, whatever the verdict, to re-check later with --bundle",
     )
+
+    collect = commands.add_parser(
+        "collect",
+        help="on the aggregator host: collect GPU evidence for a challenge and write a bundle",
+        description="Collect NVIDIA GPU evidence (every GPU, CC mode on) on the aggregator host, "
+        "bound to the given keys and challenge, and write the evidence bundle to --out (and the "
+        "challenge to OUT.challenge) for `fedseal-attest verify --bundle`. Needs the GPUs and "
+        "NVIDIA's packages (make nvidia-collector) or the nvattest CLI.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    collect.add_argument(
+        "--challenge", metavar="HEX", required=True, help=f"the {CHALLENGE_SIZE}-byte challenge, in hex"
+    )
+    collect.add_argument(
+        "--hpke-public-key", metavar="HEX", required=True, help="the aggregator's X25519 key (32 bytes, hex)"
+    )
+    collect.add_argument(
+        "--log-public-key",
+        metavar="HEX",
+        required=True,
+        help="the aggregator's Ed25519 log key (32 bytes, hex)",
+    )
+    collect.add_argument("--out", metavar="FILE", type=Path, required=True, help="where to write the bundle")
+    collect.add_argument(
+        "--collector",
+        choices=("nvidia-sdk", "nvattest"),
+        default="nvidia-sdk",
+        help="nvidia-sdk: NVIDIA's nv-local-gpu-verifier over NVML (default); nvattest: NVIDIA's CLI",
+    )
+    collect.add_argument(
+        "--nvattest", metavar="PATH", default="nvattest", help="the nvattest executable (default: from PATH)"
+    )
     return parser
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:PORT`` for IPv6) and check that HOST is loopback.
+    """Split ``HOST:PORT`` (``[v6 address]:PORT`` for IPv6); raise :class:`~fedseal.errors.FormatError`.
 
-    Raises :class:`~fedseal.errors.FormatError`. Only loopback is accepted until the
-    channel gets TLS: the evidence itself does not need a secure channel, but nothing else
-    on a plaintext channel to another machine should be relied upon.
+    Any host is accepted: the evidence, not the channel, is what is verified (see the
+    command's description).
     """
     host, sep, port_text = endpoint.rpartition(":")
     if not sep or not host or not port_text.isdigit():
@@ -198,23 +269,23 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
         raise FormatError(f"endpoint {endpoint!r}: port must be 1 to 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if host != "localhost":
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise FormatError(
-                f"endpoint host {host!r} is not loopback; this version talks to aggregators "
-                "over an unencrypted channel and so only to localhost, 127.0.0.1 or [::1]"
-            )
+        if not _IPV6.fullmatch(host):
+            raise FormatError(f"endpoint {endpoint!r}: {host!r} is not an IPv6 address")
+    elif not _HOSTNAME.fullmatch(host):
+        raise FormatError(f"endpoint {endpoint!r}: {host!r} is not a host name or IPv4 address")
     return host, port
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_IPV6 = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 
 
 def fetch_bundle(endpoint: str, challenge: bytes, timeout: float) -> EvidenceBundle:
     """Call GetAttestation on ``endpoint`` with ``challenge``; return the parsed bundle.
 
-    Raises :class:`~fedseal.errors.FormatError` for a malformed or non-loopback endpoint,
+    Raises :class:`~fedseal.errors.FormatError` for a malformed endpoint,
     :class:`~attestation.EndpointError` when the call fails (unreachable, deadline, server
     error) and :class:`~attestation.BundleFormatError` when the answer is not a bundle.
     The bundle is parsed, not verified: call :func:`~attestation.verify_bundle` next.
@@ -262,11 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version exit through here with status 0
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    if args.command != "verify":
+    if args.command not in ("verify", "collect"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return _verify_command(args)
+        return _verify_command(args) if args.command == "verify" else _collect_command(args)
     except _UsageError as exc:
         print(f"fedseal-attest: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -275,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
 def _verify_command(args: argparse.Namespace) -> int:
     policy = _load_policy(args)
     as_json: bool = args.json
+    now = _parse_now(args.now)
+    fetcher: CollateralFetcher = OfflineFetcher() if args.offline else CachingFetcher(HttpFetcher())
+    context = _Context(
+        now=now if now is not None else datetime.datetime.now(datetime.UTC),
+        pinned=now is not None,
+        offline=args.offline,
+    )
 
     if args.bundle is not None:
         if args.challenge is None:
@@ -286,7 +364,7 @@ def _verify_command(args: argparse.Namespace) -> int:
         try:
             bundle = EvidenceBundle.from_bytes(data)
         except BundleFormatError as exc:
-            return _report_failure(exc, None, policy, challenge, as_json)
+            return _report_failure(exc, None, policy, challenge, as_json, context)
     else:
         if args.challenge is not None:
             raise _UsageError("--challenge goes with --bundle; --endpoint always makes a fresh random one")
@@ -304,16 +382,81 @@ def _verify_command(args: argparse.Namespace) -> int:
             print(f"fedseal-attest: cannot get an attestation: {exc}", file=sys.stderr)
             return EXIT_UNREACHABLE
         except BundleFormatError as exc:
-            return _report_failure(exc, None, policy, challenge, as_json)
+            return _report_failure(exc, None, policy, challenge, as_json, context)
         if args.save_bundle is not None:
             _save_bundle(args.save_bundle, bundle, challenge)
 
     try:
-        verified = verify_bundle(bundle, policy, challenge)
+        verified = verify_bundle(bundle, policy, challenge, now=context.now, fetcher=fetcher)
     except AttestationError as exc:
-        return _report_failure(exc, bundle, policy, challenge, as_json)
-    _report_success(verified, bundle, policy, as_json)
+        return _report_failure(exc, bundle, policy, challenge, as_json, context)
+    _report_success(verified, bundle, policy, as_json, context)
     return EXIT_OK
+
+
+@dataclass(frozen=True)
+class _Context:
+    """How this run verifies: at what time, and whether it may fetch collateral."""
+
+    now: datetime.datetime
+    pinned: bool
+    offline: bool
+
+    @property
+    def iso_time(self) -> str:
+        return self.now.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+    @property
+    def collateral(self) -> str:
+        if self.offline:
+            return "offline (stapled material only)"
+        return "online (vendor services over HTTPS, cached)"
+
+
+def _parse_now(text: str | None) -> datetime.datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise _UsageError(f"--now {text!r} is not an ISO 8601 time (e.g. 2026-06-01T00:00:00Z)") from None
+    if moment.tzinfo is None:
+        raise _UsageError("--now needs a UTC offset (e.g. 2026-06-01T00:00:00Z or +02:00)")
+    return moment
+
+
+def _collect_command(args: argparse.Namespace) -> int:
+    challenge = _parse_challenge(args.challenge)
+    keys = BoundKeys(
+        hpke_public_key=_parse_hex(args.hpke_public_key, X25519_PUBLIC_KEY_SIZE, "--hpke-public-key"),
+        log_public_key=_parse_hex(args.log_public_key, ED25519_PUBLIC_KEY_SIZE, "--log-public-key"),
+    )
+    # Imported here: the collectors pull NVIDIA's packages, which a verifying client lacks.
+    from .nvidia import NvattestCollector, NvidiaGpuCollector
+
+    collector: EvidenceCollector
+    try:
+        if args.collector == "nvattest":
+            collector = NvattestCollector(executable=args.nvattest)
+            bundle = build_bundle(keys, challenge, [collector])
+        else:
+            with NvidiaGpuCollector() as sdk_collector:
+                bundle = build_bundle(keys, challenge, [sdk_collector])
+    except EvidenceCollectionError as exc:
+        print(f"fedseal-attest: cannot collect evidence: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _save_bundle(args.out, bundle, challenge)
+    return EXIT_OK
+
+
+def _parse_hex(text: str, size: int, option: str) -> bytes:
+    try:
+        value = bytes.fromhex(text.strip())
+    except ValueError:
+        value = b""
+    if len(value) != size:
+        raise _UsageError(f"{option} must be {2 * size} hex digits ({size} bytes)")
+    return value
 
 
 def _load_policy(args: argparse.Namespace) -> Policy:
@@ -368,6 +511,7 @@ def _report_failure(
     policy: Policy,
     challenge: bytes,
     as_json: bool,
+    context: _Context,
 ) -> int:
     hint = _hint(exc)
     if as_json:
@@ -379,10 +523,11 @@ def _report_failure(
             checks=exc.checks,
             insecure=None,
             error={"type": type(exc).__name__, "message": str(exc), "hint": hint},
+            context=context,
         )
         _print_json(report, sys.stdout)
         return EXIT_FAILED
-    _print_header(bundle, policy, challenge)
+    _print_header(bundle, policy, challenge, context)
     if exc.checks:
         print(_render_table(exc.checks))
         print()
@@ -393,7 +538,7 @@ def _report_failure(
 
 
 def _report_success(
-    verified: VerifiedAttestation, bundle: EvidenceBundle, policy: Policy, as_json: bool
+    verified: VerifiedAttestation, bundle: EvidenceBundle, policy: Policy, as_json: bool, context: _Context
 ) -> None:
     if as_json:
         report = _json_report(
@@ -404,10 +549,11 @@ def _report_success(
             checks=verified.checks,
             insecure=verified.insecure,
             error=None,
+            context=context,
         )
         _print_json(report, sys.stdout)
         return
-    _print_header(bundle, policy, verified.challenge)
+    _print_header(bundle, policy, verified.challenge, context)
     print(_render_table(verified.checks))
     print()
     print(f"VERIFIED under policy {verified.policy_name!r}")
@@ -420,9 +566,11 @@ def _report_success(
         )
 
 
-def _print_header(bundle: EvidenceBundle | None, policy: Policy, challenge: bytes) -> None:
+def _print_header(bundle: EvidenceBundle | None, policy: Policy, challenge: bytes, context: _Context) -> None:
     print(f"policy:    {policy.name} ({policy.source})")
     print(f"challenge: {challenge.hex()}")
+    print(f"time:      {context.iso_time} ({'pinned with --now' if context.pinned else 'current time'})")
+    print(f"fetching:  {context.collateral}")
     if bundle is not None:
         print(f"bundle:    sha256:{bundle.digest().hex()}")
     print()
@@ -460,8 +608,12 @@ def _json_report(
     checks: Sequence[CheckResult],
     insecure: bool | None,
     error: dict[str, str | None] | None,
+    context: _Context,
 ) -> dict[str, object]:
     return {
+        "verification_time": context.iso_time,
+        "verification_time_pinned": context.pinned,
+        "offline": context.offline,
         "verified": verified,
         "insecure": insecure,
         "policy": {"name": policy.name, "source": policy.source},

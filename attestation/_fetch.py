@@ -39,17 +39,32 @@ MAX_COLLATERAL_BYTES = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class CollateralRequest:
-    """One fetch: `url`, an optional POST body (OCSP, NRAS), and a content type for it."""
+    """One fetch: `url`, an optional POST body (OCSP, NRAS), and a content type for it.
+
+    With `response_header` set, the answer is that response header's value (as sent, not
+    decoded) instead of the body: Intel PCS sends the issuer chains of its collateral in
+    headers.
+    """
 
     url: str
     body: bytes | None = None
     content_type: str | None = None
+    response_header: str | None = None
 
     def cache_key(self) -> str:
         h = hashlib.sha256(self.url.encode())
         if self.body is not None:
             h.update(b"\0" + self.body)
+        if self.response_header is not None:
+            h.update(b"\1" + self.response_header.lower().encode())
         return h.hexdigest()
+
+    def staple_key(self) -> str:
+        """The key stapled material has in an OfflineFetcher: the URL, or for a header request
+        ``URL#header=<lower-case name>`` (a fragment never reaches a server, so no clash)."""
+        if self.response_header is None:
+            return self.url
+        return f"{self.url}#header={self.response_header.lower()}"
 
 
 class CollateralFetcher(Protocol):
@@ -66,9 +81,9 @@ class OfflineFetcher:
 
     def fetch(self, request: CollateralRequest) -> bytes:
         try:
-            return self._stapled[request.url]
+            return self._stapled[request.staple_key()]
         except KeyError:
-            raise CollateralUnavailableError(f"offline: no stapled collateral for {request.url}") from None
+            raise CollateralUnavailableError(f"offline: no stapled collateral for {request.staple_key()}") from None
 
 
 class HttpFetcher:
@@ -87,6 +102,12 @@ class HttpFetcher:
         )
         try:
             with urllib.request.urlopen(req, timeout=self._timeout) as response:  # noqa: S310
+                if request.response_header is not None:
+                    header = response.headers.get(request.response_header)
+                    if header is None:
+                        raise CollateralUnavailableError(f"{request.url} sent no {request.response_header} header")
+                    # http.client decodes header bytes as Latin-1; this gives back the bytes sent.
+                    return str(header).encode("latin-1")
                 data: bytes = response.read(self._max_bytes + 1)
         except OSError as exc:
             raise CollateralUnavailableError(f"cannot fetch {request.url}: {exc}") from None

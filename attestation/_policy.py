@@ -27,6 +27,9 @@ from importlib.resources import files
 from ._bundle import EvidenceKind
 from ._encoding import DecodeError, hexdecode_strict, json_type, load_json_object
 from ._errors import PolicyError
+from ._witness_policy import WitnessPolicy
+from .cpu._policy import SevSnpPolicy, TdxPolicy
+from .nvidia._policy import NvidiaGpuPolicy
 
 __all__ = [
     "MAX_POLICY_SIZE",
@@ -44,7 +47,17 @@ MAX_POLICY_SIZE = 1024 * 1024
 _MEASUREMENT_SIZE = 32
 
 _REQUIRED_KEYS = frozenset({"schema", "name", "required_evidence"})
-_OPTIONAL_KEYS = frozenset({"allow_insecure_simulated_evidence", "simulated_measurements", "description"})
+_OPTIONAL_KEYS = frozenset(
+    {
+        "allow_insecure_simulated_evidence",
+        "simulated_measurements",
+        "description",
+        "nvidia_gpu",
+        "amd_sev_snp",
+        "intel_tdx",
+        "witnesses",
+    }
+)
 _KNOWN_KEYS = _REQUIRED_KEYS | _OPTIONAL_KEYS
 # Builtin names are file stems inside the package; anything else (slashes, dots) could
 # walk out of it.
@@ -68,6 +81,14 @@ class Policy:
     allow_insecure_simulated_evidence: bool = False
     simulated_measurements: tuple[bytes, ...] | None = None
     description: str = ""
+    #: How ``nvidia-gpu`` evidence is appraised; absent from the file: the strict defaults.
+    nvidia_gpu: NvidiaGpuPolicy = field(default_factory=NvidiaGpuPolicy)
+    #: How ``amd-sev-snp`` / ``intel-tdx`` evidence is appraised. No defaults: without the
+    #: section (and its measurement allow-list) such evidence is refused.
+    amd_sev_snp: SevSnpPolicy | None = None
+    intel_tdx: TdxPolicy | None = None
+    #: Witness cosignatures required on receipts (see ``_witness_policy.py``); None: none.
+    witnesses: WitnessPolicy | None = None
     #: Where the policy came from ("builtin:default", a file path), for messages only.
     source: str = field(default="<in memory>", compare=False)
 
@@ -107,6 +128,22 @@ class Policy:
                 )
         if not isinstance(self.description, str):
             raise PolicyError(f"{where}: 'description' must be a string")
+        if not isinstance(self.nvidia_gpu, NvidiaGpuPolicy):
+            raise PolicyError(f"{where}: 'nvidia_gpu' must be an NvidiaGpuPolicy")
+        if self.witnesses is not None and not isinstance(self.witnesses, WitnessPolicy):
+            raise PolicyError(f"{where}: 'witnesses' must be a WitnessPolicy")
+        for key, kind, section_type in (
+            ("amd_sev_snp", EvidenceKind.AMD_SEV_SNP, SevSnpPolicy),
+            ("intel_tdx", EvidenceKind.INTEL_TDX, TdxPolicy),
+        ):
+            section = getattr(self, key)
+            if section is not None and not isinstance(section, section_type):
+                raise PolicyError(f"{where}: {key!r} must be a {section_type.__name__}")
+            if section is None and kind in self.required_evidence:
+                raise PolicyError(
+                    f"{where}: 'required_evidence' requires {kind.value!r} but there is no {key!r} "
+                    "section (with its measurement allow-list); no bundle could pass"
+                )
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str) -> Policy:
@@ -149,6 +186,15 @@ class Policy:
             )
         required = _evidence_kinds(document["required_evidence"], where)
         measurements = None
+        nvidia_gpu = NvidiaGpuPolicy()
+        if "nvidia_gpu" in document:
+            nvidia_gpu = NvidiaGpuPolicy.from_json_value(document["nvidia_gpu"], where=where)
+        amd_sev_snp = None
+        if "amd_sev_snp" in document:
+            amd_sev_snp = SevSnpPolicy.from_json_value(document["amd_sev_snp"], where=where)
+        intel_tdx = None
+        if "intel_tdx" in document:
+            intel_tdx = TdxPolicy.from_json_value(document["intel_tdx"], where=where)
         if "simulated_measurements" in document:
             measurements = _measurements(document["simulated_measurements"], where)
         return cls(
@@ -156,7 +202,15 @@ class Policy:
             required_evidence=required,
             allow_insecure_simulated_evidence=allow,
             simulated_measurements=measurements,
+            nvidia_gpu=nvidia_gpu,
+            amd_sev_snp=amd_sev_snp,
+            intel_tdx=intel_tdx,
             description=description,
+            witnesses=(
+                WitnessPolicy.from_json_value(document["witnesses"], where=where)
+                if "witnesses" in document
+                else None
+            ),
             source=source,
         )
 

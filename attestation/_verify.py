@@ -45,6 +45,8 @@ from ._errors import (
 from ._fetch import CollateralFetcher, OfflineFetcher
 from ._policy import Policy
 from ._simulated import parse_simulated_payload
+from .cpu import verify_sev_snp_evidence, verify_tdx_evidence
+from .nvidia._verify import verify_nvidia_gpu
 
 __all__ = ["VerificationContext", "VerifiedAttestation", "verify_bundle"]
 
@@ -210,7 +212,14 @@ def _verify_simulated(label: str, evidence: Evidence, ctx: VerificationContext) 
 # Hardware verifiers live in their own modules and are listed here explicitly (no import-time
 # registration side effects): see _verifiers() below.
 def _verifiers() -> Mapping[EvidenceKind, _EvidenceVerifier]:
-    return MappingProxyType({EvidenceKind.SIMULATED_INSECURE: _verify_simulated})
+    return MappingProxyType(
+        {
+            EvidenceKind.SIMULATED_INSECURE: _verify_simulated,
+            EvidenceKind.NVIDIA_GPU: verify_nvidia_gpu,
+            EvidenceKind.AMD_SEV_SNP: verify_sev_snp_evidence,
+            EvidenceKind.INTEL_TDX: verify_tdx_evidence,
+        }
+    )
 
 
 def verify_bundle(

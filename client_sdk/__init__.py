@@ -10,6 +10,7 @@
 Nothing is sent before the aggregator's attestation verifies under the policy.
 """
 
+from client_sdk._adapters import AdapterInputError, adapter_tensors
 from client_sdk._client import (
     Aggregate,
     FedSealClient,
@@ -24,19 +25,24 @@ from client_sdk._errors import (
     RoundUnavailableError,
 )
 from client_sdk._peft import write_peft_adapter
+from client_sdk._receipts import ReceiptStore, ReceiptStoreError
 from fedseal.receipt import Receipt
 from fedseal.wire import UpdateRejectedError
 
 __all__ = [
+    "AdapterInputError",
     "AdapterMismatchError",
     "Aggregate",
     "AggregatorUnavailableError",
     "ClientError",
     "FedSealClient",
     "Receipt",
+    "ReceiptStore",
+    "ReceiptStoreError",
     "RoundUnavailableError",
     "SealedSubmission",
     "UpdateRejectedError",
+    "adapter_tensors",
     "fetch_aggregate",
     "submit_update",
     "write_peft_adapter",

@@ -3,7 +3,8 @@
 Fail closed: nothing leaves this process before the aggregator's evidence has verified
 under the caller's policy and is bound to a challenge this client just made. The update
 is sealed to the HPKE key that evidence vouches for, and the receipt must be signed by the
-log key the same evidence vouches for.
+log key the same evidence vouches for, and cosigned by the witnesses the policy requires
+(`witnesses` section). With a receipt store, every verified receipt is kept on disk.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
 
 from attestation import Policy, VerifiedAttestation, verify_bundle
+from client_sdk._adapters import adapter_tensors
 from client_sdk._errors import AdapterMismatchError, AggregatorUnavailableError
+from client_sdk._receipts import ReceiptStore
 from client_sdk._transport import AggregatorConnection, RoundInfo
 from fedseal.binding import CHALLENGE_SIZE
 from fedseal.envelope import DEFAULT_SUITE, HpkeSuite, SealContext, seal
@@ -63,12 +67,21 @@ class FedSealClient:
 
     Every submission and every fetch attests the aggregator afresh with a new challenge:
     a restarted enclave has new keys, and a client must never seal to a stale one.
+    `receipts` (a ReceiptStore, or a directory for one) keeps every verified receipt.
     """
 
-    def __init__(self, endpoint: str, policy: Policy, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        policy: Policy,
+        *,
+        timeout: float = 60.0,
+        receipts: ReceiptStore | Path | None = None,
+    ) -> None:
         self._connection = AggregatorConnection(endpoint, timeout=timeout)
         self._policy = policy
         self._timeout = timeout
+        self._receipts = ReceiptStore(receipts) if isinstance(receipts, Path) else receipts
 
     def __enter__(self) -> FedSealClient:
         return self
@@ -173,9 +186,20 @@ class FedSealClient:
         return SealedSubmission(header, sealed.chunks, expected, attested)
 
     def send(self, submission: SealedSubmission) -> Receipt:
-        """Upload a sealed submission and verify its receipt against the attested log key."""
+        """Upload a sealed submission, verify its receipt against the attested log key and the
+        policy's witnesses, and keep it in the receipt store (if any)."""
         text = self._connection.submit(submission.header, submission.chunks, timeout=self._timeout)
-        return verify_receipt(text, submission.attestation.log_public_key, submission.expected)
+        witnesses = self._policy.witnesses
+        receipt = verify_receipt(
+            text,
+            submission.attestation.log_public_key,
+            submission.expected,
+            cosigners=witnesses.verifiers() if witnesses is not None else (),
+            min_cosignatures=witnesses.min if witnesses is not None else 0,
+        )
+        if self._receipts is not None:
+            self._receipts.save(receipt)
+        return receipt
 
     def submit_update(
         self,
@@ -228,6 +252,8 @@ class FedSealClient:
 
 
 def _serialize(adapter: Mapping[str, Any], spec: AdapterSpec) -> bytes:
+    # A PEFT model, a state dict, an adapter folder or a .safetensors file: see _adapters.py.
+    adapter = adapter_tensors(adapter)
     expected = spec.by_name()
     missing = sorted(set(expected) - set(adapter))
     extra = sorted(set(adapter) - set(expected))
@@ -256,15 +282,16 @@ def submit_update(
     client_id: str,
     num_examples: int,
     timeout: float = 60.0,
+    receipts: ReceiptStore | Path | None = None,
     **options: Any,
 ) -> Receipt:
     """Attest the aggregator at `endpoint` under `policy`, then seal, upload and get a verified receipt.
 
     Raises AttestationError (and sends nothing) if the evidence does not satisfy the policy,
     UpdateRejectedError if the aggregator refuses the update, ReceiptError if its receipt
-    does not prove the update was logged as sent.
+    does not prove the update was logged as sent. `receipts` keeps the verified receipt.
     """
-    with FedSealClient(endpoint, policy, timeout=timeout) as client:
+    with FedSealClient(endpoint, policy, timeout=timeout, receipts=receipts) as client:
         return client.submit_update(
             adapter, round_id=round_id, client_id=client_id, num_examples=num_examples, **options
         )

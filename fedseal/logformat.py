@@ -1,4 +1,4 @@
-"""The audit log's file format and entry kinds.
+"""The audit log's file format, entry kinds and checkpoint extension lines.
 
 The log is one append-only file of lines. Each line is RFC 8785 canonical JSON of one record:
 
@@ -6,40 +6,72 @@ The log is one append-only file of lines. Each line is RFC 8785 canonical JSON o
     {"checkpoint": "<note>"}  a C2SP tlog-checkpoint signed note for the tree so far
 
 Canonical JSON never contains a raw newline, so lines frame records unambiguously. The
-leaf data of an entry is the canonical JSON of the inner entry object (the substring
-after `{"entry":`): the auditor re-derives it from the parsed value and refuses a line
-that is not canonical.
+leaf data of an entry is the canonical JSON of the inner entry object (the bytes after
+`{"entry":` up to the record's closing brace): the auditor refuses a line that is not
+canonical, so those bytes are the only encoding of the entry.
 
 Every entry has `v` (format version 1), `index` (its leaf index), `time` (UTC,
-RFC 3339 with milliseconds), `kind` and kind-specific fields; `ENTRY_FIELDS` lists them.
-Binary values are standard base64; digests are SHA-256.
+RFC 3339 with milliseconds), `kind` and kind-specific fields; `ENTRY_FIELDS` lists the
+required ones and `OPTIONAL_ENTRY_FIELDS` the optional ones. Binary values are standard
+base64; digests are SHA-256.
+
+A commit writes one or more entry lines, then one checkpoint line covering every entry
+before it, then fsyncs. A log survives restarts: a new enclave appends an
+`enclave_started` entry whose `previous_checkpoint` is the last checkpoint the previous
+enclave signed (the key handover), and whose evidence is made for the challenge
+`handover_challenge(previous_checkpoint)`, so the new key's attestation is bound to the
+exact log state it continues. Every later checkpoint is signed by the new key.
+
+Checkpoint extension lines (after the root hash line, in this order, both required):
+
+    fedseal-time <unix time in milliseconds>   when the enclave signed it
+    fedseal-key-entry <index>                  the `enclave_started` entry that introduced
+                                               (and attests) the signing key
+
+so a checkpoint alone says where to find the attestation of its key, and an auditor can
+refuse a checkpoint dated in the future.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import enum
+import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fedseal.canonical import canonical_json, parse_canonical
+from fedseal.checkpoint import Checkpoint
 from fedseal.errors import FormatError
 
 __all__ = [
+    "CHECKPOINT_KEY_ENTRY_PREFIX",
+    "CHECKPOINT_TIME_PREFIX",
     "ENTRY_FIELDS",
+    "ENTRY_RECORD_PREFIX",
+    "OPTIONAL_ENTRY_FIELDS",
+    "CheckpointExtensions",
     "EntryKind",
+    "FailureCause",
     "LogEntry",
     "LogRecord",
     "RejectReason",
     "decode_record",
     "encode_checkpoint_record",
     "encode_entry_record",
+    "handover_challenge",
     "utc_now_text",
 ]
 
 FORMAT_VERSION = 1
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # an enclave_started entry carries the evidence bundle
+ENTRY_RECORD_PREFIX = b'{"entry":'
+CHECKPOINT_TIME_PREFIX = "fedseal-time "
+CHECKPOINT_KEY_ENTRY_PREFIX = "fedseal-key-entry "
+_HANDOVER_DOMAIN = b"fedseal/key-handover/v1\n"
+_DECIMAL = re.compile("0|[1-9][0-9]{0,18}")
 
 
 class EntryKind(enum.Enum):
@@ -49,6 +81,7 @@ class EntryKind(enum.Enum):
     UPDATE_REJECTED = "update_rejected"
     ROUND_CLOSED = "round_closed"
     ROUND_FAILED = "round_failed"
+    TORN_TAIL_DROPPED = "torn_tail_dropped"
 
 
 class RejectReason(enum.Enum):
@@ -66,6 +99,14 @@ class RejectReason(enum.Enum):
     NOT_FINITE = "not_finite"
     CANCELLED = "cancelled"
     ROUND_FULL = "round_full"
+
+
+class FailureCause(enum.Enum):
+    """Why a round failed (the optional `cause` field of `round_failed`)."""
+
+    QUORUM_NOT_REACHED = "quorum_not_reached"
+    # The enclave that ran the round stopped; its updates lived in enclave memory only.
+    ENCLAVE_RESTARTED = "enclave_restarted"
 
 
 # Required fields and their JSON types per kind (beyond v, index, time, kind).
@@ -104,12 +145,63 @@ ENTRY_FIELDS: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]] = {
         "aggregate_size": int,
     },
     EntryKind.ROUND_FAILED: {"round_id": int, "reason": str, "accepted": int},
+    # Written by a resuming enclave when the previous one left a torn (uncommitted) tail:
+    # the bytes were cut from the file (and kept aside); no receipt covered them.
+    EntryKind.TORN_TAIL_DROPPED: {
+        "offset": int,  # file offset where the dropped bytes started
+        "dropped_bytes": int,
+        "dropped_digest": str,  # SHA-256 of the dropped bytes
+        "dropped_lines": int,  # complete lines among them (a partial last line is not counted)
+    },
+}
+
+# Optional fields: present only in some entries of a kind.
+OPTIONAL_ENTRY_FIELDS: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]] = {
+    # Key handover: the last checkpoint signed by the previous enclave (a signed note).
+    EntryKind.ENCLAVE_STARTED: {"previous_checkpoint": str},
+    EntryKind.ROUND_FAILED: {"cause": str},
 }
 
 
 def utc_now_text(now: _dt.datetime | None = None) -> str:
     moment = now or _dt.datetime.now(_dt.UTC)
     return moment.astimezone(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def handover_challenge(previous_checkpoint: str) -> bytes:
+    """The attestation challenge of a resuming enclave: bound to the checkpoint it continues."""
+    return hashlib.sha256(_HANDOVER_DOMAIN + previous_checkpoint.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True)
+class CheckpointExtensions:
+    """The FedSeal extension lines of a checkpoint (see the module docstring)."""
+
+    time_ms: int
+    key_entry: int
+
+    def lines(self) -> tuple[str, ...]:
+        return (f"{CHECKPOINT_TIME_PREFIX}{self.time_ms}", f"{CHECKPOINT_KEY_ENTRY_PREFIX}{self.key_entry}")
+
+    @classmethod
+    def of(cls, cp: Checkpoint) -> CheckpointExtensions:
+        """Parse the extension lines of `cp`; FormatError names what is missing or wrong."""
+        if len(cp.extensions) != 2:
+            raise FormatError(
+                f"checkpoint has {len(cp.extensions)} extension lines, expected 2 "
+                f"({CHECKPOINT_TIME_PREFIX.strip()!r}, {CHECKPOINT_KEY_ENTRY_PREFIX.strip()!r})"
+            )
+        time_line, key_line = cp.extensions
+        return cls(
+            _decimal_after(time_line, CHECKPOINT_TIME_PREFIX),
+            _decimal_after(key_line, CHECKPOINT_KEY_ENTRY_PREFIX),
+        )
+
+
+def _decimal_after(line: str, prefix: str) -> int:
+    if not line.startswith(prefix) or not _DECIMAL.fullmatch(line[len(prefix) :]):
+        raise FormatError(f"checkpoint extension {line[:40]!r} is not {prefix.strip()!r} and a decimal")
+    return int(line[len(prefix) :])
 
 
 @dataclass(frozen=True)
@@ -134,6 +226,16 @@ class LogEntry:
     def leaf_data(self) -> bytes:
         """The bytes hashed into the Merkle tree for this entry."""
         return canonical_json(self.to_json_obj())
+
+    def timestamp(self) -> _dt.datetime:
+        """`time` as an aware datetime; FormatError if it is not RFC 3339 UTC."""
+        try:
+            moment = _dt.datetime.fromisoformat(self.time)
+        except ValueError:
+            raise FormatError(f"entry {self.index}: 'time' {self.time[:40]!r} is not RFC 3339") from None
+        if moment.tzinfo is None or moment.utcoffset() != _dt.timedelta(0):
+            raise FormatError(f"entry {self.index}: 'time' must be UTC")
+        return moment
 
     @classmethod
     def from_json_obj(cls, obj: object, *, where: str = "entry") -> LogEntry:
@@ -160,12 +262,13 @@ class LogEntry:
 
 def _check_fields(kind: EntryKind, fields: Mapping[str, Any], *, where: str) -> None:
     spec = ENTRY_FIELDS[kind]
+    optional = OPTIONAL_ENTRY_FIELDS.get(kind, {})
     missing = sorted(set(spec) - set(fields))
-    extra = sorted(set(fields) - set(spec))
+    extra = sorted(set(fields) - set(spec) - set(optional))
     if missing or extra:
         raise FormatError(f"{where} ({kind.value}): missing fields {missing}, unknown fields {extra}")
-    for name, expected in spec.items():
-        value = fields[name]
+    for name, value in fields.items():
+        expected = spec.get(name) or optional[name]
         if expected is int and isinstance(value, bool):
             raise FormatError(f"{where} ({kind.value}): field {name!r} must be an integer")
         if not isinstance(value, expected):
@@ -182,7 +285,7 @@ class LogRecord:
 
 
 def encode_entry_record(entry: LogEntry) -> bytes:
-    return canonical_json({"entry": entry.to_json_obj()}) + b"\n"
+    return ENTRY_RECORD_PREFIX + entry.leaf_data() + b"}\n"
 
 
 def encode_checkpoint_record(note: str) -> bytes:
@@ -199,7 +302,8 @@ def decode_record(line: bytes, *, line_number: int) -> LogRecord:
         raise FormatError(f"{where}: a record must be an object with one key")
     if "entry" in obj:
         entry = LogEntry.from_json_obj(obj["entry"], where=where)
-        return LogRecord(entry, None, entry.leaf_data())
+        # The line is canonical, so the inner object's canonical bytes are exactly these.
+        return LogRecord(entry, None, line[len(ENTRY_RECORD_PREFIX) : -1])
     if "checkpoint" in obj:
         note = obj["checkpoint"]
         if not isinstance(note, str):

@@ -5,18 +5,27 @@ line carries the log entry itself (canonical JSON). Verifying it shows that the 
 holding the attested log key committed, in a checkpoint it signed, to an `update_accepted`
 entry naming this client's round, id, example count and the digest of exactly the
 ciphertext it sent.
+
+A client may also require witness cosignatures (C2SP tlog-cosignature lines appended to
+the receipt's checkpoint by the aggregator, see fedseal/witness_rpc.py): at least
+`min_cosignatures` of the given cosigner keys must have validly cosigned it. Any
+cosignature from a given key that fails to verify rejects the receipt.
+
+Keep receipts (client_sdk's ReceiptStore does): `fedseal-audit check-receipt` later proves
+that the entry is still in the log's current tree.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedseal.canonical import b64encode
-from fedseal.checkpoint import Checkpoint, TlogProof, verify_tlog_proof
+from fedseal.checkpoint import Checkpoint, TlogProof, VerifiedCheckpoint, verify_tlog_proof
 from fedseal.errors import FedSealError, ReceiptError
 from fedseal.logformat import EntryKind, LogEntry
 from fedseal.note import NoteVerifier
@@ -56,6 +65,7 @@ class Receipt:
     index: int
     entry: LogEntry
     checkpoint: Checkpoint
+    cosigners: tuple[str, ...] = ()  # names of the required witnesses whose cosignature verified
 
     @property
     def log_origin(self) -> str:
@@ -63,16 +73,24 @@ class Receipt:
 
 
 def verify_receipt(
-    text: str, log_public_key: Ed25519PublicKey | bytes, expected: ExpectedUpdate | None = None
+    text: str,
+    log_public_key: Ed25519PublicKey | bytes,
+    expected: ExpectedUpdate | None = None,
+    *,
+    cosigners: Sequence[NoteVerifier] = (),
+    min_cosignatures: int = 0,
 ) -> Receipt:
-    """Verify a receipt against the attested log key; raise ReceiptError on any failure."""
+    """Verify a receipt against the attested log key (and the required witnesses, if any);
+    raise ReceiptError on any failure."""
+    if not 0 <= min_cosignatures <= len(cosigners):
+        raise ValueError(f"min_cosignatures {min_cosignatures} is outside 0..{len(cosigners)}")
     try:
         proof = TlogProof.parse(text)
         if proof.extra is None:
             raise ReceiptError("receipt carries no log entry (missing 'extra' line)")
         origin = Checkpoint.parse_body(_note_body(proof.checkpoint_note)).origin
         verifier = NoteVerifier(origin, _raw(log_public_key))
-        verified = verify_tlog_proof(proof, proof.extra, [verifier], origin)
+        verified = verify_tlog_proof(proof, proof.extra, [verifier, *cosigners], origin)
         entry = LogEntry.from_leaf_data(proof.extra, where="receipt entry")
     except ReceiptError:
         raise
@@ -90,7 +108,20 @@ def verify_receipt(
                 raise ReceiptError(
                     f"receipt entry field {name!r} is {found!r}, but this client sent {value!r}"
                 )
-    return Receipt(text=text, index=proof.index, entry=entry, checkpoint=verified.checkpoint)
+    cosigned = _cosigned_by(verified, cosigners)
+    if len(cosigned) < min_cosignatures:
+        raise ReceiptError(
+            f"the receipt's checkpoint is cosigned by {len(cosigned)} of the required witnesses "
+            f"({', '.join(cosigned) or 'none'}); the policy requires {min_cosignatures}"
+        )
+    return Receipt(
+        text=text, index=proof.index, entry=entry, checkpoint=verified.checkpoint, cosigners=cosigned
+    )
+
+
+def _cosigned_by(verified: VerifiedCheckpoint, cosigners: Sequence[NoteVerifier]) -> tuple[str, ...]:
+    wanted = {(c.name, c.key_id) for c in cosigners}
+    return tuple(s.name for s in verified.cosignatures if (s.name, s.key_id) in wanted)
 
 
 def _note_body(note: str) -> str:

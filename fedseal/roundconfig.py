@@ -1,16 +1,20 @@
 """Round configuration (JSON, strict): shared by the aggregator, its clients and auditors.
 
 A round config fixes everything a round needs: the adapter spec updates must match, the
-quorum (`min_clients`, `max_clients`), the deadline, the aggregation strategy and the
-largest chunk a client may send. The operator writes it; the aggregator records it verbatim
+quorum (`min_clients`, `max_clients`), the deadline, the aggregation strategy with its
+validated parameters (`strategy_params`, see `StrategyParams`) and the largest chunk a
+client may send. The operator writes it; the aggregator records it verbatim
 in the log's `round_opened` entry; clients read it (GetRound) before they seal an update.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from fedseal.canonical import canonical_json
 from fedseal.errors import FormatError
@@ -19,13 +23,46 @@ from fedseal.spec import AdapterSpec
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "MAX_CHUNK_SIZE",
+    "MAX_STALENESS",
     "STRATEGIES",
     "ConfigError",
+    "FedAdamParams",
+    "FedAvgMParams",
+    "FedAvgParams",
+    "FedMedianParams",
+    "FedProxParams",
+    "FedYogiParams",
+    "KrumParams",
+    "LoraExactParams",
+    "MultiKrumParams",
     "RoundConfig",
+    "StalenessParams",
+    "StrategyName",
+    "StrategyParams",
+    "TrimmedMeanParams",
     "config_int",
+    "default_strategy_params",
+    "parse_strategy_params",
 ]
 
-STRATEGIES = ("fedavg",)
+
+class StrategyName(enum.StrEnum):
+    """The aggregation strategies a round config may name (`strategy`)."""
+
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDAVGM = "fedavgm"
+    FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
+    FEDMEDIAN = "fedmedian"
+    TRIMMED_MEAN = "trimmed-mean"
+    KRUM = "krum"
+    MULTI_KRUM = "multi-krum"
+    LORA_EXACT = "lora-exact"
+
+
+STRATEGIES = tuple(name.value for name in StrategyName)
+MAX_STALENESS = 1000
 MAX_CHUNK_SIZE = 4 * 1024 * 1024  # the transport's receive limit is set from this
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 MAX_CLIENTS = 10_000
@@ -51,6 +88,9 @@ class RoundConfig:
     deadline_seconds: float
     strategy: str = "fedavg"
     max_chunk_size: int = DEFAULT_CHUNK_SIZE
+    # None means the strategy's defaults; __post_init__ replaces it with the resolved object,
+    # so a config always carries (and records in the log) exactly what its strategy runs with.
+    strategy_params: StrategyParams | None = None
 
     def __post_init__(self) -> None:
         if self.round_id < 1:
@@ -68,6 +108,27 @@ class RoundConfig:
             )
         if not 4096 <= self.max_chunk_size <= MAX_CHUNK_SIZE:
             raise ConfigError(f"round config: 'max_chunk_size' must be in [4096, {MAX_CHUNK_SIZE}]")
+        name = StrategyName(self.strategy)
+        params = self.strategy_params
+        if params is None:
+            params = default_strategy_params(name)
+            object.__setattr__(self, "strategy_params", params)
+        if name not in params.strategies:
+            raise ConfigError(
+                f"round config: strategy_params are {type(params).__name__}, which is not for "
+                f"strategy {name.value!r}"
+            )
+        params.check_cohort(self.min_clients)
+
+    @property
+    def strategy_name(self) -> StrategyName:
+        return StrategyName(self.strategy)
+
+    @property
+    def params(self) -> StrategyParams:
+        """The resolved strategy parameters (never None after construction)."""
+        assert self.strategy_params is not None
+        return self.strategy_params
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
@@ -80,7 +141,7 @@ class RoundConfig:
             "deadline_ms": round(self.deadline_seconds * 1000),
             "strategy": self.strategy,
             "max_chunk_size": self.max_chunk_size,
-        }
+        } | ({"strategy_params": params} if (params := self.params.to_json_obj()) else {})
 
     def canonical_bytes(self) -> bytes:
         return canonical_json(self.to_json_obj())
@@ -100,6 +161,7 @@ class RoundConfig:
             "deadline_ms",
             "strategy",
             "max_chunk_size",
+            "strategy_params",
         }
         if not isinstance(obj, dict):
             raise ConfigError(f"{where}: must be a JSON object")
@@ -111,14 +173,317 @@ class RoundConfig:
         if "adapter_spec" not in obj:
             raise ConfigError(f"{where}: 'adapter_spec' is required")
         rid = round_id if round_id is not None else config_int(obj, "round_id", 1, 2**53, where)
+        strategy = obj.get("strategy", "fedavg")
+        if not isinstance(strategy, str) or strategy not in STRATEGIES:
+            raise ConfigError(f"{where}: unknown strategy {strategy!r}; available: {', '.join(STRATEGIES)}")
         return cls(
             round_id=rid,
             adapter_spec=AdapterSpec.from_json_obj(obj["adapter_spec"]),
             min_clients=config_int(obj, "min_clients", 1, MAX_CLIENTS, where),
             max_clients=config_int(obj, "max_clients", 1, MAX_CLIENTS, where),
             deadline_seconds=config_int(obj, "deadline_ms", 1, 7 * 24 * 3600 * 1000, where) / 1000,
-            strategy=str(obj.get("strategy", "fedavg")),
+            strategy=strategy,
             max_chunk_size=config_int(obj, "max_chunk_size", 4096, MAX_CHUNK_SIZE, where)
             if "max_chunk_size" in obj
             else DEFAULT_CHUNK_SIZE,
+            strategy_params=parse_strategy_params(StrategyName(strategy), obj.get("strategy_params")),
         )
+
+
+# ---------------------------------------------------------------- strategy parameters
+#
+# Each strategy has one frozen parameter class. Its fields are the JSON keys of the round
+# config's "strategy_params" object; defaults are filled in when the config is built, so the
+# config (and the log's round_opened entry) records every value the round runs with.
+
+
+# A parameter's kind ("real" or "int"), bounds, and whether each bound is excluded.
+_Range = tuple[str, float, float, bool, bool]
+
+
+def _real(value: object, key: str, lo: float, hi: float, *, lo_open: bool, hi_open: bool) -> float:
+    where = f"round config: strategy_params {key!r}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    number = float(value)
+    below = number <= lo if lo_open else number < lo
+    above = number >= hi if hi_open else number > hi
+    if not math.isfinite(number) or below or above:
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ConfigError(f"{where} must be in {interval}, got {value!r}")
+    return number
+
+
+def _integer(value: object, key: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(
+            f"round config: strategy_params {key!r} must be an integer in [{lo}, {hi}], got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class StalenessParams:
+    """Async mode: an update computed on a global adapter `s` rounds old is weighted by
+    ``alpha ** s`` (on top of its example count); one older than `max_staleness` is refused.
+
+    Only strategies whose aggregate is a weighted average accept it (FedAvg, FedProx, the
+    server optimizers, Multi-Krum's average and exact LoRA); median, trimmed mean and Krum
+    ignore weights by definition, so staleness weighting would be a silent no-op there.
+    """
+
+    alpha: float
+    max_staleness: int
+
+    def __post_init__(self) -> None:
+        _real(self.alpha, "staleness.alpha", 0.0, 1.0, lo_open=True, hi_open=False)
+        _integer(self.max_staleness, "staleness.max_staleness", 0, MAX_STALENESS)
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "max_staleness": self.max_staleness}
+
+    @classmethod
+    def from_json_obj(cls, obj: object) -> StalenessParams:
+        if not isinstance(obj, dict) or set(obj) != {"alpha", "max_staleness"}:
+            raise ConfigError(
+                "round config: strategy_params 'staleness' must be an object with exactly "
+                "'alpha' and 'max_staleness'"
+            )
+        alpha = _real(obj["alpha"], "staleness.alpha", 0.0, 1.0, lo_open=True, hi_open=False)
+        return cls(alpha, _integer(obj["max_staleness"], "staleness.max_staleness", 0, MAX_STALENESS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategyParams:
+    """Base of the per-strategy parameter classes. `staleness` set means async mode."""
+
+    strategies: ClassVar[tuple[StrategyName, ...]] = ()
+    # JSON/field name -> its range; the order is the JSON order.
+    _ranges: ClassVar[dict[str, _Range]] = {}
+    _weighted: ClassVar[bool] = True
+
+    staleness: StalenessParams | None = None
+
+    def __post_init__(self) -> None:
+        for key, (kind, lo, hi, lo_open, hi_open) in self._ranges.items():
+            value = getattr(self, key)
+            if kind == "int":
+                _integer(value, key, int(lo), int(hi))
+            else:
+                # Store a float even when an int was given, so equal configs compare equal.
+                object.__setattr__(self, key, _real(value, key, lo, hi, lo_open=lo_open, hi_open=hi_open))
+        if self.staleness is not None and not self._weighted:
+            raise ConfigError(
+                f"round config: strategy {self.strategies[0].value!r} ignores update weights, so it "
+                "cannot apply staleness weighting (async mode); use an averaging strategy"
+            )
+
+    def check_cohort(self, min_clients: int) -> None:
+        """Refuse parameters that cannot hold with as few as `min_clients` updates."""
+
+    def to_json_obj(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {key: getattr(self, key) for key in self._ranges}
+        if self.staleness is not None:
+            obj["staleness"] = self.staleness.to_json_obj()
+        return obj
+
+    @classmethod
+    def from_json_obj(cls, obj: dict[str, Any]) -> StrategyParams:
+        unknown = sorted(set(obj) - set(cls._ranges) - {"staleness"})
+        if unknown:
+            raise ConfigError(
+                f"round config: unknown strategy_params field(s) {unknown} for "
+                f"{'/'.join(s.value for s in cls.strategies)}; allowed: {sorted(cls._ranges)}"
+            )
+        kwargs: dict[str, Any] = {}
+        for key, (kind, lo, hi, lo_open, hi_open) in cls._ranges.items():
+            if key in obj:
+                value = obj[key]
+                kwargs[key] = (
+                    _integer(value, key, int(lo), int(hi))
+                    if kind == "int"
+                    else _real(value, key, lo, hi, lo_open=lo_open, hi_open=hi_open)
+                )
+        if "staleness" in obj:
+            kwargs["staleness"] = StalenessParams.from_json_obj(obj["staleness"])
+        try:
+            return cls(**kwargs)
+        except TypeError:
+            required = [
+                f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.init
+            ]
+            raise ConfigError(
+                f"round config: strategy {cls.strategies[0].value!r} needs strategy_params {required}"
+            ) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedAvgParams(StrategyParams):
+    """Weighted FedAvg (McMahan et al. 2017). No parameters besides async mode."""
+
+    strategies = (StrategyName.FEDAVG,)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedProxParams(StrategyParams):
+    """FedProx (Li et al. 2020): the server averages like FedAvg; `proximal_mu` is for the
+    clients, who add (mu/2)·||w - w_global||² to their local loss. Clients read it here."""
+
+    strategies = (StrategyName.FEDPROX,)
+    _ranges: ClassVar[dict[str, _Range]] = {"proximal_mu": ("real", 0.0, 1000.0, True, False)}
+
+    proximal_mu: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedAvgMParams(StrategyParams):
+    """FedAvgM (Hsu et al. 2019): server momentum over the averaged pseudo-gradient."""
+
+    strategies = (StrategyName.FEDAVGM,)
+    _ranges: ClassVar[dict[str, _Range]] = {
+        "server_lr": ("real", 0.0, 100.0, True, False),
+        "momentum": ("real", 0.0, 1.0, False, True),
+    }
+
+    server_lr: float = 1.0
+    momentum: float = 0.9
+
+
+@dataclass(frozen=True, kw_only=True)
+class _AdaptiveParams(StrategyParams):
+    _ranges: ClassVar[dict[str, _Range]] = {
+        "server_lr": ("real", 0.0, 100.0, True, False),
+        "beta1": ("real", 0.0, 1.0, False, True),
+        "beta2": ("real", 0.0, 1.0, False, True),
+        "tau": ("real", 0.0, 1.0, True, False),
+    }
+
+    server_lr: float
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedAdamParams(_AdaptiveParams):
+    """FedAdam (Reddi et al. 2021, Algorithm 2): eta = `server_lr`, tau is the adaptivity."""
+
+    strategies = (StrategyName.FEDADAM,)
+
+    server_lr: float = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedYogiParams(_AdaptiveParams):
+    """FedYogi (Reddi et al. 2021, Algorithm 2)."""
+
+    strategies = (StrategyName.FEDYOGI,)
+
+    server_lr: float = 0.01
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedMedianParams(StrategyParams):
+    """Coordinate-wise median (Yin et al. 2018). No parameters."""
+
+    strategies = (StrategyName.FEDMEDIAN,)
+    _weighted = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrimmedMeanParams(StrategyParams):
+    """Coordinate-wise trimmed mean (Yin et al. 2018): drop floor(beta·n) values at each end.
+
+    Tolerates f Byzantine updates when floor(beta·n) >= f.
+    """
+
+    strategies = (StrategyName.TRIMMED_MEAN,)
+    _ranges: ClassVar[dict[str, _Range]] = {"beta": ("real", 0.0, 0.5, True, True)}
+    _weighted = False
+
+    beta: float
+
+    def check_cohort(self, min_clients: int) -> None:
+        if math.floor(self.beta * min_clients) < 1:
+            raise ConfigError(
+                f"round config: trimmed-mean with beta={self.beta:g} trims nothing at "
+                f"min_clients={min_clients}; raise beta or min_clients"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class KrumParams(StrategyParams):
+    """Krum (Blanchard et al. 2017) tolerating `f` Byzantine updates; needs n >= 2f + 3."""
+
+    strategies = (StrategyName.KRUM,)
+    _ranges: ClassVar[dict[str, _Range]] = {"f": ("int", 0, MAX_CLIENTS, False, False)}
+    _weighted = False
+
+    f: int
+
+    def check_cohort(self, min_clients: int) -> None:
+        if min_clients < 2 * self.f + 3:
+            raise ConfigError(
+                f"round config: {self.strategies[0].value} with f={self.f} needs min_clients >= "
+                f"2f + 3 = {2 * self.f + 3} (Krum's bound n > 2f + 2), got {min_clients}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiKrumParams(KrumParams):
+    """Multi-Krum: average the `m` updates with the best Krum scores (m <= n - f)."""
+
+    strategies = (StrategyName.MULTI_KRUM,)
+    _ranges: ClassVar[dict[str, _Range]] = {
+        "f": ("int", 0, MAX_CLIENTS, False, False),
+        "m": ("int", 1, MAX_CLIENTS, False, False),
+    }
+    _weighted = True
+
+    m: int
+
+    def check_cohort(self, min_clients: int) -> None:
+        super().check_cohort(min_clients)
+        if self.m > min_clients - self.f:
+            raise ConfigError(
+                f"round config: multi-krum needs m <= min_clients - f = {min_clients - self.f}, "
+                f"got m={self.m}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraExactParams(StrategyParams):
+    """Exact LoRA aggregation: the optimal rank-r factors of Σ pᵢ BᵢAᵢ at the spec's ranks."""
+
+    strategies = (StrategyName.LORA_EXACT,)
+
+
+_PARAMS_CLASSES: dict[StrategyName, type[StrategyParams]] = {
+    cls.strategies[0]: cls
+    for cls in (
+        FedAvgParams,
+        FedProxParams,
+        FedAvgMParams,
+        FedAdamParams,
+        FedYogiParams,
+        FedMedianParams,
+        TrimmedMeanParams,
+        KrumParams,
+        MultiKrumParams,
+        LoraExactParams,
+    )
+}
+
+
+def parse_strategy_params(strategy: StrategyName, obj: object) -> StrategyParams:
+    """Validate a round config's "strategy_params" object (absent: the defaults) for `strategy`."""
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise ConfigError("round config: 'strategy_params' must be a JSON object")
+    return _PARAMS_CLASSES[strategy].from_json_obj(obj)
+
+
+def default_strategy_params(strategy: StrategyName) -> StrategyParams:
+    """The defaults for `strategy`; ConfigError if it has required parameters (Krum's f...)."""
+    return parse_strategy_params(strategy, {})

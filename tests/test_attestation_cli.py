@@ -146,7 +146,7 @@ def test_malformed_bundle_fails_verification(
         pytest.param(["verify", "--endpoint", "localhost:1", "--timeout", "soon"], id="bad-timeout"),
         pytest.param(["verify", "--endpoint", "localhost:1", "--timeout", "0"], id="zero-timeout"),
         pytest.param(["verify", "--endpoint", "localhost"], id="no-port"),
-        pytest.param(["verify", "--endpoint", "10.1.2.3:50051"], id="not-loopback"),
+        pytest.param(["verify", "--endpoint", "bad host:50051"], id="bad-host"),
         pytest.param(
             ["verify", "--endpoint", "localhost:1", "--challenge", "00" * 32],
             id="challenge-with-endpoint",
@@ -293,6 +293,11 @@ def test_endpoint_unreachable_exit_code(capsys: pytest.CaptureFixture[str]) -> N
         ("127.0.0.1:1", ("127.0.0.1", 1)),
         ("127.8.9.10:443", ("127.8.9.10", 443)),
         ("[::1]:50051", ("::1", 50051)),
+        # Any host: the evidence is bound to the challenge and keys, whatever the channel.
+        ("example.com:443", ("example.com", 443)),
+        ("10.0.0.1:50051", ("10.0.0.1", 50051)),
+        ("[2001:db8::1]:50051", ("2001:db8::1", 50051)),
+        ("aggregator-1.hospital.example:50051", ("aggregator-1.hospital.example", 50051)),
     ],
 )
 def test_parse_endpoint(endpoint: str, expected: tuple[str, int]) -> None:
@@ -307,10 +312,10 @@ def test_parse_endpoint(endpoint: str, expected: tuple[str, int]) -> None:
         "localhost:0",
         "localhost:70000",
         "localhost:http",
-        "example.com:443",
-        "10.0.0.1:50051",
-        "[2001:db8::1]:50051",
-        "localhost.evil.com:1",
+        "bad host:1",
+        "-leading.dash:1",
+        "[not-v6]:1",
+        "host/path:1",
     ],
 )
 def test_parse_endpoint_refuses(endpoint: str) -> None:

@@ -29,7 +29,7 @@ def test_round_config_round_trips() -> None:
     [
         ({"min_clients": 0}, "min_clients"),
         ({"max_clients": "3"}, "max_clients"),
-        ({"strategy": "krum"}, "unknown strategy"),
+        ({"strategy": "bulyan"}, "unknown strategy"),
         ({"surprise": 1}, "unknown field"),
         ({"deadline_ms": -5}, "deadline_ms"),
         ({"max_chunk_size": 10**9}, "max_chunk_size"),

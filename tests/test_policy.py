@@ -53,7 +53,12 @@ def test_dev_policy_allows_simulated() -> None:
 
 
 def test_builtin_names() -> None:
-    assert builtin_policy_names() == ("default", "dev-insecure-allow-simulated")
+    assert builtin_policy_names() == (
+        "default",
+        "dev-insecure-allow-simulated",
+        "example-sev-snp",
+        "example-tdx",
+    )
     for name in builtin_policy_names():
         assert load_builtin_policy(name).name == name
 

@@ -1,70 +1,143 @@
-"""`fedseal-audit`: the auditor's log-verification tool."""
+"""`fedseal-audit`: verify a log, check a receipt against it, or run a witness."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
-from attestation import Policy, PolicyError, load_builtin_policy
-from fedseal.audit._verify import AuditReport, audit_log
+from attestation import AttestationError, Policy, PolicyError, load_builtin_policy
+from fedseal.errors import FedSealError
+
+from ._endpoint import AuditEndpointError
+from ._receipt import ReceiptCheck, ReceiptCheckError, check_receipt_at_endpoint, check_receipt_in_log
+from ._verify import DEFAULT_MAX_CLOCK_SKEW, AuditReport, TrustedCheckpoint, audit_log
 
 __all__ = ["main"]
 
-EXIT_VERIFIED = 0
-EXIT_FINDINGS = 1
+EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
 
 _DESCRIPTION = """\
-Verify a FedSeal audit log with nothing but the log file and an appraisal policy.
+The auditor's tool for FedSeal audit logs, which needs nothing but the log (or the
+aggregator's endpoint) and an appraisal policy.
 
-`verify` re-reads every entry, recomputes the RFC 9162 Merkle tree, checks every signed
-checkpoint against the recomputed roots and the enclave's attested log key (whose
-evidence, in the log's first entry, must satisfy the policy), and prints what happened in
-every round. Any modified, removed or reordered entry is reported with its line and index.
+  verify         recompute every leaf and root, check every checkpoint signature and the
+                 key chain (each signing key attested under the policy, each restart a
+                 proven key handover), compare with checkpoints you trust, and report
+                 what happened in every round
+  check-receipt  prove that a client's receipt still holds: its entry is in the log's
+                 current tree (inclusion + consistency, signed by attested keys)
+  witness        cosign checkpoints that are consistent with all it saw before
 """
 
 _EPILOG = """\
-exit codes: 0 the log verified; 1 findings (tampering, bad signature, attestation failure);
-            2 usage error or unreadable file/policy.
+exit codes: 0 verified / the receipt holds / clean stop; 1 findings / the receipt does not
+            hold; 2 usage error or unreadable file or policy; 3 endpoint unreachable.
 examples:
   fedseal-audit verify audit.log                      # production default policy
-  fedseal-audit verify audit.log --builtin-policy dev-insecure-allow-simulated
-  fedseal-audit verify audit.log --policy my-policy.json --json
+  fedseal-audit verify audit.log --builtin-policy dev-insecure-allow-simulated --json
+  fedseal-audit verify audit.log --trusted-checkpoint receipts/x/round-3-a-entry-41.tlog-proof
+  fedseal-audit check-receipt round-3-a-entry-41.tlog-proof --log audit.log
+  fedseal-audit check-receipt round-3-a-entry-41.tlog-proof --endpoint agg.example:50051
+  fedseal-audit witness keygen --name witness.example/w1 --key-file w1.key
+  fedseal-audit witness serve --key-file w1.key --state w1.state \\
+      --log-origin fedseal.example.org/consortium --listen 0.0.0.0:50061
+"""
+
+_VERIFY_HELP = """\
+Findings, each with the line and entry index: modified_entry, removed_entry,
+reordered_entries, duplicated_entry, rollback (against --trusted-checkpoint), fork (two
+validly signed, inconsistent checkpoints; both printed as proof), unattested_key,
+retired_key, future_timestamp, bad_checkpoint_signature, attestation_failed,
+broken_handover, inconsistent_round, torn_tail, uncheckpointed_entries, malformed_record.
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fedseal-audit",
-        description=_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-    v = sub.add_parser(
-        "verify",
-        help="verify a whole log and print a per-round report",
-        description=_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    v.add_argument("log", type=Path, help="the audit log file")
-    group = v.add_mutually_exclusive_group()
+def _add_policy(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
     group.add_argument("--policy", type=Path, help="appraisal policy file (JSON)")
     group.add_argument(
-        "--builtin-policy",
-        default=None,
-        help="name of a policy shipped in policies/ (default: 'default')",
+        "--builtin-policy", default=None, help="name of a policy shipped in policies/ (default: 'default')"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="fedseal-audit", description=_DESCRIPTION, epilog=_EPILOG, formatter_class=raw
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser(
+        "verify", help="verify a whole log", description=_VERIFY_HELP, epilog=_EPILOG, formatter_class=raw
+    )
+    v.add_argument("log", type=Path, help="the audit log file")
+    _add_policy(v)
+    v.add_argument(
+        "--trusted-checkpoint",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a checkpoint you trust (a signed note, or a receipt); repeatable",
+    )
+    v.add_argument(
+        "--max-clock-skew",
+        type=float,
+        default=DEFAULT_MAX_CLOCK_SKEW,
+        metavar="SECONDS",
+        help="how far a checkpoint's time may be ahead of this machine's clock (default: %(default)s)",
     )
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    v.add_argument(
+        "--progress", action="store_true", help="show progress on stderr even if it is not a terminal"
+    )
+
+    c = sub.add_parser(
+        "check-receipt",
+        help="prove a receipt's entry is in the current tree",
+        epilog=_EPILOG,
+        formatter_class=raw,
+    )
+    c.add_argument("receipt", type=Path, help="the receipt file (C2SP tlog-proof)")
+    where = c.add_mutually_exclusive_group(required=True)
+    where.add_argument("--log", type=Path, help="the audit log file")
+    where.add_argument("--endpoint", help="a running aggregator, HOST:PORT")
+    _add_policy(c)
+    c.add_argument("--timeout", type=float, default=30.0, help="seconds per call with --endpoint")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    w = sub.add_parser("witness", help="run a witness, or make its key", epilog=_EPILOG, formatter_class=raw)
+    wsub = w.add_subparsers(dest="witness_command", required=True)
+    k = wsub.add_parser("keygen", help="make a witness key file and print its verifier key")
+    k.add_argument("--name", required=True, help="the witness's key name, e.g. witness.example/w1")
+    k.add_argument("--key-file", type=Path, required=True, help="where to write the private key (mode 600)")
+    s = wsub.add_parser("serve", help="serve the witness over gRPC until SIGINT/SIGTERM")
+    s.add_argument("--key-file", type=Path, required=True)
+    s.add_argument(
+        "--state", type=Path, required=True, help="state file: the last checkpoint cosigned per log"
+    )
+    s.add_argument("--log-origin", action="append", required=True, help="a log origin to witness; repeatable")
+    s.add_argument("--listen", default="127.0.0.1:50061", help="address to serve on (default: %(default)s)")
+    s.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
+    s.add_argument("--max-clock-skew", type=float, default=DEFAULT_MAX_CLOCK_SKEW, metavar="SECONDS")
+    _add_policy(s)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "witness" and args.witness_command == "keygen":
+        return _keygen(args)
     try:
         policy = (
             Policy.from_file(args.policy)
@@ -74,46 +147,94 @@ def main(argv: list[str] | None = None) -> int:
     except PolicyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "verify":
+        return _verify(args, policy)
+    if args.command == "check-receipt":
+        return _check_receipt(args, policy)
+    return _serve_witness(args, policy)
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def _verify(args: argparse.Namespace, policy: Policy) -> int:
     if not args.log.is_file():
         print(f"error: {args.log} is not a readable file", file=sys.stderr)
         return EXIT_USAGE
+    trusted = []
+    for path in args.trusted_checkpoint:
+        try:
+            trusted.append(TrustedCheckpoint.from_text(path.read_text(encoding="utf-8"), source=str(path)))
+        except (OSError, UnicodeDecodeError, FedSealError) as exc:
+            print(f"error: cannot read trusted checkpoint {path}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    show = not args.json and not args.quiet and (args.progress or sys.stderr.isatty())
 
-    def progress(line: int) -> None:
-        if not args.json and not args.quiet and sys.stderr.isatty():
-            print(f"\r... {line} lines checked", end="", file=sys.stderr)
+    def progress(lines: int, done: int, total: int) -> None:
+        if show:
+            percent = 100 * done / total if total else 100.0
+            print(f"\r... {lines} lines checked ({percent:.0f}%)", end="", file=sys.stderr, flush=True)
 
     try:
-        report = audit_log(args.log, policy, progress=progress)
+        report = audit_log(
+            args.log, policy, trusted=trusted, max_clock_skew=args.max_clock_skew, progress=progress
+        )
     except OSError as exc:
         print(f"error: cannot read {args.log}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    if show:
+        print(file=sys.stderr)
     if args.json:
         print(json.dumps(report.to_json_obj(), indent=2))
     else:
         print(_render(report, quiet=args.quiet))
-    return EXIT_VERIFIED if not report.findings else EXIT_FINDINGS
+    return EXIT_OK if not report.findings else EXIT_FAILED
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _render(report: AuditReport, *, quiet: bool) -> str:
     verdict = (
         f"VERIFIED: {report.entries} entries, {report.checkpoints_verified} checkpoints, "
-        f"log {report.log_origin!r}, policy {report.policy_name!r}"
+        f"{len(report.keys)} enclave key(s), log {report.log_origin!r}, policy {report.policy_name!r}"
         if not report.findings
         else f"FAILED: {len(report.findings)} finding(s) in {report.path}"
     )
     if quiet:
         return verdict
-    out = [f"Audit of {report.path}", ""]
+    out = [f"Audit of {report.path} at {report.audited_at}", ""]
     if report.insecure_simulated:
-        out += [
-            "WARNING: this log's enclave used an INSECURE simulated TEE (development only).",
-            "",
-        ]
-    for r in report.rounds:
-        out.append(
-            f"Round {r.round_id}: {r.state.upper()}  strategy={r.strategy} "
-            f"quorum={r.min_clients}..{r.max_clients}"
+        out += ["WARNING: an enclave of this log used an INSECURE simulated TEE (development only).", ""]
+    out.append("Key chain:")
+    for k in report.keys:
+        status = (
+            "attested" + (" (INSECURE simulated)" if k.insecure else "") if k.attested else "NOT ATTESTED"
         )
+        sizes = f"sizes {k.first_size}..{k.last_size}" if k.first_size is not None else "no checkpoint"
+        out.append(f"  entry {k.entry_index:<8} {status:<32} {k.checkpoints} checkpoint(s), {sizes}")
+        out.append(f"    {k.verifier_key}")
+    for h in report.handovers:
+        out.append(
+            f"  handover at entry {h.entry_index}: key of entry {h.old_key_entry} (last size "
+            f"{h.old_size}) -> key of entry {h.new_key_entry} (first size {h.new_size}); "
+            f"consistency proof of {len(h.consistency_proof)} hash(es) verified"
+        )
+    for d in report.tail_drops:
+        out.append(
+            f"  torn tail cut on restart, recorded at entry {d['index']}: {d['dropped_bytes']} bytes "
+            f"({d['dropped_lines']} complete lines) from offset {d['offset']}, sha256 {d['dropped_digest']}"
+        )
+    out.append("")
+    for r in report.rounds:
+        params = " ".join(
+            f"{k}={v}"
+            for k, v in sorted(r.parameters.items())
+            if k != "strategy" and not isinstance(v, dict | list)
+        )
+        out.append(f"Round {r.round_id}: {r.state.upper()}  strategy={r.strategy}  {params}")
+        out.append(f"  adapter spec {r.adapter_spec_digest[:24]}...  enclave of entry {r.key_entry}")
         for a in r.accepted:
             out.append(
                 f"  accepted  {a['client_id']:<20} examples={a['num_examples']:<8} "
@@ -126,16 +247,148 @@ def _render(report: AuditReport, *, quiet: bool) -> str:
                 f"  aggregate {r.aggregate_digest[:24]}...  participants={len(r.participants)} "
                 f"total_examples={r.total_examples}"
             )
-        if r.state == "failed":
-            out.append(f"  failed: {r.failure_reason}")
+        if r.state in ("failed", "abandoned"):
+            out.append(f"  {r.state}: {r.failure_reason}")
+        out.append(f"  DP: {r.dp if r.dp is not None else '(not recorded by this log version)'}")
+        out.append(
+            f"  approval: {r.approval if r.approval is not None else '(not recorded by this log version)'}"
+        )
+    for t in report.trusted:
+        out.append(f"Trusted checkpoint {t.source} (size {t.size}): {t.status}")
     if report.findings:
         out += ["", "Findings:"]
         for f in report.findings:
-            where = []
-            if f.line is not None:
-                where.append(f"line {f.line}")
-            if f.index is not None:
-                where.append(f"entry {f.index}")
-            out.append(f"  [{f.kind.value}] {', '.join(where) or 'log'}: {f.message}")
-    out += ["", verdict]
+            where = [
+                w for w in (f.line and f"line {f.line}", f.index is not None and f"entry {f.index}") if w
+            ]
+            out.append(f"  [{f.kind.value}] {', '.join(str(w) for w in where) or 'log'}: {f.message}")
+            for item in f.evidence:
+                out.append("    | " + item.rstrip("\n").replace("\n", "\n    | "))
+    out += ["", f"root hash {_b64(report.root_hash)} at size {report.entries}", verdict]
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- check-receipt
+
+
+def _check_receipt(args: argparse.Namespace, policy: Policy) -> int:
+    try:
+        text = args.receipt.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read receipt {args.receipt}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.log is not None and not args.log.is_file():
+        print(f"error: {args.log} is not a readable file", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.log is not None:
+            check = check_receipt_in_log(text, args.log, policy)
+        else:
+            check = check_receipt_at_endpoint(text, args.endpoint, policy, timeout=args.timeout)
+    except AuditEndpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (ReceiptCheckError, AttestationError) as exc:
+        finding = getattr(exc, "finding", None)
+        evidence: tuple[str, ...] = getattr(exc, "evidence", ())
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "verdict": "FAILED",
+                        "finding": finding.value if finding is not None else None,
+                        "message": str(exc),
+                        "evidence": list(evidence),
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            print(f"RECEIPT DOES NOT HOLD: {exc}")
+            for item in evidence:
+                print("    | " + item.rstrip("\n").replace("\n", "\n    | "))
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"error: cannot read {args.log}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(_check_json(check), indent=2))
+    else:
+        e = check.entry
+        print(
+            f"RECEIPT HOLDS: entry {e.index} ({e.kind.value}"
+            + (
+                f", round {e.fields['round_id']}, client {e.fields['client_id']!r}"
+                if "client_id" in e.fields
+                else ""
+            )
+            + f") is in {check.source}'s current tree of {check.current_size} entries: inclusion in the "
+            f"receipt's checkpoint (size {check.receipt_checkpoint.size}) and consistency "
+            f"{check.receipt_checkpoint.size} -> {check.current_size} verified, both signed by attested keys."
+        )
+    return EXIT_OK
+
+
+def _check_json(check: ReceiptCheck) -> dict[str, Any]:
+    return {
+        "verdict": "holds",
+        "source": check.source,
+        "index": check.index,
+        "entry": check.entry.to_json_obj(),
+        "receipt_size": check.receipt_checkpoint.size,
+        "current_size": check.current_size,
+        "current_checkpoint": check.current_checkpoint,
+        "consistency_proof": [_b64(h) for h in check.consistency_proof],
+    }
+
+
+# ----------------------------------------------------------------------------- witness
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from fedseal.witness import WitnessKey
+
+    try:
+        key = WitnessKey.generate(args.name)
+        key.write(args.key_file)
+    except FileExistsError:
+        print(f"error: {args.key_file} exists; a witness key is never overwritten", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, FedSealError) as exc:
+        print(f"error: cannot make the witness key: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(key.verifier_key())
+    return EXIT_OK
+
+
+def _serve_witness(args: argparse.Namespace, policy: Policy) -> int:
+    from fedseal.witness import Witness, WitnessKey
+    from fedseal.witness_rpc import serve_witness
+
+    try:
+        witness = Witness(
+            WitnessKey.load(args.key_file),
+            args.state,
+            policy,
+            args.log_origin,
+            max_clock_skew=args.max_clock_skew,
+        )
+    except FedSealError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        server, port = serve_witness(witness, args.listen)
+    except (OSError, RuntimeError) as exc:
+        print(f"error: cannot serve on {args.listen}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.port_file:
+        args.port_file.write_text(f"{port}\n")
+    print(f"witness {witness.verifier_key} listening on port {port}", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        server.stop(1.0).wait()
+    return EXIT_OK

@@ -103,12 +103,14 @@ class CheckpointResponse(_message.Message):
     def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
 
 class GetInclusionProofRequest(_message.Message):
-    __slots__ = ("index", "tree_size")
+    __slots__ = ("index", "tree_size", "with_entry")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WITH_ENTRY_FIELD_NUMBER: _ClassVar[int]
     index: int
     tree_size: int
-    def __init__(self, index: _Optional[int] = ..., tree_size: _Optional[int] = ...) -> None: ...
+    with_entry: bool
+    def __init__(self, index: _Optional[int] = ..., tree_size: _Optional[int] = ..., with_entry: _Optional[bool] = ...) -> None: ...
 
 class GetConsistencyProofRequest(_message.Message):
     __slots__ = ("old_size", "new_size")
@@ -119,15 +121,37 @@ class GetConsistencyProofRequest(_message.Message):
     def __init__(self, old_size: _Optional[int] = ..., new_size: _Optional[int] = ...) -> None: ...
 
 class ProofResponse(_message.Message):
-    __slots__ = ("hashes", "checkpoint")
+    __slots__ = ("hashes", "checkpoint", "entry")
     HASHES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
     hashes: _containers.RepeatedScalarFieldContainer[bytes]
     checkpoint: str
-    def __init__(self, hashes: _Optional[_Iterable[bytes]] = ..., checkpoint: _Optional[str] = ...) -> None: ...
+    entry: bytes
+    def __init__(self, hashes: _Optional[_Iterable[bytes]] = ..., checkpoint: _Optional[str] = ..., entry: _Optional[bytes] = ...) -> None: ...
 
 class OpenRoundRequest(_message.Message):
     __slots__ = ("round_config",)
     ROUND_CONFIG_FIELD_NUMBER: _ClassVar[int]
     round_config: bytes
     def __init__(self, round_config: _Optional[bytes] = ...) -> None: ...
+
+class AddCheckpointRequest(_message.Message):
+    __slots__ = ("old_size", "consistency_proof", "checkpoint", "key_entry", "key_entry_proof")
+    OLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_PROOF_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ENTRY_FIELD_NUMBER: _ClassVar[int]
+    KEY_ENTRY_PROOF_FIELD_NUMBER: _ClassVar[int]
+    old_size: int
+    consistency_proof: _containers.RepeatedScalarFieldContainer[bytes]
+    checkpoint: str
+    key_entry: bytes
+    key_entry_proof: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, old_size: _Optional[int] = ..., consistency_proof: _Optional[_Iterable[bytes]] = ..., checkpoint: _Optional[str] = ..., key_entry: _Optional[bytes] = ..., key_entry_proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class AddCheckpointResponse(_message.Message):
+    __slots__ = ("cosignature",)
+    COSIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    cosignature: str
+    def __init__(self, cosignature: _Optional[str] = ...) -> None: ...

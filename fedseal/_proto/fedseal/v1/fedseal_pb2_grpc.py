@@ -108,14 +108,17 @@ class AggregatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpoint(self, request, context):
-        """The latest (or a given size's) signed checkpoint of the audit log.
+        """The latest (or a given size's) signed checkpoint of the audit log. The latest carries
+        any witness cosignatures; any earlier size is served too, signed by the current key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetInclusionProof(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Inclusion proof of an entry in a tree size (and, on request, the entry itself: how an
+        auditor fetches the enclave_started entry that attests a checkpoint's key).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -393,6 +396,90 @@ class Aggregator:
             '/fedseal.v1.Aggregator/OpenRound',
             fedseal_dot_v1_dot_fedseal__pb2.OpenRoundRequest.SerializeToString,
             fedseal_dot_v1_dot_fedseal__pb2.RoundInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class WitnessStub:
+    """A witness (fedseal-audit witness serve): C2SP tlog-witness's add-checkpoint over gRPC.
+    The log offers each new checkpoint with a consistency proof from the last one this
+    witness cosigned; the witness checks the signer's attestation, the proof and the
+    timestamp, records the checkpoint, then cosigns (C2SP tlog-cosignature, Ed25519).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.AddCheckpoint = channel.unary_unary(
+                '/fedseal.v1.Witness/AddCheckpoint',
+                request_serializer=fedseal_dot_v1_dot_fedseal__pb2.AddCheckpointRequest.SerializeToString,
+                response_deserializer=fedseal_dot_v1_dot_fedseal__pb2.AddCheckpointResponse.FromString,
+                _registered_method=True)
+
+
+class WitnessServicer:
+    """A witness (fedseal-audit witness serve): C2SP tlog-witness's add-checkpoint over gRPC.
+    The log offers each new checkpoint with a consistency proof from the last one this
+    witness cosigned; the witness checks the signer's attestation, the proof and the
+    timestamp, records the checkpoint, then cosigns (C2SP tlog-cosignature, Ed25519).
+    """
+
+    def AddCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WitnessServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'AddCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCheckpoint,
+                    request_deserializer=fedseal_dot_v1_dot_fedseal__pb2.AddCheckpointRequest.FromString,
+                    response_serializer=fedseal_dot_v1_dot_fedseal__pb2.AddCheckpointResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedseal.v1.Witness', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedseal.v1.Witness', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Witness:
+    """A witness (fedseal-audit witness serve): C2SP tlog-witness's add-checkpoint over gRPC.
+    The log offers each new checkpoint with a consistency proof from the last one this
+    witness cosigned; the witness checks the signer's attestation, the proof and the
+    timestamp, records the checkpoint, then cosigns (C2SP tlog-cosignature, Ed25519).
+    """
+
+    @staticmethod
+    def AddCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedseal.v1.Witness/AddCheckpoint',
+            fedseal_dot_v1_dot_fedseal__pb2.AddCheckpointRequest.SerializeToString,
+            fedseal_dot_v1_dot_fedseal__pb2.AddCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,72 @@
+"""Exact LoRA aggregation as a round strategy ("lora-exact").
+
+For each LoRA module of the adapter spec, the aggregate is the optimal rank-r factor pair
+of ΔW = Σ pᵢ BᵢAᵢ (r = the spec's rank for that module), computed by
+`aggregator.enclave.lora_exact.refactor` without forming the dxk matrix; pᵢ are the example
+counts (times alpha**staleness in async mode), normalised. Tensors that are not LoRA
+factors are averaged with the same weights. After `finalize`, `report` holds each module's
+relative residual (how much of ΔW the rank-r result loses), which is safe to publish: it
+is a property of the aggregate, not of any one update.
+
+All clients in a round share the spec, hence the rank; rounds with mixed client ranks need
+an adapter spec per client, which `aggregate_adapters` supports and this strategy does not
+(yet). Updates are spooled sealed and read back module by module.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from aggregator.enclave._spool import SpoolPiece, UpdateSpool
+from aggregator.enclave.lora_exact import LoraFactors, ModuleResidual, pair_lora_names, refactor
+
+from ._common import map_column_blocks
+from ._spooled import SpooledStrategy
+
+__all__ = ["LoraExact"]
+
+
+class LoraExact(SpooledStrategy):
+    name = "lora-exact"
+
+    report: tuple[ModuleResidual, ...] = ()
+
+    def _aggregate(self, spool: UpdateSpool) -> dict[str, torch.Tensor]:
+        n = self.num_updates
+        raw = [e * f for e, f in zip(self._examples, self._factors, strict=True)]
+        total = sum(raw)
+        weights = [w / total for w in raw]
+        shapes = {t.name: t.shape for t in self._spec.tensors}
+        pairs, others = pair_lora_names(shapes)
+        out = self._empty_output()
+
+        def module(index: int) -> ModuleResidual:
+            pair = pairs[index]
+            reader = spool.reader()
+            a_all = torch.empty((n, *shapes[pair.a]), dtype=torch.float32)
+            b_all = torch.empty((n, *shapes[pair.b]), dtype=torch.float32)
+            for slot in range(n):
+                reader.read_tensor(slot, pair.a, a_all[slot])
+                reader.read_tensor(slot, pair.b, b_all[slot])
+            rank = shapes[pair.a][0]
+            result = refactor([LoraFactors(b_all[i], a_all[i]) for i in range(n)], weights, rank)
+            out[pair.a].copy_(result.factors.a)
+            out[pair.b].copy_(result.factors.b)
+            return ModuleResidual(pair.module, rank, n * rank, result.residual)
+
+        with ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="fedseal-lora") as pool:
+            self.report = tuple(pool.map(module, range(len(pairs))))
+
+        flat = {name: out[name].view(-1) for name in others}
+        row_weights = torch.tensor(weights, dtype=torch.float32)
+        pieces = [p for name in others for p in spool.pieces_of(name)]
+
+        def average(piece: SpoolPiece, block: torch.Tensor) -> None:
+            torch.mm(
+                row_weights.view(1, -1), block, out=flat[piece.tensor][piece.start : piece.stop].view(1, -1)
+            )
+
+        map_column_blocks(spool, range(n), pieces, average, workers=self._workers)
+        return out

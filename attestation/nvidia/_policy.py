@@ -1,0 +1,177 @@
+"""The ``nvidia_gpu`` section of a policy: what a client requires of NVIDIA GPU evidence.
+
+::
+
+    "nvidia_gpu": {
+      "allowed_architectures": ["HOPPER"],
+      "min_driver_version": "550",
+      "min_vbios_version": "96.00.5E.00.00",
+      "ocsp": "require",
+      "require_cc_mode": true,
+      "require_rim_match": true
+    }
+
+Every key is optional; an absent key (or an absent section) takes the strict default shown
+above (no version minimum). Unknown keys are refused, as everywhere in a policy.
+
+There is no "maximum evidence age": a GPU report carries no timestamp. Its freshness comes
+from the SPDM nonce, which is derived from the client's fresh challenge; OCSP responses are
+held to their own ``nextUpdate``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from .._encoding import json_type
+from .._errors import PolicyError
+
+__all__ = ["GpuArchitecture", "NvidiaGpuPolicy", "OcspMode", "parse_version"]
+
+
+class GpuArchitecture(enum.Enum):
+    """GPU architectures this verifier understands (NVIDIA's names)."""
+
+    HOPPER = "HOPPER"
+
+
+class OcspMode(enum.Enum):
+    """What to do about certificate revocation (GPU device chain and RIM signing chains)."""
+
+    #: Every certificate must have a good, fresh, validly signed OCSP answer.
+    REQUIRE = "require"
+    #: As REQUIRE, except that an OCSP answer that cannot be obtained (offline, service
+    #: down) is tolerated. A revoked or invalid answer still fails.
+    ALLOW_UNAVAILABLE = "allow-unavailable"
+    #: No revocation check at all. Development only: a revoked GPU would pass.
+    OFF = "off"
+
+
+_KEYS = frozenset(
+    {
+        "allowed_architectures",
+        "min_driver_version",
+        "min_vbios_version",
+        "ocsp",
+        "require_cc_mode",
+        "require_rim_match",
+    }
+)
+_DRIVER_VERSION = re.compile(r"[0-9]{1,5}(\.[0-9]{1,5}){0,3}")
+_VBIOS_VERSION = re.compile(r"[0-9A-Fa-f]{2}(\.[0-9A-Fa-f]{2}){0,4}")
+
+
+def parse_version(text: str, *, hexadecimal: bool) -> tuple[int, ...]:
+    """Parse a dotted driver (decimal) or VBIOS (hex) version into comparable numbers.
+
+    Raises ValueError for anything else. Versions compare component by component, a
+    missing component counting as 0 (``"550"`` == ``"550.0.0"``).
+    """
+    pattern = _VBIOS_VERSION if hexadecimal else _DRIVER_VERSION
+    if not isinstance(text, str) or not pattern.fullmatch(text):
+        kind = (
+            "VBIOS version (hex pairs, e.g. 96.00.9F.00.01)"
+            if hexadecimal
+            else "driver version (e.g. 550.90.07)"
+        )
+        raise ValueError(f"{text!r} is not a {kind}")
+    return tuple(int(part, 16 if hexadecimal else 10) for part in text.split("."))
+
+
+def version_at_least(found: tuple[int, ...], minimum: tuple[int, ...]) -> bool:
+    """``found >= minimum``, padding the shorter with zeros."""
+    width = max(len(found), len(minimum))
+    return found + (0,) * (width - len(found)) >= minimum + (0,) * (width - len(minimum))
+
+
+@dataclass(frozen=True)
+class NvidiaGpuPolicy:
+    """Appraisal settings for ``nvidia-gpu`` evidence (see the module docstring).
+
+    ``require_cc_mode`` checks the CC mode the collector declares (it read it from NVML
+    inside the confidential VM). That declaration is as trustworthy as the code that made
+    it, which is what the CPU TEE evidence of the same bundle vouches for; the GPU's
+    signed report itself does not carry the CC mode.
+    """
+
+    allowed_architectures: tuple[GpuArchitecture, ...] = (GpuArchitecture.HOPPER,)
+    min_driver_version: str | None = None
+    min_vbios_version: str | None = None
+    ocsp: OcspMode = OcspMode.REQUIRE
+    require_cc_mode: bool = True
+    require_rim_match: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.allowed_architectures, tuple) or not self.allowed_architectures:
+            raise PolicyError("nvidia_gpu.allowed_architectures must list at least one architecture")
+        if not all(isinstance(a, GpuArchitecture) for a in self.allowed_architectures):
+            raise PolicyError("nvidia_gpu.allowed_architectures entries must be GpuArchitecture")
+        for name, hexadecimal in (("min_driver_version", False), ("min_vbios_version", True)):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    parse_version(value, hexadecimal=hexadecimal)
+                except ValueError as exc:
+                    raise PolicyError(f"nvidia_gpu.{name}: {exc}") from None
+        if not isinstance(self.ocsp, OcspMode):
+            raise PolicyError("nvidia_gpu.ocsp must be an OcspMode")
+        for name in ("require_cc_mode", "require_rim_match"):
+            if not isinstance(getattr(self, name), bool):
+                raise PolicyError(f"nvidia_gpu.{name} must be a boolean")
+
+    @classmethod
+    def from_json_value(cls, value: object, *, where: str) -> NvidiaGpuPolicy:
+        """Parse the decoded ``nvidia_gpu`` object; raise PolicyError naming the key."""
+        if not isinstance(value, dict):
+            raise PolicyError(f"{where}: key 'nvidia_gpu' must be an object, got {json_type(value)}")
+        unknown = sorted(value.keys() - _KEYS)
+        if unknown:
+            raise PolicyError(
+                f"{where}: unknown key 'nvidia_gpu.{unknown[0]}' (known: {', '.join(sorted(_KEYS))})"
+            )
+        fields: dict[str, object] = {}
+        if "allowed_architectures" in value:
+            fields["allowed_architectures"] = _architectures(value["allowed_architectures"], where)
+        for name in ("min_driver_version", "min_vbios_version"):
+            if name in value:
+                if not isinstance(value[name], str):
+                    raise PolicyError(f"{where}: key 'nvidia_gpu.{name}' must be a string")
+                fields[name] = value[name]
+        if "ocsp" in value:
+            try:
+                fields["ocsp"] = OcspMode(value["ocsp"])
+            except (ValueError, TypeError):
+                known = ", ".join(repr(m.value) for m in OcspMode)
+                raise PolicyError(f"{where}: key 'nvidia_gpu.ocsp' must be one of {known}") from None
+        for name in ("require_cc_mode", "require_rim_match"):
+            if name in value:
+                if not isinstance(value[name], bool):
+                    raise PolicyError(f"{where}: key 'nvidia_gpu.{name}' must be true or false")
+                fields[name] = value[name]
+        try:
+            return cls(**fields)  # type: ignore[arg-type]
+        except PolicyError as exc:
+            raise PolicyError(f"{where}: {exc}") from None
+
+
+def _architectures(value: object, where: str) -> tuple[GpuArchitecture, ...]:
+    if not isinstance(value, list) or not value:
+        raise PolicyError(f"{where}: key 'nvidia_gpu.allowed_architectures' must be a non-empty array")
+    result: list[GpuArchitecture] = []
+    for index, entry in enumerate(value):
+        try:
+            arch = GpuArchitecture(entry)
+        except (ValueError, TypeError):
+            known = ", ".join(a.value for a in GpuArchitecture)
+            raise PolicyError(
+                f"{where}: key 'nvidia_gpu.allowed_architectures[{index}]' is not a supported "
+                f"architecture (supported: {known})"
+            ) from None
+        if arch in result:
+            raise PolicyError(
+                f"{where}: key 'nvidia_gpu.allowed_architectures[{index}]' repeats {arch.value}"
+            )
+        result.append(arch)
+    return tuple(result)

@@ -1,0 +1,258 @@
+"""The witness over gRPC: the service (`fedseal-audit witness serve`) and the log's side.
+
+Protobuf stays here. The log side, `WitnessCosigner`, is what the aggregator hands its
+audit log: after every commit it offers the new checkpoint to each configured witness in
+parallel (with the consistency proof from the size that witness last cosigned, and the
+signing key's `enclave_started` entry until the witness has accepted that key), verifies
+every cosignature it gets back, and adds the lines to the checkpoint it publishes, so
+receipts carry them. A witness that is down, slow or refuses only costs its cosignature
+(clients that require it then refuse the receipt: fail closed on their side).
+
+Errors on the wire: NOT_FOUND (unknown log), FAILED_PRECONDITION with trailing metadata
+`fedseal-witness-size: <n>` (old size conflict) or `fedseal-witness-need: key-entry`,
+PERMISSION_DENIED (refused), INVALID_ARGUMENT (malformed).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+import structlog
+
+from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
+from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
+from fedseal.checkpoint import Checkpoint, verify_cosignature
+from fedseal.errors import FedSealError, FormatError
+from fedseal.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier
+from fedseal.witness import (
+    AddCheckpointRequest,
+    KeyEntryNeededError,
+    UnknownLogError,
+    Witness,
+    WitnessConflictError,
+    WitnessError,
+    WitnessRefusedError,
+)
+
+__all__ = [
+    "LogProofSource",
+    "WitnessClient",
+    "WitnessCosigner",
+    "WitnessEndpoint",
+    "WitnessUnavailableError",
+    "serve_witness",
+]
+
+SIZE_METADATA_KEY = "fedseal-witness-size"
+NEED_METADATA_KEY = "fedseal-witness-need"
+_log = structlog.get_logger("fedseal.witness")
+
+
+class WitnessUnavailableError(WitnessError):
+    """The witness could not be reached or answered with an unexpected error."""
+
+
+# ----------------------------------------------------------------------------- server
+
+
+class _WitnessService(pb_grpc.WitnessServicer):
+    def __init__(self, witness: Witness) -> None:
+        self._witness = witness
+
+    def AddCheckpoint(
+        self, request: pb.AddCheckpointRequest, context: grpc.ServicerContext
+    ) -> pb.AddCheckpointResponse:
+        try:
+            line = self._witness.add_checkpoint(
+                AddCheckpointRequest(
+                    old_size=request.old_size,
+                    consistency_proof=tuple(bytes(h) for h in request.consistency_proof),
+                    checkpoint=request.checkpoint,
+                    key_entry=bytes(request.key_entry) or None,
+                    key_entry_proof=tuple(bytes(h) for h in request.key_entry_proof),
+                )
+            )
+        except UnknownLogError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except WitnessConflictError as exc:
+            context.set_trailing_metadata(((SIZE_METADATA_KEY, str(exc.size)),))
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except KeyEntryNeededError as exc:
+            context.set_trailing_metadata(((NEED_METADATA_KEY, "key-entry"),))
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except WitnessRefusedError as exc:
+            _log.warning("witness_refused", reason=str(exc))
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except FedSealError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.AddCheckpointResponse(cosignature=line)
+
+
+def serve_witness(witness: Witness, listen: str, *, max_workers: int = 4) -> tuple[grpc.Server, int]:
+    """Start serving `witness` on `listen`; returns the server and the bound port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedseal-witness")
+    )
+    pb_grpc.add_WitnessServicer_to_server(_WitnessService(witness), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    server.start()
+    return server, port
+
+
+# ----------------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True)
+class WitnessEndpoint:
+    """A witness the aggregator offers its checkpoints to: its verifier key and address."""
+
+    verifier: NoteVerifier
+    endpoint: str
+
+    @classmethod
+    def parse(cls, text: str) -> WitnessEndpoint:
+        """Parse `VERIFIER_KEY@HOST:PORT` (the key string itself never contains '@' after its name)."""
+        vkey, sep, endpoint = text.rpartition("@")
+        if not sep or not endpoint or not vkey:
+            raise FormatError("a witness is given as VERIFIER_KEY@HOST:PORT")
+        verifier = NoteVerifier.from_key_string(vkey)
+        if verifier.sig_type != SIG_TYPE_COSIGNATURE_V1:
+            raise FormatError(f"witness key {verifier.name!r} is not a cosignature (type 0x04) key")
+        return cls(verifier, endpoint)
+
+
+class WitnessClient:
+    def __init__(self, endpoint: str, *, timeout: float = 5.0) -> None:
+        self._endpoint = endpoint
+        self._timeout = timeout
+        self._channel = grpc.insecure_channel(endpoint)
+        self._stub = pb_grpc.WitnessStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def add_checkpoint(self, request: AddCheckpointRequest) -> str:
+        """The witness's cosignature line, or a typed WitnessError."""
+        try:
+            reply = self._stub.AddCheckpoint(
+                pb.AddCheckpointRequest(
+                    old_size=request.old_size,
+                    consistency_proof=list(request.consistency_proof),
+                    checkpoint=request.checkpoint,
+                    key_entry=request.key_entry or b"",
+                    key_entry_proof=list(request.key_entry_proof),
+                ),
+                timeout=self._timeout,
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return str(reply.cosignature)
+
+    def _error(self, exc: grpc.RpcError) -> WitnessError:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+        trailing: dict[str, str] = {}
+        metadata = getattr(exc, "trailing_metadata", None)
+        if callable(metadata):
+            trailing = {str(k): str(v) for k, v in metadata() or ()}
+        if code is grpc.StatusCode.FAILED_PRECONDITION and SIZE_METADATA_KEY in trailing:
+            try:
+                return WitnessConflictError(str(details), int(trailing[SIZE_METADATA_KEY]))
+            except ValueError:
+                pass
+        if code is grpc.StatusCode.FAILED_PRECONDITION and trailing.get(NEED_METADATA_KEY) == "key-entry":
+            return KeyEntryNeededError(str(details))
+        if code is grpc.StatusCode.NOT_FOUND:
+            return UnknownLogError(str(details))
+        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
+            return WitnessRefusedError(str(details))
+        name = code.name if code is not None else "UNKNOWN"
+        return WitnessUnavailableError(f"witness {self._endpoint}: {name}: {details}")
+
+
+class LogProofSource(Protocol):
+    """What the cosigner needs from the log (aggregator.AuditLog provides it)."""
+
+    @property
+    def key_entry(self) -> int | None: ...
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]: ...
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]: ...
+
+    def entry_leaf(self, index: int) -> bytes: ...
+
+
+@dataclass
+class _Tracked:
+    witness: WitnessEndpoint
+    client: WitnessClient
+    size: int = 0  # the size this witness last cosigned, as far as the log knows
+    key_known: bool = False  # whether it accepted a checkpoint of the current key
+
+
+class WitnessCosigner:
+    """Collects cosignatures for each new checkpoint from every configured witness."""
+
+    def __init__(self, witnesses: Sequence[WitnessEndpoint], *, timeout: float = 5.0) -> None:
+        self._tracked = [_Tracked(w, WitnessClient(w.endpoint, timeout=timeout)) for w in witnesses]
+        self._pool = futures.ThreadPoolExecutor(
+            max_workers=max(1, len(self._tracked)), thread_name_prefix="fedseal-cosign"
+        )
+        self._lock = threading.Lock()  # one commit at a time offers its checkpoint
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        for t in self._tracked:
+            t.client.close()
+
+    def cosign(self, log: LogProofSource, note: str, size: int) -> str:
+        """`note` with the verified cosignature lines of every witness that gave one."""
+        if not self._tracked:
+            return note
+        cp = Checkpoint.parse_body(note.rpartition("\n\n")[0] + "\n")
+        with self._lock:
+            jobs = [self._pool.submit(self._offer, t, log, note, cp) for t in self._tracked]
+            lines = [line for job in jobs if (line := job.result()) is not None]
+        return note + "".join(lines)
+
+    def _offer(self, t: _Tracked, log: LogProofSource, note: str, cp: Checkpoint) -> str | None:
+        for _ in range(3):  # a conflict or a new key costs one more round trip each
+            try:
+                request = self._request(t, log, note, cp)
+                line = t.client.add_checkpoint(request)
+                verify_cosignature(cp, line, t.witness.verifier)
+            except WitnessConflictError as exc:
+                if exc.size > cp.size:
+                    break  # the witness saw a later checkpoint of this log than this one
+                t.size = exc.size
+                continue
+            except KeyEntryNeededError:
+                t.key_known = False
+                continue
+            except FedSealError as exc:
+                _log.warning("witness_cosignature_missing", witness=t.witness.endpoint, error=str(exc))
+                return None
+            t.size, t.key_known = cp.size, True
+            return line if line.endswith("\n") else line + "\n"
+        _log.warning("witness_cosignature_missing", witness=t.witness.endpoint, size=cp.size)
+        return None
+
+    @staticmethod
+    def _request(t: _Tracked, log: LogProofSource, note: str, cp: Checkpoint) -> AddCheckpointRequest:
+        old = t.size
+        proof = log.consistency_proof(old, cp.size) if 0 < old < cp.size else []
+        key_entry: bytes | None = None
+        key_proof: list[bytes] = []
+        index = log.key_entry
+        if not t.key_known and index is not None:
+            key_entry = log.entry_leaf(index)
+            key_proof = log.inclusion_proof(index, cp.size)
+        return AddCheckpointRequest(old, tuple(proof), note, key_entry, tuple(key_proof))
