@@ -38,5 +38,38 @@ nvidia-collector: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[nvidia-collector]'
 	$(BIN)/pip install --quiet --no-deps nv-local-gpu-verifier==2.7.3
 
+# The aggregator image's hash-pinned lock (deploy/container, read deploy/README.md): core
+# dependencies plus the aggregator-side extras, for CPython 3.11 on Linux x86_64 (run it
+# there, or in the base image). Your pip config is ignored so that local wheels or
+# find-links cannot leak into the lock; an index mirror (PIP_INDEX_URL) is fine.
+LOCK_DIR    := deploy/container
+LOCK_EXTRAS := hardware nvidia-collector
+LOCK_NODEPS := nv-local-gpu-verifier==2.7.3
+LOCK_ENV    := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND="make lock"
+
+.PHONY: lock image flower
+lock: $(STAMP)
+	$(BIN)/pip install --quiet 'pip-tools==7.6.2'
+	$(LOCK_ENV) $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	    --no-emit-index-url --no-emit-find-links $(addprefix --extra ,$(LOCK_EXTRAS)) \
+	    --output-file $(LOCK_DIR)/requirements.lock pyproject.toml
+	$(LOCK_ENV) $(BIN)/python $(LOCK_DIR)/nodeps_lock.py $(LOCK_DIR)/requirements-nodeps.lock $(LOCK_NODEPS)
+
+# Build the aggregator image reproducibly (BuildKit >= 0.13): file times pinned to the last
+# commit, no provenance/SBOM attestations (they carry build times). IMAGE=name:tag.
+IMAGE ?= fedseal-aggregator:dev
+image:
+	docker buildx build --file $(LOCK_DIR)/Containerfile \
+	    --build-arg SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) \
+	    --provenance=false --sbom=false \
+	    --output type=docker,name=$(IMAGE),rewrite-timestamp=true .
+
+# The Flower integration (client_sdk.flower, examples/flower_lora). flwr 1.42 declares
+# protobuf<7 but FedSeal's generated stubs need protobuf>=7.35.1, so flwr goes in without
+# its pins; the 'flower' extra holds what it needs to import.
+flower: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[flower]'
+	$(BIN)/pip install --quiet --no-deps 'flwr==1.42.0'
+
 clean:
 	rm -rf $(VENV)

@@ -643,7 +643,9 @@ def _save_aside(path: Path, offset: int, tail: bytes) -> Path:
         except OSError as exc:
             raise AuditLogError(f"cannot keep the torn tail aside in {target}: {exc.strerror}") from exc
         try:
-            os.write(fd, tail)
+            view = memoryview(tail)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -11,10 +11,12 @@ Client side::
     attestation = verify_bundle(bundle_bytes, load_builtin_policy("default"), challenge)
     # raises an AttestationError subclass on any failure; never returns False
 
-In this version the only evidence that can be produced and verified is the INSECURE
-simulated TEE (development only, refused by the default policy). Bundles and policies can
-already name NVIDIA GPU, AMD SEV-SNP and Intel TDX evidence; verifying those fails with
-:class:`UnsupportedEvidenceError` until their verifiers land.
+NVIDIA GPU evidence is collected and verified by :mod:`attestation.nvidia` (its verifier is
+registered for ``nvidia-gpu``; its named errors and collectors are exported there), AMD
+SEV-SNP and Intel TDX evidence by :mod:`attestation.cpu` (likewise, for ``amd-sev-snp`` and
+``intel-tdx``). The INSECURE simulated TEE (development only, refused by the default
+policy) remains for machines without a TEE. A kind with no verifier fails with
+:class:`UnsupportedEvidenceError`.
 
 Everything public is re-exported here; the ``_``-modules are internal.
 """

@@ -74,7 +74,8 @@ class CollateralFetcher(Protocol):
 
 
 class OfflineFetcher:
-    """Serves only what it was given (stapled material keyed by URL); fetches nothing."""
+    """Serves only what it was given (stapled material keyed by ``request.staple_key()``,
+    which is the URL for a body); fetches nothing."""
 
     def __init__(self, stapled: Mapping[str, bytes] | None = None) -> None:
         self._stapled = dict(stapled or {})
@@ -83,7 +84,9 @@ class OfflineFetcher:
         try:
             return self._stapled[request.staple_key()]
         except KeyError:
-            raise CollateralUnavailableError(f"offline: no stapled collateral for {request.staple_key()}") from None
+            raise CollateralUnavailableError(
+                f"offline: no stapled collateral for {request.staple_key()}"
+            ) from None
 
 
 class HttpFetcher:
@@ -105,7 +108,9 @@ class HttpFetcher:
                 if request.response_header is not None:
                     header = response.headers.get(request.response_header)
                     if header is None:
-                        raise CollateralUnavailableError(f"{request.url} sent no {request.response_header} header")
+                        raise CollateralUnavailableError(
+                            f"{request.url} sent no {request.response_header} header"
+                        )
                     # http.client decodes header bytes as Latin-1; this gives back the bytes sent.
                     return str(header).encode("latin-1")
                 data: bytes = response.read(self._max_bytes + 1)

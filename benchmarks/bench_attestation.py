@@ -32,8 +32,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from attestation import AttestationError, Evidence, EvidenceBundle, EvidenceKind, OfflineFetcher  # noqa: E402
-from attestation import load_builtin_policy, verify_bundle  # noqa: E402
+from attestation import (  # noqa: E402
+    AttestationError,
+    Evidence,
+    EvidenceBundle,
+    EvidenceKind,
+    OfflineFetcher,
+    load_builtin_policy,
+    verify_bundle,
+)
 from attestation.nvidia import (  # noqa: E402
     CcMode,
     NvidiaGpuPolicy,
@@ -88,7 +95,7 @@ def _nvidia_peer(entries: list[dict[str, str]]) -> Callable[[], object] | None:
             chain = [
                 crypto.load_certificate(crypto.FILETYPE_PEM, p + b"-----END CERTIFICATE-----") for p in pems
             ]
-            chain = chain[:-1] + [crypto.load_certificate(crypto.FILETYPE_PEM, root_pem)]
+            chain = [*chain[:-1], crypto.load_certificate(crypto.FILETYPE_PEM, root_pem)]
             fwid = report.get_response_message().get_opaque_data().get_data("OPAQUE_FIELD_ID_FWID").hex()
             ok = CcAdminUtils.verify_gpu_certificate_chain(chain, settings, fwid)
             signed = report.verify_signature(

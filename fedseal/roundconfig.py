@@ -127,7 +127,8 @@ class RoundConfig:
     @property
     def params(self) -> StrategyParams:
         """The resolved strategy parameters (never None after construction)."""
-        assert self.strategy_params is not None
+        if self.strategy_params is None:  # unreachable: __post_init__ resolves it
+            raise ConfigError("round config: strategy_params were not resolved")
         return self.strategy_params
 
     def to_json_obj(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from attestation import Policy
-from fedseal.audit._enclave import KeyAttestationError, attest_enclave_entry
+from fedseal.audit import KeyAttestationError, attest_enclave_entry
 from fedseal.canonical import b64decode_canonical
 from fedseal.checkpoint import Checkpoint, open_checkpoint
 from fedseal.errors import FedSealError, FormatError
@@ -138,7 +138,7 @@ class WitnessKey:
         text = f"{_KEY_PREFIX}{self.name}+{key_id}+{material}\n"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, text.encode("ascii"))
+            _write_all(fd, text.encode("ascii"))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -350,7 +350,7 @@ class Witness:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data)
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -367,3 +367,9 @@ def _origin_of(note: str) -> str:
     if not sep:
         raise FormatError("checkpoint is not a signed note")
     return Checkpoint.parse_body(body + "\n").origin
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

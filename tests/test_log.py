@@ -8,6 +8,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -197,7 +198,7 @@ def test_resume_hands_over_to_a_new_key_and_keeps_every_byte(tmp_path: Path, dev
     assert report.rounds[0].state == "abandoned"
 
 
-TAILS = {
+TAILS: dict[str, Callable[[bytes], bytes]] = {
     "partial entry line": lambda entry: entry[: len(entry) // 2],
     "complete entry without its checkpoint": lambda entry: entry,
     "entry and half a checkpoint": lambda entry: entry + b'{"checkpoint":"fedseal.test/log\\n9',
@@ -339,3 +340,82 @@ def test_proofs_for_every_earlier_size_across_a_restart(tmp_path: Path, dev_poli
             running.stop(grace=0.5)
     assert len(verify_log(path, dev_policy).report.keys) == 2
     assert isinstance(receipts[0].checkpoint, Checkpoint)
+
+
+# ----------------------------------------------------------------------------- record parsing
+
+_TRICKY = [
+    b'{"a":1}',
+    b'{"a":1.0}',
+    b'{"a":1e3}',
+    b'{"a":NaN}',
+    b'{"a":-0}',
+    b'{"a":9007199254740991}',
+    b'{"a":9007199254740992}',
+    b'{"a":-9007199254740992}',
+    b'{"a":"\\u00e9"}',
+    '{"a":"\u00e9"}'.encode(),
+    '{"a":"\U0001f600"}'.encode(),
+    b'{"a":"\\ud83d\\ude00"}',
+    b'{"a":"\\ud800"}',
+    '{"a":"\u2028\u007f"}'.encode(),
+    b'{"a":"\\u001f"}',
+    b'{"a":"\\u001F"}',
+    b'{"a":"\\n\\t\\b\\f\\r\\"\\\\"}',
+    b'{"a":"\\/"}',
+    b'{"a":"\x01"}',
+    b'{"b":1,"a":2}',
+    b'{"a":1,"a":2}',
+    b'{"a": 1}',
+    b'{"a":[1,true,false,null,{"c":"d","b":[]}]}',
+    '{"z":1,"\u00e9":2}'.encode(),
+    '{"\u00e9":2,"z":1}'.encode(),
+    '{"\U0001f600":1,"\uffff":2}'.encode(),
+    '{"\uffff":2,"\U0001f600":1}'.encode(),
+    b'{"a":1}\n',
+    b"\xff",
+    b'{"a":"\xc3"}',
+    b"[1,2]",
+]
+
+
+@pytest.mark.parametrize("line", _TRICKY, ids=range(len(_TRICKY)))
+def test_record_parsing_decides_exactly_as_rfc8785(line: bytes) -> None:
+    from fedseal.canonical import parse_canonical
+    from fedseal.errors import FormatError
+    from fedseal.logformat import _parse_canonical_record
+
+    try:
+        expected: object = parse_canonical(line, what="x")
+    except FormatError:
+        expected = FormatError
+    try:
+        got: object = _parse_canonical_record(line, "x")
+    except FormatError:
+        got = FormatError
+    assert got == expected
+
+
+def test_a_resumed_job_continues_with_the_next_unused_round_id(tmp_path: Path, dev_policy: Policy) -> None:
+    from aggregator import JobConfig
+    from aggregator._rounds import RoundNotFoundError
+
+    template = {k: v for k, v in round_config(1).to_json_obj().items() if k != "round_id"}
+    job = JobConfig(rounds=3, round_template=template)
+    path = tmp_path / "audit.log"
+    for expected in (1, 2, 3, None):
+        running = start_aggregator(log_path=path, log_origin=ORIGIN, collectors=[_collector()], job=job)
+        try:
+            if expected is None:  # the job's round ids are all spent: nothing is opened again
+                with pytest.raises(RoundNotFoundError):
+                    running.rounds.snapshot(0)
+            else:
+                assert running.rounds.snapshot(0).config.round_id == expected
+        finally:
+            running.stop(grace=0.5)
+    report = verify_log(path, dev_policy).report
+    assert [(r.round_id, r.state) for r in report.rounds] == [
+        (1, "abandoned"),
+        (2, "abandoned"),
+        (3, "abandoned"),
+    ]

@@ -8,6 +8,8 @@ from a config, nothing downloaded).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,14 @@ def test_every_form_through_submit_update_and_back_into_peft(
     # and the folder round-trips through adapter_tensors as well
     on_disk = safetensors.torch.load_file(str(folder / "adapter_model.safetensors"))
     _assert_same(adapter_tensors(folder), on_disk)
+
+
+def test_client_sdk_imports_neither_peft_nor_flower() -> None:
+    """PEFT is imported only when given a PEFT model; Flower only by client_sdk.flower."""
+    code = (
+        "import sys, client_sdk; "
+        "bad = sorted(m for m in ('peft', 'transformers', 'flwr') if m in sys.modules); "
+        "print(' '.join(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"import client_sdk imported {result.stdout.strip()}"

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import adapter_spec, round_config
 
+from aggregator.enclave.lora_exact import LoraFactorError
 from aggregator.enclave.strategies import (
     AggregationError,
     FedAvg,
@@ -476,3 +477,16 @@ def test_public_api() -> None:
 
     for name in strategies.__all__:
         assert hasattr(strategies, name), name
+
+
+def test_lora_exact_refuses_a_spec_without_pairs_at_round_open() -> None:
+    lonely = AdapterSpec.from_tensors({"m.lora_A.weight": torch.zeros(4, 8), "other": torch.zeros(3)})
+    with pytest.raises(LoraFactorError, match="has no lora_B factor"):
+        make_strategy("lora-exact", lonely)
+    with pytest.raises(LoraFactorError, match="needs an adapter spec with LoRA factor pairs"):
+        make_strategy("lora-exact", AdapterSpec.from_tensors({"w": torch.zeros(3)}))
+    unchained = AdapterSpec.from_tensors(
+        {"m.lora_A.weight": torch.zeros(4, 8), "m.lora_B.weight": torch.zeros(8, 3)}
+    )
+    with pytest.raises(LoraFactorError, match="do not chain"):
+        make_strategy("lora-exact", unchained)

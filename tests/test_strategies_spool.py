@@ -145,3 +145,12 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(SpoolError, match="piece_elements"):
         UpdateSpool(make_spec(), piece_elements=0)
     spool.erase()
+
+
+def test_wrong_shape_is_refused() -> None:
+    spool = UpdateSpool(make_spec(), piece_elements=16)
+    update = make_update(0)
+    update["a"] = torch.zeros(2, 50)
+    with pytest.raises(SpoolError, match="has 100 elements, the spec says 150"):
+        spool.add(update)
+    spool.erase()

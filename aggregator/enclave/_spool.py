@@ -203,6 +203,10 @@ class UpdateSpool:
                 expected = _TORCH_DTYPE[pieces[0].dtype]
                 if tensor.dtype != expected:
                     raise SpoolError(f"tensor {name!r} is {tensor.dtype}, the spec says {expected}")
+                if tensor.numel() != pieces[-1].stop:
+                    raise SpoolError(
+                        f"tensor {name!r} has {tensor.numel()} elements, the spec says {pieces[-1].stop}"
+                    )
                 data = _byte_view(tensor)
                 item = pieces[0].dtype.itemsize
                 for piece in pieces:

@@ -30,9 +30,10 @@ import struct
 from pathlib import Path
 
 from .._bundle import Evidence, EvidenceKind
+from .._errors import EvidenceFormatError
 from ._errors import ConfigfsTsmConflictError, ConfigfsTsmError
 from ._report_data import CPU_REPORT_DATA_SIZE
-from ._snp import SNP_REPORT_SIZE
+from ._snp import SNP_REPORT_SIZE, parse_snp_cert_table
 
 __all__ = ["DEFAULT_CONFIGFS_TSM_ROOT", "ConfigfsTsmCollector"]
 
@@ -116,7 +117,8 @@ class ConfigfsTsmCollector:
             )
             return Evidence(kind=self._kind, payload=payload)
         raise ConfigfsTsmConflictError(
-            f"configfs-tsm report entry changed under us on all {self._attempts} attempt(s): {'; '.join(reasons)}"
+            f"configfs-tsm report entry changed under us on all {self._attempts} attempt(s): "
+            + "; ".join(reasons)
         )
 
     def _collect_once(self, report_data: bytes) -> bytes:
@@ -150,7 +152,9 @@ class ConfigfsTsmCollector:
                 "administrator create an entry for FedSeal and pass its name as 'entry'"
             ) from None
         except OSError as exc:
-            raise ConfigfsTsmError(f"cannot create a report entry under {self._root}: {exc.strerror}") from None
+            raise ConfigfsTsmError(
+                f"cannot create a report entry under {self._root}: {exc.strerror}"
+            ) from None
         return entry
 
     def _request(self, entry: Path, report_data: bytes) -> bytes:
@@ -158,7 +162,8 @@ class ConfigfsTsmCollector:
         provider = _read(entry / "provider", 64).decode("ascii", "replace").strip()
         if provider != expected:
             raise ConfigfsTsmError(
-                f"configfs-tsm provider is {provider!r}, expected {expected!r} for {self._kind.value} evidence"
+                f"configfs-tsm provider is {provider!r}, expected {expected!r} "
+                f"for {self._kind.value} evidence"
             )
         before = _read_generation(entry)
         _write(entry / "inblob", report_data)
@@ -169,9 +174,16 @@ class ConfigfsTsmCollector:
             auxblob = _read(entry / "auxblob", _MAX_AUXBLOB)
         after_read = _read_generation(entry)
         if after_write != before + 1 or after_read != after_write:
-            raise _Conflict(f"generation {before} -> {after_write} -> {after_read}, expected {before} -> {before + 1}")
+            raise _Conflict(
+                f"generation {before} -> {after_write} -> {after_read}, expected {before} -> {before + 1}"
+            )
         if _report_data_of(self._kind, outblob) != report_data:
             raise _Conflict("the report does not carry the report data we wrote")
+        try:
+            parse_snp_cert_table(auxblob, field="auxblob")
+        except EvidenceFormatError as exc:
+            # Refuse it here: shipped as is, it would make every client refuse the evidence.
+            raise ConfigfsTsmError(f"the host's SNP certificate table is malformed: {exc}") from None
         return outblob + auxblob
 
 
@@ -179,13 +191,17 @@ def _report_data_of(kind: EvidenceKind, outblob: bytes) -> bytes:
     """The report data field of a provider's outblob; ConfigfsTsmError if it is malformed."""
     if kind is EvidenceKind.AMD_SEV_SNP:
         if len(outblob) != SNP_REPORT_SIZE:
-            raise ConfigfsTsmError(f"sev_guest outblob is {len(outblob)} bytes, not a {SNP_REPORT_SIZE}-byte report")
+            raise ConfigfsTsmError(
+                f"sev_guest outblob is {len(outblob)} bytes, not a {SNP_REPORT_SIZE}-byte report"
+            )
         return outblob[_SNP_REPORT_DATA]
     if len(outblob) < _TDX_HEADER_SIZE:
         raise ConfigfsTsmError("tdx_guest outblob is shorter than a quote header")
     version, _, tee_type = struct.unpack_from("<HHI", outblob, 0)
     if tee_type != _TDX_TEE_TYPE or version not in (4, 5):
-        raise ConfigfsTsmError(f"tdx_guest outblob is not a TDX quote (version {version}, TEE type {tee_type:#x})")
+        raise ConfigfsTsmError(
+            f"tdx_guest outblob is not a TDX quote (version {version}, TEE type {tee_type:#x})"
+        )
     body = _TDX_HEADER_SIZE + (_TDX_V5_BODY_DESCRIPTOR if version == 5 else 0)
     start = body + _TDX_REPORT_DATA_OFFSET
     if len(outblob) < start + CPU_REPORT_DATA_SIZE:

@@ -103,14 +103,18 @@ class SnpTcb:
     def components(self) -> tuple[tuple[str, int], ...]:
         """(name, value) pairs in AMD's order, ``fmc`` first when present."""
         fmc = (("fmc", self.fmc),) if self.fmc is not None else ()
-        return (*fmc, ("bootloader", self.bootloader), ("tee", self.tee), ("snp", self.snp), ("microcode", self.microcode))
+        return (
+            *fmc,
+            ("bootloader", self.bootloader),
+            ("tee", self.tee),
+            ("snp", self.snp),
+            ("microcode", self.microcode),
+        )
 
     def shortfalls(self, found: SnpTcb) -> tuple[str, ...]:
         """Names of the components where ``found`` is below this minimum."""
         found_values = dict(found.components())
-        return tuple(
-            name for name, minimum in self.components() if found_values.get(name, -1) < minimum
-        )
+        return tuple(name for name, minimum in self.components() if found_values.get(name, -1) < minimum)
 
     def __str__(self) -> str:
         return " ".join(f"{name}={value}" for name, value in self.components())
@@ -154,6 +158,11 @@ class SevSnpPolicy:
                     )
             # Frozen means frozen: a caller's dict must not change the policy afterwards.
             object.__setattr__(self, "minimum_tcb", MappingProxyType(dict(self.minimum_tcb)))
+
+    def __hash__(self) -> int:
+        # Mappings do not hash; a policy (like every other Policy part) should.
+        tcb = None if self.minimum_tcb is None else tuple(sorted(self.minimum_tcb.items(), key=_by_value))
+        return hash((self.measurements, self.allowed_products, self.allow_debug, tcb))
 
     @classmethod
     def from_json_value(cls, value: object, *, where: str) -> SevSnpPolicy:
@@ -215,6 +224,11 @@ class TdxPolicy:
             # Intel revoked the platform's keys: no policy can sensibly accept that.
             raise PolicyError("intel_tdx.allowed_tcb_statuses must not allow 'Revoked'")
 
+    def __hash__(self) -> int:
+        return hash(
+            (self.mrtd, tuple(sorted(self.rtmrs.items())), self.allow_debug, self.allowed_tcb_statuses)
+        )
+
     @classmethod
     def from_json_value(cls, value: object, *, where: str) -> TdxPolicy:
         """Parse the decoded ``intel_tdx`` object; raise PolicyError naming the key."""
@@ -241,6 +255,10 @@ class TdxPolicy:
             return cls(**fields)  # type: ignore[arg-type]
         except PolicyError as exc:
             raise PolicyError(f"{where}: {exc}") from None
+
+
+def _by_value(item: tuple[SevSnpProduct, SnpTcb]) -> str:
+    return item[0].value
 
 
 def _check_measurements(values: object, key: str, size: int) -> None:
@@ -311,8 +329,12 @@ def _minimum_tcb(value: object, where: str) -> dict[SevSnpProduct, SnpTcb]:
             raise PolicyError(f"{where}: key {key!r} must be an object, got {json_type(tcb)}")
         unknown = sorted(tcb.keys() - _TCB_KEYS)
         if unknown:
-            raise PolicyError(f"{where}: unknown key '{key}.{unknown[0]}' (known: {', '.join(sorted(_TCB_KEYS))})")
-        required = {"bootloader", "tee", "snp", "microcode"} | ({"fmc"} if product is SevSnpProduct.TURIN else set())
+            raise PolicyError(
+                f"{where}: unknown key '{key}.{unknown[0]}' (known: {', '.join(sorted(_TCB_KEYS))})"
+            )
+        required = {"bootloader", "tee", "snp", "microcode"} | (
+            {"fmc"} if product is SevSnpProduct.TURIN else set()
+        )
         missing = sorted(required - tcb.keys())
         if missing:
             raise PolicyError(f"{where}: missing required key '{key}.{missing[0]}'")

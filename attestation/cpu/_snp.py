@@ -102,6 +102,7 @@ SUPPORTED_SNP_REPORT_VERSIONS = (2, 3, 5)
 AMD_KDS_BASE_URL = "https://kdsintf.amd.com"
 
 _SIGNED_SIZE = 0x2A0
+_VERSIONS_TEXT = "/".join(map(str, SUPPORTED_SNP_REPORT_VERSIONS))
 _SIG_COMPONENT_SIZE = 72
 _SIGNATURE_ALGO_ECDSA_P384_SHA384 = 1
 _POLICY_RESERVED_MUST_BE_ONE = 1 << 17
@@ -122,7 +123,13 @@ _OID_HWID = "1.3.6.1.4.1.3704.1.4"
 # A VCEK's hardware ID length, by product (Turin's is the first 8 bytes of CHIP_ID).
 _HWID_SIZE = {SevSnpProduct.MILAN: 64, SevSnpProduct.GENOA: 64, SevSnpProduct.TURIN: 8}
 # KDS query parameter of each TCB component.
-_KDS_PARAMETER = {"fmc": "fmcSPL", "bootloader": "blSPL", "tee": "teeSPL", "snp": "snpSPL", "microcode": "ucodeSPL"}
+_KDS_PARAMETER = {
+    "fmc": "fmcSPL",
+    "bootloader": "blSPL",
+    "tee": "teeSPL",
+    "snp": "snpSPL",
+    "microcode": "ucodeSPL",
+}
 
 
 class SnpSigningKey(enum.Enum):
@@ -331,7 +338,9 @@ def encode_snp_cert_table(certificates: Iterable[tuple[uuid.UUID, bytes]]) -> by
     return bytes(header + bytes(_CERT_ENTRY.size) + body)
 
 
-def parse_sev_snp_payload(payload: bytes, *, field: str = "payload") -> tuple[SevSnpReport, dict[uuid.UUID, bytes]]:
+def parse_sev_snp_payload(
+    payload: bytes, *, field: str = "payload"
+) -> tuple[SevSnpReport, dict[uuid.UUID, bytes]]:
     """Split an ``amd-sev-snp`` evidence payload into the parsed report and certificate table."""
     if not isinstance(payload, bytes) or len(payload) < SNP_REPORT_SIZE:
         raise EvidenceFormatError(
@@ -360,7 +369,9 @@ def _load_amd_certificate(data: bytes) -> x509.Certificate:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings(
-            "ignore", message="Parsed a serial number which wasn't positive", category=CryptographyDeprecationWarning
+            "ignore",
+            message="Parsed a serial number which wasn't positive",
+            category=CryptographyDeprecationWarning,
         )
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(data)
@@ -414,7 +425,7 @@ def _read_endorsement(cert: x509.Certificate, product: SevSnpProduct) -> _Endors
 
 
 def _product_from_name(name: str | None) -> SevSnpProduct | None:
-    """"Milan-B0" -> MILAN: KDS product names carry a stepping suffix."""
+    """ "Milan-B0" -> MILAN: KDS product names carry a stepping suffix."""
     if name is None:
         return None
     try:
@@ -449,9 +460,13 @@ def _verify_chain(
             child.verify_directly_issued_by(parent)
         except (ValueError, TypeError, InvalidSignature) as exc:
             reason = "bad signature" if isinstance(exc, InvalidSignature) else shorten(str(exc), 120)
-            raise SevSnpCertificateChainError(f"{child_name} is not issued by {parent_name} ({reason})") from None
+            raise SevSnpCertificateChainError(
+                f"{child_name} is not issued by {parent_name} ({reason})"
+            ) from None
     public_key = leaf.public_key()
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP384R1):
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP384R1
+    ):
         raise SevSnpCertificateChainError(f"{leaf_name} does not hold an ECDSA P-384 key")
 
 
@@ -502,7 +517,7 @@ def _appraise(
     except EvidenceFormatError as exc:
         checks.record(
             f"{label} payload format",
-            expected=f"SEV-SNP report (version {'/'.join(map(str, SUPPORTED_SNP_REPORT_VERSIONS))}) + certificate table",
+            expected=f"SEV-SNP report (version {_VERSIONS_TEXT}) + certificate table",
             found="malformed",
             passed=False,
             error=EvidenceFormatError,
@@ -512,7 +527,9 @@ def _appraise(
     checks.record(
         f"{label} payload format",
         expected="SEV-SNP report + certificate table",
-        found=f"report version {report.version}, {report.signing_key.name}-signed, {len(table)} certificate(s)",
+        found=(
+            f"report version {report.version}, {report.signing_key.name}-signed, {len(table)} certificate(s)"
+        ),
         passed=True,
         error=EvidenceFormatError,
         message="",
@@ -554,7 +571,10 @@ def _appraise(
             found=f"malformed ({leaf_source})",
             passed=False,
             error=SevSnpCertificateChainError,
-            message=f"{label}: the {key_name} from the {leaf_source} is not a certificate: {shorten(str(exc), 120)}",
+            message=(
+                f"{label}: the {key_name} from the {leaf_source} is not a certificate: "
+                f"{shorten(str(exc), 120)}"
+            ),
         )
     else:
         checks.record(
@@ -568,7 +588,9 @@ def _appraise(
 
     endorsement_ok = False
     if leaf is not None:
-        product, endorsement_ok = _check_endorsement(label, report, table, leaf, key_name, product, now, checks)
+        product, endorsement_ok = _check_endorsement(
+            label, report, table, leaf, key_name, product, now, checks
+        )
     tcb = report.tcb(product) if product is not None else None
     _check_signature(label, report, leaf if endorsement_ok else None, key_name, checks)
 
@@ -640,7 +662,10 @@ def _check_endorsement(
             found="product unknown",
             passed=False,
             error=SevSnpCertificateChainError,
-            message=f"{label}: neither the report's CPUID nor the {key_name} names a product FedSeal has an ARK for",
+            message=(
+                f"{label}: neither the report's CPUID nor the {key_name} names a product "
+                "FedSeal has an ARK for"
+            ),
         )
         return None, False
     if cert_product is not None and cert_product is not product:
@@ -650,12 +675,18 @@ def _check_endorsement(
             found=f"{key_name} for {cert_product.value}",
             passed=False,
             error=SevSnpEndorsementMismatchError,
-            message=f"{label}: the report comes from a {product.value} but the {key_name} is for {cert_product.value}",
+            message=(
+                f"{label}: the report comes from a {product.value} but the {key_name} "
+                f"is for {cert_product.value}"
+            ),
         )
         return product, False
 
     roots = amd_roots(product)
     intermediate_name = "ASK" if report.signing_key is SnpSigningKey.VCEK else "ASVK"
+    chain_expected = (
+        f"{key_name} <- {intermediate_name} <- pinned ARK-{product.value}, valid at {now:%Y-%m-%d}"
+    )
     table_intermediate = table.get(SnpCertGuid.ASK.value)
     try:
         if table_intermediate is not None:
@@ -668,7 +699,7 @@ def _check_endorsement(
     except (SevSnpCertificateChainError, ValueError) as exc:
         checks.record(
             chain_name,
-            expected=f"{key_name} <- {intermediate_name} <- pinned ARK-{product.value}, valid at {now:%Y-%m-%d}",
+            expected=chain_expected,
             found="does not verify",
             passed=False,
             error=SevSnpCertificateChainError,
@@ -677,7 +708,7 @@ def _check_endorsement(
         return product, False
     checks.record(
         chain_name,
-        expected=f"{key_name} <- {intermediate_name} <- pinned ARK-{product.value}, valid at {now:%Y-%m-%d}",
+        expected=chain_expected,
         found=f"verifies ({intermediate_name} {source})",
         passed=True,
         error=SevSnpCertificateChainError,

@@ -125,7 +125,9 @@ def parse_tdx_quote(data: bytes, *, field: str = "quote") -> TdxQuote:
     try:
         quote: Any = dcap_qvl.parse_quote(data)
     except ValueError as exc:
-        raise EvidenceFormatError(f"{field} is not a DCAP quote: {shorten(str(exc), 160)}", field=field) from None
+        raise EvidenceFormatError(
+            f"{field} is not a DCAP quote: {shorten(str(exc), 160)}", field=field
+        ) from None
     header = quote.header
     if int(header.tee_type) != _TEE_TYPE_TDX or not quote.is_tdx():
         raise EvidenceFormatError(
@@ -134,7 +136,9 @@ def parse_tdx_quote(data: bytes, *, field: str = "quote") -> TdxQuote:
         )
     version = int(header.version)
     if version not in _TDX_QUOTE_VERSIONS:
-        raise EvidenceFormatError(f"{field} has version {version}; TDX quotes are version 4 or 5", field=field)
+        raise EvidenceFormatError(
+            f"{field} has version {version}; TDX quotes are version 4 or 5", field=field
+        )
     report = quote.report
     try:
         fmspc = str(quote.fmspc()).upper()
@@ -239,9 +243,15 @@ def tdx_collateral_staples(quote: TdxQuote, collateral_json: str | bytes) -> dic
     def header(pem: str) -> bytes:
         return urllib.parse.quote(pem, safe="").encode("ascii")
 
-    tcb_body = '{"tcbInfo":' + text["tcb_info"] + ',"signature":' + json.dumps(text["tcb_info_signature"]) + "}"
+    tcb_body = (
+        '{"tcbInfo":' + text["tcb_info"] + ',"signature":' + json.dumps(text["tcb_info_signature"]) + "}"
+    )
     qe_body = (
-        '{"enclaveIdentity":' + text["qe_identity"] + ',"signature":' + json.dumps(text["qe_identity_signature"]) + "}"
+        '{"enclaveIdentity":'
+        + text["qe_identity"]
+        + ',"signature":'
+        + json.dumps(text["qe_identity_signature"])
+        + "}"
     )
     return {
         requests.tcb_info.staple_key(): tcb_body.encode("utf-8"),
@@ -338,7 +348,10 @@ _DCAP_FAILURES: tuple[tuple[tuple[str, ...], type[AttestationError]], ...] = (
     (("no matching tcb level", "tcb status is invalid", "tcb level mismatch"), CpuTcbError),
     (("debug mode",), CpuDebugModeError),
     (("certexpired", "certificate expired", "certnotvalidyet", "revoked"), TdxCertificateChainError),
-    (("expired", "in the future", "fmspc mismatch", "tcb info", "qe identity", "collateral"), TdxCollateralError),
+    (
+        ("expired", "in the future", "fmspc mismatch", "tcb info", "qe identity", "collateral"),
+        TdxCollateralError,
+    ),
     (("crl", "certificate", "issuer", "root ca"), TdxCertificateChainError),
 )
 
@@ -487,7 +500,10 @@ def _appraise(
                 found=str(result.status) + (f" ({', '.join(advisories)})" if advisories else ""),
                 passed=status is not None and status in allowed,
                 error=CpuTcbError,
-                message=f"{label}: Intel rates this platform's TCB {result.status!s}, which the policy does not allow",
+                message=(
+                    f"{label}: Intel rates this platform's TCB {result.status!s}, "
+                    "which the policy does not allow"
+                ),
             )
 
     checks.record(
@@ -584,5 +600,8 @@ def verify_tdx_quote(
         # Unreachable when every check passed; kept so a logic slip cannot return a result.
         raise AttestationError("TDX verification ended without a verified quote")
     return VerifiedTdxQuote(
-        _CONSTRUCTION_TOKEN, quote=appraisal.quote, tcb_status=appraisal.status, advisory_ids=appraisal.advisory_ids
+        _CONSTRUCTION_TOKEN,
+        quote=appraisal.quote,
+        tcb_status=appraisal.status,
+        advisory_ids=appraisal.advisory_ids,
     )

@@ -12,6 +12,7 @@ from fedseal.audit._receipt import (
     ReceiptCheckError,
     check_receipt_at_endpoint,
     check_receipt_in_log,
+    check_receipts_in_log,
 )
 from fedseal.audit._verify import (
     DEFAULT_MAX_CLOCK_SKEW,
@@ -50,5 +51,6 @@ __all__ = [
     "audit_log",
     "check_receipt_at_endpoint",
     "check_receipt_in_log",
+    "check_receipts_in_log",
     "verify_log",
 ]

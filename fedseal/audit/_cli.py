@@ -392,3 +392,7 @@ def _serve_witness(args: argparse.Namespace, policy: Policy) -> int:
     finally:
         server.stop(1.0).wait()
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import os
+from collections.abc import Sequence
 from dataclasses import InitVar, dataclass
 from pathlib import Path
 
@@ -33,7 +34,13 @@ from ._enclave import KeyAttestationError, attest_enclave_entry
 from ._endpoint import AuditorConnection
 from ._verify import DEFAULT_MAX_CLOCK_SKEW, AuditReport, FindingKind, TrustedCheckpoint, _audit
 
-__all__ = ["ReceiptCheck", "ReceiptCheckError", "check_receipt_at_endpoint", "check_receipt_in_log"]
+__all__ = [
+    "ReceiptCheck",
+    "ReceiptCheckError",
+    "check_receipt_at_endpoint",
+    "check_receipt_in_log",
+    "check_receipts_in_log",
+]
 
 _TOKEN = object()
 
@@ -107,9 +114,26 @@ def check_receipt_in_log(
     max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
 ) -> ReceiptCheck:
     """Audit `log_path` and prove the receipt's entry is in its current tree; raise ReceiptCheckError."""
-    proof, receipt_cp, entry = _parse(receipt_text)
-    trusted = TrustedCheckpoint("the receipt's checkpoint", proof.checkpoint_note)
-    result = _audit(log_path, policy, (trusted,), now, max_clock_skew, None)
+    (check,) = check_receipts_in_log([receipt_text], log_path, policy, now=now, max_clock_skew=max_clock_skew)
+    return check
+
+
+def check_receipts_in_log(
+    receipt_texts: Sequence[str],
+    log_path: Path,
+    policy: Policy,
+    *,
+    now: dt.datetime | None = None,
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+) -> tuple[ReceiptCheck, ...]:
+    """`check_receipt_in_log` for many receipts with one audit of the log; raises at the first
+    receipt that does not hold (ReceiptCheckError)."""
+    parsed = [_parse(text) for text in receipt_texts]
+    trusted = [
+        TrustedCheckpoint(f"the checkpoint of receipt {i} (entry {entry.index})", proof.checkpoint_note)
+        for i, (proof, _, entry) in enumerate(parsed)
+    ]
+    result = _audit(log_path, policy, trusted, now, max_clock_skew, None)
     report = result.report
     if report.findings:
         decisive = next(
@@ -126,29 +150,34 @@ def check_receipt_in_log(
     latest = result.latest
     assert latest is not None  # a log without findings has a verified checkpoint
     verifiers = [k.attested.verifier for k in result.keys if k.attested is not None]
-    assert proof.extra is not None
-    try:
-        verify_tlog_proof(proof, proof.extra, verifiers, receipt_cp.origin)
-        n, m = receipt_cp.size, latest.size
-        hashes = result.tree.consistency_proof(n, m)
-        verify_consistency(n, m, hashes, receipt_cp.root_hash, latest.root)
-    except (FedSealError, ValueError) as exc:
-        raise ReceiptCheckError(
-            f"the receipt does not hold against {log_path}: {exc}", report=report
-        ) from exc
-    if not hmac.compare_digest(result.tree.leaf_hash_at(entry.index), leaf_hash(proof.extra)):
-        raise ReceiptCheckError(
-            f"entry {entry.index} of {log_path} is not the receipt's entry", report=report
+    checks = []
+    for proof, receipt_cp, entry in parsed:
+        assert proof.extra is not None
+        try:
+            verify_tlog_proof(proof, proof.extra, verifiers, receipt_cp.origin)
+            n, m = receipt_cp.size, latest.size
+            hashes = result.tree.consistency_proof(n, m)
+            verify_consistency(n, m, hashes, receipt_cp.root_hash, latest.root)
+        except (FedSealError, ValueError) as exc:
+            raise ReceiptCheckError(
+                f"the receipt for entry {entry.index} does not hold against {log_path}: {exc}", report=report
+            ) from exc
+        if not hmac.compare_digest(result.tree.leaf_hash_at(entry.index), leaf_hash(proof.extra)):
+            raise ReceiptCheckError(
+                f"entry {entry.index} of {log_path} is not the receipt's entry", report=report
+            )
+        checks.append(
+            ReceiptCheck(
+                _TOKEN,
+                source=str(log_path),
+                entry=entry,
+                receipt_checkpoint=receipt_cp,
+                current_checkpoint=latest.note,
+                current_size=m,
+                consistency_proof=tuple(hashes),
+            )
         )
-    return ReceiptCheck(
-        _TOKEN,
-        source=str(log_path),
-        entry=entry,
-        receipt_checkpoint=receipt_cp,
-        current_checkpoint=latest.note,
-        current_size=m,
-        consistency_proof=tuple(hashes),
-    )
+    return tuple(checks)
 
 
 def check_receipt_at_endpoint(

@@ -416,6 +416,7 @@ class _RoundState:
     config_digest: str
     state: str = "open"
     accepted: list[dict[str, Any]] = field(default_factory=list)
+    accepted_ids: set[str] = field(default_factory=set)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     participants: list[str] = field(default_factory=list)
     total_examples: int = 0
@@ -895,8 +896,9 @@ class _Auditor:
                 "(and must) record the round as abandoned"
             )
         if kind is EntryKind.UPDATE_ACCEPTED:
-            if any(a["client_id"] == f["client_id"] for a in summary.accepted):
+            if f["client_id"] in summary.accepted_ids:
                 inconsistent(f"second accepted update from {f['client_id']!r} in round {rid}")
+            summary.accepted_ids.add(str(f["client_id"]))
             summary.accepted.append(
                 {
                     "index": entry.index,

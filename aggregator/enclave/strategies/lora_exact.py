@@ -16,11 +16,20 @@ an adapter spec per client, which `aggregate_adapters` supports and this strateg
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
-from aggregator.enclave._spool import SpoolPiece, UpdateSpool
-from aggregator.enclave.lora_exact import LoraFactors, ModuleResidual, pair_lora_names, refactor
+from aggregator.enclave._spool import DEFAULT_PIECE_ELEMENTS, SpoolPiece, UpdateSpool
+from aggregator.enclave.lora_exact import (
+    LoraFactorError,
+    LoraFactors,
+    ModuleResidual,
+    pair_lora_names,
+    refactor,
+)
+from fedseal.roundconfig import LoraExactParams
+from fedseal.spec import AdapterSpec
 
 from ._common import map_column_blocks
 from ._spooled import SpooledStrategy
@@ -32,6 +41,26 @@ class LoraExact(SpooledStrategy):
     name = "lora-exact"
 
     report: tuple[ModuleResidual, ...] = ()
+
+    def __init__(
+        self,
+        spec: AdapterSpec,
+        params: LoraExactParams,
+        *,
+        spool_dir: Path | None = None,
+        piece_elements: int = DEFAULT_PIECE_ELEMENTS,
+        workers: int | None = None,
+    ) -> None:
+        # Refuse a spec that cannot be aggregated exactly now, before any update is accepted.
+        shapes = {t.name: t.shape for t in spec.tensors}
+        pairs, _ = pair_lora_names(shapes)
+        if not pairs:
+            raise LoraFactorError("lora-exact needs an adapter spec with LoRA factor pairs")
+        for pair in pairs:
+            a, b = shapes[pair.a], shapes[pair.b]
+            if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+                raise LoraFactorError(f"LoRA module {pair.module!r}: B {b} and A {a} do not chain")
+        super().__init__(spec, params, spool_dir=spool_dir, piece_elements=piece_elements, workers=workers)
 
     def _aggregate(self, spool: UpdateSpool) -> dict[str, torch.Tensor]:
         n = self.num_updates

@@ -1,0 +1,1 @@
+"""A Flower LoRA job whose updates go through FedSeal (see README.md)."""

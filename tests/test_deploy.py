@@ -1,0 +1,277 @@
+"""deploy/ stays what deploy/README.md says: every image input pinned, manifests and unit
+complete and consistent with the aggregator's command line.
+
+No container engine, cluster or systemd runs here, so these check the files themselves:
+the base image digest, that the lock pins and hashes every package and covers pyproject's
+runtime dependencies, that the Kubernetes manifests parse and carry limits, probes and the
+audit-log volume, and that the systemd unit keeps its hardening.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from aggregator import JobConfig
+from aggregator._cli import _parser as aggregator_cli_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+CONTAINERFILE = DEPLOY / "container" / "Containerfile"
+LOCK = DEPLOY / "container" / "requirements.lock"
+NODEPS_LOCK = DEPLOY / "container" / "requirements-nodeps.lock"
+K8S = DEPLOY / "kubernetes"
+UNIT = DEPLOY / "systemd" / "fedseal-aggregator.service"
+
+_SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+# --- the image ----------------------------------------------------------------------------
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_containerfile_pins_its_base_image_by_digest() -> None:
+    steps = _instructions(CONTAINERFILE)
+    froms = [args for word, args in steps if word == "FROM"]
+    assert froms, "no FROM"
+    for args in froms:
+        image = args.split()[0]
+        assert "@" in image, f"FROM {image} is not pinned by digest"
+        assert _SHA256.match(image.split("@", 1)[1]), image
+    # A `# syntax=` frontend line would be another image pulled by tag.
+    assert not re.search(r"^#\s*syntax=", CONTAINERFILE.read_text(), re.MULTILINE)
+
+
+def test_containerfile_installs_only_hash_checked_locked_packages() -> None:
+    steps = _instructions(CONTAINERFILE)
+    runs = [args for word, args in steps if word == "RUN"]
+    installs = [r for r in runs if "pip install" in r or "pip3 install" in r]
+    assert len(installs) == 1
+    (install,) = installs
+    for flag in ("--require-hashes", "--no-deps", "--only-binary=:all:", "--no-compile"):
+        assert flag in install, flag
+    assert "requirements.lock" in install and "requirements-nodeps.lock" in install
+    assert not any(re.search(r"\b(apt-get|apt|apk|dnf|yum|curl|wget)\b", r) for r in runs)
+    copied = [args.split()[-2] for word, args in steps if word == "COPY" and "/opt/fedseal/" in args]
+    # Only the code that runs in the enclave.
+    assert sorted(copied) == ["aggregator", "attestation", "fedseal", "policies"]
+
+
+def test_containerfile_command_is_a_valid_aggregator_command_line() -> None:
+    steps = dict(_instructions(CONTAINERFILE))
+    assert json.loads(steps["ENTRYPOINT"]) == ["python", "-m", "aggregator"]
+    aggregator_cli_parser().parse_args(json.loads(steps["CMD"]))
+
+
+def _lock_entries(path: Path) -> dict[str, tuple[Version, list[str]]]:
+    entries: dict[str, tuple[Version, list[str]]] = {}
+    current: str | None = None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        assert not line.startswith(("-e", "--index-url", "--extra-index-url", "--find-links", "-f ")), line
+        assert "file:" not in line and not line.startswith(("/", ".")), f"local path in the lock: {line}"
+        if line.startswith("--hash="):
+            assert current is not None, "hash before any requirement"
+            entries[current][1].append(line.removeprefix("--hash=").rstrip(" \\"))
+            continue
+        requirement = Requirement(line.rstrip(" \\"))
+        (pin,) = requirement.specifier
+        assert pin.operator == "==", f"{line} is not an exact pin"
+        current = canonicalize_name(requirement.name)
+        assert current not in entries, f"{current} pinned twice"
+        entries[current] = (Version(pin.version), [])
+    return entries
+
+
+def test_every_locked_package_is_pinned_with_sha256_hashes() -> None:
+    for path in (LOCK, NODEPS_LOCK):
+        entries = _lock_entries(path)
+        assert entries, path
+        for name, (_, hashes) in entries.items():
+            assert hashes, f"{name} in {path.name} has no --hash"
+            assert all(_SHA256.match(h) for h in hashes), name
+    assert not set(_lock_entries(LOCK)) & set(_lock_entries(NODEPS_LOCK))
+
+
+def _make_variable(name: str) -> list[str]:
+    match = re.search(rf"^{name}\s*:=\s*(.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert match, f"Makefile has no {name}"
+    return match.group(1).split()
+
+
+def test_lock_covers_the_runtime_dependencies_in_pyproject() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = list(project["dependencies"])
+    for extra in _make_variable("LOCK_EXTRAS"):
+        required += project["optional-dependencies"][extra]
+    locked = _lock_entries(LOCK)
+    stale = []
+    for spec in required:
+        requirement = Requirement(spec)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name not in locked or not requirement.specifier.contains(locked[name][0], prereleases=True):
+            stale.append(f"{spec} (lock: {locked[name][0] if name in locked else 'missing'})")
+    assert not stale, "deploy/container/requirements.lock is stale, run `make lock`: " + "; ".join(stale)
+
+
+def test_nodeps_lock_holds_exactly_the_makefile_pins() -> None:
+    wanted = {canonicalize_name(Requirement(s).name): s for s in _make_variable("LOCK_NODEPS")}
+    locked = _lock_entries(NODEPS_LOCK)
+    assert set(locked) == set(wanted)
+    for name, spec in wanted.items():
+        assert Requirement(spec).specifier.contains(locked[name][0]), spec
+
+
+# --- Kubernetes -----------------------------------------------------------------------------
+
+
+def _k8s_documents() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for resource in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((K8S / resource).read_text()) if d]
+    return docs
+
+
+def _one(kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in _k8s_documents() if d["kind"] == kind]
+    return doc
+
+
+def test_every_manifest_parses_and_is_listed_in_the_kustomization() -> None:
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    assert on_disk == listed
+    for doc in _k8s_documents():
+        assert {"apiVersion", "kind", "metadata"} <= doc.keys(), doc
+    kinds = sorted(d["kind"] for d in _k8s_documents())
+    assert kinds == ["Namespace", "NetworkPolicy", "Service", "StatefulSet"]
+    # The job the ConfigMap generator packs is a valid job config.
+    JobConfig.from_file(K8S / "job.json")
+
+
+def test_statefulset_runs_one_confidential_pod_with_limits_probes_and_a_log_volume() -> None:
+    sts = _one("StatefulSet")
+    spec = sts["spec"]
+    assert spec["replicas"] == 1
+    pod = spec["template"]["spec"]
+    assert pod["runtimeClassName"].startswith("kata-") and pod["runtimeClassName"].endswith(("-snp", "-tdx"))
+    assert pod["nodeSelector"] and pod["tolerations"]
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    resources = container["resources"]
+    for key in ("cpu", "memory"):
+        assert key in resources["requests"] and key in resources["limits"], key
+    gpus = [k for k in resources["limits"] if k in ("nvidia.com/gpu", "nvidia.com/pgpu")]
+    assert gpus and resources["limits"][gpus[0]] == resources["requests"][gpus[0]] == "1"
+    (port,) = container["ports"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["grpc"]["port"] == port["containerPort"], probe
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert "@" not in container["image"] and ":" not in container["image"]  # pinned by kustomize
+    args = aggregator_cli_parser().parse_args(container["args"])
+    assert args.listen.endswith(f":{port['containerPort']}")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    (claim,) = spec["volumeClaimTemplates"]
+    assert mounts[claim["metadata"]["name"]] == str(args.log.parent)
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    assert spec["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+    assert args.job is not None and mounts["job"] == str(args.job.parent)
+
+
+def test_service_and_network_policy_expose_only_the_grpc_port() -> None:
+    container = _one("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    (port,) = container["ports"]
+    (service_port,) = _one("Service")["spec"]["ports"]
+    assert service_port["targetPort"] == port["name"] and service_port["port"] == port["containerPort"]
+    policy = _one("NetworkPolicy")["spec"]
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    ingress_ports = [p["port"] for rule in policy["ingress"] for p in rule["ports"]]
+    assert ingress_ports == [port["containerPort"]]
+
+
+# --- systemd --------------------------------------------------------------------------------
+
+
+def _unit() -> dict[str, list[str]]:
+    values: dict[str, list[str]] = defaultdict(list)
+    pending = ""
+    for raw in UNIT.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith(("#", ";", "["))):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        key, _, value = (pending + line).partition("=")
+        pending = ""
+        values[key.strip()].append(value.strip())
+    return values
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("PrivateTmp", "yes"),
+        ("ProtectHome", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("DevicePolicy", "closed"),
+        ("CapabilityBoundingSet", "CAP_SYS_ADMIN"),
+        ("ProtectKernelModules", "yes"),
+        ("RestrictNamespaces", "yes"),
+        ("SystemCallArchitectures", "native"),
+    ],
+)
+def test_systemd_unit_keeps_its_hardening(key: str, value: str) -> None:
+    assert _unit()[key] == [value]
+
+
+def test_systemd_unit_allows_only_tee_and_gpu_devices_and_runs_a_valid_command() -> None:
+    unit = _unit()
+    devices = {entry.split()[0] for entry in unit["DeviceAllow"]}
+    assert {"/dev/sev-guest", "/dev/tdx_guest"} <= devices
+    assert all(d in ("/dev/sev-guest", "/dev/tdx_guest") or d.startswith("char-nvidia") for d in devices)
+    assert "-/sys/kernel/config/tsm/report" in unit["ReadWritePaths"]
+    (exec_start,) = unit["ExecStart"]
+    argv = shlex.split(exec_start)
+    assert argv[0].endswith("/fedseal-aggregator")
+    args = aggregator_cli_parser().parse_args(argv[1:])
+    assert str(args.log.parent) == "/var/lib/fedseal" and unit["StateDirectory"] == ["fedseal"]
+    assert not args.insecure_simulated_tee
