@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import signal
 import sys
@@ -11,8 +12,9 @@ from pathlib import Path
 
 from aggregator._config import JobConfig
 from aggregator._logging import configure_logging
-from aggregator._server import start_aggregator
-from attestation import EvidenceCollector, InsecureSimulatedTeeCollector
+from aggregator._server import RunningAggregator, start_aggregator
+from attestation import EvidenceCollectionError, EvidenceCollector, InsecureSimulatedTeeCollector
+from attestation._hardware import CpuTee, GpuCollector, hardware_collectors
 from fedseal.errors import FedSealError, FormatError
 from fedseal.roundconfig import ConfigError
 from fedseal.witness_rpc import WitnessCosigner, WitnessEndpoint
@@ -26,9 +28,11 @@ Run the FedSeal aggregator: it makes fresh keys in memory, proves them with atte
 evidence, receives envelope-encrypted LoRA updates over gRPC, aggregates them in memory
 only, and writes an append-only, signed audit log.
 
-On a Hopper confidential VM the hardware evidence collectors are used. For local
-development without that hardware, pass --insecure-simulated-tee: clients then refuse
-the aggregator unless their policy explicitly allows simulated evidence.
+On a Hopper confidential VM the hardware evidence collectors are used: NVIDIA GPU
+evidence (--gpu-collector) and the CPU TEE report (--cpu-tee sev-snp|tdx), which covers
+the GPU evidence and the VM's launch measurement. For local development without that
+hardware, pass --insecure-simulated-tee: clients then refuse the aggregator unless their
+policy explicitly allows simulated evidence.
 """
 
 _EPILOG = """\
@@ -86,9 +90,24 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for each witness per checkpoint (default: %(default)s)",
     )
     p.add_argument(
+        "--gpu-collector",
+        choices=[c.value for c in GpuCollector],
+        default=GpuCollector.NV_LOCAL_GPU_VERIFIER.value,
+        help="how to collect NVIDIA GPU evidence: NVIDIA's Python verifier over NVML (needs "
+        "`make nvidia-collector`), NVIDIA's nvattest CLI, or none (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cpu-tee",
+        choices=[c.value for c in CpuTee],
+        default=CpuTee.NONE.value,
+        help="the confidential VM's CPU TEE, reported through configfs-tsm: sev-snp, tdx or none "
+        "(default: %(default)s). Without it the evidence proves the GPU, not the VM's software",
+    )
+    p.add_argument(
         "--insecure-simulated-tee",
         action="store_true",
-        help="INSECURE, development only: sign evidence with a throwaway key instead of TEE hardware",
+        help="INSECURE, development only: sign evidence with a throwaway key instead of TEE "
+        "hardware (replaces --gpu-collector and --cpu-tee)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -103,17 +122,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    collectors: list[EvidenceCollector] = []
-    if args.insecure_simulated_tee:
-        collectors.append(InsecureSimulatedTeeCollector("fedseal-aggregator (insecure simulated TEE)"))
-    else:
-        print(
-            "error: no TEE hardware evidence collector is available in this build.\n"
-            "On a Hopper confidential VM the NVIDIA GPU and SEV-SNP/TDX collectors provide evidence\n"
-            "(see deploy/README.md). For local development only, pass --insecure-simulated-tee.",
-            file=sys.stderr,
-        )
-        return 2
     try:
         job = JobConfig.from_file(args.job) if args.job else None
         witnesses = [WitnessEndpoint.parse(w) for w in args.witness]
@@ -121,20 +129,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cosigner = WitnessCosigner(witnesses, timeout=args.witness_timeout) if witnesses else None
-    try:
-        running = start_aggregator(
-            log_path=args.log,
-            log_origin=args.log_origin,
-            collectors=collectors,
-            job=job,
-            listen=args.listen,
-            cosigner=cosigner,
-        )
-    except (FedSealError, OSError) as exc:
-        print(f"error: cannot start the aggregator: {exc}", file=sys.stderr)
-        return 1
-    if args.port_file:
-        args.port_file.write_text(f"{running.port}\n")
+    with contextlib.ExitStack() as stack:
+        try:
+            collectors = _collectors(args, stack)
+            running = start_aggregator(
+                log_path=args.log,
+                log_origin=args.log_origin,
+                collectors=collectors,
+                job=job,
+                listen=args.listen,
+                cosigner=cosigner,
+            )
+        except EvidenceCollectionError as exc:
+            print(
+                f"error: cannot collect attestation evidence: {exc}\n"
+                "Check that this is a confidential VM with the GPU(s) in CC mode and the NVIDIA "
+                "collector installed (see deploy/README.md). For local development only, pass "
+                "--insecure-simulated-tee.",
+                file=sys.stderr,
+            )
+            return 1
+        except (FedSealError, OSError) as exc:
+            print(f"error: cannot start the aggregator: {exc}", file=sys.stderr)
+            return 1
+        return _serve(running, args.port_file)
+
+
+def _collectors(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[EvidenceCollector]:
+    if args.insecure_simulated_tee:
+        return [InsecureSimulatedTeeCollector("fedseal-aggregator (insecure simulated TEE)")]
+    return stack.enter_context(hardware_collectors(GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee)))
+
+
+def _serve(running: RunningAggregator, port_file: Path | None) -> int:
+    if port_file:
+        port_file.write_text(f"{running.port}\n")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -17,9 +17,9 @@ The service runs it in three steps, before it listens::
   not contradict each other;
 - NVML's confidential-computing state: GPUs CC-capable, CC feature on, production (not
   simulation) environment, developer-tools mode off, and the CPU TEE NVML reports matches
-  the one found above. NVML keeps this state for the whole system (the driver runs all GPUs
-  of a CVM in one mode); each GPU's own CC mode is then proven by its attestation report in
-  the self-attestation, which is why the ready state waits for it;
+  the one found above. NVML reports this state for the system, not per GPU; each GPU's own
+  CC mode is proven by its attestation report in the self-attestation, which is why the
+  ready state waits for it;
 - at least ``min_gpus`` GPUs, each Hopper or newer.
 
 **release_gpus()** sets NVML's GPU ready state (``nvmlSystemSetConfComputeGpusReadyState``)
@@ -568,6 +568,7 @@ def _nvml_call(
 
 
 def _read_text(path: Path) -> str:
+    # An attribute that cannot be read is a provider that cannot be named: "" (absent).
     try:
         return path.read_text(encoding="ascii", errors="replace").strip()
     except OSError:

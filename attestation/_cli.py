@@ -37,7 +37,7 @@ from fedseal.errors import FormatError
 
 from ._bundle import MAX_BUNDLE_SIZE, EvidenceBundle
 from ._checks import CheckResult
-from ._collect import EvidenceCollector, build_bundle
+from ._collect import build_bundle
 from ._errors import (
     AttestationError,
     BundleFormatError,
@@ -48,6 +48,7 @@ from ._errors import (
     UnsupportedEvidenceError,
 )
 from ._fetch import CachingFetcher, CollateralFetcher, HttpFetcher, OfflineFetcher
+from ._hardware import CpuTee, GpuCollector, hardware_collectors
 from ._policy import Policy, builtin_policy_names, load_builtin_policy
 from ._verify import VerifiedAttestation, verify_bundle
 
@@ -222,10 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = commands.add_parser(
         "collect",
-        help="on the aggregator host: collect GPU evidence for a challenge and write a bundle",
-        description="Collect NVIDIA GPU evidence (every GPU, CC mode on) on the aggregator host, "
-        "bound to the given keys and challenge, and write the evidence bundle to --out (and the "
-        "challenge to OUT.challenge) for `fedseal-attest verify --bundle`. Needs the GPUs and "
+        help="on the aggregator host: collect GPU and CPU TEE evidence for a challenge and write a bundle",
+        description="Collect NVIDIA GPU evidence (every GPU, CC mode on) and the CPU TEE report "
+        "on the aggregator host, bound to the given keys and challenge, and write the evidence "
+        "bundle to --out (and the challenge to OUT.challenge) for `fedseal-attest verify --bundle`. Needs the GPUs and "
         "NVIDIA's packages (make nvidia-collector) or the nvattest CLI.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -244,10 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     collect.add_argument("--out", metavar="FILE", type=Path, required=True, help="where to write the bundle")
     collect.add_argument(
-        "--collector",
-        choices=("nvidia-sdk", "nvattest"),
-        default="nvidia-sdk",
-        help="nvidia-sdk: NVIDIA's nv-local-gpu-verifier over NVML (default); nvattest: NVIDIA's CLI",
+        "--gpu-collector",
+        choices=[c.value for c in GpuCollector],
+        default=GpuCollector.NV_LOCAL_GPU_VERIFIER.value,
+        help="nv-local-gpu-verifier: NVIDIA's Python verifier over NVML (default); nvattest: "
+        "NVIDIA's CLI; none: no GPU evidence",
+    )
+    collect.add_argument(
+        "--cpu-tee",
+        choices=[c.value for c in CpuTee],
+        default=CpuTee.NONE.value,
+        help="the VM's CPU TEE (configfs-tsm): sev-snp, tdx or none (default: %(default)s)",
     )
     collect.add_argument(
         "--nvattest", metavar="PATH", default="nvattest", help="the nvattest executable (default: from PATH)"
@@ -431,17 +439,11 @@ def _collect_command(args: argparse.Namespace) -> int:
         hpke_public_key=_parse_hex(args.hpke_public_key, X25519_PUBLIC_KEY_SIZE, "--hpke-public-key"),
         log_public_key=_parse_hex(args.log_public_key, ED25519_PUBLIC_KEY_SIZE, "--log-public-key"),
     )
-    # Imported here: the collectors pull NVIDIA's packages, which a verifying client lacks.
-    from .nvidia import NvattestCollector, NvidiaGpuCollector
-
-    collector: EvidenceCollector
     try:
-        if args.collector == "nvattest":
-            collector = NvattestCollector(executable=args.nvattest)
-            bundle = build_bundle(keys, challenge, [collector])
-        else:
-            with NvidiaGpuCollector() as sdk_collector:
-                bundle = build_bundle(keys, challenge, [sdk_collector])
+        with hardware_collectors(
+            GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee), nvattest=args.nvattest
+        ) as collectors:
+            bundle = build_bundle(keys, challenge, collectors)
     except EvidenceCollectionError as exc:
         print(f"fedseal-attest: cannot collect evidence: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -123,7 +123,7 @@ def test_collect_without_gpu_fails_clearly(
     err = capsys.readouterr().err
     assert "cannot collect evidence" in err and "GpuCollectorUnavailableError" in err and not out.exists()
     assert main(
-        _collect_args(out, os.urandom(32), "--collector", "nvattest", "--nvattest", str(tmp_path / "x"))
+        _collect_args(out, os.urandom(32), "--gpu-collector", "nvattest", "--nvattest", str(tmp_path / "x"))
     ) == (EXIT_FAILED)
     assert "not installed" in capsys.readouterr().err
 
@@ -159,7 +159,8 @@ def test_collect_then_verify_round_trip(
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     out, challenge = tmp_path / "bundle.json", os.urandom(32)
     assert (
-        main(_collect_args(out, challenge, "--collector", "nvattest", "--nvattest", str(script))) == EXIT_OK
+        main(_collect_args(out, challenge, "--gpu-collector", "nvattest", "--nvattest", str(script)))
+        == EXIT_OK
     )
     assert (tmp_path / "bundle.json.challenge").read_text().strip() == challenge.hex()
     capsys.readouterr()
