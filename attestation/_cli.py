@@ -223,11 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = commands.add_parser(
         "collect",
-        help="on the aggregator host: collect GPU and CPU TEE evidence for a challenge and write a bundle",
+        help="on the aggregator host: collect GPU and CPU TEE evidence and write a bundle",
         description="Collect NVIDIA GPU evidence (every GPU, CC mode on) and the CPU TEE report "
         "on the aggregator host, bound to the given keys and challenge, and write the evidence "
-        "bundle to --out (and the challenge to OUT.challenge) for `fedseal-attest verify --bundle`. Needs the GPUs and "
-        "NVIDIA's packages (make nvidia-collector) or the nvattest CLI.",
+        "bundle to --out (and the challenge to OUT.challenge) for `fedseal-attest verify "
+        "--bundle`. Needs the GPUs and NVIDIA's packages (make nvidia-collector) or the "
+        "nvattest CLI, and configfs-tsm for --cpu-tee.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
