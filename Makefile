@@ -47,7 +47,7 @@ LOCK_EXTRAS := hardware nvidia-collector
 LOCK_NODEPS := nv-local-gpu-verifier==2.7.3
 LOCK_ENV    := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND="make lock"
 
-.PHONY: lock image flower
+.PHONY: lock image
 lock: $(STAMP)
 	$(BIN)/pip install --quiet 'pip-tools==7.6.2'
 	$(LOCK_ENV) $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
@@ -63,13 +63,6 @@ image:
 	    --build-arg SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) \
 	    --provenance=false --sbom=false \
 	    --output type=docker,name=$(IMAGE),rewrite-timestamp=true .
-
-# The Flower integration (client_sdk.flower, examples/flower_lora). flwr 1.42 declares
-# protobuf<7 but FedSeal's generated stubs need protobuf>=7.35.1, so flwr goes in without
-# its pins; the 'flower' extra holds what it needs to import.
-flower: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[flower]'
-	$(BIN)/pip install --quiet --no-deps 'flwr==1.42.0'
 
 clean:
 	rm -rf $(VENV)

@@ -101,7 +101,7 @@ def main() -> None:
 
         from client_sdk.flower._mod import _with_verified_arrays
     except ImportError:
-        print("  (flwr not installed: Flower rows skipped; `make flower`)")
+        print("  (flwr not installed: Flower rows skipped; install the `flower` extra)")
         return
     content = RecordDict({"arrays": ArrayRecord(torch_state_dict=tensors), "config": ConfigRecord({"x": 1})})
     row(

@@ -206,6 +206,8 @@ def test_statefulset_runs_one_confidential_pod_with_limits_probes_and_a_log_volu
     assert "@" not in container["image"] and ":" not in container["image"]  # pinned by kustomize
     args = aggregator_cli_parser().parse_args(container["args"])
     assert args.listen.endswith(f":{port['containerPort']}")
+    assert args.cpu_tee == pod["runtimeClassName"].rsplit("-", 1)[1].replace("snp", "sev-snp")
+    assert not args.insecure_simulated_tee and args.gpu_collector != "none"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     (claim,) = spec["volumeClaimTemplates"]
     assert mounts[claim["metadata"]["name"]] == str(args.log.parent)
@@ -275,3 +277,4 @@ def test_systemd_unit_allows_only_tee_and_gpu_devices_and_runs_a_valid_command()
     args = aggregator_cli_parser().parse_args(argv[1:])
     assert str(args.log.parent) == "/var/lib/fedseal" and unit["StateDirectory"] == ["fedseal"]
     assert not args.insecure_simulated_tee
+    assert args.cpu_tee in ("sev-snp", "tdx") and args.gpu_collector != "none"

@@ -12,9 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("flwr", reason="the Flower integration needs flwr: `make flower`")
-
 import torch
 from conftest import make_adapter, round_config
 from flwr.app import (

@@ -110,7 +110,7 @@ class GetInclusionProofRequest(_message.Message):
     index: int
     tree_size: int
     with_entry: bool
-    def __init__(self, index: _Optional[int] = ..., tree_size: _Optional[int] = ..., with_entry: _Optional[bool] = ...) -> None: ...
+    def __init__(self, index: _Optional[int] = ..., tree_size: _Optional[int] = ..., with_entry: bool = ...) -> None: ...
 
 class GetConsistencyProofRequest(_message.Message):
     __slots__ = ("old_size", "new_size")

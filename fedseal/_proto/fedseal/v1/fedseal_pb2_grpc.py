@@ -5,7 +5,7 @@ import warnings
 
 from fedseal._proto.fedseal.v1 import fedseal_pb2 as fedseal_dot_v1_dot_fedseal__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class AggregatorStub:
+class AggregatorStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -76,7 +76,7 @@ class AggregatorStub:
                 _registered_method=True)
 
 
-class AggregatorServicer:
+class AggregatorServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def GetAttestation(self, request, context):
@@ -187,7 +187,7 @@ def add_AggregatorServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Aggregator:
+class Aggregator(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -407,7 +407,7 @@ class Aggregator:
             _registered_method=True)
 
 
-class WitnessStub:
+class WitnessStub(object):
     """A witness (fedseal-audit witness serve): C2SP tlog-witness's add-checkpoint over gRPC.
     The log offers each new checkpoint with a consistency proof from the last one this
     witness cosigned; the witness checks the signer's attestation, the proof and the
@@ -427,7 +427,7 @@ class WitnessStub:
                 _registered_method=True)
 
 
-class WitnessServicer:
+class WitnessServicer(object):
     """A witness (fedseal-audit witness serve): C2SP tlog-witness's add-checkpoint over gRPC.
     The log offers each new checkpoint with a consistency proof from the last one this
     witness cosigned; the witness checks the signer's attestation, the proof and the
@@ -456,7 +456,7 @@ def add_WitnessServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Witness:
+class Witness(object):
     """A witness (fedseal-audit witness serve): C2SP tlog-witness's add-checkpoint over gRPC.
     The log offers each new checkpoint with a consistency proof from the last one this
     witness cosigned; the witness checks the signer's attestation, the proof and the
