@@ -11,10 +11,12 @@ import threading
 from pathlib import Path
 
 from aggregator._config import JobConfig
+from aggregator._identity import AccessConfig, AccessLimits
 from aggregator._logging import configure_logging
 from aggregator._server import RunningAggregator, start_aggregator
 from attestation import EvidenceCollectionError, EvidenceCollector, InsecureSimulatedTeeCollector
 from attestation._hardware import CpuTee, GpuCollector, hardware_collectors
+from fedseal.enrolment import Enrolment
 from fedseal.errors import FedSealError, FormatError
 from fedseal.roundconfig import ConfigError
 from fedseal.witness_rpc import WitnessCosigner, WitnessEndpoint
@@ -33,6 +35,13 @@ evidence (--gpu-collector) and the CPU TEE report (--cpu-tee sev-snp|tdx), which
 the GPU evidence and the VM's launch measurement. For local development without that
 hardware, pass --insecure-simulated-tee: clients then refuse the aggregator unless their
 policy explicitly allows simulated evidence.
+
+It serves TLS only, with a key made in memory whose certificate the evidence binds
+(clients pin it). Only sites in the enrolment (--enrolment) may submit, each with its
+enrolled Ed25519 key and, for sites enrolled by certificate, a client certificate from
+--client-ca on the --listen-mtls port. Operator requests (open a round, change the job,
+rotate the enrolment) must be signed by the principals of the job config (--job).
+GetAttestation and the log calls are public and rate-limited.
 """
 
 _EPILOG = """\
@@ -40,7 +49,7 @@ exit codes: 0 stopped cleanly (SIGINT/SIGTERM),
             2 bad arguments or configuration, 1 any other start-up failure.
 example:
   fedseal-aggregator --insecure-simulated-tee --job deploy/examples/job.json \\
-      --log ./audit.log --listen 127.0.0.1:50051
+      --enrolment deploy/examples/enrolment.json --log ./audit.log --listen 127.0.0.1:50051
 """
 
 
@@ -74,7 +83,88 @@ def _parser() -> argparse.ArgumentParser:
         help="job config (JSON): rounds to open one after another; without it, rounds "
         "are opened through the OpenRound call",
     )
+    p.add_argument(
+        "--enrolment",
+        type=Path,
+        required=True,
+        help="the job's enrolment (JSON, fedseal-enrolment/v1): the sites that may submit, their "
+        "Ed25519 keys and client certificates. Recorded in the log; rotate it with a signed request",
+    )
+    p.add_argument(
+        "--listen-mtls",
+        metavar="ADDR",
+        help="also serve mutual TLS here: callers must present a client certificate from --client-ca",
+    )
+    p.add_argument(
+        "--client-ca", type=Path, help="PEM certificate(s) of the CA that issues site certificates"
+    )
+    p.add_argument(
+        "--crl",
+        type=Path,
+        help="that CA's revocation list (PEM or DER); re-read when the file changes, never rolled "
+        "back; past its next update, certificate logins are refused",
+    )
+    p.add_argument(
+        "--spool-dir",
+        type=Path,
+        help="where strategies that need every update at once (median, trimmed mean, Krum, exact "
+        "LoRA) spool them, re-sealed under per-update keys held in enclave memory: ciphertext "
+        "only, in an unlinked file (default: the system's temporary directory)",
+    )
+    p.add_argument(
+        "--initial-adapter",
+        type=Path,
+        help="the job's starting global adapter (safetensors): what round 1 measures update "
+        "deltas against; required by DP rounds, whose config names its SHA-256",
+    )
     p.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
+    p.add_argument(
+        "--mtls-port-file", type=Path, help="write the mutual-TLS port actually bound to this file"
+    )
+    limits = p.add_argument_group("abuse limits (per identity: an enrolled site or a principal)")
+    defaults = AccessLimits()
+    limits.add_argument(
+        "--max-streams",
+        type=int,
+        default=defaults.max_streams_per_identity,
+        help="concurrent SubmitUpdate/GetAggregate streams per identity (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-calls-per-round",
+        type=int,
+        default=defaults.max_calls_per_round,
+        help="authenticated calls per identity while one round is current (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-bytes-per-round",
+        type=int,
+        default=defaults.max_bytes_per_round,
+        help="upload bytes (as headers declare them) per identity per round (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--public-rate",
+        type=float,
+        default=defaults.public_rate_per_peer,
+        help="public calls (GetAttestation, log calls) per second per peer address (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--public-burst",
+        type=int,
+        default=defaults.public_burst_per_peer,
+        help="burst of public calls per peer address (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--public-rate-total",
+        type=float,
+        default=defaults.public_rate_total,
+        help="public calls per second from all peers together (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--public-burst-total",
+        type=int,
+        default=defaults.public_burst_total,
+        help="burst of public calls from all peers together (default: %(default)s)",
+    )
     p.add_argument(
         "--witness",
         action="append",
@@ -125,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = JobConfig.from_file(args.job) if args.job else None
         witnesses = [WitnessEndpoint.parse(w) for w in args.witness]
+        access = _access(args, job)
     except (ConfigError, FormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -136,9 +227,13 @@ def main(argv: list[str] | None = None) -> int:
                 log_path=args.log,
                 log_origin=args.log_origin,
                 collectors=collectors,
+                access=access,
                 job=job,
                 listen=args.listen,
+                listen_mtls=args.listen_mtls,
                 cosigner=cosigner,
+                spool_dir=args.spool_dir,
+                initial_adapter=args.initial_adapter.read_bytes() if args.initial_adapter else None,
             )
         except EvidenceCollectionError as exc:
             print(
@@ -149,10 +244,35 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         except (FedSealError, OSError) as exc:
             print(f"error: cannot start the aggregator: {exc}", file=sys.stderr)
             return 1
-        return _serve(running, args.port_file)
+        return _serve(running, args.port_file, args.mtls_port_file)
+
+
+def _access(args: argparse.Namespace, job: JobConfig | None) -> AccessConfig:
+    try:
+        client_ca = args.client_ca.read_bytes() if args.client_ca else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read --client-ca {args.client_ca}: {exc.strerror}") from None
+    return AccessConfig(
+        enrolment=Enrolment.from_file(args.enrolment),
+        principals=job.principals if job is not None else (),
+        client_ca_pem=client_ca,
+        crl_path=args.crl,
+        limits=AccessLimits(
+            max_streams_per_identity=args.max_streams,
+            max_calls_per_round=args.max_calls_per_round,
+            max_bytes_per_round=args.max_bytes_per_round,
+            public_rate_per_peer=args.public_rate,
+            public_burst_per_peer=args.public_burst,
+            public_rate_total=args.public_rate_total,
+            public_burst_total=args.public_burst_total,
+        ),
+    )
 
 
 def _collectors(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[EvidenceCollector]:
@@ -161,14 +281,19 @@ def _collectors(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[E
     return stack.enter_context(hardware_collectors(GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee)))
 
 
-def _serve(running: RunningAggregator, port_file: Path | None) -> int:
-    if port_file:
-        port_file.write_text(f"{running.port}\n")
+def _serve(running: RunningAggregator, port_file: Path | None, mtls_port_file: Path | None) -> int:
+    # Handlers first, then announce the ports: a supervisor may signal as soon as it sees them.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if mtls_port_file and running.mtls_port is not None:
+        mtls_port_file.write_text(f"{running.mtls_port}\n")
+    if port_file:  # written last: a watcher that sees it finds the other one written too
+        port_file.write_text(f"{running.port}\n")
     try:
-        stop.wait()
+        # Poll: a signal delivered to one of gRPC's threads would not wake a blocked wait.
+        while not stop.wait(0.5):
+            pass
     finally:
         running.stop()
     return 0

@@ -27,6 +27,20 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.JSONRenderer(sort_keys=True),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=True,
     )
+
+
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    # A writer that looks up sys.stderr at every line, not once at set-up: an embedding
+    # process (or a test run in-process) may replace and close the stream it had then.
+    return structlog.PrintLogger(file=_CurrentStderr())  # type: ignore[arg-type]
+
+
+class _CurrentStderr:
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()

@@ -9,24 +9,56 @@ and waited for outside it, so concurrent uploads share one group commit (one fsy
 
 At most one round is open at a time and round ids only grow, so a ciphertext sealed for
 one round can never count in another (the round id is bound into the envelope).
+
+Strategies: every round builds the strategy its config names with the recorded parameters
+(`strategy_for_round`); spooling strategies keep their sealed spool in `spool_dir` (else
+the system's temporary directory). The global adapter of a round is the last released
+aggregate (before any: the job's initial adapter, if given); server optimizers carry their
+`ServerState` from release to release, and start from that global when none is carried.
+
+Minimum cohort: `min_clients` counts *accepted* updates (rejections and dropouts never
+count). A round closes only with at least that many; strategies that discard some of them
+(trimmed mean, Krum) are bounded by the round config's checks (`check_cohort`), so what
+they keep is fixed by `min_clients` and their parameters; a strategy that still cannot
+produce a result fails the round (`aggregation_failed`): nothing is released.
+
+Central DP (`dp` in the round config, aggregator/_dp.py): each accepted update is clipped
+against the round's global adapter before it is folded in, with equal weights; noise is
+added at close and the round's spend recorded in `round_closed`.
+
+Approval gate (`approval` in the round config, aggregator/_approval.py): the round closes
+and logs its aggregate's digest and metrics, but the aggregate is served (and becomes the
+next global, and the job's next round opens) only once approved; a refusal withholds it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import safetensors.torch
 import structlog
+import torch
 
+from aggregator._approval import ApprovalGate, GateState
 from aggregator._config import JobConfig
+from aggregator._dp import DpError, DpLedger, DpSpend, add_noise, clip_update
 from aggregator._log import AuditLog, PendingEntry
 from aggregator.enclave._keys import EnclaveKeys
-from aggregator.enclave._receive import UpdateReceiver
-from aggregator.enclave.strategies import Strategy, make_strategy
+from aggregator.enclave._receive import PlaintextBuffers, UpdateReceiver
+from aggregator.enclave.strategies import (
+    AggregationError,
+    ServerState,
+    Strategy,
+    strategy_for_round,
+)
+from aggregator.enclave.strategies._serverstate import MOMENT_NAMES
+from fedseal.approval import Approval, ApprovalNotExpectedError, WrongRoundError
 from fedseal.canonical import b64encode
 from fedseal.errors import FedSealError
 from fedseal.logformat import EntryKind, FailureCause, RejectReason
@@ -35,7 +67,15 @@ from fedseal.roundconfig import RoundConfig
 from fedseal.spec import AdapterSpec, TensorSpec, WireDtype
 from fedseal.wire import RoundState, UpdateHeader, UpdateRejectedError
 
-__all__ = ["PublishedAggregate", "RoundError", "RoundManager", "RoundSnapshot"]
+__all__ = [
+    "AggregateNotApprovedError",
+    "AggregateWithheldError",
+    "ApprovalOutcome",
+    "PublishedAggregate",
+    "RoundError",
+    "RoundManager",
+    "RoundSnapshot",
+]
 
 _log = structlog.get_logger("fedseal.aggregator.rounds")
 
@@ -57,6 +97,25 @@ class RoundNotReadyError(RoundError):
 
 class RoundFailedError(RoundError):
     pass
+
+
+class AggregateNotApprovedError(RoundNotReadyError):
+    """The round closed, but its aggregate still waits for approvals."""
+
+
+class AggregateWithheldError(RoundFailedError):
+    """An approver refused the round's aggregate: it is never released."""
+
+
+@dataclass(frozen=True)
+class ApprovalOutcome:
+    """What a recorded approval decision did."""
+
+    round_id: int
+    state: GateState
+    approvals: int
+    min_approvals: int
+    log_index: int
 
 
 @dataclass(frozen=True)
@@ -95,6 +154,23 @@ class _Round:
     published: PublishedAggregate | None = None
     failure: str | None = None
     timer: threading.Timer | None = None
+    # The global adapter this round's updates are measured against (None: not known).
+    global_adapter: Mapping[str, torch.Tensor] | None = None
+    norms: list[float] = field(default_factory=list)  # L2 norm of each accepted delta
+    clipped: int = 0
+    rejected: int = 0
+    # A gated round between close and release: the gate and what release will publish.
+    gate: ApprovalGate | None = None
+    pending: _PendingRelease | None = None
+
+
+@dataclass
+class _PendingRelease:
+    data: bytes
+    digest: bytes
+    tensors: dict[str, torch.Tensor]
+    next_state: ServerState | None
+    round_closed_index: int
 
 
 class RoundManager:
@@ -106,7 +182,11 @@ class RoundManager:
         clock: Callable[[], float] = time.monotonic,
         *,
         last_round_id: int = 0,
+        spool_dir: Path | None = None,
+        initial_adapter: bytes | None = None,
     ) -> None:
+        """`initial_adapter`: safetensors bytes of the job's starting global adapter (what
+        clients fine-tune in round 1); DP rounds need it, named by digest in their config."""
         self._log = log
         self._keys = keys
         self._job = job
@@ -117,6 +197,20 @@ class RoundManager:
         self._stopped = False
         # Round ids already spent by earlier enclaves of a resumed log: never reused.
         self._last_round_id = last_round_id
+        # Bounds the plaintext held at once, whatever the number of concurrent uploads.
+        self._buffers = PlaintextBuffers()
+        self._spool_dir = spool_dir
+        self._initial_digest = (
+            hashlib.sha256(initial_adapter).digest() if initial_adapter is not None else None
+        )
+        # The current global adapter: the initial one, then each released aggregate (float32).
+        self._global: dict[str, torch.Tensor] | None = (
+            {n: t.to(torch.float32) for n, t in safetensors.torch.load(initial_adapter).items()}
+            if initial_adapter is not None
+            else None
+        )
+        self._server_state: ServerState | None = None
+        self._dp: DpLedger | None = None
 
     # ----------------------------------------------------------------- operator side
     def start_job(self) -> None:
@@ -128,6 +222,30 @@ class RoundManager:
         with self._lock:
             return self._open_locked(config)
 
+    def replace_job(self, job: JobConfig) -> RoundSnapshot | None:
+        """Run `job` for the rounds not opened yet (an operator's signed `update_job`); opens
+        its next round at once when none is open. Returns that round, if one was opened."""
+        with self._lock:
+            opened = max([self._last_round_id, *self._rounds])
+            if job.rounds < opened:
+                raise RoundError(
+                    f"the new job has {job.rounds} rounds, but round {opened} was already opened"
+                )
+            self._job = job
+            if (
+                not self._stopped
+                and opened < job.rounds
+                and not any(r.state is RoundState.OPEN for r in self._rounds.values())
+            ):
+                return self._open_locked(job.round_config(opened + 1))
+        return None
+
+    def current_round_id(self) -> int:
+        """The open round's id, else the latest round's (0: none yet); for per-round budgets."""
+        with self._lock:
+            open_ids = [rid for rid, r in self._rounds.items() if r.state is RoundState.OPEN]
+            return open_ids[0] if open_ids else max([self._last_round_id, *self._rounds])
+
     def _open_locked(self, config: RoundConfig) -> RoundSnapshot:
         if self._stopped:
             raise RoundError("the aggregator is shutting down")
@@ -136,6 +254,11 @@ class RoundManager:
         last = max([self._last_round_id, *self._rounds])
         if config.round_id <= last:
             raise RoundError(f"round id {config.round_id} is not above the last round id {last}")
+        if config.dp is not None:
+            self._check_dp_locked(config)
+        strategy = strategy_for_round(
+            config, server_state=self._carried_state(config), spool_dir=self._spool_dir
+        )
         self._log.append(
             EntryKind.ROUND_OPENED,
             {
@@ -146,8 +269,9 @@ class RoundManager:
         )
         rnd = _Round(
             config=config,
-            strategy=make_strategy(config.strategy, config.adapter_spec),
+            strategy=strategy,
             deadline=self._clock() + config.deadline_seconds,
+            global_adapter=self._global if self._fits(config) else None,
         )
         timer = threading.Timer(config.deadline_seconds, self._on_deadline, args=(config.round_id,))
         timer.daemon = True
@@ -163,6 +287,61 @@ class RoundManager:
         )
         self._changed.notify_all()
         return RoundSnapshot(config, rnd.state, 0)
+
+    def _fits(self, config: RoundConfig) -> bool:
+        glob = self._global
+        return glob is not None and {n: tuple(t.shape) for n, t in glob.items()} == {
+            t.name: t.shape for t in config.adapter_spec.tensors
+        }
+
+    def _carried_state(self, config: RoundConfig) -> ServerState | None:
+        """The server optimizer's state for this round: carried, else started from the global."""
+        name = config.strategy_name
+        if name not in MOMENT_NAMES:
+            return None
+        state = self._server_state
+        if state is not None and state.optimizer is name:
+            state.check_fits(name, config.adapter_spec)
+            return state
+        # Another optimizer's moments mean nothing here: start from the global adapter.
+        return (
+            ServerState.initial(name, self._global)
+            if self._global is not None and self._fits(config)
+            else None
+        )
+
+    def _check_dp_locked(self, config: RoundConfig) -> None:
+        """Refuse (and log) a DP round that cannot run within the job's budget."""
+        dp = config.dp
+        assert dp is not None
+        try:
+            if self._dp is None:
+                if self._last_round_id > 0:
+                    raise DpError(
+                        "this enclave resumed a log: the DP budget spent by earlier enclaves lived in "
+                        "their memory, so a DP round cannot continue here (start a new job)"
+                    )
+                if self._initial_digest != dp.initial_adapter_digest or not self._fits(config):
+                    raise DpError(
+                        "the DP round's initial_adapter_digest does not name the initial adapter this "
+                        "aggregator was started with (--initial-adapter), or none was given"
+                    )
+                ledger = DpLedger.start(dp)
+                ledger.check_round(dp)
+                self._dp = ledger
+                self._log.append(
+                    EntryKind.DP_BUDGET, {"round_id": config.round_id, "budget": ledger.budget.to_json_obj()}
+                )
+            else:
+                self._dp.check_round(dp)
+            if self._global is None or not self._fits(config):
+                raise DpError("a DP round needs the global adapter of the job, and this round's spec differs")
+        except DpError as exc:
+            self._log.append(
+                EntryKind.DP_ROUND_REFUSED, {"round_id": config.round_id, "reason": str(exc)[:500]}
+            )
+            _log.warning("dp_round_refused", round_id=config.round_id, reason=str(exc))
+            raise
 
     def snapshot(self, round_id: int) -> RoundSnapshot:
         """Round `round_id`, or the open round (else the latest) when `round_id` is 0."""
@@ -203,7 +382,12 @@ class RoundManager:
 
     def reject_malformed(self, round_id: int, client_id: str, detail: str) -> UpdateRejectedError:
         """Log a refusal for a stream whose header could not even be parsed."""
-        exc = UpdateRejectedError(RejectReason.MALFORMED, detail)
+        return self.refuse(round_id, client_id, RejectReason.MALFORMED, detail)
+
+    def refuse(self, round_id: int, client_id: str, reason: RejectReason, detail: str) -> UpdateRejectedError:
+        """Log a refusal decided before the round sees the update (e.g. the header's identity
+        or signature); `client_id` is the authenticated caller's."""
+        exc = UpdateRejectedError(reason, detail)
         self._record_rejection(round_id, client_id, exc)
         return exc
 
@@ -258,12 +442,25 @@ class RoundManager:
             )
         binding = self._keys.bound.binding_for(header.challenge)
         receiver = UpdateReceiver(
-            header, config.adapter_spec, config.max_chunk_size, self._keys.hpke_private_key, binding
+            header,
+            config.adapter_spec,
+            config.max_chunk_size,
+            self._keys.hpke_private_key,
+            binding,
+            buffers=self._buffers,
+            wait_seconds=self.upload_time_limit(config.round_id),
         )
         try:
             for chunk in chunks:
                 receiver.feed(chunk)
             update = receiver.finish()
+            if update.ciphertext_digest != header.ciphertext_digest:
+                # The site's signature covers the digest in its header, not what arrived.
+                raise UpdateRejectedError(
+                    RejectReason.BAD_SIGNATURE,
+                    "the ciphertext received is not the one the header's signature covers",
+                )
+            tensors, weight, norm, clipped = self._prepare(rnd, update.tensors, header.num_examples)
             with self._lock:
                 if rnd.state is not RoundState.OPEN:
                     raise UpdateRejectedError(
@@ -286,9 +483,18 @@ class RoundManager:
                         "num_examples": header.num_examples,
                         "adapter_spec_digest": b64encode(header.adapter_spec_digest),
                         "idempotency_key_digest": b64encode(hashlib.sha256(header.idempotency_key).digest()),
+                        # The site's signature, and what else it covers (fedseal/wire.py).
+                        "key_id": header.key_id,
+                        "signature": b64encode(header.signature),
+                        "protocol_version": header.protocol_version,
+                        "hpke_suite": header.suite.wire_id,
+                        "challenge": b64encode(header.challenge),
+                        "chunk_size": header.chunk_size,
                     },
                 )
-                rnd.strategy.accumulate(update.tensors, header.num_examples)
+                rnd.strategy.accumulate(tensors, weight)
+                rnd.norms.append(norm)
+                rnd.clipped += clipped
                 accepted = _Accepted(
                     header.idempotency_key, update.ciphertext_digest, header.num_examples, pending
                 )
@@ -307,7 +513,31 @@ class RoundManager:
         # Outside the round lock: concurrent accepts share one commit.
         return accepted.receipt(self._log)
 
+    @staticmethod
+    def _prepare(
+        rnd: _Round, tensors: Mapping[str, torch.Tensor], num_examples: int
+    ) -> tuple[Mapping[str, torch.Tensor], int, float, int]:
+        """(tensors to fold in, weight, L2 norm of the delta, 1 if clipped). Under DP the delta
+        is clipped and weights are equal; outside the round lock (it is a full pass)."""
+        glob = rnd.global_adapter
+        dp = rnd.config.dp
+        if dp is not None:
+            assert glob is not None  # a DP round opens only with a global adapter
+            clip = clip_update(tensors, glob, dp.clip_norm)
+            return clip.tensors, 1, clip.norm, int(clip.clipped)
+        squares = 0.0
+        for name, value in tensors.items():
+            v = value.to(torch.float32)
+            if glob is not None:
+                v = v - glob[name]
+            squares += float(torch.sum(v * v))
+        return tensors, num_examples, math.sqrt(squares), 0
+
     def _record_rejection(self, round_id: int, client_id: str, exc: UpdateRejectedError) -> None:
+        with self._lock:
+            rnd = self._rounds.get(round_id)
+            if rnd is not None:
+                rnd.rejected += 1
         _log.warning(
             "update_rejected",
             round_id=round_id,
@@ -344,23 +574,87 @@ class RoundManager:
         config = rnd.config
         if rnd.timer is not None:
             rnd.timer.cancel()
-        tensors = rnd.strategy.finalize()
+        count = len(rnd.accepted)
+        if count < config.min_clients:
+            # Never reached by the callers above; kept so no path releases a small cohort.
+            self._fail_locked(rnd, f"{count} accepted update(s), min_clients is {config.min_clients}")
+            return
+        try:
+            tensors = rnd.strategy.finalize()
+            next_state = rnd.strategy.next_server_state()
+        except AggregationError as exc:
+            self._fail_locked(
+                rnd, f"{config.strategy} produced no aggregate: {exc}", FailureCause.AGGREGATION_FAILED
+            )
+            return
+        finally:
+            rnd.strategy.discard()  # crypto-erases a spool; idempotent
+        spend: DpSpend | None = None
+        dp_record: dict[str, object] = {}
+        if config.dp is not None and self._dp is not None:
+            budget = self._dp.budget
+            add_noise(tensors, budget.noise_multiplier * config.dp.clip_norm, count)
+            spend = self._dp.charge(rnd.clipped)
+            dp_record = {
+                **spend.to_json_obj(),
+                "noise_multiplier": budget.noise_multiplier,
+                "clip_norm": config.dp.clip_norm,
+                "epsilon_budget": config.dp.epsilon,
+                "delta": config.dp.delta,
+                "updates": count,
+            }
         data = safetensors.torch.save(tensors)
-        rnd.strategy.discard()
         digest = hashlib.sha256(data).digest()
         participants = sorted(rnd.accepted)
         total = sum(a.num_examples for a in rnd.accepted.values())
-        appended = self._log.append(
-            EntryKind.ROUND_CLOSED,
-            {
-                "round_id": config.round_id,
-                "strategy": config.strategy,
-                "participants": participants,
-                "total_examples": total,
-                "aggregate_digest": b64encode(digest),
-                "aggregate_size": len(data),
-            },
+        fields: dict[str, object] = {
+            "round_id": config.round_id,
+            "strategy": config.strategy,
+            "strategy_params": config.params.to_json_obj(),
+            "participants": participants,
+            "total_examples": total,
+            "aggregate_digest": b64encode(digest),
+            "aggregate_size": len(data),
+        }
+        if dp_record:
+            fields["dp"] = dp_record
+        if config.approval is not None:
+            fields["approval_required"] = True
+            fields["metrics"] = self._metrics(rnd)
+        appended = self._log.append(EntryKind.ROUND_CLOSED, fields)
+        rnd.state = RoundState.CLOSED
+        _log.info(
+            "round_closed",
+            round_id=config.round_id,
+            participants=len(participants),
+            total_examples=total,
+            log_index=appended.entry.index,
+            approval_required=config.approval is not None,
         )
+        pending = _PendingRelease(data, digest, tensors, next_state, appended.entry.index)
+        if config.approval is None:
+            self._release_locked(rnd, pending)
+            return
+        rnd.pending = pending
+        rnd.gate = ApprovalGate(config.approval, self._log.origin, config.round_id, digest)
+        self._changed.notify_all()
+
+    @staticmethod
+    def _metrics(rnd: _Round) -> dict[str, object]:
+        """What a gated round publishes before release. Per-update norms are sorted (not tied
+        to a client) and left out under DP, where only the number clipped is shown."""
+        metrics: dict[str, object] = {"accepted": len(rnd.accepted), "rejected": rnd.rejected}
+        if rnd.config.dp is None:
+            # Milli-units keep the log's canonical JSON exact and short.
+            metrics["update_norms_milli"] = sorted(round(n * 1000) for n in rnd.norms)
+        else:
+            metrics["clipped"] = rnd.clipped
+        return metrics
+
+    def _release_locked(self, rnd: _Round, pending: _PendingRelease) -> None:
+        """Sign and serve the aggregate; it becomes the global adapter of the next round."""
+        config = rnd.config
+        participants = sorted(rnd.accepted)
         aggregate_spec = AdapterSpec.of(
             [TensorSpec(t.name, t.shape, WireDtype.FLOAT32) for t in config.adapter_spec.tensors]
         )
@@ -369,25 +663,23 @@ class RoundManager:
             round_id=config.round_id,
             strategy=config.strategy,
             adapter_spec=aggregate_spec.to_json_obj(),
-            aggregate_digest=digest,
-            aggregate_size=len(data),
+            aggregate_digest=pending.digest,
+            aggregate_size=len(pending.data),
             participants=tuple(participants),
-            total_examples=total,
-            round_closed_index=appended.entry.index,
+            total_examples=sum(a.num_examples for a in rnd.accepted.values()),
+            round_closed_index=pending.round_closed_index,
         )
-        rnd.published = PublishedAggregate(sign_manifest(manifest, self._keys.log_private_key), data)
-        rnd.state = RoundState.CLOSED
-        _log.info(
-            "round_closed",
-            round_id=config.round_id,
-            participants=len(participants),
-            total_examples=total,
-            log_index=appended.entry.index,
-        )
+        rnd.published = PublishedAggregate(sign_manifest(manifest, self._keys.log_private_key), pending.data)
+        rnd.pending = None
+        self._global = pending.tensors
+        if pending.next_state is not None:
+            self._server_state = pending.next_state
         self._after_round_locked(config.round_id)
 
-    def _fail_locked(self, rnd: _Round, reason: str) -> None:
-        """Fail an open round (deadline passed below quorum): nothing is published."""
+    def _fail_locked(
+        self, rnd: _Round, reason: str, cause: FailureCause = FailureCause.QUORUM_NOT_REACHED
+    ) -> None:
+        """Fail an open round (below quorum, or no aggregate): nothing is published."""
         if rnd.timer is not None:
             rnd.timer.cancel()
         rnd.strategy.discard()
@@ -397,9 +689,9 @@ class RoundManager:
             EntryKind.ROUND_FAILED,
             {
                 "round_id": rnd.config.round_id,
-                "reason": reason,
+                "reason": reason[:500],
                 "accepted": len(rnd.accepted),
-                "cause": FailureCause.QUORUM_NOT_REACHED.value,
+                "cause": cause.value,
             },
         )
         _log.warning("round_failed", round_id=rnd.config.round_id, reason=reason)
@@ -408,18 +700,91 @@ class RoundManager:
     def _after_round_locked(self, round_id: int) -> None:
         self._changed.notify_all()
         if self._job is not None and round_id < self._job.rounds and not self._stopped:
-            self._open_locked(self._job.round_config(round_id + 1))
+            try:
+                self._open_locked(self._job.round_config(round_id + 1))
+            except FedSealError as exc:
+                # No caller to raise to (a timer or an upload thread): the job stops here.
+                # A DP refusal is already in the audit log (dp_round_refused).
+                _log.error("next_round_not_opened", round_id=round_id + 1, error=str(exc))
+
+    # ----------------------------------------------------------------- approval
+    def submit_approval(self, round_id: int, data: bytes) -> ApprovalOutcome:
+        """Verify and record one approver's decision on round `round_id`'s aggregate.
+
+        Raises the named errors of fedseal.approval (nothing is logged for those)."""
+        approval = Approval.from_bytes(data)
+        with self._lock:
+            rnd = self._rounds.get(round_id)
+            if rnd is None:
+                raise WrongRoundError(f"round {round_id} does not exist")
+            gate = rnd.gate
+            if gate is None:
+                raise ApprovalNotExpectedError(
+                    f"round {round_id} does not await approval (no approval gate, or not closed yet)"
+                )
+            verified = gate.verify(approval)
+            recorded = self._log.append(
+                EntryKind.APPROVAL_RECORDED,
+                {
+                    "round_id": round_id,
+                    "approver": b64encode(approval.approver),
+                    "approver_key_id": verified.approver_key_id,
+                    "decision": approval.decision.value,
+                    "aggregate_digest": b64encode(approval.aggregate_digest),
+                    "signature": b64encode(approval.signature),
+                    "approval_digest": b64encode(verified.digest),
+                },
+            )
+            state = gate.record(verified)
+            _log.info(
+                "approval_recorded",
+                round_id=round_id,
+                approver=verified.approver_key_id,
+                decision=approval.decision.value,
+                state=state.value,
+            )
+            pending = rnd.pending
+            assert pending is not None
+            if state is GateState.RELEASED:
+                self._log.append(
+                    EntryKind.AGGREGATE_RELEASED,
+                    {
+                        "round_id": round_id,
+                        "aggregate_digest": b64encode(pending.digest),
+                        "approvals": list(gate.approved),
+                    },
+                )
+                self._release_locked(rnd, pending)
+            elif state is GateState.WITHHELD:
+                self._log.append(
+                    EntryKind.AGGREGATE_WITHHELD,
+                    {
+                        "round_id": round_id,
+                        "aggregate_digest": b64encode(pending.digest),
+                        "refused_by": verified.approver_key_id,
+                    },
+                )
+                for tensor in pending.tensors.values():
+                    tensor.zero_()
+                rnd.pending = None
+                rnd.failure = f"approver {verified.approver_key_id} refused the aggregate"
+                self._after_round_locked(round_id)
+            return ApprovalOutcome(
+                round_id, state, len(gate.approved), gate.params.min_approvals, recorded.entry.index
+            )
 
     # ----------------------------------------------------------------- publication
     def wait_aggregate(self, round_id: int, timeout: float) -> PublishedAggregate:
-        """The published aggregate of `round_id`, waiting up to `timeout` s for the round to end."""
+        """The published aggregate of `round_id`, waiting up to `timeout` s for the round to end
+        (and, for a gated round, to be approved)."""
         end = self._clock() + max(0.0, timeout)
         with self._lock:
             while True:
                 rnd = self._rounds.get(round_id)
-                if rnd is not None and rnd.state is RoundState.CLOSED:
-                    assert rnd.published is not None
+                if rnd is not None and rnd.published is not None:
                     return rnd.published
+                if rnd is not None and rnd.gate is not None and rnd.gate.state is GateState.WITHHELD:
+                    raise AggregateWithheldError(f"round {round_id}'s aggregate was withheld: {rnd.failure}")
                 if rnd is not None and rnd.state is RoundState.FAILED:
                     raise RoundFailedError(f"round {round_id} failed: {rnd.failure}")
                 if self._job is None and rnd is None:
@@ -430,6 +795,11 @@ class RoundManager:
                     )
                 remaining = end - self._clock()
                 if remaining <= 0 or self._stopped:
+                    if rnd is not None and rnd.gate is not None:
+                        raise AggregateNotApprovedError(
+                            f"round {round_id} closed; its aggregate awaits approval "
+                            f"({len(rnd.gate.approved)} of {rnd.gate.params.min_approvals})"
+                        )
                     raise RoundNotReadyError(f"round {round_id} has not closed yet")
                 self._changed.wait(remaining)
 
@@ -439,4 +809,7 @@ class RoundManager:
             for rnd in self._rounds.values():
                 if rnd.timer is not None:
                     rnd.timer.cancel()
+                rnd.strategy.discard()
+            if self._server_state is not None:
+                self._server_state.discard()
             self._changed.notify_all()

@@ -1,4 +1,10 @@
-"""Assembling a running aggregator: keys, evidence collectors, audit log, rounds, gRPC server."""
+"""Assembling a running aggregator: keys, evidence collectors, audit log, rounds, gRPC server.
+
+The server speaks TLS only, with a key made here in memory whose certificate the evidence
+binds (attested TLS, fedseal/tls.py). `listen` serves TLS without client certificates
+(public calls, and callers that prove an enrolled key per call); `listen_mtls` (with the
+consortium CA in the access config) requires a client certificate from that CA.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +18,17 @@ import grpc
 import structlog
 
 from aggregator._config import JobConfig
+from aggregator._identity import AccessConfig, AccessControl
 from aggregator._log import AuditLog, CommitMode, Cosigner, LogHistory
 from aggregator._rounds import RoundManager
 from aggregator._service import AggregatorService
+from aggregator._tls import EnclaveTlsIdentity
 from aggregator.enclave._keys import EnclaveKeys
 from attestation import EvidenceCollector, EvidenceKind, build_bundle
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
 from fedseal.canonical import b64encode
 from fedseal.logformat import EntryKind, FailureCause, handover_challenge
-from fedseal.roundconfig import MAX_CHUNK_SIZE
+from fedseal.roundconfig import MAX_CHUNK_SIZE, ConfigError
 
 __all__ = ["RunningAggregator", "start_aggregator"]
 
@@ -37,10 +45,22 @@ class RunningAggregator:
     rounds: RoundManager
     log: AuditLog
     keys: EnclaveKeys
+    tls: EnclaveTlsIdentity
+    access: AccessControl
+    service: AggregatorService
+    mtls_port: int | None = None
 
     @property
     def endpoint(self) -> str:
+        """The TLS port (no client certificate) on loopback."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def mtls_endpoint(self) -> str:
+        """The mutual-TLS port on loopback; ValueError if there is none."""
+        if self.mtls_port is None:
+            raise ValueError("this aggregator has no mutual-TLS port (listen_mtls)")
+        return f"127.0.0.1:{self.mtls_port}"
 
     def stop(self, grace: float = 1.0) -> None:
         self.rounds.shutdown()
@@ -53,25 +73,46 @@ def start_aggregator(
     log_path: Path,
     log_origin: str,
     collectors: Sequence[EvidenceCollector],
+    access: AccessConfig,
     job: JobConfig | None = None,
     listen: str = "127.0.0.1:0",
+    listen_mtls: str | None = None,
     max_workers: int = 16,
     commit_mode: CommitMode = CommitMode.GROUP,
     cosigner: Cosigner | None = None,
+    spool_dir: Path | None = None,
+    initial_adapter: bytes | None = None,
 ) -> RunningAggregator:
-    """Make fresh keys, record them with their evidence in the log (creating it or resuming
-    it with a key handover), and serve."""
-    keys = EnclaveKeys.generate()
+    """Make fresh keys (TLS included), record them with their evidence in the log (creating
+    it or resuming it with a key handover), record who may call, and serve.
+
+    Raises ConfigError when the access config cannot work with the listeners (a client CA
+    without a mutual-TLS listener, or sites enrolled by certificate with no way to present it).
+    """
+    _check_listeners(access, listen_mtls)
+    tls = EnclaveTlsIdentity.generate()
+    keys = EnclaveKeys.generate(tls.certificate_sha256)
     log = AuditLog.open(
         log_path, log_origin, keys.log_private_key, commit_mode=commit_mode, cosigner=cosigner
     )
     try:
         _start_enclave(log, keys, collectors)
+        history = log.history
+        rounds = RoundManager(
+            log,
+            keys,
+            job,
+            last_round_id=history.last_round_id if history else 0,
+            spool_dir=spool_dir,
+            initial_adapter=initial_adapter,
+        )
+        gate = AccessControl(
+            access, audience=keys.bound.log_public_key, log=log, current_round=rounds.current_round_id
+        )
+        gate.record_start()
     except BaseException:
         log.close()
         raise
-    history = log.history
-    rounds = RoundManager(log, keys, job, last_round_id=history.last_round_id if history else 0)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedseal-rpc"),
         options=[
@@ -80,11 +121,17 @@ def start_aggregator(
         ],
         maximum_concurrent_rpcs=max_workers * 4,
     )
-    pb_grpc.add_AggregatorServicer_to_server(AggregatorService(keys, collectors, rounds, log), server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port(listen)
-    if port == 0:
+    service = AggregatorService(keys, collectors, rounds, log, gate)
+    pb_grpc.add_AggregatorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    port = server.add_secure_port(listen, tls.server_credentials())
+    mtls_port = (
+        server.add_secure_port(listen_mtls, tls.server_credentials(access.client_ca_pem))
+        if listen_mtls is not None
+        else None
+    )
+    if port == 0 or mtls_port == 0:
         log.close()
-        raise OSError(f"cannot listen on {listen}")
+        raise OSError(f"cannot listen on {listen if port == 0 else listen_mtls}")
     server.start()
     rounds.start_job()
     _log.info(
@@ -93,8 +140,26 @@ def start_aggregator(
         log=str(log_path),
         log_origin=log_origin,
         log_verifier_key=log.verifier_key,
+        tls_certificate_sha256=tls.certificate_sha256.hex(),
+        mtls_port=mtls_port,
+        enrolled_sites=len(access.enrolment.sites),
     )
-    return RunningAggregator(server, port, rounds, log, keys)
+    return RunningAggregator(server, port, rounds, log, keys, tls, gate, service, mtls_port)
+
+
+def _check_listeners(access: AccessConfig, listen_mtls: str | None) -> None:
+    if listen_mtls is not None and access.client_ca_pem is None:
+        raise ConfigError("a mutual-TLS listener needs the CA that issues site certificates (--client-ca)")
+    if listen_mtls is None and access.client_ca_pem is not None:
+        raise ConfigError(
+            "a client CA (--client-ca) is given but there is no mutual-TLS listener (--listen-mtls)"
+        )
+    needs = [s.site_id for s in access.enrolment.sites if s.requires_certificate]
+    if needs and listen_mtls is None:
+        raise ConfigError(
+            f"sites {needs[:5]} are enrolled with client certificates, but there is no mutual-TLS "
+            "listener (--listen-mtls with --client-ca) to present them on"
+        )
 
 
 def _start_enclave(log: AuditLog, keys: EnclaveKeys, collectors: Sequence[EvidenceCollector]) -> None:

@@ -1,18 +1,35 @@
 """gRPC edge of the aggregator: protobuf in, FedSeal types to the core, protobuf out.
 
-Every handler bounds what it reads and maps FedSeal errors onto gRPC status codes with a
-message a client can act on. Refusals of an update also carry their one-word reason in
-trailing metadata (`fedseal-reject-reason`), so the client SDK can raise a typed error.
+Every handler first passes the access gate (aggregator/_identity.py): public calls are
+rate-limited, every other call needs an authenticated caller within its limits. Every
+handler bounds what it reads and maps FedSeal errors onto gRPC status codes with a message
+a client can act on. Refusals carry their one-word reason in trailing metadata
+(`fedseal-reject-reason` for an update the log records as rejected, `fedseal-access-denied`
+for a call refused at the gate), so the client SDK can raise a typed error.
+
+An update's header must name the authenticated site as its client id and be signed by one
+of that site's enrolled keys; otherwise it is refused (and logged) as `identity_mismatch`
+or `bad_signature` under the authenticated site's id.
+
+The operator surface is one call, `Operate`, carrying a signed request. Each action has the
+roles that may perform it and a handler; `register_action` adds one. A verified request is
+logged (`operator_action`, with its signer) before its action runs, so the log holds every
+authorized request; its effect is the entries that follow it (`round_opened`,
+`enrolment_recorded`), and a request whose action failed (a bad config, a version not
+above the current one) has none.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 import structlog
 
+from aggregator._config import JobConfig
+from aggregator._identity import AccessControl, Caller
 from aggregator._log import AuditLog, AuditLogError
 from aggregator._rounds import (
     RoundError,
@@ -20,29 +37,50 @@ from aggregator._rounds import (
     RoundManager,
     RoundNotFoundError,
     RoundNotReadyError,
+    RoundSnapshot,
 )
 from aggregator.enclave._keys import EnclaveKeys
 from attestation import EvidenceCollector, build_bundle
 from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
+from fedseal.approval import APPROVAL_REFUSED_METADATA_KEY, ApprovalError
 from fedseal.binding import CHALLENGE_SIZE
-from fedseal.canonical import parse_canonical
-from fedseal.errors import FedSealError, FormatError
-from fedseal.logformat import RejectReason
+from fedseal.canonical import b64encode, canonical_json, parse_canonical
+from fedseal.enrolment import Enrolment
+from fedseal.errors import FedSealError, FormatError, SignatureError
+from fedseal.logformat import EntryKind, RejectReason
 from fedseal.roundconfig import ConfigError, RoundConfig
+from fedseal.signed_request import ACTION_ROLES, Role, VerifiedRequest
 from fedseal.wire import (
+    ACCESS_DENIED_METADATA_KEY,
     REJECT_REASON_METADATA_KEY,
+    STATUS_FOR_ACCESS,
     STATUS_FOR_REASON,
+    AccessDeniedError,
+    AccessDeniedReason,
+    UpdateHeader,
     UpdateRejectedError,
     header_from_proto,
 )
 
-__all__ = ["AGGREGATE_CHUNK_SIZE", "MAX_WAIT_SECONDS", "AggregatorService"]
+__all__ = [
+    "AGGREGATE_CHUNK_SIZE",
+    "MAX_WAIT_SECONDS",
+    "OPERATOR_ACTIONS",
+    "ActionHandler",
+    "AggregatorService",
+]
 
 AGGREGATE_CHUNK_SIZE = 1024 * 1024
 HEADER_TIMEOUT_SECONDS = 30.0
 MAX_WAIT_SECONDS = 300.0
 _log = structlog.get_logger("fedseal.aggregator.service")
+
+_METHOD = "/fedseal.v1.Aggregator/"
+# An operator-surface action: takes the verified request, returns its result (JSON object).
+ActionHandler = Callable[[VerifiedRequest], dict[str, Any]]
+# The built-in actions and who may perform them (shared with the auditor).
+OPERATOR_ACTIONS: Mapping[str, frozenset[Role]] = ACTION_ROLES
 
 
 class AggregatorService(pb_grpc.AggregatorServicer):
@@ -52,15 +90,52 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         collectors: Sequence[EvidenceCollector],
         rounds: RoundManager,
         log: AuditLog,
+        access: AccessControl,
     ) -> None:
         self._keys = keys
         self._collectors = tuple(collectors)
         self._rounds = rounds
         self._log = log
+        self._access = access
+        self._actions: dict[str, tuple[frozenset[Role], ActionHandler]] = {
+            "open_round": (OPERATOR_ACTIONS["open_round"], self._open_round),
+            "update_job": (OPERATOR_ACTIONS["update_job"], self._update_job),
+            "rotate_enrolment": (OPERATOR_ACTIONS["rotate_enrolment"], self._rotate_enrolment),
+        }
 
+    def register_action(self, action: str, roles: frozenset[Role], handler: ActionHandler) -> None:
+        """Add an operator-surface action (e.g. approving a release, role approver)."""
+        if action in self._actions:
+            raise ValueError(f"action {action!r} is already registered")
+        self._actions[action] = (roles, handler)
+
+    # ------------------------------------------------------------------ the gate
+    def _caller(self, context: grpc.ServicerContext, method: str) -> Caller:
+        try:
+            return self._access.authenticate(context, _METHOD + method)
+        except AccessDeniedError as exc:
+            self._deny(context, method, exc)
+        raise AssertionError("unreachable")  # context.abort raised
+
+    def _public(self, context: grpc.ServicerContext, method: str) -> None:
+        try:
+            self._access.public_call(context)
+        except AccessDeniedError as exc:
+            self._deny(context, method, exc)
+
+    @staticmethod
+    def _deny(context: grpc.ServicerContext, method: str, exc: AccessDeniedError) -> None:
+        _log.warning(
+            "access_denied", method=method, reason=exc.reason.value, peer=context.peer(), detail=exc.detail
+        )
+        context.set_trailing_metadata(((ACCESS_DENIED_METADATA_KEY, exc.reason.value),))
+        context.abort(STATUS_FOR_ACCESS[exc.reason], str(exc))
+
+    # ------------------------------------------------------------------ public calls
     def GetAttestation(
         self, request: pb.AttestationRequest, context: grpc.ServicerContext
     ) -> pb.AttestationResponse:
+        self._public(context, "GetAttestation")
         if len(request.challenge) != CHALLENGE_SIZE:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -74,6 +149,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         return pb.AttestationResponse(evidence_bundle=bundle.to_bytes())
 
     def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.RoundInfo:
+        self._caller(context, "GetRound")
         try:
             snap = self._rounds.snapshot(request.round_id)
         except RoundNotFoundError as exc:
@@ -87,32 +163,52 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     def SubmitUpdate(
         self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext
     ) -> pb.SubmitUpdateResponse:
+        caller = self._caller(context, "SubmitUpdate")
+        if caller.role is not Role.SITE:
+            self._deny(
+                context,
+                "SubmitUpdate",
+                AccessDeniedError(AccessDeniedReason.NOT_ALLOWED, "only enrolled sites submit updates"),
+            )
+        try:
+            with self._access.stream(caller):
+                return self._submit(caller, request_iterator, context)
+        except AccessDeniedError as exc:
+            self._deny(context, "SubmitUpdate", exc)
+        raise AssertionError("unreachable")
+
+    def _submit(
+        self,
+        caller: Caller,
+        request_iterator: Iterator[pb.SubmitUpdateRequest],
+        context: grpc.ServicerContext,
+    ) -> pb.SubmitUpdateResponse:
         # A client that stops sending must not hold a worker thread forever: the watchdog
         # cancels the call (the request iterator then raises) after the header timeout and,
         # once the header is known, when the round's deadline has passed.
+        site = caller.name  # the log names the authenticated site, never a claim
         watchdog = _Watchdog(HEADER_TIMEOUT_SECONDS, context)
         try:
             try:
                 first = next(request_iterator)
             except (StopIteration, grpc.RpcError):
                 self._abort_rejected(
-                    context, self._rounds.reject_malformed(0, "", "the stream ended before its header")
+                    context, self._rounds.reject_malformed(0, site, "the stream ended before its header")
                 )
             if first.WhichOneof("part") != "header":
                 self._abort_rejected(
                     context,
-                    self._rounds.reject_malformed(0, "", "the first message must be the header"),
+                    self._rounds.reject_malformed(0, site, "the first message must be the header"),
                 )
             try:
                 header = header_from_proto(first.header)
                 header.seal_context(bytes(32))  # validates client id, sizes, suite eagerly
             except FormatError as exc:
                 self._abort_rejected(
-                    context,
-                    self._rounds.reject_malformed(
-                        first.header.round_id, first.header.client_id[:128], f"bad header: {exc}"
-                    ),
+                    context, self._rounds.reject_malformed(first.header.round_id, site, f"bad header: {exc}")
                 )
+            self._check_signed_by(caller, header, context)
+            self._access.charge_upload(caller, header.ciphertext_size)
             watchdog.restart(self._rounds.upload_time_limit(header.round_id))
             try:
                 receipt = self._rounds.submit(header, _chunks(request_iterator))
@@ -125,7 +221,47 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             watchdog.cancel()
         return pb.SubmitUpdateResponse(receipt=receipt.encode("utf-8"))
 
+    def _check_signed_by(self, caller: Caller, header: UpdateHeader, context: grpc.ServicerContext) -> None:
+        """The header must name the authenticated site and carry its enrolled key's signature."""
+        site = caller.name
+        if header.client_id != site:
+            self._abort_rejected(
+                context,
+                self._rounds.refuse(
+                    header.round_id,
+                    site,
+                    RejectReason.IDENTITY_MISMATCH,
+                    f"the header names client {header.client_id[:128]!r}, the caller is enrolled as {site!r}",
+                ),
+            )
+        key = self._access.site_key(site, header.key_id)
+        if key is None:
+            owner = self._access.site_of_key(header.key_id)
+            reason, detail = (
+                (RejectReason.IDENTITY_MISMATCH, f"the header is signed by a key of site {owner!r}")
+                if owner is not None
+                else (RejectReason.BAD_SIGNATURE, f"key {header.key_id} is not enrolled for site {site!r}")
+            )
+            self._abort_rejected(context, self._rounds.refuse(header.round_id, site, reason, detail))
+            raise AssertionError("unreachable")
+        try:
+            header.verify_signature(key)
+        except SignatureError as exc:
+            self._abort_rejected(
+                context, self._rounds.refuse(header.round_id, site, RejectReason.BAD_SIGNATURE, str(exc))
+            )
+
     def GetAggregate(
+        self, request: pb.GetAggregateRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AggregateChunk]:
+        caller = self._caller(context, "GetAggregate")
+        try:
+            with self._access.stream(caller):
+                yield from self._aggregate(request, context)
+        except AccessDeniedError as exc:
+            self._deny(context, "GetAggregate", exc)
+
+    def _aggregate(
         self, request: pb.GetAggregateRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.AggregateChunk]:
         wait = min(max(request.wait_seconds, 0.0), MAX_WAIT_SECONDS)
@@ -148,6 +284,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     def GetCheckpoint(
         self, request: pb.GetCheckpointRequest, context: grpc.ServicerContext
     ) -> pb.CheckpointResponse:
+        self._public(context, "GetCheckpoint")
         try:
             _, note = self._log.checkpoint(request.tree_size or None)
         except AuditLogError as exc:
@@ -157,6 +294,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     def GetInclusionProof(
         self, request: pb.GetInclusionProofRequest, context: grpc.ServicerContext
     ) -> pb.ProofResponse:
+        self._public(context, "GetInclusionProof")
         try:
             size = request.tree_size or self._log.size
             hashes = self._log.inclusion_proof(request.index, size)
@@ -169,6 +307,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     def GetConsistencyProof(
         self, request: pb.GetConsistencyProofRequest, context: grpc.ServicerContext
     ) -> pb.ProofResponse:
+        self._public(context, "GetConsistencyProof")
         try:
             new_size = request.new_size or self._log.size
             hashes = self._log.consistency_proof(request.old_size, new_size)
@@ -177,26 +316,98 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
         return pb.ProofResponse(hashes=hashes, checkpoint=note)
 
-    def OpenRound(self, request: pb.OpenRoundRequest, context: grpc.ServicerContext) -> pb.RoundInfo:
+    # ------------------------------------------------------------------ operator surface
+    def Operate(self, request: pb.OperatorRequest, context: grpc.ServicerContext) -> pb.OperatorResponse:
+        self._public(context, "Operate")  # anyone can send one: verify signatures at a bounded rate
+        roles = {action: entry[0] for action, entry in self._actions.items()}
         try:
-            config = RoundConfig.from_json_obj(
-                parse_canonical(bytes(request.round_config), what="round config")
+            verified = self._access.authorize_request(bytes(request.signed_request), roles)
+        except AccessDeniedError as exc:
+            self._deny(context, "Operate", exc)
+            raise AssertionError("unreachable") from None
+        try:
+            # Recorded before it runs: the log names who asked for every change it shows.
+            recorded = self._log.append(
+                EntryKind.OPERATOR_ACTION,
+                {
+                    "action": verified.action,
+                    "signer": verified.signer.name,
+                    "role": verified.signer.role.value,
+                    "key_id": verified.key_id,
+                    "request": parse_canonical(verified.body, what="signed request body"),
+                    "signature": b64encode(verified.signature),
+                    "request_digest": b64encode(verified.digest),
+                },
             )
-            snap = self._rounds.open_round(config)
+        except AuditLogError as exc:
+            _log.error("audit_log_failed", error=str(exc))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the audit log cannot be written; try later")
+        _log.info(
+            "operator_action",
+            action=verified.action,
+            signer=verified.signer.name,
+            role=verified.signer.role.value,
+            log_index=recorded.entry.index,
+        )
+        try:
+            result = self._actions[verified.action][1](verified)
         except (ConfigError, FormatError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except RoundError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        return pb.RoundInfo(
-            round_config=snap.config.canonical_bytes(),
-            state=snap.state.value,
-            accepted=snap.accepted,
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{verified.action}: {exc}")
+        except (RoundError, FedSealError) as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{verified.action}: {exc}")
+        return pb.OperatorResponse(
+            action=verified.action, log_index=recorded.entry.index, result=canonical_json(result)
+        )
+
+    def _open_round(self, request: VerifiedRequest) -> dict[str, Any]:
+        config = RoundConfig.from_json_obj(_param(request, "round_config"))
+        return _round_result(self._rounds.open_round(config))
+
+    def _update_job(self, request: VerifiedRequest) -> dict[str, Any]:
+        obj = _param(request, "job")
+        if not isinstance(obj, dict) or "principals" in obj:
+            raise ConfigError("update_job: 'job' must be a job config without 'principals' (they stay fixed)")
+        opened = self._rounds.replace_job(JobConfig.from_json_obj(obj))
+        return {"rounds": obj.get("rounds"), "opened": _round_result(opened) if opened else None}
+
+    def _rotate_enrolment(self, request: VerifiedRequest) -> dict[str, Any]:
+        enrolment = Enrolment.from_json_obj(_param(request, "enrolment"))
+        self._access.rotate_enrolment(enrolment)
+        return {"version": enrolment.version, "enrolment_digest": b64encode(enrolment.digest())}
+
+    def SubmitApproval(
+        self, request: pb.ApprovalRequest, context: grpc.ServicerContext
+    ) -> pb.ApprovalResponse:
+        # Public: the approval is signed by a key the round config lists (fedseal/approval.py).
+        self._public(context, "SubmitApproval")
+        try:
+            outcome = self._rounds.submit_approval(request.round_id, bytes(request.approval))
+        except ApprovalError as exc:
+            _log.warning("approval_refused", round_id=request.round_id, reason=exc.reason, detail=str(exc))
+            context.set_trailing_metadata(((APPROVAL_REFUSED_METADATA_KEY, exc.reason),))
+            context.abort(_APPROVAL_STATUS.get(exc.reason, grpc.StatusCode.FAILED_PRECONDITION), str(exc))
+        except AuditLogError as exc:
+            _log.error("audit_log_failed", error=str(exc))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the audit log cannot be written; try later")
+        return pb.ApprovalResponse(
+            state=outcome.state.value,
+            approvals=outcome.approvals,
+            min_approvals=outcome.min_approvals,
+            log_index=outcome.log_index,
         )
 
     @staticmethod
     def _abort_rejected(context: grpc.ServicerContext, exc: UpdateRejectedError) -> None:
         context.set_trailing_metadata(((REJECT_REASON_METADATA_KEY, exc.reason.value),))
         context.abort(STATUS_FOR_REASON[exc.reason], str(exc))
+
+
+_APPROVAL_STATUS = {
+    "malformed_approval": grpc.StatusCode.INVALID_ARGUMENT,
+    "unknown_approver": grpc.StatusCode.PERMISSION_DENIED,
+    "forged_approval": grpc.StatusCode.PERMISSION_DENIED,
+    "replayed_approval": grpc.StatusCode.ALREADY_EXISTS,
+}
 
 
 class _Watchdog:
@@ -218,6 +429,16 @@ class _Watchdog:
 
     def cancel(self) -> None:
         self._timer.cancel()
+
+
+def _param(request: VerifiedRequest, name: str) -> Any:
+    if set(request.params) != {name}:
+        raise ConfigError(f"{request.action}: params must be exactly {{{name!r}: ...}}")
+    return request.params[name]
+
+
+def _round_result(snap: RoundSnapshot) -> dict[str, Any]:
+    return {"round_config": snap.config.to_json_obj(), "state": snap.state.value, "accepted": snap.accepted}
 
 
 def _chunks(requests: Iterator[pb.SubmitUpdateRequest]) -> Iterator[bytes]:

@@ -23,6 +23,7 @@ Everything public is re-exported here; the ``_``-modules are internal.
 
 from ._bundle import (
     BUNDLE_FORMAT,
+    BUNDLE_FORMAT_V2,
     MAX_BUNDLE_SIZE,
     Evidence,
     EvidenceBundle,
@@ -52,6 +53,7 @@ from ._witness_policy import WitnessPolicy
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "BUNDLE_FORMAT_V2",
     "MAX_BUNDLE_SIZE",
     "POLICY_SCHEMA",
     "AttestationError",

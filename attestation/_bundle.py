@@ -1,7 +1,7 @@
 """The evidence bundle: what an aggregator answers to GetAttestation.
 
-Wire format (``fedseal-evidence-bundle/v1``)
--------------------------------------------
+Wire format (``fedseal-evidence-bundle/v1`` and ``/v2``)
+--------------------------------------------------------
 
 One JSON object in RFC 8785 (JCS) canonical form, UTF-8, at most 4 MiB::
 
@@ -11,14 +11,20 @@ One JSON object in RFC 8785 (JCS) canonical form, UTF-8, at most 4 MiB::
       "evidence":        [ {"kind": "<evidence kind>", "payload": "<base64>"}, ... ],
       "format":          "fedseal-evidence-bundle/v1",
       "hpke_public_key": "<base64, 32 bytes: raw X25519>",
-      "log_public_key":  "<base64, 32 bytes: raw Ed25519>"
+      "log_public_key":  "<base64, 32 bytes: raw Ed25519>",
+      "tls_certificate_sha256": "<base64, 32 bytes>"        (v2 only)
     }
 
 (shown indented; on the wire there is no whitespace and keys are in JCS order).
 
+Version 2 adds ``tls_certificate_sha256``, the SHA-256 of the DER certificate the
+enclave's TLS endpoint presents, and its ``binding`` is binding v2, which covers it (see
+:mod:`fedseal.binding`). A bundle's version is fixed by whether it carries the field.
+
 * base64 is the standard alphabet with padding (RFC 4648 section 4), one spelling only.
 * ``challenge`` is the 32 bytes the client sent; ``binding`` is
-  :func:`fedseal.binding.compute_binding` over the two public keys and that challenge.
+  :func:`fedseal.binding.compute_binding` over the two public keys (and, in v2, the TLS
+  certificate digest) and that challenge.
   A verifier recomputes it from the keys and *its own* challenge and never trusts this
   field on its own; it is carried so that a mismatch can be reported precisely.
 * ``evidence`` holds 1 to 64 items. ``kind`` is one of :class:`EvidenceKind`'s values;
@@ -39,13 +45,19 @@ import enum
 import hashlib
 from dataclasses import dataclass
 
-from fedseal.binding import CHALLENGE_SIZE, ED25519_PUBLIC_KEY_SIZE, X25519_PUBLIC_KEY_SIZE
+from fedseal.binding import (
+    CHALLENGE_SIZE,
+    ED25519_PUBLIC_KEY_SIZE,
+    TLS_CERTIFICATE_DIGEST_SIZE,
+    X25519_PUBLIC_KEY_SIZE,
+)
 
 from ._encoding import DecodeError, b64decode_strict, b64encode, canonical_json, load_json_object
 from ._errors import BundleFormatError
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "BUNDLE_FORMAT_V2",
     "BUNDLE_FORMAT_VERSION",
     "MAX_BUNDLE_SIZE",
     "MAX_EVIDENCE_ITEMS",
@@ -57,6 +69,8 @@ __all__ = [
 BUNDLE_FORMAT_VERSION = 1
 _FORMAT_PREFIX = "fedseal-evidence-bundle/v"
 BUNDLE_FORMAT = f"{_FORMAT_PREFIX}{BUNDLE_FORMAT_VERSION}"
+# Version 2: the bundle also names the enclave's TLS certificate (attested TLS).
+BUNDLE_FORMAT_V2 = f"{_FORMAT_PREFIX}2"
 
 # 4 MiB: an NVIDIA GPU report with its certificate chain is tens of KiB, a CPU report
 # with its VCEK/PCK chain a few KiB; 4 MiB leaves room for several GPUs while keeping
@@ -68,6 +82,7 @@ _BINDING_SIZE = 32
 _TOP_LEVEL_FIELDS = frozenset(
     {"binding", "challenge", "evidence", "format", "hpke_public_key", "log_public_key"}
 )
+_TOP_LEVEL_FIELDS_V2 = _TOP_LEVEL_FIELDS | {"tls_certificate_sha256"}
 _EVIDENCE_FIELDS = frozenset({"kind", "payload"})
 
 
@@ -110,9 +125,10 @@ class Evidence:
 class EvidenceBundle:
     """An aggregator's public keys, the client's challenge, their binding, and the evidence.
 
-    Constructing one checks the shape (lengths, types, version), never the meaning: a
-    bundle whose binding is wrong is still representable, so that
-    :func:`~attestation.verify_bundle` can report *why* it is refused.
+    Constructing one checks the shape (lengths, types), never the meaning: a bundle whose
+    binding is wrong is still representable, so that :func:`~attestation.verify_bundle`
+    can report *why* it is refused. With ``tls_certificate_sha256`` it is a version 2
+    bundle (binding v2), without it version 1.
     """
 
     hpke_public_key: bytes
@@ -120,14 +136,18 @@ class EvidenceBundle:
     challenge: bytes
     binding: bytes
     evidence: tuple[Evidence, ...]
-    version: int = BUNDLE_FORMAT_VERSION
+    tls_certificate_sha256: bytes | None = None
+
+    @property
+    def version(self) -> int:
+        return BUNDLE_FORMAT_VERSION if self.tls_certificate_sha256 is None else 2
 
     def __post_init__(self) -> None:
-        if self.version != BUNDLE_FORMAT_VERSION:
+        tls = self.tls_certificate_sha256
+        if tls is not None and (not isinstance(tls, bytes) or len(tls) != TLS_CERTIFICATE_DIGEST_SIZE):
             raise BundleFormatError(
-                f"unsupported evidence bundle version {self.version!r} "
-                f"(this verifier understands version {BUNDLE_FORMAT_VERSION})",
-                field="format",
+                f"evidence bundle field 'tls_certificate_sha256' must be {TLS_CERTIFICATE_DIGEST_SIZE} bytes",
+                field="tls_certificate_sha256",
             )
         for name, size in (
             ("hpke_public_key", X25519_PUBLIC_KEY_SIZE),
@@ -156,18 +176,19 @@ class EvidenceBundle:
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (see the module docstring)."""
-        return canonical_json(
-            {
-                "binding": b64encode(self.binding),
-                "challenge": b64encode(self.challenge),
-                "evidence": [
-                    {"kind": item.kind.value, "payload": b64encode(item.payload)} for item in self.evidence
-                ],
-                "format": f"{_FORMAT_PREFIX}{self.version}",
-                "hpke_public_key": b64encode(self.hpke_public_key),
-                "log_public_key": b64encode(self.log_public_key),
-            }
-        )
+        document: dict[str, object] = {
+            "binding": b64encode(self.binding),
+            "challenge": b64encode(self.challenge),
+            "evidence": [
+                {"kind": item.kind.value, "payload": b64encode(item.payload)} for item in self.evidence
+            ],
+            "format": f"{_FORMAT_PREFIX}{self.version}",
+            "hpke_public_key": b64encode(self.hpke_public_key),
+            "log_public_key": b64encode(self.log_public_key),
+        }
+        if self.tls_certificate_sha256 is not None:
+            document["tls_certificate_sha256"] = b64encode(self.tls_certificate_sha256)
+        return canonical_json(document)
 
     def digest(self) -> bytes:
         """SHA-256 of :meth:`to_bytes`: the bundle's identity in logs and reports."""
@@ -188,8 +209,11 @@ class EvidenceBundle:
         except DecodeError as exc:
             raise BundleFormatError(f"evidence bundle {exc}") from exc
 
-        _check_fields(document, _TOP_LEVEL_FIELDS, where="evidence bundle", prefix="")
+        if "format" not in document:
+            raise BundleFormatError("evidence bundle is missing field 'format'", field="format")
         version = _parse_format(document["format"])
+        expected = _TOP_LEVEL_FIELDS if version == BUNDLE_FORMAT_VERSION else _TOP_LEVEL_FIELDS_V2
+        _check_fields(document, expected, where="evidence bundle", prefix="")
         fields: dict[str, bytes] = {}
         for name, size in (
             ("hpke_public_key", X25519_PUBLIC_KEY_SIZE),
@@ -199,6 +223,13 @@ class EvidenceBundle:
         ):
             fields[name] = _b64_field(document[name], name, size)
         evidence = _parse_evidence_list(document["evidence"])
+        tls = (
+            _b64_field(
+                document["tls_certificate_sha256"], "tls_certificate_sha256", TLS_CERTIFICATE_DIGEST_SIZE
+            )
+            if version == 2
+            else None
+        )
 
         bundle = cls(
             hpke_public_key=fields["hpke_public_key"],
@@ -206,7 +237,7 @@ class EvidenceBundle:
             challenge=fields["challenge"],
             binding=fields["binding"],
             evidence=evidence,
-            version=version,
+            tls_certificate_sha256=tls,
         )
         # Every field decoded to exactly one value; what is left to differ is whitespace,
         # key order and string escapes. Refuse those so that one bundle has one encoding.
@@ -227,10 +258,12 @@ def _check_fields(document: dict[str, object], expected: frozenset[str], *, wher
 def _parse_format(value: object) -> int:
     if isinstance(value, str) and value == BUNDLE_FORMAT:
         return BUNDLE_FORMAT_VERSION
+    if isinstance(value, str) and value == BUNDLE_FORMAT_V2:
+        return 2
     if isinstance(value, str) and value.startswith(_FORMAT_PREFIX):
         raise BundleFormatError(
             f"evidence bundle field 'format' is {value!r}; this verifier understands only "
-            f"{BUNDLE_FORMAT!r} (a newer aggregator needs a newer FedSeal)",
+            f"{BUNDLE_FORMAT!r} and {BUNDLE_FORMAT_V2!r} (a newer aggregator needs a newer FedSeal)",
             field="format",
         )
     raise BundleFormatError(

@@ -34,12 +34,14 @@ import grpc
 from fedseal._proto.fedseal.v1 import fedseal_pb2, fedseal_pb2_grpc
 from fedseal.binding import CHALLENGE_SIZE, ED25519_PUBLIC_KEY_SIZE, X25519_PUBLIC_KEY_SIZE, BoundKeys
 from fedseal.errors import FormatError
+from fedseal.tls import TlsProbeError, pinned_channel, probe_server_certificate
 
 from ._bundle import MAX_BUNDLE_SIZE, EvidenceBundle
 from ._checks import CheckResult
 from ._collect import build_bundle
 from ._errors import (
     AttestationError,
+    BindingMismatchError,
     BundleFormatError,
     EndpointError,
     EvidenceCollectionError,
@@ -294,6 +296,10 @@ _IPV6 = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 def fetch_bundle(endpoint: str, challenge: bytes, timeout: float) -> EvidenceBundle:
     """Call GetAttestation on ``endpoint`` with ``challenge``; return the parsed bundle.
 
+    The call goes over TLS pinned to the certificate the endpoint presents (fedseal/tls.py);
+    a bundle that names another TLS certificate (something in between terminates TLS)
+    raises :class:`~attestation.BindingMismatchError`.
+
     Raises :class:`~fedseal.errors.FormatError` for a malformed endpoint,
     :class:`~attestation.EndpointError` when the call fails (unreachable, deadline, server
     error) and :class:`~attestation.BundleFormatError` when the answer is not a bundle.
@@ -309,7 +315,11 @@ def fetch_bundle(endpoint: str, challenge: bytes, timeout: float) -> EvidenceBun
         ("grpc.max_receive_message_length", _MAX_MESSAGE_SIZE),
         ("grpc.max_send_message_length", _MAX_MESSAGE_SIZE),
     ]
-    with grpc.insecure_channel(target, options=options) as channel:
+    try:
+        certificate = probe_server_certificate(target, timeout=timeout)
+    except TlsProbeError as exc:
+        raise EndpointError(f"GetAttestation on {endpoint} failed: UNAVAILABLE: {exc}") from exc
+    with pinned_channel(target, certificate, options=options) as channel:
         stub = fedseal_pb2_grpc.AggregatorStub(channel)  # type: ignore[no-untyped-call]
         request = fedseal_pb2.AttestationRequest(challenge=challenge)
         try:
@@ -319,7 +329,14 @@ def fetch_bundle(endpoint: str, challenge: bytes, timeout: float) -> EvidenceBun
     data = response.evidence_bundle
     if not isinstance(data, bytes):
         raise BundleFormatError("GetAttestation answer carries no evidence bundle bytes")
-    return EvidenceBundle.from_bytes(data)
+    bundle = EvidenceBundle.from_bytes(data)
+    named = bundle.tls_certificate_sha256
+    if named is not None and named != certificate.sha256:
+        raise BindingMismatchError(
+            f"{endpoint} presented TLS certificate sha256:{certificate.sha256.hex()}, but the evidence "
+            f"names sha256:{named.hex()}: something between here and the enclave terminates TLS"
+        )
+    return bundle
 
 
 def _rpc_error(exc: grpc.RpcError) -> str:
@@ -390,7 +407,7 @@ def _verify_command(args: argparse.Namespace) -> int:
         except EndpointError as exc:
             print(f"fedseal-attest: cannot get an attestation: {exc}", file=sys.stderr)
             return EXIT_UNREACHABLE
-        except BundleFormatError as exc:
+        except (BundleFormatError, BindingMismatchError) as exc:
             return _report_failure(exc, None, policy, challenge, as_json, context)
         if args.save_bundle is not None:
             _save_bundle(args.save_bundle, bundle, challenge)
@@ -562,6 +579,8 @@ def _report_success(
     print(f"VERIFIED under policy {verified.policy_name!r}")
     print(f"  encryption (HPKE) key: {verified.hpke_public_key.hex()}")
     print(f"  log signing key:       {verified.log_public_key.hex()}")
+    if verified.tls_certificate_sha256 is not None:
+        print(f"  TLS certificate:       sha256:{verified.tls_certificate_sha256.hex()}")
     if verified.insecure:
         print(
             "WARNING: INSECURE: accepted SIMULATED TEE evidence. Nothing protects data sent "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from fedseal.binding import BoundKeys, compute_binding
+from fedseal.binding import BoundKeys
 
 from ._bundle import MAX_EVIDENCE_ITEMS, Evidence, EvidenceBundle, EvidenceKind
 from ._errors import EvidenceCollectionError
@@ -54,7 +54,7 @@ def build_bundle(
         raise EvidenceCollectionError("no evidence collector configured")
     if len(collectors) > MAX_EVIDENCE_ITEMS:
         raise EvidenceCollectionError(f"at most {MAX_EVIDENCE_ITEMS} collectors are supported")
-    binding = compute_binding(keys.hpke_public_key, keys.log_public_key, challenge)
+    binding = keys.binding_for(challenge)  # v2 when the keys name a TLS certificate
     # Other evidence (the GPU's) first; then CPU TEE reports over a hash of the binding and
     # of that evidence, so one signed CPU report covers the whole bundle. The bundle keeps
     # the collectors' order.
@@ -76,4 +76,5 @@ def build_bundle(
         challenge=challenge,
         binding=binding,
         evidence=tuple(collected[index] for index in range(len(collectors))),
+        tls_certificate_sha256=keys.tls_certificate_sha256,
     )

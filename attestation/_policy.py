@@ -56,12 +56,37 @@ _OPTIONAL_KEYS = frozenset(
         "amd_sev_snp",
         "intel_tdx",
         "witnesses",
+        "require_dp",
     }
 )
 _KNOWN_KEYS = _REQUIRED_KEYS | _OPTIONAL_KEYS
 # Builtin names are file stems inside the package; anything else (slashes, dots) could
 # walk out of it.
 _BUILTIN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+@dataclass(frozen=True)
+class DpRequirement:
+    """A policy's `require_dp` section: the weakest central DP a client accepts."""
+
+    max_epsilon: float
+    max_delta: float
+
+    @classmethod
+    def from_json_value(cls, value: object, where: str) -> DpRequirement:
+        if not isinstance(value, dict) or set(value) != {"max_epsilon", "max_delta"}:
+            raise PolicyError(f"{where}: 'require_dp' must be an object with 'max_epsilon' and 'max_delta'")
+        bounds = []
+        for key in ("max_epsilon", "max_delta"):
+            number = value[key]
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, int | float)
+                or not 0 < number < float("inf")
+            ):
+                raise PolicyError(f"{where}: 'require_dp.{key}' must be a positive number")
+            bounds.append(float(number))
+        return cls(bounds[0], bounds[1])
 
 
 @dataclass(frozen=True)
@@ -89,6 +114,9 @@ class Policy:
     intel_tdx: TdxPolicy | None = None
     #: Witness cosignatures required on receipts (see ``_witness_policy.py``); None: none.
     witnesses: WitnessPolicy | None = None
+    #: ``{"max_epsilon": X, "max_delta": Y}``: send updates only to rounds whose config has
+    #: central DP with epsilon <= X and delta <= Y (the client SDK checks before sealing).
+    require_dp: DpRequirement | None = None
     #: Where the policy came from ("builtin:default", a file path), for messages only.
     source: str = field(default="<in memory>", compare=False)
 
@@ -211,6 +239,9 @@ class Policy:
                 if "witnesses" in document
                 else None
             ),
+            require_dp=DpRequirement.from_json_value(document["require_dp"], where)
+            if "require_dp" in document
+            else None,
             source=source,
         )
 

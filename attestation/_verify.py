@@ -9,8 +9,8 @@ Order of the checks:
 
 1. the bundle parses (strict format, see ``_bundle.py``);
 2. the bundle's challenge is the client's own;
-3. the binding recomputed from the bundle's two public keys and the *client's* challenge
-   equals the bundle's binding (constant-time comparison);
+3. the binding recomputed from the bundle's two public keys (v2: and its TLS certificate
+   digest) and the *client's* challenge equals the bundle's binding (constant-time comparison);
 4. every evidence item verifies with the verifier for its kind, and its report data is
    the recomputed binding; a kind with no verifier in this version fails;
 5. every kind the policy requires is present.
@@ -66,6 +66,10 @@ class VerifiedAttestation:
 
     ``insecure`` is True when simulated evidence was accepted: nothing then protects the
     data, and callers should say so wherever they report the attestation.
+
+    ``tls_certificate_sha256`` is the SHA-256 of the DER certificate the enclave's TLS
+    endpoint presents (binding v2), or None for evidence made without one (binding v1). A
+    client that pins it knows its TLS channel ends inside the attested enclave.
     """
 
     _token: InitVar[object]
@@ -78,6 +82,7 @@ class VerifiedAttestation:
     policy_name: str
     insecure: bool
     checks: tuple[CheckResult, ...]
+    tls_certificate_sha256: bytes | None = None
 
     def __post_init__(self, _token: object) -> None:
         if _token is not _CONSTRUCTION_TOKEN:
@@ -265,7 +270,9 @@ def verify_bundle(
     )
     # Recompute from the client's own challenge, not the bundle's: the bundle's challenge
     # and binding are claims, and a replayed bundle would carry consistent ones.
-    binding = compute_binding(bundle.hpke_public_key, bundle.log_public_key, challenge)
+    binding = compute_binding(
+        bundle.hpke_public_key, bundle.log_public_key, challenge, bundle.tls_certificate_sha256
+    )
     checks.record(
         "binding",
         expected=binding.hex(),
@@ -273,7 +280,8 @@ def verify_bundle(
         passed=hmac.compare_digest(bundle.binding, binding),
         error=BindingMismatchError,
         message=(
-            "the bundle's binding is not SHA-256 of its public keys and your challenge "
+            "the bundle's binding is not SHA-256 of its public keys (and TLS certificate "
+            "digest) and your challenge "
             "(keys swapped or bundle made for someone else)"
         ),
     )
@@ -331,4 +339,5 @@ def verify_bundle(
         policy_name=policy.name,
         insecure=EvidenceKind.SIMULATED_INSECURE in kinds,
         checks=tuple(checks.results),
+        tls_certificate_sha256=bundle.tls_certificate_sha256,
     )

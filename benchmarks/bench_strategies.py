@@ -22,10 +22,10 @@ which also sees torch's and numpy's allocations) belongs to that case alone. Rep
            closes, with every update received); total x: Flower time / FedSeal (n x ingest +
            finalize); mem x: Flower peak / FedSeal peak
 
-Flower pins protobuf < 7 and this project's generated stubs need protobuf 7, so flwr goes in
-with the `bench` extra, or lives in another environment named
-with `--flower-python` (its child needs only flwr and numpy). The host's CPU pressure
-(Linux PSI) is recorded: figures taken while other work competes for the cores are noisy.
+Flower comes with the `bench` extra; `--flower-python` runs its side under another
+interpreter instead (its child needs only flwr and numpy). The host's CPU pressure (Linux
+PSI) is recorded: figures taken while other work competes for the cores are noisy, and
+`--threads 1` gives both sides the same single-core budget.
 Run: python benchmarks/bench_strategies.py [--quick] [--repeats 2] [--json FILE]
 """
 
@@ -400,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; python {info['python']}, "
-        f"torch {info['torch']}, flwr {flower or 'not available (install the bench extra, or --flower-python)'}; "
+        f"torch {info['torch']}, "
+        f"flwr {flower or 'not available (install the bench extra, or --flower-python)'}; "
         f"GPU: {info['cuda'] or 'none (CPU only)'}\nCPU pressure before: {info['cpu_pressure_before']}"
     )
     model = info["parameters"] * 4

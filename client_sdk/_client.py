@@ -1,10 +1,12 @@
 """The client: attest the aggregator, seal an update to the attested key, submit, verify the receipt.
 
 Fail closed: nothing leaves this process before the aggregator's evidence has verified
-under the caller's policy and is bound to a challenge this client just made. The update
-is sealed to the HPKE key that evidence vouches for, and the receipt must be signed by the
-log key the same evidence vouches for, and cosigned by the witnesses the policy requires
-(`witnesses` section). With a receipt store, every verified receipt is kept on disk.
+under the caller's policy and is bound to a challenge this client just made, and (attested
+TLS, the default) before the TLS certificate the channel ends at is the one that evidence
+names. The update is sealed to the HPKE key that evidence vouches for, signed by this
+site's enrolled key (the header and the ciphertext digest), and the receipt must be signed
+by the log key the same evidence vouches for, and cosigned by the witnesses the policy
+requires (`witnesses` section). With a receipt store, every verified receipt is kept on disk.
 """
 
 from __future__ import annotations
@@ -21,16 +23,30 @@ import torch
 
 from attestation import Policy, VerifiedAttestation, verify_bundle
 from client_sdk._adapters import adapter_tensors
-from client_sdk._errors import AdapterMismatchError, AggregatorUnavailableError
+from client_sdk._errors import (
+    AdapterMismatchError,
+    AggregatorUnavailableError,
+    ClientError,
+    DpRequirementError,
+)
+from client_sdk._identity import ClientIdentity
 from client_sdk._receipts import ReceiptStore
-from client_sdk._transport import AggregatorConnection, RoundInfo
+from client_sdk._transport import (
+    AggregatorConnection,
+    ApprovalResult,
+    ChannelSecurity,
+    OperatorResult,
+    RoundInfo,
+)
+from fedseal.approval import Approval
 from fedseal.binding import CHALLENGE_SIZE
+from fedseal.enrolment import Enrolment
 from fedseal.envelope import DEFAULT_SUITE, HpkeSuite, SealContext, seal
 from fedseal.manifest import AggregateManifest, SignedManifest, verify_manifest
 from fedseal.receipt import ExpectedUpdate, Receipt, verify_receipt
-from fedseal.roundconfig import DEFAULT_CHUNK_SIZE
+from fedseal.roundconfig import DEFAULT_CHUNK_SIZE, RoundConfig
 from fedseal.spec import AdapterSpec, WireDtype
-from fedseal.wire import PROTOCOL_VERSION, UpdateHeader
+from fedseal.wire import PROTOCOL_VERSION, RoundState, UpdateHeader
 
 __all__ = ["Aggregate", "FedSealClient", "SealedSubmission", "fetch_aggregate", "submit_update"]
 
@@ -67,7 +83,11 @@ class FedSealClient:
 
     Every submission and every fetch attests the aggregator afresh with a new challenge:
     a restarted enclave has new keys, and a client must never seal to a stale one.
-    `receipts` (a ReceiptStore, or a directory for one) keeps every verified receipt.
+    `identity` is this site's enrolled identity (or a principal's, for operator requests):
+    without one the client can attest but not submit, read rounds or fetch aggregates.
+    `security` and `root_certificates` choose the channel (ChannelSecurity; the default
+    pins the attested certificate). `receipts` (a ReceiptStore, or a directory for one)
+    keeps every verified receipt.
     """
 
     def __init__(
@@ -75,13 +95,38 @@ class FedSealClient:
         endpoint: str,
         policy: Policy,
         *,
+        identity: ClientIdentity | None = None,
+        security: ChannelSecurity = ChannelSecurity.ATTESTED_TLS,
+        root_certificates: bytes | None = None,
         timeout: float = 60.0,
         receipts: ReceiptStore | Path | None = None,
     ) -> None:
-        self._connection = AggregatorConnection(endpoint, timeout=timeout)
+        self._endpoint = endpoint
+        self._identity = identity
+        self._security = security
+        self._root_certificates = root_certificates
         self._policy = policy
         self._timeout = timeout
         self._receipts = ReceiptStore(receipts) if isinstance(receipts, Path) else receipts
+        self._connection = self._connect()
+
+    def _connect(self) -> AggregatorConnection:
+        return AggregatorConnection(
+            self._endpoint,
+            identity=self._identity,
+            security=self._security,
+            root_certificates=self._root_certificates,
+            timeout=self._timeout,
+        )
+
+    def reconnect(self) -> None:
+        """A new channel (a restarted enclave serves a new TLS certificate)."""
+        self._connection.close()
+        self._connection = self._connect()
+
+    @property
+    def identity(self) -> ClientIdentity | None:
+        return self._identity
 
     def __enter__(self) -> FedSealClient:
         return self
@@ -93,12 +138,19 @@ class FedSealClient:
         self._connection.close()
 
     def attest(self) -> VerifiedAttestation:
-        """Fetch evidence for a fresh challenge and verify it; raises AttestationError."""
+        """Fetch evidence for a fresh challenge, verify it, and bind the channel to it.
+
+        Raises AttestationError; UnattestedChannelError when the channel's TLS certificate
+        is not the attested one (then nothing else is ever sent on this channel).
+        """
         challenge = os.urandom(CHALLENGE_SIZE)
         bundle = self._connection.get_attestation(challenge)
-        return verify_bundle(bundle, self._policy, challenge)
+        attested = verify_bundle(bundle, self._policy, challenge)
+        self._connection.bind(attested)
+        return attested
 
     def round_info(self, round_id: int = 0) -> RoundInfo:
+        self.attest()
         return self._connection.get_round(round_id)
 
     def seal_update(
@@ -106,7 +158,7 @@ class FedSealClient:
         adapter: Mapping[str, Any],
         *,
         round_id: int,
-        client_id: str,
+        client_id: str | None = None,
         num_examples: int,
         idempotency_key: bytes | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -116,13 +168,17 @@ class FedSealClient:
 
         Tensors are converted to the wire dtype the round's adapter spec names. Raises
         AdapterMismatchError if names or shapes differ from the spec, AttestationError if
-        the evidence does not satisfy the policy.
+        the evidence does not satisfy the policy. `client_id` defaults to (and must be)
+        this client's identity.
         """
+        attested = self.attest()
         round_info = self._connection.get_round(round_id)
+        _check_dp_requirement(self._policy, round_info.config)
         spec = round_info.config.adapter_spec
         payload = _serialize(adapter, spec)
-        return self.seal_payload(
+        return self._seal(
             payload,
+            attested,
             round_id=round_id,
             client_id=client_id,
             num_examples=num_examples,
@@ -137,7 +193,7 @@ class FedSealClient:
         payload: bytes,
         *,
         round_id: int,
-        client_id: str,
+        client_id: str | None = None,
         num_examples: int,
         adapter_spec_digest: bytes,
         idempotency_key: bytes | None = None,
@@ -145,7 +201,41 @@ class FedSealClient:
         suite: HpkeSuite = DEFAULT_SUITE,
     ) -> SealedSubmission:
         """Seal already-serialized safetensors bytes (lower level than `seal_update`)."""
-        attested = self.attest()
+        return self._seal(
+            payload,
+            self.attest(),
+            round_id=round_id,
+            client_id=client_id,
+            num_examples=num_examples,
+            adapter_spec_digest=adapter_spec_digest,
+            idempotency_key=idempotency_key,
+            chunk_size=chunk_size,
+            suite=suite,
+        )
+
+    def _seal(
+        self,
+        payload: bytes,
+        attested: VerifiedAttestation,
+        *,
+        round_id: int,
+        client_id: str | None,
+        num_examples: int,
+        adapter_spec_digest: bytes,
+        idempotency_key: bytes | None,
+        chunk_size: int,
+        suite: HpkeSuite,
+    ) -> SealedSubmission:
+        identity = self._identity
+        if identity is None:
+            raise ClientError("submitting an update needs this site's enrolled identity (identity=...)")
+        if client_id is None:
+            client_id = identity.name
+        elif client_id != identity.name:
+            raise ClientError(
+                f"client_id {client_id!r} is not this client's identity {identity.name!r}: the aggregator "
+                "accepts updates only under the caller's enrolled id"
+            )
         key = idempotency_key if idempotency_key is not None else os.urandom(32)
         context = SealContext(
             protocol_version=PROTOCOL_VERSION,
@@ -171,7 +261,9 @@ class FedSealClient:
             challenge=attested.challenge,
             chunk_size=chunk_size,
             ciphertext_size=sealed.ciphertext_size,
-        )
+            key_id=identity.key_id,
+            ciphertext_digest=sealed.ciphertext_digest,
+        ).sign(identity.signing_key)  # sealed first: the signature covers the ciphertext digest
         # The aggregator rebuilds the context from the header: both must agree exactly.
         assert header.seal_context(attested.binding) == context
         expected = ExpectedUpdate(
@@ -206,7 +298,7 @@ class FedSealClient:
         adapter: Mapping[str, Any],
         *,
         round_id: int,
-        client_id: str,
+        client_id: str | None = None,
         num_examples: int,
         idempotency_key: bytes | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -235,6 +327,11 @@ class FedSealClient:
                 if attempt == retries:
                     raise
                 time.sleep(min(2.0, 0.25 * 2**attempt))
+                try:
+                    self.reconnect()  # a restarted enclave serves a new certificate
+                except AggregatorUnavailableError:
+                    if attempt + 1 == retries:
+                        raise
         raise AssertionError("unreachable")
 
     def fetch_aggregate(self, round_id: int, *, wait_seconds: float = 0.0) -> Aggregate:
@@ -249,6 +346,40 @@ class FedSealClient:
                 f"{manifest.round_id}"
             )
         return Aggregate(manifest, data)
+
+    def submit_approval(self, approval: Approval) -> ApprovalResult:
+        """Attest, then hand an approver's signed decision (fedseal.approval.sign_approval) to
+        the enclave; raises the named fedseal.approval error the aggregator refused it with."""
+        self.attest()
+        return self._connection.submit_approval(approval.round_id, approval.to_bytes())
+
+    # ------------------------------------------------------------------ operator surface
+    def operate(self, action: str, params: Mapping[str, Any]) -> OperatorResult:
+        """Attest, then send `action` with `params` signed by this client's identity (a
+        principal of the job config); AccessDeniedError if the aggregator refuses it."""
+        if self._identity is None:
+            raise ClientError("an operator request needs a principal's identity (identity=...)")
+        self.attest()
+        request = self._identity.sign_request(action, dict(params), self._connection.audience)
+        return self._connection.operate(request)
+
+    def open_round(self, config: RoundConfig) -> RoundInfo:
+        """Open a round (role operator)."""
+        result = self.operate("open_round", {"round_config": config.to_json_obj()}).result
+        return RoundInfo(
+            RoundConfig.from_json_obj(result["round_config"]),
+            RoundState(result["state"]),
+            int(result["accepted"]),
+        )
+
+    def update_job(self, job: Mapping[str, Any]) -> OperatorResult:
+        """Replace the job's rounds and round template for rounds not opened yet (role operator)."""
+        return self.operate("update_job", {"job": dict(job)})
+
+    def rotate_enrolment(self, enrolment: Enrolment) -> OperatorResult:
+        """Replace the enrolment with a higher version (role operator); removed sites and keys
+        are refused from their next call on."""
+        return self.operate("rotate_enrolment", {"enrolment": enrolment.to_json_obj()})
 
 
 def _serialize(adapter: Mapping[str, Any], spec: AdapterSpec) -> bytes:
@@ -278,23 +409,23 @@ def submit_update(
     adapter: Mapping[str, Any],
     *,
     policy: Policy,
+    identity: ClientIdentity,
     round_id: int,
-    client_id: str,
     num_examples: int,
     timeout: float = 60.0,
     receipts: ReceiptStore | Path | None = None,
     **options: Any,
 ) -> Receipt:
-    """Attest the aggregator at `endpoint` under `policy`, then seal, upload and get a verified receipt.
+    """Attest the aggregator at `endpoint` under `policy`, then seal, sign with `identity`,
+    upload and get a verified receipt.
 
     Raises AttestationError (and sends nothing) if the evidence does not satisfy the policy,
-    UpdateRejectedError if the aggregator refuses the update, ReceiptError if its receipt
-    does not prove the update was logged as sent. `receipts` keeps the verified receipt.
+    UpdateRejectedError if the aggregator refuses the update, AccessDeniedError if it refuses
+    the caller, ReceiptError if its receipt does not prove the update was logged as sent.
+    `receipts` keeps the verified receipt.
     """
-    with FedSealClient(endpoint, policy, timeout=timeout, receipts=receipts) as client:
-        return client.submit_update(
-            adapter, round_id=round_id, client_id=client_id, num_examples=num_examples, **options
-        )
+    with FedSealClient(endpoint, policy, identity=identity, timeout=timeout, receipts=receipts) as client:
+        return client.submit_update(adapter, round_id=round_id, num_examples=num_examples, **options)
 
 
 def fetch_aggregate(
@@ -302,8 +433,28 @@ def fetch_aggregate(
     round_id: int,
     *,
     policy: Policy,
+    identity: ClientIdentity,
     wait_seconds: float = 0.0,
     timeout: float = 60.0,
 ) -> Aggregate:
-    with FedSealClient(endpoint, policy, timeout=timeout) as client:
+    with FedSealClient(endpoint, policy, identity=identity, timeout=timeout) as client:
         return client.fetch_aggregate(round_id, wait_seconds=wait_seconds)
+
+
+def _check_dp_requirement(policy: Policy, config: RoundConfig) -> None:
+    """Fail closed before sealing when the policy's `require_dp` is not met by the round."""
+    need = policy.require_dp
+    if need is None:
+        return
+    dp = config.dp
+    if dp is None:
+        raise DpRequirementError(
+            f"round {config.round_id} has no central DP, and policy {policy.name!r} requires "
+            f"epsilon <= {need.max_epsilon:g}, delta <= {need.max_delta:g}; nothing was sent"
+        )
+    if dp.epsilon > need.max_epsilon or dp.delta > need.max_delta:
+        raise DpRequirementError(
+            f"round {config.round_id} promises DP epsilon={dp.epsilon:g}, delta={dp.delta:g}; policy "
+            f"{policy.name!r} requires epsilon <= {need.max_epsilon:g}, delta <= {need.max_delta:g}; "
+            "nothing was sent"
+        )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from attestation import AttestationError
 from fedseal.errors import FedSealError
 
 __all__ = [
     "AdapterMismatchError",
     "AggregatorUnavailableError",
     "ClientError",
+    "DpRequirementError",
     "RoundUnavailableError",
+    "UnattestedChannelError",
 ]
 
 
@@ -24,5 +27,21 @@ class AggregatorUnavailableError(ClientError):
     """The aggregator could not be reached or did not answer in time."""
 
 
+class DpRequirementError(ClientError):
+    """The round does not promise the central DP the client's policy requires (`require_dp`);
+    nothing was sent."""
+
+
+class OperatorActionError(ClientError):
+    """The aggregator accepted an operator request's signature but could not do the action
+    (a bad round config, a round already open, an enrolment version not above the current)."""
+
+
 class RoundUnavailableError(ClientError):
     """The round does not exist, failed, or has not closed within the wait."""
+
+
+class UnattestedChannelError(AttestationError):
+    """The TLS channel does not end in the attested enclave: the certificate this client saw
+    is not the one the evidence names (a proxy that terminates TLS, or evidence without a
+    TLS binding). Nothing but the attestation request was sent."""

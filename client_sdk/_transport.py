@@ -1,35 +1,72 @@
 """gRPC edge of the client: FedSeal types in, protobuf on the wire, FedSeal types out.
 
-Every call carries a deadline. gRPC failures become typed FedSeal errors with a message
-that says what to do next; an aggregator's refusal of an update becomes
-`UpdateRejectedError` carrying the reason the aggregator logged.
+The channel is TLS. By default it is *attested* TLS (fedseal/tls.py): the connection
+probes the certificate the endpoint presents and pins it; until `bind()` is given a
+VerifiedAttestation whose TLS certificate digest is that certificate's, the only call it
+makes is GetAttestation (and the public log calls). `ChannelSecurity.TERMINATED_TLS` is
+for an aggregator behind a load balancer that terminates TLS: the channel is then checked
+against the load balancer's CA, and only the envelope protects the update from it.
+
+Every call carries a deadline, and every call that needs a caller carries a one-time call
+token signed by the client's identity (fedseal/signed_request.py) for the attested
+enclave. gRPC failures become typed FedSeal errors with a message that says what to do
+next: an aggregator's refusal of an update becomes `UpdateRejectedError` carrying the
+reason it logged; a refusal at its access gate becomes `AccessDeniedError`.
 """
 
 from __future__ import annotations
 
+import enum
+import hmac
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
-from client_sdk._errors import AggregatorUnavailableError, RoundUnavailableError
+from attestation import VerifiedAttestation
+from client_sdk._errors import (
+    AggregatorUnavailableError,
+    OperatorActionError,
+    RoundUnavailableError,
+    UnattestedChannelError,
+)
+from client_sdk._identity import ClientIdentity
 from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
+from fedseal.approval import APPROVAL_ERRORS, APPROVAL_REFUSED_METADATA_KEY
 from fedseal.canonical import parse_canonical
+from fedseal.errors import FedSealError
 from fedseal.logformat import RejectReason
 from fedseal.roundconfig import MAX_CHUNK_SIZE, RoundConfig
+from fedseal.tls import ServerCertificate, TlsProbeError, ca_channel, pinned_channel, probe_server_certificate
 from fedseal.wire import (
+    ACCESS_DENIED_METADATA_KEY,
+    CALL_AUTH_METADATA_KEY,
     REJECT_REASON_METADATA_KEY,
+    AccessDeniedError,
+    AccessDeniedReason,
     RoundState,
     UpdateHeader,
     UpdateRejectedError,
     header_to_proto,
 )
 
-__all__ = ["AggregatorConnection", "RoundInfo"]
+__all__ = ["AggregatorConnection", "ApprovalResult", "ChannelSecurity", "OperatorResult", "RoundInfo"]
 
 _MAX_MESSAGE_BYTES = MAX_CHUNK_SIZE + 64 * 1024
 _MAX_AGGREGATE_BYTES = 8 * 1024**3
+_METHOD = "/fedseal.v1.Aggregator/"
+
+
+class ChannelSecurity(enum.Enum):
+    """How the client knows its TLS channel ends in the enclave."""
+
+    # Pin the certificate the attestation names (the default; refuses any TLS-terminating proxy).
+    ATTESTED_TLS = "attested-tls"
+    # TLS to a load balancer that terminates it, checked against the given CA roots. The
+    # envelope still protects the update; the channel proves nothing about the enclave.
+    TERMINATED_TLS = "terminated-tls"
 
 
 @dataclass(frozen=True)
@@ -39,21 +76,52 @@ class RoundInfo:
     accepted: int
 
 
-class AggregatorConnection:
-    """One channel to one aggregator. Use as a context manager, or call close()."""
+@dataclass(frozen=True)
+class OperatorResult:
+    """What the aggregator answered to an operator request."""
 
-    def __init__(self, endpoint: str, *, timeout: float = 30.0) -> None:
+    action: str
+    log_index: int  # the `operator_action` entry that records the request
+    result: dict[str, Any]
+
+
+class AggregatorConnection:
+    """One TLS channel to one aggregator. Use as a context manager, or call close()."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        identity: ClientIdentity | None = None,
+        security: ChannelSecurity = ChannelSecurity.ATTESTED_TLS,
+        root_certificates: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self._endpoint = endpoint
         self._timeout = timeout
-        # Plain gRPC for now: confidentiality of updates comes from the envelope, which is
-        # sealed to the attested key whatever the transport does. Attested TLS is its own issue.
-        self._channel = grpc.insecure_channel(
-            endpoint,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._identity = identity
+        self._security = security
+        self._audience: bytes | None = None
+        options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ]
+        client_tls = identity.tls if identity is not None else None
+        self.server_certificate: ServerCertificate | None = None
+        if security is ChannelSecurity.ATTESTED_TLS:
+            try:
+                self.server_certificate = probe_server_certificate(endpoint, timeout=timeout)
+            except TlsProbeError as exc:
+                raise AggregatorUnavailableError(
+                    f"{exc} (is the aggregator running and reachable at {endpoint}?)"
+                ) from None
+            self._channel = pinned_channel(
+                endpoint, self.server_certificate, client=client_tls, options=options
+            )
+        else:
+            self._channel = ca_channel(
+                endpoint, root_certificates=root_certificates, client=client_tls, options=options
+            )
         self._stub = pb_grpc.AggregatorStub(self._channel)  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> AggregatorConnection:
@@ -69,22 +137,48 @@ class AggregatorConnection:
     def endpoint(self) -> str:
         return self._endpoint
 
+    @property
+    def identity(self) -> ClientIdentity | None:
+        return self._identity
+
+    def bind(self, attested: VerifiedAttestation) -> None:
+        """Accept `attested` as the enclave this channel talks to, or raise
+        UnattestedChannelError (attested TLS: its certificate must be the one seen)."""
+        if self._security is ChannelSecurity.ATTESTED_TLS:
+            seen = self.server_certificate
+            assert seen is not None  # made in __init__ for this mode
+            named = attested.tls_certificate_sha256
+            if named is None:
+                raise UnattestedChannelError(
+                    "the evidence names no TLS certificate (binding v1), so this channel cannot be "
+                    "tied to the enclave; nothing was sent"
+                )
+            if not hmac.compare_digest(named, seen.sha256):
+                raise UnattestedChannelError(
+                    f"the TLS certificate {self._endpoint} presented (SHA-256 {seen.sha256.hex()[:16]}...) "
+                    f"is not the enclave's attested one ({named.hex()[:16]}...): something between "
+                    "this client and the enclave terminates TLS; nothing was sent"
+                )
+        self._audience = attested.log_public_key
+
     def get_attestation(self, challenge: bytes) -> bytes:
         try:
             reply = self._stub.GetAttestation(
                 pb.AttestationRequest(challenge=challenge), timeout=self._timeout
             )
         except grpc.RpcError as exc:
-            raise self._unavailable("GetAttestation", exc) from None
+            raise self._failed("GetAttestation", exc) from None
         return bytes(reply.evidence_bundle)
 
     def get_round(self, round_id: int) -> RoundInfo:
         try:
-            reply = self._stub.GetRound(pb.GetRoundRequest(round_id=round_id), timeout=self._timeout)
+            reply = self._stub.GetRound(
+                pb.GetRoundRequest(round_id=round_id), timeout=self._timeout, metadata=self._auth("GetRound")
+            )
         except grpc.RpcError as exc:
             if _code(exc) is grpc.StatusCode.NOT_FOUND:
                 raise RoundUnavailableError(_details(exc)) from None
-            raise self._unavailable("GetRound", exc) from None
+            raise self._failed("GetRound", exc) from None
         config = RoundConfig.from_json_obj(parse_canonical(bytes(reply.round_config), what="round config"))
         return RoundInfo(config, RoundState(reply.state), reply.accepted)
 
@@ -94,23 +188,26 @@ class AggregatorConnection:
             for chunk in chunks:
                 yield pb.SubmitUpdateRequest(chunk=chunk)
 
+        metadata = self._auth("SubmitUpdate")
         try:
-            reply = self._stub.SubmitUpdate(requests(), timeout=timeout)
+            reply = self._stub.SubmitUpdate(requests(), timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
             reason = _reject_reason(exc)
             if reason is not None:
                 raise UpdateRejectedError(reason, _details(exc)) from None
-            raise self._unavailable("SubmitUpdate", exc) from None
+            raise self._failed("SubmitUpdate", exc) from None
         return bytes(reply.receipt).decode("utf-8")
 
     def get_aggregate(self, round_id: int, *, wait_seconds: float) -> tuple[bytes, bytes]:
         """(signed manifest bytes, aggregate bytes) of a closed round; unverified."""
         manifest: bytes | None = None
         data = bytearray()
+        metadata = self._auth("GetAggregate")
         try:
             for message in self._stub.GetAggregate(
                 pb.GetAggregateRequest(round_id=round_id, wait_seconds=wait_seconds),
                 timeout=wait_seconds + self._timeout,
+                metadata=metadata,
             ):
                 part = message.WhichOneof("part")
                 if part == "manifest" and manifest is None:
@@ -123,13 +220,18 @@ class AggregatorConnection:
                     raise AggregatorUnavailableError("aggregate stream is out of order")
         except grpc.RpcError as exc:
             code = _code(exc)
-            if code in (
-                grpc.StatusCode.NOT_FOUND,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                grpc.StatusCode.UNAVAILABLE,
-            ) and _details(exc):
+            if (
+                code
+                in (
+                    grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.UNAVAILABLE,
+                )
+                and _details(exc)
+                and _access_reason(exc) is None
+            ):
                 raise RoundUnavailableError(_details(exc)) from None
-            raise self._unavailable("GetAggregate", exc) from None
+            raise self._failed("GetAggregate", exc) from None
         if manifest is None:
             raise AggregatorUnavailableError("aggregate stream carried no manifest")
         return manifest, bytes(data)
@@ -140,20 +242,69 @@ class AggregatorConnection:
                 pb.GetCheckpointRequest(tree_size=tree_size), timeout=self._timeout
             )
         except grpc.RpcError as exc:
-            raise self._unavailable("GetCheckpoint", exc) from None
+            raise self._failed("GetCheckpoint", exc) from None
         return str(reply.checkpoint)
 
-    def open_round(self, config: RoundConfig) -> RoundInfo:
+    def operate(self, signed_request: bytes) -> OperatorResult:
+        """Send a signed operator request (ClientIdentity.sign_request) and return the answer."""
+        self._require_bound("Operate")
         try:
-            reply = self._stub.OpenRound(
-                pb.OpenRoundRequest(round_config=config.canonical_bytes()), timeout=self._timeout
+            reply = self._stub.Operate(
+                pb.OperatorRequest(signed_request=signed_request), timeout=self._timeout
             )
         except grpc.RpcError as exc:
-            raise self._unavailable("OpenRound", exc) from None
-        config = RoundConfig.from_json_obj(parse_canonical(bytes(reply.round_config), what="round config"))
-        return RoundInfo(config, RoundState(reply.state), reply.accepted)
+            if _access_reason(exc) is None and _code(exc) in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.FAILED_PRECONDITION,
+            ):
+                raise OperatorActionError(_details(exc)) from None
+            raise self._failed("Operate", exc) from None
+        result = parse_canonical(bytes(reply.result), what="operator result")
+        if not isinstance(result, dict):
+            raise AggregatorUnavailableError("Operate answered a result that is not a JSON object")
+        return OperatorResult(str(reply.action), int(reply.log_index), result)
 
-    def _unavailable(self, call: str, exc: grpc.RpcError) -> AggregatorUnavailableError:
+    def submit_approval(self, round_id: int, approval: bytes) -> ApprovalResult:
+        """Send a signed approval; raise the named ApprovalError the aggregator answered."""
+        self._require_bound("SubmitApproval")
+        try:
+            reply = self._stub.SubmitApproval(
+                pb.ApprovalRequest(round_id=round_id, approval=approval), timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            reason = _trailing(exc, APPROVAL_REFUSED_METADATA_KEY)
+            if reason is not None and reason in APPROVAL_ERRORS:
+                raise APPROVAL_ERRORS[reason](_details(exc)) from None
+            raise self._failed("SubmitApproval", exc) from None
+        return ApprovalResult(
+            str(reply.state), int(reply.approvals), int(reply.min_approvals), int(reply.log_index)
+        )
+
+    @property
+    def audience(self) -> bytes:
+        """The attested log key of the enclave this channel is bound to (for signed requests)."""
+        self._require_bound("a signed request")
+        assert self._audience is not None
+        return self._audience
+
+    def _require_bound(self, call: str) -> None:
+        if self._audience is None:
+            # Fail closed: nothing but the attestation request leaves before bind().
+            raise UnattestedChannelError(
+                f"{call}: the channel to {self._endpoint} is not bound to a verified attestation yet"
+            )
+
+    def _auth(self, method: str) -> tuple[tuple[str, bytes], ...]:
+        self._require_bound(method)
+        if self._identity is None:
+            return ()
+        assert self._audience is not None
+        return ((CALL_AUTH_METADATA_KEY, self._identity.call_token(_METHOD + method, self._audience)),)
+
+    def _failed(self, call: str, exc: grpc.RpcError) -> FedSealError:
+        reason = _access_reason(exc)
+        if reason is not None:
+            return AccessDeniedError(reason, f"{call}: {_details(exc)}")
         code = _code(exc)
         name = code.name if code is not None else "UNKNOWN"
         hint = ""
@@ -162,6 +313,16 @@ class AggregatorConnection:
         elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
             hint = " (the call took longer than its deadline; raise the timeout or try again)"
         return AggregatorUnavailableError(f"{call} to {self._endpoint} failed: {name}: {_details(exc)}{hint}")
+
+
+@dataclass(frozen=True)
+class ApprovalResult:
+    """The aggregator's answer to an approval: the gate's state and the log entry."""
+
+    state: str  # "pending", "released" or "withheld"
+    approvals: int
+    min_approvals: int
+    log_index: int
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
@@ -174,14 +335,31 @@ def _details(exc: grpc.RpcError) -> str:
     return str(details()) if callable(details) else str(exc)
 
 
-def _reject_reason(exc: grpc.RpcError) -> RejectReason | None:
+def _trailing(exc: grpc.RpcError, key: str) -> str | None:
     trailing = getattr(exc, "trailing_metadata", None)
     if not callable(trailing):
         return None
-    for key, value in trailing() or ():
-        if key == REJECT_REASON_METADATA_KEY:
-            try:
-                return RejectReason(value)
-            except ValueError:
-                return RejectReason.MALFORMED
+    for name, value in trailing() or ():
+        if name == key:
+            return str(value)
     return None
+
+
+def _reject_reason(exc: grpc.RpcError) -> RejectReason | None:
+    value = _trailing(exc, REJECT_REASON_METADATA_KEY)
+    if value is None:
+        return None
+    try:
+        return RejectReason(value)
+    except ValueError:
+        return RejectReason.MALFORMED
+
+
+def _access_reason(exc: grpc.RpcError) -> AccessDeniedReason | None:
+    value = _trailing(exc, ACCESS_DENIED_METADATA_KEY)
+    if value is None:
+        return None
+    try:
+        return AccessDeniedReason(value)
+    except ValueError:
+        return AccessDeniedReason.UNAUTHENTICATED

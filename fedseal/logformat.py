@@ -83,6 +83,17 @@ class EntryKind(enum.Enum):
     ROUND_CLOSED = "round_closed"
     ROUND_FAILED = "round_failed"
     TORN_TAIL_DROPPED = "torn_tail_dropped"
+    # Identity and access (aggregator/_identity.py): who may submit and who may operate.
+    ENROLMENT_RECORDED = "enrolment_recorded"
+    PRINCIPALS_RECORDED = "principals_recorded"
+    OPERATOR_ACTION = "operator_action"
+    REVOCATION_LIST_LOADED = "revocation_list_loaded"
+    # Central DP and the release gate (aggregator/_dp.py, aggregator/_approval.py).
+    DP_BUDGET = "dp_budget"
+    DP_ROUND_REFUSED = "dp_round_refused"
+    APPROVAL_RECORDED = "approval_recorded"
+    AGGREGATE_RELEASED = "aggregate_released"
+    AGGREGATE_WITHHELD = "aggregate_withheld"
 
 
 class RejectReason(enum.Enum):
@@ -100,6 +111,11 @@ class RejectReason(enum.Enum):
     NOT_FINITE = "not_finite"
     CANCELLED = "cancelled"
     ROUND_FULL = "round_full"
+    # The header names another site than the authenticated caller, or is signed by a key
+    # of another site.
+    IDENTITY_MISMATCH = "identity_mismatch"
+    # The header's signature is missing or does not verify under the enrolled key it names.
+    BAD_SIGNATURE = "bad_signature"
 
 
 class FailureCause(enum.Enum):
@@ -108,6 +124,8 @@ class FailureCause(enum.Enum):
     QUORUM_NOT_REACHED = "quorum_not_reached"
     # The enclave that ran the round stopped; its updates lived in enclave memory only.
     ENCLAVE_RESTARTED = "enclave_restarted"
+    # The strategy produced no aggregate (e.g. too few updates for its guarantee): fail closed.
+    AGGREGATION_FAILED = "aggregation_failed"
 
 
 # Required fields and their JSON types per kind (beyond v, index, time, kind).
@@ -130,6 +148,14 @@ ENTRY_FIELDS: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]] = {
         "num_examples": int,
         "adapter_spec_digest": str,
         "idempotency_key_digest": str,
+        # The site's signature over the header and ciphertext digest (fedseal/wire.py):
+        # these fields and the ones above rebuild the signed message.
+        "key_id": str,
+        "signature": str,
+        "protocol_version": int,
+        "hpke_suite": int,
+        "challenge": str,
+        "chunk_size": int,
     },
     EntryKind.UPDATE_REJECTED: {
         "round_id": int,
@@ -154,6 +180,55 @@ ENTRY_FIELDS: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]] = {
         "dropped_digest": str,  # SHA-256 of the dropped bytes
         "dropped_lines": int,  # complete lines among them (a partial last line is not counted)
     },
+    # The enrolment in force from here on (fedseal/enrolment.py): at every enclave start and
+    # after every rotation. `cause` is "start" or "rotation".
+    EntryKind.ENROLMENT_RECORDED: {
+        "enrolment": dict,
+        "enrolment_digest": str,  # SHA-256 of the canonical JSON of `enrolment`
+        "version": int,
+        "cause": str,
+    },
+    # The operator and approver keys of the job config, at every enclave start.
+    EntryKind.PRINCIPALS_RECORDED: {
+        "principals": list,  # [{"name", "role", "key": base64 raw Ed25519}]
+        "principals_digest": str,  # SHA-256 of the canonical JSON of `principals`
+    },
+    # An accepted signed request (fedseal/signed_request.py), before its action runs.
+    EntryKind.OPERATOR_ACTION: {
+        "action": str,
+        "signer": str,
+        "role": str,
+        "key_id": str,
+        "request": dict,  # the signed body, verbatim
+        "signature": str,
+        "request_digest": str,
+    },
+    # A certificate revocation list the aggregator loaded (signature checked against the CA).
+    EntryKind.REVOCATION_LIST_LOADED: {
+        "issuer": str,
+        "crl_number": int,
+        "crl_digest": str,  # SHA-256 of the DER CRL
+        "revoked": int,
+        "next_update": str,
+    },
+    # The job's DP budget, when its first DP round opens: the round config's `dp` section,
+    # the calibrated noise multiplier and the accountant (aggregator/_dp.py DpBudget).
+    EntryKind.DP_BUDGET: {"round_id": int, "budget": dict},
+    # A DP round refused before it opened: over the budget, or not the job's DP parameters.
+    EntryKind.DP_ROUND_REFUSED: {"round_id": int, "reason": str},
+    # One approver's decision on a gated round's aggregate (fedseal/approval.py).
+    EntryKind.APPROVAL_RECORDED: {
+        "round_id": int,
+        "approver": str,  # base64 raw Ed25519 key, listed in the round config
+        "approver_key_id": str,
+        "decision": str,  # "approve" or "refuse"
+        "aggregate_digest": str,
+        "signature": str,
+        "approval_digest": str,  # SHA-256 of the approval's canonical bytes
+    },
+    # A gated round's aggregate released (enough approvals) or withheld for good (a refusal).
+    EntryKind.AGGREGATE_RELEASED: {"round_id": int, "aggregate_digest": str, "approvals": list},
+    EntryKind.AGGREGATE_WITHHELD: {"round_id": int, "aggregate_digest": str, "refused_by": str},
 }
 
 # Optional fields: present only in some entries of a kind.
@@ -161,6 +236,12 @@ OPTIONAL_ENTRY_FIELDS: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]]
     # Key handover: the last checkpoint signed by the previous enclave (a signed note).
     EntryKind.ENCLAVE_STARTED: {"previous_checkpoint": str},
     EntryKind.ROUND_FAILED: {"cause": str},
+    EntryKind.ROUND_CLOSED: {
+        "strategy_params": dict,  # the resolved parameters the strategy ran with
+        "dp": dict,  # this round's DP spend (aggregator/_dp.py DpSpend) and noise
+        "metrics": dict,  # what a gated round publishes for its approvers
+        "approval_required": bool,  # the aggregate waits for approvals (not served yet)
+    },
 }
 
 

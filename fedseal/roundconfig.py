@@ -2,9 +2,11 @@
 
 A round config fixes everything a round needs: the adapter spec updates must match, the
 quorum (`min_clients`, `max_clients`), the deadline, the aggregation strategy with its
-validated parameters (`strategy_params`, see `StrategyParams`) and the largest chunk a
-client may send. The operator writes it; the aggregator records it verbatim
-in the log's `round_opened` entry; clients read it (GetRound) before they seal an update.
+validated parameters (`strategy_params`, see `StrategyParams`), the largest chunk a
+client may send, and two optional sections: `dp` (central differential privacy in the
+enclave, `DpParams`) and `approval` (the release gate, `ApprovalParams`). The operator
+writes it; the aggregator records it verbatim in the log's `round_opened` entry; clients
+read it (GetRound) before they seal an update.
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from fedseal.canonical import canonical_json
+from fedseal.canonical import b64decode_canonical, b64encode, canonical_json
 from fedseal.errors import FormatError
 from fedseal.spec import AdapterSpec
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "DP_STRATEGIES",
     "MAX_CHUNK_SIZE",
     "MAX_STALENESS",
     "STRATEGIES",
+    "ApprovalParams",
     "ConfigError",
+    "DpParams",
     "FedAdamParams",
     "FedAvgMParams",
     "FedAvgParams",
@@ -62,6 +67,9 @@ class StrategyName(enum.StrEnum):
 
 
 STRATEGIES = tuple(name.value for name in StrategyName)
+# Central DP bounds each client's influence on a plain average of clipped deltas; robust
+# statistics, Krum's choice and server optimizers would need their own sensitivity analysis.
+DP_STRATEGIES = (StrategyName.FEDAVG, StrategyName.FEDPROX)
 MAX_STALENESS = 1000
 MAX_CHUNK_SIZE = 4 * 1024 * 1024  # the transport's receive limit is set from this
 DEFAULT_CHUNK_SIZE = 1024 * 1024
@@ -91,6 +99,8 @@ class RoundConfig:
     # None means the strategy's defaults; __post_init__ replaces it with the resolved object,
     # so a config always carries (and records in the log) exactly what its strategy runs with.
     strategy_params: StrategyParams | None = None
+    dp: DpParams | None = None
+    approval: ApprovalParams | None = None
 
     def __post_init__(self) -> None:
         if self.round_id < 1:
@@ -119,6 +129,13 @@ class RoundConfig:
                 f"strategy {name.value!r}"
             )
         params.check_cohort(self.min_clients)
+        if self.dp is not None and name not in DP_STRATEGIES:
+            raise ConfigError(
+                f"round config: 'dp' works with strategies {[s.value for s in DP_STRATEGIES]} "
+                f"(a plain average of clipped deltas), not {name.value!r}"
+            )
+        if self.dp is not None and params.staleness is not None:
+            raise ConfigError("round config: 'dp' and async mode (staleness) cannot be combined")
 
     @property
     def strategy_name(self) -> StrategyName:
@@ -142,7 +159,11 @@ class RoundConfig:
             "deadline_ms": round(self.deadline_seconds * 1000),
             "strategy": self.strategy,
             "max_chunk_size": self.max_chunk_size,
-        } | ({"strategy_params": params} if (params := self.params.to_json_obj()) else {})
+        } | (
+            ({"strategy_params": params} if (params := self.params.to_json_obj()) else {})
+            | ({"dp": self.dp.to_json_obj()} if self.dp is not None else {})
+            | ({"approval": self.approval.to_json_obj()} if self.approval is not None else {})
+        )
 
     def canonical_bytes(self) -> bytes:
         return canonical_json(self.to_json_obj())
@@ -163,6 +184,8 @@ class RoundConfig:
             "strategy",
             "max_chunk_size",
             "strategy_params",
+            "dp",
+            "approval",
         }
         if not isinstance(obj, dict):
             raise ConfigError(f"{where}: must be a JSON object")
@@ -188,7 +211,128 @@ class RoundConfig:
             if "max_chunk_size" in obj
             else DEFAULT_CHUNK_SIZE,
             strategy_params=parse_strategy_params(StrategyName(strategy), obj.get("strategy_params")),
+            dp=DpParams.from_json_obj(obj["dp"]) if "dp" in obj else None,
+            approval=ApprovalParams.from_json_obj(obj["approval"]) if "approval" in obj else None,
         )
+
+
+# ---------------------------------------------------------------- privacy and release
+
+
+@dataclass(frozen=True)
+class DpParams:
+    """Central DP (Gaussian mechanism, add/remove one client) over the whole job.
+
+    Each accepted update's delta against the round's global adapter (round 1: the job's
+    initial adapter, named by `initial_adapter_digest`, SHA-256 of its safetensors bytes;
+    later rounds: the last released aggregate) is clipped to L2 norm `clip_norm` over all
+    tensors together; the enclave adds N(0, (sigma·clip_norm)²) to the sum of clipped deltas
+    and divides by the number of updates (updates are weighted equally under DP: example
+    counts are the clients' own claims and would raise the sensitivity). sigma is
+    calibrated with the PLD accountant so that `rounds` such rounds, each a Poisson sample
+    of rate `sampling_rate`, spend at most (`epsilon`, `delta`). Amplification by sampling
+    holds only if clients really are sampled at that rate with randomness the host does not
+    control; otherwise set it to 1.
+    """
+
+    epsilon: float
+    delta: float
+    clip_norm: float
+    rounds: int
+    initial_adapter_digest: bytes
+    sampling_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key, hi in (("epsilon", 20.0), ("delta", 0.01), ("clip_norm", 1e6), ("sampling_rate", 1.0)):
+            value = _real(getattr(self, key), f"dp.{key}", 0.0, hi, lo_open=True, hi_open=False)
+            object.__setattr__(self, key, value)
+        if (
+            isinstance(self.rounds, bool)
+            or not isinstance(self.rounds, int)
+            or not 1 <= self.rounds <= 100_000
+        ):
+            raise ConfigError(
+                f"round config: 'dp.rounds' must be an integer in [1, 100000], got {self.rounds!r}"
+            )
+        if not isinstance(self.initial_adapter_digest, bytes) or len(self.initial_adapter_digest) != 32:
+            raise ConfigError("round config: 'dp.initial_adapter_digest' must be 32 bytes (SHA-256)")
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "clip_norm": self.clip_norm,
+            "rounds": self.rounds,
+            "sampling_rate": self.sampling_rate,
+            "initial_adapter_digest": b64encode(self.initial_adapter_digest),
+        }
+
+    @classmethod
+    def from_json_obj(cls, obj: object) -> DpParams:
+        keys = {"epsilon", "delta", "clip_norm", "rounds", "sampling_rate", "initial_adapter_digest"}
+        if not isinstance(obj, dict) or not set(obj) <= keys or not set(obj) >= keys - {"sampling_rate"}:
+            raise ConfigError(
+                f"round config: 'dp' must be an object with {sorted(keys)} (sampling_rate optional)"
+            )
+        try:
+            digest = b64decode_canonical(
+                obj["initial_adapter_digest"], what="dp.initial_adapter_digest", size=32
+            )
+        except FormatError as exc:
+            raise ConfigError(f"round config: {exc}") from None
+        return cls(
+            epsilon=_real(obj["epsilon"], "dp.epsilon", 0.0, 20.0, lo_open=True, hi_open=False),
+            delta=_real(obj["delta"], "dp.delta", 0.0, 0.01, lo_open=True, hi_open=False),
+            clip_norm=_real(obj["clip_norm"], "dp.clip_norm", 0.0, 1e6, lo_open=True, hi_open=False),
+            rounds=_integer(obj["rounds"], "dp.rounds", 1, 100_000),
+            sampling_rate=_real(
+                obj.get("sampling_rate", 1.0), "dp.sampling_rate", 0.0, 1.0, lo_open=True, hi_open=False
+            ),
+            initial_adapter_digest=digest,
+        )
+
+
+@dataclass(frozen=True)
+class ApprovalParams:
+    """The release gate: the aggregate is released only once `min_approvals` distinct keys of
+    `approvers` (raw Ed25519 public keys) signed an approval of its digest; any one of them
+    may refuse it instead, which withholds the aggregate for good (fedseal/approval.py)."""
+
+    approvers: tuple[bytes, ...]
+    min_approvals: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.approvers or len(self.approvers) > 64:
+            raise ConfigError("round config: 'approval.approvers' must list 1 to 64 keys")
+        if any(not isinstance(k, bytes) or len(k) != 32 for k in self.approvers):
+            raise ConfigError("round config: 'approval.approvers' must be raw 32-byte Ed25519 keys")
+        if len(set(self.approvers)) != len(self.approvers):
+            raise ConfigError("round config: 'approval.approvers' lists a key twice")
+        if not 1 <= self.min_approvals <= len(self.approvers):
+            raise ConfigError(
+                f"round config: 'approval.min_approvals' must be in [1, {len(self.approvers)}], "
+                f"got {self.min_approvals!r}"
+            )
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {"approvers": [b64encode(k) for k in self.approvers], "min_approvals": self.min_approvals}
+
+    @classmethod
+    def from_json_obj(cls, obj: object) -> ApprovalParams:
+        if not isinstance(obj, dict) or set(obj) != {"approvers", "min_approvals"}:
+            raise ConfigError(
+                "round config: 'approval' must be an object with 'approvers' and 'min_approvals'"
+            )
+        keys = obj["approvers"]
+        if not isinstance(keys, list):
+            raise ConfigError("round config: 'approval.approvers' must be a list of base64 keys")
+        try:
+            approvers = tuple(
+                b64decode_canonical(k, what=f"approval.approvers[{n}]", size=32) for n, k in enumerate(keys)
+            )
+        except FormatError as exc:
+            raise ConfigError(f"round config: {exc}") from None
+        return cls(approvers, _integer(obj["min_approvals"], "approval.min_approvals", 1, 64))
 
 
 # ---------------------------------------------------------------- strategy parameters

@@ -2,34 +2,67 @@
 
 Generated protobuf classes stop here: the aggregator's service and the client's transport
 call these converters, and everything else speaks in the frozen dataclasses below.
+
+The update header is signed by the submitting site's enrolled Ed25519 key (`key_id`),
+over every header field and the ciphertext digest of the chunks that follow::
+
+    message = lp("fedseal/update-signature/v1") || lp(u64(protocol_version)) || lp(u64(round_id))
+              || lp(ascii(client_id)) || lp(ascii(key_id)) || lp(adapter_spec_digest)
+              || lp(u64(num_examples)) || lp(u64(hpke suite wire id))
+              || lp(SHA-256(idempotency_key)) || lp(challenge) || lp(u64(chunk_size))
+              || lp(u64(ciphertext_size)) || lp(ciphertext_digest)
+
+(lp: 4-byte big-endian length prefix, u64: 8-byte big-endian). The wrapped key is covered
+through the ciphertext digest, which hashes it first (fedseal/envelope.py); the
+idempotency key through its digest, which is what the log records. So the signature can be
+checked from an `update_accepted` log entry alone, and proves which site submitted which
+ciphertext whatever carried it. A client seals first, then signs, then sends.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import hashlib
+import re
+from dataclasses import dataclass, replace
 
 import grpc
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
-from fedseal.binding import CHALLENGE_SIZE
+from fedseal.binding import CHALLENGE_SIZE, length_prefixed
 from fedseal.envelope import HpkeSuite, SealContext
-from fedseal.errors import FedSealError, FormatError
+from fedseal.errors import FedSealError, FormatError, SignatureError
 from fedseal.logformat import RejectReason
+from fedseal.signed_request import key_id
 
 __all__ = [
+    "ACCESS_DENIED_METADATA_KEY",
+    "CALL_AUTH_METADATA_KEY",
     "PROTOCOL_VERSION",
     "REJECT_REASON_METADATA_KEY",
+    "STATUS_FOR_ACCESS",
     "STATUS_FOR_REASON",
+    "UPDATE_SIGNATURE_DOMAIN",
+    "AccessDeniedError",
+    "AccessDeniedReason",
     "UpdateHeader",
     "UpdateRejectedError",
     "header_from_proto",
     "header_to_proto",
+    "update_signature_message",
 ]
 
 PROTOCOL_VERSION = 1
 REJECT_REASON_METADATA_KEY = "fedseal-reject-reason"
+ACCESS_DENIED_METADATA_KEY = "fedseal-access-denied"
+# A caller's signed call token (fedseal/signed_request.py, action "call"); binary metadata.
+CALL_AUTH_METADATA_KEY = "fedseal-call-auth-bin"
+UPDATE_SIGNATURE_DOMAIN = b"fedseal/update-signature/v1"
 MAX_WRAPPED_KEY_SIZE = 256  # X25519 enc (32) + sealed 32-byte key + tag: far below this
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+_SIGNATURE_SIZE = 64
 
 
 class UpdateRejectedError(FedSealError):
@@ -55,7 +88,117 @@ STATUS_FOR_REASON: dict[RejectReason, grpc.StatusCode] = {
     RejectReason.NOT_FINITE: grpc.StatusCode.INVALID_ARGUMENT,
     RejectReason.CANCELLED: grpc.StatusCode.CANCELLED,
     RejectReason.ROUND_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RejectReason.IDENTITY_MISMATCH: grpc.StatusCode.PERMISSION_DENIED,
+    RejectReason.BAD_SIGNATURE: grpc.StatusCode.PERMISSION_DENIED,
 }
+
+
+class AccessDeniedReason(enum.Enum):
+    """Why a call was refused before it reached the service (aggregator/_identity.py).
+
+    These refusals come from callers that are not (or not yet) known, so they are not
+    written to the audit log (which they could otherwise flood); the service logs them.
+    """
+
+    UNAUTHENTICATED = "unauthenticated"  # no client certificate and no call token
+    NOT_ENROLLED = "not_enrolled"  # certificate or key not in the enrolment (or removed)
+    REVOKED = "revoked"  # client certificate on the CA's revocation list
+    REVOCATION_UNKNOWN = "revocation_unknown"  # the revocation list is missing or stale
+    CERTIFICATE_REQUIRED = "certificate_required"  # site enrolled with a certificate came without
+    IDENTITY_MISMATCH = "identity_mismatch"  # certificate and key name different sites
+    NOT_ALLOWED = "not_allowed"  # authenticated, but this call is not for this kind of caller
+    # The signed call token or operator request (fedseal.signed_request reasons):
+    MALFORMED_REQUEST = "malformed_request"
+    WRONG_AUDIENCE = "wrong_audience"
+    UNKNOWN_SIGNER = "unknown_signer"
+    FORGED_REQUEST = "forged_request"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED_REQUEST = "expired_request"
+    UNKNOWN_ACTION = "unknown_action"
+    WRONG_ROLE = "wrong_role"
+    REPLAYED_REQUEST = "replayed_request"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    # Abuse limits:
+    THROTTLED = "throttled"  # a per-identity limit (streams, bytes or calls per round)
+    RATE_LIMITED = "rate_limited"  # the public endpoints' rate limit
+
+
+class AccessDeniedError(FedSealError):
+    """The aggregator refused a call: `reason` in one word, `detail` in a sentence."""
+
+    def __init__(self, reason: AccessDeniedReason, detail: str) -> None:
+        super().__init__(f"access denied ({reason.value}): {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+STATUS_FOR_ACCESS: dict[AccessDeniedReason, grpc.StatusCode] = {
+    reason: (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+        if reason
+        in (
+            AccessDeniedReason.THROTTLED,
+            AccessDeniedReason.RATE_LIMITED,
+            AccessDeniedReason.TOO_MANY_REQUESTS,
+        )
+        else grpc.StatusCode.PERMISSION_DENIED
+        if reason
+        in (
+            AccessDeniedReason.NOT_ENROLLED,
+            AccessDeniedReason.REVOKED,
+            AccessDeniedReason.CERTIFICATE_REQUIRED,
+            AccessDeniedReason.IDENTITY_MISMATCH,
+            AccessDeniedReason.NOT_ALLOWED,
+            AccessDeniedReason.WRONG_ROLE,
+            AccessDeniedReason.UNKNOWN_ACTION,
+        )
+        else grpc.StatusCode.UNAVAILABLE
+        if reason is AccessDeniedReason.REVOCATION_UNKNOWN
+        else grpc.StatusCode.UNAUTHENTICATED
+    )
+    for reason in AccessDeniedReason
+}
+
+
+def _u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def update_signature_message(
+    *,
+    protocol_version: int,
+    round_id: int,
+    client_id: str,
+    key_id: str,
+    adapter_spec_digest: bytes,
+    num_examples: int,
+    suite_wire_id: int,
+    idempotency_key_digest: bytes,
+    challenge: bytes,
+    chunk_size: int,
+    ciphertext_size: int,
+    ciphertext_digest: bytes,
+) -> bytes:
+    """The bytes a site signs for one update (module docstring); the auditor rebuilds them
+    from an `update_accepted` entry."""
+    try:
+        return length_prefixed(
+            UPDATE_SIGNATURE_DOMAIN,
+            _u64(protocol_version),
+            _u64(round_id),
+            client_id.encode("ascii"),
+            key_id.encode("ascii"),
+            adapter_spec_digest,
+            _u64(num_examples),
+            _u64(suite_wire_id),
+            idempotency_key_digest,
+            challenge,
+            _u64(chunk_size),
+            _u64(ciphertext_size),
+            ciphertext_digest,
+        )
+    except (OverflowError, UnicodeEncodeError) as exc:
+        raise FormatError(f"update signature fields out of range: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -73,6 +216,9 @@ class UpdateHeader:
     challenge: bytes
     chunk_size: int
     ciphertext_size: int
+    key_id: str  # the enrolled site key that signs (fedseal.signed_request.key_id)
+    ciphertext_digest: bytes  # fedseal.envelope.CiphertextDigest of wrapped key and chunks
+    signature: bytes = b""  # Ed25519 over signed_message(); empty until sign()
 
     def __post_init__(self) -> None:
         if self.protocol_version != PROTOCOL_VERSION:
@@ -86,6 +232,46 @@ class UpdateHeader:
             raise FormatError("header wrapped_key is empty or too long")
         if self.ciphertext_size <= 0:
             raise FormatError("header ciphertext_size must be positive")
+        if not isinstance(self.key_id, str) or not _KEY_ID.fullmatch(self.key_id):
+            raise FormatError("header key_id must be 16 lowercase hex digits")
+        if len(self.ciphertext_digest) != 32:
+            raise FormatError("header ciphertext_digest must be 32 bytes (SHA-256)")
+        if len(self.signature) not in (0, _SIGNATURE_SIZE):
+            raise FormatError(f"header signature must be {_SIGNATURE_SIZE} bytes (Ed25519)")
+
+    def signed_message(self) -> bytes:
+        """What the site's key signs (module docstring)."""
+        return update_signature_message(
+            protocol_version=self.protocol_version,
+            round_id=self.round_id,
+            client_id=self.client_id,
+            key_id=self.key_id,
+            adapter_spec_digest=self.adapter_spec_digest,
+            num_examples=self.num_examples,
+            suite_wire_id=self.suite.wire_id,
+            idempotency_key_digest=hashlib.sha256(self.idempotency_key).digest(),
+            challenge=self.challenge,
+            chunk_size=self.chunk_size,
+            ciphertext_size=self.ciphertext_size,
+            ciphertext_digest=self.ciphertext_digest,
+        )
+
+    def sign(self, private_key: Ed25519PrivateKey) -> UpdateHeader:
+        """This header signed by `private_key`, whose key id must be this header's key_id."""
+        if key_id(private_key.public_key().public_bytes_raw()) != self.key_id:
+            raise FormatError("the signing key is not the key the header names (key_id)")
+        return replace(self, signature=private_key.sign(self.signed_message()))
+
+    def verify_signature(self, public_key: bytes) -> None:
+        """Raise SignatureError unless the header carries a valid signature by `public_key`."""
+        if len(self.signature) != _SIGNATURE_SIZE:
+            raise SignatureError("the update header is not signed")
+        try:
+            Ed25519PublicKey.from_public_bytes(public_key).verify(self.signature, self.signed_message())
+        except (InvalidSignature, ValueError):
+            raise SignatureError(
+                f"the update header's signature does not verify under key {self.key_id}"
+            ) from None
 
     def seal_context(self, binding: bytes) -> SealContext:
         """The envelope context both sides bind into HPKE `info` and every chunk's AAD."""
@@ -115,6 +301,9 @@ def header_to_proto(h: UpdateHeader) -> pb.UpdateHeader:
         challenge=h.challenge,
         chunk_size=h.chunk_size,
         ciphertext_size=h.ciphertext_size,
+        key_id=h.key_id,
+        ciphertext_digest=h.ciphertext_digest,
+        signature=h.signature,
     )
 
 
@@ -135,6 +324,9 @@ def header_from_proto(m: pb.UpdateHeader) -> UpdateHeader:
         challenge=bytes(m.challenge),
         chunk_size=m.chunk_size,
         ciphertext_size=m.ciphertext_size,
+        key_id=m.key_id,
+        ciphertext_digest=bytes(m.ciphertext_digest),
+        signature=bytes(m.signature),
     )
 
 

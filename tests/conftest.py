@@ -1,16 +1,23 @@
-"""Shared fixtures: a live aggregator on loopback with the simulated TEE, and small adapters."""
+"""Shared fixtures: a live aggregator on loopback with the simulated TEE, and small adapters.
+
+The live aggregator enrols every site id in `identities.TEST_SITES` (keys derived from the
+names) and the test operator and approver; `site_client` opens a client as one of them.
+"""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from identities import enrolment, principal_identity, principals, site_identity
 
-from aggregator import RoundConfig, RunningAggregator, start_aggregator
+from aggregator import AccessConfig, AccessLimits, RoundConfig, RunningAggregator, start_aggregator
 from attestation import InsecureSimulatedTeeCollector, Policy, load_builtin_policy
+from client_sdk import FedSealClient, Receipt
 from fedseal.spec import AdapterSpec, WireDtype
 
 ADAPTER_SHAPES = {
@@ -53,15 +60,47 @@ def default_policy() -> Policy:
     return load_builtin_policy("default")
 
 
-@pytest.fixture
-def live_aggregator(tmp_path: Path) -> Iterator[RunningAggregator]:
+def access_config(limits: AccessLimits | None = None) -> AccessConfig:
+    """Every test site enrolled (keys only), the test operator and approver as principals."""
+    return AccessConfig(enrolment(), principals(), limits=limits or AccessLimits())
+
+
+def simulated_collector(label: str = "fedseal tests") -> InsecureSimulatedTeeCollector:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        collector = InsecureSimulatedTeeCollector("fedseal tests")
+        return InsecureSimulatedTeeCollector(label)
+
+
+def site_client(endpoint: str, policy: Policy, site: str, **options: object) -> FedSealClient:
+    """A client for `endpoint` as the enrolled test site `site`."""
+    return FedSealClient(endpoint, policy, identity=site_identity(site), **options)  # type: ignore[arg-type]
+
+
+def submit_as(
+    endpoint: str,
+    policy: Policy,
+    site: str,
+    adapter: Any,
+    *,
+    receipts: Path | None = None,
+    **options: Any,
+) -> Receipt:
+    """Submit `adapter` as the enrolled test site `site` (its own client, its own key)."""
+    with site_client(endpoint, policy, site, timeout=20, receipts=receipts) as client:
+        return client.submit_update(adapter, **options)
+
+
+def operator_client(endpoint: str, policy: Policy, name: str = "olivia-operator") -> FedSealClient:
+    return FedSealClient(endpoint, policy, identity=principal_identity(name), timeout=20)
+
+
+@pytest.fixture
+def live_aggregator(tmp_path: Path) -> Iterator[RunningAggregator]:
     running = start_aggregator(
         log_path=tmp_path / "audit.log",
         log_origin="fedseal.test/log",
-        collectors=[collector],
+        collectors=[simulated_collector()],
+        access=access_config(),
         listen="127.0.0.1:0",
     )
     try:

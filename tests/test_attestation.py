@@ -183,7 +183,8 @@ STRICT_PARSE_CASES: list[tuple[str, Mutation, str]] = [
     ("non-canonical base64", _set("challenge", _NON_CANONICAL_B64), "challenge"),
     ("url-safe base64", _set("challenge", _b64(b"\xfb" * 32).replace("+", "-")), "challenge"),
     ("number instead of base64", _set("binding", 7), "binding"),
-    ("newer version", _set("format", "fedseal-evidence-bundle/v2"), "format"),
+    ("newer version", _set("format", "fedseal-evidence-bundle/v3"), "format"),
+    ("v2 without the TLS digest", _set("format", "fedseal-evidence-bundle/v2"), "tls_certificate_sha256"),
     ("not a bundle", _set("format", "something-else"), "format"),
     ("evidence not a list", _set("evidence", {"kind": "x"}), "evidence"),
     ("evidence empty", _set("evidence", []), "evidence"),
@@ -259,8 +260,9 @@ def test_constructor_checks_shape(bundle: EvidenceBundle) -> None:
         dataclasses.replace(bundle, hpke_public_key=b"short")
     with pytest.raises(BundleFormatError, match="evidence"):
         dataclasses.replace(bundle, evidence=())
-    with pytest.raises(BundleFormatError, match="version"):
-        dataclasses.replace(bundle, version=2)
+    with pytest.raises(BundleFormatError, match="tls_certificate_sha256"):
+        dataclasses.replace(bundle, tls_certificate_sha256=b"short")
+    assert bundle.version == 1 and dataclasses.replace(bundle, tls_certificate_sha256=bytes(32)).version == 2
     with pytest.raises(BundleFormatError):
         Evidence(EvidenceKind.NVIDIA_GPU, b"")
 

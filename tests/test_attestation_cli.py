@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from aggregator._tls import EnclaveTlsIdentity
 from attestation import (
     EndpointError,
     EvidenceBundle,
@@ -219,10 +220,12 @@ def test_help_is_written_for_newcomers(capsys: pytest.CaptureFixture[str]) -> No
 
 
 class _FakeAggregator(fedseal_pb2_grpc.AggregatorServicer):
-    """Answers GetAttestation like the real aggregator will: a simulated-TEE bundle."""
+    """Answers GetAttestation like the real aggregator does: a simulated-TEE bundle that
+    binds the TLS certificate it serves with."""
 
-    def __init__(self) -> None:
-        self.keys = _keys()
+    def __init__(self, tls: EnclaveTlsIdentity) -> None:
+        keys = _keys()
+        self.keys = BoundKeys(keys.hpke_public_key, keys.log_public_key, tls.certificate_sha256)
         self.collector = InsecureSimulatedTeeCollector("fake aggregator")
 
     def GetAttestation(  # the gRPC method name, hence not snake_case
@@ -235,10 +238,11 @@ class _FakeAggregator(fedseal_pb2_grpc.AggregatorServicer):
 @pytest.fixture
 def endpoint() -> Iterator[str]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    tls = EnclaveTlsIdentity.generate()
     fedseal_pb2_grpc.add_AggregatorServicer_to_server(  # type: ignore[no-untyped-call]
-        _FakeAggregator(), server
+        _FakeAggregator(tls), server
     )
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port("127.0.0.1:0", tls.server_credentials())
     server.start()
     try:
         yield f"127.0.0.1:{port}"

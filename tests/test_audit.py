@@ -1,4 +1,8 @@
-"""fedseal-audit: an honest log verifies; every kind of tampering is caught and located."""
+"""fedseal-audit: an honest log verifies; every kind of tampering is caught and located.
+
+The honest log's entries: 0 enclave_started, 1 principals_recorded, 2 enrolment_recorded,
+3 round_opened, 4-6 the updates of site-0, site-1, site-2, 7 round_closed, then round 2.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_adapter, round_config
+from conftest import access_config, make_adapter, round_config, site_client
 
 from aggregator import RunningAggregator
 from attestation import Policy
-from client_sdk import FedSealClient, UpdateRejectedError
-from client_sdk._transport import AggregatorConnection
+from client_sdk import UpdateRejectedError
 from fedseal.audit import FindingKind, LogVerificationError, audit_log, verify_log
 from fedseal.audit._cli import main as audit_main
 
@@ -31,19 +34,23 @@ def honest_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
         warnings.simplefilter("ignore")
         collector = InsecureSimulatedTeeCollector("audit tests")
     running: RunningAggregator = start_aggregator(
-        log_path=tmp / "audit.log", log_origin="fedseal.test/audit", collectors=[collector]
+        log_path=tmp / "audit.log",
+        log_origin="fedseal.test/audit",
+        collectors=[collector],
+        access=access_config(),
     )
     policy = load_builtin_policy(DEV)
     try:
         running.rounds.open_round(round_config(1))
-        with FedSealClient(running.endpoint, policy) as client:
-            for i in range(3):
-                client.submit_update(make_adapter(i), round_id=1, client_id=f"site-{i}", num_examples=i + 1)
+        for i in range(3):
+            with site_client(running.endpoint, policy, f"site-{i}") as site:
+                site.submit_update(make_adapter(i), round_id=1, num_examples=i + 1)
+        with site_client(running.endpoint, policy, "site-0") as client:
             client.fetch_aggregate(1, wait_seconds=10)
             running.rounds.open_round(round_config(2, min_clients=2, deadline_seconds=0.8))
-            sub = client.seal_update(make_adapter(5), round_id=2, client_id="site-0", num_examples=1)
-            with pytest.raises(UpdateRejectedError), AggregatorConnection(running.endpoint) as conn:
-                conn.submit(sub.header, sub.chunks[:-1], timeout=10)
+            sub = client.seal_update(make_adapter(5), round_id=2, num_examples=1)
+            with pytest.raises(UpdateRejectedError):
+                client._connection.submit(sub.header, sub.chunks[:-1], timeout=10)
             client.send(sub)
             with pytest.raises(Exception, match="failed"):
                 client.fetch_aggregate(2, wait_seconds=10)
@@ -91,14 +98,16 @@ def test_default_policy_refuses_a_log_from_a_simulated_enclave(
 
 def test_modified_entry_is_named(honest_log: Path, dev_policy: Policy, tmp_path: Path) -> None:
     lines = _lines(honest_log)
-    target = _entry_line_numbers(lines)[3]  # site-1's update_accepted entry
+    target = _entry_line_numbers(lines)[5]  # site-1's update_accepted entry
     assert b"site-1" in lines[target]
     lines[target] = lines[target].replace(b"site-1", b"site-9")  # still valid, canonical JSON
     with pytest.raises(LogVerificationError) as info:
         verify_log(_write(tmp_path, lines), dev_policy)
     findings = info.value.report.findings
     modified = [f for f in findings if f.kind is FindingKind.MODIFIED_ENTRY]
-    assert modified and modified[0].index == 3 and modified[0].line == target + 1
+    assert modified and modified[0].index == 5 and modified[0].line == target + 1
+    # Its site signature no longer holds either (site-1 signed it, not site-9): listed after.
+    assert (FindingKind.BAD_UPDATE_SIGNATURE, 5) in [(f.kind, f.index) for f in findings[1:]]
 
 
 @pytest.mark.parametrize("offset", [10, 40, -30])
@@ -106,7 +115,7 @@ def test_flipped_byte_anywhere_in_an_entry_is_caught(
     honest_log: Path, dev_policy: Policy, tmp_path: Path, offset: int
 ) -> None:
     lines = _lines(honest_log)
-    target = _entry_line_numbers(lines)[3]
+    target = _entry_line_numbers(lines)[5]
     flipped = bytearray(lines[target])
     flipped[offset] ^= 0x01
     lines[target] = bytes(flipped)
@@ -114,14 +123,14 @@ def test_flipped_byte_anywhere_in_an_entry_is_caught(
     assert report.findings
     first = report.findings[0]
     assert first.kind in (FindingKind.MODIFIED_ENTRY, FindingKind.MALFORMED_RECORD)
-    assert first.index == 3 and first.line == target + 1
+    assert first.index == 5 and first.line == target + 1
 
 
 def test_flipped_byte_in_a_checkpoint_signature_is_caught(
     honest_log: Path, dev_policy: Policy, tmp_path: Path
 ) -> None:
     lines = _lines(honest_log)
-    target = _entry_line_numbers(lines)[2] + 1
+    target = _entry_line_numbers(lines)[4] + 1
     record = json.loads(lines[target])
     note = record["checkpoint"]
     sig_at = note.rindex("\u2014 ") + 30
@@ -136,25 +145,25 @@ def test_flipped_byte_in_a_checkpoint_signature_is_caught(
 
 def test_removed_entry_is_named(honest_log: Path, dev_policy: Policy, tmp_path: Path) -> None:
     lines = _lines(honest_log)
-    target = _entry_line_numbers(lines)[5]
+    target = _entry_line_numbers(lines)[7]
     del lines[target]
     report = audit_log(_write(tmp_path, lines), dev_policy)
     kinds = [(f.kind, f.index) for f in report.findings]
-    # The entries' own indices skip 5, and the checkpoint written after it runs past the
+    # The entries' own indices skip 7, and the checkpoint written after it runs past the
     # entries: one finding names the gap.
-    assert kinds[0] == (FindingKind.REMOVED_ENTRY, 5)
+    assert kinds[0] == (FindingKind.REMOVED_ENTRY, 7)
     # What follows from it (round 1 never closed) is listed after it.
     assert {k for k, _ in kinds[1:]} <= {FindingKind.INCONSISTENT_ROUND}
 
 
 def test_swapped_pair_of_entries_is_named(honest_log: Path, dev_policy: Policy, tmp_path: Path) -> None:
     lines = _lines(honest_log)
-    a, b = _entry_line_numbers(lines)[3:5]
+    a, b = _entry_line_numbers(lines)[5:7]
     lines[a], lines[b] = lines[b], lines[a]
     report = audit_log(_write(tmp_path, lines), dev_policy)
-    # Entry 3 now comes after entry 4; the checkpoints that no longer match are explained by
+    # Entry 5 now comes after entry 6; the checkpoints that no longer match are explained by
     # the reordering rather than reported as modifications.
-    assert [(f.kind, f.index, f.line) for f in report.findings] == [(FindingKind.REORDERED_ENTRIES, 3, b + 1)]
+    assert [(f.kind, f.index, f.line) for f in report.findings] == [(FindingKind.REORDERED_ENTRIES, 5, b + 1)]
 
 
 def test_torn_last_line_is_reported(honest_log: Path, dev_policy: Policy, tmp_path: Path) -> None:
@@ -183,7 +192,7 @@ def test_cli_exit_codes_and_output(
     assert "VERIFIED" in out and "Round 1: CLOSED" in out and "Round 2: FAILED" in out
 
     lines = _lines(honest_log)
-    del lines[_entry_line_numbers(lines)[5]]
+    del lines[_entry_line_numbers(lines)[7]]
     tampered = _write(tmp_path, lines)
     assert audit_main(["verify", str(tampered), "--builtin-policy", DEV, "--json"]) == 1
     report = json.loads(capsys.readouterr().out)

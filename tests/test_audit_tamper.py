@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import make_adapter, round_config
+from conftest import access_config, make_adapter, round_config, site_client, submit_as
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregator import start_aggregator
 from attestation import InsecureSimulatedTeeCollector, Policy, load_builtin_policy, simulated_measurement
 from client_sdk import FedSealClient, Receipt, UpdateRejectedError
-from client_sdk._transport import AggregatorConnection
 from fedseal.audit import (
     AuditReport,
     FindingKind,
@@ -75,10 +74,12 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
     keys, receipts = [], []
 
     def run(body: Callable[[FedSealClient, object], None]) -> None:
-        running = start_aggregator(log_path=path, log_origin=ORIGIN, collectors=[_collector()])
+        running = start_aggregator(
+            log_path=path, log_origin=ORIGIN, collectors=[_collector()], access=access_config()
+        )
         keys.append(running.keys.log_private_key)
         try:
-            with FedSealClient(running.endpoint, policy, timeout=20) as client:
+            with site_client(running.endpoint, policy, "site-0", timeout=20) as client:
                 body(client, running)
         finally:
             running.stop(grace=0.5)
@@ -86,29 +87,33 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
     def first(client: FedSealClient, running: object) -> None:
         rounds = running.rounds  # type: ignore[attr-defined]
         rounds.open_round(round_config(1, min_clients=2, max_clients=3))
+        endpoint = running.endpoint  # type: ignore[attr-defined]
         for i in range(3):
             receipts.append(
-                client.submit_update(make_adapter(i), round_id=1, client_id=f"site-{i}", num_examples=i + 1)
+                submit_as(endpoint, policy, f"site-{i}", make_adapter(i), round_id=1, num_examples=i + 1)
             )
         client.fetch_aggregate(1, wait_seconds=10)
         rounds.open_round(round_config(2))
-        receipts.append(client.submit_update(make_adapter(7), round_id=2, client_id="site-0", num_examples=5))
+        receipts.append(client.submit_update(make_adapter(7), round_id=2, num_examples=5))
 
     def second(client: FedSealClient, running: object) -> None:
         rounds = running.rounds  # type: ignore[attr-defined]
         rounds.open_round(round_config(3))
-        sub = client.seal_update(make_adapter(4), round_id=3, client_id="site-1", num_examples=2)
-        with pytest.raises(UpdateRejectedError), AggregatorConnection(running.endpoint) as conn:  # type: ignore[attr-defined]
-            conn.submit(sub.header, sub.chunks[:-1], timeout=10)
+        endpoint = running.endpoint  # type: ignore[attr-defined]
+        with site_client(endpoint, policy, "site-1") as site1:
+            sub = site1.seal_update(make_adapter(4), round_id=3, num_examples=2)
+            with pytest.raises(UpdateRejectedError):
+                site1._connection.submit(sub.header, sub.chunks[:-1], timeout=10)
         for i in range(3):
             receipts.append(
-                client.submit_update(make_adapter(i), round_id=3, client_id=f"site-{i}", num_examples=3)
+                submit_as(endpoint, policy, f"site-{i}", make_adapter(i), round_id=3, num_examples=3)
             )
         client.fetch_aggregate(3, wait_seconds=10)
 
     def third(client: FedSealClient, running: object) -> None:
         running.rounds.open_round(round_config(4))  # type: ignore[attr-defined]
-        receipts.append(client.submit_update(make_adapter(9), round_id=4, client_id="site-2", num_examples=1))
+        endpoint = running.endpoint  # type: ignore[attr-defined]
+        receipts.append(submit_as(endpoint, policy, "site-2", make_adapter(9), round_id=4, num_examples=1))
 
     run(first)
     run(second)

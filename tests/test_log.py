@@ -12,14 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_adapter, round_config
+from conftest import access_config, make_adapter, round_config, submit_as
 
 from aggregator import start_aggregator
 from aggregator._log import AuditLog, AuditLogError, CommitMode
 from aggregator._server import _start_enclave
 from aggregator.enclave._keys import EnclaveKeys
 from attestation import InsecureSimulatedTeeCollector, Policy
-from client_sdk import FedSealClient
 from fedseal.audit import verify_log
 from fedseal.audit._endpoint import AuditorConnection
 from fedseal.canonical import b64encode
@@ -305,13 +304,16 @@ def test_proofs_for_every_earlier_size_across_a_restart(tmp_path: Path, dev_poli
     path = tmp_path / "audit.log"
     receipts = []
     for run in (1, 2):
-        running = start_aggregator(log_path=path, log_origin=ORIGIN, collectors=[_collector()])
+        running = start_aggregator(
+            log_path=path, log_origin=ORIGIN, collectors=[_collector()], access=access_config()
+        )
         try:
             running.rounds.open_round(round_config(run, min_clients=1, max_clients=2))
-            with FedSealClient(running.endpoint, dev_policy) as client:
-                receipts.append(
-                    client.submit_update(make_adapter(run), round_id=run, client_id="site-a", num_examples=1)
+            receipts.append(
+                submit_as(
+                    running.endpoint, dev_policy, "site-a", make_adapter(run), round_id=run, num_examples=1
                 )
+            )
             if run == 1:
                 continue
             key = NoteVerifier(ORIGIN, running.keys.bound.log_public_key)
@@ -404,7 +406,9 @@ def test_a_resumed_job_continues_with_the_next_unused_round_id(tmp_path: Path, d
     job = JobConfig(rounds=3, round_template=template)
     path = tmp_path / "audit.log"
     for expected in (1, 2, 3, None):
-        running = start_aggregator(log_path=path, log_origin=ORIGIN, collectors=[_collector()], job=job)
+        running = start_aggregator(
+            log_path=path, log_origin=ORIGIN, collectors=[_collector()], job=job, access=access_config()
+        )
         try:
             if expected is None:  # the job's round ids are all spent: nothing is opened again
                 with pytest.raises(RoundNotFoundError):

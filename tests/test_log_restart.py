@@ -8,6 +8,7 @@ crash lost). The kill points come from a seeded generator, so a failure reproduc
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -18,11 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_adapter, round_config
+from conftest import make_adapter, operator_client, round_config, submit_as
+from identities import principals_json, write_enrolment
 
 from attestation import Policy
-from client_sdk import AggregatorUnavailableError, FedSealClient, Receipt, UpdateRejectedError
-from client_sdk._transport import AggregatorConnection
+from client_sdk import AggregatorUnavailableError, Receipt, UpdateRejectedError
 from fedseal.audit import check_receipts_in_log, verify_log
 from fedseal.errors import FedSealError
 
@@ -30,6 +31,17 @@ ORIGIN = "fedseal.test/sigkill"
 SEED = 20261125
 ITERATIONS = 6
 ROOT = Path(__file__).resolve().parents[1]
+SITES_PER_THREAD = 300  # more than a thread submits before a kill: every update has its own site
+
+
+def _access_files(directory: Path) -> list[str]:
+    """CLI arguments naming an enrolment of every submitter's site and a job with the test
+    operator (who opens the rounds), written once into `directory`."""
+    sites = [f"c{t}-{n}" for t in range(3) for n in range(SITES_PER_THREAD)]
+    enrolment = write_enrolment(directory / "enrolment.json", sites)
+    job = directory / "job.json"
+    job.write_text(json.dumps({"format": "fedseal-job/v1", "rounds": 0, "principals": principals_json()}))
+    return ["--enrolment", str(enrolment), "--job", str(job)]
 
 
 def _start(log: Path, port_file: Path, stderr: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -50,6 +62,7 @@ def _start(log: Path, port_file: Path, stderr: Path) -> tuple[subprocess.Popen[b
             str(port_file),
             "--log-level",
             "warning",
+            *_access_files(log.parent),
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -72,19 +85,24 @@ def _start(log: Path, port_file: Path, stderr: Path) -> tuple[subprocess.Popen[b
 def _submitter(
     endpoint: str, policy: Policy, prefix: str, round_id: int, stop: threading.Event, out: list[Receipt]
 ) -> None:
-    with FedSealClient(endpoint, policy, timeout=5) as client:
-        for n in range(10_000):
-            if stop.is_set():
-                return
-            try:
-                receipt = client.submit_update(
-                    make_adapter(n), round_id=round_id, client_id=f"{prefix}-{n}", num_examples=1, retries=0
-                )
-            except (AggregatorUnavailableError, UpdateRejectedError):
-                return  # the aggregator died under us (or refused as it went down)
-            except FedSealError:
-                return
-            out.append(receipt)
+    for n in range(SITES_PER_THREAD):
+        if stop.is_set():
+            return
+        try:
+            receipt = submit_as(
+                endpoint,
+                policy,
+                f"{prefix}-{n}",
+                make_adapter(n),
+                round_id=round_id,
+                num_examples=1,
+                retries=0,
+            )
+        except (AggregatorUnavailableError, UpdateRejectedError):
+            return  # the aggregator died under us (or refused as it went down)
+        except FedSealError:
+            return
+        out.append(receipt)
 
 
 @pytest.mark.slow
@@ -109,8 +127,10 @@ def test_sigkill_during_rounds_never_loses_a_receipted_entry(tmp_path: Path, dev
             if iteration == ITERATIONS:
                 break
             round_id = max((r.round_id for r in report.rounds), default=0) + 1
-            with AggregatorConnection(endpoint) as conn:
-                conn.open_round(round_config(round_id, min_clients=1, max_clients=1000, deadline_seconds=120))
+            with operator_client(endpoint, dev_policy) as operator:
+                operator.open_round(
+                    round_config(round_id, min_clients=1, max_clients=1000, deadline_seconds=120)
+                )
             stop = threading.Event()
             got: list[Receipt] = []
             threads = [

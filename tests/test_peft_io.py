@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from conftest import round_config
+from conftest import round_config, site_client, submit_as
 from peft import PeftModel, get_peft_model_state_dict
 
 from aggregator import RunningAggregator
 from attestation import Policy
-from client_sdk import AdapterInputError, FedSealClient, adapter_tensors, write_peft_adapter
+from client_sdk import AdapterInputError, adapter_tensors, write_peft_adapter
 from examples.lora_demo.training import DemoModelConfig, adapter_state, build_model
 from fedseal.spec import AdapterSpec
 
@@ -175,9 +175,9 @@ def test_every_form_through_submit_update_and_back_into_peft(
     ]
     spec = AdapterSpec.from_tensors(adapter_state(models[0]))
     live_aggregator.rounds.open_round(round_config(1, adapter_spec=spec, min_clients=4, max_clients=4))
-    with FedSealClient(live_aggregator.endpoint, dev_policy, timeout=30) as client:
-        for i, (form, n) in enumerate(zip(forms, weights, strict=True)):
-            client.submit_update(form, round_id=1, client_id=f"site-{i}", num_examples=n)
+    for i, (form, n) in enumerate(zip(forms, weights, strict=True)):
+        submit_as(live_aggregator.endpoint, dev_policy, f"site-{i}", form, round_id=1, num_examples=n)
+    with site_client(live_aggregator.endpoint, dev_policy, "site-0", timeout=30) as client:
         aggregate = client.fetch_aggregate(1, wait_seconds=30)
 
     total = sum(weights)

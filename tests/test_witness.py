@@ -14,14 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_adapter, round_config
+from conftest import access_config, make_adapter, round_config, site_client
 
 from aggregator import RunningAggregator, start_aggregator
 from aggregator._log import AuditLog
 from aggregator._server import _start_enclave
 from aggregator.enclave._keys import EnclaveKeys
 from attestation import InsecureSimulatedTeeCollector, Policy, PolicyError, WitnessPolicy
-from client_sdk import FedSealClient
 from fedseal.audit import verify_log
 from fedseal.audit._cli import main as audit_main
 from fedseal.checkpoint import Checkpoint, sign_checkpoint, verify_cosignature
@@ -232,7 +231,9 @@ def witnesses(tmp_path: Path, dev_policy: Policy) -> Iterator[list[tuple[Witness
 
 
 def _aggregator(path: Path, cosigner: WitnessCosigner) -> RunningAggregator:
-    return start_aggregator(log_path=path, log_origin=ORIGIN, collectors=[_collector()], cosigner=cosigner)
+    return start_aggregator(
+        log_path=path, log_origin=ORIGIN, collectors=[_collector()], cosigner=cosigner, access=access_config()
+    )
 
 
 def test_receipts_carry_witness_cosignatures_across_a_restart_and_a_rollback_is_refused(
@@ -248,10 +249,8 @@ def test_receipts_carry_witness_cosignatures_across_a_restart_and_a_rollback_is_
         running = _aggregator(path, cosigner)
         try:
             running.rounds.open_round(round_config(run, min_clients=1, max_clients=3))
-            with FedSealClient(running.endpoint, strict, receipts=tmp_path / "receipts") as client:
-                receipt = client.submit_update(
-                    make_adapter(run), round_id=run, client_id="site-a", num_examples=1
-                )
+            with site_client(running.endpoint, strict, "site-a", receipts=tmp_path / "receipts") as client:
+                receipt = client.submit_update(make_adapter(run), round_id=run, num_examples=1)
             assert receipt.cosigners == ("witness.test/w0", "witness.test/w1")
         finally:
             running.stop(grace=0.5)
@@ -271,12 +270,14 @@ def test_receipts_carry_witness_cosignatures_across_a_restart_and_a_rollback_is_
     try:
         running.rounds.open_round(round_config(3, min_clients=1, max_clients=3))
         with (
-            FedSealClient(running.endpoint, strict) as client,
+            site_client(running.endpoint, strict, "site-a") as client,
             pytest.raises(ReceiptError, match="cosigned by 0"),
         ):
-            client.submit_update(make_adapter(3), round_id=3, client_id="site-a", num_examples=1)
-        with FedSealClient(running.endpoint, dev_policy) as client:  # without witnesses it goes unnoticed
-            client.submit_update(make_adapter(4), round_id=3, client_id="site-b", num_examples=1)
+            client.submit_update(make_adapter(3), round_id=3, num_examples=1)
+        with site_client(
+            running.endpoint, dev_policy, "site-b"
+        ) as client:  # without witnesses it goes unnoticed
+            client.submit_update(make_adapter(4), round_id=3, num_examples=1)
     finally:
         running.stop(grace=0.5)
         cosigner.close()

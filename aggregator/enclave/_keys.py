@@ -23,11 +23,16 @@ class EnclaveKeys:
 
     hpke_private_key: X25519PrivateKey = field(repr=False)
     log_private_key: Ed25519PrivateKey = field(repr=False)
+    # SHA-256 of the DER certificate of the TLS key made in this enclave (aggregator/_tls.py):
+    # bound into the attestation (binding v2) so that clients pin it. None: no TLS endpoint.
+    tls_certificate_sha256: bytes | None = None
 
     @classmethod
-    def generate(cls) -> EnclaveKeys:
-        return cls(X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
+    def generate(cls, tls_certificate_sha256: bytes | None = None) -> EnclaveKeys:
+        return cls(X25519PrivateKey.generate(), Ed25519PrivateKey.generate(), tls_certificate_sha256)
 
     @property
     def bound(self) -> BoundKeys:
-        return BoundKeys(_raw_public(self.hpke_private_key), _raw_public(self.log_private_key))
+        return BoundKeys(
+            _raw_public(self.hpke_private_key), _raw_public(self.log_private_key), self.tls_certificate_sha256
+        )

@@ -57,7 +57,10 @@ Findings, each with the line and entry index: modified_entry, removed_entry,
 reordered_entries, duplicated_entry, rollback (against --trusted-checkpoint), fork (two
 validly signed, inconsistent checkpoints; both printed as proof), unattested_key,
 retired_key, future_timestamp, bad_checkpoint_signature, attestation_failed,
-broken_handover, inconsistent_round, torn_tail, uncheckpointed_entries, malformed_record.
+broken_handover, inconsistent_round, torn_tail, uncheckpointed_entries, malformed_record,
+bad_update_signature (an accepted update not signed by a key enrolled for its site),
+unauthorized_action (an operator action not signed by a principal allowed to do it),
+inconsistent_access (enrolment or principals changed without a signed request).
 """
 
 
@@ -195,6 +198,35 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _dp_line(dp: dict[str, Any] | None) -> str:
+    if dp is None:
+        return "none"
+    params, budget, spend = dp.get("params") or {}, dp.get("budget") or {}, dp.get("spend")
+    text = (
+        f"budget epsilon={params.get('epsilon')} delta={params.get('delta')} over {params.get('rounds')} "
+        f"round(s), sampling {params.get('sampling_rate')}, clip C={params.get('clip_norm')}, "
+        f"noise multiplier {budget.get('noise_multiplier')}"
+    )
+    if spend:
+        text += (
+            f"; spent after this round: epsilon={spend.get('epsilon_spent')} ({spend.get('rounds_spent')} "
+            f"round(s)), {spend.get('clipped')} of {spend.get('updates')} update(s) clipped"
+        )
+    return text
+
+
+def _approval_line(approval: dict[str, Any] | None) -> str:
+    if approval is None:
+        return "not required"
+    params = approval.get("params") or {}
+    decisions = ", ".join(f"{d['key_id']} {d['decision']}" for d in approval.get("decisions", []))
+    needs = f"needs {params.get('min_approvals')} of {len(params.get('approvers', []))}"
+    return (
+        f"{approval.get('state')} ({needs}); "
+        f"metrics {approval.get('metrics')}; decisions: {decisions or 'none'}"
+    )
+
+
 def _render(report: AuditReport, *, quiet: bool) -> str:
     verdict = (
         f"VERIFIED: {report.entries} entries, {report.checkpoints_verified} checkpoints, "
@@ -234,6 +266,11 @@ def _render(report: AuditReport, *, quiet: bool) -> str:
             if k != "strategy" and not isinstance(v, dict | list)
         )
         out.append(f"Round {r.round_id}: {r.state.upper()}  strategy={r.strategy}  {params}")
+        if r.parameters.get("strategy_params"):
+            out.append(
+                "  strategy_params: "
+                + " ".join(f"{k}={v}" for k, v in sorted(r.parameters["strategy_params"].items()))
+            )
         out.append(f"  adapter spec {r.adapter_spec_digest[:24]}...  enclave of entry {r.key_entry}")
         for a in r.accepted:
             out.append(
@@ -249,10 +286,8 @@ def _render(report: AuditReport, *, quiet: bool) -> str:
             )
         if r.state in ("failed", "abandoned"):
             out.append(f"  {r.state}: {r.failure_reason}")
-        out.append(f"  DP: {r.dp if r.dp is not None else '(not recorded by this log version)'}")
-        out.append(
-            f"  approval: {r.approval if r.approval is not None else '(not recorded by this log version)'}"
-        )
+        out.append(f"  DP: {_dp_line(r.dp)}")
+        out.append(f"  approval: {_approval_line(r.approval)}")
     for t in report.trusted:
         out.append(f"Trusted checkpoint {t.source} (size {t.size}): {t.status}")
     if report.findings:
@@ -381,14 +416,17 @@ def _serve_witness(args: argparse.Namespace, policy: Policy) -> int:
     except (OSError, RuntimeError) as exc:
         print(f"error: cannot serve on {args.listen}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    if args.port_file:
-        args.port_file.write_text(f"{port}\n")
-    print(f"witness {witness.verifier_key} listening on port {port}", file=sys.stderr, flush=True)
+    # Handlers first, then announce the port: a supervisor may signal as soon as it sees it.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.port_file:
+        args.port_file.write_text(f"{port}\n")
+    print(f"witness {witness.verifier_key} listening on port {port}", file=sys.stderr, flush=True)
     try:
-        stop.wait()
+        # Poll: a signal delivered to one of gRPC's threads would not wake a blocked wait.
+        while not stop.wait(0.5):
+            pass
     finally:
         server.stop(1.0).wait()
     return EXIT_OK

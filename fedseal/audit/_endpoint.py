@@ -1,6 +1,9 @@
 """The auditor's gRPC edge: the log-serving calls of a running aggregator, nothing else.
 
 Everything it returns is unverified: callers check signatures, attestation and proofs.
+The channel is TLS to whatever certificate the endpoint presents (fedseal/tls.py): an
+auditor's trust comes from the signatures it checks, not from the channel, and the log
+calls are public.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import grpc
 from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
 from fedseal.errors import FedSealError
+from fedseal.tls import TlsProbeError, pinned_channel, probe_server_certificate
 
 __all__ = ["AuditEndpointError", "AuditorConnection", "ProofReply"]
 
@@ -33,8 +37,12 @@ class AuditorConnection:
     def __init__(self, endpoint: str, *, timeout: float = 30.0) -> None:
         self._endpoint = endpoint
         self._timeout = timeout
-        self._channel = grpc.insecure_channel(
-            endpoint, options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)]
+        try:
+            certificate = probe_server_certificate(endpoint, timeout=timeout)
+        except TlsProbeError as exc:
+            raise AuditEndpointError(f"connecting to {endpoint} failed: UNAVAILABLE: {exc}") from None
+        self._channel = pinned_channel(
+            endpoint, certificate, options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)]
         )
         self._stub = pb_grpc.AggregatorStub(self._channel)  # type: ignore[no-untyped-call]
 

@@ -20,7 +20,12 @@ a tampered log is both detected and located:
   with both notes (and the consistency proof the log yields) as transferable evidence;
 * a checkpoint signed by a key no attested `enclave_started` entry introduced:
   `unattested_key`; by a key that already handed over: `retired_key`;
-* a checkpoint dated after the audit time (plus the allowed clock skew): `future_timestamp`.
+* a checkpoint dated after the audit time (plus the allowed clock skew): `future_timestamp`;
+* identity and access (fedseal/audit/_access.py): an accepted update whose site signature
+  does not verify under a key enrolled for it at that point: `bad_update_signature`; an
+  operator action not signed by a recorded principal allowed to perform it:
+  `unauthorized_action`; enrolment or principals that change without a signed request:
+  `inconsistent_access`.
 
 Key handovers are reported with the consistency proof from the old key's last checkpoint
 to the new key's first, which the auditor recomputes and verifies.
@@ -53,6 +58,7 @@ from fedseal.logformat import (
 from fedseal.merkle import MerkleTree, verify_consistency
 from fedseal.note import NoteVerifier, SignatureLine, open_note, parse_signature_line
 
+from ._access import AccessAuditor
 from ._enclave import AttestedKey, KeyAttestationError, attest_enclave_entry
 
 __all__ = [
@@ -97,6 +103,9 @@ class FindingKind(enum.Enum):
     ATTESTATION_FAILED = "attestation_failed"
     BROKEN_HANDOVER = "broken_handover"
     INCONSISTENT_ROUND = "inconsistent_round"
+    BAD_UPDATE_SIGNATURE = "bad_update_signature"
+    UNAUTHORIZED_ACTION = "unauthorized_action"
+    INCONSISTENT_ACCESS = "inconsistent_access"
 
 
 # Findings that show the entries themselves were changed.
@@ -110,8 +119,36 @@ _DAMAGE = frozenset(
         FindingKind.TORN_TAIL,
     }
 )
+# Entries about identity and access (no round id); update_accepted is checked there too.
+# DP budget and approval entries: checked against their round (`_release_entry`).
+_RELEASE_KINDS = frozenset(
+    {
+        EntryKind.DP_BUDGET,
+        EntryKind.DP_ROUND_REFUSED,
+        EntryKind.APPROVAL_RECORDED,
+        EntryKind.AGGREGATE_RELEASED,
+        EntryKind.AGGREGATE_WITHHELD,
+    }
+)
+_ACCESS_KINDS = frozenset(
+    {
+        EntryKind.ENROLMENT_RECORDED,
+        EntryKind.PRINCIPALS_RECORDED,
+        EntryKind.OPERATOR_ACTION,
+        EntryKind.REVOCATION_LIST_LOADED,
+    }
+)
 # Findings that usually follow from others and are listed after them.
-_CONSEQUENCES = frozenset({FindingKind.INCONSISTENT_ROUND, FindingKind.UNCHECKPOINTED_ENTRIES})
+_CONSEQUENCES = frozenset(
+    {
+        FindingKind.INCONSISTENT_ROUND,
+        FindingKind.UNCHECKPOINTED_ENTRIES,
+        # A changed entry breaks the signatures it carries; alone, they are the finding.
+        FindingKind.BAD_UPDATE_SIGNATURE,
+        FindingKind.UNAUTHORIZED_ACTION,
+        FindingKind.INCONSISTENT_ACCESS,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -282,6 +319,9 @@ class AuditReport:
     rounds: tuple[RoundSummary, ...]
     trusted: tuple[TrustedCheckpointResult, ...]
     findings: tuple[Finding, ...]
+    # Identity and access: every signed operator action and every enrolment recorded.
+    operator_actions: tuple[dict[str, Any], ...] = ()
+    enrolments: tuple[dict[str, Any], ...] = ()
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
@@ -300,6 +340,8 @@ class AuditReport:
             "tail_drops": list(self.tail_drops),
             "rounds": [r.to_json_obj() for r in self.rounds],
             "trusted_checkpoints": [t.to_json_obj() for t in self.trusted],
+            "operator_actions": list(self.operator_actions),
+            "enrolments": list(self.enrolments),
             "findings": [f.to_json_obj() for f in self.findings],
         }
 
@@ -424,6 +466,8 @@ class _RoundState:
     aggregate_size: int = 0
     failure_reason: str = ""
     failure_cause: str = ""
+    dp: dict[str, Any] | None = None
+    approval: dict[str, Any] | None = None
 
     def summary(self) -> RoundSummary:
         config = self.config
@@ -451,6 +495,8 @@ class _RoundState:
             aggregate_size=self.aggregate_size,
             failure_reason=self.failure_reason,
             failure_cause=self.failure_cause,
+            dp=self.dp,
+            approval=self.approval,
         )
 
 
@@ -532,6 +578,8 @@ class _Auditor:
         self.origin = ""
         self.rounds: dict[int, _RoundState] = {}
         self.open_round: int | None = None
+        self.dp_budget: dict[str, Any] | None = None
+        self.dp_refusals: list[dict[str, Any]] = []
         self.checkpoints_verified = 0
         self.covered = 0
         self.last_match = 0
@@ -547,6 +595,7 @@ class _Auditor:
         self.handovers: list[Handover] = []
         self.tail_drops: list[dict[str, Any]] = []
         self.trusted_results: list[TrustedCheckpointResult] = []
+        self.access = AccessAuditor()
 
     def add(
         self,
@@ -628,8 +677,20 @@ class _Auditor:
             self._enclave(entry, position, number)
         elif entry.kind is EntryKind.TORN_TAIL_DROPPED:
             self.tail_drops.append({"index": entry.index, **entry.fields})
+        elif entry.kind in _ACCESS_KINDS:
+            self._access_entry(entry, number)
+        elif entry.kind in _RELEASE_KINDS:
+            self._release_entry(entry, number)
         else:
             self._round_entry(entry, number)
+            if entry.kind is EntryKind.UPDATE_ACCEPTED:
+                self._access_entry(entry, number)
+
+    def _access_entry(self, entry: LogEntry, number: int) -> None:
+        for problem in self.access.entry(entry):
+            self.add(
+                FindingKind(problem.kind.value), number, entry.index, f"line {number}: {problem.message}"
+            )
 
     # ------------------------------------------------------------------ key chain
     def _enclave(self, entry: LogEntry, position: int, number: int) -> None:
@@ -672,6 +733,7 @@ class _Auditor:
                 "introduced again; every enclave makes fresh keys",
             )
             return
+        self.access.enclave_started(log_key)
         state = _KeyState(position, number, verifier, None)
         try:
             state.attested = attest_enclave_entry(entry, self.policy)
@@ -871,7 +933,12 @@ class _Auditor:
                 inconsistent(f"round {rid} opened while round {self.open_round} is still open")
             if config.get("round_id", rid) != rid:
                 inconsistent(f"round {rid}'s config names round {config.get('round_id')}")
-            self.rounds[rid] = _RoundState(rid, key_entry, dict(config), str(f["config_digest"]))
+            state = _RoundState(rid, key_entry, dict(config), str(f["config_digest"]))
+            if isinstance(config.get("dp"), dict):
+                state.dp = {"params": config["dp"], "budget": self.dp_budget, "spend": None}
+            if isinstance(config.get("approval"), dict):
+                state.approval = {"params": config["approval"], "decisions": [], "state": "not closed"}
+            self.rounds[rid] = state
             self.open_round = rid
             return
         summary = self.rounds.get(rid)
@@ -922,11 +989,69 @@ class _Auditor:
                     f"accepted {len(summary.accepted)}"
                 )
 
+    def _release_entry(self, entry: LogEntry, line: int) -> None:
+        """DP budget, DP refusals, approvals and releases: each must fit its round."""
+        f = entry.fields
+        rid = int(f["round_id"])
+
+        def inconsistent(message: str) -> None:
+            self.add(FindingKind.INCONSISTENT_ROUND, line, entry.index, f"line {line}: {message}")
+
+        if entry.kind is EntryKind.DP_BUDGET:
+            if self.dp_budget is not None:
+                inconsistent("a second dp_budget entry: a job has one DP budget")
+            self.dp_budget = dict(f["budget"])
+            return
+        if entry.kind is EntryKind.DP_ROUND_REFUSED:
+            self.dp_refusals.append({"index": entry.index, "round_id": rid, "reason": f["reason"]})
+            return
+        summary = self.rounds.get(rid)
+        gate = summary.approval if summary is not None else None
+        if summary is None or gate is None or gate["state"] != "pending":
+            inconsistent(f"{entry.kind.value} for round {rid}, which does not await approval")
+            return
+        if f["aggregate_digest"] != summary.aggregate_digest:
+            inconsistent(f"{entry.kind.value} for round {rid} names another aggregate than its round_closed")
+        approvers = gate["params"].get("approvers", [])
+        if entry.kind is EntryKind.APPROVAL_RECORDED:
+            if f["approver"] not in approvers:
+                inconsistent(f"approval in round {rid} by a key the round config does not list")
+            if any(d["approver"] == f["approver"] for d in gate["decisions"]):
+                inconsistent(f"second decision by one approver in round {rid}")
+            gate["decisions"].append(
+                {
+                    "index": entry.index,
+                    "approver": f["approver"],
+                    "key_id": f["approver_key_id"],
+                    "decision": f["decision"],
+                }
+            )
+        elif entry.kind is EntryKind.AGGREGATE_RELEASED:
+            approved = [d for d in gate["decisions"] if d["decision"] == "approve"]
+            if len(approved) < _int(gate["params"].get("min_approvals")):
+                inconsistent(
+                    f"round {rid}'s aggregate released with {len(approved)} approval(s), below min_approvals"
+                )
+            gate["state"] = "released"
+        else:
+            if not any(d["decision"] == "refuse" for d in gate["decisions"]):
+                inconsistent(f"round {rid}'s aggregate withheld without a recorded refusal")
+            gate["state"] = "withheld"
+
     @staticmethod
     def _close(summary: _RoundState, entry: LogEntry, inconsistent: Callable[[str], None]) -> None:
         f = entry.fields
         rid = summary.round_id
         summary.state = "closed"
+        if summary.dp is not None:
+            if "dp" not in f:
+                inconsistent(f"round {rid} has a DP config but its round_closed records no DP spend")
+            summary.dp["spend"] = f.get("dp")
+        if summary.approval is not None:
+            if f.get("approval_required") is not True:
+                inconsistent(f"round {rid} requires approval but its round_closed does not say so")
+            summary.approval["state"] = "pending"
+            summary.approval["metrics"] = f.get("metrics")
         summary.participants = [str(p) for p in f["participants"]]
         summary.total_examples = int(f["total_examples"])
         summary.aggregate_digest = str(f["aggregate_digest"])
@@ -1201,6 +1326,8 @@ class _Auditor:
             rounds=tuple(r.summary() for r in sorted(self.rounds.values(), key=lambda r: r.round_id)),
             trusted=tuple(self.trusted_results),
             findings=tuple(findings),
+            operator_actions=tuple(self.access.actions),
+            enrolments=tuple(self.access.enrolments),
         )
         return _AuditResult(report, self.tree, tuple(self.key_order), self.latest)
 

@@ -35,7 +35,7 @@ class RoundInfo(_message.Message):
     def __init__(self, round_config: _Optional[bytes] = ..., state: _Optional[str] = ..., accepted: _Optional[int] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("protocol_version", "round_id", "client_id", "adapter_spec_digest", "num_examples", "hpke_suite", "wrapped_key", "idempotency_key", "challenge", "chunk_size", "ciphertext_size")
+    __slots__ = ("protocol_version", "round_id", "client_id", "adapter_spec_digest", "num_examples", "hpke_suite", "wrapped_key", "idempotency_key", "challenge", "chunk_size", "ciphertext_size", "key_id", "ciphertext_digest", "signature")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,9 @@ class UpdateHeader(_message.Message):
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     round_id: int
     client_id: str
@@ -58,7 +61,10 @@ class UpdateHeader(_message.Message):
     challenge: bytes
     chunk_size: int
     ciphertext_size: int
-    def __init__(self, protocol_version: _Optional[int] = ..., round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., adapter_spec_digest: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., hpke_suite: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., idempotency_key: _Optional[bytes] = ..., challenge: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., ciphertext_size: _Optional[int] = ...) -> None: ...
+    key_id: str
+    ciphertext_digest: bytes
+    signature: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., adapter_spec_digest: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., hpke_suite: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., idempotency_key: _Optional[bytes] = ..., challenge: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., ciphertext_size: _Optional[int] = ..., key_id: _Optional[str] = ..., ciphertext_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SubmitUpdateRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -130,11 +136,41 @@ class ProofResponse(_message.Message):
     entry: bytes
     def __init__(self, hashes: _Optional[_Iterable[bytes]] = ..., checkpoint: _Optional[str] = ..., entry: _Optional[bytes] = ...) -> None: ...
 
-class OpenRoundRequest(_message.Message):
-    __slots__ = ("round_config",)
-    ROUND_CONFIG_FIELD_NUMBER: _ClassVar[int]
-    round_config: bytes
-    def __init__(self, round_config: _Optional[bytes] = ...) -> None: ...
+class OperatorRequest(_message.Message):
+    __slots__ = ("signed_request",)
+    SIGNED_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    signed_request: bytes
+    def __init__(self, signed_request: _Optional[bytes] = ...) -> None: ...
+
+class OperatorResponse(_message.Message):
+    __slots__ = ("action", "log_index", "result")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    log_index: int
+    result: bytes
+    def __init__(self, action: _Optional[str] = ..., log_index: _Optional[int] = ..., result: _Optional[bytes] = ...) -> None: ...
+
+class ApprovalRequest(_message.Message):
+    __slots__ = ("round_id", "approval")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    approval: bytes
+    def __init__(self, round_id: _Optional[int] = ..., approval: _Optional[bytes] = ...) -> None: ...
+
+class ApprovalResponse(_message.Message):
+    __slots__ = ("state", "approvals", "min_approvals", "log_index")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    MIN_APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    approvals: int
+    min_approvals: int
+    log_index: int
+    def __init__(self, state: _Optional[str] = ..., approvals: _Optional[int] = ..., min_approvals: _Optional[int] = ..., log_index: _Optional[int] = ...) -> None: ...
 
 class AddCheckpointRequest(_message.Message):
     __slots__ = ("old_size", "consistency_proof", "checkpoint", "key_entry", "key_entry_proof")

@@ -26,7 +26,13 @@ if _version_not_supported:
 
 
 class AggregatorStub(object):
-    """Missing associated documentation comment in .proto file."""
+    """Access (aggregator/_identity.py): GetAttestation and the log calls (GetCheckpoint,
+    GetInclusionProof, GetConsistencyProof) are public and rate-limited. Every other call
+    needs an authenticated caller: an enrolled site (its TLS client certificate on the
+    mutual-TLS port, and/or a call token signed by its enrolled key in the
+    `fedseal-call-auth-bin` metadata), or a principal of the job config (call token). A
+    refusal carries its one-word reason in the `fedseal-access-denied` trailing metadata.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -69,18 +75,30 @@ class AggregatorStub(object):
                 request_serializer=fedseal_dot_v1_dot_fedseal__pb2.GetConsistencyProofRequest.SerializeToString,
                 response_deserializer=fedseal_dot_v1_dot_fedseal__pb2.ProofResponse.FromString,
                 _registered_method=True)
-        self.OpenRound = channel.unary_unary(
-                '/fedseal.v1.Aggregator/OpenRound',
-                request_serializer=fedseal_dot_v1_dot_fedseal__pb2.OpenRoundRequest.SerializeToString,
-                response_deserializer=fedseal_dot_v1_dot_fedseal__pb2.RoundInfo.FromString,
+        self.Operate = channel.unary_unary(
+                '/fedseal.v1.Aggregator/Operate',
+                request_serializer=fedseal_dot_v1_dot_fedseal__pb2.OperatorRequest.SerializeToString,
+                response_deserializer=fedseal_dot_v1_dot_fedseal__pb2.OperatorResponse.FromString,
+                _registered_method=True)
+        self.SubmitApproval = channel.unary_unary(
+                '/fedseal.v1.Aggregator/SubmitApproval',
+                request_serializer=fedseal_dot_v1_dot_fedseal__pb2.ApprovalRequest.SerializeToString,
+                response_deserializer=fedseal_dot_v1_dot_fedseal__pb2.ApprovalResponse.FromString,
                 _registered_method=True)
 
 
 class AggregatorServicer(object):
-    """Missing associated documentation comment in .proto file."""
+    """Access (aggregator/_identity.py): GetAttestation and the log calls (GetCheckpoint,
+    GetInclusionProof, GetConsistencyProof) are public and rate-limited. Every other call
+    needs an authenticated caller: an enrolled site (its TLS client certificate on the
+    mutual-TLS port, and/or a call token signed by its enrolled key in the
+    `fedseal-call-auth-bin` metadata), or a principal of the job config (call token). A
+    refusal carries its one-word reason in the `fedseal-access-denied` trailing metadata.
+    """
 
     def GetAttestation(self, request, context):
-        """A fresh evidence bundle binding the enclave's public keys to the caller's challenge.
+        """A fresh evidence bundle binding the enclave's public keys (and its TLS certificate) to
+        the caller's challenge.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,8 +147,18 @@ class AggregatorServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def OpenRound(self, request, context):
-        """Operator surface: open a round with its configuration.
+    def Operate(self, request, context):
+        """Operator surface: a signed request (fedseal/signed_request.py) from a key the job config
+        names, for one action: open_round, update_job, rotate_enrolment (approvals likewise).
+        Every accepted request is an `operator_action` log entry naming its signer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitApproval(self, request, context):
+        """An approver's signed decision on a gated round's aggregate (fedseal/approval.py). Public
+        and rate-limited: the approval authenticates itself (a key the round config lists).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,10 +202,15 @@ def add_AggregatorServicer_to_server(servicer, server):
                     request_deserializer=fedseal_dot_v1_dot_fedseal__pb2.GetConsistencyProofRequest.FromString,
                     response_serializer=fedseal_dot_v1_dot_fedseal__pb2.ProofResponse.SerializeToString,
             ),
-            'OpenRound': grpc.unary_unary_rpc_method_handler(
-                    servicer.OpenRound,
-                    request_deserializer=fedseal_dot_v1_dot_fedseal__pb2.OpenRoundRequest.FromString,
-                    response_serializer=fedseal_dot_v1_dot_fedseal__pb2.RoundInfo.SerializeToString,
+            'Operate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Operate,
+                    request_deserializer=fedseal_dot_v1_dot_fedseal__pb2.OperatorRequest.FromString,
+                    response_serializer=fedseal_dot_v1_dot_fedseal__pb2.OperatorResponse.SerializeToString,
+            ),
+            'SubmitApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitApproval,
+                    request_deserializer=fedseal_dot_v1_dot_fedseal__pb2.ApprovalRequest.FromString,
+                    response_serializer=fedseal_dot_v1_dot_fedseal__pb2.ApprovalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -188,7 +221,13 @@ def add_AggregatorServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Aggregator(object):
-    """Missing associated documentation comment in .proto file."""
+    """Access (aggregator/_identity.py): GetAttestation and the log calls (GetCheckpoint,
+    GetInclusionProof, GetConsistencyProof) are public and rate-limited. Every other call
+    needs an authenticated caller: an enrolled site (its TLS client certificate on the
+    mutual-TLS port, and/or a call token signed by its enrolled key in the
+    `fedseal-call-auth-bin` metadata), or a principal of the job config (call token). A
+    refusal carries its one-word reason in the `fedseal-access-denied` trailing metadata.
+    """
 
     @staticmethod
     def GetAttestation(request,
@@ -380,7 +419,7 @@ class Aggregator(object):
             _registered_method=True)
 
     @staticmethod
-    def OpenRound(request,
+    def Operate(request,
             target,
             options=(),
             channel_credentials=None,
@@ -393,9 +432,36 @@ class Aggregator(object):
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedseal.v1.Aggregator/OpenRound',
-            fedseal_dot_v1_dot_fedseal__pb2.OpenRoundRequest.SerializeToString,
-            fedseal_dot_v1_dot_fedseal__pb2.RoundInfo.FromString,
+            '/fedseal.v1.Aggregator/Operate',
+            fedseal_dot_v1_dot_fedseal__pb2.OperatorRequest.SerializeToString,
+            fedseal_dot_v1_dot_fedseal__pb2.OperatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedseal.v1.Aggregator/SubmitApproval',
+            fedseal_dot_v1_dot_fedseal__pb2.ApprovalRequest.SerializeToString,
+            fedseal_dot_v1_dot_fedseal__pb2.ApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,

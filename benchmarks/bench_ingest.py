@@ -1,0 +1,624 @@
+"""End-to-end ingest over gRPC on loopback, against the bare transport and Flower (not a test).
+
+Workloads (LoRA on q/k/v/o, hidden 4096): "r16" is the 7B case (32 layers, rank 16: 256
+tensors, 16.8 M parameters, 67.1 MB float32 / 33.5 MB bfloat16), "r64" rank 64 (4x), and
+"r16/8" the 1/8 case (4 layers). One model copy = the update's float32 size.
+
+For each workload and n (4, 8, 16, 32, 64):
+  aggregator  the real service (`start_aggregator`: TLS, access gate, audit log with group
+              commit, RoundManager, FedAvg), run in its own process with the insecure
+              simulated TEE and a round of exactly n clients.
+  clients     real `FedSealClient`s (attested TLS, enrolled site keys). A pool of 2 worker
+              processes (one per core) runs them: each worker first attests, serializes and
+              seals all of its clients' updates, then every worker waits on one barrier and
+              streams all of its clients at once, one thread per client. Sealing first keeps
+              client CPU off the wire measurement; a worker per client would need n Python
+              interpreters with torch (~300 MB each), so n = 64 would not fit: the pool holds
+              only the sealed chunks (n copies in all; r64 runs in bfloat16 and up to n = 32
+              for that reason).
+  bare        the same pool streams the same number of same-sized chunks, as the same
+              protobuf messages over the same pinned TLS, to a server that discards them.
+  Flower      `flwr.server.strategy.aggregate.aggregate` on the same n float32 arrays, in a
+              fresh process (its time and its peak RSS, which includes the n inputs it holds).
+
+Per stage: client seal time (attest + serialize + seal, per update); wire = ciphertext bytes
+/ round wall time (barrier to last verified receipt); "ingest %" = that rate over the bare
+rate of the same run; aggregator CPU seconds; aggregator peak RSS (VmHWM, reset when the
+round starts) in MB and model copies above the aggregator's idle RSS. Also, in-process:
+decrypt + validate + accumulate throughput on one core, HPKE unwrap and attestation
+verification per client, memory bandwidth, and a transport sweep (chunk size, grpc.aio).
+
+Run: python benchmarks/bench_ingest.py [--quick] [--json FILE] [--readme README.md]
+(`make bench-ingest` regenerates the README's table.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HIDDEN, MODULES = 4096, ("q_proj", "k_proj", "v_proj", "o_proj")
+WORKERS = 2
+README_BEGIN = "<!-- bench-ingest:begin -->"
+README_END = "<!-- bench-ingest:end -->"
+BARE_METHOD = "/fedseal.bench.Bare/Sink"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    layers: int
+    rank: int
+    dtype: str  # "float32" or "bfloat16" on the wire
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for layer in range(self.layers):
+            for m in MODULES:
+                base = f"base_model.model.model.layers.{layer}.self_attn.{m}"
+                out[f"{base}.lora_A.weight"] = (self.rank, HIDDEN)
+                out[f"{base}.lora_B.weight"] = (HIDDEN, self.rank)
+        return out
+
+    @property
+    def params(self) -> int:
+        return self.layers * len(MODULES) * 2 * self.rank * HIDDEN
+
+    @property
+    def copy_bytes(self) -> int:
+        return self.params * 4  # one float32 model copy
+
+
+def _adapter(workload: Workload, seed: int) -> dict[str, Any]:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    dtype = getattr(torch, workload.dtype)
+    return {n: (torch.rand(s, generator=gen) - 0.5).to(dtype) for n, s in workload.shapes().items()}
+
+
+def _spec(workload: Workload) -> Any:
+    from fedseal.spec import AdapterSpec, TensorSpec, WireDtype
+
+    wire = WireDtype.FLOAT32 if workload.dtype == "float32" else WireDtype.BFLOAT16
+    return AdapterSpec.of([TensorSpec(n, s, wire) for n, s in workload.shapes().items()])
+
+
+def _site_key(name: str) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(
+        hashlib.sha256(b"fedseal bench key\n" + name.encode()).digest()
+    )
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status field in bytes (VmHWM, VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+# ----------------------------------------------------------------------------- aggregator
+def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir: str) -> None:
+    warnings.simplefilter("ignore")
+    from aggregator import AccessConfig, start_aggregator
+    from attestation import InsecureSimulatedTeeCollector
+    from fedseal.canonical import b64encode
+    from fedseal.enrolment import Enrolment
+    from fedseal.roundconfig import RoundConfig
+
+    sites = [f"site-{i}" for i in range(n)]
+    enrolment = Enrolment.from_json_obj(
+        {
+            "format": "fedseal-enrolment/v1",
+            "version": 1,
+            "sites": [
+                {"id": s, "keys": [b64encode(_site_key(s).public_key().public_bytes_raw())]} for s in sites
+            ],
+        }
+    )
+    running = start_aggregator(
+        log_path=Path(log_dir) / "audit.log",
+        log_origin="fedseal.bench/ingest",
+        collectors=[InsecureSimulatedTeeCollector("bench")],
+        access=AccessConfig(enrolment),
+        max_workers=max(16, n),
+    )
+    running.rounds.open_round(
+        RoundConfig(
+            round_id=1,
+            adapter_spec=_spec(workload),
+            min_clients=n,
+            max_clients=n,
+            deadline_seconds=900.0,
+            max_chunk_size=chunk,
+        )
+    )
+    idle_rss = _status("VmRSS")
+    conn.send(("ready", running.port))
+    assert conn.recv() == "start"
+    _reset_peak()
+    cpu0 = _cpu_seconds()
+    conn.send("started")
+    running.rounds.wait_aggregate(1, 900.0)
+    conn.send({"cpu_s": _cpu_seconds() - cpu0, "hwm": _status("VmHWM"), "idle_rss": idle_rss})
+    conn.recv()
+    running.stop(grace=0.5)
+
+
+# ----------------------------------------------------------------------------- bare servers
+def _bare_main(conn: Any, use_aio: bool) -> None:
+    import grpc
+
+    from aggregator._tls import EnclaveTlsIdentity
+    from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
+
+    tls = EnclaveTlsIdentity.generate()
+    options = [("grpc.max_receive_message_length", 20 * 1024 * 1024)]
+    response = pb.SubmitUpdateResponse(receipt=b"ok")
+
+    if not use_aio:
+        from concurrent import futures
+
+        def sink(requests: Iterator[Any], context: Any) -> Any:
+            for _ in requests:
+                pass
+            return response
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=80), options=options)
+        handler = grpc.stream_unary_rpc_method_handler(
+            sink, pb.SubmitUpdateRequest.FromString, pb.SubmitUpdateResponse.SerializeToString
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("fedseal.bench.Bare", {"Sink": handler}),)
+        )
+        port = server.add_secure_port("127.0.0.1:0", tls.server_credentials())
+        server.start()
+        conn.send(("ready", port))
+        conn.recv()
+        server.stop(0.5).wait()
+        return
+
+    async def serve() -> None:
+        async def sink(requests: Any, context: Any) -> Any:
+            async for _ in requests:
+                pass
+            return response
+
+        server = grpc.aio.server(options=options)
+        handler = grpc.stream_unary_rpc_method_handler(
+            sink, pb.SubmitUpdateRequest.FromString, pb.SubmitUpdateResponse.SerializeToString
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("fedseal.bench.Bare", {"Sink": handler}),)
+        )
+        port = server.add_secure_port("127.0.0.1:0", tls.server_credentials())
+        await server.start()
+        conn.send(("ready", port))
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        await server.stop(0.5)
+
+    asyncio.run(serve())
+
+
+# ----------------------------------------------------------------------------- client workers
+def _client_worker(
+    conn: Any, barrier: Any, endpoint: str, workload: Workload, sites: list[str], chunk: int, bare: bool
+) -> None:
+    warnings.simplefilter("ignore")
+    from attestation import load_builtin_policy
+    from client_sdk import ClientIdentity, FedSealClient
+    from fedseal.tls import pinned_channel, probe_server_certificate
+
+    policy = load_builtin_policy("dev-insecure-allow-simulated")
+    seal_s: list[float] = []
+    jobs: list[Any] = []
+    if bare:
+        from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
+
+        size = workload.params * (4 if workload.dtype == "float32" else 2)
+        full, rest = divmod(size, chunk)
+        block = os.urandom(chunk + 16)
+        chunks = [block] * full + ([os.urandom(rest + 16)] if rest else [])
+        options = [("grpc.max_send_message_length", 20 * 1024 * 1024)]
+        cert = probe_server_certificate(endpoint)
+        for _ in sites:
+            channel = pinned_channel(endpoint, cert, options=options)
+            call = channel.stream_unary(
+                BARE_METHOD, pb.SubmitUpdateRequest.SerializeToString, pb.SubmitUpdateResponse.FromString
+            )
+
+            def stream(call: Any = call) -> None:
+                def messages() -> Iterator[Any]:
+                    yield pb.SubmitUpdateRequest(header=pb.UpdateHeader(round_id=1))
+                    for c in chunks:
+                        yield pb.SubmitUpdateRequest(chunk=c)
+
+                call(messages(), timeout=600)
+
+            jobs.append(stream)
+    else:
+        for index, site in enumerate(sites):
+            client = FedSealClient(
+                endpoint, policy, identity=ClientIdentity(site, _site_key(site)), timeout=600
+            )
+            adapter = _adapter(workload, seed=hash(site) & 0xFFFF)
+            t0 = time.perf_counter()
+            submission = client.seal_update(adapter, round_id=1, num_examples=100 + index, chunk_size=chunk)
+            seal_s.append(time.perf_counter() - t0)
+            del adapter
+
+            def send(client: Any = client, submission: Any = submission) -> None:
+                client.send(submission)
+
+            jobs.append(send)
+    ends: list[float] = []
+    errors: list[str] = []
+
+    def run(job: Any) -> None:
+        try:
+            job()
+            ends.append(time.monotonic())
+        except Exception as exc:  # reported to the parent, which fails the run
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    barrier.wait()
+    start = time.monotonic()
+    threads = [threading.Thread(target=run, args=(j,)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    conn.send({"start": start, "ends": ends, "seal_s": seal_s, "errors": errors})
+
+
+def _run_clients(
+    endpoint: str, workload: Workload, n: int, chunk: int, bare: bool, on_barrier: Any = None
+) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(WORKERS + 1)
+    sites = [f"site-{i}" for i in range(n)]
+    pipes, procs = [], []
+    for w in range(WORKERS):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=_client_worker, args=(child, barrier, endpoint, workload, sites[w::WORKERS], chunk, bare)
+        )
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    if on_barrier is not None:
+        on_barrier()
+    barrier.wait(timeout=900)
+    t0 = time.monotonic()
+    results = [p.recv() for p in pipes]
+    for proc in procs:
+        proc.join()
+    errors = [e for r in results for e in r["errors"]]
+    if errors:
+        raise RuntimeError(f"{len(errors)} client(s) failed, first: {errors[0]}")
+    wall = max(e for r in results for e in r["ends"]) - t0
+    seals = [s for r in results for s in r["seal_s"]]
+    return {"wall_s": wall, "seal_s": sum(seals) / len(seals) if seals else None}
+
+
+def _ciphertext_bytes(workload: Workload, chunk: int) -> int:
+    from fedseal.envelope import ciphertext_size_for
+
+    size = _spec(workload).max_serialized_size()  # within a few hundred bytes of the real size
+    return ciphertext_size_for(size, chunk)
+
+
+def run_fedseal(workload: Workload, n: int, chunk: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="fedseal-bench-") as log_dir:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_aggregator_main, args=(child, workload, n, chunk, log_dir))
+        proc.start()
+        _, port = parent.recv()
+
+        def start() -> None:
+            parent.send("start")
+            assert parent.recv() == "started"
+
+        clients = _run_clients(f"127.0.0.1:{port}", workload, n, chunk, bare=False, on_barrier=start)
+        agg = parent.recv()
+        parent.send("stop")
+        proc.join()
+    total = n * _ciphertext_bytes(workload, chunk)
+    growth = agg["hwm"] - agg["idle_rss"]
+    return {
+        **clients,
+        "bytes": total,
+        "gbps": total / clients["wall_s"] / 1e9,
+        "agg_cpu_s": agg["cpu_s"],
+        "agg_hwm_mb": agg["hwm"] / 1e6,
+        "agg_idle_mb": agg["idle_rss"] / 1e6,
+        "agg_peak_copies": growth / workload.copy_bytes,
+    }
+
+
+def run_bare(workload: Workload, n: int, chunk: int, use_aio: bool = False) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_bare_main, args=(child, use_aio))
+    proc.start()
+    _, port = parent.recv()
+    clients = _run_clients(f"127.0.0.1:{port}", workload, n, chunk, bare=True)
+    parent.send("stop")
+    proc.join()
+    total = n * _ciphertext_bytes(workload, chunk)
+    return {"wall_s": clients["wall_s"], "gbps": total / clients["wall_s"] / 1e9}
+
+
+# ----------------------------------------------------------------------------- Flower
+def _flower_main(conn: Any, workload: Workload, n: int) -> None:
+    import numpy as np
+    from flwr.server.strategy.aggregate import aggregate
+
+    idle = _status("VmRSS")
+    _reset_peak()
+    rng = np.random.default_rng(0)
+    results = [
+        ([rng.random(s, dtype=np.float32) - 0.5 for s in workload.shapes().values()], 100 + i)
+        for i in range(n)
+    ]
+    t0 = time.perf_counter()
+    aggregate(results)
+    conn.send({"s": time.perf_counter() - t0, "hwm": _status("VmHWM"), "idle": idle})
+
+
+def run_flower(workload: Workload, n: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_flower_main, args=(child, workload, n))
+    proc.start()
+    out = parent.recv()
+    proc.join()
+    return {
+        "s": out["s"],
+        "peak_copies": (out["hwm"] - out["idle"]) / workload.copy_bytes,
+        "hwm_mb": out["hwm"] / 1e6,
+    }
+
+
+# ----------------------------------------------------------------------------- in-process stages
+def run_micro(workload: Workload, chunk: int) -> dict[str, Any]:
+    """One core: decrypt + validate + accumulate; HPKE unwrap; attestation verify; memory bandwidth."""
+    import numpy as np
+    import safetensors.torch
+    import torch
+
+    from aggregator._tls import EnclaveTlsIdentity
+    from aggregator.enclave._keys import EnclaveKeys
+    from aggregator.enclave._receive import PlaintextBuffers, UpdateReceiver
+    from aggregator.enclave.strategies import FedAvg
+    from attestation import InsecureSimulatedTeeCollector, build_bundle, load_builtin_policy, verify_bundle
+    from fedseal.envelope import SealContext, StreamOpener, seal
+    from fedseal.wire import PROTOCOL_VERSION, UpdateHeader
+
+    torch.set_num_threads(1)
+    keys = EnclaveKeys.generate(EnclaveTlsIdentity.generate().certificate_sha256)
+    spec = _spec(workload)
+    site = _site_key("site-0")
+    from fedseal.signed_request import key_id
+
+    def sealed(seed: int) -> tuple[Any, Any, Any]:
+        challenge = os.urandom(32)
+        ctx = SealContext(
+            protocol_version=PROTOCOL_VERSION,
+            round_id=1,
+            client_id="site-0",
+            adapter_spec_digest=spec.digest(),
+            num_examples=10,
+            binding=keys.bound.binding_for(challenge),
+            idempotency_key=os.urandom(32),
+            chunk_size=chunk,
+        )
+        payload = safetensors.torch.save(_adapter(workload, seed))
+        t0 = time.perf_counter()
+        s = seal(payload, keys.hpke_private_key.public_key(), ctx)
+        seal_s = time.perf_counter() - t0
+        header = UpdateHeader(
+            protocol_version=PROTOCOL_VERSION,
+            round_id=1,
+            client_id="site-0",
+            adapter_spec_digest=ctx.adapter_spec_digest,
+            num_examples=10,
+            suite=ctx.suite,
+            wrapped_key=s.wrapped_key,
+            idempotency_key=ctx.idempotency_key,
+            challenge=challenge,
+            chunk_size=chunk,
+            ciphertext_size=s.ciphertext_size,
+            key_id=key_id(site.public_key().public_bytes_raw()),
+            ciphertext_digest=s.ciphertext_digest,
+        ).sign(site)
+        return header, s, seal_s
+
+    updates = [sealed(i) for i in range(3)]
+    strategy = FedAvg(spec)
+    pool = PlaintextBuffers()
+    times = []
+    for header, s, _ in updates:
+        t0 = time.perf_counter()
+        receiver = UpdateReceiver(
+            header, spec, chunk, keys.hpke_private_key, keys.bound.binding_for(header.challenge), buffers=pool
+        )
+        for c in s.chunks:
+            receiver.feed(c)
+        update = receiver.finish()
+        strategy.accumulate(update.tensors, header.num_examples)
+        receiver.wipe()
+        times.append(time.perf_counter() - t0)
+    best = min(times[1:])  # the first touches the reused buffer's fresh pages
+    header, s, _ = updates[0]
+    ctx = header.seal_context(keys.bound.binding_for(header.challenge))
+    t0 = time.perf_counter()
+    for _ in range(50):
+        StreamOpener.open(s.wrapped_key, keys.hpke_private_key, ctx, 1024, buffer=bytearray(1024))
+    unwrap_us = (time.perf_counter() - t0) / 50 * 1e6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        collector = InsecureSimulatedTeeCollector("bench")
+    policy = load_builtin_policy("dev-insecure-allow-simulated")
+    challenge = os.urandom(32)
+    bundle = build_bundle(keys.bound, challenge, [collector]).to_bytes()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        verify_bundle(bundle, policy, challenge)
+    verify_ms = (time.perf_counter() - t0) / 20 * 1e3
+    src = np.ones(64 * 1024 * 1024, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        np.copyto(dst, src)
+    membw = 2 * src.nbytes * 5 / (time.perf_counter() - t0) / 1e9
+    return {
+        "ingest_1core_gbps": s.ciphertext_size / best / 1e9,
+        "ingest_1core_ms": best * 1e3,
+        "seal_1core_gbps": s.ciphertext_size / min(u[2] for u in updates) / 1e9,
+        "hpke_unwrap_us": unwrap_us,
+        "attestation_verify_ms": verify_ms,
+        "membw_gbps": membw,
+        "accumulator_device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
+# ----------------------------------------------------------------------------- report
+def _machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{cpu}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min) / {five:.2f} (5 min)"
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| workload | n | seal/update s | wire GB/s | bare GB/s | ingest % of bare | round s | agg CPU s "
+        "| agg peak MB (copies) | Flower s | Flower copies |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        fl = r.get("flower")
+        flower = f"{fl['s']:.2f} | {fl['peak_copies']:.1f}" if fl else "- | -"
+        lines.append(
+            f"| {r['workload']} | {r['n']} | {r['seal_s']:.2f} | {r['gbps']:.2f} | {r['bare_gbps']:.2f} "
+            f"| {100 * r['gbps'] / r['bare_gbps']:.0f} % | {r['wall_s']:.2f} | {r['agg_cpu_s']:.1f} "
+            f"| {r['agg_hwm_mb']:.0f} ({r['agg_peak_copies']:.2f}) | {flower} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="n = 4, 16; r16 float32 and bfloat16 only")
+    parser.add_argument("--chunk", type=int, default=1024 * 1024, help="chunk size (default 1 MiB)")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/bench_ingest.json"))
+    parser.add_argument("--readme", type=Path, help="replace the table between the bench-ingest markers")
+    parser.add_argument("--no-flower", action="store_true")
+    args = parser.parse_args(argv)
+
+    r16 = Workload("r16 f32", 32, 16, "float32")
+    plan: list[tuple[Workload, list[int], bool]] = [
+        (r16, [4, 8, 16, 32, 64], True),
+        (Workload("r16 bf16", 32, 16, "bfloat16"), [4, 16, 64], False),
+        (Workload("r64 bf16", 32, 64, "bfloat16"), [4, 16, 32], False),
+        (Workload("r16/8 f32", 4, 16, "float32"), [4, 16, 64], True),
+    ]
+    if args.quick:
+        plan = [(r16, [4, 16], True), (Workload("r16 bf16", 32, 16, "bfloat16"), [16], False)]
+    print(f"machine: {_machine()}; {_load()} at start", flush=True)
+    micro = run_micro(r16, args.chunk)
+    print(
+        f"one core, r16 f32: decrypt+validate+accumulate {micro['ingest_1core_gbps']:.2f} GB/s of ciphertext "
+        f"({micro['ingest_1core_ms']:.1f} ms/update); seal {micro['seal_1core_gbps']:.2f} GB/s; "
+        f"HPKE unwrap {micro['hpke_unwrap_us']:.0f} us/client; attestation verify (simulated evidence, "
+        f"dev policy) {micro['attestation_verify_ms']:.2f} ms/client; memory bandwidth (copy, read+write) "
+        f"{micro['membw_gbps']:.1f} GB/s; accumulator device {micro['accumulator_device']}",
+        flush=True,
+    )
+    sweep: dict[str, float] = {}
+    for label, chunk, use_aio in [("sync 1 MiB", 1 << 20, False), ("aio 1 MiB", 1 << 20, True)] + (
+        [] if args.quick else [("sync 256 KiB", 1 << 18, False), ("sync 4 MiB", 1 << 22, False)]
+    ):
+        sweep[label] = run_bare(r16, 8, chunk, use_aio)["gbps"]
+        print(f"bare TLS client-streaming, r16 f32, n=8, {label}: {sweep[label]:.2f} GB/s", flush=True)
+    rows: list[dict[str, Any]] = []
+    for workload, ns, flower in plan:
+        for n in ns:
+            bare = run_bare(workload, n, args.chunk)
+            fed = run_fedseal(workload, n, args.chunk)
+            row: dict[str, Any] = {"workload": workload.name, "n": n, **fed, "bare_gbps": bare["gbps"]}
+            if flower and not args.no_flower:
+                row["flower"] = run_flower(workload, n)
+                row["flower_over_fedseal_round"] = row["flower"]["s"] / fed["wall_s"]
+            rows.append(row)
+            print(_table([row]).splitlines()[-1], flush=True)
+    print()
+    print(f"load after: {_load()}")
+    table = _table(rows)
+    print(table)
+    report = {
+        "machine": _machine(),
+        "load_after": _load(),
+        "micro": micro,
+        "transport_sweep": sweep,
+        "rows": rows,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    if args.readme:
+        text = args.readme.read_text()
+        begin, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+        body = (
+            f"\nMeasured on {_machine()} ({_load()} when it finished), chunk {args.chunk // 1024} KiB, "
+            f"clients on the same box; `make bench-ingest` regenerates it.\n\n{table}\n"
+            f"One core: decrypt+validate+accumulate {micro['ingest_1core_gbps']:.2f} GB/s, HPKE unwrap "
+            f"{micro['hpke_unwrap_us']:.0f} µs and attestation verification "
+            f"{micro['attestation_verify_ms']:.2f} ms per client; memory bandwidth "
+            f"{micro['membw_gbps']:.1f} GB/s.\n"
+        )
+        args.readme.write_text(text[:begin] + body + text[end:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The receiver's strict, zero-copy safetensors parser against the round's adapter spec."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import safetensors.torch
+import torch
+
+from aggregator.enclave._receive import _parse_and_validate
+from fedseal.logformat import RejectReason
+from fedseal.spec import AdapterSpec, WireDtype
+from fedseal.wire import UpdateRejectedError
+
+TENSORS = {"a.lora_A.weight": (4, 16), "a.lora_B.weight": (16, 4), "b.lora_A.weight": (4, 16)}
+
+
+def _tensors(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    return {n: torch.randn(s, generator=gen).to(dtype) for n, s in TENSORS.items()}
+
+
+def _spec(wire: WireDtype = WireDtype.FLOAT32) -> AdapterSpec:
+    return AdapterSpec.from_tensors(_tensors(), dtype=wire)
+
+
+def _split(payload: bytes) -> tuple[dict[str, object], bytes]:
+    (size,) = struct.unpack("<Q", payload[:8])
+    return json.loads(payload[8 : 8 + size]), payload[8 + size :]
+
+
+def _join(header: dict[str, object] | str, data: bytes, pad: bool = True) -> bytearray:
+    text = (header if isinstance(header, str) else json.dumps(header)).encode()
+    if pad:
+        text += b" " * (-len(text) % 8)
+    return bytearray(struct.pack("<Q", len(text)) + text + data)
+
+
+def _reject(payload: bytes | bytearray, spec: AdapterSpec, reason: RejectReason) -> str:
+    with pytest.raises(UpdateRejectedError) as info:
+        _parse_and_validate(memoryview(bytearray(payload)), spec)
+    assert info.value.reason is reason
+    return info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("dtype", "wire"), [(torch.float32, WireDtype.FLOAT32), (torch.bfloat16, WireDtype.BFLOAT16)]
+)
+def test_parses_zero_copy_and_matches_safetensors(dtype: torch.dtype, wire: WireDtype) -> None:
+    tensors = _tensors(dtype)
+    buffer = bytearray(safetensors.torch.save(tensors, metadata={"format": "pt"}))
+    parsed = _parse_and_validate(memoryview(buffer), _spec(wire))
+    assert set(parsed) == set(tensors)
+    for name, value in parsed.items():
+        assert value.dtype == dtype and torch.equal(value, tensors[name])
+    # Views of the decrypted buffer, not copies: wiping the buffer wipes them.
+    buffer[:] = bytes(len(buffer))
+    assert all(not bool(v.any()) for v in parsed.values())
+
+
+def test_unaligned_foreign_layout_is_copied_aligned_and_still_correct() -> None:
+    tensors = _tensors()
+    header, data = _split(safetensors.torch.save(tensors))
+    payload = _join(header, data, pad=False)  # header not padded to 8: data offsets misaligned
+    assert (8 + len(json.dumps(header))) % 4 != 0
+    parsed = _parse_and_validate(memoryview(payload), _spec())
+    assert all(torch.equal(parsed[n], tensors[n]) for n in tensors)
+
+
+@pytest.mark.parametrize("position", [0, 1, 31, 32, 63])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_anywhere_is_refused(position: int, bad: float, dtype: torch.dtype) -> None:
+    tensors = _tensors(dtype)
+    tensors["a.lora_B.weight"].view(-1)[position] = bad
+    wire = WireDtype.FLOAT32 if dtype is torch.float32 else WireDtype.BFLOAT16
+    detail = _reject(safetensors.torch.save(tensors), _spec(wire), RejectReason.NOT_FINITE)
+    assert "a.lora_B.weight" in detail
+
+
+def test_spec_mismatches_are_named() -> None:
+    spec = _spec()
+    tensors = _tensors()
+    wrong_dtype = {n: t.to(torch.bfloat16) for n, t in tensors.items()}
+    assert "dtype" in _reject(safetensors.torch.save(wrong_dtype), spec, RejectReason.SPEC_MISMATCH)
+    missing = dict(tensors)
+    del missing["b.lora_A.weight"]
+    assert "missing" in _reject(safetensors.torch.save(missing), spec, RejectReason.SPEC_MISMATCH)
+    reshaped = dict(tensors, **{"a.lora_A.weight": tensors["a.lora_A.weight"].reshape(16, 4)})
+    assert "shape" in _reject(safetensors.torch.save(reshaped), spec, RejectReason.SPEC_MISMATCH)
+
+
+def test_malformed_headers_are_refused() -> None:
+    spec = _spec()
+    header, data = _split(safetensors.torch.save(_tensors()))
+    names = sorted(TENSORS)
+
+    def edited(name: str, **fields: object) -> dict[str, object]:
+        copy = json.loads(json.dumps(header))
+        copy[name].update(fields)
+        return copy
+
+    first, second = header[names[0]], header[names[1]]
+    assert isinstance(first, dict) and isinstance(second, dict)
+    cases: list[tuple[bytes | bytearray, str]] = [
+        (b"\x01\x02", "shorter than"),
+        (struct.pack("<Q", 2**40) + b"{}", "header length"),
+        (_join("{not json", data), "not valid JSON"),
+        (_join("[1, 2]", data), "not a JSON object"),
+        (_join(json.dumps(header)[:-1] + ', "a.lora_A.weight": {}}', data), "not valid JSON"),  # dup key
+        (_join(header, data + b"\x00" * 4), "covers"),  # trailing bytes
+        (_join(header, data[:-4]), "covers"),
+        (_join(edited(names[1], data_offsets=first["data_offsets"]), data), "gap or overlap"),
+        (_join(edited(names[0], data_offsets=[4, 4 + 256]), data), "gap or overlap"),
+        (_join(edited(names[0], data_offsets=[0, 8]), data), "span"),
+        (_join(edited(names[0], extra=1), data), "exactly dtype"),
+        (_join(edited(names[0], shape=[4.0, 16]), data), "lists of integers"),
+        (_join(edited(names[0], data_offsets=[-1, 255]), data), "lists of integers"),
+        (_join(dict(header, __metadata__={"k": 1}), data), "__metadata__"),
+    ]
+    for payload, expected in cases:
+        assert expected in _reject(payload, spec, RejectReason.MALFORMED), expected
