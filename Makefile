@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedseal-installed
 
-.PHONY: demo test lint proto bench clean nvidia-collector
+.PHONY: demo test lint proto bench bench-ingest clean nvidia-collector
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# Not run by CI (a benchmark, minutes long): rewrites the ingest table in README.md.
+bench-ingest: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/bench_ingest.py --readme README.md
 
 proto: $(STAMP)
 	$(BIN)/python -m fedseal._proto.generate

@@ -475,15 +475,15 @@ class AccessControl:
                     AccessDeniedReason.RATE_LIMITED, "too many public calls; slow down and try again"
                 )
 
-    def _usage_for(self, caller: Caller) -> _Usage:
-        current = self._current_round()
+    def _usage_for(self, caller: Caller, current: int) -> _Usage:
         if current != self._usage_round:
             self._usage_round, self._usage = current, {}
         return self._usage.setdefault(caller.identity, _Usage())
 
     def _charge_call(self, caller: Caller) -> None:
+        current = self._current_round()  # outside our lock: it takes the rounds' lock
         with self._lock:
-            usage = self._usage_for(caller)
+            usage = self._usage_for(caller, current)
             if usage.calls >= self._limits.max_calls_per_round:
                 raise AccessDeniedError(
                     AccessDeniedReason.THROTTLED,
@@ -494,8 +494,9 @@ class AccessControl:
 
     def charge_upload(self, caller: Caller, declared_bytes: int) -> None:
         """Count an upload's declared ciphertext size against the caller's bytes per round."""
+        current = self._current_round()
         with self._lock:
-            usage = self._usage_for(caller)
+            usage = self._usage_for(caller, current)
             if usage.bytes + declared_bytes > self._limits.max_bytes_per_round:
                 raise AccessDeniedError(
                     AccessDeniedReason.THROTTLED,

@@ -471,8 +471,12 @@ class RoundManager:
                     raise UpdateRejectedError(
                         RejectReason.ROUND_FULL, f"round {config.round_id} filled up during upload"
                     )
-                # The entry's place in the log is fixed before the update is folded in, and
-                # the receipt waits for it to be durable: an accepted update is always logged.
+                # Fold in first: if that fails (e.g. the spool's disk is full) nothing is
+                # logged and nothing counts. Then the entry's place in the log is fixed, and
+                # the receipt waits for it to be durable. Should staging fail, the log is
+                # broken for good and the round can never close, so an update that was
+                # folded in but not logged is never released.
+                rnd.strategy.accumulate(tensors, weight)
                 pending = self._log.stage(
                     EntryKind.UPDATE_ACCEPTED,
                     {
@@ -492,7 +496,6 @@ class RoundManager:
                         "chunk_size": header.chunk_size,
                     },
                 )
-                rnd.strategy.accumulate(tensors, weight)
                 rnd.norms.append(norm)
                 rnd.clipped += clipped
                 accepted = _Accepted(

@@ -19,7 +19,8 @@ For each workload and n (4, 8, 16, 32, 64):
   bare        the same pool streams the same number of same-sized chunks, as the same
               protobuf messages over the same pinned TLS, to a server that discards them.
   Flower      `flwr.server.strategy.aggregate.aggregate` on the same n float32 arrays, in a
-              fresh process (its time and its peak RSS, which includes the n inputs it holds).
+              fresh process (its time and its peak RSS, which includes the n inputs it holds);
+              n <= 32 (at 64 its ~130 copies would not fit next to everything else).
 
 Per stage: client seal time (attest + serialize + seal, per update); wire = ciphertext bytes
 / round wall time (barrier to last verified receipt); "ingest %" = that rate over the bare
@@ -128,11 +129,13 @@ def _cpu_seconds() -> float:
 def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir: str) -> None:
     warnings.simplefilter("ignore")
     from aggregator import AccessConfig, start_aggregator
+    from aggregator._logging import configure_logging
     from attestation import InsecureSimulatedTeeCollector
     from fedseal.canonical import b64encode
     from fedseal.enrolment import Enrolment
     from fedseal.roundconfig import RoundConfig
 
+    configure_logging("warning")
     sites = [f"site-{i}" for i in range(n)]
     enrolment = Enrolment.from_json_obj(
         {
@@ -240,6 +243,8 @@ def _client_worker(
     seal_s: list[float] = []
     jobs: list[Any] = []
     if bare:
+        import grpc
+
         from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 
         size = workload.params * (4 if workload.dtype == "float32" else 2)
@@ -250,6 +255,7 @@ def _client_worker(
         cert = probe_server_certificate(endpoint)
         for _ in sites:
             channel = pinned_channel(endpoint, cert, options=options)
+            grpc.channel_ready_future(channel).result(timeout=60)  # handshake before the barrier
             call = channel.stream_unary(
                 BARE_METHOD, pb.SubmitUpdateRequest.SerializeToString, pb.SubmitUpdateResponse.FromString
             )
@@ -587,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
             bare = run_bare(workload, n, args.chunk)
             fed = run_fedseal(workload, n, args.chunk)
             row: dict[str, Any] = {"workload": workload.name, "n": n, **fed, "bare_gbps": bare["gbps"]}
-            if flower and not args.no_flower:
+            # Flower holds all n inputs and more (66 copies at n = 32): capped at 32 to fit.
+            if flower and not args.no_flower and n <= 32:
                 row["flower"] = run_flower(workload, n)
                 row["flower_over_fedseal_round"] = row["flower"]["s"] / fed["wall_s"]
             rows.append(row)

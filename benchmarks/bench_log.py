@@ -15,11 +15,12 @@ next to the peer that bounds them: the same bytes written with a bare os.write +
 per line, with no tree, no signature and no concurrency.
 
 Verification generates a log in the writer's exact format (a real `enclave_started`
-entry with simulated evidence, rounds of `update_accepted` entries and a signed
-checkpoint every --batch entries, the shape group commit gives under load), then times
-`fedseal.audit.audit_log`, the same code as `fedseal-audit verify`. The peer is the floor
-for any verifier of this format: one SHA-256 leaf hash per entry and one Ed25519
-verification per checkpoint with `cryptography` alone.
+entry with simulated evidence, the enrolment of every site, rounds of `update_accepted`
+entries each carrying its site's Ed25519 signature, and a signed checkpoint every --batch
+entries, the shape group commit gives under load), then times `fedseal.audit.audit_log`,
+the same code as `fedseal-audit verify`. The peer is the floor for any verifier of this
+format: one SHA-256 leaf hash per entry and one Ed25519 verification per checkpoint and
+per accepted update (its site signature) with `cryptography` alone.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ from aggregator._server import _start_enclave  # noqa: E402
 from aggregator.enclave._keys import EnclaveKeys  # noqa: E402
 from attestation import InsecureSimulatedTeeCollector, load_builtin_policy  # noqa: E402
 from fedseal.audit import audit_log  # noqa: E402
-from fedseal.canonical import canonical_json  # noqa: E402
+from fedseal.canonical import b64encode, canonical_json  # noqa: E402
+from fedseal.enrolment import EnrolledSite, Enrolment  # noqa: E402
+from fedseal.envelope import DEFAULT_SUITE  # noqa: E402
 from fedseal.checkpoint import Checkpoint, sign_checkpoint  # noqa: E402
 from fedseal.logformat import (  # noqa: E402
     ENTRY_RECORD_PREFIX,
@@ -58,6 +61,8 @@ from fedseal.logformat import (  # noqa: E402
 )
 from fedseal.merkle import MerkleTree  # noqa: E402
 from fedseal.note import NoteSigner  # noqa: E402
+from fedseal.signed_request import key_id  # noqa: E402
+from fedseal.wire import update_signature_message  # noqa: E402
 
 ORIGIN = "fedseal.bench/log"
 _FIELDS = {
@@ -158,7 +163,21 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
     tree = MerkleTree()
     first = path.read_bytes().split(b"\n", 1)[0]
     tree.append(first[len(ENTRY_RECORD_PREFIX) : -1])
-    spec = base64.b64encode(hashlib.sha256(b"spec").digest()).decode()
+    spec_digest = hashlib.sha256(b"spec").digest()
+    spec = base64.b64encode(spec_digest).decode()
+    challenge = hashlib.sha256(b"challenge").digest()
+    site_keys = [
+        Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench site %d" % n).digest())
+        for n in range(per_round)
+    ]
+    site_key_ids = [key_id(k.public_key().public_bytes_raw()) for k in site_keys]
+    enrolment = Enrolment(
+        1,
+        tuple(
+            EnrolledSite(f"hospital-{n:05d}", (k.public_key().public_bytes_raw(),))
+            for n, k in enumerate(site_keys)
+        ),
+    )
     pending = 0
 
     def emit(leaf: bytes) -> None:
@@ -178,6 +197,23 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
         pending = 0
 
     with path.open("ab", buffering=1 << 20) as out:
+        access = (
+            (
+                EntryKind.PRINCIPALS_RECORDED,
+                {"principals": [], "principals_digest": _digest(canonical_json([]))},
+            ),
+            (
+                EntryKind.ENROLMENT_RECORDED,
+                {
+                    "enrolment": enrolment.to_json_obj(),
+                    "enrolment_digest": b64encode(enrolment.digest()),
+                    "version": 1,
+                    "cause": "start",
+                },
+            ),
+        )
+        for kind, fields in access:
+            emit(LogEntry(tree.size, "2026-11-25T12:00:00.000Z", kind, fields).leaf_data())
         round_id = 0
         while tree.size < entries:
             round_id += 1
@@ -185,11 +221,41 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
             clients = min(per_round, max(1, entries - tree.size - 1))
             for n in range(clients):
                 index = tree.size
-                digest = base64.b64encode(hashlib.sha256(index.to_bytes(8, "big")).digest()).decode()
+                raw = hashlib.sha256(index.to_bytes(8, "big")).digest()
+                digest = base64.b64encode(raw).decode()
+                client = f"hospital-{n:05d}"
+                signed = update_signature_message(
+                    protocol_version=1,
+                    round_id=round_id,
+                    client_id=client,
+                    key_id=site_key_ids[n],
+                    adapter_spec_digest=spec_digest,
+                    num_examples=1000 + n,
+                    suite_wire_id=DEFAULT_SUITE.wire_id,
+                    idempotency_key_digest=raw,
+                    challenge=challenge,
+                    chunk_size=1048576,
+                    ciphertext_size=67125248,
+                    ciphertext_digest=raw,
+                )
+                signature = b64encode(site_keys[n].sign(signed))
                 leaf = (
-                    _ACCEPTED % (spec, digest, f"hospital-{n:05d}", digest, index, 1000 + n, round_id)
+                    _ACCEPTED
+                    % (
+                        spec,
+                        b64encode(challenge),
+                        digest,
+                        client,
+                        DEFAULT_SUITE.wire_id,
+                        digest,
+                        index,
+                        site_key_ids[n],
+                        1000 + n,
+                        round_id,
+                        signature,
+                    )
                 ).encode()
-                if index == 2:  # the template must be exactly the canonical encoding
+                if n == 0:  # the template must be exactly the canonical encoding
                     assert LogEntry.from_leaf_data(leaf).leaf_data() == leaf
                 emit(leaf)
             closed = LogEntry(
@@ -214,10 +280,15 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
 # The canonical JSON of an update_accepted entry (keys in RFC 8785 order), with its
 # varying fields left open; generate_log checks it against the real encoder.
 _ACCEPTED = (
-    '{"adapter_spec_digest":"%s","ciphertext_digest":"%s","ciphertext_size":67125248,'
-    '"client_id":"%s","idempotency_key_digest":"%s","index":%d,"kind":"update_accepted",'
-    '"num_examples":%d,"round_id":%d,"time":"2026-11-25T12:00:00.000Z","v":1}'
+    '{"adapter_spec_digest":"%s","challenge":"%s","chunk_size":1048576,"ciphertext_digest":"%s",'
+    '"ciphertext_size":67125248,"client_id":"%s","hpke_suite":%d,"idempotency_key_digest":"%s",'
+    '"index":%d,"key_id":"%s","kind":"update_accepted","num_examples":%d,"protocol_version":1,'
+    '"round_id":%d,"signature":"%s","time":"2026-11-25T12:00:00.000Z","v":1}'
 )
+
+
+def _digest(data: bytes) -> str:
+    return b64encode(hashlib.sha256(data).digest())
 
 
 def _round_opened(index: int, round_id: int, per_round: int) -> bytes:
@@ -248,7 +319,8 @@ def _round_opened(index: int, round_id: int, per_round: int) -> bytes:
 
 
 def _verify_peer(path: Path) -> float:
-    """SHA-256 of every leaf and Ed25519 verify of every checkpoint, nothing else."""
+    """SHA-256 of every leaf, Ed25519 verify of every checkpoint and every update's site
+    signature, nothing else."""
     key = Ed25519PrivateKey.generate()
     message = b"x" * 200
     signature = key.sign(message)
@@ -258,6 +330,8 @@ def _verify_peer(path: Path) -> float:
         for line in fh:
             if line.startswith(ENTRY_RECORD_PREFIX):
                 hashlib.sha256(b"\x00" + line[9:-2]).digest()
+                if b'"kind":"update_accepted"' in line:
+                    public.verify(signature, message)
             else:
                 public.verify(signature, message)
     return time.perf_counter() - start

@@ -29,7 +29,7 @@ from client_sdk._errors import (
     RoundUnavailableError,
     UnattestedChannelError,
 )
-from client_sdk._identity import ClientIdentity, IdentityError
+from client_sdk._identity import ClientIdentity, IdentityError, write_signing_key
 from client_sdk._peft import write_peft_adapter
 from client_sdk._receipts import ReceiptStore, ReceiptStoreError
 from client_sdk._transport import ApprovalResult, ChannelSecurity, OperatorResult
@@ -63,4 +63,5 @@ __all__ = [
     "fetch_aggregate",
     "submit_update",
     "write_peft_adapter",
+    "write_signing_key",
 ]

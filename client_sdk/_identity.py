@@ -8,18 +8,24 @@ token and every operator request; the certificate authenticates the TLS connecti
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
 
 from client_sdk._errors import ClientError
 from fedseal.signed_request import CALL_ACTION, key_id, sign_request
 from fedseal.tls import ClientTlsCredentials
 
-__all__ = ["ClientIdentity", "IdentityError"]
+__all__ = ["ClientIdentity", "IdentityError", "write_signing_key"]
 
 
 class IdentityError(ClientError):
@@ -76,6 +82,21 @@ class ClientIdentity:
                 raise IdentityError(f"cannot read {exc.filename}: {exc.strerror}") from None
             _load_key(tls_key_file)  # fail here, not in the TLS handshake, if it is not a key
         return cls(name, key, tls)
+
+
+def write_signing_key(path: Path) -> bytes:
+    """Make a new Ed25519 key, write it to `path` (PEM, PKCS#8, readable by the owner only;
+    an existing file is never overwritten) and return its raw public key, which is what an
+    enrolment or a job config lists."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise IdentityError(f"cannot create key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    return key.public_key().public_bytes_raw()
 
 
 def _load_key(path: Path) -> object:

@@ -140,7 +140,9 @@ class Relay:
             for sock in peers:
                 sock.setblocking(False)
             while True:
-                ready = [s for s in peers if isinstance(s, ssl.SSLSocket) and s.pending()]
+                ready: list[socket.socket] = [
+                    s for s in peers if isinstance(s, ssl.SSLSocket) and s.pending()
+                ]
                 if not ready:
                     ready, _, _ = select.select(list(peers), [], [], 1.0)
                 for source in ready:

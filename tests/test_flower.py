@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_adapter, round_config
+from conftest import make_adapter, round_config, site_client, submit_as
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -25,10 +26,10 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 from flwr.supercore.run import Run
+from identities import principal_identity, signing_key
 
 from aggregator import RunningAggregator
 from attestation import Policy, SimulatedEvidenceRefusedError, load_builtin_policy
-from client_sdk import FedSealClient
 from client_sdk.flower import (
     GLOBAL_ROUND_KEY,
     RECEIPT_RECORD,
@@ -42,6 +43,7 @@ from examples.flower_lora.__main__ import LocalGrid, main, server_task_identity
 from fedseal.logformat import EntryKind, decode_record
 
 DEV = "dev-insecure-allow-simulated"
+SERVER = principal_identity("olivia-operator")  # the Flower server calls FedSeal as the operator
 
 
 def _entries(path: Path) -> list[tuple[EntryKind, dict[str, object]]]:
@@ -53,11 +55,19 @@ def _entries(path: Path) -> list[tuple[EntryKind, dict[str, object]]]:
     return out
 
 
-def _site(endpoint: str, client_id: str, *, policy: str = DEV) -> Context:
+def _site(aggregator: RunningAggregator, client_id: str, *, policy: str = DEV) -> Context:
+    # The site's enrolled key as a PEM file (what its SuperNode operator points to), kept
+    # next to the test aggregator's log.
+    key_file = aggregator.log.path.parent / f"{client_id}.key"
+    if not key_file.exists():
+        key_file.write_bytes(
+            signing_key(client_id).private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        )
     node_config: dict[str, str | int | float | bool] = {
-        "fedseal-endpoint": endpoint,
+        "fedseal-endpoint": aggregator.endpoint,
         "fedseal-policy": policy,
         "fedseal-client-id": client_id,
+        "fedseal-key-file": str(key_file),
     }
     return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
 
@@ -80,8 +90,8 @@ def _closed_round(
 ) -> dict[str, torch.Tensor]:
     """Round 1 with one update; returns its signed aggregate (what an honest server sends)."""
     aggregator.rounds.open_round(round_config(1, min_clients=1, max_clients=1))
-    with FedSealClient(aggregator.endpoint, policy, timeout=20) as client:
-        client.submit_update(adapter, round_id=1, client_id="site-0", num_examples=10)
+    with site_client(aggregator.endpoint, policy, "site-0", timeout=20) as client:
+        client.submit_update(adapter, round_id=1, num_examples=10)
         return client.fetch_aggregate(1, wait_seconds=10).tensors()
 
 
@@ -143,11 +153,13 @@ def test_flower_server_receives_receipts_and_metrics_never_the_update(
 
     grid = _RecordingGrid(
         {
-            1: (app, _site(live_aggregator.endpoint, "site-x")),
-            2: (app, _site(live_aggregator.endpoint, "site-y")),
+            1: (app, _site(live_aggregator, "site-x")),
+            2: (app, _site(live_aggregator, "site-y")),
         }
     )
-    strategy = FedSealFedAvg(live_aggregator.endpoint, dev_policy, min_train_nodes=2, min_available_nodes=2)
+    strategy = FedSealFedAvg(
+        live_aggregator.endpoint, dev_policy, identity=SERVER, min_train_nodes=2, min_available_nodes=2
+    )
     initial = ArrayRecord(torch_state_dict=make_adapter(0))
     arrays, metrics = strategy.aggregate_train(
         1, grid.send_and_receive(strategy.configure_train(1, initial, ConfigRecord(), grid))
@@ -175,7 +187,7 @@ def test_tampered_global_arrays_are_refused_and_true_ones_pass(
 ) -> None:
     adapter = _closed_round(live_aggregator, dev_policy, make_adapter(5))
     mod = fedseal_mod()
-    context = _site(live_aggregator.endpoint, "site-a")
+    context = _site(live_aggregator, "site-a")
     seen: list[dict[str, torch.Tensor]] = []
 
     def evaluate(message: Message, _: Context) -> Message:
@@ -208,7 +220,7 @@ def test_the_sites_policy_wins_and_fails_closed(
     live_aggregator.rounds.open_round(round_config(1, min_clients=1, max_clients=1))
     # The app's code offers the dev policy; the site's node config says "default".
     mod = fedseal_mod(policy=load_builtin_policy(DEV))
-    context = _site(live_aggregator.endpoint, "site-a", policy="default")
+    context = _site(live_aggregator, "site-a", policy="default")
     called = []
 
     def train(message: Message, _: Context) -> Message:
@@ -230,7 +242,7 @@ def test_missing_site_settings_and_malformed_replies_are_named(
     noop = fedseal_mod()
     with pytest.raises(FlowerIntegrationError, match="fedseal-endpoint, fedseal-client-id, fedseal-policy"):
         noop(_train_message(make_adapter(0), **{ROUND_KEY: 1}), bare, lambda m, c: m)
-    context = _site(live_aggregator.endpoint, "site-a")
+    context = _site(live_aggregator, "site-a")
     with pytest.raises(FlowerIntegrationError, match=r"no 'fedseal\.round-id'"):
         noop(_train_message(make_adapter(0)), context, lambda m, c: m)
 
@@ -257,8 +269,9 @@ def test_strategy_counts_only_valid_receipts_once(
     live_aggregator: RunningAggregator, dev_policy: Policy, server_identity: None
 ) -> None:
     live_aggregator.rounds.open_round(round_config(1, min_clients=1, max_clients=1))
-    with FedSealClient(live_aggregator.endpoint, dev_policy, timeout=20) as client:
-        receipt = client.submit_update(make_adapter(3), round_id=1, client_id="site-0", num_examples=10)
+    receipt = submit_as(
+        live_aggregator.endpoint, dev_policy, "site-0", make_adapter(3), round_id=1, num_examples=10
+    )
     instruction = _train_message(None, **{ROUND_KEY: 1})
 
     def reply(loss: float, receipt_text: str | None) -> Message:
@@ -277,7 +290,9 @@ def test_strategy_counts_only_valid_receipts_once(
         reply(100.0, "not a receipt"),
         reply(100.0, None),
     ]
-    strategy = FedSealFedAvg(live_aggregator.endpoint, dev_policy, min_train_nodes=1, min_available_nodes=1)
+    strategy = FedSealFedAvg(
+        live_aggregator.endpoint, dev_policy, identity=SERVER, min_train_nodes=1, min_available_nodes=1
+    )
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert metrics is not None and metrics["train_loss"] == pytest.approx(2.0)
     assert arrays is not None
@@ -287,6 +302,7 @@ def test_strategy_counts_only_valid_receipts_once(
     other = FedSealFedAvg(
         live_aggregator.endpoint,
         dev_policy,
+        identity=SERVER,
         first_round_id=2,
         aggregate_wait_seconds=0.5,
         min_available_nodes=1,

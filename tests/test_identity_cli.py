@@ -151,3 +151,10 @@ def test_a_real_start_with_mutual_tls_and_limits(tmp_path: Path, dev_policy: Pol
         assert proc.wait(timeout=30) == 0
     log = stderr.read_text()
     assert '"event": "access_denied"' in log and "certificate_required" in log
+
+
+def test_the_shipped_example_enrolments_are_valid() -> None:
+    from fedseal.enrolment import Enrolment
+
+    for path in (ROOT / "deploy/examples/enrolment.json", ROOT / "deploy/kubernetes/enrolment.json"):
+        assert [s.site_id for s in Enrolment.from_file(path).sites] == [f"hospital-{c}" for c in "abcd"]

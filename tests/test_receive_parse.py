@@ -98,8 +98,10 @@ def test_malformed_headers_are_refused() -> None:
     names = sorted(TENSORS)
 
     def edited(name: str, **fields: object) -> dict[str, object]:
-        copy = json.loads(json.dumps(header))
-        copy[name].update(fields)
+        copy: dict[str, object] = json.loads(json.dumps(header))
+        entry = copy[name]
+        assert isinstance(entry, dict)
+        entry.update(fields)
         return copy
 
     first, second = header[names[0]], header[names[1]]

@@ -20,7 +20,16 @@ server never sees an individual update. See examples/flower_lora/README.md.
 This package imports flwr; ``client_sdk`` itself never does.
 """
 
-from client_sdk.flower._mod import CLIENT_ID_KEY, ENDPOINT_KEY, POLICY_KEY, FedSealMod, fedseal_mod
+from client_sdk.flower._mod import (
+    CLIENT_ID_KEY,
+    ENDPOINT_KEY,
+    KEY_FILE_KEY,
+    POLICY_KEY,
+    TLS_CERTIFICATE_KEY,
+    TLS_KEY_KEY,
+    FedSealMod,
+    fedseal_mod,
+)
 from client_sdk.flower._records import (
     GLOBAL_ROUND_KEY,
     RECEIPT_RECORD,
@@ -34,9 +43,12 @@ __all__ = [
     "CLIENT_ID_KEY",
     "ENDPOINT_KEY",
     "GLOBAL_ROUND_KEY",
+    "KEY_FILE_KEY",
     "POLICY_KEY",
     "RECEIPT_RECORD",
     "ROUND_KEY",
+    "TLS_CERTIFICATE_KEY",
+    "TLS_KEY_KEY",
     "FedSealFedAvg",
     "FedSealMod",
     "FlowerIntegrationError",

@@ -15,11 +15,13 @@ Wrapped around a ClientApp's train and evaluate functions (``ClientApp(mods=[fed
 
 Identity: the client id sealed into the payload (and logged by the enclave) comes from this
 site's configuration, never from Flower's ``src_node_id``, which the host asserts. The
-endpoint, policy and client id come from the node config that the site's SuperNode
-operator sets (``flower-supernode --node-config "fedseal-endpoint='...' fedseal-policy='default'
-fedseal-client-id='hospital-a'"``); arguments given in code are used where the node config
-says nothing. The policy must come from the site: the app's code and its run config are
-chosen by whoever submits the Flower run.
+endpoint, policy, client id and the site's enrolled key come from the node config that
+the site's SuperNode operator sets (``flower-supernode --node-config "fedseal-endpoint='...'
+fedseal-policy='default' fedseal-client-id='hospital-a' fedseal-key-file='/etc/site.key'"``,
+plus ``fedseal-tls-certificate`` and ``fedseal-tls-key`` for a site enrolled with a client
+certificate); arguments given in code are used where the node config says nothing. The
+policy and the key must come from the site: the app's code and its run config are chosen
+by whoever submits the Flower run.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from attestation import Policy, builtin_policy_names, load_builtin_policy
 from client_sdk._client import FedSealClient
+from client_sdk._identity import ClientIdentity
 from client_sdk.flower._records import (
     GLOBAL_ROUND_KEY,
     RECEIPT_RECORD,
@@ -46,11 +49,23 @@ from client_sdk.flower._records import (
     tensors_to_arrays,
 )
 
-__all__ = ["CLIENT_ID_KEY", "ENDPOINT_KEY", "POLICY_KEY", "FedSealMod", "fedseal_mod"]
+__all__ = [
+    "CLIENT_ID_KEY",
+    "ENDPOINT_KEY",
+    "KEY_FILE_KEY",
+    "POLICY_KEY",
+    "TLS_CERTIFICATE_KEY",
+    "TLS_KEY_KEY",
+    "FedSealMod",
+    "fedseal_mod",
+]
 
 ENDPOINT_KEY = "fedseal-endpoint"
 POLICY_KEY = "fedseal-policy"
 CLIENT_ID_KEY = "fedseal-client-id"
+KEY_FILE_KEY = "fedseal-key-file"  # the site's enrolled Ed25519 key (PEM)
+TLS_CERTIFICATE_KEY = "fedseal-tls-certificate"  # optional: its TLS client certificate (PEM)
+TLS_KEY_KEY = "fedseal-tls-key"  # and that certificate's key (PEM)
 _NUM_EXAMPLES = "num-examples"
 
 
@@ -58,7 +73,11 @@ _NUM_EXAMPLES = "num-examples"
 class _Settings:
     endpoint: str
     policy: Policy
-    client_id: str
+    identity: ClientIdentity
+
+    @property
+    def client_id(self) -> str:
+        return self.identity.name
 
 
 class FedSealMod:
@@ -70,12 +89,14 @@ class FedSealMod:
         endpoint: str | None = None,
         policy: Policy | None = None,
         client_id: str | None = None,
+        identity: ClientIdentity | None = None,
         timeout: float = 60.0,
         aggregate_wait_seconds: float = 60.0,
     ) -> None:
         self._endpoint = endpoint
         self._policy = policy
         self._client_id = client_id
+        self._identity = identity
         self._timeout = timeout
         self._aggregate_wait = aggregate_wait_seconds
 
@@ -86,7 +107,9 @@ class FedSealMod:
         settings = self._settings(context)
         config = _config_record(message)
         global_round = config_int(config, GLOBAL_ROUND_KEY, default=0)
-        with FedSealClient(settings.endpoint, settings.policy, timeout=self._timeout) as client:
+        with FedSealClient(
+            settings.endpoint, settings.policy, identity=settings.identity, timeout=self._timeout
+        ) as client:
             if global_round > 0:
                 aggregate = client.fetch_aggregate(global_round, wait_seconds=self._aggregate_wait)
                 message.content = _with_verified_arrays(message.content, aggregate.tensors(), global_round)
@@ -102,10 +125,7 @@ class FedSealMod:
             _, arrays = single_array_record(reply.content, what="the train reply")
             num_examples = _num_examples(reply.content)
             receipt = client.submit_update(
-                arrays_to_tensors(arrays),
-                round_id=round_id,
-                client_id=settings.client_id,
-                num_examples=num_examples,
+                arrays_to_tensors(arrays), round_id=round_id, num_examples=num_examples
             )
         records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = dict(reply.content.metric_records)
         records[RECEIPT_RECORD] = ConfigRecord(
@@ -117,19 +137,41 @@ class FedSealMod:
         node = context.node_config
         endpoint = _node_str(node, ENDPOINT_KEY) or self._endpoint
         client_id = _node_str(node, CLIENT_ID_KEY) or self._client_id
+        if client_id is None and self._identity is not None:
+            client_id = self._identity.name
         policy_ref = _node_str(node, POLICY_KEY)
         policy = _load_policy(policy_ref) if policy_ref else self._policy
+        key_file = _node_str(node, KEY_FILE_KEY)
+        identity = self._identity if key_file is None else None
         missing = [
             key
-            for key, value in ((ENDPOINT_KEY, endpoint), (CLIENT_ID_KEY, client_id), (POLICY_KEY, policy))
+            for key, value in (
+                (ENDPOINT_KEY, endpoint),
+                (CLIENT_ID_KEY, client_id),
+                (POLICY_KEY, policy),
+                (KEY_FILE_KEY, key_file or identity),
+            )
             if value is None
         ]
         if missing or endpoint is None or client_id is None or policy is None:
             raise FlowerIntegrationError(
                 f"FedSeal needs {', '.join(missing)}: set them in this SuperNode's --node-config "
-                "(the policy must be the site's own choice)"
+                "(the policy and the key must be the site's own)"
             )
-        return _Settings(endpoint, policy, client_id)
+        if key_file is not None:
+            certificate, tls_key = _node_str(node, TLS_CERTIFICATE_KEY), _node_str(node, TLS_KEY_KEY)
+            identity = ClientIdentity.from_files(
+                client_id,
+                Path(key_file),
+                certificate_file=Path(certificate) if certificate else None,
+                tls_key_file=Path(tls_key) if tls_key else None,
+            )
+        assert identity is not None  # checked with `missing` above
+        if identity.name != client_id:
+            raise FlowerIntegrationError(
+                f"the identity given in code is {identity.name!r}, the node config says {client_id!r}"
+            )
+        return _Settings(endpoint, policy, identity)
 
 
 def fedseal_mod(
@@ -137,10 +179,13 @@ def fedseal_mod(
     endpoint: str | None = None,
     policy: Policy | None = None,
     client_id: str | None = None,
+    identity: ClientIdentity | None = None,
     timeout: float = 60.0,
 ) -> FedSealMod:
     """The mod to put in ``ClientApp(mods=[...])``; with no arguments, all from the node config."""
-    return FedSealMod(endpoint=endpoint, policy=policy, client_id=client_id, timeout=timeout)
+    return FedSealMod(
+        endpoint=endpoint, policy=policy, client_id=client_id, identity=identity, timeout=timeout
+    )
 
 
 def _node_str(node_config: Mapping[str, object], key: str) -> str | None:

@@ -12,6 +12,10 @@ metrics, and changes what a round's arrays are:
   aggregate from the enclave, verifies its signed manifest, and makes it the new global
   arrays. Metrics are FedAvg's weighted average over the replies with a valid receipt.
 
+The strategy calls the aggregator with its own `identity`: a key the aggregator knows (a
+principal of the job config, e.g. the operator who runs the Flower server), since fetching
+an aggregate needs an authenticated caller.
+
 The FedSeal aggregator's job config decides when a round closes (``max_clients`` updates,
 or the deadline with at least ``min_clients``): make ``max_clients`` the number of nodes
 Flower samples, or rounds close only at their deadline. Flower round ``r`` goes to FedSeal
@@ -35,6 +39,7 @@ from flwr.serverapp.strategy import FedAvg
 from attestation import Policy
 from client_sdk._client import FedSealClient
 from client_sdk._errors import RoundUnavailableError
+from client_sdk._identity import ClientIdentity
 from client_sdk.flower._records import (
     GLOBAL_ROUND_KEY,
     RECEIPT_RECORD,
@@ -54,8 +59,9 @@ class FedSealFedAvg(FedAvg):
     """Flower FedAvg whose aggregation happens in the attested FedSeal enclave.
 
     ``endpoint`` and ``policy`` are the FedSeal aggregator's address and the policy this
-    server attests it under; ``aggregate_wait_seconds`` bounds the wait for a round to
-    close. Every other keyword goes to ``flwr.serverapp.strategy.FedAvg``.
+    server attests it under; ``identity`` is the key this server calls it with;
+    ``aggregate_wait_seconds`` bounds the wait for a round to close. Every other keyword
+    goes to ``flwr.serverapp.strategy.FedAvg``.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class FedSealFedAvg(FedAvg):
         endpoint: str,
         policy: Policy,
         *,
+        identity: ClientIdentity,
         first_round_id: int = 1,
         aggregate_wait_seconds: float = 600.0,
         timeout: float = 60.0,
@@ -73,6 +80,7 @@ class FedSealFedAvg(FedAvg):
             raise ValueError("first_round_id must be >= 1")
         self.endpoint = endpoint
         self.policy = policy
+        self.identity = identity
         self.first_round_id = first_round_id
         self.aggregate_wait_seconds = aggregate_wait_seconds
         self.timeout = timeout
@@ -101,7 +109,9 @@ class FedSealFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_id = self.fedseal_round(server_round)
         replies = list(replies)
-        with FedSealClient(self.endpoint, self.policy, timeout=self.timeout) as client:
+        with FedSealClient(
+            self.endpoint, self.policy, identity=self.identity, timeout=self.timeout
+        ) as client:
             log_key = client.attest().log_public_key
             accepted = self._with_valid_receipts(replies, round_id, log_key)
             _log.info(

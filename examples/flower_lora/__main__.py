@@ -8,7 +8,9 @@ Flower ``Grid`` that serializes every message with Flower's own protobuf encodin
 SuperLink would, and delivers it to each hospital's ClientApp (client_app.py, with the
 FedSeal mod). The FedSeal aggregator is started in-process on loopback with the INSECURE
 simulated TEE, and every party uses the dev policy that accepts it: this shows the
-protocol, not hardware protection. At the end the audit log is verified.
+protocol, not hardware protection. Each hospital gets an Ed25519 key, enrolled with the
+aggregator, and the Flower server a key the job names as its operator (all written to the
+output folder). At the end the audit log is verified.
 """
 
 from __future__ import annotations
@@ -31,18 +33,22 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from aggregator import JobConfig, start_aggregator
+from aggregator import AccessConfig, JobConfig, start_aggregator
 from attestation import InsecureSimulatedTeeCollector
+from client_sdk import write_signing_key
 from examples.flower_lora.client_app import app as client_app
 from examples.flower_lora.server_app import app as server_app
 from examples.lora_demo.training import HOSPITALS, DemoModelConfig, adapter_state, build_model
 from fedseal.audit._cli import main as audit_main
+from fedseal.enrolment import EnrolledSite, Enrolment
+from fedseal.signed_request import Role, Signer
 from fedseal.spec import AdapterSpec
 
 __all__ = ["LocalGrid", "main", "server_task_identity"]
 
 DEV_POLICY = "dev-insecure-allow-simulated"
 _RUN_ID = 1
+_SERVER = "flower-server"  # the Flower server's principal name (role operator)
 
 
 class LocalGrid(Grid):
@@ -158,15 +164,25 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the collector warns that it is insecure; we said so
             collector = InsecureSimulatedTeeCollector("fedseal flower example (insecure simulated TEE)")
+        hospitals = HOSPITALS[: args.hospitals]
+        keys = out / "keys"
+        keys.mkdir(exist_ok=True)
+        for key_file in keys.glob("*.key"):
+            key_file.unlink()  # a rerun into the same folder makes new keys
+        access = AccessConfig(
+            Enrolment(1, tuple(EnrolledSite(n, (write_signing_key(keys / f"{n}.key"),)) for n in hospitals)),
+            (Signer(_SERVER, Role.OPERATOR, write_signing_key(keys / f"{_SERVER}.key")),),
+        )
         running = start_aggregator(
             log_path=audit_path,
             log_origin="fedseal.local/flower-example",
             collectors=[collector],
+            access=access,
             job=_job(args.rounds, args.hospitals),
             listen="127.0.0.1:0",
         )
         try:
-            losses = _run_flower(running.endpoint, args)
+            losses = _run_flower(running.endpoint, args, keys)
         finally:
             running.stop(0.5)
         print("Auditing the log with: fedseal-audit verify", audit_path, "--builtin-policy", DEV_POLICY)
@@ -180,11 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run_flower(endpoint: str, args: argparse.Namespace) -> dict[int, float]:
+def _run_flower(endpoint: str, args: argparse.Namespace, keys: Path) -> dict[int, float]:
     """Run the ServerApp over the hospitals' ClientApps; return the eval loss per round."""
     hospitals = HOSPITALS[: args.hospitals]
     # Each site's own settings (its SuperNode's --node-config): where the aggregator is,
-    # which policy it requires, and the identity sealed into its updates.
+    # which policy it requires, and the identity (and enrolled key) that signs its updates.
     apps = {
         100 + i: (
             client_app,
@@ -196,6 +212,7 @@ def _run_flower(endpoint: str, args: argparse.Namespace) -> dict[int, float]:
                     "fedseal-endpoint": endpoint,
                     "fedseal-policy": DEV_POLICY,
                     "fedseal-client-id": name,
+                    "fedseal-key-file": str(keys / f"{name}.key"),
                 },
                 state=RecordDict(),
                 run_config={"local-steps": args.local_steps},
@@ -213,6 +230,8 @@ def _run_flower(endpoint: str, args: argparse.Namespace) -> dict[int, float]:
             "num-nodes": len(hospitals),
             "fedseal-endpoint": endpoint,
             "fedseal-policy": DEV_POLICY,
+            "fedseal-identity": _SERVER,
+            "fedseal-key-file": str(keys / f"{_SERVER}.key"),
         },
     )
     print(f"FedSeal aggregator on {endpoint} (INSECURE simulated TEE, dev policy)")

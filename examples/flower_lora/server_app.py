@@ -6,12 +6,14 @@ happens in the attested enclave; everything else is the usual Flower ServerApp.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from attestation import load_builtin_policy
+from client_sdk import ClientIdentity  # FedSeal
 from client_sdk.flower import FedSealFedAvg  # FedSeal
 from examples.lora_demo.training import DemoModelConfig, adapter_state, build_model
 
@@ -25,6 +27,9 @@ def main(grid: Grid, context: Context) -> None:
     strategy = FedSealFedAvg(  # FedSeal: was FedAvg(
         str(run_config["fedseal-endpoint"]),  # FedSeal
         load_builtin_policy(str(run_config["fedseal-policy"])),  # FedSeal
+        identity=ClientIdentity.from_files(  # FedSeal: the key the aggregator knows this server by
+            str(run_config["fedseal-identity"]), Path(str(run_config["fedseal-key-file"]))
+        ),
         fraction_train=1.0,
         fraction_evaluate=1.0,
         min_train_nodes=nodes,

@@ -4,7 +4,10 @@
 
 Starts an aggregator on loopback (with the INSECURE simulated TEE: there is no Hopper GPU
 here), runs four hospitals as separate processes for three rounds, prints each hospital's
-evaluation loss round by round, then audits the log with `fedseal-audit`.
+evaluation loss round by round, then audits the log with `fedseal-audit`. The hospitals are
+enrolled for the job: each has an Ed25519 key and a TLS client certificate from a demo
+consortium CA, made fresh in the run folder (`identities/`), and calls the aggregator over
+mutual TLS pinned to the attested enclave certificate.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from examples.lora_demo.identities import make_identities
 from examples.lora_demo.training import (
     DEFAULT_ROUNDS,
     HOSPITALS,
@@ -76,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     job_file.write_text(json.dumps(_job(args.rounds, len(HOSPITALS)), indent=2))
     audit_path = run_dir / "audit.log"
     port_file = run_dir / "aggregator.port"
+    mtls_port_file = run_dir / "aggregator.mtls-port"
+    identities = make_identities(run_dir / "identities", list(HOSPITALS))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     print(f"FedSeal demo: {len(HOSPITALS)} hospitals, {args.rounds} rounds, output in {run_dir}")
@@ -92,19 +98,27 @@ def main(argv: list[str] | None = None) -> int:
                 str(job_file),
                 "--log",
                 str(audit_path),
+                "--enrolment",
+                str(identities.enrolment),
                 "--listen",
                 "127.0.0.1:0",
+                "--listen-mtls",
+                "127.0.0.1:0",
+                "--client-ca",
+                str(identities.ca_certificate),
                 "--port-file",
                 str(port_file),
+                "--mtls-port-file",
+                str(mtls_port_file),
             ],
             stdout=agg_log,
             stderr=subprocess.STDOUT,
             env=env,
         )
         try:
-            port = _wait_for_port(port_file, aggregator)
-            endpoint = f"127.0.0.1:{port}"
-            print(f"aggregator listening on {endpoint}")
+            _wait_for_port(port_file, aggregator)
+            endpoint = f"127.0.0.1:{int(mtls_port_file.read_text())}"
+            print(f"aggregator listening on {endpoint} (mutual TLS; 4 hospitals enrolled)")
             clients = {
                 name: subprocess.Popen(
                     [
@@ -121,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
                         str(run_dir),
                         "--builtin-policy",
                         DEV_POLICY,
+                        "--key-file",
+                        str(identities.keys[name]),
+                        "--tls-certificate",
+                        str(identities.certificates[name][0]),
+                        "--tls-key",
+                        str(identities.certificates[name][1]),
                     ],
                     stdout=subprocess.PIPE,
                     stderr=(run_dir / f"{name}.stderr").open("wb"),
