@@ -24,6 +24,9 @@ from fedseal.witness_rpc import WitnessCosigner, WitnessEndpoint
 __all__ = ["main"]
 
 _ORIGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 _DESCRIPTION = """\
 Run the FedSeal aggregator: it makes fresh keys in memory, proves them with attestation
@@ -97,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--client-ca", type=Path, help="PEM certificate(s) of the CA that issues site certificates"
+    )
+    p.add_argument(
+        "--tls-name",
+        action="append",
+        default=[],
+        metavar="DNS_NAME",
+        help="a public DNS name of this service, added to the enclave's TLS certificate (for load "
+        "balancers that route TLS by server name; clients pin the attested certificate either way). "
+        "Repeatable",
     )
     p.add_argument(
         "--crl",
@@ -216,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         job = JobConfig.from_file(args.job) if args.job else None
         witnesses = [WitnessEndpoint.parse(w) for w in args.witness]
         access = _access(args, job)
+        for name in args.tls_name:
+            if not _DNS_NAME.fullmatch(name):
+                raise ConfigError(f"--tls-name {name[:64]!r} is not a DNS name")
     except (ConfigError, FormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -231,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 job=job,
                 listen=args.listen,
                 listen_mtls=args.listen_mtls,
+                tls_names=args.tls_name,
                 cosigner=cosigner,
                 spool_dir=args.spool_dir,
                 initial_adapter=args.initial_adapter.read_bytes() if args.initial_adapter else None,

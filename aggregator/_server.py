@@ -77,6 +77,7 @@ def start_aggregator(
     job: JobConfig | None = None,
     listen: str = "127.0.0.1:0",
     listen_mtls: str | None = None,
+    tls_names: Sequence[str] = (),
     max_workers: int = 16,
     commit_mode: CommitMode = CommitMode.GROUP,
     cosigner: Cosigner | None = None,
@@ -90,7 +91,7 @@ def start_aggregator(
     without a mutual-TLS listener, or sites enrolled by certificate with no way to present it).
     """
     _check_listeners(access, listen_mtls)
-    tls = EnclaveTlsIdentity.generate()
+    tls = EnclaveTlsIdentity.generate(tls_names)
     keys = EnclaveKeys.generate(tls.certificate_sha256)
     log = AuditLog.open(
         log_path, log_origin, keys.log_private_key, commit_mode=commit_mode, cosigner=cosigner

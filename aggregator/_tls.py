@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -35,7 +36,9 @@ class EnclaveTlsIdentity:
     certificate_der: bytes
 
     @classmethod
-    def generate(cls, *, now: dt.datetime | None = None) -> EnclaveTlsIdentity:
+    def generate(cls, names: Sequence[str] = (), *, now: dt.datetime | None = None) -> EnclaveTlsIdentity:
+        """`names`: DNS names to add next to the enclave name (the service's public names, for
+        load balancers that route TLS by server name)."""
         key = ec.generate_private_key(ec.SECP256R1())
         moment = now or dt.datetime.now(dt.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ENCLAVE_TLS_NAME)])
@@ -47,7 +50,10 @@ class EnclaveTlsIdentity:
             .serial_number(x509.random_serial_number())
             .not_valid_before(moment - dt.timedelta(hours=1))
             .not_valid_after(moment + _VALIDITY)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(ENCLAVE_TLS_NAME)]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in (ENCLAVE_TLS_NAME, *names)]),
+                critical=False,
+            )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(key, hashes.SHA256())

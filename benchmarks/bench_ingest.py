@@ -150,8 +150,7 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
         log_path=Path(log_dir) / "audit.log",
         log_origin="fedseal.bench/ingest",
         collectors=[InsecureSimulatedTeeCollector("bench")],
-        access=AccessConfig(enrolment),
-        max_workers=max(16, n),
+        access=AccessConfig(enrolment),  # default max_workers, as fedseal-aggregator runs
     )
     running.rounds.open_round(
         RoundConfig(

@@ -49,9 +49,9 @@ from aggregator.enclave._keys import EnclaveKeys  # noqa: E402
 from attestation import InsecureSimulatedTeeCollector, load_builtin_policy  # noqa: E402
 from fedseal.audit import audit_log  # noqa: E402
 from fedseal.canonical import b64encode, canonical_json  # noqa: E402
+from fedseal.checkpoint import Checkpoint, sign_checkpoint  # noqa: E402
 from fedseal.enrolment import EnrolledSite, Enrolment  # noqa: E402
 from fedseal.envelope import DEFAULT_SUITE  # noqa: E402
-from fedseal.checkpoint import Checkpoint, sign_checkpoint  # noqa: E402
 from fedseal.logformat import (  # noqa: E402
     ENTRY_RECORD_PREFIX,
     CheckpointExtensions,

@@ -24,6 +24,7 @@ no longer proves it reaches the enclave (see deploy/README.md).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import socket
 import ssl
 from collections.abc import Sequence
@@ -48,7 +49,9 @@ __all__ = [
 ]
 
 # The DNS name in every enclave certificate. `.invalid` (RFC 6761) never resolves: the name
-# is not what a client checks, the pinned certificate is.
+# is not what a client checks, the pinned certificate is. (The operator may add the
+# service's public names, `fedseal-aggregator --tls-name`, for load balancers that route
+# TLS by server name: clients then send and check that name.)
 ENCLAVE_TLS_NAME = "attested.fedseal.invalid"
 
 ChannelOptions = Sequence[tuple[str, int | str]]
@@ -72,8 +75,9 @@ class ServerCertificate:
     def pem(self) -> bytes:
         return ssl.DER_cert_to_PEM_cert(self.der).encode("ascii")
 
-    def tls_name(self) -> str:
-        """The name gRPC must check the certificate against: its first DNS name, else its CN."""
+    def tls_name(self, host: str | None = None) -> str:
+        """The name gRPC must send and check: `host` when the certificate names it, else the
+        certificate's first DNS name, else its CN."""
         try:
             cert = x509.load_der_x509_certificate(self.der)
         except ValueError as exc:
@@ -81,6 +85,8 @@ class ServerCertificate:
         try:
             names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             dns = names.get_values_for_type(x509.DNSName)
+            if host is not None and host in dns:
+                return host
             if dns:
                 return dns[0]
         except x509.ExtensionNotFound:
@@ -138,7 +144,7 @@ def probe_server_certificate(endpoint: str, *, timeout: float = 10.0) -> ServerC
     try:
         with (
             socket.create_connection((host, port), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=ENCLAVE_TLS_NAME) as tls,
+            context.wrap_socket(raw, server_hostname=_server_name(host)) as tls,
         ):
             der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError) as exc:
@@ -161,10 +167,11 @@ def pinned_channel(
         private_key=client.private_key_pem if client is not None else None,
         certificate_chain=client.certificate_chain_pem if client is not None else None,
     )
+    host, _ = split_endpoint(endpoint)
     return grpc.secure_channel(
         endpoint,
         credentials,
-        options=[*options, ("grpc.ssl_target_name_override", certificate.tls_name())],
+        options=[*options, ("grpc.ssl_target_name_override", certificate.tls_name(host))],
     )
 
 
@@ -184,3 +191,13 @@ def ca_channel(
         certificate_chain=client.certificate_chain_pem if client is not None else None,
     )
     return grpc.secure_channel(endpoint, credentials, options=list(options))
+
+
+def _server_name(host: str) -> str:
+    """The name to send in the handshake (SNI): the endpoint's host name; an IP address is
+    not a name, so the enclave's own name stands in."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return ENCLAVE_TLS_NAME

@@ -34,8 +34,10 @@ from client_sdk import (
     ClientError,
     ClientIdentity,
     FedSealClient,
+    IdentityError,
     OperatorActionError,
     UpdateRejectedError,
+    write_signing_key,
 )
 from client_sdk._transport import AggregatorConnection
 from fedseal.audit import FindingKind, audit_log
@@ -43,6 +45,7 @@ from fedseal.canonical import b64encode
 from fedseal.enrolment import Enrolment, EnrolmentError
 from fedseal.errors import FormatError, SignatureError
 from fedseal.logformat import EntryKind, LogEntry, RejectReason, decode_record
+from fedseal.signed_request import Role, Signer
 from fedseal.tls import ClientTlsCredentials
 
 # --- the enrolment format ---------------------------------------------------------------------
@@ -389,3 +392,49 @@ def _older_crl(pki: ConsortiumPki) -> bytes:
 
 def _wait_for_reload() -> None:
     time.sleep(1.1)  # the list is looked at again at most once a second
+
+
+def test_identity_files_load_and_name_what_is_wrong(tmp_path: Path) -> None:
+    public = write_signing_key(tmp_path / "site.key")
+    assert (tmp_path / "site.key").stat().st_mode & 0o777 == 0o600
+    identity = ClientIdentity.from_files("site-a", tmp_path / "site.key")
+    assert identity.public_key == public and identity.tls is None
+    with pytest.raises(IdentityError, match="cannot create"):
+        write_signing_key(tmp_path / "site.key")  # never overwrites a key
+    _, tls = ConsortiumPki().issue("site-a")
+    (tmp_path / "a.crt").write_bytes(tls.certificate_chain_pem)
+    (tmp_path / "a-tls.key").write_bytes(tls.private_key_pem)
+    with_tls = ClientIdentity.from_files(
+        "site-a",
+        tmp_path / "site.key",
+        certificate_file=tmp_path / "a.crt",
+        tls_key_file=tmp_path / "a-tls.key",
+    )
+    assert with_tls.tls == tls
+    with pytest.raises(IdentityError, match="not an Ed25519"):
+        ClientIdentity.from_files("site-a", tmp_path / "a-tls.key")  # an ECDSA key
+    with pytest.raises(IdentityError, match="needs its key"):
+        ClientIdentity.from_files("site-a", tmp_path / "site.key", certificate_file=tmp_path / "a.crt")
+    with pytest.raises(IdentityError, match="cannot read"):
+        ClientIdentity.from_files("site-a", tmp_path / "missing.key")
+    assert "PRIVATE" not in repr(with_tls)
+
+
+def test_the_auditor_flags_access_changed_at_a_restart(tmp_path: Path, dev_policy: Policy) -> None:
+    """Nobody signs the files a restarted enclave starts from: going back to an older
+    enrolment, or naming other principals, is an audit finding."""
+    path = tmp_path / "audit.log"
+    for version, names in ((2, ("olivia-operator",)), (1, ("mallory",))):
+        running = start_aggregator(
+            log_path=path,
+            log_origin="fedseal.test/identity",
+            collectors=[simulated_collector()],
+            access=AccessConfig(
+                enrolment(version=version),
+                tuple(Signer(n, Role.OPERATOR, principal_identity(n).public_key) for n in names),
+            ),
+        )
+        running.stop(0.2)
+    findings = audit_log(path, dev_policy).findings
+    assert [f.kind for f in findings] == [FindingKind.INCONSISTENT_ACCESS] * 2
+    assert "principals changed" in findings[0].message and "version 1 from 2" in findings[1].message

@@ -32,6 +32,7 @@ def _base(tmp_path: Path) -> list[str]:
         (["--max-streams", "0"], "max_streams_per_identity"),
         (["--public-rate", "0"], "public_rate_per_peer"),
         (["--listen-mtls", "127.0.0.1:0"], "--client-ca"),
+        (["--tls-name", "not a name"], "--tls-name"),
     ],
 )
 def test_bad_access_options_are_usage_errors(

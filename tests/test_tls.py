@@ -194,3 +194,29 @@ def test_a_restarted_enclave_is_a_new_certificate_the_old_pin_refuses(
             assert op.attest().tls_certificate_sha256 == second.tls.certificate_sha256
     finally:
         second.stop(0.2)
+
+
+def test_a_public_name_in_the_certificate_is_sent_and_checked(tmp_path: Path, dev_policy: Policy) -> None:
+    """For load balancers that route TLS by server name: the client sends the endpoint's
+    name when the enclave certificate carries it (and pins the certificate all the same)."""
+    from conftest import access_config
+
+    from aggregator import start_aggregator
+
+    running = start_aggregator(
+        log_path=tmp_path / "a.log",
+        log_origin="fedseal.test/tls",
+        collectors=[simulated_collector()],
+        access=access_config(),
+        tls_names=["localhost"],
+    )
+    try:
+        seen = probe_server_certificate(f"localhost:{running.port}")
+        assert seen.sha256 == running.tls.certificate_sha256
+        assert (
+            seen.tls_name("localhost") == "localhost" and seen.tls_name("other.example") == ENCLAVE_TLS_NAME
+        )
+        with FedSealClient(f"localhost:{running.port}", dev_policy) as client:
+            assert client.attest().tls_certificate_sha256 == seen.sha256
+    finally:
+        running.stop(0.2)

@@ -258,6 +258,14 @@ def _render(report: AuditReport, *, quiet: bool) -> str:
             f"  torn tail cut on restart, recorded at entry {d['index']}: {d['dropped_bytes']} bytes "
             f"({d['dropped_lines']} complete lines) from offset {d['offset']}, sha256 {d['dropped_digest']}"
         )
+    if report.enrolments or report.operator_actions:
+        out.append("Access:")
+    for e in report.enrolments:
+        out.append(
+            f"  enrolment version {e['version']} ({e['cause']}, {e['sites']} site(s)) at entry {e['index']}"
+        )
+    for a in report.operator_actions:
+        out.append(f"  {a['action']} signed by {a['role']} {a['signer']!r} at entry {a['index']}")
     out.append("")
     for r in report.rounds:
         params = " ".join(
