@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from aggregator import RunningAggregator
 from aggregator._tls import EnclaveTlsIdentity
 from attestation import (
     EndpointError,
@@ -325,3 +326,36 @@ def test_parse_endpoint(endpoint: str, expected: tuple[str, int]) -> None:
 def test_parse_endpoint_refuses(endpoint: str) -> None:
     with pytest.raises(FormatError):
         parse_endpoint(endpoint)
+
+
+# --- --endpoint, against the real aggregator -------------------------------------------
+
+
+def test_endpoint_verify_against_a_live_aggregator(
+    live_aggregator: RunningAggregator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = tmp_path / "live-bundle.json"
+    argv = ["verify", "--endpoint", live_aggregator.endpoint, "--save-bundle", str(saved)]
+    assert main([*argv, "--builtin-policy", "dev-insecure-allow-simulated"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "binding" in out
+    # The saved bundle names exactly this enclave's keys, and re-verifies offline.
+    bundle = EvidenceBundle.from_bytes(saved.read_bytes())
+    assert bundle.log_public_key == live_aggregator.keys.bound.log_public_key
+    challenge_hex = saved.with_name(saved.name + ".challenge").read_text().strip()
+    assert (
+        main(
+            [
+                "verify",
+                "--bundle",
+                str(saved),
+                "--challenge",
+                challenge_hex,
+                "--builtin-policy",
+                "dev-insecure-allow-simulated",
+            ]
+        )
+        == EXIT_OK
+    )
+    # The production default refuses the simulated enclave.
+    assert main(["verify", "--endpoint", live_aggregator.endpoint]) == EXIT_FAILED
