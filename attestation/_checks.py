@@ -7,8 +7,12 @@ refusal) and the verifier (which produces them) need it, and neither should impo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["CheckResult"]
+if TYPE_CHECKING:  # the errors import this module; a runtime import would be circular
+    from ._errors import AttestationError
+
+__all__ = ["CheckRecorder", "CheckResult"]
 
 
 @dataclass(frozen=True)
@@ -24,3 +28,19 @@ class CheckResult:
     expected: str
     found: str
     passed: bool
+
+
+class CheckRecorder(Protocol):
+    """Where a verifier records its checks: ``VerificationContext.checks`` during a bundle
+    verification, or a fresh checklist in the standalone report verifiers."""
+
+    def record(
+        self,
+        name: str,
+        *,
+        expected: str,
+        found: str,
+        passed: bool,
+        error: type[AttestationError],
+        message: str,
+    ) -> bool: ...

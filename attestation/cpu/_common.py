@@ -7,25 +7,9 @@ from typing import Protocol
 
 from fedseal.errors import FormatError
 
-from .._errors import AttestationError
+from .._checks import CheckRecorder
 
 __all__ = ["CheckRecorder", "new_checklist", "resolve_now", "shorten"]
-
-
-class CheckRecorder(Protocol):
-    """Where a verifier records its checks: ``VerificationContext.checks`` in a bundle
-    verification, a fresh checklist in the standalone report verifiers."""
-
-    def record(
-        self,
-        name: str,
-        *,
-        expected: str,
-        found: str,
-        passed: bool,
-        error: type[AttestationError],
-        message: str,
-    ) -> bool: ...
 
 
 class _RaisingChecklist(CheckRecorder, Protocol):

@@ -34,7 +34,7 @@ import hmac
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509 import ocsp
 
 from .._bundle import Evidence
-from .._checks import CheckResult
+from .._checks import CheckRecorder, CheckResult
 from .._errors import AttestationError, CollateralUnavailableError, EvidenceFormatError
 from .._fetch import CollateralFetcher, CollateralRequest, OfflineFetcher
 from ._errors import (
@@ -84,21 +84,6 @@ __all__ = ["CheckRecorder", "check_gpu_evidence", "verify_gpu_evidence_against_n
 # TCG DICE TcbInfo (2.23.133.5.4.1) and its "multi" variant: the attestation key's firmware ID.
 _TCG_DICE_FWID_OIDS = frozenset({"2.23.133.5.4.1", "2.23.133.5.4.1.1"})
 _FWID_SIZE = 48
-
-
-class CheckRecorder(Protocol):
-    """Where checks go: ``attestation._verify``'s checklist, or the seam's own."""
-
-    def record(
-        self,
-        name: str,
-        *,
-        expected: str,
-        found: str,
-        passed: bool,
-        error: type[AttestationError],
-        message: str,
-    ) -> bool: ...
 
 
 def verify_nvidia_gpu(label: str, evidence: Evidence, ctx: VerificationContext) -> None:
