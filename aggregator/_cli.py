@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         "--job",
         type=Path,
         help="job config (JSON): rounds to open one after another; without it, rounds "
-        "are opened through the OpenRound call",
+        "are opened by operators' signed requests (FedSealClient.open_round)",
     )
     p.add_argument(
         "--enrolment",
