@@ -8,13 +8,27 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aggregator._config import JobConfig
 from aggregator._identity import AccessConfig, AccessLimits
 from aggregator._logging import configure_logging
+from aggregator._metrics import ListenAddress, parse_listen_address
+from aggregator._preflight import Preflight, PreflightError, PreflightMode
+from aggregator._selfattest import SelfAttestationGate
 from aggregator._server import RunningAggregator, start_aggregator
-from attestation import EvidenceCollectionError, EvidenceCollector, InsecureSimulatedTeeCollector
+from attestation import (
+    CachingFetcher,
+    CheckResult,
+    EvidenceCollectionError,
+    EvidenceCollector,
+    HttpFetcher,
+    InsecureSimulatedTeeCollector,
+    Policy,
+    PolicyError,
+    load_builtin_policy,
+)
 from attestation._hardware import CpuTee, GpuCollector, hardware_collectors
 from fedseal.enrolment import Enrolment
 from fedseal.errors import FedSealError, FormatError
@@ -131,6 +145,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
     p.add_argument(
+        "--metrics-listen",
+        type=_listen_address("--metrics-listen"),
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at /metrics over plain HTTP here (a bare port binds loopback "
+        "only); counts, latencies, round ids and reasons, never update data, keys or client ids",
+    )
+    p.add_argument(
+        "--health-listen",
+        type=_listen_address("--health-listen"),
+        metavar="[HOST:]PORT",
+        help="serve only the standard gRPC health service (grpc.health.v1), without TLS, here: for "
+        "Kubernetes' gRPC probes, which cannot speak TLS (a bare port binds loopback only)",
+    )
+    p.add_argument(
         "--mtls-port-file", type=Path, help="write the mutual-TLS port actually bound to this file"
     )
     limits = p.add_argument_group("abuse limits (per identity: an enrolled site or a principal)")
@@ -211,11 +239,26 @@ def _parser() -> argparse.ArgumentParser:
         help="INSECURE, development only: sign evidence with a throwaway key instead of TEE "
         "hardware (replaces --gpu-collector and --cpu-tee)",
     )
+    p.add_argument(
+        "--self-attestation-policy",
+        type=Path,
+        metavar="FILE",
+        help="policy (fedseal-policy/v1 JSON) the aggregator's own evidence must pass before the "
+        "GPUs are released and it listens (default: the builtin 'default' policy). Hardware mode only",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run(argv)
+
+
+def run(
+    argv: list[str] | None = None, *, preflight_for: Callable[[PreflightMode], Preflight] = Preflight
+) -> int:
+    """main() with the preflight's constructor injected: tests pass one over a fake root and
+    NVML; the command always probes the real host."""
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
     if not _ORIGIN.match(args.log_origin):
@@ -231,9 +274,22 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.tls_name:
             if not _DNS_NAME.fullmatch(name):
                 raise ConfigError(f"--tls-name {name[:64]!r} is not a DNS name")
-    except (ConfigError, FormatError) as exc:
+        policy = _self_attestation_policy(args)
+    except (ConfigError, FormatError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    mode = PreflightMode.INSECURE_DEV if args.insecure_simulated_tee else PreflightMode.HARDWARE
+    preflight = preflight_for(mode)
+    try:
+        report = preflight.check()  # before any key exists: a wrong host fails here
+    except PreflightError as exc:
+        _print_refusal("the start-up preflight refused this host", exc, exc.checks)
+        return 1
+    gate = (
+        SelfAttestationGate(preflight, report, policy, fetcher=CachingFetcher(HttpFetcher()))
+        if policy is not None
+        else None
+    )
     cosigner = WitnessCosigner(witnesses, timeout=args.witness_timeout) if witnesses else None
     with contextlib.ExitStack() as stack:
         try:
@@ -250,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                 cosigner=cosigner,
                 spool_dir=args.spool_dir,
                 initial_adapter=args.initial_adapter.read_bytes() if args.initial_adapter else None,
+                self_attestation=gate,
+                metrics_listen=args.metrics_listen,
+                health_listen=args.health_listen,
             )
         except EvidenceCollectionError as exc:
             print(
@@ -263,10 +322,23 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except PreflightError as exc:
+            _print_refusal("the aggregator's self-attestation failed; the GPUs stay closed", exc, exc.checks)
+            return 1
         except (FedSealError, OSError) as exc:
             print(f"error: cannot start the aggregator: {exc}", file=sys.stderr)
             return 1
         return _serve(running, args.port_file, args.mtls_port_file)
+
+
+def _listen_address(flag: str) -> Callable[[str], ListenAddress]:
+    def parse(value: str) -> ListenAddress:
+        try:
+            return parse_listen_address(value, flag)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _access(args: argparse.Namespace, job: JobConfig | None) -> AccessConfig:
@@ -289,6 +361,30 @@ def _access(args: argparse.Namespace, job: JobConfig | None) -> AccessConfig:
             public_burst_total=args.public_burst_total,
         ),
     )
+
+
+def _self_attestation_policy(args: argparse.Namespace) -> Policy | None:
+    """The operator's policy for our own evidence; None in insecure dev mode (no gate)."""
+    if args.insecure_simulated_tee:
+        if args.self_attestation_policy is not None:
+            raise ConfigError(
+                "--self-attestation-policy applies to hardware mode, not --insecure-simulated-tee"
+            )
+        return None
+    if args.self_attestation_policy is None:
+        return load_builtin_policy("default")
+    return Policy.from_file(args.self_attestation_policy)
+
+
+def _print_refusal(what: str, exc: Exception, checks: Sequence[CheckResult]) -> None:
+    lines = [f"error: {what}: {exc}"]
+    lines += [f"  failed: {c.name}: expected {c.expected}, found {c.found}" for c in checks if not c.passed]
+    lines.append(
+        "Run the aggregator in an SEV-SNP or TDX confidential VM with its GPUs in production CC "
+        "mode (see deploy/README.md, 'Start-up preflight'). For local development only, pass "
+        "--insecure-simulated-tee."
+    )
+    print("\n".join(lines), file=sys.stderr)
 
 
 def _collectors(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[EvidenceCollector]:

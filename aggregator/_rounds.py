@@ -49,6 +49,7 @@ from aggregator._approval import ApprovalGate, GateState
 from aggregator._config import JobConfig
 from aggregator._dp import DpError, DpLedger, DpSpend, add_noise, clip_update
 from aggregator._log import AuditLog, PendingEntry
+from aggregator._metrics import Metrics
 from aggregator.enclave._keys import EnclaveKeys
 from aggregator.enclave._receive import PlaintextBuffers, UpdateReceiver
 from aggregator.enclave.strategies import (
@@ -184,10 +185,12 @@ class RoundManager:
         last_round_id: int = 0,
         spool_dir: Path | None = None,
         initial_adapter: bytes | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`initial_adapter`: safetensors bytes of the job's starting global adapter (what
         clients fine-tune in round 1); DP rounds need it, named by digest in their config."""
         self._log = log
+        self.metrics = metrics if metrics is not None else Metrics()
         self._keys = keys
         self._job = job
         self._clock = clock
@@ -278,6 +281,7 @@ class RoundManager:
         rnd.timer = timer
         self._rounds[config.round_id] = rnd
         timer.start()
+        self.metrics.round_opened(config.round_id)
         _log.info(
             "round_opened",
             round_id=config.round_id,
@@ -502,6 +506,7 @@ class RoundManager:
                     header.idempotency_key, update.ciphertext_digest, header.num_examples, pending
                 )
                 rnd.accepted[header.client_id] = accepted
+                self.metrics.update_accepted()
                 _log.info(
                     "update_accepted",
                     round_id=config.round_id,
@@ -541,6 +546,7 @@ class RoundManager:
             rnd = self._rounds.get(round_id)
             if rnd is not None:
                 rnd.rejected += 1
+        self.metrics.update_rejected(exc.reason)
         _log.warning(
             "update_rejected",
             round_id=round_id,
@@ -626,6 +632,7 @@ class RoundManager:
             fields["metrics"] = self._metrics(rnd)
         appended = self._log.append(EntryKind.ROUND_CLOSED, fields)
         rnd.state = RoundState.CLOSED
+        self.metrics.round_closed(config.round_id)
         _log.info(
             "round_closed",
             round_id=config.round_id,
@@ -697,6 +704,7 @@ class RoundManager:
                 "cause": cause.value,
             },
         )
+        self.metrics.round_failed(rnd.config.round_id, cause)
         _log.warning("round_failed", round_id=rnd.config.round_id, reason=reason)
         self._after_round_locked(rnd.config.round_id)
 

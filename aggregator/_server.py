@@ -11,16 +11,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import structlog
 
 from aggregator._config import JobConfig
+from aggregator._health import HealthEndpoint
 from aggregator._identity import AccessConfig, AccessControl
 from aggregator._log import AuditLog, CommitMode, Cosigner, LogHistory
+from aggregator._metrics import ListenAddress, Metrics, MetricsServer
 from aggregator._rounds import RoundManager
+from aggregator._selfattest import SelfAttestationGate
 from aggregator._service import AggregatorService
 from aggregator._tls import EnclaveTlsIdentity
 from aggregator.enclave._keys import EnclaveKeys
@@ -49,6 +52,9 @@ class RunningAggregator:
     access: AccessControl
     service: AggregatorService
     mtls_port: int | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    health: HealthEndpoint = field(default_factory=HealthEndpoint)
+    metrics_server: MetricsServer | None = None
 
     @property
     def endpoint(self) -> str:
@@ -63,8 +69,12 @@ class RunningAggregator:
         return f"127.0.0.1:{self.mtls_port}"
 
     def stop(self, grace: float = 1.0) -> None:
+        self.health.not_serving()  # first: probes and balancers stop sending work
         self.rounds.shutdown()
         self.server.stop(grace).wait()
+        self.health.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self.log.close()
 
 
@@ -83,21 +93,31 @@ def start_aggregator(
     cosigner: Cosigner | None = None,
     spool_dir: Path | None = None,
     initial_adapter: bytes | None = None,
+    metrics: Metrics | None = None,
+    metrics_listen: ListenAddress | None = None,
+    health_listen: ListenAddress | None = None,
+    self_attestation: SelfAttestationGate | None = None,
 ) -> RunningAggregator:
     """Make fresh keys (TLS included), record them with their evidence in the log (creating
     it or resuming it with a key handover), record who may call, and serve.
 
     Raises ConfigError when the access config cannot work with the listeners (a client CA
     without a mutual-TLS listener, or sites enrolled by certificate with no way to present it).
+
+    With ``self_attestation`` (hardware mode), the evidence of the new keys must pass the
+    operator's policy and the GPU ready state must be set before anything is logged or
+    served; otherwise a PreflightError subclass is raised. Without it no GPU is released.
     """
     _check_listeners(access, listen_mtls)
+    metrics = metrics if metrics is not None else Metrics()
     tls = EnclaveTlsIdentity.generate(tls_names)
     keys = EnclaveKeys.generate(tls.certificate_sha256)
     log = AuditLog.open(
         log_path, log_origin, keys.log_private_key, commit_mode=commit_mode, cosigner=cosigner
     )
     try:
-        _start_enclave(log, keys, collectors)
+        _start_enclave(log, keys, collectors, self_attestation)
+        metrics.evidence_made()
         history = log.history
         rounds = RoundManager(
             log,
@@ -106,6 +126,7 @@ def start_aggregator(
             last_round_id=history.last_round_id if history else 0,
             spool_dir=spool_dir,
             initial_adapter=initial_adapter,
+            metrics=metrics,
         )
         gate = AccessControl(
             access, audience=keys.bound.log_public_key, log=log, current_round=rounds.current_round_id
@@ -122,8 +143,10 @@ def start_aggregator(
         ],
         maximum_concurrent_rpcs=max_workers * 4,
     )
-    service = AggregatorService(keys, collectors, rounds, log, gate)
+    service = AggregatorService(keys, collectors, rounds, log, gate, metrics=metrics)
     pb_grpc.add_AggregatorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    health = HealthEndpoint()  # NOT_SERVING until the job's first round is open
+    health.add_to(server)
     port = server.add_secure_port(listen, tls.server_credentials())
     mtls_port = (
         server.add_secure_port(listen_mtls, tls.server_credentials(access.client_ca_pem))
@@ -133,8 +156,19 @@ def start_aggregator(
     if port == 0 or mtls_port == 0:
         log.close()
         raise OSError(f"cannot listen on {listen if port == 0 else listen_mtls}")
+    metrics_server: MetricsServer | None = None
+    try:
+        if health_listen is not None:
+            health.listen_plaintext(health_listen)
+        if metrics_listen is not None:
+            metrics_server = MetricsServer(metrics, metrics_listen)
+    except OSError:
+        health.stop()
+        log.close()
+        raise
     server.start()
     rounds.start_job()
+    health.serving()
     _log.info(
         "aggregator_started",
         endpoint=listen.rsplit(":", 1)[0] + f":{port}",
@@ -144,8 +178,12 @@ def start_aggregator(
         tls_certificate_sha256=tls.certificate_sha256.hex(),
         mtls_port=mtls_port,
         enrolled_sites=len(access.enrolment.sites),
+        health_port=health.port,
+        metrics_port=metrics_server.port if metrics_server is not None else None,
     )
-    return RunningAggregator(server, port, rounds, log, keys, tls, gate, service, mtls_port)
+    return RunningAggregator(
+        server, port, rounds, log, keys, tls, gate, service, mtls_port, metrics, health, metrics_server
+    )
 
 
 def _check_listeners(access: AccessConfig, listen_mtls: str | None) -> None:
@@ -163,7 +201,12 @@ def _check_listeners(access: AccessConfig, listen_mtls: str | None) -> None:
         )
 
 
-def _start_enclave(log: AuditLog, keys: EnclaveKeys, collectors: Sequence[EvidenceCollector]) -> None:
+def _start_enclave(
+    log: AuditLog,
+    keys: EnclaveKeys,
+    collectors: Sequence[EvidenceCollector],
+    self_attestation: SelfAttestationGate | None = None,
+) -> None:
     """Append this enclave's `enclave_started` entry, then what a resumed log must record."""
     history = log.history
     previous = history.last_checkpoint if history is not None else None
@@ -172,6 +215,16 @@ def _start_enclave(log: AuditLog, keys: EnclaveKeys, collectors: Sequence[Eviden
     # evidence commits to the exact log state it continues.
     challenge = handover_challenge(previous) if previous is not None else os.urandom(32)
     bundle = build_bundle(keys.bound, challenge, collectors)
+    if self_attestation is not None:
+        # The same bundle, verified as a client would, before it is logged or served.
+        gate = self_attestation.open(bundle, challenge, keys.bound)
+        _log.info(
+            "self_attestation_passed",
+            policy=gate.verified.policy_name,
+            evidence_digest=gate.verified.bundle_digest.hex(),
+            gpus_released=list(gate.release.gpu_uuids),
+            gpus_already_ready=gate.release.already_ready,
+        )
     fields: dict[str, object] = {
         "log_origin": log.origin,
         "hpke_public_key": b64encode(keys.bound.hpke_public_key),

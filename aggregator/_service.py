@@ -22,6 +22,7 @@ above the current one) has none.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ import structlog
 from aggregator._config import JobConfig
 from aggregator._identity import AccessControl, Caller
 from aggregator._log import AuditLog, AuditLogError
+from aggregator._metrics import Metrics
 from aggregator._rounds import (
     RoundError,
     RoundFailedError,
@@ -91,8 +93,11 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         rounds: RoundManager,
         log: AuditLog,
         access: AccessControl,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self._keys = keys
+        self._metrics = metrics if metrics is not None else rounds.metrics
         self._collectors = tuple(collectors)
         self._rounds = rounds
         self._log = log
@@ -144,8 +149,10 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         try:
             bundle = build_bundle(self._keys.bound, bytes(request.challenge), self._collectors)
         except FedSealError as exc:
+            self._metrics.attestation_request(ok=False)
             _log.error("attestation_failed", error=str(exc))
             context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot produce evidence: {exc}")
+        self._metrics.attestation_request(ok=True)
         return pb.AttestationResponse(evidence_bundle=bundle.to_bytes())
 
     def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.RoundInfo:
@@ -170,11 +177,21 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 "SubmitUpdate",
                 AccessDeniedError(AccessDeniedReason.NOT_ALLOWED, "only enrolled sites submit updates"),
             )
+        started = time.monotonic()
+        outcome = "error"
         try:
             with self._access.stream(caller):
-                return self._submit(caller, request_iterator, context)
+                response = self._submit(caller, request_iterator, context)
+                outcome = "accepted"
+                return response
         except AccessDeniedError as exc:
             self._deny(context, "SubmitUpdate", exc)
+        except Exception:
+            # context.abort raises; a refusal recorded as rejected set the trailing reason.
+            outcome = "rejected" if self._rejected(context) else "error"
+            raise
+        finally:
+            self._metrics.submit_finished(outcome, time.monotonic() - started)
         raise AssertionError("unreachable")
 
     def _submit(
@@ -211,7 +228,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             self._access.charge_upload(caller, header.ciphertext_size)
             watchdog.restart(self._rounds.upload_time_limit(header.round_id))
             try:
-                receipt = self._rounds.submit(header, _chunks(request_iterator))
+                receipt = self._rounds.submit(header, _chunks(request_iterator, self._metrics))
             except UpdateRejectedError as exc:
                 self._abort_rejected(context, exc)
             except AuditLogError as exc:
@@ -397,6 +414,11 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         )
 
     @staticmethod
+    def _rejected(context: grpc.ServicerContext) -> bool:
+        """Whether this call ended as a refusal the log records (its reason is set)."""
+        return any(key == REJECT_REASON_METADATA_KEY for key, _ in context.trailing_metadata() or ())
+
+    @staticmethod
     def _abort_rejected(context: grpc.ServicerContext, exc: UpdateRejectedError) -> None:
         context.set_trailing_metadata(((REJECT_REASON_METADATA_KEY, exc.reason.value),))
         context.abort(STATUS_FOR_REASON[exc.reason], str(exc))
@@ -441,7 +463,7 @@ def _round_result(snap: RoundSnapshot) -> dict[str, Any]:
     return {"round_config": snap.config.to_json_obj(), "state": snap.state.value, "accepted": snap.accepted}
 
 
-def _chunks(requests: Iterator[pb.SubmitUpdateRequest]) -> Iterator[bytes]:
+def _chunks(requests: Iterator[pb.SubmitUpdateRequest], metrics: Metrics) -> Iterator[bytes]:
     index = 0
     while True:
         try:
@@ -459,4 +481,5 @@ def _chunks(requests: Iterator[pb.SubmitUpdateRequest]) -> Iterator[bytes]:
                 RejectReason.MALFORMED,
                 f"message {index + 1} of the stream is not a chunk (only the first may be a header)",
             )
+        metrics.ciphertext_received(len(message.chunk))
         yield message.chunk

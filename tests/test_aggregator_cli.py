@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import access_config, simulated_collector
 from identities import write_enrolment
+from test_preflight import FakeNvml, _snp_root, _tree
 
-from aggregator._cli import main
+from aggregator import start_aggregator
+from aggregator._cli import main, run
+from aggregator._preflight import Preflight, PreflightMode, SelfAttestationError
+from aggregator._selfattest import SelfAttestationGate
+from attestation import SimulatedEvidenceRefusedError, load_builtin_policy
 
 
 def _enrolment(tmp_path: Path) -> list[str]:
     return ["--enrolment", str(write_enrolment(tmp_path / "enrolment.json"))]
 
 
-def test_default_start_without_tee_hardware_fails_with_guidance(
+class _Preflights:
+    """The preflight constructor the CLI gets: a fake host, recording the mode asked for."""
+
+    def __init__(self, root: Path, nvml: FakeNvml) -> None:
+        self.root, self.nvml = root, nvml
+        self.modes: list[PreflightMode] = []
+
+    def __call__(self, mode: PreflightMode) -> Preflight:
+        self.modes.append(mode)
+        return Preflight(mode, root=self.root, nvml=self.nvml)
+
+
+def _log_is_empty(path: Path) -> bool:
+    return not path.exists() or path.stat().st_size == 0
+
+
+def test_default_start_on_this_host_is_refused_by_the_preflight(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The real command on the real host (no CVM, no CC GPU here): refused before any key exists.
     rc = main(
         [
             "--log",
@@ -30,15 +58,169 @@ def test_default_start_without_tee_hardware_fails_with_guidance(
     )
     assert rc == 1
     err = capsys.readouterr().err
-    assert "cannot collect attestation evidence" in err
+    assert "the start-up preflight refused this host" in err
     assert "--insecure-simulated-tee" in err
-    # Nothing was logged by an enclave that could not prove itself.
-    log = tmp_path / "audit.log"
-    assert not log.exists() or log.stat().st_size == 0
+    assert _log_is_empty(tmp_path / "audit.log")
+
+
+def test_hardware_mode_without_a_cvm_refuses_with_the_preflight_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preflights = _Preflights(_tree(tmp_path / "root", "dev/null-device"), FakeNvml())
+    rc = run(["--log", str(tmp_path / "audit.log"), *_enrolment(tmp_path)], preflight_for=preflights)
+    assert rc == 1
+    assert preflights.modes == [PreflightMode.HARDWARE]
+    err = capsys.readouterr().err
+    assert "the start-up preflight refused this host: no confidential VM" in err
+    assert "failed: CPU TEE guest interface: expected exactly one of SEV-SNP, TDX, found nothing" in err
+    assert "deploy/README.md" in err
+    assert preflights.nvml.calls == []  # refused before NVML was touched
+    assert _log_is_empty(tmp_path / "audit.log")
+
+
+def test_gpus_not_in_cc_mode_refuse_with_each_failing_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preflights = _Preflights(_snp_root(tmp_path), FakeNvml(cc_feature=0, devtools=1))
+    rc = run(["--log", str(tmp_path / "audit.log"), *_enrolment(tmp_path)], preflight_for=preflights)
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "failed: GPU CC feature: expected on, found off" in err
+    assert "failed: GPU developer-tools mode: expected off, found ON (debuggable)" in err
+    assert preflights.nvml.ready_writes == []
+
+
+def test_cc_host_whose_self_attestation_fails_refuses_and_keeps_the_gpus_closed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The preflight passes (fake SNP guest, fake NVML with CC on); the real configfs-tsm
+    # collector then has no hardware to ask, so there is no evidence to self-attest.
+    preflights = _Preflights(_snp_root(tmp_path), FakeNvml())
+    rc = run(
+        [
+            "--log",
+            str(tmp_path / "audit.log"),
+            "--gpu-collector",
+            "none",
+            "--cpu-tee",
+            "sev-snp",
+            *_enrolment(tmp_path),
+        ],
+        preflight_for=preflights,
+    )
+    assert rc == 1
+    assert "nvmlSystemGetConfComputeState" in preflights.nvml.calls  # the preflight did run
+    err = capsys.readouterr().err
+    assert "cannot collect attestation evidence" in err
+    assert preflights.nvml.ready_writes == [] and preflights.nvml.ready == 0
+    assert _log_is_empty(tmp_path / "audit.log")
+
+
+def _gate(tmp_path: Path, nvml: FakeNvml, policy: str) -> SelfAttestationGate:
+    preflight = Preflight(PreflightMode.HARDWARE, root=_snp_root(tmp_path), nvml=nvml)
+    return SelfAttestationGate(preflight, preflight.check(), load_builtin_policy(policy))
+
+
+def test_self_attestation_under_the_operators_policy_gates_log_gpus_and_server(tmp_path: Path) -> None:
+    # Evidence that is collected but fails the operator's policy: nothing is logged, no GPU
+    # is released, nothing listens (start_aggregator raises before the server exists).
+    nvml = FakeNvml()
+    with pytest.raises(SelfAttestationError, match="fails policy 'default'") as refused:
+        start_aggregator(
+            log_path=tmp_path / "audit.log",
+            log_origin="fedseal.test/preflight",
+            collectors=[simulated_collector()],
+            access=access_config(),
+            self_attestation=_gate(tmp_path, nvml, "default"),
+        )
+    assert isinstance(refused.value.__cause__, SimulatedEvidenceRefusedError)
+    assert any(not c.passed for c in refused.value.checks)
+    assert nvml.ready_writes == [] and nvml.ready == 0
+    assert _log_is_empty(tmp_path / "audit.log")
+
+
+def test_a_policy_that_admits_simulated_evidence_still_never_opens_cc_gpus(tmp_path: Path) -> None:
+    nvml = FakeNvml()
+    with pytest.raises(SelfAttestationError, match="GPUs stay closed") as refused:
+        start_aggregator(
+            log_path=tmp_path / "audit.log",
+            log_origin="fedseal.test/preflight",
+            collectors=[simulated_collector()],
+            access=access_config(),
+            self_attestation=_gate(tmp_path, nvml, "dev-insecure-allow-simulated"),
+        )
+    failed = {c.name for c in refused.value.checks if not c.passed}
+    assert "self-attestation is hardware evidence" in failed
+    assert nvml.ready_writes == []
+    assert _log_is_empty(tmp_path / "audit.log")
+
+
+@pytest.fixture
+def restore_signals() -> Iterator[None]:
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_dev_mode_starts_without_probing_the_host(tmp_path: Path) -> None:
+    nvml = FakeNvml()
+    preflights = _Preflights(_tree(tmp_path / "root", "dev/null-device"), nvml)  # no CVM at all
+    port_file = tmp_path / "port"
+
+    returned = threading.Event()
+
+    def stop_when_listening() -> None:
+        # SIGTERM is what a supervisor sends; only while run() is still serving.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not returned.is_set():
+            if port_file.exists():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    stopper = threading.Thread(target=stop_when_listening, daemon=True)
+    stopper.start()
+    try:
+        rc = run(
+            [
+                "--insecure-simulated-tee",
+                "--log",
+                str(tmp_path / "audit.log"),
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+                *_enrolment(tmp_path),
+            ],
+            preflight_for=preflights,
+        )
+    finally:
+        returned.set()
+        stopper.join(5)
+    assert rc == 0
+    assert int(port_file.read_text()) > 0
+    assert preflights.modes == [PreflightMode.INSECURE_DEV]
+    assert nvml.calls == []  # dev mode probes nothing and never touches NVML
+    assert '"insecure_simulated":true' in (tmp_path / "audit.log").read_text().replace(" ", "")
+
+
+def test_self_attestation_policy_is_checked_up_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--log", str(tmp_path / "a.log"), *_enrolment(tmp_path)]
+    missing = tmp_path / "missing-policy.json"
+    assert main([*base, "--self-attestation-policy", str(missing)]) == 2
+    assert "cannot read policy file" in capsys.readouterr().err
+    policy = tmp_path / "policy.json"
+    policy.write_text("{}")
+    assert main([*base, "--insecure-simulated-tee", "--self-attestation-policy", str(policy)]) == 2
+    assert "applies to hardware mode" in capsys.readouterr().err
 
 
 def test_no_collector_at_all_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(
+    rc = run(
         [
             "--log",
             str(tmp_path / "a.log"),
@@ -47,7 +229,8 @@ def test_no_collector_at_all_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
             "--cpu-tee",
             "none",
             *_enrolment(tmp_path),
-        ]
+        ],
+        preflight_for=_Preflights(_snp_root(tmp_path), FakeNvml()),
     )
     assert rc == 1
     assert "no evidence collector chosen" in capsys.readouterr().err

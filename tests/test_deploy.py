@@ -196,9 +196,12 @@ def test_statefulset_runs_one_confidential_pod_with_limits_probes_and_a_log_volu
         assert key in resources["requests"] and key in resources["limits"], key
     gpus = [k for k in resources["limits"] if k in ("nvidia.com/gpu", "nvidia.com/pgpu")]
     assert gpus and resources["limits"][gpus[0]] == resources["requests"][gpus[0]] == "1"
-    (port,) = container["ports"]
+    ports = {p["name"]: p for p in container["ports"]}
+    assert set(ports) == {"grpc", "health"}
+    port = ports["grpc"]
+    # The kubelet's gRPC probes cannot speak TLS: they call the plaintext health-only port.
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["grpc"]["port"] == port["containerPort"], probe
+        assert container[probe]["grpc"]["port"] == ports["health"]["containerPort"], probe
     security = container["securityContext"]
     assert security["allowPrivilegeEscalation"] is False
     assert security["readOnlyRootFilesystem"] is True
@@ -206,6 +209,7 @@ def test_statefulset_runs_one_confidential_pod_with_limits_probes_and_a_log_volu
     assert "@" not in container["image"] and ":" not in container["image"]  # pinned by kustomize
     args = aggregator_cli_parser().parse_args(container["args"])
     assert args.listen.endswith(f":{port['containerPort']}")
+    assert args.health_listen.port == ports["health"]["containerPort"]
     assert args.cpu_tee == pod["runtimeClassName"].rsplit("-", 1)[1].replace("snp", "sev-snp")
     assert not args.insecure_simulated_tee and args.gpu_collector != "none"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -218,7 +222,7 @@ def test_statefulset_runs_one_confidential_pod_with_limits_probes_and_a_log_volu
 
 def test_service_and_network_policy_expose_only_the_grpc_port() -> None:
     container = _one("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
-    (port,) = container["ports"]
+    (port,) = [p for p in container["ports"] if p["name"] == "grpc"]  # not the health port
     (service_port,) = _one("Service")["spec"]["ports"]
     assert service_port["targetPort"] == port["name"] and service_port["port"] == port["containerPort"]
     policy = _one("NetworkPolicy")["spec"]
