@@ -167,7 +167,18 @@ def start_aggregator(
         log.close()
         raise
     server.start()
-    rounds.start_job()
+    try:
+        rounds.start_job()
+    except BaseException:
+        # Opening the first round failed (e.g. the log cannot be written): stop serving
+        # rather than leave a listening aggregator with no round and a broken state.
+        health.stop()
+        if metrics_server is not None:
+            metrics_server.stop()
+        rounds.shutdown()
+        server.stop(None).wait()
+        log.close()
+        raise
     health.serving()
     _log.info(
         "aggregator_started",
