@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import hmac
 from dataclasses import dataclass
 
 from fedseal.errors import FormatError
@@ -132,8 +131,3 @@ def compute_binding(
             challenge,
         )
     return hashlib.sha256(encoded).digest()
-
-
-def bindings_equal(a: bytes, b: bytes) -> bool:
-    """Constant-time comparison, for callers that then raise a specific error."""
-    return hmac.compare_digest(a, b)

@@ -116,7 +116,7 @@ class AdapterSpec:
         header = 64  # braces, optional empty metadata, padding
         for t in self.tensors:
             name_json = len(json.dumps(t.name))
-            # 40 covers the fixed keys and punctuation; 21 per dim and per offset covers
+            # 48 covers the fixed keys and punctuation; 21 per dim and per offset covers
             # the longest decimal u64 plus a comma.
             header += name_json + 48 + 21 * len(t.shape) + 2 * 21
         return 8 + header + 8 + self.data_bytes
