@@ -29,6 +29,26 @@ added at close and the round's spend recorded in `round_closed`.
 Approval gate (`approval` in the round config, aggregator/_approval.py): the round closes
 and logs its aggregate's digest and metrics, but the aggregate is served (and becomes the
 next global, and the job's next round opens) only once approved; a refusal withholds it.
+
+Staleness (async mode, `strategy_params.staleness`). A *release* is a log entry that makes
+a round's aggregate the global adapter: a `round_closed` entry without `approval_required`,
+or an `aggregate_released` entry (`fedseal.logformat.released_round`); failed and withheld
+rounds release nothing. The globals are thus the job's initial adapter (round id 0), then
+the released rounds in log order, and the *current* global at any point of the log is the
+latest release before it (none: the initial adapter). Every update names in its signed
+header the global it was trained from (`base_round_id`); its staleness is the number of
+releases in the log before its `update_accepted` entry and after the release of its base
+(for base 0: all releases before the entry). A base that is not 0 and not released before
+the entry (a round that failed, was withheld, awaits approval, or is this round or later)
+is refused as `unknown_base`; a synchronous round accepts staleness 0 only (the current
+global), an async one up to `max_staleness`, anything older is refused as `stale_update`.
+An accepted update is weighted by num_examples * alpha**staleness, and its entry records
+`base_round_id` and `staleness`, so an auditor recomputes both from the entries before it
+(fedseal/audit). Releases count over the whole log, the enclaves before a restart included
+(a resumed enclave reads them back from the log), although a restarted enclave's own global
+is its `--initial-adapter` again. Staleness is decided when the upload starts and again,
+under the round lock, when the update is folded in: a release in between can make it staler.
+The base is the client's claim: the enclave cannot tell what a site trained on.
 """
 
 from __future__ import annotations
@@ -62,11 +82,11 @@ from aggregator.enclave.strategies._serverstate import MOMENT_NAMES
 from fedseal.approval import Approval, ApprovalNotExpectedError, WrongRoundError
 from fedseal.canonical import b64encode
 from fedseal.errors import FedSealError
-from fedseal.logformat import EntryKind, FailureCause, RejectReason
+from fedseal.logformat import EntryKind, FailureCause, LogEntry, RejectReason, released_round
 from fedseal.manifest import AggregateManifest, SignedManifest, sign_manifest
 from fedseal.roundconfig import RoundConfig
 from fedseal.spec import AdapterSpec, TensorSpec, WireDtype
-from fedseal.wire import RoundState, UpdateHeader, UpdateRejectedError
+from fedseal.wire import RoundState, StaleBaseError, UpdateHeader, UpdateRejectedError, update_staleness
 
 __all__ = [
     "AggregateNotApprovedError",
@@ -130,6 +150,9 @@ class RoundSnapshot:
     config: RoundConfig
     state: RoundState
     accepted: int
+    # The latest releases, in release order (the last is the current global), as many as
+    # the round's staleness bound needs (module docstring).
+    released_round_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -214,6 +237,20 @@ class RoundManager:
         )
         self._server_state: ServerState | None = None
         self._dp: DpLedger | None = None
+        # Rounds whose aggregates were released, in log order (staleness counts them).
+        self._released: list[int] = self._releases_in_log() if last_round_id > 0 else []
+
+    def _releases_in_log(self) -> list[int]:
+        """The releases earlier enclaves of a resumed log recorded (module docstring)."""
+        released = []
+        for index in range(self._log.size):
+            leaf = self._log.entry_leaf(index)
+            # Only two kinds can release: skip parsing the other (most) entries.
+            if b'"kind":"round_closed"' in leaf or b'"kind":"aggregate_released"' in leaf:
+                rid = released_round(LogEntry.from_leaf_data(leaf, where=f"entry {index}"))
+                if rid is not None:
+                    released.append(rid)
+        return released
 
     # ----------------------------------------------------------------- operator side
     def start_job(self) -> None:
@@ -351,7 +388,9 @@ class RoundManager:
         """Round `round_id`, or the open round (else the latest) when `round_id` is 0."""
         with self._lock:
             rnd = self._find(round_id)
-            return RoundSnapshot(rnd.config, rnd.state, len(rnd.accepted))
+            staleness = rnd.config.params.staleness
+            window = 1 + (staleness.max_staleness if staleness is not None else 0)
+            return RoundSnapshot(rnd.config, rnd.state, len(rnd.accepted), tuple(self._released[-window:]))
 
     def _find(self, round_id: int) -> _Round:
         if round_id == 0:
@@ -367,7 +406,7 @@ class RoundManager:
         return rnd
 
     # ----------------------------------------------------------------- client side
-    def submit(self, header: UpdateHeader, chunks: Iterator[bytes]) -> str:
+    def submit(self, header: UpdateHeader, chunks: Iterator[bytes | memoryview]) -> str:
         """Receive one update; return its receipt (tlog-proof text) or raise UpdateRejectedError."""
         try:
             return self._submit(header, chunks)
@@ -395,7 +434,7 @@ class RoundManager:
         self._record_rejection(round_id, client_id, exc)
         return exc
 
-    def _submit(self, header: UpdateHeader, chunks: Iterator[bytes]) -> str:
+    def _submit(self, header: UpdateHeader, chunks: Iterator[bytes | memoryview]) -> str:
         with self._lock:
             rnd = self._rounds.get(header.round_id)
             if rnd is None:
@@ -426,6 +465,7 @@ class RoundManager:
                 )
             config = rnd.config
             if previous is None:
+                self._staleness_locked(config, header)  # fail before the upload, not after
                 rnd.in_flight.add(header.client_id)
         if previous is not None:
             # A retry of an accepted upload: same receipt, counted once.
@@ -437,7 +477,7 @@ class RoundManager:
                 rnd.in_flight.discard(header.client_id)
 
     def _receive_and_accept(
-        self, rnd: _Round, config: RoundConfig, header: UpdateHeader, chunks: Iterator[bytes]
+        self, rnd: _Round, config: RoundConfig, header: UpdateHeader, chunks: Iterator[bytes | memoryview]
     ) -> str:
         if header.adapter_spec_digest != config.adapter_spec.digest():
             raise UpdateRejectedError(
@@ -475,12 +515,14 @@ class RoundManager:
                     raise UpdateRejectedError(
                         RejectReason.ROUND_FULL, f"round {config.round_id} filled up during upload"
                     )
+                # Again under the lock: a release since the upload began makes it staler.
+                staleness = self._staleness_locked(config, header)
                 # Fold in first: if that fails (e.g. the spool's disk is full) nothing is
                 # logged and nothing counts. Then the entry's place in the log is fixed, and
                 # the receipt waits for it to be durable. Should staging fail, the log is
                 # broken for good and the round can never close, so an update that was
                 # folded in but not logged is never released.
-                rnd.strategy.accumulate(tensors, weight)
+                rnd.strategy.accumulate(tensors, weight, staleness=staleness)
                 pending = self._log.stage(
                     EntryKind.UPDATE_ACCEPTED,
                     {
@@ -498,6 +540,8 @@ class RoundManager:
                         "hpke_suite": header.suite.wire_id,
                         "challenge": b64encode(header.challenge),
                         "chunk_size": header.chunk_size,
+                        "base_round_id": header.base_round_id,
+                        "staleness": staleness,
                     },
                 )
                 rnd.norms.append(norm)
@@ -521,6 +565,19 @@ class RoundManager:
         # Outside the round lock: concurrent accepts share one commit.
         return accepted.receipt(self._log)
 
+    def _staleness_locked(self, config: RoundConfig, header: UpdateHeader) -> int:
+        """The update's staleness at this point of the log, or the refusal (module docstring)."""
+        params = config.params.staleness
+        try:
+            return update_staleness(
+                header.base_round_id,
+                config.round_id,
+                self._released,
+                params.max_staleness if params is not None else None,
+            )
+        except StaleBaseError as exc:
+            raise UpdateRejectedError(exc.reason, exc.detail) from None
+
     @staticmethod
     def _prepare(
         rnd: _Round, tensors: Mapping[str, torch.Tensor], num_examples: int
@@ -533,12 +590,16 @@ class RoundManager:
             assert glob is not None  # a DP round opens only with a global adapter
             clip = clip_update(tensors, glob, dp.clip_norm)
             return clip.tensors, 1, clip.norm, int(clip.clipped)
+        # One reduction per tensor, no full-size temporaries (v * v would allocate a copy).
         squares = 0.0
+        scratch: torch.Tensor | None = None
         for name, value in tensors.items():
             v = value.to(torch.float32)
             if glob is not None:
-                v = v - glob[name]
-            squares += float(torch.sum(v * v))
+                if scratch is None or scratch.numel() < v.numel():
+                    scratch = torch.empty(v.numel(), dtype=torch.float32)
+                v = torch.sub(v, glob[name], out=scratch[: v.numel()].view(v.shape))
+            squares += float(torch.linalg.vector_norm(v)) ** 2
         return tensors, num_examples, math.sqrt(squares), 0
 
     def _record_rejection(self, round_id: int, client_id: str, exc: UpdateRejectedError) -> None:
@@ -612,6 +673,10 @@ class RoundManager:
                 "delta": config.dp.delta,
                 "updates": count,
             }
+        # The idle plaintext buffers (two updates' worth) are not needed until the next
+        # round's uploads: freeing them first keeps the serialized copy below within
+        # the memory the round already used.
+        self._buffers.drop_idle()
         data = safetensors.torch.save(tensors)
         digest = hashlib.sha256(data).digest()
         participants = sorted(rnd.accepted)
@@ -680,6 +745,7 @@ class RoundManager:
             round_closed_index=pending.round_closed_index,
         )
         rnd.published = PublishedAggregate(sign_manifest(manifest, self._keys.log_private_key), pending.data)
+        self._released.append(config.round_id)  # its release entry was just logged
         rnd.pending = None
         self._global = pending.tensors
         if pending.next_state is not None:

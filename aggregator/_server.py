@@ -24,11 +24,10 @@ from aggregator._log import AuditLog, CommitMode, Cosigner, LogHistory
 from aggregator._metrics import ListenAddress, Metrics, MetricsServer
 from aggregator._rounds import RoundManager
 from aggregator._selfattest import SelfAttestationGate
-from aggregator._service import AggregatorService
+from aggregator._service import AggregatorService, add_service_to_server
 from aggregator._tls import EnclaveTlsIdentity
 from aggregator.enclave._keys import EnclaveKeys
 from attestation import EvidenceCollector, EvidenceKind, build_bundle
-from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
 from fedseal.canonical import b64encode
 from fedseal.logformat import EntryKind, FailureCause, handover_challenge
 from fedseal.roundconfig import MAX_CHUNK_SIZE, ConfigError
@@ -140,11 +139,18 @@ def start_aggregator(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Uploads beyond the plaintext buffer slots wait before their first chunk is
+            # read; what gRPC buffers for them meanwhile is their stream window. With BDP
+            # probing that window grows to several MB per stream on a fast link (~7 MB
+            # each here), so memory grew with the number of clients; without it, it stays
+            # at the 64 KiB default and ingest throughput measured the same
+            # (benchmarks/bench_ingest.py).
+            ("grpc.http2.bdp_probe", 0),
         ],
         maximum_concurrent_rpcs=max_workers * 4,
     )
     service = AggregatorService(keys, collectors, rounds, log, gate, metrics=metrics)
-    pb_grpc.add_AggregatorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    add_service_to_server(service, server)
     health = HealthEndpoint()  # NOT_SERVING until the job's first round is open
     health.add_to(server)
     port = server.add_secure_port(listen, tls.server_credentials())

@@ -76,6 +76,17 @@ __all__ = [
 AGGREGATE_CHUNK_SIZE = 1024 * 1024
 HEADER_TIMEOUT_SECONDS = 30.0
 MAX_WAIT_SECONDS = 300.0
+
+# ------------------------------------------------------------------ SubmitUpdate's decoder
+# A SubmitUpdate stream is one header and then up to thousands of 1 MiB chunks. Parsing a
+# chunk message with protobuf copies its payload out of the received bytes; so the common
+# message, exactly one `bytes chunk = 2` field and nothing else, is read here as a view
+# into the received bytes instead. Anything else goes to protobuf's parser unchanged, so
+# what is accepted, and how, is what protobuf would do.
+SubmitUpdatePart = pb.SubmitUpdateRequest | memoryview
+_CHUNK_FIELD_KEY = (2 << 3) | 2  # field 2, wire type 2 (length-delimited)
+
+
 _log = structlog.get_logger("fedseal.aggregator.service")
 
 _METHOD = "/fedseal.v1.Aggregator/"
@@ -165,10 +176,11 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             round_config=snap.config.canonical_bytes(),
             state=snap.state.value,
             accepted=snap.accepted,
+            released_round_ids=snap.released_round_ids,
         )
 
     def SubmitUpdate(
-        self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext
+        self, request_iterator: Iterator[SubmitUpdatePart], context: grpc.ServicerContext
     ) -> pb.SubmitUpdateResponse:
         caller = self._caller(context, "SubmitUpdate")
         if caller.role is not Role.SITE:
@@ -197,7 +209,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     def _submit(
         self,
         caller: Caller,
-        request_iterator: Iterator[pb.SubmitUpdateRequest],
+        request_iterator: Iterator[SubmitUpdatePart],
         context: grpc.ServicerContext,
     ) -> pb.SubmitUpdateResponse:
         # A client that stops sending must not hold a worker thread forever: the watchdog
@@ -212,11 +224,12 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 self._abort_rejected(
                     context, self._rounds.reject_malformed(0, site, "the stream ended before its header")
                 )
-            if first.WhichOneof("part") != "header":
+            if isinstance(first, memoryview) or first.WhichOneof("part") != "header":
                 self._abort_rejected(
                     context,
                     self._rounds.reject_malformed(0, site, "the first message must be the header"),
                 )
+            assert not isinstance(first, memoryview)  # _abort_rejected raised
             try:
                 header = header_from_proto(first.header)
                 header.seal_context(bytes(32))  # validates client id, sizes, suite eagerly
@@ -463,7 +476,7 @@ def _round_result(snap: RoundSnapshot) -> dict[str, Any]:
     return {"round_config": snap.config.to_json_obj(), "state": snap.state.value, "accepted": snap.accepted}
 
 
-def _chunks(requests: Iterator[pb.SubmitUpdateRequest], metrics: Metrics) -> Iterator[bytes]:
+def _chunks(requests: Iterator[SubmitUpdatePart], metrics: Metrics) -> Iterator[bytes | memoryview]:
     index = 0
     while True:
         try:
@@ -476,10 +489,60 @@ def _chunks(requests: Iterator[pb.SubmitUpdateRequest], metrics: Metrics) -> Ite
                 RejectReason.CANCELLED, f"the stream was cancelled after {index} chunk(s)"
             ) from None
         index += 1
-        if message.WhichOneof("part") != "chunk":
+        if isinstance(message, memoryview):
+            chunk: bytes | memoryview = message
+        elif message.WhichOneof("part") == "chunk":
+            chunk = message.chunk
+        else:
             raise UpdateRejectedError(
                 RejectReason.MALFORMED,
                 f"message {index + 1} of the stream is not a chunk (only the first may be a header)",
             )
-        metrics.ciphertext_received(len(message.chunk))
-        yield message.chunk
+        metrics.ciphertext_received(len(chunk))
+        yield chunk
+
+
+def decode_submit_update_request(data: bytes) -> SubmitUpdatePart:
+    """A chunk message's payload as a zero-copy view, any other message parsed by protobuf."""
+    if data and data[0] == _CHUNK_FIELD_KEY:
+        length, shift, position = 0, 0, 1
+        while position < len(data) and position <= 10:
+            byte = data[position]
+            position += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                if position + length == len(data):
+                    return memoryview(data)[position:]
+                break
+    return pb.SubmitUpdateRequest.FromString(data)
+
+
+def add_service_to_server(service: AggregatorService, server: grpc.Server) -> None:
+    """Register `service` as the generated code would, with SubmitUpdate's decoder above."""
+    capture = _HandlerCapture()
+    pb_grpc.add_AggregatorServicer_to_server(service, capture)  # type: ignore[no-untyped-call]
+    if capture.service_name is None or "SubmitUpdate" not in capture.handlers:
+        raise AssertionError("the generated registration changed shape; regenerate and review")
+    handlers = dict(capture.handlers)
+    handlers["SubmitUpdate"] = handlers["SubmitUpdate"]._replace(
+        request_deserializer=decode_submit_update_request
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service_name, handlers),))
+    # As the generated code does (grpc >= 1.63; not in grpc's type stubs yet).
+    server.add_registered_method_handlers(capture.service_name, handlers)  # type: ignore[attr-defined]
+
+
+class _HandlerCapture:
+    """Stands in for a grpc.Server to collect the generated method handlers."""
+
+    def __init__(self) -> None:
+        self.service_name: str | None = None
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        pass  # the same handlers also arrive through add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service_name: str, handlers: dict[str, Any]) -> None:
+        self.service_name = service_name
+        self.handlers = handlers

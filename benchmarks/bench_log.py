@@ -227,6 +227,7 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
                 signed = update_signature_message(
                     protocol_version=1,
                     round_id=round_id,
+                    base_round_id=round_id - 1,
                     client_id=client,
                     key_id=site_key_ids[n],
                     adapter_spec_digest=spec_digest,
@@ -243,6 +244,7 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
                     _ACCEPTED
                     % (
                         spec,
+                        round_id - 1,
                         b64encode(challenge),
                         digest,
                         client,
@@ -280,10 +282,11 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
 # The canonical JSON of an update_accepted entry (keys in RFC 8785 order), with its
 # varying fields left open; generate_log checks it against the real encoder.
 _ACCEPTED = (
-    '{"adapter_spec_digest":"%s","challenge":"%s","chunk_size":1048576,"ciphertext_digest":"%s",'
-    '"ciphertext_size":67125248,"client_id":"%s","hpke_suite":%d,"idempotency_key_digest":"%s",'
-    '"index":%d,"key_id":"%s","kind":"update_accepted","num_examples":%d,"protocol_version":1,'
-    '"round_id":%d,"signature":"%s","time":"2026-11-25T12:00:00.000Z","v":1}'
+    '{"adapter_spec_digest":"%s","base_round_id":%d,"challenge":"%s","chunk_size":1048576,'
+    '"ciphertext_digest":"%s","ciphertext_size":67125248,"client_id":"%s","hpke_suite":%d,'
+    '"idempotency_key_digest":"%s","index":%d,"key_id":"%s","kind":"update_accepted",'
+    '"num_examples":%d,"protocol_version":1,"round_id":%d,"signature":"%s","staleness":0,'
+    '"time":"2026-11-25T12:00:00.000Z","v":1}'
 )
 
 

@@ -34,7 +34,7 @@ from client_sdk._peft import write_peft_adapter
 from client_sdk._receipts import ReceiptStore, ReceiptStoreError
 from client_sdk._transport import ApprovalResult, ChannelSecurity, OperatorResult
 from fedseal.receipt import Receipt
-from fedseal.wire import AccessDeniedError, AccessDeniedReason, UpdateRejectedError
+from fedseal.wire import AccessDeniedError, AccessDeniedReason, StaleBaseError, UpdateRejectedError
 
 __all__ = [
     "AccessDeniedError",
@@ -57,6 +57,7 @@ __all__ = [
     "ReceiptStoreError",
     "RoundUnavailableError",
     "SealedSubmission",
+    "StaleBaseError",
     "UnattestedChannelError",
     "UpdateRejectedError",
     "adapter_tensors",

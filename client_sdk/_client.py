@@ -7,6 +7,12 @@ names. The update is sealed to the HPKE key that evidence vouches for, signed by
 site's enrolled key (the header and the ciphertext digest), and the receipt must be signed
 by the log key the same evidence vouches for, and cosigned by the witnesses the policy
 requires (`witnesses` section). With a receipt store, every verified receipt is kept on disk.
+
+Every update names the global adapter it was trained from (`base_round_id`: the round whose
+aggregate it started from, 0 for the job's initial adapter; `Aggregate.round_id` says which
+round a fetched global is). The client checks it against what the round accepts before it
+seals (a synchronous round: only the current global; async: at most `max_staleness`
+releases old) and sends nothing otherwise; the aggregator decides again (aggregator/_rounds.py).
 """
 
 from __future__ import annotations
@@ -42,11 +48,12 @@ from fedseal.approval import Approval
 from fedseal.binding import CHALLENGE_SIZE
 from fedseal.enrolment import Enrolment
 from fedseal.envelope import DEFAULT_SUITE, HpkeSuite, SealContext, seal
+from fedseal.errors import ReceiptError
 from fedseal.manifest import AggregateManifest, SignedManifest, verify_manifest
 from fedseal.receipt import ExpectedUpdate, Receipt, verify_receipt
 from fedseal.roundconfig import DEFAULT_CHUNK_SIZE, RoundConfig
 from fedseal.spec import AdapterSpec, WireDtype
-from fedseal.wire import PROTOCOL_VERSION, RoundState, UpdateHeader
+from fedseal.wire import PROTOCOL_VERSION, RoundState, StaleBaseError, UpdateHeader, update_staleness
 
 __all__ = ["Aggregate", "FedSealClient", "SealedSubmission", "fetch_aggregate", "submit_update"]
 
@@ -76,6 +83,12 @@ class Aggregate:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return dict(safetensors.torch.load(self.data))
+
+    @property
+    def round_id(self) -> int:
+        """The round this aggregate is the result of: the `base_round_id` of updates trained
+        from it."""
+        return self.manifest.round_id
 
 
 class FedSealClient:
@@ -163,6 +176,7 @@ class FedSealClient:
         idempotency_key: bytes | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         suite: HpkeSuite = DEFAULT_SUITE,
+        base_round_id: int | None = None,
     ) -> SealedSubmission:
         """Attest the aggregator afresh and seal `adapter` to its attested key; nothing is sent.
 
@@ -170,16 +184,25 @@ class FedSealClient:
         AdapterMismatchError if names or shapes differ from the spec, AttestationError if
         the evidence does not satisfy the policy. `client_id` defaults to (and must be)
         this client's identity.
+
+        `base_round_id` is the round whose aggregate `adapter` was trained from (0: the job's
+        initial adapter; `Aggregate.round_id` of what you fetched). None means the current
+        global as the aggregator reports it, which is right when every round trains from
+        the latest aggregate. Raises StaleBaseError (nothing sealed) if the round would
+        refuse it: any but the current global in a synchronous round, more than
+        `max_staleness` releases old in an async one, or a round that released nothing.
         """
         attested = self.attest()
         round_info = self._connection.get_round(round_id)
         _check_dp_requirement(self._policy, round_info.config)
+        base = _checked_base(round_info, base_round_id)
         spec = round_info.config.adapter_spec
         payload = _serialize(adapter, spec)
         return self._seal(
             payload,
             attested,
             round_id=round_id,
+            base_round_id=base,
             client_id=client_id,
             num_examples=num_examples,
             adapter_spec_digest=spec.digest(),
@@ -199,12 +222,17 @@ class FedSealClient:
         idempotency_key: bytes | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         suite: HpkeSuite = DEFAULT_SUITE,
+        base_round_id: int | None = None,
     ) -> SealedSubmission:
-        """Seal already-serialized safetensors bytes (lower level than `seal_update`)."""
+        """Seal already-serialized safetensors bytes (lower level than `seal_update`; the
+        payload is not checked against the round's spec, `base_round_id` is, as there)."""
+        attested = self.attest()
+        base = _checked_base(self._connection.get_round(round_id), base_round_id)
         return self._seal(
             payload,
-            self.attest(),
+            attested,
             round_id=round_id,
+            base_round_id=base,
             client_id=client_id,
             num_examples=num_examples,
             adapter_spec_digest=adapter_spec_digest,
@@ -219,6 +247,7 @@ class FedSealClient:
         attested: VerifiedAttestation,
         *,
         round_id: int,
+        base_round_id: int,
         client_id: str | None,
         num_examples: int,
         adapter_spec_digest: bytes,
@@ -247,6 +276,7 @@ class FedSealClient:
             idempotency_key=key,
             chunk_size=chunk_size,
             suite=suite,
+            base_round_id=base_round_id,
         )
         sealed = seal(payload, attested.hpke_public_key_obj(), context)
         header = UpdateHeader(
@@ -263,6 +293,7 @@ class FedSealClient:
             ciphertext_size=sealed.ciphertext_size,
             key_id=identity.key_id,
             ciphertext_digest=sealed.ciphertext_digest,
+            base_round_id=base_round_id,
         ).sign(identity.signing_key)  # sealed first: the signature covers the ciphertext digest
         # The aggregator rebuilds the context from the header: both must agree exactly.
         assert header.seal_context(attested.binding) == context
@@ -289,6 +320,12 @@ class FedSealClient:
             cosigners=witnesses.verifiers() if witnesses is not None else (),
             min_cosignatures=witnesses.min if witnesses is not None else 0,
         )
+        recorded = receipt.entry.fields.get("base_round_id")
+        if recorded != submission.header.base_round_id:
+            raise ReceiptError(
+                f"receipt entry records base round {recorded!r}, but this client sent "
+                f"{submission.header.base_round_id}"
+            )
         if self._receipts is not None:
             self._receipts.save(receipt)
         return receipt
@@ -304,11 +341,14 @@ class FedSealClient:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         suite: HpkeSuite = DEFAULT_SUITE,
         retries: int = 2,
+        base_round_id: int | None = None,
     ) -> Receipt:
         """Seal `adapter` (name → torch tensor or numpy array) for `round_id`, submit it, verify the receipt.
 
-        On a transport failure the upload is retried (re-attesting, since the enclave may have
-        restarted) with the same idempotency key, so it counts at most once.
+        `base_round_id`: the round whose aggregate `adapter` was trained from (see
+        `seal_update`; None: the current global). On a transport failure the upload is retried
+        (re-attesting, since the enclave may have restarted) with the same idempotency key,
+        so it counts at most once.
         """
         key = idempotency_key if idempotency_key is not None else os.urandom(32)
         for attempt in range(retries + 1):
@@ -320,6 +360,7 @@ class FedSealClient:
                 idempotency_key=key,
                 chunk_size=chunk_size,
                 suite=suite,
+                base_round_id=base_round_id,
             )
             try:
                 return self.send(submission)
@@ -439,6 +480,33 @@ def fetch_aggregate(
 ) -> Aggregate:
     with FedSealClient(endpoint, policy, identity=identity, timeout=timeout) as client:
         return client.fetch_aggregate(round_id, wait_seconds=wait_seconds)
+
+
+def _checked_base(round_info: RoundInfo, base_round_id: int | None) -> int:
+    """`base_round_id` (None: the current global), if the round would accept it; else
+    StaleBaseError before anything is sealed or sent. A round that is not open refuses
+    every update anyway (the aggregator says why): its base is not checked here."""
+    config = round_info.config
+    released = round_info.released_round_ids
+    if round_info.state is not RoundState.OPEN:
+        released = tuple(r for r in released if r < config.round_id)
+    base = (released[-1] if released else 0) if base_round_id is None else base_round_id
+    if isinstance(base, bool) or not isinstance(base, int) or base < 0:
+        raise ClientError(f"base_round_id must be a non-negative integer, got {base!r}")
+    if round_info.state is not RoundState.OPEN:
+        return base
+    params = config.params.staleness
+    try:
+        update_staleness(
+            base,
+            config.round_id,
+            released,
+            params.max_staleness if params is not None else None,
+            complete=False,
+        )
+    except StaleBaseError as exc:
+        raise StaleBaseError(exc.reason, f"{exc.detail}; nothing was sent") from None
+    return base
 
 
 def _check_dp_requirement(policy: Policy, config: RoundConfig) -> None:

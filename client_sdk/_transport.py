@@ -74,6 +74,14 @@ class RoundInfo:
     config: RoundConfig
     state: RoundState
     accepted: int
+    # The latest released rounds, in release order; the last is the current global (see
+    # the proto's RoundInfo and fedseal.wire.update_staleness).
+    released_round_ids: tuple[int, ...] = ()
+
+    @property
+    def global_round_id(self) -> int:
+        """The round whose aggregate is the current global adapter (0: the initial adapter)."""
+        return self.released_round_ids[-1] if self.released_round_ids else 0
 
 
 @dataclass(frozen=True)
@@ -180,7 +188,7 @@ class AggregatorConnection:
                 raise RoundUnavailableError(_details(exc)) from None
             raise self._failed("GetRound", exc) from None
         config = RoundConfig.from_json_obj(parse_canonical(bytes(reply.round_config), what="round config"))
-        return RoundInfo(config, RoundState(reply.state), reply.accepted)
+        return RoundInfo(config, RoundState(reply.state), reply.accepted, tuple(reply.released_round_ids))
 
     def submit(self, header: UpdateHeader, chunks: Iterable[bytes], *, timeout: float) -> str:
         def requests() -> Iterator[pb.SubmitUpdateRequest]:

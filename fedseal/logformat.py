@@ -63,6 +63,7 @@ __all__ = [
     "encode_checkpoint_record",
     "encode_entry_record",
     "handover_challenge",
+    "released_round",
     "utc_now_text",
 ]
 
@@ -116,6 +117,11 @@ class RejectReason(enum.Enum):
     IDENTITY_MISMATCH = "identity_mismatch"
     # The header's signature is missing or does not verify under the enrolled key it names.
     BAD_SIGNATURE = "bad_signature"
+    # The header's base_round_id names no released aggregate (fedseal.wire.update_staleness).
+    UNKNOWN_BASE = "unknown_base"
+    # Trained from a global too old for the round: any but the current one in a synchronous
+    # round, more than max_staleness releases old in an async one.
+    STALE_UPDATE = "stale_update"
 
 
 class FailureCause(enum.Enum):
@@ -156,6 +162,11 @@ ENTRY_FIELDS: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]] = {
         "hpke_suite": int,
         "challenge": str,
         "chunk_size": int,
+        # The round whose aggregate the update was trained from (signed, like the fields
+        # above), and its staleness: the releases between that one and this entry
+        # (aggregator/_rounds.py); an auditor recomputes it from the entries before.
+        "base_round_id": int,
+        "staleness": int,
     },
     EntryKind.UPDATE_REJECTED: {
         "round_id": int,
@@ -243,6 +254,20 @@ OPTIONAL_ENTRY_FIELDS: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]]
         "approval_required": bool,  # the aggregate waits for approvals (not served yet)
     },
 }
+
+
+def released_round(entry: LogEntry) -> int | None:
+    """The round whose aggregate `entry` releases (makes the global adapter), if it does.
+
+    A `round_closed` entry releases its round's aggregate unless it awaits approval
+    (`approval_required`); then its `aggregate_released` entry does. Failed and withheld
+    rounds release nothing. Staleness counts these entries (aggregator/_rounds.py).
+    """
+    if entry.kind is EntryKind.AGGREGATE_RELEASED or (
+        entry.kind is EntryKind.ROUND_CLOSED and entry.fields.get("approval_required") is not True
+    ):
+        return int(entry.fields["round_id"])
+    return None
 
 
 def utc_now_text(now: _dt.datetime | None = None) -> str:

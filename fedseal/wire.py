@@ -6,9 +6,9 @@ call these converters, and everything else speaks in the frozen dataclasses belo
 The update header is signed by the submitting site's enrolled Ed25519 key (`key_id`),
 over every header field and the ciphertext digest of the chunks that follow::
 
-    message = lp("fedseal/update-signature/v1") || lp(u64(protocol_version)) || lp(u64(round_id))
-              || lp(ascii(client_id)) || lp(ascii(key_id)) || lp(adapter_spec_digest)
-              || lp(u64(num_examples)) || lp(u64(hpke suite wire id))
+    message = lp("fedseal/update-signature/v2") || lp(u64(protocol_version)) || lp(u64(round_id))
+              || lp(u64(base_round_id)) || lp(ascii(client_id)) || lp(ascii(key_id))
+              || lp(adapter_spec_digest) || lp(u64(num_examples)) || lp(u64(hpke suite wire id))
               || lp(SHA-256(idempotency_key)) || lp(challenge) || lp(u64(chunk_size))
               || lp(u64(ciphertext_size)) || lp(ciphertext_digest)
 
@@ -16,7 +16,15 @@ over every header field and the ciphertext digest of the chunks that follow::
 through the ciphertext digest, which hashes it first (fedseal/envelope.py); the
 idempotency key through its digest, which is what the log records. So the signature can be
 checked from an `update_accepted` log entry alone, and proves which site submitted which
-ciphertext whatever carried it. A client seals first, then signs, then sends.
+ciphertext whatever carried it (the digest covers the chunks' AEAD tags, which only the
+holders of the update's data key can produce: fedseal/envelope.py, item 5). A client seals
+first, then signs, then sends. (v1, without `base_round_id`, is no longer accepted: a v1
+signature says nothing about which global the update was trained from.)
+
+`base_round_id` names the round whose released aggregate the client trained from (0: the
+job's initial adapter). `update_staleness` turns it into the update's staleness, given the
+rounds released so far; the aggregator (aggregator/_rounds.py), the client SDK (before it
+sends) and the auditor (from the log alone) all use it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import grpc
@@ -47,11 +56,13 @@ __all__ = [
     "UPDATE_SIGNATURE_DOMAIN",
     "AccessDeniedError",
     "AccessDeniedReason",
+    "StaleBaseError",
     "UpdateHeader",
     "UpdateRejectedError",
     "header_from_proto",
     "header_to_proto",
     "update_signature_message",
+    "update_staleness",
 ]
 
 PROTOCOL_VERSION = 1
@@ -59,8 +70,9 @@ REJECT_REASON_METADATA_KEY = "fedseal-reject-reason"
 ACCESS_DENIED_METADATA_KEY = "fedseal-access-denied"
 # A caller's signed call token (fedseal/signed_request.py, action "call"); binary metadata.
 CALL_AUTH_METADATA_KEY = "fedseal-call-auth-bin"
-UPDATE_SIGNATURE_DOMAIN = b"fedseal/update-signature/v1"
+UPDATE_SIGNATURE_DOMAIN = b"fedseal/update-signature/v2"
 MAX_WRAPPED_KEY_SIZE = 256  # X25519 enc (32) + sealed 32-byte key + tag: far below this
+_U64_MAX = 2**64 - 1
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _SIGNATURE_SIZE = 64
 
@@ -90,6 +102,9 @@ STATUS_FOR_REASON: dict[RejectReason, grpc.StatusCode] = {
     RejectReason.ROUND_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RejectReason.IDENTITY_MISMATCH: grpc.StatusCode.PERMISSION_DENIED,
     RejectReason.BAD_SIGNATURE: grpc.StatusCode.PERMISSION_DENIED,
+    # Train on the current global (fetch it) and send again.
+    RejectReason.UNKNOWN_BASE: grpc.StatusCode.FAILED_PRECONDITION,
+    RejectReason.STALE_UPDATE: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -168,6 +183,7 @@ def update_signature_message(
     *,
     protocol_version: int,
     round_id: int,
+    base_round_id: int,
     client_id: str,
     key_id: str,
     adapter_spec_digest: bytes,
@@ -186,6 +202,7 @@ def update_signature_message(
             UPDATE_SIGNATURE_DOMAIN,
             _u64(protocol_version),
             _u64(round_id),
+            _u64(base_round_id),
             client_id.encode("ascii"),
             key_id.encode("ascii"),
             adapter_spec_digest,
@@ -219,6 +236,8 @@ class UpdateHeader:
     key_id: str  # the enrolled site key that signs (fedseal.signed_request.key_id)
     ciphertext_digest: bytes  # fedseal.envelope.CiphertextDigest of wrapped key and chunks
     signature: bytes = b""  # Ed25519 over signed_message(); empty until sign()
+    # The round whose released aggregate the update was trained from; 0: the initial adapter.
+    base_round_id: int = 0
 
     def __post_init__(self) -> None:
         if self.protocol_version != PROTOCOL_VERSION:
@@ -238,12 +257,18 @@ class UpdateHeader:
             raise FormatError("header ciphertext_digest must be 32 bytes (SHA-256)")
         if len(self.signature) not in (0, _SIGNATURE_SIZE):
             raise FormatError(f"header signature must be {_SIGNATURE_SIZE} bytes (Ed25519)")
+        base = self.base_round_id
+        # Only the range here: whether the round accepts this base is the round's decision
+        # (update_staleness), refused and logged under its own reason.
+        if not isinstance(base, int) or isinstance(base, bool) or not 0 <= base <= _U64_MAX:
+            raise FormatError(f"header base_round_id must be an integer in 0..{_U64_MAX}")
 
     def signed_message(self) -> bytes:
         """What the site's key signs (module docstring)."""
         return update_signature_message(
             protocol_version=self.protocol_version,
             round_id=self.round_id,
+            base_round_id=self.base_round_id,
             client_id=self.client_id,
             key_id=self.key_id,
             adapter_spec_digest=self.adapter_spec_digest,
@@ -285,6 +310,7 @@ class UpdateHeader:
             idempotency_key=self.idempotency_key,
             chunk_size=self.chunk_size,
             suite=self.suite,
+            base_round_id=self.base_round_id,
         )
 
 
@@ -304,6 +330,7 @@ def header_to_proto(h: UpdateHeader) -> pb.UpdateHeader:
         key_id=h.key_id,
         ciphertext_digest=h.ciphertext_digest,
         signature=h.signature,
+        base_round_id=h.base_round_id,
     )
 
 
@@ -327,7 +354,88 @@ def header_from_proto(m: pb.UpdateHeader) -> UpdateHeader:
         key_id=m.key_id,
         ciphertext_digest=bytes(m.ciphertext_digest),
         signature=bytes(m.signature),
+        base_round_id=m.base_round_id,
     )
+
+
+class StaleBaseError(FedSealError):
+    """An update's base round is not one its round accepts.
+
+    `reason` is RejectReason.UNKNOWN_BASE (no released aggregate has that round id at this
+    point) or RejectReason.STALE_UPDATE (too many aggregates were released since: any in a
+    synchronous round, more than `max_staleness` in an async one); `detail` says which.
+    """
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def update_staleness(
+    base_round_id: int,
+    round_id: int,
+    released: Sequence[int],
+    max_staleness: int | None,
+    *,
+    complete: bool = True,
+) -> int:
+    """The staleness of an update for round `round_id` trained from round `base_round_id`'s
+    aggregate (0: the job's initial adapter), or StaleBaseError.
+
+    `released` are the rounds whose aggregates were released so far, in release order (its
+    last is the current global). Staleness is the number of them released after the base
+    (for base 0: all of them). `max_staleness` None means a synchronous round: staleness
+    must be 0, i.e. the base is the current global. With `complete` False, `released` is
+    only the latest releases (a RoundInfo's), enough to decide any base the round accepts.
+    """
+    limit = 0 if max_staleness is None else max_staleness
+    if base_round_id >= round_id:
+        raise StaleBaseError(
+            RejectReason.UNKNOWN_BASE,
+            f"base round {base_round_id} is not before round {round_id}: no such global can exist yet",
+        )
+    # Most bases are among the last few releases: look there first, from the newest.
+    staleness: int | None = None
+    for back, rid in enumerate(reversed(released[max(0, len(released) - limit - 1) :])):
+        if rid == base_round_id:
+            staleness = back
+            break
+    at_least = False
+    if staleness is None:
+        # A partial list holds the last limit + 1 releases, or all of them when shorter.
+        whole = complete or len(released) <= limit
+        if base_round_id != 0 and base_round_id in released:
+            staleness = len(released) - 1 - list(released).index(base_round_id)
+        elif base_round_id == 0 and whole:
+            staleness = len(released)
+        elif whole:
+            raise StaleBaseError(
+                RejectReason.UNKNOWN_BASE,
+                f"base round {base_round_id} names no released aggregate (it failed, was withheld, "
+                "or awaits approval)",
+            )
+        else:  # older than every release listed, or never released: refused either way
+            staleness, at_least = limit + 1, True
+    if staleness > limit:
+        current = _global_name(released[-1] if released else 0)
+        base = _global_name(base_round_id)
+        if max_staleness is None:
+            raise StaleBaseError(
+                RejectReason.STALE_UPDATE,
+                f"trained from {base}, but {current} is the current global; round {round_id} is "
+                "synchronous and accepts only updates trained from the current global",
+            )
+        raise StaleBaseError(
+            RejectReason.STALE_UPDATE,
+            f"trained from {base}, {'at least ' if at_least else ''}{staleness} release(s) ago; "
+            f"round {round_id} accepts at most max_staleness {limit} (the current global is {current})",
+        )
+    return staleness
+
+
+def _global_name(round_id: int) -> str:
+    return "the initial adapter (round 0)" if round_id == 0 else f"round {round_id}'s aggregate"
 
 
 class RoundState(enum.Enum):

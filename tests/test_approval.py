@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import access_config, make_adapter, round_config, simulated_collector, site_client
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from logfiles import log_entries
 
 from aggregator import RunningAggregator
 from aggregator._server import start_aggregator
@@ -29,7 +30,7 @@ from fedseal.approval import (
     sign_approval,
 )
 from fedseal.audit import audit_log
-from fedseal.logformat import EntryKind, LogEntry, decode_record
+from fedseal.logformat import EntryKind
 from fedseal.roundconfig import ApprovalParams
 
 ORIGIN = "fedseal.test/log"
@@ -37,15 +38,6 @@ APPROVERS = [
     Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"approver %d" % i).digest()) for i in range(3)
 ]
 GATE = ApprovalParams(tuple(k.public_key().public_bytes_raw() for k in APPROVERS), min_approvals=2)
-
-
-def _entries(path: Path) -> list[LogEntry]:
-    out = []
-    for n, line in enumerate(path.read_bytes().splitlines(), 1):
-        record = decode_record(line, line_number=n)
-        if record.entry is not None:
-            out.append(record.entry)
-    return out
 
 
 @pytest.fixture
@@ -69,7 +61,7 @@ def _close_gated_round(running: RunningAggregator, policy: Policy, round_id: int
             client.submit_update(make_adapter(i), round_id=round_id, num_examples=10)
     (closed,) = [
         e
-        for e in _entries(running.log.path)
+        for e in log_entries(running.log.path)
         if e.kind is EntryKind.ROUND_CLOSED and e.fields["round_id"] == round_id
     ]
     assert closed.fields["approval_required"] is True
@@ -129,7 +121,7 @@ def test_aggregate_is_released_only_after_enough_valid_approvals(
         aggregate = client.fetch_aggregate(1, wait_seconds=5)
         assert hashlib.sha256(aggregate.data).digest() == digest
 
-    kinds = [e.kind for e in _entries(running.log.path)]
+    kinds = [e.kind for e in log_entries(running.log.path)]
     assert kinds.count(EntryKind.APPROVAL_RECORDED) == 2 and EntryKind.AGGREGATE_RELEASED in kinds
     report = audit_log(running.log.path, dev_policy)
     assert report.findings == ()
@@ -146,7 +138,7 @@ def test_a_refusal_withholds_the_aggregate_for_good(running: RunningAggregator, 
         assert client.submit_approval(refusal).state == "withheld"
         with pytest.raises(RoundUnavailableError, match="withheld"):
             client.fetch_aggregate(1, wait_seconds=0.5)
-    kinds = [e.kind for e in _entries(running.log.path)]
+    kinds = [e.kind for e in log_entries(running.log.path)]
     assert EntryKind.AGGREGATE_WITHHELD in kinds and EntryKind.AGGREGATE_RELEASED not in kinds
     assert audit_log(running.log.path, dev_policy).findings == ()
 

@@ -385,6 +385,15 @@ def round_story_rewritten(h: History, lines: list[bytes], r: AuditReport) -> Tam
     return Tampered(lines, FindingKind.INCONSISTENT_ROUND, entry.index + 1)
 
 
+def edited_staleness(h: History, lines: list[bytes], r: AuditReport) -> Tampered:
+    # Round 3 ran after a restart, on round 1's aggregate (staleness 0): an update recorded
+    # as one release older than the releases before it say (in an async round, a lower weight).
+    i, entry = _find(lines, EntryKind.UPDATE_ACCEPTED, round_id=3, client_id="site-0")
+    assert (entry.fields["base_round_id"], entry.fields["staleness"]) == (1, 0)
+    lines[i] = lines[i].replace(b'"staleness":0', b'"staleness":1')
+    return Tampered(lines, FindingKind.WRONG_STALENESS, entry.index)
+
+
 CORPUS: dict[str, Mutation] = {
     "modified entry (field)": modified_field,
     "modified entry (flipped byte)": modified_byte,
@@ -406,6 +415,7 @@ CORPUS: dict[str, Mutation] = {
     "torn last line": torn_tail,
     "unsigned tail": unsigned_tail,
     "entry for an abandoned round": round_story_rewritten,
+    "edited staleness": edited_staleness,
 }
 
 

@@ -13,6 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import access_config, make_adapter, round_config, simulated_collector, site_client
+from logfiles import log_entries
 
 from aggregator import RunningAggregator
 from aggregator._dp import DpLedger, add_noise, calibrate_noise_multiplier, clip_update, epsilon_after
@@ -22,7 +23,7 @@ from attestation._policy import DpRequirement
 from client_sdk import DpRequirementError
 from fedseal.audit import audit_log
 from fedseal.audit._cli import main as audit_main
-from fedseal.logformat import EntryKind, LogEntry, decode_record
+from fedseal.logformat import EntryKind
 from fedseal.roundconfig import ConfigError, DpParams, KrumParams
 
 INITIAL = make_adapter(500)
@@ -39,15 +40,6 @@ def _params(**overrides: object) -> DpParams:
     }
     fields.update(overrides)
     return DpParams(**fields)  # type: ignore[arg-type]
-
-
-def _entries(path: Path) -> list[LogEntry]:
-    out = []
-    for n, line in enumerate(path.read_bytes().splitlines(), 1):
-        record = decode_record(line, line_number=n)
-        if record.entry is not None:
-            out.append(record.entry)
-    return out
 
 
 @pytest.mark.parametrize(("epsilon", "delta", "rounds", "q"), [(8.0, 1e-5, 10, 1.0), (3.0, 1e-5, 20, 0.1)])
@@ -152,7 +144,7 @@ def test_dp_round_over_grpc_logs_budget_and_spend_and_refuses_the_next(
     with site_client(dp_aggregator.endpoint, dev_policy, "site-0", timeout=20) as client:
         got = client.fetch_aggregate(1, wait_seconds=15).tensors()
 
-    entries = _entries(dp_aggregator.log.path)
+    entries = log_entries(dp_aggregator.log.path)
     (budget,) = [e for e in entries if e.kind is EntryKind.DP_BUDGET]
     sigma = budget.fields["budget"]["noise_multiplier"]
     assert sigma == pytest.approx(calibrate_noise_multiplier(_params(rounds=1)), rel=1e-6)
@@ -197,7 +189,7 @@ def test_client_policy_require_dp_is_checked_before_sending(
         pytest.raises(DpRequirementError, match="epsilon=8"),
     ):
         client.submit_update(make_adapter(1), round_id=1, num_examples=1)
-    assert not [e for e in _entries(dp_aggregator.log.path) if e.kind is EntryKind.UPDATE_ACCEPTED]
+    assert not [e for e in log_entries(dp_aggregator.log.path) if e.kind is EntryKind.UPDATE_ACCEPTED]
     loose = dataclasses.replace(dev_policy, require_dp=DpRequirement(max_epsilon=8.0, max_delta=1e-5))
     with site_client(dp_aggregator.endpoint, loose, "site-0", timeout=20) as client:
         client.submit_update(make_adapter(1), round_id=1, num_examples=1)
@@ -251,5 +243,5 @@ def test_dp_round_without_the_named_initial_adapter_is_refused(tmp_path: Path) -
             running.rounds.open_round(round_config(1, dp=_params()))
     finally:
         running.stop(grace=0.5)
-    kinds = [e.kind for e in _entries(tmp_path / "audit.log")]
+    kinds = [e.kind for e in log_entries(tmp_path / "audit.log")]
     assert EntryKind.DP_ROUND_REFUSED in kinds and EntryKind.ROUND_OPENED not in kinds

@@ -227,7 +227,9 @@ def test_every_attack_is_refused_and_the_round_goes_on(
         late = sites["site-3"].seal_update(make_adapter(3), round_id=1, num_examples=1)
         _expect_reject(RejectReason.ROUND_NOT_OPEN, endpoint, late)
         live_aggregator.rounds.open_round(round_config(2))
-        _expect_reject(RejectReason.UNWRAP_FAILED, endpoint, late, round_id=2)
+        # (Relabelled to round 1's aggregate too, the base round 2 accepts: the envelope,
+        # sealed for round 1 on the initial adapter, refuses both labels.)
+        _expect_reject(RejectReason.UNWRAP_FAILED, endpoint, late, round_id=2, base_round_id=1)
 
     # Only the honest updates count, each once.
     expected = _weighted_mean([(0, 10), (1, 30), (2, 60)])

@@ -41,7 +41,7 @@ from fedseal.envelope import (
     plaintext_size_for,
     seal,
 )
-from fedseal.errors import EnvelopeError, FormatError
+from fedseal.errors import EnvelopeAuthenticationError, EnvelopeError, FormatError
 
 CHUNK = MIN_CHUNK_SIZE  # small chunks keep the tests fast; framing is size-independent
 SUITES = list(HpkeSuite)
@@ -228,6 +228,7 @@ def test_context_encoding_is_domain_separated_and_length_prefixed() -> None:
         SEAL_CONTEXT_DOMAIN,
         (1).to_bytes(8, "big"),
         (7).to_bytes(8, "big"),
+        (0).to_bytes(8, "big"),  # base_round_id: the initial adapter
         b"client-0042",
         ctx.adapter_spec_digest,
         (1234).to_bytes(8, "big"),
@@ -250,6 +251,7 @@ CONTEXT_CHANGES: dict[str, Any] = {
     "idempotency_key": bytes(range(1, 17)),
     "chunk_size": CHUNK * 2,
     "suite": HpkeSuite.X25519_SHA256_CHACHA20POLY1305,
+    "base_round_id": 6,
 }
 
 
@@ -283,6 +285,9 @@ def test_context_encoding_changes_with_every_field() -> None:
         ("chunk_size", MIN_CHUNK_SIZE - 1),
         ("chunk_size", MAX_CHUNK_SIZE + 1),
         ("suite", 0x00200102),
+        ("base_round_id", -1),
+        ("base_round_id", 2**64),
+        ("base_round_id", True),
     ],
 )
 def test_context_validation(field: str, value: object) -> None:
@@ -293,6 +298,7 @@ def test_context_validation(field: str, value: object) -> None:
 def test_context_bounds_accepted() -> None:
     make_context(client_id="x" * 128, idempotency_key=bytes(64), chunk_size=MAX_CHUNK_SIZE)
     make_context(protocol_version=2**32 - 1, round_id=2**64 - 1, num_examples=2**64 - 1)
+    make_context(base_round_id=2**64 - 1)
 
 
 # ------------------------------------------------------------------------ round trips
@@ -741,9 +747,10 @@ def test_digest_definition_and_agreement(
     recipient: X25519PrivateKey, sealed_three: tuple[SealContext, bytes, SealedUpdate]
 ) -> None:
     ctx, _, sealed = sealed_three
+    assert CIPHERTEXT_DIGEST_DOMAIN == b"fedseal/ciphertext-digest/v2"
     by_hand = hashlib.sha256(length_prefixed(CIPHERTEXT_DIGEST_DOMAIN, sealed.wrapped_key))
     for chunk in sealed.chunks:
-        by_hand.update(len(chunk).to_bytes(4, "big") + chunk)
+        by_hand.update(len(chunk).to_bytes(4, "big") + chunk[-16:])  # length and AEAD tag
     assert sealed.ciphertext_digest == by_hand.digest()
     opener = StreamOpener.open(sealed.wrapped_key, recipient, ctx, MAX)
     for chunk in sealed.chunks:
@@ -757,7 +764,7 @@ def test_digest_definition_and_agreement(
     assert hasher.digest() == sealed.ciphertext_digest
 
 
-def test_digest_changes_with_any_change(
+def test_digest_changes_with_any_change_to_what_it_covers(
     sealed_three: tuple[SealContext, bytes, SealedUpdate],
 ) -> None:
     _, _, sealed = sealed_three
@@ -765,17 +772,40 @@ def test_digest_changes_with_any_change(
     wk, chunks = sealed.wrapped_key, list(sealed.chunks)
     variants = [compute_ciphertext_digest(flip(wk, i), chunks) for i in (0, 40, 79)]
     for index in range(len(chunks)):
-        for position in (0, len(chunks[index]) - 1):
+        for position in range(len(chunks[index]) - 16, len(chunks[index])):  # every tag byte
             changed = list(chunks)
             changed[index] = flip(changed[index], position)
             variants.append(compute_ciphertext_digest(wk, changed))
     variants.append(compute_ciphertext_digest(wk, chunks[:-1]))
-    variants.append(compute_ciphertext_digest(wk, [*chunks, b""]))
-    # Same bytes, different split into chunks: the length prefixes tell them apart.
+    variants.append(compute_ciphertext_digest(wk, [*chunks, bytes(16)]))
+    # Same bytes, different split into chunks: the lengths (and tags) tell them apart.
     joined = b"".join(chunks)
     variants.append(compute_ciphertext_digest(wk, [joined[:100], joined[100:]]))
     assert base not in variants
     assert len(set(variants)) == len(variants)
+
+
+def test_payload_bytes_outside_the_tags_are_covered_by_authentication_not_the_digest(
+    recipient: X25519PrivateKey, sealed_three: tuple[SealContext, bytes, SealedUpdate]
+) -> None:
+    # The digest hashes tags only (module docstring): a changed payload byte keeps the
+    # digest but cannot authenticate, so no receiver ever computes a digest over it.
+    ctx, _, sealed = sealed_three
+    changed = list(sealed.chunks)
+    changed[1] = flip(changed[1], 0)
+    assert compute_ciphertext_digest(sealed.wrapped_key, changed) == sealed.ciphertext_digest
+    opener = StreamOpener.open(sealed.wrapped_key, recipient, ctx, MAX)
+    opener.feed(changed[0])
+    with pytest.raises(EnvelopeAuthenticationError, match="chunk 1 does not authenticate"):
+        opener.feed(changed[1])
+    with pytest.raises(EnvelopeError, match="only after finish"):
+        opener.ciphertext_digest  # noqa: B018
+
+
+def test_digest_refuses_a_chunk_shorter_than_a_tag() -> None:
+    hasher = CiphertextDigest(bytes(80))
+    with pytest.raises(FormatError, match="shorter than its 16-byte tag"):
+        hasher.update_chunk(bytes(15))
 
 
 def test_open_sealed_checks_recorded_digest(

@@ -16,6 +16,7 @@ from conftest import (
     simulated_collector,
     site_client,
 )
+from logfiles import log_entries
 
 from aggregator import RunningAggregator
 from aggregator._server import start_aggregator
@@ -23,17 +24,8 @@ from attestation import Policy
 from client_sdk import RoundUnavailableError, UpdateRejectedError
 from fedseal.audit import audit_log
 from fedseal.audit._cli import main as audit_main
-from fedseal.logformat import EntryKind, LogEntry, decode_record
+from fedseal.logformat import EntryKind
 from fedseal.roundconfig import FedAdamParams, KrumParams, TrimmedMeanParams
-
-
-def _entries(path: Path) -> list[LogEntry]:
-    out = []
-    for n, line in enumerate(path.read_bytes().splitlines(), 1):
-        record = decode_record(line, line_number=n)
-        if record.entry is not None:
-            out.append(record.entry)
-    return out
 
 
 @pytest.fixture
@@ -106,7 +98,7 @@ def test_robust_strategies_over_grpc_stay_near_the_honest_mean(
     assert _distance(got, honest_mean) < 1.0
     assert _distance(fedavg, honest_mean) > 50.0
 
-    entries = _entries(aggregator.log.path)
+    entries = log_entries(aggregator.log.path)
     (opened,) = [e for e in entries if e.kind is EntryKind.ROUND_OPENED]
     (closed,) = [e for e in entries if e.kind is EntryKind.ROUND_CLOSED]
     assert opened.fields["config"]["strategy"] == strategy
@@ -180,7 +172,7 @@ def test_min_cohort_counts_accepted_updates_rejections_do_not_count(
         pytest.raises(RoundUnavailableError),
     ):
         client.fetch_aggregate(1, wait_seconds=6)
-    kinds = [e.kind for e in _entries(aggregator.log.path)]
+    kinds = [e.kind for e in log_entries(aggregator.log.path)]
     assert EntryKind.ROUND_FAILED in kinds and EntryKind.ROUND_CLOSED not in kinds
 
 

@@ -109,7 +109,7 @@ class UpdateReceiver:
             self._release()  # a lent buffer goes back whatever failed
             raise
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         self._received += len(chunk)
         if self._received > self._header.ciphertext_size:
             raise UpdateRejectedError(
@@ -200,6 +200,12 @@ class PlaintextBuffers:
         """Bytes of idle buffers kept for reuse."""
         with self._lock:
             return sum(len(b) for b in self._free)
+
+    def drop_idle(self) -> None:
+        """Free the idle buffers (lent ones stay lent). The round manager calls this when a
+        round closes, so serializing the aggregate does not stack on top of them."""
+        with self._lock:
+            self._free.clear()
 
 
 def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> dict[str, torch.Tensor]:

@@ -125,7 +125,12 @@ class FedSealMod:
             _, arrays = single_array_record(reply.content, what="the train reply")
             num_examples = _num_examples(reply.content)
             receipt = client.submit_update(
-                arrays_to_tensors(arrays), round_id=round_id, num_examples=num_examples
+                arrays_to_tensors(arrays),
+                round_id=round_id,
+                num_examples=num_examples,
+                # Trained from the verified aggregate of that round; from Flower's own initial
+                # arrays (no FedSeal round yet): the current global, as before.
+                base_round_id=global_round if global_round > 0 else None,
             )
         records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = dict(reply.content.metric_records)
         records[RECEIPT_RECORD] = ConfigRecord(

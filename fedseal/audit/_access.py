@@ -218,6 +218,7 @@ class AccessAuditor:
         message = update_signature_message(
             protocol_version=int(f["protocol_version"]),
             round_id=int(f["round_id"]),
+            base_round_id=int(f["base_round_id"]),
             client_id=client,
             key_id=str(f["key_id"]),
             adapter_spec_digest=b64decode_field(f["adapter_spec_digest"], field="adapter_spec_digest"),

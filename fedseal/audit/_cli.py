@@ -60,7 +60,9 @@ retired_key, future_timestamp, bad_checkpoint_signature, attestation_failed,
 broken_handover, inconsistent_round, torn_tail, uncheckpointed_entries, malformed_record,
 bad_update_signature (an accepted update not signed by a key enrolled for its site),
 unauthorized_action (an operator action not signed by a principal allowed to do it),
-inconsistent_access (enrolment or principals changed without a signed request).
+inconsistent_access (enrolment or principals changed without a signed request),
+wrong_staleness (an accepted update's staleness is not what the releases before it imply,
+or its round must have refused it).
 """
 
 
@@ -283,6 +285,7 @@ def _render(report: AuditReport, *, quiet: bool) -> str:
         for a in r.accepted:
             out.append(
                 f"  accepted  {a['client_id']:<20} examples={a['num_examples']:<8} "
+                f"base=round {a['base_round_id']} staleness={a['staleness']}  "
                 f"ciphertext={a['ciphertext_digest'][:16]}...  (entry {a['index']})"
             )
         for x in r.rejected:

@@ -25,7 +25,10 @@ a tampered log is both detected and located:
   does not verify under a key enrolled for it at that point: `bad_update_signature`; an
   operator action not signed by a recorded principal allowed to perform it:
   `unauthorized_action`; enrolment or principals that change without a signed request:
-  `inconsistent_access`.
+  `inconsistent_access`;
+* async weighting (aggregator/_rounds.py, "Staleness"): an accepted update whose recorded
+  `staleness` is not the number of releases between its base's and its entry, or whose
+  base or staleness its round must have refused: `wrong_staleness`.
 
 Key handovers are reported with the consistency proof from the old key's last checkpoint
 to the new key's first, which the auditor recomputes and verifies.
@@ -54,9 +57,11 @@ from fedseal.logformat import (
     FailureCause,
     LogEntry,
     decode_record,
+    released_round,
 )
 from fedseal.merkle import MerkleTree, verify_consistency
 from fedseal.note import NoteVerifier, SignatureLine, open_note, parse_signature_line
+from fedseal.wire import StaleBaseError, update_staleness
 
 from ._access import AccessAuditor
 from ._enclave import AttestedKey, KeyAttestationError, attest_enclave_entry
@@ -106,6 +111,7 @@ class FindingKind(enum.Enum):
     BAD_UPDATE_SIGNATURE = "bad_update_signature"
     UNAUTHORIZED_ACTION = "unauthorized_action"
     INCONSISTENT_ACCESS = "inconsistent_access"
+    WRONG_STALENESS = "wrong_staleness"
 
 
 # Findings that show the entries themselves were changed.
@@ -147,6 +153,8 @@ _CONSEQUENCES = frozenset(
         FindingKind.BAD_UPDATE_SIGNATURE,
         FindingKind.UNAUTHORIZED_ACTION,
         FindingKind.INCONSISTENT_ACCESS,
+        # Removed or altered release entries change what later staleness must be.
+        FindingKind.WRONG_STALENESS,
     }
 )
 
@@ -578,6 +586,7 @@ class _Auditor:
         self.origin = ""
         self.rounds: dict[int, _RoundState] = {}
         self.open_round: int | None = None
+        self.released: list[int] = []  # rounds whose aggregate became the global, in log order
         self.dp_budget: dict[str, Any] | None = None
         self.dp_refusals: list[dict[str, Any]] = []
         self.checkpoints_verified = 0
@@ -685,6 +694,9 @@ class _Auditor:
             self._round_entry(entry, number)
             if entry.kind is EntryKind.UPDATE_ACCEPTED:
                 self._access_entry(entry, number)
+        released = released_round(entry)
+        if released is not None:
+            self.released.append(released)
 
     def _access_entry(self, entry: LogEntry, number: int) -> None:
         for problem in self.access.entry(entry):
@@ -973,8 +985,11 @@ class _Auditor:
                     "ciphertext_digest": f["ciphertext_digest"],
                     "ciphertext_size": f["ciphertext_size"],
                     "num_examples": f["num_examples"],
+                    "base_round_id": f["base_round_id"],
+                    "staleness": f["staleness"],
                 }
             )
+            self._staleness(summary, entry, line)
             return
         self.open_round = None
         if kind is EntryKind.ROUND_CLOSED:
@@ -988,6 +1003,34 @@ class _Auditor:
                     f"round {rid} failed saying {f['accepted']} updates were accepted; the log "
                     f"accepted {len(summary.accepted)}"
                 )
+
+    def _staleness(self, summary: _RoundState, entry: LogEntry, line: int) -> None:
+        """The update's recorded staleness must be what the releases before it imply."""
+        f = entry.fields
+        params = summary.config.get("strategy_params")
+        bound = params.get("staleness") if isinstance(params, dict) else None
+        max_staleness = _int(bound.get("max_staleness")) if isinstance(bound, dict) else None
+        base, recorded = int(f["base_round_id"]), int(f["staleness"])
+        where = f"line {line}: update_accepted entry {entry.index} (round {summary.round_id})"
+        try:
+            expected = update_staleness(base, summary.round_id, self.released, max_staleness)
+        except StaleBaseError as exc:
+            self.add(
+                FindingKind.WRONG_STALENESS,
+                line,
+                entry.index,
+                f"{where} accepted an update its round must refuse ({exc.reason.value}): {exc.detail}",
+            )
+            return
+        if recorded != expected:
+            self.add(
+                FindingKind.WRONG_STALENESS,
+                line,
+                entry.index,
+                f"{where} records staleness {recorded}, but {expected} aggregate(s) were released "
+                f"between its base (round {base}) and it: it was weighted alpha**{recorded}, "
+                f"not alpha**{expected}",
+            )
 
     def _release_entry(self, entry: LogEntry, line: int) -> None:
         """DP budget, DP refusals, approvals and releases: each must fit its round."""

@@ -17,8 +17,9 @@ its validated parameters in `strategy_params` (`fedseal.roundconfig`).
 Weights and async mode: averaging strategies weight an update by its example count times
 alpha**staleness when the round config has `strategy_params.staleness` (async mode), and
 refuse updates staler than its `max_staleness` (`StaleUpdateError`); a synchronous round
-accepts staleness 0 only. The caller computes staleness as the current round minus the
-round of the global adapter the client trained from, and passes it to `accumulate`.
+accepts staleness 0 only. The caller (aggregator/_rounds.py, module docstring) computes
+staleness as the number of aggregates released after the one the client trained from
+(the header's `base_round_id`), and passes it to `accumulate`.
 Robust strategies (median, trimmed mean, Krum's choice) ignore weights by definition; the
 round config refuses staleness parameters for them.
 

@@ -25,17 +25,19 @@ class GetRoundRequest(_message.Message):
     def __init__(self, round_id: _Optional[int] = ...) -> None: ...
 
 class RoundInfo(_message.Message):
-    __slots__ = ("round_config", "state", "accepted")
+    __slots__ = ("round_config", "state", "accepted", "released_round_ids")
     ROUND_CONFIG_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_ROUND_IDS_FIELD_NUMBER: _ClassVar[int]
     round_config: bytes
     state: str
     accepted: int
-    def __init__(self, round_config: _Optional[bytes] = ..., state: _Optional[str] = ..., accepted: _Optional[int] = ...) -> None: ...
+    released_round_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, round_config: _Optional[bytes] = ..., state: _Optional[str] = ..., accepted: _Optional[int] = ..., released_round_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("protocol_version", "round_id", "client_id", "adapter_spec_digest", "num_examples", "hpke_suite", "wrapped_key", "idempotency_key", "challenge", "chunk_size", "ciphertext_size", "key_id", "ciphertext_digest", "signature")
+    __slots__ = ("protocol_version", "round_id", "client_id", "adapter_spec_digest", "num_examples", "hpke_suite", "wrapped_key", "idempotency_key", "challenge", "chunk_size", "ciphertext_size", "key_id", "ciphertext_digest", "signature", "base_round_id")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +52,7 @@ class UpdateHeader(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    BASE_ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     round_id: int
     client_id: str
@@ -64,7 +67,8 @@ class UpdateHeader(_message.Message):
     key_id: str
     ciphertext_digest: bytes
     signature: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., adapter_spec_digest: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., hpke_suite: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., idempotency_key: _Optional[bytes] = ..., challenge: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., ciphertext_size: _Optional[int] = ..., key_id: _Optional[str] = ..., ciphertext_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    base_round_id: int
+    def __init__(self, protocol_version: _Optional[int] = ..., round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., adapter_spec_digest: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., hpke_suite: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., idempotency_key: _Optional[bytes] = ..., challenge: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., ciphertext_size: _Optional[int] = ..., key_id: _Optional[str] = ..., ciphertext_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., base_round_id: _Optional[int] = ...) -> None: ...
 
 class SubmitUpdateRequest(_message.Message):
     __slots__ = ("header", "chunk")
