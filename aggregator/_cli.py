@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
 from aggregator._config import JobConfig
 from aggregator._identity import AccessConfig, AccessLimits
 from aggregator._logging import configure_logging
@@ -143,6 +145,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the job's starting global adapter (safetensors): what round 1 measures update "
         "deltas against; required by DP rounds, whose config names its SHA-256",
     )
+    p.add_argument(
+        "--accumulator-device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where FedAvg/FedProx add up the updates: the GPU of this confidential VM ('cuda'), "
+        "or the CPU; 'auto' (default) takes the GPU when this build of torch sees one",
+    )
     p.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
     p.add_argument(
         "--metrics-listen",
@@ -254,6 +263,19 @@ def main(argv: list[str] | None = None) -> int:
     return run(argv)
 
 
+def _accumulator_device(choice: str, *, cuda_available: Callable[[], bool] | None = None) -> str:
+    """'auto' → 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without one is an error."""
+    has_cuda = (cuda_available or torch.cuda.is_available)()
+    if choice == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if choice == "cuda" and not has_cuda:
+        raise ConfigError(
+            "--accumulator-device cuda: torch sees no CUDA GPU (a CPU-only torch build, no driver, "
+            "or the GPU not visible to this VM); use --accumulator-device cpu or auto"
+        )
+    return choice
+
+
 def run(
     argv: list[str] | None = None, *, preflight_for: Callable[[PreflightMode], Preflight] = Preflight
 ) -> int:
@@ -275,6 +297,7 @@ def run(
             if not _DNS_NAME.fullmatch(name):
                 raise ConfigError(f"--tls-name {name[:64]!r} is not a DNS name")
         policy = _self_attestation_policy(args)
+        accumulator_device = _accumulator_device(args.accumulator_device)
     except (ConfigError, FormatError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -309,6 +332,7 @@ def run(
                 self_attestation=gate,
                 metrics_listen=args.metrics_listen,
                 health_listen=args.health_listen,
+                accumulator_device=accumulator_device,
             )
         except EvidenceCollectionError as exc:
             print(

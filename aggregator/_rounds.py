@@ -71,7 +71,7 @@ from aggregator._dp import DpError, DpLedger, DpSpend, add_noise, clip_update
 from aggregator._log import AuditLog, PendingEntry
 from aggregator._metrics import Metrics
 from aggregator.enclave._keys import EnclaveKeys
-from aggregator.enclave._receive import PlaintextBuffers, UpdateReceiver
+from aggregator.enclave._receive import FlatTensors, PlaintextBuffers, UpdateReceiver
 from aggregator.enclave.strategies import (
     AggregationError,
     ServerState,
@@ -209,9 +209,11 @@ class RoundManager:
         spool_dir: Path | None = None,
         initial_adapter: bytes | None = None,
         metrics: Metrics | None = None,
+        accumulator_device: torch.device | str = "cpu",
     ) -> None:
         """`initial_adapter`: safetensors bytes of the job's starting global adapter (what
-        clients fine-tune in round 1); DP rounds need it, named by digest in their config."""
+        clients fine-tune in round 1); DP rounds need it, named by digest in their config.
+        `accumulator_device`: where FedAvg/FedProx accumulate ("cuda": the enclave's GPU)."""
         self._log = log
         self.metrics = metrics if metrics is not None else Metrics()
         self._keys = keys
@@ -226,6 +228,7 @@ class RoundManager:
         # Bounds the plaintext held at once, whatever the number of concurrent uploads.
         self._buffers = PlaintextBuffers()
         self._spool_dir = spool_dir
+        self._accumulator_device = torch.device(accumulator_device)
         self._initial_digest = (
             hashlib.sha256(initial_adapter).digest() if initial_adapter is not None else None
         )
@@ -297,7 +300,10 @@ class RoundManager:
         if config.dp is not None:
             self._check_dp_locked(config)
         strategy = strategy_for_round(
-            config, server_state=self._carried_state(config), spool_dir=self._spool_dir
+            config,
+            server_state=self._carried_state(config),
+            spool_dir=self._spool_dir,
+            device=self._accumulator_device,
         )
         self._log.append(
             EntryKind.ROUND_OPENED,
@@ -590,6 +596,8 @@ class RoundManager:
             assert glob is not None  # a DP round opens only with a global adapter
             clip = clip_update(tensors, glob, dp.clip_norm)
             return clip.tensors, 1, clip.norm, int(clip.clipped)
+        if glob is None and isinstance(tensors, FlatTensors) and tensors.flat.dtype == torch.float32:
+            return tensors, num_examples, float(torch.linalg.vector_norm(tensors.flat)), 0
         # One reduction per tensor, no full-size temporaries (v * v would allocate a copy).
         squares = 0.0
         scratch: torch.Tensor | None = None

@@ -96,6 +96,7 @@ def start_aggregator(
     metrics_listen: ListenAddress | None = None,
     health_listen: ListenAddress | None = None,
     self_attestation: SelfAttestationGate | None = None,
+    accumulator_device: str = "cpu",
 ) -> RunningAggregator:
     """Make fresh keys (TLS included), record them with their evidence in the log (creating
     it or resuming it with a key handover), record who may call, and serve.
@@ -106,6 +107,8 @@ def start_aggregator(
     With ``self_attestation`` (hardware mode), the evidence of the new keys must pass the
     operator's policy and the GPU ready state must be set before anything is logged or
     served; otherwise a PreflightError subclass is raised. Without it no GPU is released.
+
+    ``accumulator_device`` ("cpu" or "cuda") places the FedAvg/FedProx accumulator.
     """
     _check_listeners(access, listen_mtls)
     metrics = metrics if metrics is not None else Metrics()
@@ -126,6 +129,7 @@ def start_aggregator(
             spool_dir=spool_dir,
             initial_adapter=initial_adapter,
             metrics=metrics,
+            accumulator_device=accumulator_device,
         )
         gate = AccessControl(
             access, audience=keys.bound.log_public_key, log=log, current_round=rounds.current_round_id

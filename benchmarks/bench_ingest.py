@@ -128,6 +128,8 @@ def _cpu_seconds() -> float:
 # ----------------------------------------------------------------------------- aggregator
 def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir: str) -> None:
     warnings.simplefilter("ignore")
+    import torch
+
     from aggregator import AccessConfig, start_aggregator
     from aggregator._logging import configure_logging
     from attestation import InsecureSimulatedTeeCollector
@@ -151,6 +153,7 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
         log_origin="fedseal.bench/ingest",
         collectors=[InsecureSimulatedTeeCollector("bench")],
         access=AccessConfig(enrolment),  # default max_workers, as fedseal-aggregator runs
+        accumulator_device="cuda" if torch.cuda.is_available() else "cpu",  # its 'auto'
     )
     running.rounds.open_round(
         RoundConfig(
@@ -478,7 +481,8 @@ def run_micro(workload: Workload, chunk: int) -> dict[str, Any]:
         return header, s, seal_s
 
     updates = [sealed(i) for i in range(3)]
-    strategy = FedAvg(spec)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as fedseal-aggregator's 'auto'
+    strategy = FedAvg(spec, device=device)
     pool = PlaintextBuffers()
     times = []
     for header, s, _ in updates:
@@ -490,6 +494,8 @@ def run_micro(workload: Workload, chunk: int) -> dict[str, Any]:
             receiver.feed(c)
         update = receiver.finish()
         strategy.accumulate(update.tensors, header.num_examples)
+        if device == "cuda":
+            torch.cuda.synchronize()
         receiver.wipe()
         times.append(time.perf_counter() - t0)
     best = min(times[1:])  # the first touches the reused buffer's fresh pages
@@ -523,7 +529,7 @@ def run_micro(workload: Workload, chunk: int) -> dict[str, Any]:
         "hpke_unwrap_us": unwrap_us,
         "attestation_verify_ms": verify_ms,
         "membw_gbps": membw,
-        "accumulator_device": "cuda" if torch.cuda.is_available() else "cpu",
+        "accumulator_device": device,
     }
 
 

@@ -10,15 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import access_config, simulated_collector
 from identities import write_enrolment
 from test_preflight import FakeNvml, _snp_root, _tree
 
 from aggregator import start_aggregator
-from aggregator._cli import main, run
+from aggregator._cli import _accumulator_device, main, run
 from aggregator._preflight import Preflight, PreflightMode, SelfAttestationError
 from aggregator._selfattest import SelfAttestationGate
 from attestation import SimulatedEvidenceRefusedError, load_builtin_policy
+from fedseal.roundconfig import ConfigError
 
 
 def _enrolment(tmp_path: Path) -> list[str]:
@@ -249,3 +251,16 @@ def test_bad_origin_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     assert rc == 2
     assert "--log-origin" in capsys.readouterr().err
+
+
+def test_accumulator_device_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _accumulator_device("auto", cuda_available=lambda: False) == "cpu"
+    assert _accumulator_device("auto", cuda_available=lambda: True) == "cuda"
+    assert _accumulator_device("cpu", cuda_available=lambda: True) == "cpu"
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
+        _accumulator_device("cuda", cuda_available=lambda: False)
+    if not torch.cuda.is_available():  # this host: asking for the GPU is a usage error, up front
+        base = ["--log", str(tmp_path / "a.log"), *_enrolment(tmp_path), "--insecure-simulated-tee"]
+        assert main([*base, "--accumulator-device", "cuda"]) == 2
+        assert "--accumulator-device cuda: torch sees no CUDA GPU" in capsys.readouterr().err
+        assert not (tmp_path / "a.log").exists()

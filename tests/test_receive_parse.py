@@ -9,7 +9,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from aggregator.enclave._receive import _parse_and_validate
+from aggregator.enclave._receive import FlatTensors, _parse_and_validate
+from aggregator.enclave.strategies.fedavg import FedAvg
 from fedseal.logformat import RejectReason
 from fedseal.spec import AdapterSpec, WireDtype
 from fedseal.wire import UpdateRejectedError
@@ -124,3 +125,73 @@ def test_malformed_headers_are_refused() -> None:
     ]
     for payload, expected in cases:
         assert expected in _reject(payload, spec, RejectReason.MALFORMED), expected
+
+
+# --------------------------------------------------------------- one flat view per update
+
+
+@pytest.mark.parametrize(
+    ("dtype", "wire"), [(torch.float32, WireDtype.FLOAT32), (torch.bfloat16, WireDtype.BFLOAT16)]
+)
+def test_a_usual_update_is_one_flat_view_in_data_order(dtype: torch.dtype, wire: WireDtype) -> None:
+    tensors = _tensors(dtype)
+    buffer = bytearray(safetensors.torch.save(tensors))
+    parsed = _parse_and_validate(memoryview(buffer), _spec(wire))
+    assert isinstance(parsed, FlatTensors)
+    assert parsed.order == tuple(sorted(TENSORS))  # safetensors writes same-dtype tensors by name
+    assert parsed.flat.dtype == dtype
+    assert torch.equal(parsed.flat, torch.cat([tensors[n].flatten() for n in sorted(TENSORS)]))
+    for name in TENSORS:  # the named tensors are views into the flat one
+        assert parsed[name].data_ptr() >= parsed.flat.data_ptr()
+        assert torch.equal(parsed[name], tensors[name])
+
+
+def test_a_nan_found_by_the_flat_check_names_its_tensor() -> None:
+    tensors = _tensors()
+    tensors["b.lora_A.weight"][2, 3] = float("inf")
+    detail = _reject(safetensors.torch.save(tensors), _spec(), RejectReason.NOT_FINITE)
+    assert "'b.lora_A.weight'" in detail
+
+
+def _fold(strategy: FedAvg, payloads: list[bytes], spec: AdapterSpec) -> dict[str, torch.Tensor]:
+    for i, payload in enumerate(payloads):
+        strategy.accumulate(_parse_and_validate(memoryview(bytearray(payload)), spec), 10 + i)
+    return strategy.finalize()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "wire"), [(torch.float32, WireDtype.FLOAT32), (torch.bfloat16, WireDtype.BFLOAT16)]
+)
+def test_fedavg_folds_flat_and_foreign_layouts_to_the_same_mean(dtype: torch.dtype, wire: WireDtype) -> None:
+    spec = _spec(wire)
+    gen = torch.Generator().manual_seed(3)
+    updates = [{n: torch.randn(s, generator=gen).to(dtype) for n, s in TENSORS.items()} for _ in range(3)]
+    usual = [safetensors.torch.save(u) for u in updates]
+    # The same tensors written in reverse name order (a foreign writer): valid, not flat-foldable
+    # by FedAvg's name-ordered accumulator, so folded tensor by tensor.
+    foreign = []
+    for u in updates:
+        header: dict[str, object] = {}
+        data = b""
+        for name in sorted(TENSORS, reverse=True):
+            raw = u[name].contiguous().view(torch.uint8).numpy().tobytes()
+            header[name] = {
+                "dtype": wire.value,
+                "shape": list(TENSORS[name]),
+                "data_offsets": [len(data), len(data) + len(raw)],
+            }
+            data += raw
+        foreign.append(bytes(_join(header, data)))
+    parsed_foreign = _parse_and_validate(memoryview(bytearray(foreign[0])), spec)
+    assert isinstance(parsed_foreign, FlatTensors) and parsed_foreign.order == tuple(
+        sorted(TENSORS, reverse=True)
+    )
+    total = sum(10 + i for i in range(3))
+    expected = {n: sum((10 + i) * updates[i][n].to(torch.float32) for i in range(3)) / total for n in TENSORS}
+    for payloads in (usual, foreign):
+        mean = _fold(FedAvg(spec), payloads, spec)
+        for name in TENSORS:
+            torch.testing.assert_close(mean[name], expected[name], rtol=1e-6, atol=1e-6)
+    flat_mean = _fold(FedAvg(spec), usual, spec)
+    foreign_mean = _fold(FedAvg(spec), foreign, spec)
+    assert all(torch.equal(flat_mean[n], foreign_mean[n]) for n in TENSORS)  # same sums, same order of adds

@@ -129,12 +129,14 @@ def make_strategy(
     spool_dir: Path | None = None,
     piece_elements: int = DEFAULT_PIECE_ELEMENTS,
     workers: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> Strategy:
     """The strategy `name` for one round. `params` None means the strategy's defaults
     (a ConfigError for strategies with required parameters, such as Krum's f).
 
     `server_state` is for server optimizers only; `spool_dir` (default: the system's
-    temporary directory), `piece_elements` and `workers` for spooling strategies.
+    temporary directory), `piece_elements` and `workers` for spooling strategies;
+    `device` for the streaming FedAvg/FedProx accumulator (the others run on the CPU).
     """
     try:
         strategy = StrategyName(name)
@@ -152,9 +154,9 @@ def make_strategy(
         raise ServerStateError(f"{strategy.value} carries no server state; got one")
     match params:
         case FedAvgParams():
-            return FedAvg(spec, params)
+            return FedAvg(spec, params, device=device)
         case FedProxParams():
-            return FedProx(spec, params)
+            return FedProx(spec, params, device=device)
         case FedAvgMParams():
             return FedAvgM(spec, params, server_state)
         case FedAdamParams():
@@ -187,8 +189,14 @@ def strategy_for_round(
     *,
     server_state: ServerState | None = None,
     spool_dir: Path | None = None,
+    device: torch.device | str = "cpu",
 ) -> Strategy:
     """The strategy a round config names, with its recorded parameters."""
     return make_strategy(
-        config.strategy, config.adapter_spec, config.params, server_state=server_state, spool_dir=spool_dir
+        config.strategy,
+        config.adapter_spec,
+        config.params,
+        server_state=server_state,
+        spool_dir=spool_dir,
+        device=device,
     )

@@ -8,6 +8,8 @@ round config before training. Recording it in the round config puts it in the au
 
 from __future__ import annotations
 
+import torch
+
 from fedseal.roundconfig import FedProxParams
 from fedseal.spec import AdapterSpec
 
@@ -19,6 +21,8 @@ __all__ = ["FedProx"]
 class FedProx(FedAvg):
     name = "fedprox"
 
-    def __init__(self, spec: AdapterSpec, params: FedProxParams) -> None:
-        super().__init__(spec, params)
+    def __init__(
+        self, spec: AdapterSpec, params: FedProxParams, *, device: torch.device | str = "cpu"
+    ) -> None:
+        super().__init__(spec, params, device=device)
         self.proximal_mu = params.proximal_mu
