@@ -485,15 +485,23 @@ class RoundManager:
     def _receive_and_accept(
         self, rnd: _Round, config: RoundConfig, header: UpdateHeader, chunks: Iterator[bytes | memoryview]
     ) -> str:
-        if header.adapter_spec_digest != config.adapter_spec.digest():
+        # The round's spec, or (lora-exact with client_ranks) the spec of an allowed rank:
+        # the update is validated, and its sizes bounded, against the spec its header names.
+        spec = config.update_spec(header.adapter_spec_digest)
+        if spec is None:
+            allowed = (
+                f" or the spec of a client rank it allows (LoRA ranks {list(config.allowed_lora_ranks)})"
+                if len(config.update_specs) > 1
+                else ""
+            )
             raise UpdateRejectedError(
                 RejectReason.SPEC_MISMATCH,
-                f"adapter spec digest does not match round {config.round_id}'s adapter spec",
+                f"adapter spec digest does not match round {config.round_id}'s adapter spec{allowed}",
             )
         binding = self._keys.bound.binding_for(header.challenge)
         receiver = UpdateReceiver(
             header,
-            config.adapter_spec,
+            spec,
             config.max_chunk_size,
             self._keys.hpke_private_key,
             binding,
@@ -510,7 +518,9 @@ class RoundManager:
                     RejectReason.BAD_SIGNATURE,
                     "the ciphertext received is not the one the header's signature covers",
                 )
-            tensors, weight, norm, clipped = self._prepare(rnd, update.tensors, header.num_examples)
+            tensors, weight, norm, clipped = self._prepare(
+                rnd, update.tensors, header.num_examples, same_spec=spec == config.adapter_spec
+            )
             with self._lock:
                 if rnd.state is not RoundState.OPEN:
                     raise UpdateRejectedError(
@@ -563,6 +573,8 @@ class RoundManager:
                     client_id=header.client_id,
                     ciphertext_bytes=update.ciphertext_size,
                     log_index=pending.entry.index,
+                    # The entry records the spec digest; the rank it stands for, for operators.
+                    lora_ranks=list(spec.lora_ranks()) if len(config.update_specs) > 1 else None,
                 )
                 if len(rnd.accepted) >= config.max_clients:
                     self._close_locked(rnd)
@@ -586,11 +598,13 @@ class RoundManager:
 
     @staticmethod
     def _prepare(
-        rnd: _Round, tensors: Mapping[str, torch.Tensor], num_examples: int
+        rnd: _Round, tensors: Mapping[str, torch.Tensor], num_examples: int, *, same_spec: bool = True
     ) -> tuple[Mapping[str, torch.Tensor], int, float, int]:
         """(tensors to fold in, weight, L2 norm of the delta, 1 if clipped). Under DP the delta
-        is clipped and weights are equal; outside the round lock (it is a full pass)."""
-        glob = rnd.global_adapter
+        is clipped and weights are equal; outside the round lock (it is a full pass). An
+        update at another LoRA rank than the round spec (`same_spec` False) has no elementwise
+        delta against the global adapter: its own norm is taken."""
+        glob = rnd.global_adapter if same_spec else None
         dp = rnd.config.dp
         if dp is not None:
             assert glob is not None  # a DP round opens only with a global adapter

@@ -52,7 +52,7 @@ from fedseal.errors import ReceiptError
 from fedseal.manifest import AggregateManifest, SignedManifest, verify_manifest
 from fedseal.receipt import ExpectedUpdate, Receipt, verify_receipt
 from fedseal.roundconfig import DEFAULT_CHUNK_SIZE, RoundConfig
-from fedseal.spec import AdapterSpec, WireDtype
+from fedseal.spec import AdapterSpec, WireDtype, pair_lora_names
 from fedseal.wire import PROTOCOL_VERSION, RoundState, StaleBaseError, UpdateHeader, update_staleness
 
 __all__ = ["Aggregate", "FedSealClient", "SealedSubmission", "fetch_aggregate", "submit_update"]
@@ -183,7 +183,9 @@ class FedSealClient:
         Tensors are converted to the wire dtype the round's adapter spec names. Raises
         AdapterMismatchError if names or shapes differ from the spec, AttestationError if
         the evidence does not satisfy the policy. `client_id` defaults to (and must be)
-        this client's identity.
+        this client's identity. In a lora-exact round with `client_ranks`, `adapter` may
+        be at any LoRA rank the round allows (`RoundConfig.allowed_lora_ranks`): the update
+        is sealed for that rank's spec; another rank is an AdapterMismatchError naming both.
 
         `base_round_id` is the round whose aggregate `adapter` was trained from (0: the job's
         initial adapter; `Aggregate.round_id` of what you fetched). None means the current
@@ -196,8 +198,9 @@ class FedSealClient:
         round_info = self._connection.get_round(round_id)
         _check_dp_requirement(self._policy, round_info.config)
         base = _checked_base(round_info, base_round_id)
-        spec = round_info.config.adapter_spec
-        payload = _serialize(adapter, spec)
+        tensors = adapter_tensors(adapter)
+        spec = _update_spec(tensors, round_info.config)
+        payload = _serialize(tensors, spec)
         return self._seal(
             payload,
             attested,
@@ -421,6 +424,29 @@ class FedSealClient:
         """Replace the enrolment with a higher version (role operator); removed sites and keys
         are refused from their next call on."""
         return self.operate("rotate_enrolment", {"enrolment": enrolment.to_json_obj()})
+
+
+def _update_spec(adapter: Mapping[str, torch.Tensor], config: RoundConfig) -> AdapterSpec:
+    """The spec `adapter` is to be sent as: the round's, or that of its LoRA rank if the round
+    allows clients at other ranks (lora-exact `client_ranks`). Names and other shapes are
+    then checked against it by `_serialize`, which says what differs."""
+    spec = config.adapter_spec
+    if len(config.update_specs) == 1 or set(adapter) != set(spec.by_name()):
+        return spec
+    shapes = {name: tuple(tensor.shape) for name, tensor in adapter.items()}
+    for candidate in config.update_specs.values():
+        if candidate.shapes() == shapes:
+            return candidate
+    # No exact match: take the spec of the adapter's rank, so _serialize names what differs.
+    pairs, _ = pair_lora_names(spec.by_name())
+    ranks = sorted({int(adapter[p.a].shape[0]) for p in pairs if adapter[p.a].dim() == 2})
+    chosen = config.spec_for_lora_rank(ranks[0]) if len(ranks) == 1 else None
+    if chosen is None:
+        raise AdapterMismatchError(
+            f"adapter has LoRA rank(s) {ranks}; round {config.round_id} accepts LoRA ranks "
+            f"{list(config.allowed_lora_ranks)} (one rank for every module); nothing was sent"
+        )
+    return chosen
 
 
 def _serialize(adapter: Mapping[str, Any], spec: AdapterSpec) -> bytes:

@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from fedseal.canonical import b64decode_canonical, b64encode, canonical_json
 from fedseal.errors import FormatError
-from fedseal.spec import AdapterSpec
+from fedseal.spec import MAX_LORA_RANK, AdapterSpec
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DP_STRATEGIES",
     "MAX_CHUNK_SIZE",
+    "MAX_CLIENT_RANKS",
     "MAX_STALENESS",
     "STRATEGIES",
     "ApprovalParams",
@@ -74,6 +77,7 @@ MAX_STALENESS = 1000
 MAX_CHUNK_SIZE = 4 * 1024 * 1024  # the transport's receive limit is set from this
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 MAX_CLIENTS = 10_000
+MAX_CLIENT_RANKS = 16  # LoRA ranks one lora-exact round may allow (client_ranks)
 
 
 class ConfigError(FormatError):
@@ -136,6 +140,48 @@ class RoundConfig:
             )
         if self.dp is not None and params.staleness is not None:
             raise ConfigError("round config: 'dp' and async mode (staleness) cannot be combined")
+        if isinstance(params, LoraExactParams):
+            params.client_specs(self.adapter_spec)  # each allowed rank must derive a spec
+
+    @functools.cached_property
+    def update_specs(self) -> Mapping[bytes, AdapterSpec]:
+        """The specs an update may match, by digest: the round's adapter spec first, then
+        those of a lora-exact round's `client_ranks` (a rank that yields the round spec
+        itself is listed once). Other strategies: the round spec alone."""
+        params = self.params
+        derived = params.client_specs(self.adapter_spec) if isinstance(params, LoraExactParams) else ()
+        specs = {self.adapter_spec.digest(): self.adapter_spec}
+        for spec in derived:
+            specs.setdefault(spec.digest(), spec)
+        return specs  # typed read-only; a plain dict keeps the config picklable
+
+    def update_spec(self, digest: bytes) -> AdapterSpec | None:
+        """The allowed spec whose digest an update header names; None: not one of them."""
+        return self.update_specs.get(digest)
+
+    def spec_for_lora_rank(self, rank: int) -> AdapterSpec | None:
+        """The spec a client training at LoRA rank `rank` must match, if the round allows it:
+        a listed client rank, or the round spec's own rank (when all its pairs share one)."""
+        params = self.params
+        if isinstance(params, LoraExactParams) and rank in params.client_ranks:
+            derived = self.adapter_spec.with_lora_rank(rank)
+            return self.update_specs[derived.digest()]
+        if self._own_lora_ranks() == (rank,):
+            return self.adapter_spec
+        return None
+
+    @property
+    def allowed_lora_ranks(self) -> tuple[int, ...]:
+        """Every LoRA rank an update may have, ascending (the round spec's, plus client_ranks)."""
+        params = self.params
+        extra = params.client_ranks if isinstance(params, LoraExactParams) else ()
+        return tuple(sorted({*self._own_lora_ranks(), *extra}))
+
+    def _own_lora_ranks(self) -> tuple[int, ...]:
+        try:
+            return self.adapter_spec.lora_ranks()
+        except FormatError:
+            return ()  # not a LoRA spec (a strategy other than lora-exact may take any tensors)
 
     @property
     def strategy_name(self) -> StrategyName:
@@ -598,9 +644,74 @@ class MultiKrumParams(KrumParams):
 
 @dataclass(frozen=True, kw_only=True)
 class LoraExactParams(StrategyParams):
-    """Exact LoRA aggregation: the optimal rank-r factors of Σ pᵢ BᵢAᵢ at the spec's ranks."""
+    """Exact LoRA aggregation: the optimal rank-r factors of Σ pᵢ BᵢAᵢ at the spec's ranks.
+
+    `client_ranks` (ascending, distinct, each in [1, MAX_LORA_RANK], at most
+    MAX_CLIENT_RANKS of them; empty by default) are the LoRA ranks a client may train at,
+    besides the round spec's own: a client at rank rᵢ sends an update matching
+    ``adapter_spec.with_lora_rank(rᵢ)`` and names that spec's digest. The aggregate keeps
+    the round spec's ranks (it is the output spec).
+    """
 
     strategies = (StrategyName.LORA_EXACT,)
+
+    client_ranks: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ranks = self.client_ranks
+        if not isinstance(ranks, tuple | list) or not all(
+            isinstance(r, int) and not isinstance(r, bool) for r in ranks
+        ):
+            raise ConfigError(
+                f"round config: strategy_params 'client_ranks' must be a list of integers, got {ranks!r}"
+            )
+        if len(ranks) > MAX_CLIENT_RANKS or any(not 1 <= r <= MAX_LORA_RANK for r in ranks):
+            raise ConfigError(
+                f"round config: strategy_params 'client_ranks' must list at most {MAX_CLIENT_RANKS} "
+                f"ranks, each in [1, {MAX_LORA_RANK}], got {list(ranks)}"
+            )
+        if list(ranks) != sorted(set(ranks)):
+            raise ConfigError(
+                f"round config: strategy_params 'client_ranks' must be ascending without repeats, "
+                f"got {list(ranks)}"
+            )
+        object.__setattr__(self, "client_ranks", tuple(ranks))
+
+    def client_specs(self, spec: AdapterSpec) -> tuple[AdapterSpec, ...]:
+        """The specs of the allowed client ranks, derived from the round spec `spec`, in
+        `client_ranks` order (ConfigError if `spec` has no LoRA pair to derive them from)."""
+        try:
+            return tuple(spec.with_lora_rank(rank) for rank in self.client_ranks)
+        except FormatError as exc:
+            raise ConfigError(f"round config: strategy_params 'client_ranks': {exc}") from None
+
+    def to_json_obj(self) -> dict[str, Any]:
+        # Absent when empty, so configs without mixed ranks keep their digests.
+        obj = super().to_json_obj()
+        if self.client_ranks:
+            obj["client_ranks"] = list(self.client_ranks)
+        return obj
+
+    @classmethod
+    def from_json_obj(cls, obj: dict[str, Any]) -> StrategyParams:
+        unknown = sorted(set(obj) - {"client_ranks", "staleness"})
+        if unknown:
+            raise ConfigError(
+                f"round config: unknown strategy_params field(s) {unknown} for lora-exact; "
+                "allowed: ['client_ranks', 'staleness']"
+            )
+        base = super().from_json_obj({k: v for k, v in obj.items() if k != "client_ranks"})
+        if "client_ranks" not in obj:
+            return base
+        ranks = obj["client_ranks"]
+        if not isinstance(ranks, list) or not ranks:
+            # Empty is refused rather than dropped: a recorded config reads back as written.
+            raise ConfigError(
+                "round config: strategy_params 'client_ranks' must be a non-empty list of integers "
+                f"(omit it to allow only the round spec's ranks), got {ranks!r}"
+            )
+        return cls(staleness=base.staleness, client_ranks=tuple(ranks))
 
 
 _PARAMS_CLASSES: dict[StrategyName, type[StrategyParams]] = {

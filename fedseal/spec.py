@@ -4,6 +4,12 @@ A round's configuration fixes one spec; every update must match it exactly (name
 dtypes) and its digest is bound into the envelope. The spec also bounds sizes *before*
 anything is allocated: the largest possible serialized update follows from it.
 
+LoRA rank: PEFT names a module's factors ``<module>.lora_A[.<adapter>].weight`` (A: r x k)
+and ``<module>.lora_B[.<adapter>].weight`` (B: d x r); `pair_lora_names` pairs them. A
+lora-exact round may let clients train at other ranks (`client_ranks` in its strategy
+params): each allowed rank is the spec `AdapterSpec.with_lora_rank(rank)`, with its own
+digest, derived the same way by the aggregator, its clients and auditors.
+
 Updates travel as safetensors bytes. The accumulator is always float32; bfloat16 and
 float16 exist on the wire only to halve the bytes sent.
 """
@@ -14,18 +20,32 @@ import enum
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fedseal.canonical import canonical_json
 from fedseal.errors import FormatError
 
-__all__ = ["AdapterSpec", "TensorSpec", "WireDtype"]
+__all__ = [
+    "MAX_LORA_RANK",
+    "AdapterSpec",
+    "LoraFactorError",
+    "LoraModuleNames",
+    "TensorSpec",
+    "WireDtype",
+    "pair_lora_names",
+]
 
 _MAX_TENSORS = 65_536
 _MAX_NAME = 512
 _MAX_PARAMS = 4 * 1024**3  # 4 Gi parameters: far beyond any LoRA adapter
+MAX_LORA_RANK = 4096  # far above any LoRA rank in use (PEFT's common ranks: 4 to 256)
+
+
+class LoraFactorError(FormatError):
+    """LoRA factors do not fit together (shapes, ranks, pairing, weights); message says which."""
 
 
 class WireDtype(enum.Enum):
@@ -106,6 +126,46 @@ class AdapterSpec:
     def by_name(self) -> dict[str, TensorSpec]:
         return {t.name: t for t in self.tensors}
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {t.name: t.shape for t in self.tensors}
+
+    def lora_ranks(self) -> tuple[int, ...]:
+        """The distinct ranks of the spec's LoRA pairs, ascending (empty: no LoRA pair).
+
+        Raises LoraFactorError if a factor has no partner or a pair does not chain.
+        """
+        return tuple(sorted({rank for rank, _ in self._lora_pairs()}))
+
+    def with_lora_rank(self, rank: int) -> AdapterSpec:
+        """This spec with every LoRA pair at rank `rank`: A (r, k) -> (rank, k) and
+        B (d, r) -> (d, rank); names, dtypes and every other tensor unchanged.
+
+        Raises LoraFactorError if `rank` is not an integer in [1, MAX_LORA_RANK], if the
+        spec has no LoRA pair, or if a pair is not a 2-D A (r, k) with a 2-D B (d, r).
+        """
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= MAX_LORA_RANK:
+            raise LoraFactorError(f"LoRA rank must be an integer in [1, {MAX_LORA_RANK}], got {rank!r}")
+        pairs = self._lora_pairs()
+        if not pairs:
+            raise LoraFactorError("the adapter spec has no LoRA factor pair whose rank could change")
+        shapes = self.shapes()
+        for _, pair in pairs:
+            (_, k), (d, _) = shapes[pair.a], shapes[pair.b]
+            shapes[pair.a], shapes[pair.b] = (rank, k), (d, rank)
+        return AdapterSpec(tuple(TensorSpec(t.name, shapes[t.name], t.dtype) for t in self.tensors))
+
+    def _lora_pairs(self) -> list[tuple[int, LoraModuleNames]]:
+        """(rank, names) of each LoRA pair, after checking that A and B chain."""
+        shapes = self.shapes()
+        pairs, _ = pair_lora_names(shapes)
+        out = []
+        for pair in pairs:
+            a, b = shapes[pair.a], shapes[pair.b]
+            if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+                raise LoraFactorError(f"LoRA module {pair.module!r}: B {b} and A {a} do not chain")
+            out.append((a[0], pair))
+        return out
+
     def max_serialized_size(self) -> int:
         """Upper bound on the safetensors encoding of a conforming update (header + data).
 
@@ -165,6 +225,40 @@ class AdapterSpec:
 
     def digest(self) -> bytes:
         return hashlib.sha256(self.canonical_bytes()).digest()
+
+
+_LORA_NAME = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?P<adapter>\.[^.]+)?\.weight$")
+
+
+@dataclass(frozen=True)
+class LoraModuleNames:
+    module: str  # e.g. "base_model.model.layers.0.self_attn.q_proj" (plus ".<adapter>" if named)
+    a: str
+    b: str
+
+
+def pair_lora_names(names: Iterable[str]) -> tuple[tuple[LoraModuleNames, ...], tuple[str, ...]]:
+    """Pair PEFT LoRA factors by name; return the pairs and every other (non-LoRA) name.
+
+    A factor without its partner is an error (LoraFactorError): it cannot be aggregated
+    exactly, and treating it as an ordinary tensor would silently average half a product.
+    """
+    halves: dict[str, dict[str, str]] = {}
+    others = []
+    for name in sorted(names):
+        match = _LORA_NAME.match(name)
+        if match is None:
+            others.append(name)
+            continue
+        key = match["module"] + (match["adapter"] or "")
+        halves.setdefault(key, {})[match["which"]] = name
+    pairs = []
+    for key, found in sorted(halves.items()):
+        if set(found) != {"A", "B"}:
+            missing = "lora_B" if "A" in found else "lora_A"
+            raise LoraFactorError(f"LoRA module {key!r} has no {missing} factor")
+        pairs.append(LoraModuleNames(key, found["A"], found["B"]))
+    return tuple(pairs), tuple(others)
 
 
 def _wire_dtype_of(tensor: Any, name: str) -> WireDtype:

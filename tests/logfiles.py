@@ -1,10 +1,15 @@
-"""Reading an audit log file's entries in tests (checkpoint lines skipped)."""
+"""Audit log files in tests: reading their entries, forging one under the enclave's key."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fedseal.logformat import LogEntry, decode_record
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedseal.checkpoint import Checkpoint, sign_checkpoint
+from fedseal.logformat import ENTRY_RECORD_PREFIX, LogEntry, decode_record, encode_checkpoint_record
+from fedseal.merkle import MerkleTree
+from fedseal.note import NoteSigner
 
 
 def log_entries(path: Path) -> list[LogEntry]:
@@ -14,4 +19,32 @@ def log_entries(path: Path) -> list[LogEntry]:
         record = decode_record(line, line_number=number)
         if record.entry is not None:
             out.append(record.entry)
+    return out
+
+
+def resigned_log(
+    source: Path, out: Path, origin: str, log_key: Ed25519PrivateKey, index: int, fields: dict[str, object]
+) -> Path:
+    """`source` with entry `index`'s fields replaced and every checkpoint re-signed by
+    `log_key` over the changed tree: a forgery only the enclave's key could make, so what
+    the auditor then finds is the semantic check under test, not a broken signature."""
+    tree = MerkleTree()
+    lines = []
+    signer = NoteSigner(origin, log_key)
+    for number, line in enumerate(source.read_bytes().splitlines(), 1):
+        record = decode_record(line, line_number=number)
+        if record.entry is not None:
+            entry = record.entry
+            if entry.index == index:
+                entry = LogEntry(entry.index, entry.time, entry.kind, fields)
+            leaf = entry.leaf_data()
+            tree.append(leaf)
+            lines.append(ENTRY_RECORD_PREFIX + leaf + b"}\n")
+        else:
+            assert record.checkpoint is not None
+            old = Checkpoint.parse_body(record.checkpoint.rpartition("\n\n")[0] + "\n")
+            assert old.size == tree.size
+            fresh = Checkpoint(origin, tree.size, tree.root(), old.extensions)
+            lines.append(encode_checkpoint_record(sign_checkpoint(fresh, signer)))
+    out.write_bytes(b"".join(lines))
     return out

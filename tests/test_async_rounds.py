@@ -33,7 +33,7 @@ from conftest import (
 )
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from identities import site_identity
-from logfiles import log_entries
+from logfiles import log_entries, resigned_log
 from relay import self_signed_certificate
 
 from aggregator import RunningAggregator, start_aggregator
@@ -51,20 +51,14 @@ from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
 from fedseal.audit import FindingKind, audit_log
 from fedseal.audit._cli import main as audit_main
-from fedseal.checkpoint import Checkpoint, sign_checkpoint
 from fedseal.envelope import DEFAULT_SUITE
 from fedseal.errors import FormatError, SignatureError
 from fedseal.logformat import (
-    ENTRY_RECORD_PREFIX,
     EntryKind,
     LogEntry,
     RejectReason,
-    decode_record,
-    encode_checkpoint_record,
     released_round,
 )
-from fedseal.merkle import MerkleTree
-from fedseal.note import NoteSigner
 from fedseal.roundconfig import FedAvgParams, StalenessParams
 from fedseal.tls import pinned_channel, probe_server_certificate
 from fedseal.wire import (
@@ -499,28 +493,8 @@ def test_an_edited_staleness_is_a_named_finding_even_under_valid_checkpoints(
 
 
 def _rewrite(job: AsyncJob, out: Path, index: int, **changes: object) -> Path:
-    """The job's log with entry `index`'s fields changed and every checkpoint re-signed by the
-    enclave's log key over the changed tree."""
-    tree = MerkleTree()
-    lines = []
-    signer = NoteSigner(ORIGIN, job.log_key)
-    for number, line in enumerate(job.log.read_bytes().splitlines(), 1):
-        record = decode_record(line, line_number=number)
-        if record.entry is not None:
-            entry = record.entry
-            if entry.index == index:
-                entry = LogEntry(entry.index, entry.time, entry.kind, {**entry.fields, **changes})
-            leaf = entry.leaf_data()
-            tree.append(leaf)
-            lines.append(ENTRY_RECORD_PREFIX + leaf + b"}\n")
-        else:
-            assert record.checkpoint is not None
-            old = Checkpoint.parse_body(record.checkpoint.rpartition("\n\n")[0] + "\n")
-            assert old.size == tree.size
-            fresh = Checkpoint(ORIGIN, tree.size, tree.root(), old.extensions)
-            lines.append(encode_checkpoint_record(sign_checkpoint(fresh, signer)))
-    out.write_bytes(b"".join(lines))
-    return out
+    entry = next(e for e in log_entries(job.log) if e.index == index)
+    return resigned_log(job.log, out, ORIGIN, job.log_key, index, {**entry.fields, **changes})
 
 
 # ----------------------------------------------------------------------------- synchronous rounds

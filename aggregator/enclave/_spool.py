@@ -27,6 +27,11 @@ Design (why not the client's own ciphertext, and why not plaintext in memory)
 * Each record's nonce is its index within the update and its associated data binds the
   update's slot, the record index and its length: a host that swaps, truncates or edits
   records makes the read fail (:class:`SpoolIntegrityError`), and the round fails closed.
+* **Each update laid out by its own spec.** Updates usually share the spool's spec; a
+  lora-exact round with `client_ranks` also takes updates at other LoRA ranks (`variants`),
+  each laid out by its own spec, one after the other. A piece of the spool's spec then
+  names the same elements of another update's tensor (same shape), wherever that update
+  stores them; a tensor whose shape differs there (a LoRA factor) is read whole per update.
 
 Memory: the spool holds per update one AES-GCM key and a weight; the tensors are on file.
 What a strategy then needs is its work buffers (a few column blocks) and its output.
@@ -38,7 +43,7 @@ import os
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -106,16 +111,33 @@ class SpoolPiece:
         return self.numel * self.dtype.itemsize
 
 
-def _layout(spec: AdapterSpec, piece_elements: int) -> tuple[tuple[SpoolPiece, ...], int]:
+@dataclass(frozen=True)
+class _Layout:
+    """Where one spec's tensors lie within an update's ciphertext."""
+
+    spec: AdapterSpec
+    shapes: Mapping[str, tuple[int, ...]]
+    pieces: tuple[SpoolPiece, ...]
+    by_tensor: Mapping[str, tuple[SpoolPiece, ...]]
+    size: int  # ciphertext bytes of one update
+
+    @property
+    def max_record(self) -> int:
+        return max(p.plaintext_size for p in self.pieces) + _TAG
+
+
+def _layout(spec: AdapterSpec, piece_elements: int) -> _Layout:
     pieces: list[SpoolPiece] = []
+    by_tensor: dict[str, tuple[SpoolPiece, ...]] = {}
     offset = 0
     for tspec in spec.tensors:
         for start in range(0, tspec.numel, piece_elements):
             stop = min(start + piece_elements, tspec.numel)
             piece = SpoolPiece(tspec.name, len(pieces), start, stop, tspec.dtype, offset)
             pieces.append(piece)
+            by_tensor[tspec.name] = (*by_tensor.get(tspec.name, ()), piece)
             offset += piece.plaintext_size + _TAG
-    return tuple(pieces), offset
+    return _Layout(spec, spec.shapes(), tuple(pieces), by_tensor, offset)
 
 
 def _nonce(record: int) -> bytes:
@@ -144,15 +166,27 @@ class UpdateSpool:
         *,
         directory: Path | None = None,
         piece_elements: int = DEFAULT_PIECE_ELEMENTS,
+        variants: Iterable[AdapterSpec] = (),
     ) -> None:
+        """`variants`: other specs an added update may have (module docstring)."""
         if piece_elements < 1:
             raise SpoolError("piece_elements must be positive")
         self._spec = spec
-        self._pieces, self._update_size = _layout(spec, piece_elements)
-        self._by_tensor: dict[str, tuple[SpoolPiece, ...]] = {}
-        for piece in self._pieces:
-            self._by_tensor[piece.tensor] = (*self._by_tensor.get(piece.tensor, ()), piece)
-        self._max_record = max(p.plaintext_size for p in self._pieces) + _TAG
+        self._piece_elements = piece_elements
+        self._main = _layout(spec, piece_elements)
+        self._layouts = {spec: self._main}
+        # Per variant, the tensors whose shape is the spool spec's (readable by its pieces).
+        self._same_shape: dict[AdapterSpec, frozenset[str]] = {}
+        main_shapes = spec.shapes()
+        for variant in variants:
+            self._layouts.setdefault(variant, _layout(variant, piece_elements))
+            self._same_shape[variant] = frozenset(
+                name for name, shape in variant.shapes().items() if main_shapes.get(name) == shape
+            )
+        self._max_record = max(layout.max_record for layout in self._layouts.values())
+        # Per slot: where its ciphertext starts, and its layout.
+        self._slots: list[tuple[int, _Layout]] = []
+        self._end = 0
         try:
             # Unlinked at once: the file has no name and vanishes when closed or on exit.
             self._file = tempfile.TemporaryFile(dir=directory, buffering=0)  # noqa: SIM115
@@ -168,14 +202,21 @@ class UpdateSpool:
 
     @property
     def pieces(self) -> tuple[SpoolPiece, ...]:
-        return self._pieces
+        """The pieces of the spool's spec (those of every update, unless one has another spec)."""
+        return self._main.pieces
 
-    def pieces_of(self, tensor: str) -> tuple[SpoolPiece, ...]:
-        return self._by_tensor[tensor]
+    def pieces_of(self, tensor: str, *, slot: int | None = None) -> tuple[SpoolPiece, ...]:
+        """The pieces of `tensor` in the spool's spec, or as update `slot` stores it."""
+        layout = self._main if slot is None else self._slot(slot)[1]
+        return layout.by_tensor[tensor]
+
+    def spec_of(self, slot: int) -> AdapterSpec:
+        """The spec update `slot` was added with."""
+        return self._slot(slot)[1].spec
 
     @property
     def max_piece_elements(self) -> int:
-        return max(p.numel for p in self._pieces)
+        return max(p.numel for p in self._main.pieces)
 
     def __len__(self) -> int:
         return len(self._live_keys())
@@ -183,23 +224,36 @@ class UpdateSpool:
     @property
     def spooled_bytes(self) -> int:
         """Ciphertext bytes on file (the host may see this many bytes of noise)."""
-        return 0 if self._keys is None else len(self._keys) * self._update_size
+        return 0 if self._keys is None else self._end
+
+    def _slot(self, slot: int) -> tuple[int, _Layout]:
+        keys = self._live_keys()
+        if not 0 <= slot < len(keys):
+            raise SpoolError(f"slot {slot} is not in the spool (it holds {len(keys)} updates)")
+        return self._slots[slot]
 
     def _live_keys(self) -> list[AESGCM]:
         if self._keys is None:
             raise SpoolErasedError("the spool was erased; its updates can no longer be read")
         return self._keys
 
-    def add(self, tensors: Mapping[str, torch.Tensor]) -> int:
-        """Seal one validated update (names, shapes and dtypes as in the spec); return its slot."""
+    def add(self, tensors: Mapping[str, torch.Tensor], *, spec: AdapterSpec | None = None) -> int:
+        """Seal one validated update (names, shapes and dtypes as in `spec`: the spool's spec
+        or one of its variants; default the spool's); return its slot."""
+        layout = self._main if spec is None else self._layouts.get(spec)
+        if layout is None:
+            raise SpoolError("the update's spec is neither the spool's spec nor one of its variants")
         with self._lock:
             keys = self._live_keys()
             slot = len(keys)
             aead = AESGCM(AESGCM.generate_key(bit_length=256))
             fd = self._file.fileno()
-            base = slot * self._update_size
-            for name, pieces in self._by_tensor.items():
+            base = self._end
+            for name, pieces in layout.by_tensor.items():
                 tensor = tensors[name]
+                if len(self._layouts) > 1 and tuple(tensor.shape) != layout.shapes[name]:
+                    # With several layouts, element counts alone could let one spec pass as another.
+                    raise SpoolError(f"tensor {name!r} has shape {tuple(tensor.shape)}, not the spec's")
                 expected = _TORCH_DTYPE[pieces[0].dtype]
                 if tensor.dtype != expected:
                     raise SpoolError(f"tensor {name!r} is {tensor.dtype}, the spec says {expected}")
@@ -215,6 +269,8 @@ class UpdateSpool:
                     aead.encrypt_into(_nonce(piece.record), plain, _aad(slot, piece.record, len(plain)), out)
                     self._write_all(fd, out, base + piece.offset)
             keys.append(aead)
+            self._slots.append((base, layout))
+            self._end = base + layout.size
             return slot
 
     @staticmethod
@@ -240,14 +296,26 @@ class UpdateSpool:
             self._keys = None
             self._file.close()
 
+    def _own_piece(self, slot: int, piece: SpoolPiece) -> SpoolPiece:
+        """`piece` of the spool's spec, as update `slot` stores the same elements."""
+        layout = self._slot(slot)[1]
+        if layout is self._main:
+            return piece
+        if piece.tensor not in self._same_shape[layout.spec]:
+            raise SpoolError(
+                f"update {slot} stores tensor {piece.tensor!r} with another shape than the spool's "
+                "spec: read it whole (read_tensor), not by the spool spec's pieces"
+            )
+        # Same shape, same piece_elements: the same cut, at this layout's offsets.
+        return layout.by_tensor[piece.tensor][piece.start // self._piece_elements]
+
     def _read_record(self, slot: int, piece: SpoolPiece, into: memoryview, buffer: bytearray) -> None:
         keys = self._live_keys()
-        if not 0 <= slot < len(keys):
-            raise SpoolError(f"slot {slot} is not in the spool (it holds {len(keys)} updates)")
+        base, _ = self._slot(slot)
         size = piece.plaintext_size
         record = memoryview(buffer)[: size + _TAG]
         try:
-            got = os.preadv(self._file.fileno(), [record], slot * self._update_size + piece.offset)
+            got = os.preadv(self._file.fileno(), [record], base + piece.offset)
         except (OSError, ValueError):
             # ValueError: the file was closed by a concurrent erase.
             raise SpoolErasedError("the spool file is no longer readable") from None
@@ -270,7 +338,13 @@ class SpoolReader:
         self._plain = bytearray(spool._max_record)
 
     def read_piece(self, slot: int, piece: SpoolPiece, out: torch.Tensor) -> None:
-        """Decrypt `piece` of update `slot` into `out` (float32, contiguous, piece.numel long)."""
+        """Decrypt `piece` (of the spool's spec) of update `slot` into `out` (float32,
+        contiguous, piece.numel long). SpoolError if that update stores the tensor with
+        another shape (a variant's LoRA factor): read it with `read_tensor`."""
+        self._read_own(slot, self._spool._own_piece(slot, piece), out)
+
+    def _read_own(self, slot: int, piece: SpoolPiece, out: torch.Tensor) -> None:
+        # `piece` is of update `slot`'s own layout.
         if out.dtype != torch.float32 or not out.is_contiguous() or out.numel() != piece.numel:
             raise SpoolError("read target must be a contiguous float32 tensor of the piece's length")
         if piece.dtype is WireDtype.FLOAT32:
@@ -282,14 +356,20 @@ class SpoolReader:
         out.copy_(torch.frombuffer(plain, dtype=_TORCH_DTYPE[piece.dtype]))
 
     def read_tensor(self, slot: int, name: str, out: torch.Tensor) -> None:
-        """The whole tensor `name` of update `slot`, into `out` (float32, contiguous)."""
+        """The whole tensor `name` of update `slot`, into `out` (float32, contiguous, with as
+        many elements as that update's spec gives the tensor)."""
+        pieces = self._spool.pieces_of(name, slot=slot)
         flat = out.view(-1)
-        for piece in self._spool.pieces_of(name):
-            self.read_piece(slot, piece, flat[piece.start : piece.stop])
+        if flat.numel() != pieces[-1].stop:
+            raise SpoolError(
+                f"read target for {name!r} has {flat.numel()} elements, update {slot} has {pieces[-1].stop}"
+            )
+        for piece in pieces:
+            self._read_own(slot, piece, flat[piece.start : piece.stop])
 
     def iter_update(self, slot: int) -> Iterator[tuple[str, torch.Tensor]]:
-        """Every tensor of update `slot` as fresh float32 tensors, one at a time."""
-        for tspec in self._spool.spec.tensors:
+        """Every tensor of update `slot` (in its own spec's shapes) as fresh float32 tensors."""
+        for tspec in self._spool.spec_of(slot).tensors:
             out = torch.empty(tspec.shape, dtype=torch.float32)
             self.read_tensor(slot, tspec.name, out)
             yield tspec.name, out

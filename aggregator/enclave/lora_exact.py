@@ -21,21 +21,22 @@ which this module offers three ways, none of which forms the dxk matrix unless a
 * :func:`weighted_delta` — the dense ΔW, for tests and for callers who ask for it.
 
 :func:`aggregate_adapters` applies this to whole PEFT state dicts: factors are paired by
-name (``<module>.lora_A[.<adapter>].weight`` / ``<module>.lora_B[.<adapter>].weight``);
-every other tensor is a plain weighted mean.
+name (``<module>.lora_A[.<adapter>].weight`` / ``<module>.lora_B[.<adapter>].weight``,
+`fedseal.spec.pair_lora_names`); every other tensor is a plain weighted mean.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from fedseal.errors import FedSealError
+# The naming rule and its error live with the adapter spec (clients and auditors derive
+# per-rank specs from it); re-exported here, where the aggregation code has always found them.
+from fedseal.spec import LoraFactorError, LoraModuleNames, pair_lora_names
 
 __all__ = [
     "LoraAggregate",
@@ -52,10 +53,6 @@ __all__ = [
     "stack_factors",
     "weighted_delta",
 ]
-
-
-class LoraFactorError(FedSealError, ValueError):
-    """LoRA factors do not fit together (shapes, ranks, pairing, weights); message says which."""
 
 
 class LoraMode(enum.Enum):
@@ -202,39 +199,6 @@ def refactor(
 
 
 # ---------------------------------------------------------------- whole adapters
-
-_LORA_NAME = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?P<adapter>\.[^.]+)?\.weight$")
-
-
-@dataclass(frozen=True)
-class LoraModuleNames:
-    module: str  # e.g. "base_model.model.layers.0.self_attn.q_proj" (plus ".<adapter>" if named)
-    a: str
-    b: str
-
-
-def pair_lora_names(names: Iterable[str]) -> tuple[tuple[LoraModuleNames, ...], tuple[str, ...]]:
-    """Pair PEFT LoRA factors by name; return the pairs and every other (non-LoRA) name.
-
-    A factor without its partner is an error: it cannot be aggregated exactly, and treating
-    it as an ordinary tensor would silently average half a product.
-    """
-    halves: dict[str, dict[str, str]] = {}
-    others = []
-    for name in sorted(names):
-        match = _LORA_NAME.match(name)
-        if match is None:
-            others.append(name)
-            continue
-        key = match["module"] + (match["adapter"] or "")
-        halves.setdefault(key, {})[match["which"]] = name
-    pairs = []
-    for key, found in sorted(halves.items()):
-        if set(found) != {"A", "B"}:
-            missing = "lora_B" if "A" in found else "lora_A"
-            raise LoraFactorError(f"LoRA module {key!r} has no {missing} factor")
-        pairs.append(LoraModuleNames(key, found["A"], found["B"]))
-    return tuple(pairs), tuple(others)
 
 
 @dataclass(frozen=True)

@@ -282,10 +282,12 @@ def _render(report: AuditReport, *, quiet: bool) -> str:
                 + " ".join(f"{k}={v}" for k, v in sorted(r.parameters["strategy_params"].items()))
             )
         out.append(f"  adapter spec {r.adapter_spec_digest[:24]}...  enclave of entry {r.key_entry}")
+        mixed = "client_ranks" in (r.parameters.get("strategy_params") or {})
         for a in r.accepted:
+            rank = f"lora_ranks={a['lora_ranks']}  " if mixed else ""
             out.append(
                 f"  accepted  {a['client_id']:<20} examples={a['num_examples']:<8} "
-                f"base=round {a['base_round_id']} staleness={a['staleness']}  "
+                f"base=round {a['base_round_id']} staleness={a['staleness']}  {rank}"
                 f"ciphertext={a['ciphertext_digest'][:16]}...  (entry {a['index']})"
             )
         for x in r.rejected:

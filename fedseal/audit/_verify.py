@@ -26,6 +26,8 @@ a tampered log is both detected and located:
   operator action not signed by a recorded principal allowed to perform it:
   `unauthorized_action`; enrolment or principals that change without a signed request:
   `inconsistent_access`;
+* an accepted update whose adapter spec digest is neither its round's nor that of a LoRA
+  rank the round allows (`client_ranks`, derived as in fedseal.roundconfig): `inconsistent_round`;
 * async weighting (aggregator/_rounds.py, "Staleness"): an accepted update whose recorded
   `staleness` is not the number of releases between its base's and its entry, or whose
   base or staleness its round must have refused: `wrong_staleness`.
@@ -61,6 +63,7 @@ from fedseal.logformat import (
 )
 from fedseal.merkle import MerkleTree, verify_consistency
 from fedseal.note import NoteVerifier, SignatureLine, open_note, parse_signature_line
+from fedseal.roundconfig import RoundConfig
 from fedseal.wire import StaleBaseError, update_staleness
 
 from ._access import AccessAuditor
@@ -476,6 +479,9 @@ class _RoundState:
     failure_cause: str = ""
     dp: dict[str, Any] | None = None
     approval: dict[str, Any] | None = None
+    # The adapter specs an update may name (base64 digest -> its LoRA ranks): the round's,
+    # plus one per allowed client rank (lora-exact `client_ranks`).
+    update_specs: dict[str, list[int]] = field(default_factory=dict)
 
     def summary(self) -> RoundSummary:
         config = self.config
@@ -510,6 +516,30 @@ class _RoundState:
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _update_specs(config: object) -> dict[str, list[int]]:
+    """The spec digests a round's updates may name (base64) -> each spec's LoRA ranks.
+
+    Derived as the aggregator and its clients derive them (fedseal.roundconfig). A config
+    that does not parse allows only the digest of its own adapter spec, if any: the
+    auditor accepts no more than the enclave could have.
+    """
+    try:
+        parsed = RoundConfig.from_json_obj(config)
+    except FormatError:
+        spec = config.get("adapter_spec") if isinstance(config, dict) else None
+        if not isinstance(spec, dict):
+            return {}
+        return {base64.b64encode(hashlib.sha256(canonical_json(spec)).digest()).decode("ascii"): []}
+    out = {}
+    for digest, spec in parsed.update_specs.items():
+        try:
+            ranks = list(spec.lora_ranks())
+        except FormatError:
+            ranks = []  # a non-LoRA spec (strategies other than lora-exact take any tensors)
+        out[base64.b64encode(digest).decode("ascii")] = ranks
+    return out
 
 
 @dataclass
@@ -946,6 +976,7 @@ class _Auditor:
             if config.get("round_id", rid) != rid:
                 inconsistent(f"round {rid}'s config names round {config.get('round_id')}")
             state = _RoundState(rid, key_entry, dict(config), str(f["config_digest"]))
+            state.update_specs = _update_specs(config)
             if isinstance(config.get("dp"), dict):
                 state.dp = {"params": config["dp"], "budget": self.dp_budget, "spend": None}
             if isinstance(config.get("approval"), dict):
@@ -978,6 +1009,14 @@ class _Auditor:
             if f["client_id"] in summary.accepted_ids:
                 inconsistent(f"second accepted update from {f['client_id']!r} in round {rid}")
             summary.accepted_ids.add(str(f["client_id"]))
+            ranks = summary.update_specs.get(str(f["adapter_spec_digest"]))
+            if ranks is None:
+                allowed = sorted({r for rs in summary.update_specs.values() for r in rs})
+                inconsistent(
+                    f"update_accepted entry {entry.index} from {f['client_id']!r} names an adapter spec "
+                    f"that is neither round {rid}'s nor one of its client ranks' (LoRA ranks {allowed}): "
+                    "the round must have refused it"
+                )
             summary.accepted.append(
                 {
                     "index": entry.index,
@@ -987,6 +1026,7 @@ class _Auditor:
                     "num_examples": f["num_examples"],
                     "base_round_id": f["base_round_id"],
                     "staleness": f["staleness"],
+                    "lora_ranks": ranks if ranks is not None else [],
                 }
             )
             self._staleness(summary, entry, line)

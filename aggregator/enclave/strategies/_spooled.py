@@ -8,7 +8,7 @@ round's updates are crypto-erased as soon as the aggregate exists or cannot.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,6 +19,7 @@ from fedseal.roundconfig import StrategyParams
 from fedseal.spec import AdapterSpec
 
 from ._common import (
+    AggregationError,
     NotEnoughUpdatesError,
     StrategyDiscardedError,
     check_finite,
@@ -41,11 +42,15 @@ class SpooledStrategy:
         spool_dir: Path | None = None,
         piece_elements: int = DEFAULT_PIECE_ELEMENTS,
         workers: int | None = None,
+        variants: Sequence[AdapterSpec] = (),
     ) -> None:
+        """`variants`: other specs an update may match (lora-exact's client ranks)."""
         self._spec = spec
         self._params = params
+        # Each update is matched to exactly one of these by its shapes (`_spec_of`).
+        self._specs = (spec, *(v for v in variants if v != spec))
         self._spool: UpdateSpool | None = UpdateSpool(
-            spec, directory=spool_dir, piece_elements=piece_elements
+            spec, directory=spool_dir, piece_elements=piece_elements, variants=self._specs[1:]
         )
         self._examples: list[int] = []
         self._factors: list[float] = []  # alpha**staleness, 1.0 in synchronous rounds
@@ -55,9 +60,21 @@ class SpooledStrategy:
         self, tensors: Mapping[str, torch.Tensor], num_examples: int, *, staleness: int = 0
     ) -> None:
         factor = update_weight(num_examples, staleness, self._params.staleness) / num_examples
-        self._live().add(tensors)
+        self._live().add(tensors, spec=self._spec_of(tensors))
         self._examples.append(num_examples)
         self._factors.append(factor)
+
+    def _spec_of(self, tensors: Mapping[str, torch.Tensor]) -> AdapterSpec:
+        if len(self._specs) == 1:
+            return self._spec  # the spool checks names, element counts and dtypes
+        shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+        for spec in self._specs:
+            if spec.shapes() == shapes:
+                return spec
+        raise AggregationError(
+            f"{self.name}: the update's tensor shapes match neither the round's adapter spec nor "
+            "the spec of an allowed client rank"
+        )
 
     @property
     def num_updates(self) -> int:
