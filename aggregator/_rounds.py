@@ -714,6 +714,12 @@ class RoundManager:
         }
         if dp_record:
             fields["dp"] = dp_record
+        residuals = getattr(rnd.strategy, "report", ())
+        if residuals:  # lora-exact: a property of the aggregate, not of any one update
+            fields["lora_residuals"] = [
+                {"module": r.module, "rank": r.rank, "stacked_rank": r.stacked_rank, "residual": r.residual}
+                for r in residuals
+            ]
         if config.approval is not None:
             fields["approval_required"] = True
             fields["metrics"] = self._metrics(rnd)

@@ -252,6 +252,9 @@ OPTIONAL_ENTRY_FIELDS: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]]
         "dp": dict,  # this round's DP spend (aggregator/_dp.py DpSpend) and noise
         "metrics": dict,  # what a gated round publishes for its approvers
         "approval_required": bool,  # the aggregate waits for approvals (not served yet)
+        # lora-exact: per LoRA module, how much of ΔW = Σ pᵢBᵢAᵢ the rank-r aggregate loses
+        # ({"module", "rank", "stacked_rank", "residual"}: relative Frobenius norm).
+        "lora_residuals": list,
     },
 }
 

@@ -444,6 +444,36 @@ def test_the_audit_verifies_and_shows_each_update_rank(
     assert audit_main(["verify", str(mixed.log), "--builtin-policy", DEV]) == 0
     out = capsys.readouterr().out
     assert "lora_ranks=[16]" in out and "client_ranks=[4, 8, 16]" in out
+    # The residual report is published in the log and shown by the auditor.
+    assert first.lora_residuals is not None
+    published = [(m["module"], m["rank"], m["stacked_rank"], m["residual"]) for m in first.lora_residuals]
+    assert published == [(r.module, r.rank, r.stacked_rank, r.residual) for r in mixed.report]
+    worst = max(r.residual for r in mixed.report)
+    assert f"largest residual {worst:.3g}" in out
+
+
+@pytest.mark.parametrize(
+    ("residuals", "why"),
+    [
+        (None, "records no valid lora_residuals"),
+        ([], "records no valid lora_residuals"),
+        ([{"module": "m", "rank": 8, "stacked_rank": 28, "residual": 1.5}], "records no valid"),
+        ([{"module": "m", "rank": 30, "stacked_rank": 28, "residual": 0.1}], "records no valid"),
+    ],
+)
+def test_the_audit_refuses_a_lora_exact_close_without_a_sound_residual_report(
+    mixed: MixedRound, tmp_path: Path, residuals: object, why: str
+) -> None:
+    closed = next(
+        e for e in log_entries(mixed.log) if e.kind is EntryKind.ROUND_CLOSED and e.fields["round_id"] == 1
+    )
+    fields = {k: v for k, v in closed.fields.items() if k != "lora_residuals"}
+    if residuals is not None:
+        fields["lora_residuals"] = residuals
+    edited = resigned_log(mixed.log, tmp_path / "edited.log", ORIGIN, mixed.log_key, closed.index, fields)
+    findings = audit_log(edited, load_builtin_policy(DEV)).findings
+    assert [(f.kind, f.index) for f in findings] == [(FindingKind.INCONSISTENT_ROUND, closed.index)]
+    assert why in findings[0].message
 
 
 def test_the_audit_names_an_accepted_update_of_an_unlisted_rank(mixed: MixedRound, tmp_path: Path) -> None:

@@ -301,6 +301,13 @@ def _render(report: AuditReport, *, quiet: bool) -> str:
             out.append(f"  {r.state}: {r.failure_reason}")
         out.append(f"  DP: {_dp_line(r.dp)}")
         out.append(f"  approval: {_approval_line(r.approval)}")
+        if r.lora_residuals:
+            worst = max(r.lora_residuals, key=lambda m: float(m["residual"]))
+            out.append(
+                f"  exact LoRA: {len(r.lora_residuals)} module(s) re-factorised to rank {worst['rank']}; "
+                f"largest residual {float(worst['residual']):.3g} ({worst['module']}, stacked rank "
+                f"{worst['stacked_rank']})"
+            )
     for t in report.trusted:
         out.append(f"Trusted checkpoint {t.source} (size {t.size}): {t.status}")
     if report.findings:

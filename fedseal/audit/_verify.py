@@ -288,6 +288,7 @@ class RoundSummary:
     # Slots for what later log versions record; None means "not recorded by this log".
     dp: dict[str, Any] | None = None
     approval: dict[str, Any] | None = None
+    lora_residuals: tuple[dict[str, Any], ...] | None = None  # lora-exact rounds
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
@@ -310,6 +311,7 @@ class RoundSummary:
             "failure_cause": self.failure_cause,
             "dp": self.dp,
             "approval": self.approval,
+            "lora_residuals": list(self.lora_residuals) if self.lora_residuals is not None else None,
         }
 
 
@@ -479,6 +481,7 @@ class _RoundState:
     failure_cause: str = ""
     dp: dict[str, Any] | None = None
     approval: dict[str, Any] | None = None
+    lora_residuals: tuple[dict[str, Any], ...] | None = None
     # The adapter specs an update may name (base64 digest -> its LoRA ranks): the round's,
     # plus one per allowed client rank (lora-exact `client_ranks`).
     update_specs: dict[str, list[int]] = field(default_factory=dict)
@@ -511,6 +514,7 @@ class _RoundState:
             failure_cause=self.failure_cause,
             dp=self.dp,
             approval=self.approval,
+            lora_residuals=self.lora_residuals,
         )
 
 
@@ -1135,6 +1139,18 @@ class _Auditor:
                 inconsistent(f"round {rid} requires approval but its round_closed does not say so")
             summary.approval["state"] = "pending"
             summary.approval["metrics"] = f.get("metrics")
+        strategy = str(summary.config.get("strategy", ""))
+        if strategy == "lora-exact":
+            residuals = f.get("lora_residuals")
+            if not isinstance(residuals, list) or not _residuals_ok(residuals):
+                inconsistent(
+                    f"round {rid} is a lora-exact round but its round_closed records no valid "
+                    "lora_residuals (module, rank, stacked_rank, residual in [0, 1] per LoRA module)"
+                )
+            else:
+                summary.lora_residuals = tuple(residuals)
+        elif "lora_residuals" in f:
+            inconsistent(f"round {rid} ({strategy}) records lora_residuals, which only lora-exact has")
         summary.participants = [str(p) for p in f["participants"]]
         summary.total_examples = int(f["total_examples"])
         summary.aggregate_digest = str(f["aggregate_digest"])
@@ -1433,3 +1449,22 @@ def _ms_text(ms: int) -> str:
         return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
     except (OverflowError, ValueError, OSError):
         return f"{ms} ms since the epoch"
+
+
+def _residuals_ok(value: object) -> bool:
+    """A lora-exact round_closed's `lora_residuals`: one well-formed record per module."""
+    if not isinstance(value, list) or not value:
+        return False
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"module", "rank", "stacked_rank", "residual"}:
+            return False
+        rank, stacked, residual = item["rank"], item["stacked_rank"], item["residual"]
+        if not isinstance(item["module"], str) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in (rank, stacked)
+        ):
+            return False
+        if not 1 <= rank <= stacked or not isinstance(residual, (int, float)) or isinstance(residual, bool):
+            return False
+        if not 0.0 <= float(residual) <= 1.0:
+            return False
+    return True

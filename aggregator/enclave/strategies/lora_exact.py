@@ -6,7 +6,8 @@ of ΔW = Σ pᵢ BᵢAᵢ (r = the round spec's rank for that module), computed 
 counts (times alpha**staleness in async mode), normalised. Tensors that are not LoRA
 factors are averaged with the same weights. After `finalize`, `report` holds each module's
 relative residual (how much of ΔW the rank-r result loses), which is safe to publish: it
-is a property of the aggregate, not of any one update.
+is a property of the aggregate, not of any one update. The round manager publishes it as
+`lora_residuals` in the round's `round_closed` log entry; `fedseal-audit verify` shows it.
 
 Mixed client ranks: with `client_ranks` in the round's `LoraExactParams`, a client may
 train at any listed rank rᵢ; its update then matches the derived spec
