@@ -7,7 +7,7 @@ from aggregator._config import JobConfig
 from aggregator._identity import AccessConfig, AccessControl, AccessLimits, Caller
 from aggregator._log import AuditLog, AuditLogError
 from aggregator._rounds import RoundError, RoundManager
-from aggregator._server import RunningAggregator, UploadWindows, start_aggregator
+from aggregator._server import RunningAggregator, start_aggregator
 from fedseal.roundconfig import ConfigError, RoundConfig
 
 __all__ = [
@@ -23,6 +23,5 @@ __all__ = [
     "RoundError",
     "RoundManager",
     "RunningAggregator",
-    "UploadWindows",
     "start_aggregator",
 ]

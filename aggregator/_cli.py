@@ -19,7 +19,7 @@ from aggregator._logging import configure_logging
 from aggregator._metrics import ListenAddress, parse_listen_address
 from aggregator._preflight import Preflight, PreflightError, PreflightMode
 from aggregator._selfattest import SelfAttestationGate
-from aggregator._server import RunningAggregator, UploadWindows, start_aggregator
+from aggregator._server import RunningAggregator, start_aggregator
 from attestation import (
     CachingFetcher,
     CheckResult,
@@ -151,16 +151,6 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="where FedAvg/FedProx add up the updates: the GPU of this confidential VM ('cuda'), "
         "or the CPU; 'auto' (default) takes the GPU when this build of torch sees one",
-    )
-    p.add_argument(
-        "--upload-windows",
-        choices=[w.value for w in UploadWindows],
-        default=UploadWindows.ADAPTIVE.value,
-        help="gRPC flow control for uploads. 'adaptive' (default): windows grow to the link's "
-        "bandwidth-delay product, so sites across a WAN upload at full speed; an upload waiting "
-        "for a decryption slot may buffer that much (a few MB). 'fixed': 64 KiB windows, memory "
-        "flat in the number of clients, but each upload moves about 1 MiB per round trip (for "
-        "a LAN)",
     )
     p.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
     p.add_argument(
@@ -343,7 +333,6 @@ def run(
                 metrics_listen=args.metrics_listen,
                 health_listen=args.health_listen,
                 accumulator_device=accumulator_device,
-                upload_windows=UploadWindows(args.upload_windows),
             )
         except EvidenceCollectionError as exc:
             print(

@@ -197,6 +197,60 @@ class _PendingRelease:
     round_closed_index: int
 
 
+class Admission:
+    """An upload the round has admitted (RoundManager.admit): receive it once, then exit."""
+
+    def __init__(
+        self,
+        manager: RoundManager,
+        rnd: _Round,
+        header: UpdateHeader,
+        *,
+        retry: _Accepted | None = None,
+        spec: AdapterSpec | None = None,
+        receiver: UpdateReceiver | None = None,
+    ) -> None:
+        self._manager = manager
+        self._round = rnd
+        self._header = header
+        self._retry = retry
+        self._spec = spec
+        self._receiver = receiver
+        self._used = False
+
+    @property
+    def needs_data(self) -> bool:
+        """False for a retry of an already accepted upload: its receipt needs no chunks."""
+        return self._retry is None
+
+    def receive(self, chunks: Iterator[bytes | memoryview]) -> str:
+        """Receive, validate and fold in the chunks; the receipt, or UpdateRejectedError (logged)."""
+        if self._used:
+            raise RoundError("an admission receives one upload only")
+        self._used = True
+        manager = self._manager
+        if self._retry is not None:
+            return self._retry.receipt(manager._log)
+        assert self._receiver is not None
+        assert self._spec is not None
+        try:
+            return manager._receive_and_accept(self._round, self._header, self._spec, self._receiver, chunks)
+        except UpdateRejectedError as exc:
+            manager._record_rejection(self._header.round_id, self._header.client_id, exc)
+            raise
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._receiver is not None:
+            self._receiver.wipe()  # idempotent; gives the buffer back if receive never ran
+            self._receiver = None
+        if self._retry is None:
+            with self._manager._lock:
+                self._round.in_flight.discard(self._header.client_id)
+
+
 class RoundManager:
     def __init__(
         self,
@@ -414,8 +468,20 @@ class RoundManager:
     # ----------------------------------------------------------------- client side
     def submit(self, header: UpdateHeader, chunks: Iterator[bytes | memoryview]) -> str:
         """Receive one update; return its receipt (tlog-proof text) or raise UpdateRejectedError."""
+        with self.admit(header) as admission:
+            return admission.receive(chunks)
+
+    def admit(self, header: UpdateHeader) -> Admission:
+        """Everything decided from the header alone, then a plaintext buffer for the upload.
+
+        Blocks until a buffer is free (PlaintextBuffers): the service tells the client to
+        start sending its chunks only after this returns, so an upload that waits has sent
+        nothing but its header. Use the result as a context manager (it releases the buffer
+        and the client's in-flight mark) and call `receive` once. Refusals are logged and
+        raised as UpdateRejectedError.
+        """
         try:
-            return self._submit(header, chunks)
+            return self._admit(header)
         except UpdateRejectedError as exc:
             self._record_rejection(header.round_id, header.client_id, exc)
             raise
@@ -440,7 +506,7 @@ class RoundManager:
         self._record_rejection(round_id, client_id, exc)
         return exc
 
-    def _submit(self, header: UpdateHeader, chunks: Iterator[bytes | memoryview]) -> str:
+    def _admit(self, header: UpdateHeader) -> Admission:
         with self._lock:
             rnd = self._rounds.get(header.round_id)
             if rnd is None:
@@ -474,17 +540,17 @@ class RoundManager:
                 self._staleness_locked(config, header)  # fail before the upload, not after
                 rnd.in_flight.add(header.client_id)
         if previous is not None:
-            # A retry of an accepted upload: same receipt, counted once.
-            return previous.receipt(self._log)
+            # A retry of an accepted upload: same receipt, counted once; no data needed.
+            return Admission(self, rnd, header, retry=previous)
         try:
-            return self._receive_and_accept(rnd, config, header, chunks)
-        finally:
+            spec, receiver = self._open_receiver(config, header)
+        except BaseException:
             with self._lock:
                 rnd.in_flight.discard(header.client_id)
+            raise
+        return Admission(self, rnd, header, spec=spec, receiver=receiver)
 
-    def _receive_and_accept(
-        self, rnd: _Round, config: RoundConfig, header: UpdateHeader, chunks: Iterator[bytes | memoryview]
-    ) -> str:
+    def _open_receiver(self, config: RoundConfig, header: UpdateHeader) -> tuple[AdapterSpec, UpdateReceiver]:
         # The round's spec, or (lora-exact with client_ranks) the spec of an allowed rank:
         # the update is validated, and its sizes bounded, against the spec its header names.
         spec = config.update_spec(header.adapter_spec_digest)
@@ -508,6 +574,17 @@ class RoundManager:
             buffers=self._buffers,
             wait_seconds=self.upload_time_limit(config.round_id),
         )
+        return spec, receiver
+
+    def _receive_and_accept(
+        self,
+        rnd: _Round,
+        header: UpdateHeader,
+        spec: AdapterSpec,
+        receiver: UpdateReceiver,
+        chunks: Iterator[bytes | memoryview],
+    ) -> str:
+        config = rnd.config
         try:
             for chunk in chunks:
                 receiver.feed(chunk)

@@ -8,7 +8,6 @@ consortium CA in the access config) requires a client certificate from that CA.
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Sequence
 from concurrent import futures
@@ -33,7 +32,7 @@ from fedseal.canonical import b64encode
 from fedseal.logformat import EntryKind, FailureCause, handover_challenge
 from fedseal.roundconfig import MAX_CHUNK_SIZE, ConfigError
 
-__all__ = ["RunningAggregator", "UploadWindows", "start_aggregator"]
+__all__ = ["RunningAggregator", "start_aggregator"]
 
 _log = structlog.get_logger("fedseal.aggregator")
 
@@ -78,17 +77,6 @@ class RunningAggregator:
         self.log.close()
 
 
-class UploadWindows(enum.Enum):
-    """How much of an upload gRPC may buffer before the aggregator reads it."""
-
-    # Windows grow to the bandwidth-delay product (gRPC's BDP probing): uploads run at link
-    # speed across a WAN; each upload waiting for a decryption slot may buffer that much.
-    ADAPTIVE = "adaptive"
-    # 64 KiB windows: memory flat in the number of clients; per-upload throughput limited
-    # to about one 1 MiB message per round trip (fine on a LAN, slow across a WAN).
-    FIXED = "fixed"
-
-
 def start_aggregator(
     *,
     log_path: Path,
@@ -109,7 +97,6 @@ def start_aggregator(
     health_listen: ListenAddress | None = None,
     self_attestation: SelfAttestationGate | None = None,
     accumulator_device: str = "cpu",
-    upload_windows: UploadWindows = UploadWindows.ADAPTIVE,
 ) -> RunningAggregator:
     """Make fresh keys (TLS included), record them with their evidence in the log (creating
     it or resuming it with a key handover), record who may call, and serve.
@@ -121,8 +108,7 @@ def start_aggregator(
     operator's policy and the GPU ready state must be set before anything is logged or
     served; otherwise a PreflightError subclass is raised. Without it no GPU is released.
 
-    ``accumulator_device`` ("cpu" or "cuda") places the FedAvg/FedProx accumulator;
-    ``upload_windows`` sets gRPC's flow-control windows for uploads (see UploadWindows).
+    ``accumulator_device`` ("cpu" or "cuda") places the FedAvg/FedProx accumulator.
     """
     _check_listeners(access, listen_mtls)
     metrics = metrics if metrics is not None else Metrics()
@@ -157,13 +143,10 @@ def start_aggregator(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # Uploads beyond the plaintext buffer slots wait before their first chunk is
-            # read; what gRPC buffers for them meanwhile is their stream window. ADAPTIVE
-            # (BDP probing) grows it to the link's bandwidth-delay product: full speed over
-            # a WAN, several MB per waiting upload (~7 MB on loopback). FIXED keeps 64 KiB:
-            # memory flat in the number of clients, but an upload then moves about one
-            # 1 MiB message per round trip (80 vs 500 MB/s at 20 ms RTT, measured).
-            ("grpc.http2.bdp_probe", int(upload_windows is UploadWindows.ADAPTIVE)),
+            # BDP probing stays on (gRPC's default): windows grow to the link's bandwidth-
+            # delay product, which uploads across a WAN need (64 KiB windows measured 80 vs
+            # 500 MB/s at 20 ms RTT). Memory stays flat in the number of clients because an
+            # upload sends no chunk before it is admitted (SubmitUpdate's send_chunks).
         ],
         maximum_concurrent_rpcs=max_workers * 4,
     )

@@ -181,7 +181,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
 
     def SubmitUpdate(
         self, request_iterator: Iterator[SubmitUpdatePart], context: grpc.ServicerContext
-    ) -> pb.SubmitUpdateResponse:
+    ) -> Iterator[pb.SubmitUpdateResponse]:
         caller = self._caller(context, "SubmitUpdate")
         if caller.role is not Role.SITE:
             self._deny(
@@ -193,9 +193,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         outcome = "error"
         try:
             with self._access.stream(caller):
-                response = self._submit(caller, request_iterator, context)
+                yield from self._submit(caller, request_iterator, context)
                 outcome = "accepted"
-                return response
+                return
         except AccessDeniedError as exc:
             self._deny(context, "SubmitUpdate", exc)
         except Exception:
@@ -211,7 +211,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         caller: Caller,
         request_iterator: Iterator[SubmitUpdatePart],
         context: grpc.ServicerContext,
-    ) -> pb.SubmitUpdateResponse:
+    ) -> Iterator[pb.SubmitUpdateResponse]:
         # A client that stops sending must not hold a worker thread forever: the watchdog
         # cancels the call (the request iterator then raises) after the header timeout and,
         # once the header is known, when the round's deadline has passed.
@@ -241,7 +241,13 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             self._access.charge_upload(caller, header.ciphertext_size)
             watchdog.restart(self._rounds.upload_time_limit(header.round_id))
             try:
-                receipt = self._rounds.submit(header, _chunks(request_iterator, self._metrics))
+                # Blocks while both decryption buffers are busy; the client sends no chunk
+                # before send_chunks, so a waiting upload costs its header only.
+                admission = self._rounds.admit(header)
+                with admission:
+                    if admission.needs_data:
+                        yield pb.SubmitUpdateResponse(send_chunks=True)
+                    receipt = admission.receive(_chunks(request_iterator, self._metrics))
             except UpdateRejectedError as exc:
                 self._abort_rejected(context, exc)
             except AuditLogError as exc:
@@ -249,7 +255,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the audit log cannot be written; try later")
         finally:
             watchdog.cancel()
-        return pb.SubmitUpdateResponse(receipt=receipt.encode("utf-8"))
+        yield pb.SubmitUpdateResponse(receipt=receipt.encode("utf-8"))
 
     def _check_signed_by(self, caller: Caller, header: UpdateHeader, context: grpc.ServicerContext) -> None:
         """The header must name the authenticated site and carry its enrolled key's signature."""

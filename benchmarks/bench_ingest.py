@@ -126,13 +126,11 @@ def _cpu_seconds() -> float:
 
 
 # ----------------------------------------------------------------------------- aggregator
-def _aggregator_main(
-    conn: Any, workload: Workload, n: int, chunk: int, log_dir: str, windows: str = "adaptive"
-) -> None:
+def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir: str) -> None:
     warnings.simplefilter("ignore")
     import torch
 
-    from aggregator import AccessConfig, UploadWindows, start_aggregator
+    from aggregator import AccessConfig, start_aggregator
     from aggregator._logging import configure_logging
     from attestation import InsecureSimulatedTeeCollector
     from fedseal.canonical import b64encode
@@ -156,7 +154,6 @@ def _aggregator_main(
         collectors=[InsecureSimulatedTeeCollector("bench")],
         access=AccessConfig(enrolment),  # default max_workers, as fedseal-aggregator runs
         accumulator_device="cuda" if torch.cuda.is_available() else "cpu",  # its 'auto'
-        upload_windows=UploadWindows(windows),
     )
     running.rounds.open_round(
         RoundConfig(
@@ -353,11 +350,11 @@ def _ciphertext_bytes(workload: Workload, chunk: int) -> int:
     return ciphertext_size_for(size, chunk)
 
 
-def run_fedseal(workload: Workload, n: int, chunk: int, windows: str = "adaptive") -> dict[str, Any]:
+def run_fedseal(workload: Workload, n: int, chunk: int) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="fedseal-bench-") as log_dir:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_aggregator_main, args=(child, workload, n, chunk, log_dir, windows))
+        proc = ctx.Process(target=_aggregator_main, args=(child, workload, n, chunk, log_dir))
         proc.start()
         _, port = parent.recv()
 
@@ -569,10 +566,6 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def _fixed_cell(r: dict[str, Any]) -> str:
-    return f"{r['gbps']:.2f} GB/s, peak {r['agg_hwm_mb']:.0f} MB ({r['agg_peak_copies']:.2f} copies)"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -609,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep: dict[str, float] = {}
     for label, chunk, use_aio, bdp in [
         ("sync 1 MiB", 1 << 20, False, True),
-        ("sync 1 MiB without BDP probing (the aggregator's setting)", 1 << 20, False, False),
+        ("sync 1 MiB without BDP probing", 1 << 20, False, False),
         ("aio 1 MiB", 1 << 20, True, True),
     ] + (
         [] if args.quick else [("sync 256 KiB", 1 << 18, False, True), ("sync 4 MiB", 1 << 22, False, True)]
@@ -647,25 +640,16 @@ def main(argv: list[str] | None = None) -> int:
                 row["flower_over_fedseal_round"] = row["flower"]["s"] / fed["wall_s"]
             rows.append(row)
             print(_table([row]).splitlines()[-1], flush=True)
-    # The same aggregator with `--upload-windows fixed` (64 KiB gRPC windows): what memory
-    # does when waiting uploads cannot buffer a bandwidth-delay product each.
-    fixed: list[dict[str, Any]] = []
-    for n in [4, 64] if args.quick else [4, 16, 32, 64]:
-        run = run_fedseal(r16, n, args.chunk, windows="fixed")
-        fixed.append({"n": n, **run})
-        print(f"r16 f32, n={n}, --upload-windows fixed: {_fixed_cell(fixed[-1])}", flush=True)
     print()
     print(f"load after: {_load()}")
     table = _table(rows)
     print(table)
-    fixed_line = "; ".join(f"n = {r['n']}: {_fixed_cell(r)}" for r in fixed)
     report = {
         "machine": _machine(),
         "load_after": _load(),
         "micro": micro,
         "transport_sweep": sweep,
         "rows": rows,
-        "upload_windows_fixed": fixed,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
@@ -680,8 +664,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{micro['attestation_verify_ms']:.2f} ms per client; memory bandwidth "
             f"{micro['membw_gbps']:.1f} GB/s. Bare TLS streaming at n = 8 (GB/s): "
             + ", ".join(f"{label} {gbps:.2f}" for label, gbps in sweep.items())
-            + ".\n\nWith `--upload-windows fixed` (r16 f32, one run each; the table above is the "
-            f"default, adaptive): {fixed_line}.\n"
+            + ".\n"
         )
         args.readme.write_text(text[:begin] + body + text[end:])
     return 0

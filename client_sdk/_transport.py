@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -191,20 +192,44 @@ class AggregatorConnection:
         return RoundInfo(config, RoundState(reply.state), reply.accepted, tuple(reply.released_round_ids))
 
     def submit(self, header: UpdateHeader, chunks: Iterable[bytes], *, timeout: float) -> str:
+        """Send the header, wait for the aggregator's send_chunks, stream the chunks; the receipt.
+
+        Nothing but the header leaves before the aggregator has admitted the upload (it holds
+        a decryption buffer for it), so an upload queued behind others costs the aggregator
+        no memory. A retry of an accepted upload gets its receipt without sending chunks.
+        """
+        admitted = threading.Event()
+        send_nothing_more = threading.Event()
+
         def requests() -> Iterator[pb.SubmitUpdateRequest]:
             yield pb.SubmitUpdateRequest(header=header_to_proto(header))
+            admitted.wait()
+            if send_nothing_more.is_set():
+                return
             for chunk in chunks:
                 yield pb.SubmitUpdateRequest(chunk=chunk)
 
         metadata = self._auth("SubmitUpdate")
         try:
-            reply = self._stub.SubmitUpdate(requests(), timeout=timeout, metadata=metadata)
+            for reply in self._stub.SubmitUpdate(requests(), timeout=timeout, metadata=metadata):
+                part = reply.WhichOneof("part")
+                if part == "send_chunks" and not admitted.is_set():
+                    admitted.set()
+                elif part == "receipt":
+                    return bytes(reply.receipt).decode("utf-8")
+                else:
+                    raise AggregatorUnavailableError(f"SubmitUpdate answered an unexpected {part!r} message")
+            raise AggregatorUnavailableError("SubmitUpdate ended without a receipt")
         except grpc.RpcError as exc:
             reason = _reject_reason(exc)
             if reason is not None:
                 raise UpdateRejectedError(reason, _details(exc)) from None
             raise self._failed("SubmitUpdate", exc) from None
-        return bytes(reply.receipt).decode("utf-8")
+        finally:
+            # However the call ended, the request generator must not wait forever.
+            if not admitted.is_set():
+                send_nothing_more.set()
+            admitted.set()
 
     def get_aggregate(self, round_id: int, *, wait_seconds: float) -> tuple[bytes, bytes]:
         """(signed manifest bytes, aggregate bytes) of a closed round; unverified."""

@@ -229,17 +229,20 @@ class RewritingProxy(pb_grpc.AggregatorServicer):
 
     def SubmitUpdate(
         self, request_iterator: Iterator[pb.SubmitUpdateRequest], context: grpc.ServicerContext
-    ) -> pb.SubmitUpdateResponse:
+    ) -> Iterator[pb.SubmitUpdateResponse]:
         def rewritten() -> Iterator[pb.SubmitUpdateRequest]:
             for message in request_iterator:
                 if message.WhichOneof("part") == "header" and self.rewrite is not None:
                     message.header.base_round_id = self.rewrite
                 yield message
 
-        reply: pb.SubmitUpdateResponse = _forward(
-            context, lambda: self._stub.SubmitUpdate(rewritten(), metadata=_call_token(context))
-        )
-        return reply
+        # Both directions relayed as they come (send_chunks, then the receipt).
+        upstream = self._stub.SubmitUpdate(rewritten(), metadata=_call_token(context))
+        while True:
+            reply: pb.SubmitUpdateResponse | None = _forward(context, lambda: next(upstream, None))
+            if reply is None:
+                return
+            yield reply
 
 
 def _forward(context: grpc.ServicerContext, call: Callable[[], T]) -> T:

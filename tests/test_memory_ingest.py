@@ -26,7 +26,7 @@ from aggregator._log import AuditLog
 from aggregator._rounds import RoundManager
 from aggregator._server import _start_enclave
 from aggregator.enclave._keys import EnclaveKeys
-from aggregator.enclave._receive import PlaintextBuffers
+from aggregator.enclave._receive import PlaintextBuffers, UpdateReceiver
 from attestation import InsecureSimulatedTeeCollector
 from fedseal.envelope import SealContext, seal
 from fedseal.logformat import RejectReason
@@ -224,3 +224,37 @@ def test_buffer_pool_refuses_when_no_slot_frees_in_time() -> None:
     assert len(bigger) >= 4096
     with pytest.raises(ValueError, match="at least one slot"):
         PlaintextBuffers(slots=0)
+
+
+def test_wiping_a_receiver_twice_leaves_the_next_uploads_buffer_alone(
+    manager: tuple[RoundManager, EnclaveKeys],
+) -> None:
+    # The second wipe (an admission's exit after the receive path wiped) must not zero the
+    # buffer the pool has since lent to another upload.
+    _, keys = manager
+    spec = _spec(WireDtype.FLOAT32)
+    config = round_config(adapter_spec=spec, min_clients=1, max_clients=2)
+    pool = PlaintextBuffers(slots=1)
+    payloads = [safetensors.torch.save(_adapter(i + 1, torch.float32)) for i in range(2)]
+    receivers = []
+    for i, payload in enumerate(payloads):
+        header, chunks = _sealed(keys, config, f"site-{i}", payload)
+        receiver = UpdateReceiver(
+            header,
+            spec,
+            config.max_chunk_size,
+            keys.hpke_private_key,
+            keys.bound.binding_for(header.challenge),
+            buffers=pool,
+            wait_seconds=1.0,
+        )
+        for chunk in chunks:
+            receiver.feed(chunk)
+        receivers.append(receiver)
+        if i == 0:
+            receiver.wipe()  # the buffer goes back to the pool; the second upload gets it
+    receivers[0].wipe()
+    second = receivers[1].finish()
+    expected = safetensors.torch.load(payloads[1])
+    assert all(torch.equal(second.tensors[name], expected[name]) for name in expected)
+    receivers[1].wipe()

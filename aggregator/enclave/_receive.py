@@ -105,6 +105,7 @@ class UpdateReceiver:
         self._chunk_index = 0
         self._buffers = buffers
         self._buffer: bytearray | None = None
+        self._wiped = False
         if buffers is not None:
             # Sized for the spec's largest update, so one buffer serves every upload.
             self._buffer = buffers.acquire(spec.max_serialized_size(), wait_seconds)
@@ -168,7 +169,12 @@ class UpdateReceiver:
 
     def wipe(self) -> None:
         """Zero the plaintext buffer (best effort: Python may hold other copies briefly) and
-        give a lent buffer back. The tensors of `finish()` are views of it: use them first."""
+        give a lent buffer back. The tensors of `finish()` are views of it: use them first.
+        Once only: a second call does nothing (the buffer may already be lent to another
+        upload, whose plaintext it must not touch)."""
+        if self._wiped:
+            return
+        self._wiped = True
         try:
             self._opener.wipe()
         finally:

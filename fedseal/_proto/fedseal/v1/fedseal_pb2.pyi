@@ -79,10 +79,12 @@ class SubmitUpdateRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class SubmitUpdateResponse(_message.Message):
-    __slots__ = ("receipt",)
+    __slots__ = ("send_chunks", "receipt")
+    SEND_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    send_chunks: bool
     receipt: bytes
-    def __init__(self, receipt: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, send_chunks: bool = ..., receipt: _Optional[bytes] = ...) -> None: ...
 
 class GetAggregateRequest(_message.Message):
     __slots__ = ("round_id", "wait_seconds")

@@ -50,7 +50,7 @@ class AggregatorStub(object):
                 request_serializer=fedseal_dot_v1_dot_fedseal__pb2.GetRoundRequest.SerializeToString,
                 response_deserializer=fedseal_dot_v1_dot_fedseal__pb2.RoundInfo.FromString,
                 _registered_method=True)
-        self.SubmitUpdate = channel.stream_unary(
+        self.SubmitUpdate = channel.stream_stream(
                 '/fedseal.v1.Aggregator/SubmitUpdate',
                 request_serializer=fedseal_dot_v1_dot_fedseal__pb2.SubmitUpdateRequest.SerializeToString,
                 response_deserializer=fedseal_dot_v1_dot_fedseal__pb2.SubmitUpdateResponse.FromString,
@@ -112,7 +112,11 @@ class AggregatorServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def SubmitUpdate(self, request_iterator, context):
-        """Client-streaming upload: one header, then ciphertext chunks in order.
+        """Upload: the client sends one header and waits; the aggregator answers send_chunks once
+        the upload is admitted (a decryption buffer is held for it), then the client sends the
+        ciphertext chunks in order and the aggregator answers with the receipt. A retry of an
+        accepted upload gets its receipt at once, without send_chunks. Uploads that wait for a
+        buffer so hold nothing but their header in the aggregator's memory.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,7 +181,7 @@ def add_AggregatorServicer_to_server(servicer, server):
                     request_deserializer=fedseal_dot_v1_dot_fedseal__pb2.GetRoundRequest.FromString,
                     response_serializer=fedseal_dot_v1_dot_fedseal__pb2.RoundInfo.SerializeToString,
             ),
-            'SubmitUpdate': grpc.stream_unary_rpc_method_handler(
+            'SubmitUpdate': grpc.stream_stream_rpc_method_handler(
                     servicer.SubmitUpdate,
                     request_deserializer=fedseal_dot_v1_dot_fedseal__pb2.SubmitUpdateRequest.FromString,
                     response_serializer=fedseal_dot_v1_dot_fedseal__pb2.SubmitUpdateResponse.SerializeToString,
@@ -294,7 +298,7 @@ class Aggregator(object):
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
             '/fedseal.v1.Aggregator/SubmitUpdate',

@@ -1,22 +1,17 @@
-"""Both flow-control settings of `fedseal-aggregator --upload-windows` carry real uploads.
-
-FIXED keeps gRPC's 64 KiB stream windows (no BDP probing): each 1 MiB chunk is larger
-than the window, so this is the case where a wrong setting would stall an upload. Four
-sites upload at once into a round with two plaintext slots, so two of them wait with
-their windows full while the others are decrypted.
-"""
+"""Multi-megabyte uploads from four sites at once, into an aggregator with two decryption
+buffers: two are admitted and stream 1 MiB chunks while the others wait with only their
+header sent, then go in turn; the aggregate is the mean of all four."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-import pytest
 import safetensors.torch
 import torch
 from conftest import access_config, round_config, simulated_collector, submit_as
 
-from aggregator import UploadWindows, start_aggregator
+from aggregator import start_aggregator
 from attestation import Policy
 from fedseal.spec import AdapterSpec, WireDtype
 
@@ -32,17 +27,13 @@ def _adapter(seed: int) -> dict[str, torch.Tensor]:
     return {name: torch.randn(shape, generator=gen) for name, shape in SHAPES.items()}
 
 
-@pytest.mark.parametrize("windows", list(UploadWindows))
-def test_concurrent_multi_megabyte_uploads_complete(
-    tmp_path: Path, dev_policy: Policy, windows: UploadWindows
-) -> None:
+def test_concurrent_multi_megabyte_uploads_complete(tmp_path: Path, dev_policy: Policy) -> None:
     spec = AdapterSpec.from_tensors(_adapter(0), dtype=WireDtype.FLOAT32)  # 2 MiB per update
     running = start_aggregator(
         log_path=tmp_path / "audit.log",
         log_origin="fedseal.test/log",
         collectors=[simulated_collector()],
         access=access_config(),
-        upload_windows=windows,
     )
     try:
         running.rounds.open_round(

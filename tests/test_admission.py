@@ -1,0 +1,97 @@
+"""Uploads are admitted before they send: one waiting for a decryption buffer has sent only
+its header, and a retry of an accepted upload gets its receipt without sending chunks.
+
+This is what keeps the aggregator's memory flat in the number of clients without shrinking
+gRPC's flow-control windows (which would slow every upload across a WAN): the chunks of
+an upload that cannot be decrypted yet stay at the client.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from conftest import make_adapter, round_config, site_client
+
+from aggregator import RunningAggregator
+from attestation import Policy
+from client_sdk._transport import AggregatorConnection
+
+
+@dataclass
+class _Counted:
+    """A chunk source that records how many chunks the transport pulled, and can hold."""
+
+    chunks: list[bytes]
+    hold_after: int | None = None
+    release: threading.Event = field(default_factory=threading.Event)
+    held: threading.Event = field(default_factory=threading.Event)
+    pulled: int = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for index, chunk in enumerate(self.chunks):
+            if index == self.hold_after:
+                self.held.set()
+                assert self.release.wait(30)
+            self.pulled += 1
+            yield chunk
+
+
+def test_a_waiting_upload_sends_nothing_but_its_header(
+    live_aggregator: RunningAggregator, dev_policy: Policy
+) -> None:
+    rounds = live_aggregator.rounds
+    rounds.open_round(round_config(1, min_clients=3, max_clients=3))
+    endpoint = live_aggregator.endpoint
+    clients = [site_client(endpoint, dev_policy, f"site-{i}", timeout=30) for i in range(3)]
+    sealed = [c.seal_update(make_adapter(i), round_id=1, num_examples=10 + i) for i, c in enumerate(clients)]
+    assert all(len(s.chunks) >= 3 for s in sealed)
+    # The first two hold both decryption buffers (the pool has two slots) mid-upload.
+    sources = [_Counted(list(s.chunks), hold_after=1) for s in sealed[:2]] + [
+        _Counted(list(sealed[2].chunks))
+    ]
+    results: dict[int, object] = {}
+
+    def upload(i: int) -> None:
+        try:
+            connection: AggregatorConnection = clients[i]._connection
+            results[i] = connection.submit(sealed[i].header, sources[i], timeout=30)
+        except Exception as exc:  # reported by the assertions below
+            results[i] = exc
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(3)]
+    try:
+        for t in threads[:2]:
+            t.start()
+        assert sources[0].held.wait(10)
+        assert sources[1].held.wait(10)
+        threads[2].start()
+        time.sleep(0.5)  # ample time to send chunks, were it allowed to
+        assert sources[2].pulled == 0, "the waiting upload sent chunks before it was admitted"
+        assert 2 not in results
+        for s in sources[:2]:
+            s.release.set()
+        for t in threads:
+            t.join(30)
+        assert all(isinstance(results[i], str) for i in range(3)), results
+        assert [s.pulled for s in sources] == [len(s.chunks) for s in sources]
+        assert rounds.snapshot(1).accepted == 3
+    finally:
+        for s in sources:
+            s.release.set()
+        for c in clients:
+            c.close()
+
+
+def test_a_retry_of_an_accepted_upload_gets_its_receipt_without_sending(
+    live_aggregator: RunningAggregator, dev_policy: Policy
+) -> None:
+    live_aggregator.rounds.open_round(round_config(1, min_clients=1, max_clients=2))
+    with site_client(live_aggregator.endpoint, dev_policy, "site-0", timeout=30) as client:
+        sealed = client.seal_update(make_adapter(0), round_id=1, num_examples=10)
+        first = client._connection.submit(sealed.header, sealed.chunks, timeout=30)
+        again = _Counted(list(sealed.chunks))
+        assert client._connection.submit(sealed.header, again, timeout=30) == first
+        assert again.pulled == 0
