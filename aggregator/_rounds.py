@@ -175,6 +175,9 @@ class _Round:
     state: RoundState = RoundState.OPEN
     accepted: dict[str, _Accepted] = field(default_factory=dict)
     in_flight: set[str] = field(default_factory=set)
+    # Full: its last update was accepted and the close (aggregate, log, release) runs on
+    # its own thread, off that update's receipt. open_round waits for it.
+    closing: bool = False
     published: PublishedAggregate | None = None
     failure: str | None = None
     timer: threading.Timer | None = None
@@ -217,6 +220,7 @@ class Admission:
         self._spec = spec
         self._receiver = receiver
         self._used = False
+        self._settled = retry is not None  # a retry never set an in-flight mark
 
     @property
     def needs_data(self) -> bool:
@@ -234,7 +238,11 @@ class Admission:
         assert self._receiver is not None
         assert self._spec is not None
         try:
-            return manager._receive_and_accept(self._round, self._header, self._spec, self._receiver, chunks)
+            receipt = manager._receive_and_accept(
+                self._round, self._header, self._spec, self._receiver, chunks
+            )
+            self._settled = True  # accepted: the round manager dropped the in-flight mark
+            return receipt
         except UpdateRejectedError as exc:
             manager._record_rejection(self._header.round_id, self._header.client_id, exc)
             raise
@@ -246,7 +254,7 @@ class Admission:
         if self._receiver is not None:
             self._receiver.wipe()  # idempotent; gives the buffer back if receive never ran
             self._receiver = None
-        if self._retry is None:
+        if not self._settled:
             with self._manager._lock:
                 self._round.in_flight.discard(self._header.client_id)
 
@@ -317,6 +325,10 @@ class RoundManager:
 
     def open_round(self, config: RoundConfig) -> RoundSnapshot:
         with self._lock:
+            # A full round being closed on its own thread is as good as closed: wait for it.
+            self._changed.wait_for(
+                lambda: not any(r.closing for r in self._rounds.values()), timeout=MAX_UPLOAD_SECONDS
+            )
             return self._open_locked(config)
 
     def replace_job(self, job: JobConfig) -> RoundSnapshot | None:
@@ -643,6 +655,10 @@ class RoundManager:
                     header.idempotency_key, update.ciphertext_digest, header.num_examples, pending
                 )
                 rnd.accepted[header.client_id] = accepted
+                # Accepted: the duplicate check now finds it there. Dropping the in-flight
+                # mark here, not on the admission's exit, keeps that exit off the round lock
+                # (which the close below holds for a while).
+                rnd.in_flight.discard(header.client_id)
                 self.metrics.update_accepted()
                 _log.info(
                     "update_accepted",
@@ -653,12 +669,30 @@ class RoundManager:
                     # The entry records the spec digest; the rank it stands for, for operators.
                     lora_ranks=list(spec.lora_ranks()) if len(config.update_specs) > 1 else None,
                 )
-                if len(rnd.accepted) >= config.max_clients:
-                    self._close_locked(rnd)
+                fills = len(rnd.accepted) >= config.max_clients
+                if fills:
+                    rnd.closing = True
         finally:
             receiver.wipe()
+        if fills:
+            # The round is full. Its close (finalize, serialize and hash the aggregate, log,
+            # sign) must not delay this update's receipt: it runs on its own thread.
+            threading.Thread(
+                target=self._close_full, args=(rnd,), name=f"fedseal-close-{config.round_id}"
+            ).start()
         # Outside the round lock: concurrent accepts share one commit.
         return accepted.receipt(self._log)
+
+    def _close_full(self, rnd: _Round) -> None:
+        with self._lock:
+            try:
+                if rnd.state is RoundState.OPEN and not self._stopped:
+                    self._close_locked(rnd)
+            except Exception as exc:  # no caller to raise to: log it; the deadline retries
+                _log.error("round_close_failed", round_id=rnd.config.round_id, error=str(exc))
+            finally:
+                rnd.closing = False
+                self._changed.notify_all()
 
     def _staleness_locked(self, config: RoundConfig, header: UpdateHeader) -> int:
         """The update's staleness at this point of the log, or the refusal (module docstring)."""
@@ -956,6 +990,22 @@ class RoundManager:
             )
 
     # ----------------------------------------------------------------- publication
+    def wait_closed(self, round_id: int, timeout: float) -> RoundSnapshot:
+        """The round's snapshot once it is no longer open (closed, failed), waiting up to
+        `timeout` s. A round filled by its last update closes on its own thread, just after
+        that update's receipt; this is how to wait for it. RoundError on timeout."""
+        end = self._clock() + max(0.0, timeout)
+        with self._lock:
+            while True:
+                rnd = self._find(round_id)
+                if rnd.state is not RoundState.OPEN and not rnd.closing:
+                    break
+                remaining = end - self._clock()
+                if remaining <= 0:
+                    raise RoundError(f"round {round_id} is still open after {timeout:.1f} s")
+                self._changed.wait(remaining)
+        return self.snapshot(round_id)
+
     def wait_aggregate(self, round_id: int, timeout: float) -> PublishedAggregate:
         """The published aggregate of `round_id`, waiting up to `timeout` s for the round to end
         (and, for a gated round, to be approved)."""

@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import safetensors.torch
+import torch
 from conftest import make_adapter, round_config, site_client
 
 from aggregator import RunningAggregator
@@ -95,3 +97,41 @@ def test_a_retry_of_an_accepted_upload_gets_its_receipt_without_sending(
         again = _Counted(list(sealed.chunks))
         assert client._connection.submit(sealed.header, again, timeout=30) == first
         assert again.pulled == 0
+
+
+def test_the_last_receipt_does_not_wait_for_the_rounds_close(
+    live_aggregator: RunningAggregator, dev_policy: Policy
+) -> None:
+    rounds = live_aggregator.rounds
+    rounds.open_round(round_config(1, min_clients=2, max_clients=2))
+    strategy = rounds._rounds[1].strategy  # internal: the round's own accumulator
+    finalize = strategy.finalize
+    in_close, release = threading.Event(), threading.Event()
+
+    def slow_finalize() -> dict[str, torch.Tensor]:
+        in_close.set()
+        assert release.wait(30)
+        return finalize()
+
+    strategy.finalize = slow_finalize  # type: ignore[method-assign]
+    opened: list[object] = []
+    opener = threading.Thread(target=lambda: opened.append(rounds.open_round(round_config(2))))
+    try:
+        for i in range(2):
+            with site_client(live_aggregator.endpoint, dev_policy, f"site-{i}", timeout=30) as client:
+                receipt = client.submit_update(make_adapter(i), round_id=1, num_examples=10)
+                assert receipt.entry.fields["client_id"] == f"site-{i}"
+        # The round is full and its close is stuck in finalize (holding the round lock, so
+        # nothing here may ask the round manager), yet the last receipt came back.
+        assert in_close.wait(10)
+        opener.start()
+        time.sleep(0.3)
+        assert opened == []  # the next round waits for the close
+    finally:
+        release.set()
+    opener.join(30)
+    assert len(opened) == 1
+    published = rounds.wait_aggregate(1, 10.0)
+    expected = {n: (make_adapter(0)[n] + make_adapter(1)[n]) / 2 for n in make_adapter(0)}
+    aggregate = safetensors.torch.load(published.data)
+    assert all(torch.allclose(aggregate[n], expected[n], atol=1e-6) for n in expected)

@@ -59,6 +59,7 @@ def _close_gated_round(running: RunningAggregator, policy: Policy, round_id: int
     for i in range(3):
         with site_client(running.endpoint, policy, f"site-{i}", timeout=20) as client:
             client.submit_update(make_adapter(i), round_id=round_id, num_examples=10)
+    running.rounds.wait_closed(round_id, 10.0)  # the last update's receipt comes first
     (closed,) = [
         e
         for e in log_entries(running.log.path)
@@ -160,7 +161,8 @@ def test_spooled_ciphertext_is_undecryptable_after_the_round_closes(
     reader.read_piece(0, piece, out)  # readable while the round is open
     torch.testing.assert_close(out, make_adapter(0)[piece.tensor].reshape(-1)[: piece.numel])
     with site_client(running.endpoint, dev_policy, "site-2", timeout=20) as client:
-        client.submit_update(make_adapter(2), round_id=1, num_examples=10)  # fills and closes
+        client.submit_update(make_adapter(2), round_id=1, num_examples=10)  # fills it
+    running.rounds.wait_aggregate(1, 10.0)  # the close runs on its own thread
     # The per-update keys are gone: the same reader, on the same slot, can no longer decrypt.
     with pytest.raises(SpoolErasedError):
         reader.read_piece(0, piece, out)

@@ -203,7 +203,7 @@ def test_concurrent_uploads_hold_at_most_the_buffer_slots(manager: tuple[RoundMa
     for t in threads:
         t.join(60)
     assert not errors
-    assert rounds.snapshot(1).accepted == n  # the round closed at max_clients
+    assert rounds.wait_closed(1, 10.0).accepted == n  # the round closed at max_clients
     assert 1 <= peak <= 2 and out == 0
     # Closing the round freed the idle buffers before serializing the aggregate; only the
     # closing upload's own buffer came back after that (not one per client, not both slots).

@@ -84,6 +84,7 @@ def test_a_round_shows_in_the_metrics_endpoint(
     with site_client(running.endpoint, dev_policy, "site-1", timeout=20) as client:
         receipt = client.submit_update(make_adapter(1), round_id=1, num_examples=5)
         sizes.append(receipt.entry.fields["ciphertext_size"])
+    running.rounds.wait_closed(1, 10.0)  # the close follows the last receipt
 
     text, samples = _scrape(running)
     assert samples[("fedseal_updates_accepted_total", ())] == 2

@@ -288,6 +288,7 @@ def test_update_job_opens_the_next_rounds_and_keeps_the_principals(
             )
     with site_client(live_aggregator.endpoint, dev_policy, "site-0", timeout=20) as site:
         site.submit_update(make_adapter(0), round_id=1, num_examples=1)
+        live_aggregator.rounds.wait_closed(1, 10.0)  # the close follows the last receipt
         assert site.round_info(0).config.round_id == 2  # the job opened round 2 when 1 closed
     assert audit_log(live_aggregator.log.path, dev_policy).findings == ()
 
