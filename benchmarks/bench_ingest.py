@@ -23,9 +23,11 @@ For each workload and n (4, 8, 16, 32, 64):
               n <= 32 (at 64 its ~130 copies would not fit next to everything else).
 
 Per stage: client seal time (attest + serialize + seal, per update); wire = ciphertext bytes
-/ round wall time (barrier to last verified receipt); "ingest %" = that rate over the bare
-rate of the same run; aggregator CPU seconds; aggregator peak RSS (VmHWM, reset when the
-round starts) in MB and model copies above the aggregator's idle RSS. Also, in-process:
+/ ingest time (barrier to the last verified receipt); "ingest %" = that rate over the bare
+rate of the same run; round = barrier to the aggregate published (the close, which
+finalizes, serializes, hashes and signs it, follows the last receipt); aggregator CPU
+seconds; aggregator peak RSS (VmHWM, reset when the round starts) in MB and model copies
+above the aggregator's idle RSS. Also, in-process:
 decrypt + validate + accumulate throughput on one core, HPKE unwrap and attestation
 verification per client, memory bandwidth, and a transport sweep (chunk size, grpc.aio).
 
@@ -172,7 +174,15 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
     cpu0 = _cpu_seconds()
     conn.send("started")
     running.rounds.wait_aggregate(1, 900.0)
-    conn.send({"cpu_s": _cpu_seconds() - cpu0, "hwm": _status("VmHWM"), "idle_rss": idle_rss})
+    published_at = time.monotonic()  # one clock for all processes (CLOCK_MONOTONIC)
+    conn.send(
+        {
+            "cpu_s": _cpu_seconds() - cpu0,
+            "hwm": _status("VmHWM"),
+            "idle_rss": idle_rss,
+            "published_at": published_at,
+        }
+    )
     conn.recv()
     running.stop(grace=0.5)
 
@@ -340,7 +350,7 @@ def _run_clients(
         raise RuntimeError(f"{len(errors)} client(s) failed, first: {errors[0]}")
     wall = max(e for r in results for e in r["ends"]) - t0
     seals = [s for r in results for s in r["seal_s"]]
-    return {"wall_s": wall, "seal_s": sum(seals) / len(seals) if seals else None}
+    return {"wall_s": wall, "seal_s": sum(seals) / len(seals) if seals else None, "start": t0}
 
 
 def _ciphertext_bytes(workload: Workload, chunk: int) -> int:
@@ -373,6 +383,7 @@ def run_fedseal(workload: Workload, n: int, chunk: int) -> dict[str, Any]:
         "bytes": total,
         "gbps": total / clients["wall_s"] / 1e9,
         "agg_cpu_s": agg["cpu_s"],
+        "published_s": agg["published_at"] - clients["start"],
         "agg_hwm_mb": agg["hwm"] / 1e6,
         "agg_idle_mb": agg["idle_rss"] / 1e6,
         "agg_peak_copies": growth / workload.copy_bytes,
@@ -550,9 +561,9 @@ def _load() -> str:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| workload | n | seal/update s | wire GB/s | bare GB/s | ingest % of bare | round s | agg CPU s "
-        "| bare server CPU s | agg peak MB (copies) | Flower s | Flower copies |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| workload | n | seal/update s | wire GB/s | bare GB/s | ingest % of bare | ingest s | round s "
+        "| agg CPU s | bare server CPU s | agg peak MB (copies) | Flower s | Flower copies |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -560,7 +571,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         flower = f"{fl['s']:.2f} | {fl['peak_copies']:.1f}" if fl else "- | -"
         lines.append(
             f"| {r['workload']} | {r['n']} | {r['seal_s']:.2f} | {r['gbps']:.2f} | {r['bare_gbps']:.2f} "
-            f"| {100 * r['gbps'] / r['bare_gbps']:.0f} % | {r['wall_s']:.2f} | {r['agg_cpu_s']:.1f} "
+            f"| {100 * r['gbps'] / r['bare_gbps']:.0f} % | {r['wall_s']:.2f} | {r['published_s']:.2f} "
+            f"| {r['agg_cpu_s']:.1f} "
             f"| {r['bare_cpu_s']:.1f} | {r['agg_hwm_mb']:.0f} ({r['agg_peak_copies']:.2f}) | {flower} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -625,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": min(r["wall_s"] for r in feds),
                 "gbps": max(r["gbps"] for r in feds),
                 "agg_cpu_s": min(r["agg_cpu_s"] for r in feds),
+                "published_s": min(r["published_s"] for r in feds),
             }
             row: dict[str, Any] = {
                 "workload": workload.name,
