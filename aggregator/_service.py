@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -190,28 +190,30 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 AccessDeniedError(AccessDeniedReason.NOT_ALLOWED, "only enrolled sites submit updates"),
             )
         started = time.monotonic()
-        outcome = "error"
         try:
             with self._access.stream(caller):
-                yield from self._submit(caller, request_iterator, context)
-                outcome = "accepted"
-                return
+                receipt = yield from self._submit(caller, request_iterator, context)
         except AccessDeniedError as exc:
+            self._metrics.submit_finished("error", time.monotonic() - started)
             self._deny(context, "SubmitUpdate", exc)
-        except Exception:
+            raise AssertionError("unreachable: context.abort raises") from None
+        except BaseException:  # aborts, and the client going away (GeneratorExit)
             # context.abort raises; a refusal recorded as rejected set the trailing reason.
             outcome = "rejected" if self._rejected(context) else "error"
-            raise
-        finally:
             self._metrics.submit_finished(outcome, time.monotonic() - started)
-        raise AssertionError("unreachable")
+            raise
+        # Settled before the client holds its receipt: the metric is counted and the
+        # per-identity stream slot is free, so whatever the client does next sees both.
+        self._metrics.submit_finished("accepted", time.monotonic() - started)
+        yield pb.SubmitUpdateResponse(receipt=receipt.encode("utf-8"))
 
     def _submit(
         self,
         caller: Caller,
         request_iterator: Iterator[SubmitUpdatePart],
         context: grpc.ServicerContext,
-    ) -> Iterator[pb.SubmitUpdateResponse]:
+    ) -> Generator[pb.SubmitUpdateResponse, None, str]:
+        """Yields send_chunks once the upload is admitted; returns the receipt."""
         # A client that stops sending must not hold a worker thread forever: the watchdog
         # cancels the call (the request iterator then raises) after the header timeout and,
         # once the header is known, when the round's deadline has passed.
@@ -255,7 +257,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the audit log cannot be written; try later")
         finally:
             watchdog.cancel()
-        yield pb.SubmitUpdateResponse(receipt=receipt.encode("utf-8"))
+        return receipt
 
     def _check_signed_by(self, caller: Caller, header: UpdateHeader, context: grpc.ServicerContext) -> None:
         """The header must name the authenticated site and carry its enrolled key's signature."""
