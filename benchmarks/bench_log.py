@@ -62,7 +62,7 @@ from fedseal.logformat import (  # noqa: E402
 from fedseal.merkle import MerkleTree  # noqa: E402
 from fedseal.note import NoteSigner  # noqa: E402
 from fedseal.signed_request import key_id  # noqa: E402
-from fedseal.wire import update_signature_message  # noqa: E402
+from fedseal.wire import PROTOCOL_VERSION, update_signature_message  # noqa: E402
 
 ORIGIN = "fedseal.bench/log"
 _FIELDS = {
@@ -163,7 +163,7 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
     tree = MerkleTree()
     first = path.read_bytes().split(b"\n", 1)[0]
     tree.append(first[len(ENTRY_RECORD_PREFIX) : -1])
-    spec_digest = hashlib.sha256(b"spec").digest()
+    spec_digest = hashlib.sha256(canonical_json(_ADAPTER_SPEC)).digest()  # the rounds' spec
     spec = base64.b64encode(spec_digest).decode()
     challenge = hashlib.sha256(b"challenge").digest()
     site_keys = [
@@ -225,7 +225,7 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
                 digest = base64.b64encode(raw).decode()
                 client = f"hospital-{n:05d}"
                 signed = update_signature_message(
-                    protocol_version=1,
+                    protocol_version=PROTOCOL_VERSION,
                     round_id=round_id,
                     base_round_id=round_id - 1,
                     client_id=client,
@@ -285,7 +285,7 @@ _ACCEPTED = (
     '{"adapter_spec_digest":"%s","base_round_id":%d,"challenge":"%s","chunk_size":1048576,'
     '"ciphertext_digest":"%s","ciphertext_size":67125248,"client_id":"%s","hpke_suite":%d,'
     '"idempotency_key_digest":"%s","index":%d,"key_id":"%s","kind":"update_accepted",'
-    '"num_examples":%d,"protocol_version":1,"round_id":%d,"signature":"%s","staleness":0,'
+    '"num_examples":%d,"protocol_version":2,"round_id":%d,"signature":"%s","staleness":0,'
     '"time":"2026-11-25T12:00:00.000Z","v":1}'
 )
 
@@ -294,14 +294,17 @@ def _digest(data: bytes) -> str:
     return b64encode(hashlib.sha256(data).digest())
 
 
+_ADAPTER_SPEC = {
+    "format": "fedseal-adapter-spec/v1",
+    "tensors": [{"dtype": "F32", "name": "a", "shape": [8, 8]}],
+}
+
+
 def _round_opened(index: int, round_id: int, per_round: int) -> bytes:
     config = {
         "format": "fedseal-round-config/v1",
         "round_id": round_id,
-        "adapter_spec": {
-            "format": "fedseal-adapter-spec/v1",
-            "tensors": [{"dtype": "F32", "name": "a", "shape": [8, 8]}],
-        },
+        "adapter_spec": _ADAPTER_SPEC,
         "min_clients": 1,
         "max_clients": per_round,
         "deadline_ms": 600000,

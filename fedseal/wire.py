@@ -18,8 +18,8 @@ idempotency key through its digest, which is what the log records. So the signat
 checked from an `update_accepted` log entry alone, and proves which site submitted which
 ciphertext whatever carried it (the digest covers the chunks' AEAD tags, which only the
 holders of the update's data key can produce: fedseal/envelope.py, item 5). A client seals
-first, then signs, then sends. (v1, without `base_round_id`, is no longer accepted: a v1
-signature says nothing about which global the update was trained from.)
+first, then signs, then sends. (Protocol version 1, without `base_round_id`, is refused at
+the header: a v1 signature says nothing about which global the update was trained from.)
 
 `base_round_id` names the round whose released aggregate the client trained from (0: the
 job's initial adapter). `update_staleness` turns it into the update's staleness, given the
@@ -65,7 +65,9 @@ __all__ = [
     "update_staleness",
 ]
 
-PROTOCOL_VERSION = 1
+# 2: bidirectional SubmitUpdate (send_chunks), base_round_id, update-signature/v2,
+# seal-context/v2, ciphertext-digest/v2. A header of another version is refused by name.
+PROTOCOL_VERSION = 2
 REJECT_REASON_METADATA_KEY = "fedseal-reject-reason"
 ACCESS_DENIED_METADATA_KEY = "fedseal-access-denied"
 # A caller's signed call token (fedseal/signed_request.py, action "call"); binary metadata.
