@@ -688,8 +688,18 @@ class RoundManager:
             try:
                 if rnd.state is RoundState.OPEN and not self._stopped:
                     self._close_locked(rnd)
-            except Exception as exc:  # no caller to raise to: log it; the deadline retries
+            except Exception as exc:
+                # No caller to raise to, and the close cancelled the deadline timer: fail
+                # the round (nothing is released; waiters get RoundFailedError) rather than
+                # leave it open and full for ever. Logging that may fail too (a broken log).
                 _log.error("round_close_failed", round_id=rnd.config.round_id, error=str(exc))
+                if rnd.state is RoundState.OPEN:
+                    try:
+                        self._fail_locked(
+                            rnd, f"closing the round failed: {exc}", FailureCause.AGGREGATION_FAILED
+                        )
+                    except Exception as again:
+                        _log.error("round_fail_not_logged", round_id=rnd.config.round_id, error=str(again))
             finally:
                 rnd.closing = False
                 self._changed.notify_all()

@@ -13,13 +13,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pytest
 import safetensors.torch
 import torch
 from conftest import make_adapter, round_config, site_client
+from logfiles import log_entries
 
 from aggregator import RunningAggregator
+from aggregator._rounds import RoundFailedError
 from attestation import Policy
 from client_sdk._transport import AggregatorConnection
+from fedseal.logformat import EntryKind
+from fedseal.wire import RoundState
 
 
 @dataclass
@@ -135,3 +140,25 @@ def test_the_last_receipt_does_not_wait_for_the_rounds_close(
     expected = {n: (make_adapter(0)[n] + make_adapter(1)[n]) / 2 for n in make_adapter(0)}
     aggregate = safetensors.torch.load(published.data)
     assert all(torch.allclose(aggregate[n], expected[n], atol=1e-6) for n in expected)
+
+
+def test_a_close_that_fails_on_its_thread_fails_the_round_for_its_waiters(
+    live_aggregator: RunningAggregator, dev_policy: Policy
+) -> None:
+    rounds = live_aggregator.rounds
+    rounds.open_round(round_config(1, min_clients=1, max_clients=1))
+    strategy = rounds._rounds[1].strategy  # internal: the round's own accumulator
+
+    def broken_finalize() -> dict[str, torch.Tensor]:
+        raise RuntimeError("simulated failure while finalizing")
+
+    strategy.finalize = broken_finalize  # type: ignore[method-assign]
+    with site_client(live_aggregator.endpoint, dev_policy, "site-0", timeout=30) as client:
+        client.submit_update(make_adapter(0), round_id=1, num_examples=10)
+    snapshot = rounds.wait_closed(1, 10.0)  # not left open and full for ever
+    assert snapshot.state is RoundState.FAILED
+    with pytest.raises(RoundFailedError, match="closing the round failed"):
+        rounds.wait_aggregate(1, 1.0)
+    (failed,) = [e for e in log_entries(live_aggregator.log.path) if e.kind is EntryKind.ROUND_FAILED]
+    assert failed.fields["cause"] == "aggregation_failed"
+    rounds.open_round(round_config(2))  # the job can go on
