@@ -72,6 +72,7 @@ from aggregator._log import AuditLog, PendingEntry
 from aggregator._metrics import Metrics
 from aggregator.enclave._keys import EnclaveKeys
 from aggregator.enclave._receive import FlatTensors, PlaintextBuffers, UpdateReceiver
+from aggregator.enclave._serialize import serialize_safetensors
 from aggregator.enclave.strategies import (
     AggregationError,
     ServerState,
@@ -183,7 +184,8 @@ class _Round:
     timer: threading.Timer | None = None
     # The global adapter this round's updates are measured against (None: not known).
     global_adapter: Mapping[str, torch.Tensor] | None = None
-    norms: list[float] = field(default_factory=list)  # L2 norm of each accepted delta
+    # L2 norm of each accepted delta; kept only where published (a gated round without DP).
+    norms: list[float] = field(default_factory=list)
     clipped: int = 0
     rejected: int = 0
     # A gated round between close and release: the gate and what release will publish.
@@ -608,7 +610,11 @@ class RoundManager:
                     "the ciphertext received is not the one the header's signature covers",
                 )
             tensors, weight, norm, clipped = self._prepare(
-                rnd, update.tensors, header.num_examples, same_spec=spec == config.adapter_spec
+                rnd,
+                update.tensors,
+                header.num_examples,
+                same_spec=spec == config.adapter_spec,
+                want_norm=config.approval is not None,
             )
             with self._lock:
                 if rnd.state is not RoundState.OPEN:
@@ -649,7 +655,8 @@ class RoundManager:
                         "staleness": staleness,
                     },
                 )
-                rnd.norms.append(norm)
+                if norm is not None:
+                    rnd.norms.append(norm)
                 rnd.clipped += clipped
                 accepted = _Accepted(
                     header.idempotency_key, update.ciphertext_digest, header.num_examples, pending
@@ -719,18 +726,26 @@ class RoundManager:
 
     @staticmethod
     def _prepare(
-        rnd: _Round, tensors: Mapping[str, torch.Tensor], num_examples: int, *, same_spec: bool = True
-    ) -> tuple[Mapping[str, torch.Tensor], int, float, int]:
+        rnd: _Round,
+        tensors: Mapping[str, torch.Tensor],
+        num_examples: int,
+        *,
+        same_spec: bool = True,
+        want_norm: bool = True,
+    ) -> tuple[Mapping[str, torch.Tensor], int, float | None, int]:
         """(tensors to fold in, weight, L2 norm of the delta, 1 if clipped). Under DP the delta
         is clipped and weights are equal; outside the round lock (it is a full pass). An
         update at another LoRA rank than the round spec (`same_spec` False) has no elementwise
-        delta against the global adapter: its own norm is taken."""
+        delta against the global adapter: its own norm is taken. Without DP the norm is only
+        published by a gated round's metrics: `want_norm` False skips that pass (norm None)."""
         glob = rnd.global_adapter if same_spec else None
         dp = rnd.config.dp
         if dp is not None:
             assert glob is not None  # a DP round opens only with a global adapter
             clip = clip_update(tensors, glob, dp.clip_norm)
             return clip.tensors, 1, clip.norm, int(clip.clipped)
+        if not want_norm:
+            return tensors, num_examples, None, 0
         if glob is None and isinstance(tensors, FlatTensors) and tensors.flat.dtype == torch.float32:
             return tensors, num_examples, float(torch.linalg.vector_norm(tensors.flat)), 0
         # One reduction per tensor, no full-size temporaries (v * v would allocate a copy).
@@ -820,7 +835,7 @@ class RoundManager:
         # round's uploads: freeing them first keeps the serialized copy below within
         # the memory the round already used.
         self._buffers.drop_idle()
-        data = safetensors.torch.save(tensors)
+        data = serialize_safetensors(tensors)
         digest = hashlib.sha256(data).digest()
         participants = sorted(rnd.accepted)
         total = sum(a.num_examples for a in rnd.accepted.values())

@@ -211,7 +211,11 @@ def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True) -> None:
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=80), options=options)
         handler = grpc.stream_unary_rpc_method_handler(
-            sink, pb.SubmitUpdateRequest.FromString, pb.SubmitUpdateResponse.SerializeToString
+            # No deserializer: the messages arrive as bytes and are dropped unparsed, the
+            # least a server can do with them (the aggregator's own decoder is zero-copy).
+            sink,
+            None,
+            pb.SubmitUpdateResponse.SerializeToString,
         )
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("fedseal.bench.Bare", {"Sink": handler}),)
@@ -233,7 +237,11 @@ def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True) -> None:
 
         server = grpc.aio.server(options=options)
         handler = grpc.stream_unary_rpc_method_handler(
-            sink, pb.SubmitUpdateRequest.FromString, pb.SubmitUpdateResponse.SerializeToString
+            # No deserializer: the messages arrive as bytes and are dropped unparsed, the
+            # least a server can do with them (the aggregator's own decoder is zero-copy).
+            sink,
+            None,
+            pb.SubmitUpdateResponse.SerializeToString,
         )
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("fedseal.bench.Bare", {"Sink": handler}),)
@@ -269,17 +277,21 @@ def _client_worker(
         size = workload.params * (4 if workload.dtype == "float32" else 2)
         full, rest = divmod(size, chunk)
         block = os.urandom(chunk + 16)
-        chunks = [block] * full + ([os.urandom(rest + 16)] if rest else [])
+        tail = os.urandom(rest + 16) if rest else None
         options = [("grpc.max_send_message_length", 20 * 1024 * 1024)]
         cert = probe_server_certificate(endpoint)
         for _ in sites:
+            # Each client sends its own bytes, as each sealed update is its own memory (one
+            # block re-sent by every client could be served from cache).
+            chunks = [bytes(memoryview(block)) for _ in range(full)]
+            chunks += [bytes(memoryview(tail))] if tail else []
             channel = pinned_channel(endpoint, cert, options=options)
             grpc.channel_ready_future(channel).result(timeout=60)  # handshake before the barrier
             call = channel.stream_unary(
                 BARE_METHOD, pb.SubmitUpdateRequest.SerializeToString, pb.SubmitUpdateResponse.FromString
             )
 
-            def stream(call: Any = call) -> None:
+            def stream(call: Any = call, chunks: list[bytes] = chunks) -> None:
                 def messages() -> Iterator[Any]:
                     yield pb.SubmitUpdateRequest(header=pb.UpdateHeader(round_id=1))
                     for c in chunks:
@@ -315,12 +327,14 @@ def _client_worker(
 
     barrier.wait()
     start = time.monotonic()
+    cpu0 = _cpu_seconds()
     threads = [threading.Thread(target=run, args=(j,)) for j in jobs]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    conn.send({"start": start, "ends": ends, "seal_s": seal_s, "errors": errors})
+    cpu_s = _cpu_seconds() - cpu0
+    conn.send({"start": start, "ends": ends, "seal_s": seal_s, "errors": errors, "cpu_s": cpu_s})
 
 
 def _run_clients(
@@ -350,7 +364,12 @@ def _run_clients(
         raise RuntimeError(f"{len(errors)} client(s) failed, first: {errors[0]}")
     wall = max(e for r in results for e in r["ends"]) - t0
     seals = [s for r in results for s in r["seal_s"]]
-    return {"wall_s": wall, "seal_s": sum(seals) / len(seals) if seals else None, "start": t0}
+    return {
+        "wall_s": wall,
+        "seal_s": sum(seals) / len(seals) if seals else None,
+        "start": t0,
+        "clients_cpu_s": sum(r["cpu_s"] for r in results),
+    }
 
 
 def _ciphertext_bytes(workload: Workload, chunk: int) -> int:
@@ -403,7 +422,12 @@ def run_bare(
     server = parent.recv()
     proc.join()
     total = n * _ciphertext_bytes(workload, chunk)
-    return {"wall_s": clients["wall_s"], "gbps": total / clients["wall_s"] / 1e9, "cpu_s": server["cpu_s"]}
+    return {
+        "wall_s": clients["wall_s"],
+        "gbps": total / clients["wall_s"] / 1e9,
+        "cpu_s": server["cpu_s"],
+        "clients_cpu_s": clients["clients_cpu_s"],
+    }
 
 
 # ----------------------------------------------------------------------------- Flower

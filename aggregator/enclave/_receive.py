@@ -27,7 +27,14 @@ from fedseal.logformat import RejectReason
 from fedseal.spec import AdapterSpec, WireDtype
 from fedseal.wire import UpdateHeader, UpdateRejectedError
 
-__all__ = ["FlatTensors", "PlaintextBuffers", "UpdateReceiver", "ValidatedUpdate", "max_ciphertext_size"]
+__all__ = [
+    "FlatTensors",
+    "PlaintextBuffers",
+    "UpdateReceiver",
+    "ValidatedUpdate",
+    "all_finite",
+    "max_ciphertext_size",
+]
 
 _TORCH_DTYPE = {
     WireDtype.FLOAT32: torch.float32,
@@ -320,8 +327,8 @@ def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> Mapping[str
         named = {
             name: flat[begin // item : end // item].view(expected[name].shape) for begin, end, name in layout
         }
-        if not _all_finite(flat):
-            bad = next(name for name, value in named.items() if not _all_finite(value))
+        if not all_finite(flat):
+            bad = next(name for name, value in named.items() if not all_finite(value))
             raise UpdateRejectedError(
                 RejectReason.NOT_FINITE, f"tensor {bad!r} contains NaN or infinite values"
             )
@@ -330,7 +337,7 @@ def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> Mapping[str
     for begin, end, name in layout:
         tspec = expected[name]
         value = _view(plaintext, data_start + begin, end - begin, _TORCH_DTYPE[tspec.dtype]).view(tspec.shape)
-        if not _all_finite(value):
+        if not all_finite(value):
             raise UpdateRejectedError(
                 RejectReason.NOT_FINITE, f"tensor {name!r} contains NaN or infinite values"
             )
@@ -341,7 +348,7 @@ def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> Mapping[str
 _HEADER_LEN_SIZE = 8
 
 
-def _all_finite(value: torch.Tensor) -> bool:
+def all_finite(value: torch.Tensor) -> bool:
     # One reduction pass without a bool temporary: ~10x faster than isfinite().all().
     # torch documents that aminmax propagates NaN, and +-inf would be the min or the max.
     if value.numel() == 0:

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import torch
 
+from aggregator.enclave._receive import all_finite
 from aggregator.enclave._spool import SpoolPiece, UpdateSpool
 from fedseal.errors import FedSealError
 from fedseal.roundconfig import StalenessParams
@@ -73,7 +74,7 @@ def update_weight(num_examples: int, staleness: int, params: StalenessParams | N
 def check_finite(tensors: dict[str, torch.Tensor], strategy: str) -> dict[str, torch.Tensor]:
     """Fail closed on an aggregate that overflowed float32 (finite inputs can still sum to inf)."""
     for name, tensor in tensors.items():
-        if not bool(torch.isfinite(tensor).all()):
+        if not all_finite(tensor):
             raise AggregationError(f"{strategy}: aggregate tensor {name!r} is not finite (float32 overflow)")
     return tensors
 

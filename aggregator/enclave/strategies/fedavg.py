@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import torch
 
-from aggregator.enclave._receive import FlatTensors
+from aggregator.enclave._receive import FlatTensors, all_finite
 from fedseal.roundconfig import FedAvgParams, FedProxParams, StrategyParams
 from fedseal.spec import AdapterSpec
 
@@ -97,7 +97,9 @@ class FedAvg:
             for name, acc in sums.items():
                 sums[name] = host[start : start + acc.numel()].view(acc.shape)
                 start += acc.numel()
-        return check_finite(sums, self.name)
+        if all_finite(self._flat):  # one pass over the whole aggregate
+            return sums
+        return check_finite(sums, self.name)  # names the tensor that overflowed
 
     def live_tensor_bytes(self) -> int:
         if self._sums is None:
