@@ -391,6 +391,7 @@ class RoundManager:
         timer.daemon = True
         rnd.timer = timer
         self._rounds[config.round_id] = rnd
+        self._buffers.reserve(max(spec.max_serialized_size() for spec in config.update_specs.values()))
         timer.start()
         self.metrics.round_opened(config.round_id)
         _log.info(

@@ -16,8 +16,9 @@ For each workload and n (4, 8, 16, 32, 64):
               interpreters with torch (~300 MB each), so n = 64 would not fit: the pool holds
               only the sealed chunks (n copies in all; r64 runs in bfloat16 and up to n = 32
               for that reason).
-  bare        the same pool streams the same number of same-sized chunks, as the same
-              protobuf messages over the same pinned TLS, to a server that discards them.
+  bare        the same pool streams the same number of same-sized chunks (each client its
+              own bytes), as the same protobuf messages over the same pinned TLS, to a
+              server that drops them unparsed.
   Flower      `flwr.server.strategy.aggregate.aggregate` on the same n float32 arrays, in a
               fresh process (its time and its peak RSS, which includes the n inputs it holds);
               n <= 32 (at 64 its ~130 copies would not fit next to everything else).
@@ -25,11 +26,21 @@ For each workload and n (4, 8, 16, 32, 64):
 Per stage: client seal time (attest + serialize + seal, per update); wire = ciphertext bytes
 / ingest time (barrier to the last verified receipt); "ingest %" = that rate over the bare
 rate of the same run; round = barrier to the aggregate published (the close, which
-finalizes, serializes, hashes and signs it, follows the last receipt); aggregator CPU
-seconds; aggregator peak RSS (VmHWM, reset when the round starts) in MB and model copies
-above the aggregator's idle RSS. Also, in-process:
-decrypt + validate + accumulate throughput on one core, HPKE unwrap and attestation
-verification per client, memory bandwidth, and a transport sweep (chunk size, grpc.aio).
+finalizes, serializes, hashes and signs it, follows the last receipt); CPU seconds of the
+aggregator, of the bare server and of the client workers while streaming (bare's in
+brackets); aggregator peak RSS (VmHWM, reset when the round starts) in MB and model copies
+above the aggregator's RSS before the round opened (so the accumulator and the reserved
+decryption buffers count).
+
+"bound %": with the clients on the same cores, every core is busy in the bare run, so a
+rate is (cores / CPU seconds per byte). The aggregator must at least add its own work per
+update (open, decrypt, validate, accumulate, wipe: measured in process on one core) to
+what the bare run spent, so bare CPU / (bare CPU + n x own work) is the best "ingest %"
+this box allows, however well the aggregator overlaps that work with the wire.
+
+Also, in-process: decrypt + validate + accumulate throughput on one core, HPKE unwrap and
+attestation verification per client, memory bandwidth, and a transport sweep (chunk size,
+grpc.aio, BDP probing, and, as a reference only, no TLS).
 
 Run: python benchmarks/bench_ingest.py [--quick] [--json FILE] [--readme README.md]
 (`make bench-ingest` regenerates the README's table.)
@@ -157,6 +168,9 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
         access=AccessConfig(enrolment),  # default max_workers, as fedseal-aggregator runs
         accumulator_device="cuda" if torch.cuda.is_available() else "cpu",  # its 'auto'
     )
+    # Idle = before the round opens: opening reserves the decryption buffers, which are
+    # part of what the round costs.
+    idle_rss = _status("VmRSS")
     running.rounds.open_round(
         RoundConfig(
             round_id=1,
@@ -167,7 +181,6 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
             max_chunk_size=chunk,
         )
     )
-    idle_rss = _status("VmRSS")
     conn.send(("ready", running.port))
     assert conn.recv() == "start"
     _reset_peak()
@@ -188,13 +201,13 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
 
 
 # ----------------------------------------------------------------------------- bare servers
-def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True) -> None:
+def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True, tls: bool = True) -> None:
     import grpc
 
     from aggregator._tls import EnclaveTlsIdentity
     from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 
-    tls = EnclaveTlsIdentity.generate()
+    identity = EnclaveTlsIdentity.generate()
     options = [
         ("grpc.max_receive_message_length", 20 * 1024 * 1024),
         ("grpc.http2.bdp_probe", int(bdp_probe)),
@@ -220,7 +233,11 @@ def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True) -> None:
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("fedseal.bench.Bare", {"Sink": handler}),)
         )
-        port = server.add_secure_port("127.0.0.1:0", tls.server_credentials())
+        port = (
+            server.add_secure_port("127.0.0.1:0", identity.server_credentials())
+            if tls
+            else server.add_insecure_port("127.0.0.1:0")
+        )
         server.start()
         cpu0 = _cpu_seconds()  # an idle server burns next to nothing until the clients start
         conn.send(("ready", port))
@@ -246,7 +263,11 @@ def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True) -> None:
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("fedseal.bench.Bare", {"Sink": handler}),)
         )
-        port = server.add_secure_port("127.0.0.1:0", tls.server_credentials())
+        port = (
+            server.add_secure_port("127.0.0.1:0", identity.server_credentials())
+            if tls
+            else server.add_insecure_port("127.0.0.1:0")
+        )
         await server.start()
         cpu0 = _cpu_seconds()
         conn.send(("ready", port))
@@ -259,7 +280,14 @@ def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True) -> None:
 
 # ----------------------------------------------------------------------------- client workers
 def _client_worker(
-    conn: Any, barrier: Any, endpoint: str, workload: Workload, sites: list[str], chunk: int, bare: bool
+    conn: Any,
+    barrier: Any,
+    endpoint: str,
+    workload: Workload,
+    sites: list[str],
+    chunk: int,
+    bare: bool,
+    tls: bool = True,
 ) -> None:
     warnings.simplefilter("ignore")
     from attestation import load_builtin_policy
@@ -279,13 +307,17 @@ def _client_worker(
         block = os.urandom(chunk + 16)
         tail = os.urandom(rest + 16) if rest else None
         options = [("grpc.max_send_message_length", 20 * 1024 * 1024)]
-        cert = probe_server_certificate(endpoint)
+        cert = probe_server_certificate(endpoint) if tls else None
         for _ in sites:
             # Each client sends its own bytes, as each sealed update is its own memory (one
             # block re-sent by every client could be served from cache).
             chunks = [bytes(memoryview(block)) for _ in range(full)]
             chunks += [bytes(memoryview(tail))] if tail else []
-            channel = pinned_channel(endpoint, cert, options=options)
+            channel = (
+                pinned_channel(endpoint, cert, options=options)
+                if cert is not None
+                else grpc.insecure_channel(endpoint, options=options)
+            )
             grpc.channel_ready_future(channel).result(timeout=60)  # handshake before the barrier
             call = channel.stream_unary(
                 BARE_METHOD, pb.SubmitUpdateRequest.SerializeToString, pb.SubmitUpdateResponse.FromString
@@ -338,7 +370,13 @@ def _client_worker(
 
 
 def _run_clients(
-    endpoint: str, workload: Workload, n: int, chunk: int, bare: bool, on_barrier: Any = None
+    endpoint: str,
+    workload: Workload,
+    n: int,
+    chunk: int,
+    bare: bool,
+    on_barrier: Any = None,
+    tls: bool = True,
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(WORKERS + 1)
@@ -347,7 +385,8 @@ def _run_clients(
     for w in range(WORKERS):
         parent, child = ctx.Pipe()
         proc = ctx.Process(
-            target=_client_worker, args=(child, barrier, endpoint, workload, sites[w::WORKERS], chunk, bare)
+            target=_client_worker,
+            args=(child, barrier, endpoint, workload, sites[w::WORKERS], chunk, bare, tls),
         )
         proc.start()
         pipes.append(parent)
@@ -410,14 +449,14 @@ def run_fedseal(workload: Workload, n: int, chunk: int) -> dict[str, Any]:
 
 
 def run_bare(
-    workload: Workload, n: int, chunk: int, use_aio: bool = False, bdp_probe: bool = True
+    workload: Workload, n: int, chunk: int, use_aio: bool = False, bdp_probe: bool = True, tls: bool = True
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_bare_main, args=(child, use_aio, bdp_probe))
+    proc = ctx.Process(target=_bare_main, args=(child, use_aio, bdp_probe, tls))
     proc.start()
     _, port = parent.recv()
-    clients = _run_clients(f"127.0.0.1:{port}", workload, n, chunk, bare=True)
+    clients = _run_clients(f"127.0.0.1:{port}", workload, n, chunk, bare=True, tls=tls)
     parent.send("stop")
     server = parent.recv()
     proc.join()
@@ -462,9 +501,9 @@ def run_flower(workload: Workload, n: int) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- in-process stages
-def run_micro(workload: Workload, chunk: int) -> dict[str, Any]:
-    """One core: decrypt + validate + accumulate; HPKE unwrap; attestation verify; memory bandwidth."""
-    import numpy as np
+def own_work(workload: Workload, chunk: int) -> dict[str, Any]:
+    """One core, in process: what the aggregator does per update on top of receiving it
+    (open, decrypt, validate, accumulate, wipe), best of two after a warm-up."""
     import safetensors.torch
     import torch
 
@@ -472,10 +511,10 @@ def run_micro(workload: Workload, chunk: int) -> dict[str, Any]:
     from aggregator.enclave._keys import EnclaveKeys
     from aggregator.enclave._receive import PlaintextBuffers, UpdateReceiver
     from aggregator.enclave.strategies import FedAvg
-    from attestation import InsecureSimulatedTeeCollector, build_bundle, load_builtin_policy, verify_bundle
-    from fedseal.envelope import SealContext, StreamOpener, seal
+    from fedseal.envelope import SealContext, seal
     from fedseal.wire import PROTOCOL_VERSION, UpdateHeader
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     keys = EnclaveKeys.generate(EnclaveTlsIdentity.generate().certificate_sha256)
     spec = _spec(workload)
@@ -534,7 +573,26 @@ def run_micro(workload: Workload, chunk: int) -> dict[str, Any]:
         receiver.wipe()
         times.append(time.perf_counter() - t0)
     best = min(times[1:])  # the first touches the reused buffer's fresh pages
-    header, s, _ = updates[0]
+    torch.set_num_threads(threads)
+    return {
+        "best_s": best,
+        "ciphertext_size": updates[0][1].ciphertext_size,
+        "seal_s": min(u[2] for u in updates),
+        "device": device,
+        "keys": keys,
+        "update": updates[0],
+    }
+
+
+def run_micro(workload: Workload, chunk: int) -> dict[str, Any]:
+    """One core: decrypt + validate + accumulate; HPKE unwrap; attestation verify; memory bandwidth."""
+    import numpy as np
+
+    from attestation import InsecureSimulatedTeeCollector, build_bundle, load_builtin_policy, verify_bundle
+    from fedseal.envelope import StreamOpener
+
+    own = own_work(workload, chunk)
+    keys, (header, s, _) = own["keys"], own["update"]
     ctx = header.seal_context(keys.bound.binding_for(header.challenge))
     t0 = time.perf_counter()
     for _ in range(50):
@@ -558,13 +616,13 @@ def run_micro(workload: Workload, chunk: int) -> dict[str, Any]:
         np.copyto(dst, src)
     membw = 2 * src.nbytes * 5 / (time.perf_counter() - t0) / 1e9
     return {
-        "ingest_1core_gbps": s.ciphertext_size / best / 1e9,
-        "ingest_1core_ms": best * 1e3,
-        "seal_1core_gbps": s.ciphertext_size / min(u[2] for u in updates) / 1e9,
+        "ingest_1core_gbps": own["ciphertext_size"] / own["best_s"] / 1e9,
+        "ingest_1core_ms": own["best_s"] * 1e3,
+        "seal_1core_gbps": own["ciphertext_size"] / own["seal_s"] / 1e9,
         "hpke_unwrap_us": unwrap_us,
         "attestation_verify_ms": verify_ms,
         "membw_gbps": membw,
-        "accumulator_device": device,
+        "accumulator_device": own["device"],
     }
 
 
@@ -585,9 +643,10 @@ def _load() -> str:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| workload | n | seal/update s | wire GB/s | bare GB/s | ingest % of bare | ingest s | round s "
-        "| agg CPU s | bare server CPU s | agg peak MB (copies) | Flower s | Flower copies |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| workload | n | seal/update s | wire GB/s | bare GB/s | ingest % of bare | bound % | ingest s "
+        "| round s | agg CPU s | bare server CPU s | clients CPU s (bare) | agg peak MB (copies) "
+        "| Flower s | Flower copies |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -595,9 +654,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
         flower = f"{fl['s']:.2f} | {fl['peak_copies']:.1f}" if fl else "- | -"
         lines.append(
             f"| {r['workload']} | {r['n']} | {r['seal_s']:.2f} | {r['gbps']:.2f} | {r['bare_gbps']:.2f} "
-            f"| {100 * r['gbps'] / r['bare_gbps']:.0f} % | {r['wall_s']:.2f} | {r['published_s']:.2f} "
-            f"| {r['agg_cpu_s']:.1f} "
-            f"| {r['bare_cpu_s']:.1f} | {r['agg_hwm_mb']:.0f} ({r['agg_peak_copies']:.2f}) | {flower} |"
+            f"| {100 * r['gbps'] / r['bare_gbps']:.0f} % | {r['bound_pct']:.0f} % | {r['wall_s']:.2f} "
+            f"| {r['published_s']:.2f} | {r['agg_cpu_s']:.1f} | {r['bare_cpu_s']:.1f} "
+            f"| {r['clients_cpu_s']:.1f} ({r['bare_clients_cpu_s']:.1f}) "
+            f"| {r['agg_hwm_mb']:.0f} ({r['agg_peak_copies']:.2f}) | {flower} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -607,6 +667,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="n = 4, 16; r16 float32 and bfloat16 only")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI's check that the benchmark still runs: one tiny workload, n = 2, no figures worth keeping",
+    )
     parser.add_argument("--chunk", type=int, default=1024 * 1024, help="chunk size (default 1 MiB)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/bench_ingest.json"))
     parser.add_argument("--readme", type=Path, help="replace the table between the bench-ingest markers")
@@ -625,6 +690,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.quick:
         plan = [(r16, [4, 16], True), (Workload("r16 bf16", 32, 16, "bfloat16"), [16], False)]
+    if args.smoke:
+        r16 = Workload("r4/32 f32", 1, 4, "float32")
+        plan = [(r16, [2], not args.no_flower)]
+        args.repeat = 1
     print(f"machine: {_machine()}; {_load()} at start", flush=True)
     micro = run_micro(r16, args.chunk)
     print(
@@ -636,17 +705,23 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     sweep: dict[str, float] = {}
-    for label, chunk, use_aio, bdp in [
-        ("sync 1 MiB", 1 << 20, False, True),
-        ("sync 1 MiB without BDP probing", 1 << 20, False, False),
-        ("aio 1 MiB", 1 << 20, True, True),
-    ] + (
-        [] if args.quick else [("sync 256 KiB", 1 << 18, False, True), ("sync 4 MiB", 1 << 22, False, True)]
+    for label, chunk, use_aio, bdp, tls in [
+        ("sync 1 MiB", 1 << 20, False, True, True),
+        ("sync 1 MiB without BDP probing", 1 << 20, False, False, True),
+        ("aio 1 MiB", 1 << 20, True, True, True),
+        # What TLS costs here; FedSeal never uploads without it (the header and the
+        # site's credentials travel in it), so this is a reference, not an option.
+        ("sync 1 MiB without TLS (reference only)", 1 << 20, False, True, False),
+    ][: 1 if args.smoke else None] + (
+        []
+        if args.quick or args.smoke
+        else [("sync 256 KiB", 1 << 18, False, True, True), ("sync 4 MiB", 1 << 22, False, True, True)]
     ):
-        sweep[label] = run_bare(r16, 8, chunk, use_aio, bdp)["gbps"]
-        print(f"bare TLS client-streaming, r16 f32, n=8, {label}: {sweep[label]:.2f} GB/s", flush=True)
+        sweep[label] = run_bare(r16, 8, chunk, use_aio, bdp, tls)["gbps"]
+        print(f"bare client-streaming, r16 f32, n=8, {label}: {sweep[label]:.2f} GB/s", flush=True)
     rows: list[dict[str, Any]] = []
     for workload, ns, flower in plan:
+        own_s = own_work(workload, args.chunk)["best_s"]
         for n in ns:
             # Alternate the two and keep each one's best wall time (and the worst memory
             # peak): other load on the box then skews the ratio less.
@@ -663,12 +738,19 @@ def main(argv: list[str] | None = None) -> int:
                 "agg_cpu_s": min(r["agg_cpu_s"] for r in feds),
                 "published_s": min(r["published_s"] for r in feds),
             }
+            bare_cpu = bare["cpu_s"] + bare["clients_cpu_s"]
             row: dict[str, Any] = {
                 "workload": workload.name,
                 "n": n,
                 **fed,
                 "bare_gbps": bare["gbps"],
                 "bare_cpu_s": bare["cpu_s"],
+                "bare_clients_cpu_s": bare["clients_cpu_s"],
+                "own_work_ms": own_s * 1e3,
+                # With every core busy (clients, transport and aggregator share them), rate
+                # is cores / CPU per byte: adding only the aggregator's own work to the bare
+                # run's CPU gives the best ingest % this box allows.
+                "bound_pct": 100 * bare_cpu / (bare_cpu + n * own_s),
                 "repeats": args.repeat,
             }
             # Flower holds all n inputs and more (66 copies at n = 32): capped at 32 to fit.

@@ -1,5 +1,6 @@
 """The benchmark scripts' own correctness (not their timings): a script that measures a
-hand-built log must build one the real auditor accepts, or its figures mean nothing.
+hand-built log must build one the real auditor accepts, or its figures mean nothing; the
+ingest benchmark must still run end to end.
 
 benchmarks/bench_log.py writes its large log from templates of the real entry encodings
 (to be fast); when the log or signature format moves on, this test fails instead of the
@@ -9,6 +10,9 @@ benchmark quietly measuring an invalid log.
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -33,3 +37,27 @@ def test_bench_log_builds_a_log_the_auditor_verifies(
     assert bench_log.main(["--skip-appends", "--entries", "600", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "600-entry log" in out and "checkpoints verified" in out
+
+
+def test_bench_ingest_runs_end_to_end(tmp_path: Path) -> None:
+    """The ingest benchmark's whole path on a tiny workload: real aggregator, clients, bare
+    server and Flower in their own processes, so the benchmark cannot rot between the runs
+    that produce the README's table. Its figures at this size mean nothing and are not checked
+    beyond being measured."""
+    out = tmp_path / "ingest.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_ingest.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=BENCHMARKS.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["n"] == 2 and row["gbps"] > 0 and row["bare_gbps"] > 0
+    assert 0 < row["bound_pct"] <= 100 and row["own_work_ms"] > 0
+    assert row["agg_hwm_mb"] > row["agg_idle_mb"] > 0
+    assert row["flower"]["s"] > 0
+    assert report["micro"]["hpke_unwrap_us"] > 0 and report["transport_sweep"]
+    assert "| r4/32 f32 | 2 |" in result.stdout

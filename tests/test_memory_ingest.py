@@ -258,3 +258,31 @@ def test_wiping_a_receiver_twice_leaves_the_next_uploads_buffer_alone(
     expected = safetensors.torch.load(payloads[1])
     assert all(torch.equal(second.tensors[name], expected[name]) for name in expected)
     receivers[1].wipe()
+
+
+def test_reserve_fills_only_the_idle_slots() -> None:
+    pool = PlaintextBuffers(slots=2)
+    pool.reserve(1000)
+    assert pool.held_bytes() == 2000  # both slots, allocated now, not on the first uploads
+    lent = pool.acquire(1000, 0.0)
+    pool.reserve(1000)
+    assert pool.held_bytes() == 1000  # one lent, one idle: never more than the slots
+    pool.reserve(3000)
+    assert pool.held_bytes() == 3000  # the idle buffer was too small: replaced, not kept
+    pool.release(lent)
+    pool.drop_idle()
+    assert pool.held_bytes() == 0
+
+
+def test_opening_a_round_reserves_the_buffers(manager: tuple[RoundManager, EnclaveKeys]) -> None:
+    rounds, keys = manager
+    spec = _spec(WireDtype.FLOAT32)
+    config = round_config(adapter_spec=spec, min_clients=1, max_clients=1)
+    assert rounds._buffers.held_bytes() == 0
+    rounds.open_round(config)
+    assert rounds._buffers.held_bytes() == 2 * spec.max_serialized_size()
+    header, chunks = _sealed(keys, config, "site-0", safetensors.torch.save(_adapter(1, torch.float32)))
+    rounds.submit(header, iter(chunks))
+    rounds.wait_closed(config.round_id, 10.0)
+    # The close freed the idle buffer before serializing; only the last upload's came back.
+    assert rounds._buffers.held_bytes() <= spec.max_serialized_size()
