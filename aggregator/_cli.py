@@ -11,11 +11,13 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import structlog
 import torch
 
 from aggregator._config import JobConfig
 from aggregator._identity import AccessConfig, AccessLimits
 from aggregator._logging import configure_logging
+from aggregator._malloc import limit_malloc_arenas
 from aggregator._metrics import ListenAddress, parse_listen_address
 from aggregator._preflight import Preflight, PreflightError, PreflightMode
 from aggregator._selfattest import SelfAttestationGate
@@ -36,6 +38,8 @@ from fedseal.enrolment import Enrolment
 from fedseal.errors import FedSealError, FormatError
 from fedseal.roundconfig import ConfigError
 from fedseal.witness_rpc import WitnessCosigner, WitnessEndpoint
+
+_log = structlog.get_logger("fedseal.aggregator")
 
 __all__ = ["main"]
 
@@ -314,6 +318,8 @@ def run(
         else None
     )
     cosigner = WitnessCosigner(witnesses, timeout=args.witness_timeout) if witnesses else None
+    # Before the server's threads exist: they are what would each get an arena.
+    _log.info("malloc_arenas", outcome=limit_malloc_arenas())
     with contextlib.ExitStack() as stack:
         try:
             collectors = _collectors(args, stack)
