@@ -806,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
             f"One core: decrypt+validate+accumulate {micro['ingest_1core_gbps']:.2f} GB/s, HPKE unwrap "
             f"{micro['hpke_unwrap_us']:.0f} µs and attestation verification "
             f"{micro['attestation_verify_ms']:.2f} ms per client; memory bandwidth "
-            f"{micro['membw_gbps']:.1f} GB/s. Bare TLS streaming at n = 8 (GB/s): "
+            f"{micro['membw_gbps']:.1f} GB/s. Bare streaming at n = 8 (GB/s): "
             + ", ".join(f"{label} {gbps:.2f}" for label, gbps in sweep.items())
             + ".\n"
         )
