@@ -195,25 +195,18 @@ def test_client_policy_require_dp_is_checked_before_sending(
         client.submit_update(make_adapter(1), round_id=1, num_examples=1)
 
 
-def test_require_dp_refuses_a_round_without_dp(tmp_path: Path, dev_policy: Policy) -> None:
+def test_require_dp_refuses_a_round_without_dp(
+    live_aggregator: RunningAggregator, dev_policy: Policy
+) -> None:
     import dataclasses
 
-    running = start_aggregator(
-        log_path=tmp_path / "audit.log",
-        log_origin="fedseal.test/log",
-        collectors=[simulated_collector()],
-        access=access_config(),
-    )
-    try:
-        running.rounds.open_round(round_config(1))
-        strict = dataclasses.replace(dev_policy, require_dp=DpRequirement(max_epsilon=8.0, max_delta=1e-5))
-        with (
-            site_client(running.endpoint, strict, "site-0", timeout=20) as client,
-            pytest.raises(DpRequirementError, match="has no central DP"),
-        ):
-            client.submit_update(make_adapter(1), round_id=1, num_examples=1)
-    finally:
-        running.stop(grace=0.5)
+    live_aggregator.rounds.open_round(round_config(1))
+    strict = dataclasses.replace(dev_policy, require_dp=DpRequirement(max_epsilon=8.0, max_delta=1e-5))
+    with (
+        site_client(live_aggregator.endpoint, strict, "site-0", timeout=20) as client,
+        pytest.raises(DpRequirementError, match="has no central DP"),
+    ):
+        client.submit_update(make_adapter(1), round_id=1, num_examples=1)
 
 
 def test_policy_file_require_dp_section() -> None:
@@ -229,19 +222,12 @@ def test_policy_file_require_dp_section() -> None:
         Policy.from_json(text.replace('"max_delta": 1e-5', '"max_delta": -1'), source="test")
 
 
-def test_dp_round_without_the_named_initial_adapter_is_refused(tmp_path: Path) -> None:
+def test_dp_round_without_the_named_initial_adapter_is_refused(
+    tmp_path: Path, live_aggregator: RunningAggregator
+) -> None:
     from aggregator._dp import DpError
 
-    running = start_aggregator(
-        log_path=tmp_path / "audit.log",
-        log_origin="fedseal.test/log",
-        collectors=[simulated_collector()],
-        access=access_config(),
-    )
-    try:
-        with pytest.raises(DpError, match="initial_adapter_digest"):
-            running.rounds.open_round(round_config(1, dp=_params()))
-    finally:
-        running.stop(grace=0.5)
+    with pytest.raises(DpError, match="initial_adapter_digest"):
+        live_aggregator.rounds.open_round(round_config(1, dp=_params()))
     kinds = [e.kind for e in log_entries(tmp_path / "audit.log")]
     assert EntryKind.DP_ROUND_REFUSED in kinds and EntryKind.ROUND_OPENED not in kinds
