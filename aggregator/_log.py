@@ -57,6 +57,7 @@ from fedseal.logformat import (
     encode_checkpoint_record,
     utc_now_text,
 )
+from fedseal.logschema import decode_body
 from fedseal.merkle import MerkleTree
 from fedseal.note import NoteSigner, NoteVerifier, open_note, parse_signature_line
 
@@ -244,7 +245,9 @@ class AuditLog:
         if self._failed:
             raise AuditLogError("the audit log failed earlier; no further entries are accepted")
         now = self._clock()
-        entry = LogEntry(self._tree.size, utc_now_text(_utc(now)), kind, dict(fields))
+        # Decoded strictly before it is written: the enclave cannot log what an auditor
+        # could not read back (fedseal/logschema.py names the field).
+        entry = LogEntry(self._tree.size, utc_now_text(_utc(now)), decode_body(kind, fields))
         leaf = entry.leaf_data()
         self._tree.append(leaf)
         self._queue.append(ENTRY_RECORD_PREFIX + leaf + b"}\n")

@@ -213,7 +213,7 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
             ),
         )
         for kind, fields in access:
-            emit(LogEntry(tree.size, "2026-11-25T12:00:00.000Z", kind, fields).leaf_data())
+            emit(LogEntry.of(tree.size, "2026-11-25T12:00:00.000Z", kind, fields).leaf_data())
         round_id = 0
         while tree.size < entries:
             round_id += 1
@@ -260,7 +260,7 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
                 if n == 0:  # the template must be exactly the canonical encoding
                     assert LogEntry.from_leaf_data(leaf).leaf_data() == leaf
                 emit(leaf)
-            closed = LogEntry(
+            closed = LogEntry.of(
                 tree.size,
                 "2026-11-25T12:30:00.000Z",
                 EntryKind.ROUND_CLOSED,
@@ -311,7 +311,7 @@ def _round_opened(index: int, round_id: int, per_round: int) -> bytes:
         "strategy": "fedavg",
         "max_chunk_size": 1048576,
     }
-    entry = LogEntry(
+    entry = LogEntry.of(
         index,
         "2026-11-25T12:00:00.000Z",
         EntryKind.ROUND_OPENED,

@@ -11,9 +11,9 @@ leaf data of an entry is the canonical JSON of the inner entry object (the bytes
 canonical, so those bytes are the only encoding of the entry.
 
 Every entry has `v` (format version 1), `index` (its leaf index), `time` (UTC,
-RFC 3339 with milliseconds), `kind` and kind-specific fields; `ENTRY_FIELDS` lists the
-required ones and `OPTIONAL_ENTRY_FIELDS` the optional ones. Binary values are standard
-base64; digests are SHA-256.
+RFC 3339 with milliseconds), `kind` and kind-specific fields: one typed body per kind in
+`fedseal/logschema.py`, decoded strictly (`EntryFieldError` names the entry and the
+field). Binary values are standard base64; digests are SHA-256.
 
 A commit writes one or more entry lines, then one checkpoint line covering every entry
 before it, then fsyncs. A log survives restarts: a new enclave appends an
@@ -35,7 +35,6 @@ refuse a checkpoint dated in the future.
 from __future__ import annotations
 
 import datetime as _dt
-import enum
 import hashlib
 import json
 import re
@@ -46,14 +45,24 @@ from typing import Any
 from fedseal.canonical import canonical_json, parse_canonical
 from fedseal.checkpoint import Checkpoint
 from fedseal.errors import FormatError
+from fedseal.logschema import (
+    AggregateReleased,
+    EntryBody,
+    EntryFieldError,
+    EntryKind,
+    FailureCause,
+    RejectReason,
+    RoundClosed,
+    decode_body,
+)
 
 __all__ = [
     "CHECKPOINT_KEY_ENTRY_PREFIX",
     "CHECKPOINT_TIME_PREFIX",
-    "ENTRY_FIELDS",
     "ENTRY_RECORD_PREFIX",
-    "OPTIONAL_ENTRY_FIELDS",
     "CheckpointExtensions",
+    "EntryBody",
+    "EntryFieldError",
     "EntryKind",
     "FailureCause",
     "LogEntry",
@@ -74,189 +83,7 @@ CHECKPOINT_TIME_PREFIX = "fedseal-time "
 CHECKPOINT_KEY_ENTRY_PREFIX = "fedseal-key-entry "
 _HANDOVER_DOMAIN = b"fedseal/key-handover/v1\n"
 _DECIMAL = re.compile("0|[1-9][0-9]{0,18}")
-
-
-class EntryKind(enum.Enum):
-    ENCLAVE_STARTED = "enclave_started"
-    ROUND_OPENED = "round_opened"
-    UPDATE_ACCEPTED = "update_accepted"
-    UPDATE_REJECTED = "update_rejected"
-    ROUND_CLOSED = "round_closed"
-    ROUND_FAILED = "round_failed"
-    TORN_TAIL_DROPPED = "torn_tail_dropped"
-    # Identity and access (aggregator/_identity.py): who may submit and who may operate.
-    ENROLMENT_RECORDED = "enrolment_recorded"
-    PRINCIPALS_RECORDED = "principals_recorded"
-    OPERATOR_ACTION = "operator_action"
-    REVOCATION_LIST_LOADED = "revocation_list_loaded"
-    # Central DP and the release gate (aggregator/_dp.py, aggregator/_approval.py).
-    DP_BUDGET = "dp_budget"
-    DP_ROUND_REFUSED = "dp_round_refused"
-    APPROVAL_RECORDED = "approval_recorded"
-    AGGREGATE_RELEASED = "aggregate_released"
-    AGGREGATE_WITHHELD = "aggregate_withheld"
-
-
-class RejectReason(enum.Enum):
-    """Why an update was refused; recorded in the log and returned to the client."""
-
-    MALFORMED = "malformed"
-    UNKNOWN_ROUND = "unknown_round"
-    ROUND_NOT_OPEN = "round_not_open"
-    SPEC_MISMATCH = "spec_mismatch"
-    OVERSIZE = "oversize"
-    UNWRAP_FAILED = "unwrap_failed"
-    TAMPERED = "tampered"
-    TRUNCATED = "truncated"
-    DUPLICATE = "duplicate"
-    NOT_FINITE = "not_finite"
-    CANCELLED = "cancelled"
-    ROUND_FULL = "round_full"
-    # The header names another site than the authenticated caller, or is signed by a key
-    # of another site.
-    IDENTITY_MISMATCH = "identity_mismatch"
-    # The header's signature is missing or does not verify under the enrolled key it names.
-    BAD_SIGNATURE = "bad_signature"
-    # The header's base_round_id names no released aggregate (fedseal.wire.update_staleness).
-    UNKNOWN_BASE = "unknown_base"
-    # Trained from a global too old for the round: any but the current one in a synchronous
-    # round, more than max_staleness releases old in an async one.
-    STALE_UPDATE = "stale_update"
-
-
-class FailureCause(enum.Enum):
-    """Why a round failed (the optional `cause` field of `round_failed`)."""
-
-    QUORUM_NOT_REACHED = "quorum_not_reached"
-    # The enclave that ran the round stopped; its updates lived in enclave memory only.
-    ENCLAVE_RESTARTED = "enclave_restarted"
-    # The strategy produced no aggregate (e.g. too few updates for its guarantee): fail closed.
-    AGGREGATION_FAILED = "aggregation_failed"
-
-
-# Required fields and their JSON types per kind (beyond v, index, time, kind).
-ENTRY_FIELDS: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]] = {
-    EntryKind.ENCLAVE_STARTED: {
-        "log_origin": str,
-        "hpke_public_key": str,
-        "log_public_key": str,
-        "evidence_bundle": str,  # base64 of the bundle bytes, bound to `challenge`
-        "evidence_digest": str,
-        "challenge": str,
-        "insecure_simulated": bool,
-    },
-    EntryKind.ROUND_OPENED: {"round_id": int, "config": dict, "config_digest": str},
-    EntryKind.UPDATE_ACCEPTED: {
-        "round_id": int,
-        "client_id": str,
-        "ciphertext_digest": str,
-        "ciphertext_size": int,
-        "num_examples": int,
-        "adapter_spec_digest": str,
-        "idempotency_key_digest": str,
-        # The site's signature over the header and ciphertext digest (fedseal/wire.py):
-        # these fields and the ones above rebuild the signed message.
-        "key_id": str,
-        "signature": str,
-        "protocol_version": int,
-        "hpke_suite": int,
-        "challenge": str,
-        "chunk_size": int,
-        # The round whose aggregate the update was trained from (signed, like the fields
-        # above), and its staleness: the releases between that one and this entry
-        # (aggregator/_rounds.py); an auditor recomputes it from the entries before.
-        "base_round_id": int,
-        "staleness": int,
-    },
-    EntryKind.UPDATE_REJECTED: {
-        "round_id": int,
-        "client_id": str,
-        "reason": str,
-        "detail": str,
-    },
-    EntryKind.ROUND_CLOSED: {
-        "round_id": int,
-        "strategy": str,
-        "participants": list,
-        "total_examples": int,
-        "aggregate_digest": str,
-        "aggregate_size": int,
-    },
-    EntryKind.ROUND_FAILED: {"round_id": int, "reason": str, "accepted": int},
-    # Written by a resuming enclave when the previous one left a torn (uncommitted) tail:
-    # the bytes were cut from the file (and kept aside); no receipt covered them.
-    EntryKind.TORN_TAIL_DROPPED: {
-        "offset": int,  # file offset where the dropped bytes started
-        "dropped_bytes": int,
-        "dropped_digest": str,  # SHA-256 of the dropped bytes
-        "dropped_lines": int,  # complete lines among them (a partial last line is not counted)
-    },
-    # The enrolment in force from here on (fedseal/enrolment.py): at every enclave start and
-    # after every rotation. `cause` is "start" or "rotation".
-    EntryKind.ENROLMENT_RECORDED: {
-        "enrolment": dict,
-        "enrolment_digest": str,  # SHA-256 of the canonical JSON of `enrolment`
-        "version": int,
-        "cause": str,
-    },
-    # The operator and approver keys of the job config, at every enclave start.
-    EntryKind.PRINCIPALS_RECORDED: {
-        "principals": list,  # [{"name", "role", "key": base64 raw Ed25519}]
-        "principals_digest": str,  # SHA-256 of the canonical JSON of `principals`
-    },
-    # An accepted signed request (fedseal/signed_request.py), before its action runs.
-    EntryKind.OPERATOR_ACTION: {
-        "action": str,
-        "signer": str,
-        "role": str,
-        "key_id": str,
-        "request": dict,  # the signed body, verbatim
-        "signature": str,
-        "request_digest": str,
-    },
-    # A certificate revocation list the aggregator loaded (signature checked against the CA).
-    EntryKind.REVOCATION_LIST_LOADED: {
-        "issuer": str,
-        "crl_number": int,
-        "crl_digest": str,  # SHA-256 of the DER CRL
-        "revoked": int,
-        "next_update": str,
-    },
-    # The job's DP budget, when its first DP round opens: the round config's `dp` section,
-    # the calibrated noise multiplier and the accountant (aggregator/_dp.py DpBudget).
-    EntryKind.DP_BUDGET: {"round_id": int, "budget": dict},
-    # A DP round refused before it opened: over the budget, or not the job's DP parameters.
-    EntryKind.DP_ROUND_REFUSED: {"round_id": int, "reason": str},
-    # One approver's decision on a gated round's aggregate (fedseal/approval.py).
-    EntryKind.APPROVAL_RECORDED: {
-        "round_id": int,
-        "approver": str,  # base64 raw Ed25519 key, listed in the round config
-        "approver_key_id": str,
-        "decision": str,  # "approve" or "refuse"
-        "aggregate_digest": str,
-        "signature": str,
-        "approval_digest": str,  # SHA-256 of the approval's canonical bytes
-    },
-    # A gated round's aggregate released (enough approvals) or withheld for good (a refusal).
-    EntryKind.AGGREGATE_RELEASED: {"round_id": int, "aggregate_digest": str, "approvals": list},
-    EntryKind.AGGREGATE_WITHHELD: {"round_id": int, "aggregate_digest": str, "refused_by": str},
-}
-
-# Optional fields: present only in some entries of a kind.
-OPTIONAL_ENTRY_FIELDS: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]] = {
-    # Key handover: the last checkpoint signed by the previous enclave (a signed note).
-    EntryKind.ENCLAVE_STARTED: {"previous_checkpoint": str},
-    EntryKind.ROUND_FAILED: {"cause": str},
-    EntryKind.ROUND_CLOSED: {
-        "strategy_params": dict,  # the resolved parameters the strategy ran with
-        "dp": dict,  # this round's DP spend (aggregator/_dp.py DpSpend) and noise
-        "metrics": dict,  # what a gated round publishes for its approvers
-        "approval_required": bool,  # the aggregate waits for approvals (not served yet)
-        # lora-exact: per LoRA module, how much of ΔW = Σ pᵢBᵢAᵢ the rank-r aggregate loses
-        # ({"module", "rank", "stacked_rank", "residual"}: relative Frobenius norm).
-        "lora_residuals": list,
-    },
-}
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 
 
 def released_round(entry: LogEntry) -> int | None:
@@ -266,10 +93,11 @@ def released_round(entry: LogEntry) -> int | None:
     (`approval_required`); then its `aggregate_released` entry does. Failed and withheld
     rounds release nothing. Staleness counts these entries (aggregator/_rounds.py).
     """
-    if entry.kind is EntryKind.AGGREGATE_RELEASED or (
-        entry.kind is EntryKind.ROUND_CLOSED and entry.fields.get("approval_required") is not True
+    body = entry.body
+    if isinstance(body, AggregateReleased) or (
+        isinstance(body, RoundClosed) and body.approval_required is not True
     ):
-        return int(entry.fields["round_id"])
+        return body.round_id
     return None
 
 
@@ -316,13 +144,25 @@ def _decimal_after(line: str, prefix: str) -> int:
 
 @dataclass(frozen=True)
 class LogEntry:
+    """One entry: its place, its time and its typed body (fedseal/logschema.py)."""
+
     index: int
     time: str
-    kind: EntryKind
-    fields: Mapping[str, Any]
+    body: EntryBody
 
-    def __post_init__(self) -> None:
-        _check_fields(self.kind, self.fields, where=f"entry {self.index}")
+    @classmethod
+    def of(cls, index: int, time: str, kind: EntryKind, fields: Mapping[str, Any]) -> LogEntry:
+        """An entry from JSON fields, decoded strictly (EntryFieldError names the field)."""
+        return cls(index, time, decode_body(kind, fields))
+
+    @property
+    def kind(self) -> EntryKind:
+        return self.body.KIND
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The body's JSON fields as written (a fresh dict: tools and tests only)."""
+        return self.body.to_fields()
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
@@ -330,7 +170,7 @@ class LogEntry:
             "index": self.index,
             "time": self.time,
             "kind": self.kind.value,
-            **self.fields,
+            **self.body.to_fields(),
         }
 
     def leaf_data(self) -> bytes:
@@ -349,40 +189,39 @@ class LogEntry:
 
     @classmethod
     def from_json_obj(cls, obj: object, *, where: str = "entry") -> LogEntry:
+        """Decode strictly; an `EntryFieldError` names the entry index (when readable) and field."""
         if not isinstance(obj, dict):
             raise FormatError(f"{where}: must be a JSON object")
-        if obj.get("v") != FORMAT_VERSION:
-            raise FormatError(f"{where}: unsupported entry version {obj.get('v')!r}")
-        index, time, kind_text = obj.get("index"), obj.get("time"), obj.get("kind")
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise FormatError(f"{where}: 'index' must be a non-negative integer")
-        if not isinstance(time, str):
-            raise FormatError(f"{where}: 'time' must be a string")
+        index = obj.get("index")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise EntryFieldError("entry", "index", "must be a non-negative integer", where=where)
+        at = f"{where}: entry {index}"
+        kind_text = obj.get("kind")
         try:
             kind = EntryKind(kind_text)
         except ValueError:
-            raise FormatError(f"{where}: unknown entry kind {kind_text!r}") from None
+            raise EntryFieldError(
+                "entry", "kind", f"is not a known entry kind: {str(kind_text)[:40]!r}", where=at, index=index
+            ) from None
+        version = obj.get("v")
+        if isinstance(version, bool) or version != FORMAT_VERSION:
+            problem = "is missing" if "v" not in obj else f"must be the integer {FORMAT_VERSION}"
+            raise EntryFieldError(kind.value, "v", problem, where=at, index=index)
+        time = obj.get("time")
+        if not isinstance(time, str) or not _TIME.fullmatch(time):
+            raise EntryFieldError(
+                kind.value, "time", "must be RFC 3339 UTC with milliseconds", where=at, index=index
+            )
         fields = {k: v for k, v in obj.items() if k not in ("v", "index", "time", "kind")}
-        return cls(index, time, kind, fields)
+        try:
+            body = decode_body(kind, fields)
+        except EntryFieldError as exc:
+            raise EntryFieldError(exc.kind, exc.field, exc.problem, where=at, index=index) from None
+        return cls(index, time, body)
 
     @classmethod
     def from_leaf_data(cls, data: bytes, *, where: str = "entry") -> LogEntry:
         return cls.from_json_obj(parse_canonical(data, what=where), where=where)
-
-
-def _check_fields(kind: EntryKind, fields: Mapping[str, Any], *, where: str) -> None:
-    spec = ENTRY_FIELDS[kind]
-    optional = OPTIONAL_ENTRY_FIELDS.get(kind, {})
-    missing = sorted(set(spec) - set(fields))
-    extra = sorted(set(fields) - set(spec) - set(optional))
-    if missing or extra:
-        raise FormatError(f"{where} ({kind.value}): missing fields {missing}, unknown fields {extra}")
-    for name, value in fields.items():
-        expected = spec.get(name) or optional[name]
-        if expected is int and isinstance(value, bool):
-            raise FormatError(f"{where} ({kind.value}): field {name!r} must be an integer")
-        if not isinstance(value, expected):
-            raise FormatError(f"{where} ({kind.value}): field {name!r} has the wrong type")
 
 
 @dataclass(frozen=True)

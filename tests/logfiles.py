@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedseal.canonical import canonical_json
 from fedseal.checkpoint import Checkpoint, sign_checkpoint
 from fedseal.logformat import ENTRY_RECORD_PREFIX, LogEntry, decode_record, encode_checkpoint_record
 from fedseal.merkle import MerkleTree
@@ -35,9 +36,12 @@ def resigned_log(
         record = decode_record(line, line_number=number)
         if record.entry is not None:
             entry = record.entry
-            if entry.index == index:
-                entry = LogEntry(entry.index, entry.time, entry.kind, fields)
             leaf = entry.leaf_data()
+            if entry.index == index:
+                # Written raw, not through the schema: a forgery need not be well formed.
+                leaf = canonical_json(
+                    {"v": 1, "index": entry.index, "time": entry.time, "kind": entry.kind.value, **fields}
+                )
             tree.append(leaf)
             lines.append(ENTRY_RECORD_PREFIX + leaf + b"}\n")
         else:

@@ -51,6 +51,7 @@ from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
 from fedseal.audit import FindingKind, audit_log
 from fedseal.audit._cli import main as audit_main
+from fedseal.canonical import b64encode
 from fedseal.envelope import DEFAULT_SUITE
 from fedseal.errors import FormatError, SignatureError
 from fedseal.logformat import (
@@ -176,17 +177,17 @@ def test_the_base_is_signed_bound_round_tripped_and_range_checked() -> None:
 
 def test_released_round_names_the_entries_that_make_a_global() -> None:
     def entry(kind: EntryKind, **fields: object) -> LogEntry:
-        base = {"round_id": 4, "aggregate_digest": "x"}
+        base = {"round_id": 4, "aggregate_digest": b64encode(bytes(32))}
         if kind is EntryKind.ROUND_CLOSED:
             base |= {"strategy": "fedavg", "participants": [], "total_examples": 1, "aggregate_size": 1}
         if kind is EntryKind.AGGREGATE_RELEASED:
             base |= {"approvals": []}
-        return LogEntry(0, "2026-01-01T00:00:00.000Z", kind, base | fields)
+        return LogEntry.of(0, "2026-01-01T00:00:00.000Z", kind, base | fields)
 
     assert released_round(entry(EntryKind.ROUND_CLOSED)) == 4
     assert released_round(entry(EntryKind.ROUND_CLOSED, approval_required=True)) is None
     assert released_round(entry(EntryKind.AGGREGATE_RELEASED)) == 4
-    failed = LogEntry(
+    failed = LogEntry.of(
         0, "2026-01-01T00:00:00.000Z", EntryKind.ROUND_FAILED, {"round_id": 4, "reason": "", "accepted": 0}
     )
     assert released_round(failed) is None

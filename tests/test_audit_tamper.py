@@ -359,7 +359,7 @@ def future_timestamp(h: History, lines: list[bytes], r: AuditReport) -> Tampered
 def handover_without_previous(h: History, lines: list[bytes], r: AuditReport) -> Tampered:
     i, entry = next((i, e) for i, e in _entries(lines) if e.index == _key_entries(r)[1])
     fields = {k: v for k, v in entry.fields.items() if k != "previous_checkpoint"}
-    stripped = LogEntry(entry.index, entry.time, entry.kind, fields)
+    stripped = LogEntry.of(entry.index, entry.time, entry.kind, fields)
     lines[i] = ENTRY_RECORD_PREFIX + stripped.leaf_data() + b"}\n"
     return Tampered(lines, FindingKind.BROKEN_HANDOVER, entry.index)
 
@@ -380,7 +380,7 @@ def round_story_rewritten(h: History, lines: list[bytes], r: AuditReport) -> Tam
     # both as an unsigned entry and as a round that cannot have accepted it.
     i, entry = _find(lines, EntryKind.ROUND_FAILED, round_id=2)
     _, accepted = _find(lines, EntryKind.UPDATE_ACCEPTED, round_id=2)
-    fake = LogEntry(entry.index + 1, entry.time, accepted.kind, {**accepted.fields, "client_id": "ghost"})
+    fake = LogEntry.of(entry.index + 1, entry.time, accepted.kind, {**accepted.fields, "client_id": "ghost"})
     lines.insert(i + 1, ENTRY_RECORD_PREFIX + fake.leaf_data() + b"}\n")
     return Tampered(lines, FindingKind.INCONSISTENT_ROUND, entry.index + 1)
 

@@ -212,7 +212,7 @@ def test_a_torn_tail_is_cut_kept_aside_and_recorded(tmp_path: Path, name: str, d
     log, _ = _log_with_commits(path, 2)
     log.close()
     committed = path.read_bytes()
-    entry = LogEntry(
+    entry = LogEntry.of(
         3,
         "2026-01-01T00:00:00.000Z",
         EntryKind.UPDATE_REJECTED,
