@@ -21,7 +21,7 @@ a tampered log is both detected and located:
 * a checkpoint signed by a key no attested `enclave_started` entry introduced:
   `unattested_key`; by a key that already handed over: `retired_key`;
 * a checkpoint dated after the audit time (plus the allowed clock skew): `future_timestamp`;
-* identity and access (fedseal/audit/_access.py): an accepted update whose site signature
+* identity and access (auditor/_access.py): an accepted update whose site signature
   does not verify under a key enrolled for it at that point: `bad_update_signature`; an
   operator action not signed by a recorded principal allowed to perform it:
   `unauthorized_action`; enrolment or principals that change without a signed request:

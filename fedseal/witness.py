@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from attestation import Policy
-from fedseal.audit import KeyAttestationError, attest_enclave_entry
+from auditor import KeyAttestationError, attest_enclave_entry
 from fedseal.canonical import b64decode_canonical
 from fedseal.checkpoint import Checkpoint, open_checkpoint
 from fedseal.errors import FedSealError, FormatError

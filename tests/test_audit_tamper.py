@@ -26,8 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregator import start_aggregator
 from attestation import InsecureSimulatedTeeCollector, Policy, load_builtin_policy, simulated_measurement
-from client_sdk import FedSealClient, Receipt, UpdateRejectedError
-from fedseal.audit import (
+from auditor import (
     AuditReport,
     FindingKind,
     TrustedCheckpoint,
@@ -35,7 +34,8 @@ from fedseal.audit import (
     check_receipt_in_log,
     verify_log,
 )
-from fedseal.audit._cli import main as audit_main
+from auditor._cli import main as audit_main
+from client_sdk import FedSealClient, Receipt, UpdateRejectedError
 from fedseal.canonical import canonical_json
 from fedseal.checkpoint import Checkpoint, sign_checkpoint
 from fedseal.logformat import (

@@ -21,8 +21,8 @@ from aggregator._log import AuditLog
 from aggregator._server import _start_enclave
 from aggregator.enclave._keys import EnclaveKeys
 from attestation import InsecureSimulatedTeeCollector, Policy, PolicyError, WitnessPolicy
-from fedseal.audit import verify_log
-from fedseal.audit._cli import main as audit_main
+from auditor import verify_log
+from auditor._cli import main as audit_main
 from fedseal.checkpoint import Checkpoint, sign_checkpoint, verify_cosignature
 from fedseal.errors import FormatError, ReceiptError
 from fedseal.logformat import CheckpointExtensions, EntryKind
@@ -313,7 +313,7 @@ def test_cli_keygen_and_serve(tmp_path: Path, dev_policy: Policy, capsys: pytest
         [
             sys.executable,
             "-m",
-            "fedseal.audit._cli",
+            "auditor",
             "witness",
             "serve",
             "--key-file",
