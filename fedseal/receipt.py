@@ -7,7 +7,7 @@ entry naming this client's round, id, example count and the digest of exactly th
 ciphertext it sent.
 
 A client may also require witness cosignatures (C2SP tlog-cosignature lines appended to
-the receipt's checkpoint by the aggregator, see fedseal/witness_rpc.py): at least
+the receipt's checkpoint by the aggregator, see aggregator/_witness.py): at least
 `min_cosignatures` of the given cosigner keys must have validly cosigned it. Any
 cosignature from a given key that fails to verify rejects the receipt.
 

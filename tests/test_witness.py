@@ -19,9 +19,10 @@ from conftest import access_config, make_adapter, round_config, site_client
 from aggregator import RunningAggregator, start_aggregator
 from aggregator._log import AuditLog
 from aggregator._server import _start_enclave
+from aggregator._witness import WitnessClient, WitnessCosigner, WitnessEndpoint
 from aggregator.enclave._keys import EnclaveKeys
 from attestation import InsecureSimulatedTeeCollector, Policy, PolicyError, WitnessPolicy
-from auditor import verify_log
+from auditor import Witness, WitnessKey, serve_witness, verify_log
 from auditor._cli import main as audit_main
 from fedseal.checkpoint import Checkpoint, sign_checkpoint, verify_cosignature
 from fedseal.errors import FormatError, ReceiptError
@@ -32,12 +33,9 @@ from fedseal.witness import (
     AddCheckpointRequest,
     KeyEntryNeededError,
     UnknownLogError,
-    Witness,
     WitnessConflictError,
-    WitnessKey,
     WitnessRefusedError,
 )
-from fedseal.witness_rpc import WitnessClient, WitnessCosigner, WitnessEndpoint, serve_witness
 
 ORIGIN = "fedseal.test/witnessed"
 ROOT = Path(__file__).resolve().parents[1]

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509 import ocsp
 
 from .._bundle import Evidence
-from .._checks import CheckRecorder, CheckResult
+from .._checks import Checklist, CheckRecorder, CheckResult
 from .._errors import AttestationError, CollateralUnavailableError, EvidenceFormatError
 from .._fetch import CollateralFetcher, CollateralRequest, OfflineFetcher
 from ._errors import (
@@ -119,9 +119,7 @@ def verify_gpu_evidence_against_nonce(
 
     Returns every check; raises the first failing check's error (carrying all checks).
     """
-    from .._verify import _Checklist
-
-    checks = _Checklist()
+    checks = Checklist()
     check_gpu_evidence(
         "nvidia-gpu",
         payload,
