@@ -24,7 +24,7 @@ import structlog
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
 from fedseal.checkpoint import Checkpoint, verify_cosignature
 from fedseal.errors import FedSealError, FormatError
-from fedseal.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier
+from fedseal.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier, split_note
 from fedseal.witness import (
     AddCheckpointRequest,
     KeyEntryNeededError,
@@ -133,7 +133,7 @@ class WitnessCosigner:
         """`note` with the verified cosignature lines of every witness that gave one."""
         if not self._tracked:
             return note
-        cp = Checkpoint.parse_body(note.rpartition("\n\n")[0] + "\n")
+        cp = Checkpoint.parse_body(split_note(note)[0])
         with self._lock:
             jobs = [self._pool.submit(self._offer, t, log, note, cp) for t in self._tracked]
             lines = [line for job in jobs if (line := job.result()) is not None]

@@ -62,7 +62,7 @@ from fedseal.logformat import (
     released_round,
 )
 from fedseal.merkle import MerkleTree, verify_consistency
-from fedseal.note import NoteVerifier, SignatureLine, open_note, parse_signature_line
+from fedseal.note import NoteVerifier, SignatureLine, open_note, split_note, unverified_signatures
 from fedseal.roundconfig import RoundConfig
 from fedseal.wire import StaleBaseError, update_staleness
 
@@ -593,14 +593,10 @@ def _lines(path: Path) -> Iterator[tuple[int, int, bytes, bool]]:
 
 def _signature_lines(note: str) -> list[SignatureLine]:
     """The parseable signature lines of a note (open_note checks the rest strictly)."""
-    _, sep, block = note.rpartition("\n\n")
-    lines = []
-    for text in block.splitlines() if sep else ():
-        try:
-            lines.append(parse_signature_line(text))
-        except FormatError:
-            continue
-    return lines
+    try:
+        return list(unverified_signatures(note))
+    except FedSealError:
+        return []
 
 
 class _Auditor:
@@ -1379,7 +1375,7 @@ class _Auditor:
     def _untrusted(self, item: TrustedCheckpoint, why: str = "") -> None:
         size: int | None = None
         try:
-            size = Checkpoint.parse_body(item.note.rpartition("\n\n")[0] + "\n").size
+            size = Checkpoint.parse_body(split_note(item.note)[0]).size
         except FedSealError:
             size = None
         if size is not None and size > self.tree.size:

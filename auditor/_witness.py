@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from attestation import Policy
+from fedseal._atomicfile import create_durably, replace_durably
 from fedseal.canonical import b64decode_canonical
 from fedseal.checkpoint import Checkpoint, open_checkpoint
 from fedseal.errors import FedSealError, FormatError
@@ -57,7 +58,8 @@ from fedseal.note import (
     CosignatureSigner,
     NoteVerifier,
     compute_key_id,
-    parse_signature_line,
+    split_note,
+    unverified_signatures,
     validate_key_name,
 )
 from fedseal.witness import (
@@ -104,12 +106,7 @@ class WitnessKey:
         key_id = compute_key_id(self.name, SIG_TYPE_COSIGNATURE_V1, public).hex()
         material = base64.b64encode(bytes([SIG_TYPE_COSIGNATURE_V1]) + seed).decode("ascii")
         text = f"{_KEY_PREFIX}{self.name}+{key_id}+{material}\n"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            _write_all(fd, text.encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        create_durably(path, text.encode("ascii"))
 
     @classmethod
     def load(cls, path: Path) -> WitnessKey:
@@ -235,12 +232,7 @@ class Witness:
     def _signed_by(
         self, request: AddCheckpointRequest, origin: str, known: tuple[_KnownKey, ...]
     ) -> tuple[Checkpoint, _KnownKey]:
-        ids = set()
-        for line in request.checkpoint.rpartition("\n\n")[2].splitlines():
-            try:
-                ids.add(parse_signature_line(line).key_id)
-            except FormatError:
-                continue
+        ids = {s.key_id for s in unverified_signatures(request.checkpoint)}
         for k in known:
             if k.verifier.key_id in ids:
                 try:
@@ -315,29 +307,8 @@ class Witness:
             {"format": STATE_FORMAT, "logs": {o: s.to_json_obj() for o, s in sorted(self._logs.items())}},
             indent=1,
         ).encode("utf-8")
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_durably(path, data)
 
 
 def _origin_of(note: str) -> str:
-    body, sep, _ = note.rpartition("\n\n")
-    if not sep:
-        raise FormatError("checkpoint is not a signed note")
-    return Checkpoint.parse_body(body + "\n").origin
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    return Checkpoint.parse_body(split_note(note)[0]).origin

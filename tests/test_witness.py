@@ -28,7 +28,7 @@ from fedseal.checkpoint import Checkpoint, sign_checkpoint, verify_cosignature
 from fedseal.errors import FormatError, ReceiptError
 from fedseal.logformat import CheckpointExtensions, EntryKind
 from fedseal.merkle import MerkleTree
-from fedseal.note import NoteSigner, NoteVerifier
+from fedseal.note import NoteSigner, NoteVerifier, split_note
 from fedseal.witness import (
     AddCheckpointRequest,
     KeyEntryNeededError,
@@ -48,7 +48,7 @@ def _collector() -> InsecureSimulatedTeeCollector:
 
 
 def _note(cp_text: str) -> Checkpoint:
-    return Checkpoint.parse_body(cp_text.rpartition("\n\n")[0] + "\n")
+    return Checkpoint.parse_body(split_note(cp_text)[0])
 
 
 class _Log:
