@@ -152,7 +152,11 @@ def _verify_simulated(label: str, evidence: Evidence, ctx: VerificationContext) 
             message=str(exc),
         )
         return
-    signature_ok = report.signature_is_valid()
+    try:
+        report.verify_signature()
+        signature_ok = True
+    except EvidenceSignatureError:
+        signature_ok = False
     checks.record(
         f"{label} signature",
         expected="valid Ed25519 signature by the embedded key",
