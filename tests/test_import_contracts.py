@@ -3,6 +3,7 @@ for the tree, and a module that breaks one makes lint-imports fail naming that c
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -78,3 +79,12 @@ def test_a_violation_fails_naming_its_contract(
         verdict = "BROKEN" if contract_id in broken else "KEPT"
         assert f"{name} {verdict}" in result.stdout, result.stdout
     assert module.removesuffix(".py").replace("/", ".") in result.stdout
+
+
+def test_console_scripts_point_at_the_packages_that_hold_them() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    scripts = project["scripts"]
+    assert scripts["fedseal-audit"] == "auditor._cli:main"
+    for target in scripts.values():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
