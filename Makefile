@@ -29,6 +29,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Not run by CI (a benchmark, minutes long): rewrites the ingest table in README.md.
 bench-ingest: $(STAMP)

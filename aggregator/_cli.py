@@ -22,6 +22,7 @@ from aggregator._metrics import ListenAddress, parse_listen_address
 from aggregator._preflight import Preflight, PreflightError, PreflightMode
 from aggregator._selfattest import SelfAttestationGate
 from aggregator._server import RunningAggregator, start_aggregator
+from aggregator._witness import WitnessCosigner, WitnessEndpoint
 from attestation import (
     CachingFetcher,
     CheckResult,
@@ -37,7 +38,6 @@ from attestation._hardware import CpuTee, GpuCollector, hardware_collectors
 from fedseal.enrolment import Enrolment
 from fedseal.errors import FedSealError, FormatError
 from fedseal.roundconfig import ConfigError
-from fedseal.witness_rpc import WitnessCosigner, WitnessEndpoint
 
 _log = structlog.get_logger("fedseal.aggregator")
 

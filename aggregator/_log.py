@@ -45,6 +45,7 @@ from typing import Any, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedseal._atomicfile import create_durably, fsync_directory, write_all
 from fedseal.canonical import b64decode_canonical, parse_canonical
 from fedseal.checkpoint import Checkpoint, TlogProof, sign_checkpoint
 from fedseal.errors import FedSealError
@@ -58,8 +59,8 @@ from fedseal.logformat import (
     utc_now_text,
 )
 from fedseal.logschema import decode_body
-from fedseal.merkle import MerkleTree
-from fedseal.note import NoteSigner, NoteVerifier, open_note, parse_signature_line
+from fedseal.merkle import MerkleTree, leaf_hash
+from fedseal.note import NoteSigner, NoteVerifier, open_note, split_note, unverified_signatures
 
 __all__ = [
     "AppendResult",
@@ -321,10 +322,7 @@ class AuditLog:
 
     def _write(self, data: bytes) -> None:
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            write_all(self._fd, data)
             os.fsync(self._fd)
         except OSError as exc:
             raise AuditLogError(f"cannot write audit log {self._path}: {exc.strerror}") from exc
@@ -377,7 +375,7 @@ class AuditLog:
         # The line may be followed by the commit's checkpoint: keep the entry line only.
         line = line.split(b"\n", 1)[0]
         leaf = line[len(ENTRY_RECORD_PREFIX) : -1]
-        if not line.startswith(ENTRY_RECORD_PREFIX) or self._tree.leaf_hash_at(index) != _leaf_hash(leaf):
+        if not line.startswith(ENTRY_RECORD_PREFIX) or self._tree.leaf_hash_at(index) != leaf_hash(leaf):
             raise AuditLogError(f"entry {index} on disk no longer matches the log's tree")
         return leaf
 
@@ -395,7 +393,7 @@ class AuditLog:
             existed = path.exists()
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             if not existed:
-                _fsync_dir(path.parent)
+                fsync_directory(path.parent)
             length = os.fstat(self._fd).st_size
         except OSError as exc:
             raise AuditLogError(f"cannot open audit log {path}: {exc.strerror}") from exc
@@ -569,11 +567,8 @@ class _Scanner:
 
     def _checkpoint(self, note: str, number: int) -> bool:
         """Check a committed checkpoint; False if it cannot be one (then the tail starts here)."""
-        body, sep, _ = note.rpartition("\n\n")
         try:
-            if not sep:
-                raise FedSealError("not a signed note")
-            cp = Checkpoint.parse_body(body + "\n")
+            cp = Checkpoint.parse_body(split_note(note)[0])
             ext = CheckpointExtensions.of(cp)
         except FedSealError:
             return False
@@ -606,10 +601,7 @@ class _Scanner:
                 try:
                     obj = parse_canonical(raw[:-1], what="tail line")
                     note = obj["checkpoint"]
-                    signed_by_known = any(
-                        parse_signature_line(s).key_id in self.keys
-                        for s in note.rpartition("\n\n")[2].splitlines()
-                    )
+                    signed_by_known = any(s.key_id in self.keys for s in unverified_signatures(note))
                     if signed_by_known:
                         open_note(note, list(self.keys.values()))
                         return position
@@ -626,10 +618,6 @@ def _prefix_tree(tree: MerkleTree, size: int) -> MerkleTree:
     return prefix
 
 
-def _leaf_hash(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
-
-
 def _utc(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
@@ -640,26 +628,10 @@ def _save_aside(path: Path, offset: int, tail: bytes) -> Path:
         suffix = f".torn-{offset}" + (f"-{attempt}" if attempt else "")
         target = path.with_name(path.name + suffix)
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            create_durably(target, tail, mode=0o644)
         except FileExistsError:
             continue
         except OSError as exc:
             raise AuditLogError(f"cannot keep the torn tail aside in {target}: {exc.strerror}") from exc
-        try:
-            view = memoryview(tail)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(path.parent)
         return target
     raise AuditLogError(f"too many torn-tail files next to {path}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

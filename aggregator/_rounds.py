@@ -44,7 +44,7 @@ is refused as `unknown_base`; a synchronous round accepts staleness 0 only (the 
 global), an async one up to `max_staleness`, anything older is refused as `stale_update`.
 An accepted update is weighted by num_examples * alpha**staleness, and its entry records
 `base_round_id` and `staleness`, so an auditor recomputes both from the entries before it
-(fedseal/audit). Releases count over the whole log, the enclaves before a restart included
+(auditor/). Releases count over the whole log, the enclaves before a restart included
 (a resumed enclave reads them back from the log), although a restarted enclave's own global
 is its `--initial-adapter` again. Staleness is decided when the upload starts and again,
 under the round lock, when the update is folded in: a release in between can make it staler.

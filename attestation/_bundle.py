@@ -30,7 +30,8 @@ enclave's TLS endpoint presents, and its ``binding`` is binding v2, which covers
 * ``evidence`` holds 1 to 64 items. ``kind`` is one of :class:`EvidenceKind`'s values;
   ``payload`` is the kind's own format (for ``simulated-insecure-tee`` see
   ``attestation/_simulated.py``; hardware kinds carry the vendor's report or token).
-  Each item's report data must carry the binding.
+  Each item's report data must carry the binding. No item may appear twice
+  (:class:`DuplicateEvidenceError`).
 
 Parsing is strict: a missing or unknown field, a wrong length, non-canonical base64, an
 unknown evidence kind, another format version or a document not in canonical form is a
@@ -53,7 +54,7 @@ from fedseal.binding import (
 )
 
 from ._encoding import DecodeError, b64decode_strict, b64encode, canonical_json, load_json_object
-from ._errors import BundleFormatError
+from ._errors import BundleFormatError, DuplicateEvidenceError
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -170,9 +171,17 @@ class EvidenceBundle:
                 f"got {len(self.evidence)}",
                 field="evidence",
             )
+        first_seen: dict[Evidence, int] = {}
         for index, item in enumerate(self.evidence):
             if not isinstance(item, Evidence):
                 raise BundleFormatError(f"evidence[{index}] must be an Evidence", field=f"evidence[{index}]")
+            first = first_seen.setdefault(item, index)
+            if first != index:
+                # One report counted twice would look like two attesting devices.
+                raise DuplicateEvidenceError(
+                    f"evidence[{index}] repeats evidence[{first}] (same kind and payload)",
+                    field=f"evidence[{index}]",
+                )
 
     def to_bytes(self) -> bytes:
         """The canonical wire encoding (see the module docstring)."""

@@ -23,6 +23,7 @@ __all__ = [
     "BindingMismatchError",
     "BundleFormatError",
     "CollateralUnavailableError",
+    "DuplicateEvidenceError",
     "EndpointError",
     "EvidenceCollectionError",
     "EvidenceFormatError",
@@ -67,6 +68,10 @@ class BundleFormatError(AttestationError, FormatError):
     ) -> None:
         super().__init__(message, checks=checks)
         self.field = field
+
+
+class DuplicateEvidenceError(BundleFormatError):
+    """A bundle lists the same evidence item (kind and payload) more than once."""
 
 
 class EvidenceFormatError(BundleFormatError):

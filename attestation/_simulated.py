@@ -43,7 +43,7 @@ from ._encoding import (
     hexdecode_strict,
     load_json_object,
 )
-from ._errors import EvidenceCollectionError, EvidenceFormatError
+from ._errors import EvidenceCollectionError, EvidenceFormatError, EvidenceSignatureError
 
 __all__ = [
     "SIMULATED_EVIDENCE_TYPE",
@@ -90,17 +90,19 @@ class SimulatedReport:
         """The canonical payload bytes of this report (what goes in ``Evidence.payload``)."""
         return _payload_bytes(self)
 
-    def signature_is_valid(self) -> bool:
-        """Whether ``signature`` verifies under the embedded ``signing_key``.
+    def verify_signature(self) -> None:
+        """Check that ``signature`` verifies under the embedded ``signing_key``, or raise
+        :class:`EvidenceSignatureError`.
 
-        A True here proves only that the payload is intact since it was signed. The key
+        Passing proves only that the payload is intact since it was signed. The key
         travels with the payload, so anyone can make a report that passes this check.
         """
         try:
             Ed25519PublicKey.from_public_bytes(self.signing_key).verify(self.signature, self.signed_bytes())
         except InvalidSignature:
-            return False
-        return True
+            raise EvidenceSignatureError(
+                "simulated report signature does not verify under its embedded key (payload altered)"
+            ) from None
 
 
 def parse_simulated_payload(payload: bytes, *, field: str = "payload") -> SimulatedReport:

@@ -32,9 +32,8 @@ from fedseal.binding import CHALLENGE_SIZE, compute_binding
 from fedseal.errors import FormatError
 
 from ._bundle import Evidence, EvidenceBundle, EvidenceKind
-from ._checks import CheckResult
+from ._checks import Checklist, CheckResult
 from ._errors import (
-    AttestationError,
     BindingMismatchError,
     EvidenceFormatError,
     EvidenceSignatureError,
@@ -97,38 +96,6 @@ class VerifiedAttestation:
         return Ed25519PublicKey.from_public_bytes(self.log_public_key)
 
 
-class _Checklist:
-    """Collects check results and remembers which error the first failure calls for."""
-
-    def __init__(self) -> None:
-        self.results: list[CheckResult] = []
-        self._first_failure: tuple[type[AttestationError], str] | None = None
-
-    def record(
-        self,
-        name: str,
-        *,
-        expected: str,
-        found: str,
-        passed: bool,
-        error: type[AttestationError],
-        message: str,
-    ) -> bool:
-        self.results.append(CheckResult(name=name, expected=expected, found=found, passed=passed))
-        if not passed and self._first_failure is None:
-            self._first_failure = (error, message)
-        return passed
-
-    def raise_if_failed(self) -> None:
-        if self._first_failure is None:
-            return
-        error, message = self._first_failure
-        failures = sum(1 for result in self.results if not result.passed)
-        if failures > 1:
-            message += f" (and {failures - 1} more failing check(s))"
-        raise error(message, checks=self.results)
-
-
 @dataclass(frozen=True)
 class VerificationContext:
     """What every evidence verifier may use besides the evidence item itself.
@@ -141,7 +108,7 @@ class VerificationContext:
     binding: bytes
     bundle: EvidenceBundle
     policy: Policy
-    checks: _Checklist
+    checks: Checklist
     now: datetime.datetime
     fetcher: CollateralFetcher
 
@@ -185,7 +152,11 @@ def _verify_simulated(label: str, evidence: Evidence, ctx: VerificationContext) 
             message=str(exc),
         )
         return
-    signature_ok = report.signature_is_valid()
+    try:
+        report.verify_signature()
+        signature_ok = True
+    except EvidenceSignatureError:
+        signature_ok = False
     checks.record(
         f"{label} signature",
         expected="valid Ed25519 signature by the embedded key",
@@ -259,7 +230,7 @@ def verify_bundle(
     elif not isinstance(bundle, EvidenceBundle):
         raise TypeError("bundle must be an EvidenceBundle or its bytes")
 
-    checks = _Checklist()
+    checks = Checklist()
     checks.record(
         "challenge",
         expected=challenge.hex(),

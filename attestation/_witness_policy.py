@@ -8,7 +8,7 @@
 `keys` are C2SP verifier key strings of type 0x04 (tlog-cosignature, Ed25519), one per
 witness; `min` (1..len(keys)) is how many of them must have cosigned the checkpoint in a
 receipt. A witness cosigns only a checkpoint consistent with every earlier one it saw
-(fedseal/witness.py), so `min` independent witnesses make showing this client a view of
+(auditor/_witness.py), so `min` independent witnesses make showing this client a view of
 the log that others do not see (a split view) require that many witnesses to collude.
 Without the section no cosignature is required.
 """

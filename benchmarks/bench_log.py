@@ -17,7 +17,7 @@ per line, with no tree, no signature and no concurrency.
 Verification generates a log in the writer's exact format (a real `enclave_started`
 entry with simulated evidence, the enrolment of every site, rounds of `update_accepted`
 entries each carrying its site's Ed25519 signature, and a signed checkpoint every --batch
-entries, the shape group commit gives under load), then times `fedseal.audit.audit_log`,
+entries, the shape group commit gives under load), then times `auditor.audit_log`,
 the same code as `fedseal-audit verify`. The peer is the floor for any verifier of this
 format: one SHA-256 leaf hash per entry and one Ed25519 verification per checkpoint and
 per accepted update (its site signature) with `cryptography` alone.
@@ -47,7 +47,7 @@ from aggregator._log import AuditLog, CommitMode  # noqa: E402
 from aggregator._server import _start_enclave  # noqa: E402
 from aggregator.enclave._keys import EnclaveKeys  # noqa: E402
 from attestation import InsecureSimulatedTeeCollector, load_builtin_policy  # noqa: E402
-from fedseal.audit import audit_log  # noqa: E402
+from auditor import audit_log  # noqa: E402
 from fedseal.canonical import b64encode, canonical_json  # noqa: E402
 from fedseal.checkpoint import Checkpoint, sign_checkpoint  # noqa: E402
 from fedseal.enrolment import EnrolledSite, Enrolment  # noqa: E402

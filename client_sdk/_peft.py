@@ -9,12 +9,12 @@ PEFT itself is not needed to write the folder.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from client_sdk._client import Aggregate
+from fedseal._atomicfile import replace_durably
 
 __all__ = ["write_peft_adapter"]
 
@@ -26,9 +26,7 @@ def write_peft_adapter(aggregate: Aggregate, directory: Path, adapter_config: Ma
     """
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / "adapter_model.safetensors"
-    tmp = weights.with_suffix(".tmp")
-    tmp.write_bytes(aggregate.data)
-    os.replace(tmp, weights)
+    replace_durably(weights, aggregate.data, mode=0o644)
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in adapter_config.items()}
     (directory / "adapter_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     return directory

@@ -7,17 +7,17 @@ proves later that the aggregator's log still contains the entry, and a receipt's
 checkpoint is a trusted checkpoint for `fedseal-audit verify --trusted-checkpoint`.
 
 Layout: `<directory>/<log origin, '/' as '_'>/round-<round id>-<client id>-entry-<index>.tlog-proof`.
-Files are written atomically (temporary file, fsync, rename) and never overwritten: the
+Files are written atomically (fedseal/_atomicfile.py) and never overwritten: the
 same receipt again is a no-op, a different one for the same name is an error.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from fedseal._atomicfile import replace_durably
 from fedseal.errors import FedSealError
 from fedseal.receipt import Receipt
 
@@ -54,21 +54,7 @@ class ReceiptStore:
                 if path.read_bytes() != data:
                     raise ReceiptStoreError(f"{path} already holds a different receipt for this entry")
                 return path
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            replace_durably(path, data)
         except OSError as exc:
             raise ReceiptStoreError(f"cannot store the receipt in {path.parent}: {exc.strerror}") from exc
         return path

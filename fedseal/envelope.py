@@ -1,6 +1,6 @@
 """Envelope encryption of one client update to the enclave's attested HPKE key.
 
-Construction (version 1)
+Construction (version 2)
 ------------------------
 
 A client seals one update (the safetensors bytes of its LoRA adapter delta) like this:

@@ -1,7 +1,8 @@
 """One root error for everything FedSeal raises, with one subclass per kind of failure.
 
-Verification code raises these; it never answers with a bool. Messages name what is
-wrong and never include key material or plaintext.
+A verification either returns a typed result or raises one of these (or a subclass
+defined next to the code that raises it); no verdict is a bare bool a caller could ignore.
+Messages name what is wrong and never include key material or plaintext.
 """
 
 from __future__ import annotations

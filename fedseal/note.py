@@ -69,6 +69,8 @@ __all__ = [
     "format_signature_line",
     "open_note",
     "parse_signature_line",
+    "split_note",
+    "unverified_signatures",
     "validate_key_name",
 ]
 
@@ -395,8 +397,14 @@ class CosignatureSigner(_Ed25519KeyHolder):
         return format_signature_line(self._name, self._key_id, field)
 
 
-def _split_note(note: str) -> tuple[str, list[str]]:
-    """Split at the last blank line into the text and the signature lines."""
+def split_note(note: str) -> tuple[str, tuple[str, ...]]:
+    """Split a signed note at its last blank line into the signed text (ending in a newline)
+    and its signature lines, neither verified nor parsed.
+
+    The one place a note is taken apart: NoteError if it is not shaped like a signed note
+    (no blank line, no signature lines, no final newline, a control character, too many
+    signatures). `open_note` verifies; this only splits.
+    """
     if _CONTROL_CHARS.search(note):
         raise NoteError("note contains an ASCII control character other than newline")
     split = note.rfind("\n\n")
@@ -407,10 +415,23 @@ def _split_note(note: str) -> tuple[str, list[str]]:
         raise NoteError("note has no signature lines")
     if not block.endswith("\n"):
         raise NoteError("note does not end in a newline")
-    lines = block[:-1].split("\n")
+    lines = tuple(block[:-1].split("\n"))
     if len(lines) > MAX_SIGNATURES:
         raise NoteError(f"note has {len(lines)} signatures, more than {MAX_SIGNATURES}")
     return text, lines
+
+
+def unverified_signatures(note: str) -> tuple[SignatureLine, ...]:
+    """The well-formed signature lines of a note, unverified: what a verifier uses to pick
+    the keys to try. Lines that do not parse are skipped here (`open_note` refuses them);
+    a note that is not shaped like one raises NoteError (see `split_note`)."""
+    parsed = []
+    for line in split_note(note)[1]:
+        try:
+            parsed.append(parse_signature_line(line))
+        except FormatError:
+            continue
+    return tuple(parsed)
 
 
 def open_note(note: str | bytes, verifiers: Sequence[NoteVerifier]) -> VerifiedNote:
@@ -435,7 +456,7 @@ def open_note(note: str | bytes, verifiers: Sequence[NoteVerifier]) -> VerifiedN
         if not existing.same_key(v):
             raise NoteError(f"two different verifier keys share name {v.name!r} and key ID")
 
-    text, lines = _split_note(note)
+    text, lines = split_note(note)
     verified: list[VerifiedSignature] = []
     seen: set[tuple[str, bytes]] = set()
     for line in lines:

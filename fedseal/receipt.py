@@ -7,7 +7,7 @@ entry naming this client's round, id, example count and the digest of exactly th
 ciphertext it sent.
 
 A client may also require witness cosignatures (C2SP tlog-cosignature lines appended to
-the receipt's checkpoint by the aggregator, see fedseal/witness_rpc.py): at least
+the receipt's checkpoint by the aggregator, see aggregator/_witness.py): at least
 `min_cosignatures` of the given cosigner keys must have validly cosigned it. Any
 cosignature from a given key that fails to verify rejects the receipt.
 
@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedseal.canonical import b64encode
 from fedseal.checkpoint import Checkpoint, TlogProof, VerifiedCheckpoint, verify_tlog_proof
-from fedseal.errors import FedSealError, ReceiptError
+from fedseal.errors import FedSealError, NoteError, ReceiptError
 from fedseal.logformat import EntryKind, LogEntry
-from fedseal.note import NoteVerifier
+from fedseal.note import NoteVerifier, split_note
 
 __all__ = ["ExpectedUpdate", "Receipt", "verify_receipt"]
 
@@ -125,10 +125,10 @@ def _cosigned_by(verified: VerifiedCheckpoint, cosigners: Sequence[NoteVerifier]
 
 
 def _note_body(note: str) -> str:
-    body, sep, _ = note.rpartition("\n\n")
-    if not sep:
-        raise ReceiptError("receipt checkpoint is not a signed note")
-    return body + "\n"
+    try:
+        return split_note(note)[0]
+    except NoteError as exc:
+        raise ReceiptError(f"receipt checkpoint is not a signed note: {exc}") from None
 
 
 def _raw(key: Ed25519PublicKey | bytes) -> bytes:

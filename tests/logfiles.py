@@ -10,7 +10,7 @@ from fedseal.canonical import canonical_json
 from fedseal.checkpoint import Checkpoint, sign_checkpoint
 from fedseal.logformat import ENTRY_RECORD_PREFIX, LogEntry, decode_record, encode_checkpoint_record
 from fedseal.merkle import MerkleTree
-from fedseal.note import NoteSigner
+from fedseal.note import NoteSigner, split_note
 
 
 def log_entries(path: Path) -> list[LogEntry]:
@@ -46,7 +46,7 @@ def resigned_log(
             lines.append(ENTRY_RECORD_PREFIX + leaf + b"}\n")
         else:
             assert record.checkpoint is not None
-            old = Checkpoint.parse_body(record.checkpoint.rpartition("\n\n")[0] + "\n")
+            old = Checkpoint.parse_body(split_note(record.checkpoint)[0])
             assert old.size == tree.size
             fresh = Checkpoint(origin, tree.size, tree.root(), old.extensions)
             lines.append(encode_checkpoint_record(sign_checkpoint(fresh, signer)))

@@ -18,6 +18,7 @@ from aggregator import RunningAggregator
 from aggregator._server import start_aggregator
 from aggregator.enclave._spool import SpoolErasedError
 from attestation import Policy
+from auditor import audit_log
 from client_sdk import RoundUnavailableError
 from fedseal.approval import (
     Decision,
@@ -29,7 +30,6 @@ from fedseal.approval import (
     WrongRoundError,
     sign_approval,
 )
-from fedseal.audit import audit_log
 from fedseal.logformat import EntryKind
 from fedseal.roundconfig import ApprovalParams
 

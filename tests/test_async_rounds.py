@@ -38,6 +38,8 @@ from relay import self_signed_certificate
 
 from aggregator import RunningAggregator, start_aggregator
 from attestation import Policy, load_builtin_policy
+from auditor import FindingKind, audit_log
+from auditor._cli import main as audit_main
 from client_sdk import (
     ChannelSecurity,
     FedSealClient,
@@ -49,8 +51,6 @@ from client_sdk import (
 from client_sdk._client import _serialize
 from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
-from fedseal.audit import FindingKind, audit_log
-from fedseal.audit._cli import main as audit_main
 from fedseal.canonical import b64encode
 from fedseal.envelope import DEFAULT_SUITE
 from fedseal.errors import FormatError, SignatureError

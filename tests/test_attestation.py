@@ -21,6 +21,7 @@ from attestation import (
     AttestationError,
     BindingMismatchError,
     BundleFormatError,
+    DuplicateEvidenceError,
     Evidence,
     EvidenceBundle,
     EvidenceCollectionError,
@@ -216,6 +217,19 @@ def test_too_many_evidence_items(bundle: EvidenceBundle) -> None:
     document["evidence"] = _evidence_items(document) * 65
     with pytest.raises(BundleFormatError, match="1 to 64"):
         EvidenceBundle.from_bytes(_encode(document))
+
+
+def test_the_same_evidence_item_twice_is_refused_by_name(bundle: EvidenceBundle) -> None:
+    document = _document(bundle)
+    document["evidence"] = _evidence_items(document) * 2
+    with pytest.raises(DuplicateEvidenceError, match=r"evidence\[1\] repeats evidence\[0\]") as info:
+        EvidenceBundle.from_bytes(_encode(document))
+    assert info.value.field == "evidence[1]"
+    with pytest.raises(DuplicateEvidenceError):
+        dataclasses.replace(bundle, evidence=(*bundle.evidence, bundle.evidence[0]))
+    # the same kind with another payload is a different item (several GPUs, several reports)
+    other = Evidence(bundle.evidence[0].kind, bundle.evidence[0].payload + b" ")
+    assert len(dataclasses.replace(bundle, evidence=(*bundle.evidence, other)).evidence) == 2
 
 
 @pytest.mark.parametrize(

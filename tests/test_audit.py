@@ -14,9 +14,9 @@ from conftest import access_config, make_adapter, round_config, site_client
 
 from aggregator import RunningAggregator
 from attestation import Policy
+from auditor import FindingKind, LogVerificationError, audit_log, verify_log
+from auditor._cli import main as audit_main
 from client_sdk import UpdateRejectedError
-from fedseal.audit import FindingKind, LogVerificationError, audit_log, verify_log
-from fedseal.audit._cli import main as audit_main
 
 DEV = "dev-insecure-allow-simulated"
 

@@ -13,14 +13,14 @@ from conftest import access_config, make_adapter, round_config, submit_as
 
 from aggregator import RunningAggregator, start_aggregator
 from attestation import InsecureSimulatedTeeCollector, Policy
-from client_sdk import ReceiptStore
-from fedseal.audit import (
+from auditor import (
     FindingKind,
     ReceiptCheckError,
     check_receipt_at_endpoint,
     check_receipt_in_log,
 )
-from fedseal.audit._cli import main as audit_main
+from auditor._cli import main as audit_main
+from client_sdk import ReceiptStore
 from fedseal.receipt import verify_receipt
 
 ORIGIN = "fedseal.test/receipts"

@@ -26,8 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregator import start_aggregator
 from attestation import InsecureSimulatedTeeCollector, Policy, load_builtin_policy, simulated_measurement
-from client_sdk import FedSealClient, Receipt, UpdateRejectedError
-from fedseal.audit import (
+from auditor import (
     AuditReport,
     FindingKind,
     TrustedCheckpoint,
@@ -35,7 +34,8 @@ from fedseal.audit import (
     check_receipt_in_log,
     verify_log,
 )
-from fedseal.audit._cli import main as audit_main
+from auditor._cli import main as audit_main
+from client_sdk import FedSealClient, Receipt, UpdateRejectedError
 from fedseal.canonical import canonical_json
 from fedseal.checkpoint import Checkpoint, sign_checkpoint
 from fedseal.logformat import (
@@ -47,7 +47,7 @@ from fedseal.logformat import (
     encode_checkpoint_record,
 )
 from fedseal.merkle import MerkleTree, verify_consistency
-from fedseal.note import NoteSigner
+from fedseal.note import NoteSigner, split_note
 
 DEV = "dev-insecure-allow-simulated"
 ORIGIN = "fedseal.test/tamper"
@@ -143,8 +143,8 @@ def test_honest_log_across_two_restarts_verifies(history: History, dev: Policy) 
     assert len(report.handovers) == 2
     for h in report.handovers:
         # The handover's proof is real: it links the old key's last root to the new key's first.
-        old = Checkpoint.parse_body(h.old_checkpoint.rpartition("\n\n")[0] + "\n")
-        new = Checkpoint.parse_body(h.new_checkpoint.rpartition("\n\n")[0] + "\n")
+        old = Checkpoint.parse_body(split_note(h.old_checkpoint)[0])
+        new = Checkpoint.parse_body(split_note(h.new_checkpoint)[0])
         assert (old.size, new.size) == (h.old_size, h.new_size) and h.new_size > h.old_size
         verify_consistency(old.size, new.size, h.consistency_proof, old.root_hash, new.root_hash)
     states = {r.round_id: r.state for r in report.rounds}
@@ -492,6 +492,6 @@ def test_cli_verify_reports_fork_evidence_and_exit_codes(
 
 def test_report_root_matches_the_latest_checkpoint(history: History, honest: AuditReport) -> None:
     assert honest.latest_checkpoint is not None
-    latest = Checkpoint.parse_body(honest.latest_checkpoint.rpartition("\n\n")[0] + "\n")
+    latest = Checkpoint.parse_body(split_note(honest.latest_checkpoint)[0])
     assert latest.size == honest.entries and latest.root_hash == honest.root_hash
     assert base64.b64encode(honest.root_hash).decode() in json.dumps(honest.to_json_obj())

@@ -26,6 +26,7 @@ from fedseal.note import (
     NoteSigner,
     NoteVerifier,
     parse_signature_line,
+    split_note,
 )
 
 ORIGIN = "fedseal.example/log"
@@ -294,7 +295,7 @@ def test_verify_tlog_proof_end_to_end(
     witness: NoteVerifier,
 ) -> None:
     tree, note = logged
-    cp = Checkpoint.parse_body(note.split("\n\n")[0] + "\n")
+    cp = Checkpoint.parse_body(split_note(note)[0])
     cosigned = note + cosign_checkpoint(cp, "witness.example/w1", witness_key, 99)
     proof = TlogProof(b"ctx", 13, tuple(tree.inclusion_proof(13)), cosigned)
     parsed = TlogProof.parse(proof.to_text())

@@ -20,9 +20,9 @@ from aggregator._dp import DpLedger, add_noise, calibrate_noise_multiplier, clip
 from aggregator._server import start_aggregator
 from attestation import Policy
 from attestation._policy import DpRequirement
+from auditor import audit_log
+from auditor._cli import main as audit_main
 from client_sdk import DpRequirementError
-from fedseal.audit import audit_log
-from fedseal.audit._cli import main as audit_main
 from fedseal.logformat import EntryKind
 from fedseal.roundconfig import ConfigError, DpParams, KrumParams
 

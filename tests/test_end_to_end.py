@@ -31,9 +31,9 @@ from attestation import (
     load_builtin_policy,
     verify_bundle,
 )
+from auditor import audit_log
 from client_sdk import FedSealClient, SealedSubmission, UpdateRejectedError
 from client_sdk._transport import AggregatorConnection
-from fedseal.audit import audit_log
 from fedseal.logformat import EntryKind, LogEntry, RejectReason, decode_record
 from fedseal.receipt import verify_receipt
 from fedseal.spec import WireDtype

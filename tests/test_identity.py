@@ -27,6 +27,7 @@ from identities import (
 
 from aggregator import AccessConfig, ConfigError, RunningAggregator, start_aggregator
 from attestation import Policy
+from auditor import FindingKind, audit_log
 from client_sdk import (
     AccessDeniedError,
     AccessDeniedReason,
@@ -40,7 +41,6 @@ from client_sdk import (
     write_signing_key,
 )
 from client_sdk._transport import AggregatorConnection
-from fedseal.audit import FindingKind, audit_log
 from fedseal.canonical import b64encode
 from fedseal.enrolment import Enrolment, EnrolmentError
 from fedseal.errors import FormatError, SignatureError

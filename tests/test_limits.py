@@ -13,10 +13,10 @@ from conftest import access_config, make_adapter, round_config, simulated_collec
 
 from aggregator import AccessLimits, ConfigError, RunningAggregator, start_aggregator
 from attestation import Policy
+from auditor import audit_log
+from auditor._endpoint import AuditEndpointError, AuditorConnection
 from client_sdk import AccessDeniedError, AccessDeniedReason, FedSealClient
 from client_sdk._transport import AggregatorConnection
-from fedseal.audit import audit_log
-from fedseal.audit._endpoint import AuditEndpointError, AuditorConnection
 from fedseal.logformat import EntryKind, decode_record
 
 

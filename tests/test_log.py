@@ -19,8 +19,8 @@ from aggregator._log import AuditLog, AuditLogError, CommitMode
 from aggregator._server import _start_enclave
 from aggregator.enclave._keys import EnclaveKeys
 from attestation import InsecureSimulatedTeeCollector, Policy
-from fedseal.audit import verify_log
-from fedseal.audit._endpoint import AuditorConnection
+from auditor import verify_log
+from auditor._endpoint import AuditorConnection
 from fedseal.canonical import b64encode
 from fedseal.checkpoint import Checkpoint, open_checkpoint, verify_tlog_proof
 from fedseal.logformat import (

@@ -23,8 +23,8 @@ from conftest import make_adapter, operator_client, round_config, submit_as
 from identities import principals_json, write_enrolment
 
 from attestation import Policy
+from auditor import check_receipts_in_log, verify_log
 from client_sdk import AggregatorUnavailableError, Receipt, UpdateRejectedError
-from fedseal.audit import check_receipts_in_log, verify_log
 from fedseal.errors import FedSealError
 
 ORIGIN = "fedseal.test/sigkill"

@@ -27,9 +27,9 @@ from aggregator import start_aggregator
 from aggregator.enclave._spool import SpoolError, UpdateSpool
 from aggregator.enclave.strategies import AggregationError, LoraExact, make_strategy
 from attestation import load_builtin_policy
+from auditor import FindingKind, audit_log
+from auditor._cli import main as audit_main
 from client_sdk import AdapterMismatchError, UpdateRejectedError
-from fedseal.audit import FindingKind, audit_log
-from fedseal.audit._cli import main as audit_main
 from fedseal.logformat import (
     EntryKind,
     RejectReason,

@@ -25,6 +25,8 @@ from fedseal.note import (
     format_signature_line,
     open_note,
     parse_signature_line,
+    split_note,
+    unverified_signatures,
     validate_key_name,
 )
 
@@ -108,7 +110,7 @@ def test_go_vector_rejections(vec: dict[str, Any], verifiers: dict[str, NoteVeri
     with pytest.raises(NoteError, match="does not verify"):
         open_note(signed.replace("cryptography", "cryptographY"), [peter_v])
     # Tampered signature (flip one bit of the signature, keep the key ID).
-    line = signed.split("\n\n")[1]
+    line = split_note(signed)[1][0]
     parsed = parse_signature_line(line)
     bad_sig = bytes([parsed.signature[0] ^ 1]) + parsed.signature[1:]
     bad_line = format_signature_line(parsed.name, parsed.key_id, bad_sig)
@@ -244,7 +246,7 @@ def test_same_name_other_key_id_is_ignored() -> None:
 def test_duplicate_signature_from_known_key_is_rejected() -> None:
     signer = _signer()
     note = signer.sign("hello\n")
-    doubled = note + note.split("\n\n")[1]
+    doubled = note + "".join(line + "\n" for line in split_note(note)[1])
     with pytest.raises(NoteError, match="more than once"):
         open_note(doubled, [signer.verifier()])
     # A repeated line from an unknown key is ignored like any unknown line.
@@ -354,3 +356,23 @@ def test_cosignature_tampered_timestamp_fails() -> None:
         witness.signature_line(text, -1)
     with pytest.raises(FormatError, match="outside"):
         witness.signature_line(text, 2**63)
+
+
+def test_split_note_is_the_one_place_a_note_is_taken_apart() -> None:
+    signer = _signer()
+    note = signer.sign("hello\n\nworld\n")
+    text, lines = split_note(note)
+    assert text == "hello\n\nworld\n"  # the last blank line separates, not the first
+    assert len(lines) == 1 and parse_signature_line(lines[0]).key_id == signer.verifier().key_id
+    garbled = note + "\u2014 not a signature line\n"
+    assert [s.key_id for s in unverified_signatures(garbled)] == [signer.verifier().key_id]
+    for bad, message in (
+        ("hello\n", "no blank line"),
+        ("hello\n\n", "no signature lines"),
+        (note.rstrip("\n"), "does not end in a newline"),
+        (note.replace("hello", "hel\x01lo"), "control character"),
+    ):
+        with pytest.raises(NoteError, match=message):
+            split_note(bad)
+        with pytest.raises(NoteError, match=message):
+            unverified_signatures(bad)

@@ -27,9 +27,9 @@ from identities import APPROVER, OPERATOR, principal_identity, principals, princ
 
 from aggregator import ConfigError, JobConfig, RunningAggregator, start_aggregator
 from attestation import Policy
+from auditor import FindingKind, audit_log
 from client_sdk import AccessDeniedError, AccessDeniedReason, FedSealClient, OperatorActionError
 from client_sdk._transport import AggregatorConnection
-from fedseal.audit import FindingKind, audit_log
 from fedseal.canonical import b64encode, canonical_json
 from fedseal.logformat import EntryKind, decode_record
 from fedseal.signed_request import (

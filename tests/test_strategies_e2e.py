@@ -21,9 +21,9 @@ from logfiles import log_entries
 from aggregator import RunningAggregator
 from aggregator._server import start_aggregator
 from attestation import Policy
+from auditor import audit_log
+from auditor._cli import main as audit_main
 from client_sdk import RoundUnavailableError, UpdateRejectedError
-from fedseal.audit import audit_log
-from fedseal.audit._cli import main as audit_main
 from fedseal.logformat import EntryKind
 from fedseal.roundconfig import FedAdamParams, KrumParams, TrimmedMeanParams
 

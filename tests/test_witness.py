@@ -19,25 +19,23 @@ from conftest import access_config, make_adapter, round_config, site_client
 from aggregator import RunningAggregator, start_aggregator
 from aggregator._log import AuditLog
 from aggregator._server import _start_enclave
+from aggregator._witness import WitnessClient, WitnessCosigner, WitnessEndpoint
 from aggregator.enclave._keys import EnclaveKeys
 from attestation import InsecureSimulatedTeeCollector, Policy, PolicyError, WitnessPolicy
-from fedseal.audit import verify_log
-from fedseal.audit._cli import main as audit_main
+from auditor import Witness, WitnessKey, serve_witness, verify_log
+from auditor._cli import main as audit_main
 from fedseal.checkpoint import Checkpoint, sign_checkpoint, verify_cosignature
 from fedseal.errors import FormatError, ReceiptError
 from fedseal.logformat import CheckpointExtensions, EntryKind
 from fedseal.merkle import MerkleTree
-from fedseal.note import NoteSigner, NoteVerifier
+from fedseal.note import NoteSigner, NoteVerifier, split_note
 from fedseal.witness import (
     AddCheckpointRequest,
     KeyEntryNeededError,
     UnknownLogError,
-    Witness,
     WitnessConflictError,
-    WitnessKey,
     WitnessRefusedError,
 )
-from fedseal.witness_rpc import WitnessClient, WitnessCosigner, WitnessEndpoint, serve_witness
 
 ORIGIN = "fedseal.test/witnessed"
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +48,7 @@ def _collector() -> InsecureSimulatedTeeCollector:
 
 
 def _note(cp_text: str) -> Checkpoint:
-    return Checkpoint.parse_body(cp_text.rpartition("\n\n")[0] + "\n")
+    return Checkpoint.parse_body(split_note(cp_text)[0])
 
 
 class _Log:
@@ -313,7 +311,7 @@ def test_cli_keygen_and_serve(tmp_path: Path, dev_policy: Policy, capsys: pytest
         [
             sys.executable,
             "-m",
-            "fedseal.audit._cli",
+            "auditor",
             "witness",
             "serve",
             "--key-file",

@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import datetime
-from typing import Protocol
 
 from fedseal.errors import FormatError
 
 from .._checks import CheckRecorder
 
-__all__ = ["CheckRecorder", "new_checklist", "resolve_now", "shorten"]
-
-
-class _RaisingChecklist(CheckRecorder, Protocol):
-    def raise_if_failed(self) -> None: ...
-
-
-def new_checklist() -> _RaisingChecklist:
-    """A checklist with verify_bundle's semantics (every check kept, first failure raised)."""
-    # Imported here, not at module level: attestation._verify imports this package to
-    # register the CPU verifiers, so a top-level import would be circular.
-    from .._verify import _Checklist
-
-    return _Checklist()
+__all__ = ["CheckRecorder", "resolve_now", "shorten"]
 
 
 def resolve_now(now: datetime.datetime | None) -> datetime.datetime:

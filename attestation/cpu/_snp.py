@@ -61,9 +61,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
 from .._bundle import Evidence, EvidenceKind
+from .._checks import Checklist
 from .._errors import AttestationError, CollateralUnavailableError, EvidenceFormatError, PolicyViolationError
 from .._fetch import CollateralFetcher, CollateralRequest, OfflineFetcher
-from ._common import CheckRecorder, new_checklist, resolve_now, shorten
+from ._common import CheckRecorder, resolve_now, shorten
 from ._errors import (
     CpuDebugModeError,
     CpuMeasurementError,
@@ -889,7 +890,7 @@ def verify_sev_snp_report(
         raise TypeError(f"expected_report_data must be {CPU_REPORT_DATA_SIZE} bytes")
     if not isinstance(policy, SevSnpPolicy):
         raise TypeError("policy must be a SevSnpPolicy")
-    checks = new_checklist()
+    checks = Checklist()
     appraisal = _appraise(
         "amd-sev-snp",
         payload,

@@ -47,6 +47,7 @@ import dcap_qvl
 from cryptography import x509
 
 from .._bundle import Evidence, EvidenceKind
+from .._checks import Checklist
 from .._encoding import DecodeError, load_json_object
 from .._errors import (
     AttestationError,
@@ -55,7 +56,7 @@ from .._errors import (
     PolicyViolationError,
 )
 from .._fetch import CollateralFetcher, CollateralRequest, OfflineFetcher
-from ._common import CheckRecorder, new_checklist, resolve_now, shorten
+from ._common import CheckRecorder, resolve_now, shorten
 from ._errors import (
     CpuDebugModeError,
     CpuMeasurementError,
@@ -585,7 +586,7 @@ def verify_tdx_quote(
         raise TypeError(f"expected_report_data must be {CPU_REPORT_DATA_SIZE} bytes")
     if not isinstance(policy, TdxPolicy):
         raise TypeError("policy must be a TdxPolicy")
-    checks = new_checklist()
+    checks = Checklist()
     appraisal = _appraise(
         "intel-tdx",
         quote,

@@ -44,6 +44,7 @@ from typing import Final
 
 from .._encoding import DecodeError, b64decode_strict, b64encode, canonical_json, load_json_object
 from .._errors import EvidenceFormatError
+from ._spdm import parse_attestation_report
 
 __all__ = [
     "NVIDIA_GPU_EVIDENCE_FORMAT",
@@ -246,8 +247,6 @@ def evidence_from_nvidia_json(
     version is absent it is read from the (not yet verified) report: the verifier checks
     the declared value against the signed one anyway.
     """
-    from ._spdm import parse_attestation_report
-
     gpus: list[GpuEvidence] = []
     for index, entry in enumerate(entries):
         where = f"GPU evidence entry {index}"

@@ -24,6 +24,7 @@ from cryptography.x509 import ocsp
 
 from .._errors import CollateralUnavailableError
 from .._fetch import CollateralFetcher, CollateralRequest
+from ._errors import OcspResponseError
 from ._pki import common_name, issued_by
 
 __all__ = ["NVIDIA_OCSP_URL", "OcspOutcome", "OcspStatus", "check_revocation", "load_stapled"]
@@ -124,9 +125,10 @@ def _appraise(
     now: datetime.datetime,
     source: str,
 ) -> OcspOutcome:
-    problem = _responder_problem(response, issuer, now)
-    if problem is not None:
-        return OcspOutcome(OcspStatus.INVALID, f"{source} response: {problem}")
+    try:
+        _check_responder(response, issuer, now)
+    except OcspResponseError as exc:
+        return OcspOutcome(OcspStatus.INVALID, f"{source} response: {exc}")
     if single.this_update_utc > now + _CLOCK_SKEW:
         return OcspOutcome(OcspStatus.INVALID, f"{source} response is dated in the future")
     next_update = single.next_update_utc
@@ -145,36 +147,40 @@ def _appraise(
     return OcspOutcome(OcspStatus.UNKNOWN, f"responder does not know this certificate ({source})")
 
 
-def _responder_problem(
-    response: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime.datetime
-) -> str | None:
-    """None when the response is signed by the issuer or its delegated OCSP responder."""
+def _check_responder(response: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime.datetime) -> None:
+    """Check that the response is signed by the issuer or its delegated OCSP responder, or
+    raise OcspResponseError saying why not."""
     signer: x509.Certificate | None = issuer if _is_responder(response, issuer) else None
     if signer is None:
         for candidate in response.certificates:
             if not _is_responder(response, candidate):
                 continue
             if not issued_by(candidate, issuer):
-                return f"responder {common_name(candidate)!r} is not issued by {common_name(issuer)!r}"
+                raise OcspResponseError(
+                    f"responder {common_name(candidate)!r} is not issued by {common_name(issuer)!r}"
+                )
             try:
                 usage = candidate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
             except x509.ExtensionNotFound:
-                return f"responder {common_name(candidate)!r} lacks the OCSP-signing key usage"
+                raise OcspResponseError(
+                    f"responder {common_name(candidate)!r} lacks the OCSP-signing key usage"
+                ) from None
             if x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING not in usage:
-                return f"responder {common_name(candidate)!r} lacks the OCSP-signing key usage"
+                raise OcspResponseError(
+                    f"responder {common_name(candidate)!r} lacks the OCSP-signing key usage"
+                )
             if not candidate.not_valid_before_utc <= now <= candidate.not_valid_after_utc:
-                return (
+                raise OcspResponseError(
                     f"responder certificate {common_name(candidate)!r} is not valid at the verification time"
                 )
             signer = candidate
             break
     if signer is None:
-        return "signed by an unknown responder"
+        raise OcspResponseError("signed by an unknown responder")
     try:
         _verify_signature(signer, response)
     except (InvalidSignature, TypeError, ValueError):
-        return "signature does not verify"
-    return None
+        raise OcspResponseError("signature does not verify") from None
 
 
 def _is_responder(response: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:

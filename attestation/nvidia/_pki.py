@@ -151,30 +151,38 @@ def verify_chain_links(
             return ChainOutcome(
                 None, ChainFailure.INVALID, f"{common_name(cert)!r} is not issued by {common_name(issuer)!r}"
             )
-        problem = _ca_problem(issuer, below=position)
-        if problem is not None:
-            return ChainOutcome(None, ChainFailure.INVALID, problem)
+        try:
+            _check_ca(issuer, below=position)
+        except _NotACaError as exc:
+            return ChainOutcome(None, ChainFailure.INVALID, str(exc))
     for cert in path:
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             return _diagnose(chain, root, now, "")
     return ChainOutcome(path, None, f"verified ({len(path)} certificates)")
 
 
-def _ca_problem(issuer: x509.Certificate, *, below: int) -> str | None:
-    """Why ``issuer`` may not issue a certificate with ``below`` CA certificates under it."""
+class _NotACaError(Exception):
+    """``issuer`` may not issue the certificate below it (turned into a ChainOutcome: the
+    callers map chain failures to their own named errors, GPU or RIM)."""
+
+
+def _check_ca(issuer: x509.Certificate, *, below: int) -> None:
+    """Raise _NotACaError if ``issuer`` may not issue a certificate with ``below`` CA
+    certificates under it."""
     try:
         constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
-        return f"{common_name(issuer)!r} is not a CA (no basicConstraints)"
+        raise _NotACaError(f"{common_name(issuer)!r} is not a CA (no basicConstraints)") from None
     if not constraints.ca:
-        return f"{common_name(issuer)!r} is not a CA"
+        raise _NotACaError(f"{common_name(issuer)!r} is not a CA")
     if constraints.path_length is not None and below > constraints.path_length:
-        return f"{common_name(issuer)!r} path length {constraints.path_length} exceeded"
+        raise _NotACaError(f"{common_name(issuer)!r} path length {constraints.path_length} exceeded")
     try:
         usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
-        return None
-    return None if usage.key_cert_sign else f"{common_name(issuer)!r} may not sign certificates"
+        return
+    if not usage.key_cert_sign:
+        raise _NotACaError(f"{common_name(issuer)!r} may not sign certificates")
 
 
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

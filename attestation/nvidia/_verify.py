@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509 import ocsp
 
 from .._bundle import Evidence
-from .._checks import CheckRecorder, CheckResult
+from .._checks import Checklist, CheckRecorder, CheckResult
 from .._errors import AttestationError, CollateralUnavailableError, EvidenceFormatError
 from .._fetch import CollateralFetcher, CollateralRequest, OfflineFetcher
 from ._errors import (
@@ -119,9 +119,7 @@ def verify_gpu_evidence_against_nonce(
 
     Returns every check; raises the first failing check's error (carrying all checks).
     """
-    from .._verify import _Checklist
-
-    checks = _Checklist()
+    checks = Checklist()
     check_gpu_evidence(
         "nvidia-gpu",
         payload,
@@ -234,12 +232,16 @@ def _check_gpu(run: _Run, name: str, gpu: GpuEvidence, expected_nonce: bytes) ->
         + outcome.detail,
     )
     leaf = certs[0]
-    signature_ok = _report_signature_valid(report, leaf)
+    try:
+        _verify_report_signature(report, leaf)
+        signature_found = "valid"
+    except GpuReportSignatureError as exc:
+        signature_found = f"INVALID: {exc}"
     checks.record(
         f"{name} report signature",
         expected="ECDSA P-384/SHA-384 by the attestation key certificate",
-        found="valid" if signature_ok else "INVALID",
-        passed=signature_ok,
+        found=signature_found,
+        passed=signature_found == "valid",
         error=GpuReportSignatureError,
         message=f"{name}: report signature does not verify under its certificate (altered report)",
     )
@@ -259,10 +261,12 @@ def _check_gpu(run: _Run, name: str, gpu: GpuEvidence, expected_nonce: bytes) ->
     _check_rims(run, name, report, driver)
 
 
-def _report_signature_valid(report: SpdmReport, leaf: x509.Certificate) -> bool:
+def _verify_report_signature(report: SpdmReport, leaf: x509.Certificate) -> None:
+    """Check the SPDM report's signature under the attestation key certificate, or raise
+    GpuReportSignatureError saying what is wrong."""
     key = leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-        return False
+        raise GpuReportSignatureError("the attestation key certificate does not hold a P-384 key")
     half = len(report.signature) // 2
     signature = utils.encode_dss_signature(
         int.from_bytes(report.signature[:half], "big"), int.from_bytes(report.signature[half:], "big")
@@ -270,8 +274,7 @@ def _report_signature_valid(report: SpdmReport, leaf: x509.Certificate) -> bool:
     try:
         key.verify(signature, report.signed_bytes, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature:
-        return False
-    return True
+        raise GpuReportSignatureError("the signature does not verify over the report") from None
 
 
 def _certificate_fwid(leaf: x509.Certificate) -> bytes | None:

@@ -35,11 +35,11 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from aggregator import AccessConfig, JobConfig, start_aggregator
 from attestation import InsecureSimulatedTeeCollector
+from auditor._cli import main as audit_main
 from client_sdk import write_signing_key
 from examples.flower_lora.client_app import app as client_app
 from examples.flower_lora.server_app import app as server_app
 from examples.lora_demo.training import HOSPITALS, DemoModelConfig, adapter_state, build_model
-from fedseal.audit._cli import main as audit_main
 from fedseal.enrolment import EnrolledSite, Enrolment
 from fedseal.signed_request import Role, Signer
 from fedseal.spec import AdapterSpec

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from auditor._cli import main as audit_main
 from examples.lora_demo.identities import make_identities
 from examples.lora_demo.training import (
     DEFAULT_ROUNDS,
@@ -29,7 +30,6 @@ from examples.lora_demo.training import (
     adapter_state,
     build_model,
 )
-from fedseal.audit._cli import main as audit_main
 from fedseal.spec import AdapterSpec
 
 DEV_POLICY = "dev-insecure-allow-simulated"

@@ -28,7 +28,7 @@ from fedseal.checkpoint import Checkpoint, TlogProof, open_checkpoint, verify_tl
 from fedseal.errors import FedSealError, ReceiptError
 from fedseal.logformat import CheckpointExtensions, LogEntry
 from fedseal.merkle import leaf_hash, verify_consistency, verify_inclusion
-from fedseal.note import NoteVerifier, parse_signature_line
+from fedseal.note import NoteVerifier, split_note, unverified_signatures
 
 from ._enclave import KeyAttestationError, attest_enclave_entry
 from ._endpoint import AuditorConnection
@@ -89,10 +89,7 @@ def _parse(receipt_text: str) -> tuple[TlogProof, Checkpoint, LogEntry]:
         proof = TlogProof.parse(receipt_text)
         if proof.extra is None:
             raise ReceiptCheckError("the receipt carries no log entry (no 'extra' line)")
-        body, sep, _ = proof.checkpoint_note.rpartition("\n\n")
-        if not sep:
-            raise ReceiptCheckError("the receipt's checkpoint is not a signed note")
-        cp = Checkpoint.parse_body(body + "\n")
+        cp = Checkpoint.parse_body(split_note(proof.checkpoint_note)[0])
         entry = LogEntry.from_leaf_data(proof.extra, where="receipt entry")
     except ReceiptCheckError:
         raise
@@ -244,7 +241,7 @@ def _receipt_key(
     policy: Policy,
 ) -> NoteVerifier:
     """The attested key that signed the receipt's checkpoint (current, or an earlier one)."""
-    signers = {_key_id(line) for line in proof.checkpoint_note.rpartition("\n\n")[2].splitlines()}
+    signers = {s.key_id for s in unverified_signatures(proof.checkpoint_note)}
     if current_key.key_id in signers:
         return current_key
     # An earlier enclave's key: its enclave_started entry must be in the current tree and
@@ -267,10 +264,3 @@ def _receipt_key(
             f"the receipt's checkpoint is not signed by the key its key entry {index} attests"
         )
     return key.verifier
-
-
-def _key_id(line: str) -> bytes:
-    try:
-        return parse_signature_line(line).key_id
-    except FedSealError:
-        return b""

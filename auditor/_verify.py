@@ -21,7 +21,7 @@ a tampered log is both detected and located:
 * a checkpoint signed by a key no attested `enclave_started` entry introduced:
   `unattested_key`; by a key that already handed over: `retired_key`;
 * a checkpoint dated after the audit time (plus the allowed clock skew): `future_timestamp`;
-* identity and access (fedseal/audit/_access.py): an accepted update whose site signature
+* identity and access (auditor/_access.py): an accepted update whose site signature
   does not verify under a key enrolled for it at that point: `bad_update_signature`; an
   operator action not signed by a recorded principal allowed to perform it:
   `unauthorized_action`; enrolment or principals that change without a signed request:
@@ -62,7 +62,7 @@ from fedseal.logformat import (
     released_round,
 )
 from fedseal.merkle import MerkleTree, verify_consistency
-from fedseal.note import NoteVerifier, SignatureLine, open_note, parse_signature_line
+from fedseal.note import NoteVerifier, SignatureLine, open_note, split_note, unverified_signatures
 from fedseal.roundconfig import RoundConfig
 from fedseal.wire import StaleBaseError, update_staleness
 
@@ -593,14 +593,10 @@ def _lines(path: Path) -> Iterator[tuple[int, int, bytes, bool]]:
 
 def _signature_lines(note: str) -> list[SignatureLine]:
     """The parseable signature lines of a note (open_note checks the rest strictly)."""
-    _, sep, block = note.rpartition("\n\n")
-    lines = []
-    for text in block.splitlines() if sep else ():
-        try:
-            lines.append(parse_signature_line(text))
-        except FormatError:
-            continue
-    return lines
+    try:
+        return list(unverified_signatures(note))
+    except FedSealError:
+        return []
 
 
 class _Auditor:
@@ -1379,7 +1375,7 @@ class _Auditor:
     def _untrusted(self, item: TrustedCheckpoint, why: str = "") -> None:
         size: int | None = None
         try:
-            size = Checkpoint.parse_body(item.note.rpartition("\n\n")[0] + "\n").size
+            size = Checkpoint.parse_body(split_note(item.note)[0]).size
         except FedSealError:
             size = None
         if size is not None and size > self.tree.size:

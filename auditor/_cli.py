@@ -17,6 +17,8 @@ from fedseal.errors import FedSealError
 from ._endpoint import AuditEndpointError
 from ._receipt import ReceiptCheck, ReceiptCheckError, check_receipt_at_endpoint, check_receipt_in_log
 from ._verify import DEFAULT_MAX_CLOCK_SKEW, AuditReport, TrustedCheckpoint, audit_log
+from ._witness import Witness, WitnessKey
+from ._witness_server import serve_witness
 
 __all__ = ["main"]
 
@@ -401,7 +403,6 @@ def _check_json(check: ReceiptCheck) -> dict[str, Any]:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from fedseal.witness import WitnessKey
 
     try:
         key = WitnessKey.generate(args.name)
@@ -417,8 +418,6 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _serve_witness(args: argparse.Namespace, policy: Policy) -> int:
-    from fedseal.witness import Witness, WitnessKey
-    from fedseal.witness_rpc import serve_witness
 
     try:
         witness = Witness(

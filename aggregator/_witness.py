@@ -1,16 +1,13 @@
-"""The witness over gRPC: the service (`fedseal-audit witness serve`) and the log's side.
+"""The log's side of witnessing: offering each new checkpoint to the witnesses over gRPC.
 
-Protobuf stays here. The log side, `WitnessCosigner`, is what the aggregator hands its
-audit log: after every commit it offers the new checkpoint to each configured witness in
-parallel (with the consistency proof from the size that witness last cosigned, and the
-signing key's `enclave_started` entry until the witness has accepted that key), verifies
-every cosignature it gets back, and adds the lines to the checkpoint it publishes, so
-receipts carry them. A witness that is down, slow or refuses only costs its cosignature
-(clients that require it then refuse the receipt: fail closed on their side).
-
-Errors on the wire: NOT_FOUND (unknown log), FAILED_PRECONDITION with trailing metadata
-`fedseal-witness-size: <n>` (old size conflict) or `fedseal-witness-need: key-entry`,
-PERMISSION_DENIED (refused), INVALID_ARGUMENT (malformed).
+The witness itself runs in the auditor (auditor/_witness.py, `fedseal-audit witness serve`);
+the request and the refusals both ends share are in fedseal/witness.py. `WitnessCosigner` is
+what the aggregator hands its audit log: after every commit it offers the new checkpoint to
+each configured witness in parallel (with the consistency proof from the size that witness
+last cosigned, and the signing key's `enclave_started` entry until the witness has accepted
+that key), verifies every cosignature it gets back, and adds the lines to the checkpoint it
+publishes, so receipts carry them. A witness that is down, slow or refuses only costs its
+cosignature (clients that require it then refuse the receipt: fail closed on their side).
 """
 
 from __future__ import annotations
@@ -24,19 +21,16 @@ from typing import Protocol
 import grpc
 import structlog
 
-from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
 from fedseal.checkpoint import Checkpoint, verify_cosignature
 from fedseal.errors import FedSealError, FormatError
-from fedseal.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier
+from fedseal.note import SIG_TYPE_COSIGNATURE_V1, NoteVerifier, split_note
 from fedseal.witness import (
     AddCheckpointRequest,
     KeyEntryNeededError,
-    UnknownLogError,
-    Witness,
     WitnessConflictError,
     WitnessError,
-    WitnessRefusedError,
+    error_from_status,
 )
 
 __all__ = [
@@ -44,69 +38,9 @@ __all__ = [
     "WitnessClient",
     "WitnessCosigner",
     "WitnessEndpoint",
-    "WitnessUnavailableError",
-    "serve_witness",
 ]
 
-SIZE_METADATA_KEY = "fedseal-witness-size"
-NEED_METADATA_KEY = "fedseal-witness-need"
 _log = structlog.get_logger("fedseal.witness")
-
-
-class WitnessUnavailableError(WitnessError):
-    """The witness could not be reached or answered with an unexpected error."""
-
-
-# ----------------------------------------------------------------------------- server
-
-
-class _WitnessService(pb_grpc.WitnessServicer):
-    def __init__(self, witness: Witness) -> None:
-        self._witness = witness
-
-    def AddCheckpoint(
-        self, request: pb.AddCheckpointRequest, context: grpc.ServicerContext
-    ) -> pb.AddCheckpointResponse:
-        try:
-            line = self._witness.add_checkpoint(
-                AddCheckpointRequest(
-                    old_size=request.old_size,
-                    consistency_proof=tuple(bytes(h) for h in request.consistency_proof),
-                    checkpoint=request.checkpoint,
-                    key_entry=bytes(request.key_entry) or None,
-                    key_entry_proof=tuple(bytes(h) for h in request.key_entry_proof),
-                )
-            )
-        except UnknownLogError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except WitnessConflictError as exc:
-            context.set_trailing_metadata(((SIZE_METADATA_KEY, str(exc.size)),))
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except KeyEntryNeededError as exc:
-            context.set_trailing_metadata(((NEED_METADATA_KEY, "key-entry"),))
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except WitnessRefusedError as exc:
-            _log.warning("witness_refused", reason=str(exc))
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except FedSealError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return pb.AddCheckpointResponse(cosignature=line)
-
-
-def serve_witness(witness: Witness, listen: str, *, max_workers: int = 4) -> tuple[grpc.Server, int]:
-    """Start serving `witness` on `listen`; returns the server and the bound port."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedseal-witness")
-    )
-    pb_grpc.add_WitnessServicer_to_server(_WitnessService(witness), server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {listen}")
-    server.start()
-    return server, port
-
-
-# ----------------------------------------------------------------------------- client
 
 
 @dataclass(frozen=True)
@@ -142,13 +76,7 @@ class WitnessClient:
         """The witness's cosignature line, or a typed WitnessError."""
         try:
             reply = self._stub.AddCheckpoint(
-                pb.AddCheckpointRequest(
-                    old_size=request.old_size,
-                    consistency_proof=list(request.consistency_proof),
-                    checkpoint=request.checkpoint,
-                    key_entry=request.key_entry or b"",
-                    key_entry_proof=list(request.key_entry_proof),
-                ),
+                request.to_proto(),
                 timeout=self._timeout,
             )
         except grpc.RpcError as exc:
@@ -162,19 +90,7 @@ class WitnessClient:
         metadata = getattr(exc, "trailing_metadata", None)
         if callable(metadata):
             trailing = {str(k): str(v) for k, v in metadata() or ()}
-        if code is grpc.StatusCode.FAILED_PRECONDITION and SIZE_METADATA_KEY in trailing:
-            try:
-                return WitnessConflictError(str(details), int(trailing[SIZE_METADATA_KEY]))
-            except ValueError:
-                pass
-        if code is grpc.StatusCode.FAILED_PRECONDITION and trailing.get(NEED_METADATA_KEY) == "key-entry":
-            return KeyEntryNeededError(str(details))
-        if code is grpc.StatusCode.NOT_FOUND:
-            return UnknownLogError(str(details))
-        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
-            return WitnessRefusedError(str(details))
-        name = code.name if code is not None else "UNKNOWN"
-        return WitnessUnavailableError(f"witness {self._endpoint}: {name}: {details}")
+        return error_from_status(code, str(details), trailing, self._endpoint)
 
 
 class LogProofSource(Protocol):
@@ -217,7 +133,7 @@ class WitnessCosigner:
         """`note` with the verified cosignature lines of every witness that gave one."""
         if not self._tracked:
             return note
-        cp = Checkpoint.parse_body(note.rpartition("\n\n")[0] + "\n")
+        cp = Checkpoint.parse_body(split_note(note)[0])
         with self._lock:
             jobs = [self._pool.submit(self._offer, t, log, note, cp) for t in self._tracked]
             lines = [line for job in jobs if (line := job.result()) is not None]
