@@ -31,7 +31,7 @@ from .._errors import EvidenceCollectionError, EvidenceFormatError
 from .._fetch import CollateralRequest
 from ._format import NvidiaGpuEvidence, StapledRim, parse_nvidia_gpu_payload
 from ._ocsp import NVIDIA_OCSP_URL, _single_for
-from ._pki import common_name
+from ._pki import TrustAnchors, common_name, pinned_trust_anchors
 from ._rim import RIM_SERVICE_URL, driver_rim_id, parse_rim_service_answer, rim_signing_chain, vbios_rim_id
 from ._spdm import parse_attestation_report
 
@@ -52,11 +52,16 @@ class NvidiaCollateralStapler:
     """An ``nvidia-gpu`` collector that returns ``inner``'s evidence with RIMs and OCSP
     answers stapled (see the module docstring)."""
 
-    def __init__(self, inner: EvidenceCollector, cache: CollateralCache) -> None:
+    def __init__(
+        self, inner: EvidenceCollector, cache: CollateralCache, *, anchors: TrustAnchors | None = None
+    ) -> None:
         if inner.kind is not EvidenceKind.NVIDIA_GPU:
             raise EvidenceCollectionError("the NVIDIA stapler wraps an nvidia-gpu collector")
         self._inner = inner
         self._cache = cache
+        # The top link's issuer is the root a verifier pins (NVIDIA's), whatever root the
+        # chain carries: NVIDIA's SDK swaps its own in, other collectors may omit it.
+        self._anchors = anchors if anchors is not None else pinned_trust_anchors()
 
     @property
     def kind(self) -> EvidenceKind:
@@ -82,7 +87,7 @@ class NvidiaCollateralStapler:
                 raise EvidenceCollectionError(f"GPU {index}: evidence does not parse: {exc}") from None
             # The verifier checks every CA certificate below the root (the leaf is the
             # attestation key, checked through its FWID and signature instead).
-            pairs.extend(itertools.pairwise(chain[1:]))
+            pairs.extend(itertools.pairwise(_to_root(chain[1:], self._anchors.device_root)))
             names = [
                 driver_rim_id(report.driver_version) if report.driver_version else None,
                 vbios_rim_id(report),
@@ -92,7 +97,8 @@ class NvidiaCollateralStapler:
                     raise EvidenceCollectionError(f"GPU {index}: the report does not name its RIMs")
                 if file_id not in rims:
                     rims[file_id] = self._rim(file_id)
-                pairs.extend(itertools.pairwise(rim_signing_chain(rims[file_id], file_id)))
+                rim_chain = rim_signing_chain(rims[file_id], file_id)
+                pairs.extend(itertools.pairwise(_to_root(rim_chain, self._anchors.rim_root)))
         answers: dict[tuple[int, bytes], bytes] = {}
         for cert, issuer in pairs:
             key = (cert.serial_number, issuer.fingerprint(hashes.SHA256()))
@@ -142,3 +148,10 @@ class NvidiaCollateralStapler:
             appraise,
             what=f"OCSP answer for {common_name(cert)!r}",
         )
+
+
+def _to_root(chain: list[x509.Certificate], root: x509.Certificate) -> list[x509.Certificate]:
+    """``chain`` without any self-signed certificate it ends in, then ``root``."""
+    while chain and chain[-1].subject == chain[-1].issuer:
+        chain = chain[:-1]
+    return [*chain, root]
