@@ -18,7 +18,7 @@ from aggregator._config import JobConfig
 from aggregator._identity import AccessConfig, AccessLimits
 from aggregator._logging import configure_logging
 from aggregator._malloc import limit_malloc_arenas
-from aggregator._metrics import ListenAddress, parse_listen_address
+from aggregator._metrics import ListenAddress, Metrics, parse_listen_address
 from aggregator._preflight import Preflight, PreflightError, PreflightMode
 from aggregator._selfattest import SelfAttestationGate
 from aggregator._server import RunningAggregator, start_aggregator
@@ -26,6 +26,7 @@ from aggregator._witness import WitnessCosigner, WitnessEndpoint
 from attestation import (
     CachingFetcher,
     CheckResult,
+    CollateralCache,
     EvidenceCollectionError,
     EvidenceCollector,
     HttpFetcher,
@@ -322,7 +323,8 @@ def run(
     _log.info("malloc_arenas", outcome=limit_malloc_arenas())
     with contextlib.ExitStack() as stack:
         try:
-            collectors = _collectors(args, stack)
+            metrics = Metrics()
+            collectors = _collectors(args, stack, metrics)
             running = start_aggregator(
                 log_path=args.log,
                 log_origin=args.log_origin,
@@ -339,6 +341,7 @@ def run(
                 metrics_listen=args.metrics_listen,
                 health_listen=args.health_listen,
                 accumulator_device=accumulator_device,
+                metrics=metrics,
             )
         except EvidenceCollectionError as exc:
             print(
@@ -417,10 +420,16 @@ def _print_refusal(what: str, exc: Exception, checks: Sequence[CheckResult]) -> 
     print("\n".join(lines), file=sys.stderr)
 
 
-def _collectors(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[EvidenceCollector]:
+def _collectors(
+    args: argparse.Namespace, stack: contextlib.ExitStack, metrics: Metrics
+) -> list[EvidenceCollector]:
     if args.insecure_simulated_tee:
         return [InsecureSimulatedTeeCollector("fedseal-aggregator (insecure simulated TEE)")]
-    return stack.enter_context(hardware_collectors(GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee)))
+    # Collateral is fetched here, on the host side, and stapled so clients verify offline.
+    collateral = CollateralCache(HttpFetcher(), on_event=metrics.collateral_event)
+    return stack.enter_context(
+        hardware_collectors(GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee), collateral=collateral)
+    )
 
 
 def _serve(running: RunningAggregator, port_file: Path | None, mtls_port_file: Path | None) -> int:

@@ -17,6 +17,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from attestation import CollateralEvent
 from fedseal.logformat import FailureCause, RejectReason
 from fedseal.roundconfig import ConfigError
 from fedseal.wire import RoundState
@@ -65,6 +66,12 @@ class Metrics:
         self.attestation_requests = Counter(
             "fedseal_attestation_requests", "GetAttestation calls, by outcome", ["outcome"], registry=r
         )
+        self.collateral_events = Counter(
+            "fedseal_collateral_events",
+            "Stapled-collateral cache outcomes (fetched, cached, refresh_failed, served_stale, expired)",
+            ["event"],
+            registry=r,
+        )
         age = Gauge(
             "fedseal_attestation_age_seconds",
             "Seconds since the evidence this enclave recorded at start-up was made (NaN before)",
@@ -86,6 +93,8 @@ class Metrics:
             self.submit_seconds.labels(outcome)
         for outcome in ("ok", "error"):
             self.attestation_requests.labels(outcome)
+        for event in CollateralEvent:
+            self.collateral_events.labels(event.value)
 
     # ------------------------------------------------------------------ events
     def round_opened(self, round_id: int) -> None:
@@ -114,6 +123,10 @@ class Metrics:
 
     def attestation_request(self, ok: bool) -> None:
         self.attestation_requests.labels("ok" if ok else "error").inc()
+
+    def collateral_event(self, event: CollateralEvent, what: str) -> None:
+        """A stapled-collateral cache outcome (``expired`` means GetAttestation now fails)."""
+        self.collateral_events.labels(event.value).inc()
 
     def evidence_made(self, at: float | None = None) -> None:
         """Record when the enclave's start-up evidence was made (now, by default)."""

@@ -162,7 +162,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         except FedSealError as exc:
             self._metrics.attestation_request(ok=False)
             _log.error("attestation_failed", error=str(exc))
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot produce evidence: {exc}")
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"cannot produce evidence: {type(exc).__name__}: {exc}"
+            )
         self._metrics.attestation_request(ok=True)
         return pb.AttestationResponse(evidence_bundle=bundle.to_bytes())
 

@@ -30,6 +30,13 @@ from ._bundle import (
     EvidenceKind,
 )
 from ._checks import CheckResult
+from ._collateral import (
+    CollateralCache,
+    CollateralEvent,
+    CollateralValidity,
+    StapledCollateralExpiredError,
+)
+from ._collateral_policy import CollateralPolicy, CollateralSource, collateral_fetcher
 from ._collect import EvidenceCollector, build_bundle
 from ._errors import (
     AttestationError,
@@ -62,9 +69,14 @@ __all__ = [
     "BundleFormatError",
     "CachingFetcher",
     "CheckResult",
+    "CollateralCache",
+    "CollateralEvent",
     "CollateralFetcher",
+    "CollateralPolicy",
     "CollateralRequest",
+    "CollateralSource",
     "CollateralUnavailableError",
+    "CollateralValidity",
     "DuplicateEvidenceError",
     "EndpointError",
     "Evidence",
@@ -81,12 +93,14 @@ __all__ = [
     "PolicyError",
     "PolicyViolationError",
     "SimulatedEvidenceRefusedError",
+    "StapledCollateralExpiredError",
     "UnsupportedEvidenceError",
     "VerificationContext",
     "VerifiedAttestation",
     "WitnessPolicy",
     "build_bundle",
     "builtin_policy_names",
+    "collateral_fetcher",
     "load_builtin_policy",
     "simulated_measurement",
     "verify_bundle",

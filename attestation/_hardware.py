@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._bundle import EvidenceKind
+from ._collateral import CollateralCache
 from ._collect import EvidenceCollector
 from ._errors import EvidenceCollectionError
 
@@ -45,8 +46,13 @@ def hardware_collectors(
     *,
     nvattest: str = "nvattest",
     configfs_tsm_root: Path | None = None,
+    collateral: CollateralCache | None = None,
 ) -> Iterator[list[EvidenceCollector]]:
-    """The collectors for this VM, closed on exit. Raises EvidenceCollectionError if none is chosen."""
+    """The collectors for this VM, closed on exit. Raises EvidenceCollectionError if none is chosen.
+
+    With ``collateral``, the GPU and SEV-SNP collectors staple what an offline verifier
+    needs (RIMs, OCSP answers, AMD certificates), fetched and cached through it.
+    """
     if gpu is GpuCollector.NONE and cpu is CpuTee.NONE:
         raise EvidenceCollectionError(
             "no evidence collector chosen: name the GPU collector and/or the CPU TEE of this VM"
@@ -61,12 +67,22 @@ def hardware_collectors(
             from .nvidia import NvattestCollector
 
             collectors.append(NvattestCollector(executable=nvattest))
+        if collectors and collateral is not None:
+            from .nvidia import NvidiaCollateralStapler
+
+            collectors[0] = NvidiaCollateralStapler(collectors[0], collateral)
         if cpu is not CpuTee.NONE:
             from .cpu import ConfigfsTsmCollector
 
             kind = EvidenceKind.AMD_SEV_SNP if cpu is CpuTee.SEV_SNP else EvidenceKind.INTEL_TDX
-            if configfs_tsm_root is None:
-                collectors.append(ConfigfsTsmCollector(kind))
-            else:
-                collectors.append(ConfigfsTsmCollector(kind, root=configfs_tsm_root))
+            tsm: EvidenceCollector = (
+                ConfigfsTsmCollector(kind)
+                if configfs_tsm_root is None
+                else ConfigfsTsmCollector(kind, root=configfs_tsm_root)
+            )
+            if kind is EvidenceKind.AMD_SEV_SNP and collateral is not None:
+                from .cpu import SevSnpCollateralStapler
+
+                tsm = SevSnpCollateralStapler(tsm, collateral)
+            collectors.append(tsm)
         yield collectors

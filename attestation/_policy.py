@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 
 from ._bundle import EvidenceKind
+from ._collateral_policy import CollateralPolicy
 from ._encoding import DecodeError, hexdecode_strict, json_type, load_json_object
 from ._errors import PolicyError
 from ._witness_policy import WitnessPolicy
@@ -57,6 +58,7 @@ _OPTIONAL_KEYS = frozenset(
         "intel_tdx",
         "witnesses",
         "require_dp",
+        "collateral",
     }
 )
 _KNOWN_KEYS = _REQUIRED_KEYS | _OPTIONAL_KEYS
@@ -117,6 +119,8 @@ class Policy:
     #: ``{"max_epsilon": X, "max_delta": Y}``: send updates only to rounds whose config has
     #: central DP with epsilon <= X and delta <= Y (the client SDK checks before sealing).
     require_dp: DpRequirement | None = None
+    #: Where collateral comes from (stapled only, or online) and how old it may be.
+    collateral: CollateralPolicy = field(default_factory=CollateralPolicy)
     #: Where the policy came from ("builtin:default", a file path), for messages only.
     source: str = field(default="<in memory>", compare=False)
 
@@ -156,6 +160,8 @@ class Policy:
                 )
         if not isinstance(self.description, str):
             raise PolicyError(f"{where}: 'description' must be a string")
+        if not isinstance(self.collateral, CollateralPolicy):
+            raise PolicyError(f"{where}: 'collateral' must be a CollateralPolicy")
         if not isinstance(self.nvidia_gpu, NvidiaGpuPolicy):
             raise PolicyError(f"{where}: 'nvidia_gpu' must be an NvidiaGpuPolicy")
         if self.witnesses is not None and not isinstance(self.witnesses, WitnessPolicy):
@@ -242,6 +248,9 @@ class Policy:
             require_dp=DpRequirement.from_json_value(document["require_dp"], where)
             if "require_dp" in document
             else None,
+            collateral=CollateralPolicy.from_json_value(document["collateral"], where=where)
+            if "collateral" in document
+            else CollateralPolicy(),
             source=source,
         )
 

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from attestation import AttestationError, Policy, PolicyError, load_builtin_policy
+from attestation import AttestationError, Policy, PolicyError, collateral_fetcher, load_builtin_policy
 from fedseal.errors import FedSealError
 
 from ._endpoint import AuditEndpointError
@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how far a checkpoint's time may be ahead of this machine's clock (default: %(default)s)",
     )
+    v.add_argument(
+        "--online",
+        action="store_true",
+        help="fetch evidence collateral the log's bundles lack (RIMs, OCSP, AMD/Intel) from the "
+        "vendors; default: the policy's collateral.source (stapled: offline)",
+    )
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--quiet", action="store_true", help="print only the verdict line")
     v.add_argument(
@@ -184,7 +190,12 @@ def _verify(args: argparse.Namespace, policy: Policy) -> int:
 
     try:
         report = audit_log(
-            args.log, policy, trusted=trusted, max_clock_skew=args.max_clock_skew, progress=progress
+            args.log,
+            policy,
+            trusted=trusted,
+            max_clock_skew=args.max_clock_skew,
+            progress=progress,
+            fetcher=collateral_fetcher(policy.collateral, online=True if args.online else None),
         )
     except OSError as exc:
         print(f"error: cannot read {args.log}: {exc.strerror}", file=sys.stderr)

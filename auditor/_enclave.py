@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import InitVar, dataclass
 
-from attestation import AttestationError, Policy, verify_bundle
+from attestation import AttestationError, CollateralFetcher, Policy, verify_bundle
 from fedseal.canonical import b64decode_field
 from fedseal.errors import FedSealError, FormatError
 from fedseal.logformat import EntryKind, LogEntry, handover_challenge
@@ -56,8 +56,12 @@ class AttestedKey:
         return self.verifier.key_id
 
 
-def attest_enclave_entry(entry: LogEntry, policy: Policy) -> AttestedKey:
-    """Verify the evidence of an `enclave_started` entry; raise KeyAttestationError or FormatError."""
+def attest_enclave_entry(
+    entry: LogEntry, policy: Policy, *, fetcher: CollateralFetcher | None = None
+) -> AttestedKey:
+    """Verify the evidence of an `enclave_started` entry; raise KeyAttestationError or FormatError.
+
+    Collateral comes from the bundle alone unless a `fetcher` is given (an `--online` audit)."""
     if entry.kind is not EntryKind.ENCLAVE_STARTED:
         raise FormatError(f"entry {entry.index} is a {entry.kind.value!r} entry, not 'enclave_started'")
     f = entry.fields
@@ -72,7 +76,7 @@ def attest_enclave_entry(entry: LogEntry, policy: Policy) -> AttestedKey:
             "from the previous checkpoint it names; this one answers another"
         )
     try:
-        attested = verify_bundle(bundle, policy, challenge, now=entry.timestamp())
+        attested = verify_bundle(bundle, policy, challenge, now=entry.timestamp(), fetcher=fetcher)
     except AttestationError as exc:
         raise KeyAttestationError(
             f"entry {entry.index}: the enclave's evidence does not verify under policy {policy.name!r}: {exc}"

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attestation import Policy
+from attestation import CollateralFetcher, Policy
 from fedseal.canonical import canonical_json
 from fedseal.checkpoint import TLOG_PROOF_HEADER, Checkpoint, TlogProof
 from fedseal.errors import FedSealError, FormatError
@@ -402,14 +402,16 @@ def audit_log(
     now: dt.datetime | None = None,
     max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     progress: ProgressCallback | None = None,
+    fetcher: CollateralFetcher | None = None,
 ) -> AuditReport:
     """Check everything and return the report; never stops at the first finding.
 
     `now` (aware; default: the current time) is the audit time that checkpoint timestamps
     must not exceed by more than `max_clock_skew` seconds. Raises OSError if the file
-    cannot be read.
+    cannot be read. Evidence collateral comes from the log's bundles alone unless a
+    `fetcher` is given (see `attestation.collateral_fetcher`).
     """
-    return _audit(path, policy, trusted, now, max_clock_skew, progress).report
+    return _audit(path, policy, trusted, now, max_clock_skew, progress, fetcher).report
 
 
 # ----------------------------------------------------------------------------- internals
@@ -571,11 +573,13 @@ def _audit(
     now: dt.datetime | None,
     max_clock_skew: float,
     progress: ProgressCallback | None,
+    fetcher: CollateralFetcher | None = None,
 ) -> _AuditResult:
     moment = now if now is not None else dt.datetime.now(dt.UTC)
     if moment.tzinfo is None:
         raise FormatError("the audit time must be timezone-aware")
     auditor = _Auditor(path, policy, moment, max_clock_skew)
+    auditor.fetcher = fetcher
     auditor.read(progress)
     auditor.finish(trusted)
     return auditor.result()
@@ -603,6 +607,7 @@ class _Auditor:
     def __init__(self, path: Path, policy: Policy, now: dt.datetime, max_clock_skew: float) -> None:
         self.path = path
         self.policy = policy
+        self.fetcher: CollateralFetcher | None = None
         self.now = now
         self.max_future_ms = int((now.timestamp() + max_clock_skew) * 1000)
         self.findings: list[Finding] = []
@@ -778,7 +783,7 @@ class _Auditor:
         self.access.enclave_started(log_key)
         state = _KeyState(position, number, verifier, None)
         try:
-            state.attested = attest_enclave_entry(entry, self.policy)
+            state.attested = attest_enclave_entry(entry, self.policy, fetcher=self.fetcher)
         except (KeyAttestationError, FormatError) as exc:
             state.failure = str(exc)
             self.add(FindingKind.ATTESTATION_FAILED, number, position, f"line {number}: {exc}")

@@ -27,7 +27,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from attestation import Policy, VerifiedAttestation, verify_bundle
+from attestation import CollateralFetcher, Policy, VerifiedAttestation, collateral_fetcher, verify_bundle
 from client_sdk._adapters import adapter_tensors
 from client_sdk._errors import (
     AdapterMismatchError,
@@ -100,7 +100,10 @@ class FedSealClient:
     without one the client can attest but not submit, read rounds or fetch aggregates.
     `security` and `root_certificates` choose the channel (ChannelSecurity; the default
     pins the attested certificate). `receipts` (a ReceiptStore, or a directory for one)
-    keeps every verified receipt.
+    keeps every verified receipt. Collateral (RIMs, OCSP answers, AMD/Intel certificates)
+    comes from the bundle only, unless the policy's `collateral.source` is "online" or
+    `online=True` overrides it; then what is missing is fetched through `fetcher` (default:
+    HTTPS to the vendors' services).
     """
 
     def __init__(
@@ -113,7 +116,10 @@ class FedSealClient:
         root_certificates: bytes | None = None,
         timeout: float = 60.0,
         receipts: ReceiptStore | Path | None = None,
+        online: bool | None = None,
+        fetcher: CollateralFetcher | None = None,
     ) -> None:
+        self._collateral = collateral_fetcher(policy.collateral, online=online, fetcher=fetcher)
         self._endpoint = endpoint
         self._identity = identity
         self._security = security
@@ -158,7 +164,7 @@ class FedSealClient:
         """
         challenge = os.urandom(CHALLENGE_SIZE)
         bundle = self._connection.get_attestation(challenge)
-        attested = verify_bundle(bundle, self._policy, challenge)
+        attested = verify_bundle(bundle, self._policy, challenge, fetcher=self._collateral)
         self._connection.bind(attested)
         return attested
 

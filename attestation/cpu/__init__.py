@@ -51,6 +51,7 @@ from ._snp import (
     verify_sev_snp_evidence,
     verify_sev_snp_report,
 )
+from ._staple import SevSnpCollateralStapler, amd_cert_chain_url
 from ._tdx import (
     INTEL_PCS_BASE_URL,
     TdxCollateralRequests,
@@ -80,6 +81,7 @@ __all__ = [
     "CpuReportDataMismatchError",
     "CpuTcbError",
     "SevSnpCertificateChainError",
+    "SevSnpCollateralStapler",
     "SevSnpEndorsementMismatchError",
     "SevSnpPolicy",
     "SevSnpProduct",
@@ -97,6 +99,7 @@ __all__ = [
     "TdxTcbStatus",
     "VerifiedSevSnpReport",
     "VerifiedTdxQuote",
+    "amd_cert_chain_url",
     "amd_roots",
     "cpu_report_data",
     "encode_snp_cert_table",

@@ -29,6 +29,10 @@ as everywhere in a policy.
 ``minimum_tcb`` is per product because AMD numbers firmware per product: a Milan microcode
 level means nothing on Genoa. When it is present, a report from a product it does not list
 fails. ``fmc`` exists on Turin only (and is required there).
+
+``roots`` (SEV-SNP, ``{"Milan": "<PEM ARK>", ...}``) REPLACES the AMD root key FedSeal pins
+for those products; the ASK (ASVK) must then travel in the evidence's certificate table.
+It exists for a private test PKI standing in for AMD's; a production policy never carries it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
+
+from cryptography import x509
 
 from .._encoding import DecodeError, hexdecode_strict, json_type
 from .._errors import PolicyError
@@ -120,7 +126,7 @@ class SnpTcb:
         return " ".join(f"{name}={value}" for name, value in self.components())
 
 
-_SNP_KEYS = frozenset({"measurements", "allowed_products", "allow_debug", "minimum_tcb"})
+_SNP_KEYS = frozenset({"measurements", "allowed_products", "allow_debug", "minimum_tcb", "roots"})
 _TCB_KEYS = frozenset({"bootloader", "tee", "snp", "microcode", "fmc"})
 _TDX_RTMRS = ("rtmr0", "rtmr1", "rtmr2", "rtmr3")
 _TDX_KEYS = frozenset({"mrtd", *_TDX_RTMRS, "allow_debug", "allowed_tcb_statuses"})
@@ -134,9 +140,20 @@ class SevSnpPolicy:
     allowed_products: tuple[SevSnpProduct, ...] = tuple(SevSnpProduct)
     allow_debug: bool = False
     minimum_tcb: Mapping[SevSnpProduct, SnpTcb] | None = None
+    #: Replacement ARKs by product (a private test PKI only); None: AMD's pinned ARKs.
+    roots: Mapping[SevSnpProduct, x509.Certificate] | None = None
 
     def __post_init__(self) -> None:
         _check_measurements(self.measurements, "amd_sev_snp.measurements", SNP_MEASUREMENT_SIZE)
+        if self.roots is not None:
+            if not isinstance(self.roots, Mapping) or not self.roots:
+                raise PolicyError("amd_sev_snp.roots must map at least one product to an ARK")
+            if not all(
+                isinstance(p, SevSnpProduct) and isinstance(c, x509.Certificate)
+                for p, c in self.roots.items()
+            ):
+                raise PolicyError("amd_sev_snp.roots must map SevSnpProduct to an X.509 certificate")
+            object.__setattr__(self, "roots", MappingProxyType(dict(self.roots)))
         if not isinstance(self.allowed_products, tuple) or not self.allowed_products:
             raise PolicyError("amd_sev_snp.allowed_products must list at least one product")
         if not all(isinstance(p, SevSnpProduct) for p in self.allowed_products):
@@ -162,7 +179,8 @@ class SevSnpPolicy:
     def __hash__(self) -> int:
         # Mappings do not hash; a policy (like every other Policy part) should.
         tcb = None if self.minimum_tcb is None else tuple(sorted(self.minimum_tcb.items(), key=_by_value))
-        return hash((self.measurements, self.allowed_products, self.allow_debug, tcb))
+        roots = None if self.roots is None else tuple(sorted(self.roots.items(), key=_by_value))
+        return hash((self.measurements, self.allowed_products, self.allow_debug, tcb, roots))
 
     @classmethod
     def from_json_value(cls, value: object, *, where: str) -> SevSnpPolicy:
@@ -183,6 +201,8 @@ class SevSnpPolicy:
             fields["allow_debug"] = _bool(document["allow_debug"], "amd_sev_snp.allow_debug", where)
         if "minimum_tcb" in document:
             fields["minimum_tcb"] = _minimum_tcb(document["minimum_tcb"], where)
+        if "roots" in document:
+            fields["roots"] = _roots(document["roots"], where)
         try:
             return cls(**fields)  # type: ignore[arg-type]
         except PolicyError as exc:
@@ -257,7 +277,7 @@ class TdxPolicy:
             raise PolicyError(f"{where}: {exc}") from None
 
 
-def _by_value(item: tuple[SevSnpProduct, SnpTcb]) -> str:
+def _by_value(item: tuple[SevSnpProduct, object]) -> str:
     return item[0].value
 
 
@@ -347,4 +367,20 @@ def _minimum_tcb(value: object, where: str) -> dict[SevSnpProduct, SnpTcb]:
             result[product] = SnpTcb(**components)  # type: ignore[arg-type]
         except PolicyError as exc:
             raise PolicyError(f"{where}: {key}: {exc}") from None
+    return result
+
+
+def _roots(value: object, where: str) -> dict[SevSnpProduct, x509.Certificate]:
+    from ..nvidia._policy import pem_certificate  # one PEM reader for every section
+
+    if not isinstance(value, dict) or not value:
+        raise PolicyError(f"{where}: key 'amd_sev_snp.roots' must be a non-empty object")
+    result: dict[SevSnpProduct, x509.Certificate] = {}
+    for name, pem in value.items():
+        try:
+            product = SevSnpProduct(name)
+        except ValueError:
+            known = ", ".join(p.value for p in SevSnpProduct)
+            raise PolicyError(f"{where}: key 'amd_sev_snp.roots.{name}' is not a product ({known})") from None
+        result[product] = pem_certificate(pem, f"{where}: key 'amd_sev_snp.roots.{name}'")
     return result

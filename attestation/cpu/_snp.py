@@ -48,7 +48,7 @@ import hmac
 import struct
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import InitVar, dataclass
 from typing import TYPE_CHECKING
 
@@ -590,7 +590,7 @@ def _appraise(
     endorsement_ok = False
     if leaf is not None:
         product, endorsement_ok = _check_endorsement(
-            label, report, table, leaf, key_name, product, now, checks
+            label, report, table, leaf, key_name, product, now, checks, policy.roots if policy else None
         )
     tcb = report.tcb(product) if product is not None else None
     _check_signature(label, report, leaf if endorsement_ok else None, key_name, checks)
@@ -640,6 +640,7 @@ def _check_endorsement(
     product: SevSnpProduct | None,
     now: datetime.datetime,
     checks: CheckRecorder,
+    replaced_roots: Mapping[SevSnpProduct, x509.Certificate] | None = None,
 ) -> tuple[SevSnpProduct | None, bool]:
     """Chain to the pinned ARK, then the certificate's claims against the report.
 
@@ -683,20 +684,26 @@ def _check_endorsement(
         )
         return product, False
 
+    replaced = replaced_roots.get(product) if replaced_roots is not None else None
     roots = amd_roots(product)
+    ark = replaced if replaced is not None else roots.ark
+    ark_name = "the policy's replacement ARK" if replaced is not None else f"pinned ARK-{product.value}"
     intermediate_name = "ASK" if report.signing_key is SnpSigningKey.VCEK else "ASVK"
-    chain_expected = (
-        f"{key_name} <- {intermediate_name} <- pinned ARK-{product.value}, valid at {now:%Y-%m-%d}"
-    )
+    chain_expected = f"{key_name} <- {intermediate_name} <- {ark_name}, valid at {now:%Y-%m-%d}"
     table_intermediate = table.get(SnpCertGuid.ASK.value)
     try:
         if table_intermediate is not None:
             intermediate = _load_amd_certificate(table_intermediate)
             source = "certificate table"
+        elif replaced is not None:
+            # AMD's pinned intermediates belong to AMD's ARK, not to a replacement.
+            raise SevSnpCertificateChainError(
+                f"the {intermediate_name} must travel in the certificate table under a replaced ARK"
+            )
         else:
             intermediate = roots.ask if report.signing_key is SnpSigningKey.VCEK else roots.asvk
             source = "pinned"
-        _verify_chain(leaf, key_name, intermediate, f"the {intermediate_name} ({source})", roots.ark, now)
+        _verify_chain(leaf, key_name, intermediate, f"the {intermediate_name} ({source})", ark, now)
     except (SevSnpCertificateChainError, ValueError) as exc:
         checks.record(
             chain_name,

@@ -399,6 +399,7 @@ def _appraise(
     now: datetime.datetime,
     fetcher: CollateralFetcher,
     checks: CheckRecorder,
+    max_tcb_info_age: datetime.timedelta | None = None,
 ) -> _Appraisal | None:
     """Record every check of one TDX payload in ``checks`` (never raises for a failed check)."""
     try:
@@ -451,6 +452,16 @@ def _appraise(
             error=CollateralUnavailableError,
             message="",
         )
+        if max_tcb_info_age is not None:
+            issued = _tcb_info_issue_date(str(collateral.tcb_info))
+            checks.record(
+                f"{label} TCB info age",
+                expected=f"issued at most {int(max_tcb_info_age.total_seconds())} s before {_when(now)}",
+                found=f"issued {issued:%Y-%m-%dT%H:%M:%SZ}" if issued is not None else "no issueDate",
+                passed=issued is not None and now - issued <= max_tcb_info_age,
+                error=TdxCollateralError,
+                message=f"{label}: Intel's TCB info is older than the policy's max_tcb_info_age_seconds",
+            )
 
     status: TdxTcbStatus | None = None
     advisories: tuple[str, ...] = ()
@@ -523,6 +534,20 @@ def _appraise(
     return _Appraisal(quote=quote, status=status, advisory_ids=advisories)
 
 
+def _when(moment: datetime.datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+def _tcb_info_issue_date(tcb_info: str) -> datetime.datetime | None:
+    """The ``issueDate`` of Intel's TCB info JSON, or None when it has none (or a bad one)."""
+    try:
+        value = json.loads(tcb_info).get("issueDate")
+        issued = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return None
+    return issued if issued.tzinfo is not None else None
+
+
 def _check_policy(label: str, quote: TdxQuote, policy: TdxPolicy, checks: CheckRecorder) -> None:
     checks.record(
         f"{label} debug",
@@ -565,6 +590,7 @@ def verify_tdx_evidence(label: str, evidence: Evidence, ctx: VerificationContext
         now=ctx.now,
         fetcher=ctx.fetcher,
         checks=ctx.checks,
+        max_tcb_info_age=ctx.policy.collateral.max_tcb_info_age,
     )
 
 

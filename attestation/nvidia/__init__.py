@@ -55,6 +55,7 @@ from ._pki import TrustAnchors, pinned_trust_anchors
 from ._policy import GpuArchitecture, NvidiaGpuPolicy, OcspMode
 from ._rim import RIM_SERVICE_URL
 from ._spdm import SpdmReport, parse_attestation_report
+from ._staple import NvidiaCollateralStapler
 from ._verify import verify_gpu_evidence_against_nonce, verify_nvidia_gpu
 
 __all__ = [
@@ -82,6 +83,7 @@ __all__ = [
     "NrasTokenError",
     "NrasUntrustedTokenError",
     "NvattestCollector",
+    "NvidiaCollateralStapler",
     "NvidiaGpuCollector",
     "NvidiaGpuEvidence",
     "NvidiaGpuPolicy",

@@ -68,14 +68,19 @@ def check_revocation(
     stapled: Sequence[ocsp.OCSPResponse],
     fetcher: CollateralFetcher,
     now: datetime.datetime,
+    max_age: datetime.timedelta | None = None,
 ) -> OcspOutcome:
-    """The OCSP status of ``cert``: from a matching stapled response, else fetched."""
+    """The OCSP status of ``cert``: from a matching stapled response, else fetched.
+
+    ``max_age`` (the policy's freshness limit) refuses an answer whose ``thisUpdate`` is
+    older, even within its ``nextUpdate``; a stapled one that is too old is then fetched anew.
+    """
     stale: OcspOutcome | None = None
     for response in stapled:
         single = _single_for(response, cert, issuer)
         if single is None:
             continue
-        outcome = _appraise(response, single, issuer, now, "stapled")
+        outcome = _appraise(response, single, issuer, now, "stapled", max_age)
         if outcome.status is not OcspStatus.INVALID:
             return outcome
         stale = outcome  # an unusable staple: try a fresh answer before failing
@@ -99,7 +104,7 @@ def check_revocation(
     single = _single_for(response, cert, issuer)
     if single is None:
         return OcspOutcome(OcspStatus.INVALID, "the responder answered about another certificate")
-    return _appraise(response, single, issuer, now, "fetched")
+    return _appraise(response, single, issuer, now, "fetched", max_age)
 
 
 def _single_for(
@@ -124,11 +129,18 @@ def _appraise(
     issuer: x509.Certificate,
     now: datetime.datetime,
     source: str,
+    max_age: datetime.timedelta | None = None,
 ) -> OcspOutcome:
     try:
         _check_responder(response, issuer, now)
     except OcspResponseError as exc:
         return OcspOutcome(OcspStatus.INVALID, f"{source} response: {exc}")
+    if max_age is not None and now - single.this_update_utc > max_age:
+        return OcspOutcome(
+            OcspStatus.INVALID,
+            f"{source} response of {single.this_update_utc:%Y-%m-%dT%H:%M:%SZ} is older than the "
+            f"policy's limit of {int(max_age.total_seconds())} s",
+        )
     if single.this_update_utc > now + _CLOCK_SKEW:
         return OcspOutcome(OcspStatus.INVALID, f"{source} response is dated in the future")
     next_update = single.next_update_utc

@@ -14,6 +14,11 @@
 Every key is optional; an absent key (or an absent section) takes the strict default shown
 above (no version minimum). Unknown keys are refused, as everywhere in a policy.
 
+``roots`` (``{"device_identity_ca": "<PEM>", "rim_signing_ca": "<PEM>"}``, either key
+optional) REPLACES the NVIDIA roots FedSeal pins. It exists for a private test PKI
+standing in for NVIDIA's; a production policy never carries it, and every check row names
+the root it used.
+
 There is no "maximum evidence age": a GPU report carries no timestamp. Its freshness comes
 from the SPDM nonce, which is derived from the client's fresh challenge; OCSP responses are
 held to their own ``nextUpdate``.
@@ -25,8 +30,11 @@ import enum
 import re
 from dataclasses import dataclass
 
+from cryptography import x509
+
 from .._encoding import json_type
 from .._errors import PolicyError
+from ._pki import TrustAnchors, pinned_trust_anchors
 
 __all__ = ["GpuArchitecture", "NvidiaGpuPolicy", "OcspMode", "parse_version"]
 
@@ -57,8 +65,10 @@ _KEYS = frozenset(
         "ocsp",
         "require_cc_mode",
         "require_rim_match",
+        "roots",
     }
 )
+_ROOT_KEYS = frozenset({"device_identity_ca", "rim_signing_ca"})
 _DRIVER_VERSION = re.compile(r"[0-9]{1,5}(\.[0-9]{1,5}){0,3}")
 _VBIOS_VERSION = re.compile(r"[0-9A-Fa-f]{2}(\.[0-9A-Fa-f]{2}){0,4}")
 
@@ -102,6 +112,17 @@ class NvidiaGpuPolicy:
     ocsp: OcspMode = OcspMode.REQUIRE
     require_cc_mode: bool = True
     require_rim_match: bool = True
+    #: Replacements for the pinned NVIDIA roots (a private test PKI only); None: pinned.
+    device_root: x509.Certificate | None = None
+    rim_root: x509.Certificate | None = None
+
+    def trust_anchors(self) -> TrustAnchors:
+        """The roots GPU evidence must chain to: the pinned NVIDIA ones unless replaced."""
+        pinned = pinned_trust_anchors()
+        return TrustAnchors(
+            device_root=self.device_root if self.device_root is not None else pinned.device_root,
+            rim_root=self.rim_root if self.rim_root is not None else pinned.rim_root,
+        )
 
     def __post_init__(self) -> None:
         if not isinstance(self.allowed_architectures, tuple) or not self.allowed_architectures:
@@ -120,6 +141,9 @@ class NvidiaGpuPolicy:
         for name in ("require_cc_mode", "require_rim_match"):
             if not isinstance(getattr(self, name), bool):
                 raise PolicyError(f"nvidia_gpu.{name} must be a boolean")
+        for name in ("device_root", "rim_root"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), x509.Certificate):
+                raise PolicyError(f"nvidia_gpu.{name} must be an X.509 certificate")
 
     @classmethod
     def from_json_value(cls, value: object, *, where: str) -> NvidiaGpuPolicy:
@@ -150,6 +174,16 @@ class NvidiaGpuPolicy:
                 if not isinstance(value[name], bool):
                     raise PolicyError(f"{where}: key 'nvidia_gpu.{name}' must be true or false")
                 fields[name] = value[name]
+        if "roots" in value:
+            roots = value["roots"]
+            if not isinstance(roots, dict) or not roots or roots.keys() - _ROOT_KEYS:
+                raise PolicyError(
+                    f"{where}: key 'nvidia_gpu.roots' must be an object with 'device_identity_ca' "
+                    "and/or 'rim_signing_ca'"
+                )
+            for key, name in (("device_identity_ca", "device_root"), ("rim_signing_ca", "rim_root")):
+                if key in roots:
+                    fields[name] = pem_certificate(roots[key], f"{where}: key 'nvidia_gpu.roots.{key}'")
         try:
             return cls(**fields)  # type: ignore[arg-type]
         except PolicyError as exc:
@@ -175,3 +209,16 @@ def _architectures(value: object, where: str) -> tuple[GpuArchitecture, ...]:
             )
         result.append(arch)
     return tuple(result)
+
+
+def pem_certificate(value: object, where: str) -> x509.Certificate:
+    """One PEM certificate from a policy value; PolicyError naming ``where`` otherwise."""
+    if not isinstance(value, str):
+        raise PolicyError(f"{where} must be a PEM certificate string")
+    try:
+        certs = x509.load_pem_x509_certificates(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise PolicyError(f"{where} is not a PEM certificate") from None
+    if len(certs) != 1:
+        raise PolicyError(f"{where} must hold exactly one certificate")
+    return certs[0]

@@ -54,6 +54,7 @@ __all__ = [
     "VerifiedRim",
     "driver_rim_id",
     "parse_rim_service_answer",
+    "rim_signing_chain",
     "vbios_rim_id",
     "verify_rim",
 ]
@@ -193,6 +194,23 @@ def verify_rim(xml: bytes, *, file_id: str, root: x509.Certificate, now: datetim
         signer=common_name(leaf),
         path=outcome.path,
     )
+
+
+def rim_signing_chain(xml: bytes, file_id: str) -> list[x509.Certificate]:
+    """The signing chain a RIM carries (leaf first), parsed but NOT verified: for the
+    aggregator's stapler, which must know which certificates need OCSP answers."""
+    try:
+        from lxml import etree
+    except ImportError as exc:
+        raise NvidiaVerifierUnavailableError(
+            f"reading a RIM needs lxml (pip install 'fedseal[nvidia]'): {exc}"
+        ) from None
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
+    try:
+        document = etree.fromstring(xml, parser=parser)
+    except etree.XMLSyntaxError:
+        raise EvidenceFormatError(f"RIM {file_id} is not well-formed XML") from None
+    return _embedded_chain(document, file_id)
 
 
 def _embedded_chain(document: etree._Element, file_id: str) -> list[x509.Certificate]:

@@ -63,7 +63,7 @@ from ._errors import (
 from ._format import CcMode, GpuEvidence, NvidiaGpuEvidence, parse_nvidia_gpu_payload, spdm_nonce_for_binding
 from ._nras import verify_nras_token
 from ._ocsp import OcspStatus, check_revocation, load_stapled
-from ._pki import ChainFailure, TrustAnchors, common_name, fingerprint, pinned_trust_anchors, verify_chain
+from ._pki import ChainFailure, TrustAnchors, common_name, fingerprint, verify_chain
 from ._policy import NvidiaGpuPolicy, OcspMode, parse_version, version_at_least
 from ._rim import (
     RIM_SERVICE_URL,
@@ -96,6 +96,7 @@ def verify_nvidia_gpu(label: str, evidence: Evidence, ctx: VerificationContext) 
         now=ctx.now,
         fetcher=ctx.fetcher,
         checks=ctx.checks,
+        max_ocsp_age=ctx.policy.collateral.max_ocsp_age,
     )
 
 
@@ -146,6 +147,7 @@ class _Run:
     anchors: TrustAnchors
     stapled_ocsp: tuple[ocsp.OCSPResponse, ...]
     stapled_rims: dict[str, bytes]
+    max_ocsp_age: datetime.timedelta | None = None
     rims: dict[str, VerifiedRim | None] = field(default_factory=dict)
     ocsp_done: set[tuple[int, str]] = field(default_factory=set)
 
@@ -160,8 +162,13 @@ def check_gpu_evidence(
     fetcher: CollateralFetcher,
     checks: CheckRecorder,
     anchors: TrustAnchors | None = None,
+    max_ocsp_age: datetime.timedelta | None = None,
 ) -> None:
-    """Record every check of an ``nvidia-gpu`` payload against ``expected_nonce`` into ``checks``."""
+    """Record every check of an ``nvidia-gpu`` payload against ``expected_nonce`` into ``checks``.
+
+    ``anchors`` (tests only) overrides the policy's roots; ``max_ocsp_age`` bounds OCSP
+    answers by their ``thisUpdate`` (the policy's ``collateral.max_ocsp_age_seconds``).
+    """
     try:
         evidence = parse_nvidia_gpu_payload(payload, field=f"{label}.payload")
     except EvidenceFormatError as exc:
@@ -190,7 +197,8 @@ def check_gpu_evidence(
         now=now,
         fetcher=fetcher,
         checks=checks,
-        anchors=anchors if anchors is not None else pinned_trust_anchors(),
+        anchors=anchors if anchors is not None else policy.trust_anchors(),
+        max_ocsp_age=max_ocsp_age,
         stapled_ocsp=stapled,
         stapled_rims={rim.id: rim.xml for rim in evidence.rims},
     )
@@ -392,7 +400,9 @@ def _check_chain_revocation(run: _Run, name: str, path: Sequence[x509.Certificat
         if key in run.ocsp_done:  # one row per certificate, however many GPUs or RIMs share it
             continue
         run.ocsp_done.add(key)
-        outcome = check_revocation(cert, issuer, stapled=run.stapled_ocsp, fetcher=run.fetcher, now=run.now)
+        outcome = check_revocation(
+            cert, issuer, stapled=run.stapled_ocsp, fetcher=run.fetcher, now=run.now, max_age=run.max_ocsp_age
+        )
         tolerated = outcome.status is OcspStatus.UNAVAILABLE and run.policy.ocsp is OcspMode.ALLOW_UNAVAILABLE
         error: type[AttestationError] = {
             OcspStatus.REVOKED: GpuCertificateRevokedError,
@@ -473,44 +483,58 @@ def _check_rims(run: _Run, name: str, report: SpdmReport, driver: str | None) ->
 
 
 def _verified_rim(run: _Run, name: str, file_id: str) -> VerifiedRim | None:
-    """Fetch (or take the stapled) RIM and verify it once per call; record its checks once."""
+    """Take the stapled RIM, else (or if it does not verify) fetch one; verify it once per
+    call and record its checks once."""
     if file_id in run.rims:
         return run.rims[file_id]
     run.rims[file_id] = None
     label = f"{run.label} RIM {file_id}"
-    xml = run.stapled_rims.get(file_id)
+    expected = f"signed, chain to pinned {common_name(run.anchors.rim_root)} at {_when(run.now)}"
+    rim: VerifiedRim | None = None
+    failure: AttestationError | None = None
     source = "stapled"
-    if xml is None:
-        source = "fetched"
+    stapled = run.stapled_rims.get(file_id)
+    if stapled is not None:
+        try:
+            rim = verify_rim(stapled, file_id=file_id, root=run.anchors.rim_root, now=run.now)
+        except AttestationError as exc:
+            failure = exc  # an unusable staple (an expired signer, say): a fetcher may have a good one
+    if rim is None:
         try:
             xml = parse_rim_service_answer(
                 run.fetcher.fetch(CollateralRequest(url=RIM_SERVICE_URL + file_id)), file_id
             )
         except (CollateralUnavailableError, EvidenceFormatError) as exc:
-            run.checks.record(
-                label,
-                expected="stapled or fetched RIM",
-                found="unavailable",
-                passed=False,
-                error=type(exc),
-                message=f"{name}: {exc}",
-            )
-            return None
-    try:
-        rim = verify_rim(xml, file_id=file_id, root=run.anchors.rim_root, now=run.now)
-    except AttestationError as exc:
+            if failure is None:  # nothing stapled: the refusal is that none is available
+                run.checks.record(
+                    label,
+                    expected="stapled or fetched RIM",
+                    found="unavailable",
+                    passed=False,
+                    error=type(exc),
+                    message=f"{name}: {exc}",
+                )
+                return None
+        else:
+            source = "fetched"
+            try:
+                rim = verify_rim(xml, file_id=file_id, root=run.anchors.rim_root, now=run.now)
+            except AttestationError as exc:
+                failure = exc
+    if rim is None:
+        error = failure if failure is not None else AttestationError(f"RIM {file_id} did not verify")
         run.checks.record(
             label,
-            expected=f"signed, chain to pinned {common_name(run.anchors.rim_root)} at {_when(run.now)}",
-            found=f"{type(exc).__name__} ({source})",
+            expected=expected,
+            found=f"{type(error).__name__} ({source})",
             passed=False,
-            error=type(exc),
-            message=str(exc),
+            error=type(error),
+            message=str(error),
         )
         return None
     run.checks.record(
         label,
-        expected=f"signed, chain to pinned {common_name(run.anchors.rim_root)} at {_when(run.now)}",
+        expected=expected,
         found=f"verified ({source}, signer {rim.signer})",
         passed=True,
         error=AttestationError,
