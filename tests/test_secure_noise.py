@@ -74,25 +74,40 @@ def test_large_scale_moments() -> None:
     assert samples.var() / sigma**2 == pytest.approx(1.0, abs=5 * math.sqrt(2 / n))
 
 
-def test_exact_slow_path_keeps_the_law(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Widen the float fast path's margin so that many decisions take the exact rational
-    path; the samples must still follow the discrete Gaussian."""
-    calls = 0
-    real = _noise._less_than_exp_slow
+def test_exact_slow_paths_keep_the_law(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Widen the float fast paths' margins so that many decisions take the exact rational
+    paths; the samples must still follow the discrete Gaussian."""
+    calls = {"bernoulli": 0, "floor": 0}
+    real_less, real_floor = _noise._less_than_exp_slow, _noise._floor_exponential_slow
 
-    def counted(stream: _noise._KeyStream, u: int, x: Fraction) -> bool:
-        nonlocal calls
-        calls += 1
-        return real(stream, u, x)
+    def less(stream: _noise._KeyStream, u: int, bits: int, x: Fraction) -> bool:
+        calls["bernoulli"] += 1
+        return real_less(stream, u, bits, x)
 
-    margin = 2.0**-7
-    monkeypatch.setattr(_noise, "_MARGIN", margin)
-    monkeypatch.setattr(_noise, "_E1_YES", math.floor((math.exp(-1) - margin) * 2**32))
-    monkeypatch.setattr(_noise, "_E1_NO", math.ceil((math.exp(-1) + margin) * 2**32))
-    monkeypatch.setattr(_noise, "_less_than_exp_slow", counted)
+    def floor(stream: _noise._KeyStream, u: int, bits: int, t: int) -> int:
+        calls["floor"] += 1
+        return real_floor(stream, u, bits, t)
+
+    monkeypatch.setattr(_noise, "_MARGIN", 2.0**-7)
+    monkeypatch.setattr(_noise, "_FLOOR_MARGIN", 2.0**-6)
+    monkeypatch.setattr(_noise, "_less_than_exp_slow", less)
+    monkeypatch.setattr(_noise, "_floor_exponential_slow", floor)
     samples = discrete_gaussian(1.7, 20_000)
-    assert calls > 500
+    assert calls["bernoulli"] > 300 and calls["floor"] > 300
     assert _chi_square_p_value(samples, 1.7) > 1e-6
+
+
+def test_floor_exponential_slow_path_respects_the_prefix() -> None:
+    """The exact floor(t·E) path stays within what U's 64-bit prefix allows, also for a
+    prefix of zeros (U below 2^-64)."""
+    stream = _noise._KeyStream()
+    for u, t in ((3 << 60, 5), (12345678901234567, 1000), (1, 7), (0, 3)):
+        got = _noise._floor_exponential_slow(stream, u, 64, t)
+        if u:  # U lies in [u, u + 1)·2^-64
+            low = math.floor(-t * (math.log(u + 1) - 64 * math.log(2)))
+            assert low <= got <= math.floor(-t * (math.log(u) - 64 * math.log(2)))
+        else:
+            assert got >= math.floor(64 * t * math.log(2))
 
 
 @pytest.mark.parametrize("x", [Fraction(0), Fraction(1, 3), Fraction(1), Fraction(7, 2), Fraction(200, 7)])

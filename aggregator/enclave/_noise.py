@@ -31,13 +31,16 @@ Randomness. All bits come from a ChaCha20 keystream (the construction of the ker
 CSPRNG) under a 256-bit key read from the OS CSPRNG into a buffer that is wiped once the
 cipher is keyed; a fresh key per call. numpy's generators are not used.
 
-Sampler. CKS20 Algorithms 1-3 (discrete Laplace by rejection, then the discrete Gaussian by
-rejection from it), vectorised with numpy in chunks. Every Bernoulli(exp(-x)) decision
-compares a 32-bit uniform U with exp(-x): in float64 when the two are more than 2⁻⁴⁰ apart
-(float error here is below 2⁻⁴⁸), otherwise (about once in 2³² decisions) U is extended
-with fresh bits and compared with exact rational bounds on exp(-x) (alternating Taylor
-series, `fractions.Fraction`) until the order is certain. The samples are therefore
-exactly discrete Gaussian given uniform bits, with no table and no truncation.
+Sampler. CKS20 Algorithm 3 (the discrete Gaussian by rejection from a discrete Laplace of
+scale t = floor(sigma) + 1), vectorised with numpy in chunks. The discrete Laplace is a random
+sign on X = floor(t·E), E = -ln U exponential, which has CKS20 Algorithm 2's law
+P(X >= k) = exp(-k/t) with one 64-bit uniform instead of a loop. Every decision is exact:
+floor(t·E) is taken from float64 only when t·E is more than t·2^-40 away from an
+integer (its float error is below t·2^-44) and U >= 2^-16; each Bernoulli(exp(-x)) compares a 32-bit uniform
+U with exp(-x) in float64 only when they are more than 2^-40 apart. Otherwise (rarely: a few
+times per 7B round) U is extended with fresh bits and compared with exact rational bounds on
+exp(-x) (alternating Taylor series, `fractions.Fraction`) until the order is certain. The
+samples are therefore exactly discrete Gaussian given uniform bits: no table, no truncation.
 """
 
 from __future__ import annotations
@@ -78,8 +81,10 @@ class NoiseParameterError(FedSealError):
     """A secure-noise parameter is out of range (message names it)."""
 
 
-# Fast-path safety margin of a Bernoulli decision; float64 error in exp(-x) is below 2^-48.
+# Fast-path safety margin: float64 error in exp(-x) is below 2^-48.
 _MARGIN = 2.0**-40
+# Same for floor(t·E): the float error in t·ln(U), for U >= 2^-16, is below t·2^-44.
+_FLOOR_MARGIN = 2.0**-40
 # Coordinates per chunk: bounds the sampler's working memory (a few tens of MB).
 _CHUNK = 1 << 20
 # Grid scale and grid values stay far below 2^53 so integers are exact in float64 and int64.
@@ -159,10 +164,10 @@ def _exp_neg_bounds(x: Fraction, terms: int) -> tuple[Fraction, Fraction]:
     return lo, hi
 
 
-def _less_than_exp_slow(stream: _KeyStream, u: int, x: Fraction) -> bool:
-    """Is U < exp(-x), for a uniform U in [0, 1) whose first 32 bits are `u`? Extends U
+def _less_than_exp_slow(stream: _KeyStream, u: int, bits: int, x: Fraction) -> bool:
+    """Is U < exp(-x), for a uniform U in [0, 1) whose first `bits` bits are `u`? Extends U
     with fresh bits and tightens exact bounds on exp(-x) until the answer is certain."""
-    bits, terms = 32, 24
+    terms = 24
     while bits <= _SLOW_PATH_MAX_BITS:
         lo, hi = _exp_neg_bounds(x, terms)
         if Fraction(u + 1, 1 << bits) <= lo:
@@ -183,57 +188,43 @@ def _bernoulli_exp(stream: _KeyStream, x: Floats, exact_x: Callable[[int], Fract
     undecided = ~yes
     undecided &= u < p + _MARGIN * 2.0**32
     for i in np.flatnonzero(undecided).tolist():
-        yes[i] = _less_than_exp_slow(stream, int(u[i]), exact_x(i))
-    return yes
-
-
-# Bernoulli(e^-1) in integers: a 32-bit prefix u decides U < e^-1 when u < _E1_YES, decides
-# the opposite when u ≥ _E1_NO, and goes to the exact path in between.
-_E1_YES = math.floor((math.exp(-1.0) - _MARGIN) * 2.0**32)
-_E1_NO = math.ceil((math.exp(-1.0) + _MARGIN) * 2.0**32)
-
-
-def _bernoulli_exp_minus_one(stream: _KeyStream, n: int) -> Bools:
-    u = stream.words(n)
-    yes = u < _E1_YES
-    for i in np.flatnonzero(~yes & (u < _E1_NO)).tolist():
-        yes[i] = _less_than_exp_slow(stream, int(u[i]), Fraction(1))
+        yes[i] = _less_than_exp_slow(stream, int(u[i]), 32, exact_x(i))
     return yes
 
 
 # ---------------------------------------------------------------- CKS20 samplers
 
 
-def _uniform_below(stream: _KeyStream, t: int, n: int) -> Ints:
-    """n uniform integers in [0, t), by rejection from the smallest power of two ≥ t."""
-    bits = (t - 1).bit_length()
-    out = np.empty(n, dtype=np.int64)
-    filled = 0
-    while filled < n:
-        want = n - filled + 16
-        if bits <= 32:
-            draw = (stream.words(want).astype(np.int64) >> (32 - bits)) if bits else np.zeros(want, np.int64)
-        else:
-            pair = stream.words(2 * want).astype(np.int64)
-            draw = ((pair[0::2] << 32) | pair[1::2]) >> (64 - bits)
-        draw = draw[draw < t][: n - filled]
-        out[filled : filled + len(draw)] = draw
-        filled += len(draw)
+def _floor_exponential_slow(stream: _KeyStream, u: int, bits: int, t: int) -> int:
+    """floor(-t·ln U), exactly, for a uniform U whose first `bits` bits are `u`."""
+    while u < t << 8:  # until the prefix pins -t·ln U to within 1/256
+        u, bits = (u << 32) | int(stream.words(1)[0]), bits + 32
+    k = round(-t * (math.log(u + 0.5) - bits * math.log(2)))
+    # floor(-t·ln U) is k or k - 1; it is at least k exactly when U <= exp(-k/t).
+    return k if k <= 0 or _less_than_exp_slow(stream, u, bits, Fraction(k, t)) else k - 1
+
+
+def _floor_exponential(stream: _KeyStream, t: int, n: int) -> Ints:
+    """n draws of X = floor(t·E), E ~ Exp(1), so P(X >= k) = exp(-k/t): the one-sided
+    geometric of CKS20 Algorithm 2, from E = -ln U with U uniform on 64 bits."""
+    u = stream.words(2 * n).view(np.uint64)
+    y = u.astype(np.float64)
+    y += 0.5
+    y *= 2.0**-64  # within 2^-53 (relative) of the midpoint of U's interval
+    tiny = y < 2.0**-16  # rare (2^-16): left to the exact path, which keeps the bound simple
+    np.log(y, out=y)
+    y *= -t
+    x = np.floor(y)
+    y -= x  # the fractional part
+    # Above 2^-16, |t·E - y| < t·2^-44 (U's interval 2^-48, ln's error < 11·2^-50, rounding);
+    # a fractional part within t·_FLOOR_MARGIN of 0 or 1 goes to the exact path.
+    err = t * _FLOOR_MARGIN
+    tiny |= y < err
+    tiny |= y > 1.0 - err
+    out: Ints = x.astype(np.int64)
+    for i in np.flatnonzero(tiny).tolist():
+        out[i] = _floor_exponential_slow(stream, int(u[i]), 64, t)
     return out
-
-
-def _geometric(stream: _KeyStream, n: int) -> Ints:
-    """n draws of V with P(V ≥ k) = e^-k: count successes of Bernoulli(e^-1) until a failure."""
-    v = np.zeros(n, dtype=np.int64)
-    active = np.arange(n)
-    while active.size:
-        active = active[_bernoulli_exp_minus_one(stream, active.size)]
-        v[active] += 1
-    return v
-
-
-def _exact_ratio(values: Ints, t: int, i: int) -> Fraction:
-    return Fraction(int(values[i]), t)
 
 
 def _exact_exponent(values: Ints, shift: Fraction, sigma_sq: Fraction, i: int) -> Fraction:
@@ -241,16 +232,16 @@ def _exact_exponent(values: Ints, shift: Fraction, sigma_sq: Fraction, i: int) -
 
 
 def _discrete_laplace(stream: _KeyStream, t: int, n: int) -> Ints:
-    """n draws with P(Z = z) ∝ exp(-|z|/t) (CKS20 Algorithm 2 with s = 1)."""
+    """n draws with P(Z = z) ∝ exp(-|z|/t) (CKS20 Algorithm 2 with s = 1): a random sign
+    on the one-sided geometric, with "-0" rejected."""
     out = np.empty(n, dtype=np.int64)
     filled = 0
     while filled < n:
-        want = (n - filled) * 17 // 10 + 16
-        u = _uniform_below(stream, t, want)
-        u = u[_bernoulli_exp(stream, u / t, partial(_exact_ratio, u, t))]
-        x = u + t * _geometric(stream, len(u))
-        negative = (stream.words(len(x)) & 1).astype(bool)
-        z = np.where(negative, -x, x)[~(negative & (x == 0))][: n - filled]
+        want = n - filled + 16
+        x = _floor_exponential(stream, t, want)
+        negative = np.unpackbits(stream.words((want + 31) // 32).view(np.uint8))[:want].astype(bool)
+        np.negative(x, out=x, where=negative)
+        z = x[~(negative & (x == 0))][: n - filled]
         out[filled : filled + len(z)] = z
         filled += len(z)
     return out
@@ -267,7 +258,10 @@ def _stream_discrete_gaussian(stream: _KeyStream, sigma_sq: Fraction, n: int) ->
     while filled < n:
         want = (n - filled) * 14 // 10 + 16
         y = _discrete_laplace(stream, t, want)
-        x = (np.abs(y) - s / t) ** 2 / (2.0 * s)
+        x = np.abs(y).astype(np.float64)
+        x -= s / t
+        np.square(x, out=x)
+        x /= 2.0 * s
         keep = _bernoulli_exp(stream, x, partial(_exact_exponent, y, shift, sigma_sq))
         y = y[keep][: n - filled]
         out[filled : filled + len(y)] = y
@@ -280,6 +274,31 @@ def _positive(name: str, value: float) -> None:
         raise NoiseParameterError(f"secure noise: '{name}' must be a number, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise NoiseParameterError(f"secure noise: '{name}' must be finite and > 0, got {value!r}")
+
+
+class _NoiseSource:
+    """Discrete Gaussian draws served in any sizes from blocks of _CHUNK, so that many small
+    tensors cost what one large one does."""
+
+    def __init__(self, stream: _KeyStream, sigma_sq: Fraction) -> None:
+        self._stream, self._sigma_sq = stream, sigma_sq
+        self._block: Ints = np.zeros(0, dtype=np.int64)
+        self._next = 0
+
+    def add_to(self, values: Ints) -> None:
+        done = 0
+        while done < len(values):
+            if self._next == len(self._block):
+                self._block.fill(0)
+                self._block = _stream_discrete_gaussian(self._stream, self._sigma_sq, _CHUNK)
+                self._next = 0
+            take = min(len(values) - done, len(self._block) - self._next)
+            values[done : done + take] += self._block[self._next : self._next + take]
+            done += take
+            self._next += take
+
+    def close(self) -> None:
+        self._block.fill(0)
 
 
 def _grid_sigma_sq(sigma: float, gamma: float) -> Fraction:
@@ -329,6 +348,7 @@ def add_secure_noise(tensors: Mapping[str, torch.Tensor], sigma: float, *, gamma
                 "steps; refusing to noise it"
             )
     stream = _KeyStream()
+    source = _NoiseSource(stream, sigma_sq)
     try:
         for name, tensor in tensors.items():
             flat = tensor.view(-1)
@@ -343,12 +363,13 @@ def add_secure_noise(tensors: Mapping[str, torch.Tensor], sigma: float, *, gamma
                         "2^50 grid steps; refusing to noise it"
                     )
                 noised = grid.astype(np.int64)
-                noised += _stream_discrete_gaussian(stream, sigma_sq, len(noised))
+                source.add_to(noised)
                 np.multiply(noised, gamma, out=grid)  # a function of the integers alone
                 part.copy_(torch.from_numpy(grid))
                 noised.fill(0)
                 grid.fill(0.0)
     finally:
+        source.close()
         stream.close()
 
 
