@@ -8,8 +8,9 @@ Gaussian mechanism on the sum (sensitivity C) followed by post-processing. n, th
 of accepted updates, is public (it is in the log).
 
 Accounting: sigma is calibrated once per job with Google's `dp-accounting` PLD accountant
-(`calibrate_dp_mechanism`) so that `rounds` compositions of a Poisson-sampled (rate q)
-Gaussian mechanism spend at most (ε, δ). The ledger (`DpLedger`) records the budget in a
+(`calibrate_dp_mechanism`) so that `rounds` compositions of the Gaussian mechanism spend
+at most (ε, δ), with no amplification by sampling (`DpParams` refuses a sampling rate
+below 1: nothing samples clients). The ledger (`DpLedger`) records the budget in a
 `dp_budget` log entry when the job's first DP round opens; each released round adds its
 cumulative spend (the PLD ε after that many rounds) to its `round_closed` entry; a round
 beyond the planned number is refused and logged (`dp_round_refused`). The ledger lives
@@ -76,13 +77,8 @@ def _accountant() -> dp_accounting.pld.PLDAccountant:
 
 
 def _event(params: DpParams, noise_multiplier: float, rounds: int) -> dp_accounting.DpEvent:
-    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
-    sampled = (
-        gaussian
-        if params.sampling_rate >= 1.0
-        else dp_accounting.PoissonSampledDpEvent(params.sampling_rate, gaussian)
-    )
-    return dp_accounting.SelfComposedDpEvent(sampled, rounds)
+    # Every accepted update is in the round (DpParams refuses sampling_rate < 1): no sampling event.
+    return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(noise_multiplier), rounds)
 
 
 def calibrate_noise_multiplier(params: DpParams) -> float:

@@ -34,6 +34,7 @@ __all__ = [
     "ApprovalParams",
     "ConfigError",
     "DpParams",
+    "DpSamplingRefusedError",
     "FedAdamParams",
     "FedAvgMParams",
     "FedAvgParams",
@@ -82,6 +83,11 @@ MAX_CLIENT_RANKS = 16  # LoRA ranks one lora-exact round may allow (client_ranks
 
 class ConfigError(FormatError):
     """A round or job configuration is invalid; the message names the field."""
+
+
+class DpSamplingRefusedError(ConfigError):
+    """`dp.sampling_rate` below 1: the accountant would claim amplification by sampling,
+    but nothing samples clients (the host chooses who takes part), so it is refused."""
 
 
 def config_int(obj: dict[str, Any], key: str, lo: int, hi: int, where: str) -> int:
@@ -275,10 +281,12 @@ class DpParams:
     tensors together; the enclave adds N(0, (sigma·clip_norm)²) to the sum of clipped deltas
     and divides by the number of updates (updates are weighted equally under DP: example
     counts are the clients' own claims and would raise the sensitivity). sigma is
-    calibrated with the PLD accountant so that `rounds` such rounds, each a Poisson sample
-    of rate `sampling_rate`, spend at most (`epsilon`, `delta`). Amplification by sampling
-    holds only if clients really are sampled at that rate with randomness the host does not
-    control; otherwise set it to 1.
+    calibrated with the PLD accountant so that `rounds` such rounds spend at most
+    (`epsilon`, `delta`). `sampling_rate` must be 1 (its default): amplification by
+    sampling holds only if clients are sampled at that rate with randomness the host does
+    not control, and nothing samples them (the host chooses who takes part), so a rate
+    below 1 is refused (`DpSamplingRefusedError`) rather than recorded as a spend the job
+    does not get.
     """
 
     epsilon: float
@@ -292,6 +300,12 @@ class DpParams:
         for key, hi in (("epsilon", 20.0), ("delta", 0.01), ("clip_norm", 1e6), ("sampling_rate", 1.0)):
             value = _real(getattr(self, key), f"dp.{key}", 0.0, hi, lo_open=True, hi_open=False)
             object.__setattr__(self, key, value)
+        if self.sampling_rate < 1.0:
+            raise DpSamplingRefusedError(
+                f"round config: 'dp.sampling_rate' = {self.sampling_rate:g} is refused: nothing samples "
+                "clients (the host chooses who takes part), so no amplification by sampling can be "
+                "claimed; set it to 1 or leave it out"
+            )
         if (
             isinstance(self.rounds, bool)
             or not isinstance(self.rounds, int)

@@ -61,3 +61,18 @@ def test_bench_ingest_runs_end_to_end(tmp_path: Path) -> None:
     assert row["flower"]["s"] > 0
     assert report["micro"]["hpke_unwrap_us"] > 0 and report["transport_sweep"]
     assert "| r4/32 f32 | 2 |" in result.stdout
+
+
+def test_bench_noise_smoke_times_both_samplers() -> None:
+    """The noise benchmark's whole path on a tiny adapter (its figures at that size mean
+    nothing): calibration, the secure sampler and today's float Gaussian both run."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_noise.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=BENCHMARKS.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "16 tensors, 65,536 float32 coordinates" in result.stdout
+    assert "secure (CKS20" in result.stdout and "peer (numpy PCG64" in result.stdout

@@ -9,6 +9,7 @@ import pytest
 from conftest import adapter_spec, round_config
 
 from aggregator import ConfigError, JobConfig, RoundConfig
+from fedseal.roundconfig import DpParams, DpSamplingRefusedError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,3 +54,27 @@ def test_bad_job_file_is_reported(tmp_path: Path) -> None:
         JobConfig.from_file(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         JobConfig.from_file(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.999])
+def test_dp_sampling_below_one_is_refused_at_load(tmp_path: Path, rate: float) -> None:
+    """Nothing samples clients, so a job that asks the accountant for amplification by
+    sampling would record a spend it does not get: the job file is refused by name."""
+    job = json.loads((ROOT / "deploy" / "examples" / "job.json").read_text())
+    dp = {
+        "epsilon": 8.0,
+        "delta": 1e-5,
+        "clip_norm": 1.0,
+        "rounds": 3,
+        "initial_adapter_digest": "A" * 43 + "=",
+    }
+    job["round_template"]["dp"] = dp | {"sampling_rate": 1.0}
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    assert JobConfig.from_file(path).round_config(1).dp is not None  # 1 (or absent) is accepted
+    job["round_template"]["dp"] = dp | {"sampling_rate": rate}
+    path.write_text(json.dumps(job))
+    with pytest.raises(DpSamplingRefusedError, match=r"'dp.sampling_rate' = .* nothing samples clients"):
+        JobConfig.from_file(path)
+    with pytest.raises(DpSamplingRefusedError):
+        DpParams(8.0, 1e-5, 1.0, 3, bytes(32), sampling_rate=rate)
