@@ -13,6 +13,7 @@ from typing import Any
 
 from attestation import AttestationError, Policy, PolicyError, load_builtin_policy
 from fedseal.errors import FedSealError
+from fedseal.logschema import UpdateAccepted, UpdateRejected
 
 from ._endpoint import AuditEndpointError
 from ._receipt import ReceiptCheck, ReceiptCheckError, check_receipt_at_endpoint, check_receipt_in_log
@@ -370,11 +371,12 @@ def _check_receipt(args: argparse.Namespace, policy: Policy) -> int:
         print(json.dumps(_check_json(check), indent=2))
     else:
         e = check.entry
+        body = e.body
         print(
             f"RECEIPT HOLDS: entry {e.index} ({e.kind.value}"
             + (
-                f", round {e.fields['round_id']}, client {e.fields['client_id']!r}"
-                if "client_id" in e.fields
+                f", round {body.round_id}, client {body.client_id!r}"
+                if isinstance(body, UpdateAccepted | UpdateRejected)
                 else ""
             )
             + f") is in {check.source}'s current tree of {check.current_size} entries: inclusion in the "

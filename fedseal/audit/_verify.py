@@ -41,7 +41,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import enum
-import hashlib
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation import Policy
-from fedseal.canonical import canonical_json
+from fedseal.canonical import b64encode, canonical_json, parse_canonical
 from fedseal.checkpoint import TLOG_PROOF_HEADER, Checkpoint, TlogProof
 from fedseal.errors import FedSealError, FormatError
 from fedseal.logformat import (
@@ -61,9 +60,25 @@ from fedseal.logformat import (
     decode_record,
     released_round,
 )
+from fedseal.logschema import (
+    AggregateReleased,
+    AggregateWithheld,
+    ApprovalRecorded,
+    DpBudgetRecorded,
+    DpRoundRefused,
+    EnclaveStarted,
+    EntryFieldError,
+    RoundClosed,
+    RoundFailed,
+    RoundOpened,
+    TornTailDropped,
+    UpdateAccepted,
+    UpdateRejected,
+)
 from fedseal.merkle import MerkleTree, verify_consistency
 from fedseal.note import NoteVerifier, SignatureLine, open_note, parse_signature_line
 from fedseal.roundconfig import RoundConfig
+from fedseal.spec import AdapterSpec
 from fedseal.wire import StaleBaseError, update_staleness
 
 from ._access import AccessAuditor
@@ -93,6 +108,8 @@ class FindingKind(enum.Enum):
     """What is wrong; see the module docstring and `fedseal-audit verify --help`."""
 
     MALFORMED_RECORD = "malformed_record"
+    # An entry line that does not decode under the log schema (fedseal/logschema.py).
+    MALFORMED_ENTRY = "malformed_entry"
     TORN_TAIL = "torn_tail"
     MODIFIED_ENTRY = "modified_entry"
     REMOVED_ENTRY = "removed_entry"
@@ -125,6 +142,7 @@ _DAMAGE = frozenset(
         FindingKind.REORDERED_ENTRIES,
         FindingKind.DUPLICATED_ENTRY,
         FindingKind.MALFORMED_RECORD,
+        FindingKind.MALFORMED_ENTRY,
         FindingKind.TORN_TAIL,
     }
 )
@@ -173,6 +191,8 @@ class Finding:
     # When the offending entry is one of a range (entries committed under one checkpoint):
     # the range is index..last_index.
     last_index: int | None = None
+    # The entry field at fault, where one is (a malformed entry names it).
+    field: str | None = None
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
@@ -180,6 +200,7 @@ class Finding:
             "line": self.line,
             "index": self.index,
             "last_index": self.last_index,
+            "field": self.field,
             "message": self.message,
             "evidence": list(self.evidence),
         }
@@ -467,83 +488,78 @@ class _Mismatch:
 class _RoundState:
     round_id: int
     key_entry: int
-    config: dict[str, Any]
-    config_digest: str
+    config: RoundConfig
+    config_digest: bytes
     state: str = "open"
-    accepted: list[dict[str, Any]] = field(default_factory=list)
-    accepted_ids: set[str] = field(default_factory=set)
+    accepted: list[UpdateAccepted] = field(default_factory=list)
+    accepted_index: list[int] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
-    participants: list[str] = field(default_factory=list)
-    total_examples: int = 0
-    aggregate_digest: str = ""
-    aggregate_size: int = 0
-    failure_reason: str = ""
-    failure_cause: str = ""
+    closed: RoundClosed | None = None
+    failed: RoundFailed | None = None
     dp: dict[str, Any] | None = None
     approval: dict[str, Any] | None = None
-    lora_residuals: tuple[dict[str, Any], ...] | None = None
-    # The adapter specs an update may name (base64 digest -> its LoRA ranks): the round's,
-    # plus one per allowed client rank (lora-exact `client_ranks`).
-    update_specs: dict[str, list[int]] = field(default_factory=dict)
 
     def summary(self) -> RoundSummary:
-        config = self.config
-        spec = config.get("adapter_spec")
-        spec_digest = (
-            base64.b64encode(hashlib.sha256(canonical_json(spec)).digest()).decode("ascii")
-            if isinstance(spec, dict)
-            else ""
-        )
+        config = _as_logged(self.config.to_json_obj())
+        closed, failed = self.closed, self.failed
+        specs = self.config.update_specs
         return RoundSummary(
             round_id=self.round_id,
             state=self.state,
             key_entry=self.key_entry,
-            strategy=str(config.get("strategy", "")),
+            strategy=self.config.strategy,
             parameters={k: v for k, v in config.items() if k not in ("adapter_spec", "round_id", "format")},
-            adapter_spec_digest=spec_digest,
-            config_digest=self.config_digest,
-            min_clients=_int(config.get("min_clients")),
-            max_clients=_int(config.get("max_clients")),
-            accepted=tuple(self.accepted),
+            adapter_spec_digest=b64encode(self.config.adapter_spec.digest()),
+            config_digest=b64encode(self.config_digest),
+            min_clients=self.config.min_clients,
+            max_clients=self.config.max_clients,
+            accepted=tuple(
+                {
+                    "index": index,
+                    "client_id": a.client_id,
+                    "ciphertext_digest": b64encode(a.ciphertext_digest),
+                    "ciphertext_size": a.ciphertext_size,
+                    "num_examples": a.num_examples,
+                    "base_round_id": a.base_round_id,
+                    "staleness": a.staleness,
+                    "lora_ranks": list(_lora_ranks(specs.get(a.adapter_spec_digest))),
+                }
+                for index, a in zip(self.accepted_index, self.accepted, strict=True)
+            ),
             rejected=tuple(self.rejected),
-            participants=tuple(self.participants),
-            total_examples=self.total_examples,
-            aggregate_digest=self.aggregate_digest,
-            aggregate_size=self.aggregate_size,
-            failure_reason=self.failure_reason,
-            failure_cause=self.failure_cause,
+            participants=closed.participants if closed is not None else (),
+            total_examples=closed.total_examples if closed is not None else 0,
+            aggregate_digest=b64encode(closed.aggregate_digest) if closed is not None else "",
+            aggregate_size=closed.aggregate_size if closed is not None else 0,
+            failure_reason=failed.reason if failed is not None else "",
+            failure_cause=failed.cause.value if failed is not None and failed.cause is not None else "",
             dp=self.dp,
             approval=self.approval,
-            lora_residuals=self.lora_residuals,
+            lora_residuals=(
+                tuple(r.to_fields() for r in closed.lora_residuals)
+                if closed is not None
+                and closed.lora_residuals is not None
+                and self.config.strategy == "lora-exact"
+                else None
+            ),
         )
 
 
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def _as_logged(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` as its canonical JSON reads back (8.0 is written 8): the values the log shows."""
+    value = parse_canonical(canonical_json(obj), what="report")
+    assert isinstance(value, dict)
+    return value
 
 
-def _update_specs(config: object) -> dict[str, list[int]]:
-    """The spec digests a round's updates may name (base64) -> each spec's LoRA ranks.
-
-    Derived as the aggregator and its clients derive them (fedseal.roundconfig). A config
-    that does not parse allows only the digest of its own adapter spec, if any: the
-    auditor accepts no more than the enclave could have.
-    """
+def _lora_ranks(spec: AdapterSpec | None) -> tuple[int, ...]:
+    """The LoRA ranks of an allowed update spec (none for a non-LoRA spec or no spec)."""
+    if spec is None:
+        return ()
     try:
-        parsed = RoundConfig.from_json_obj(config)
+        return spec.lora_ranks()
     except FormatError:
-        spec = config.get("adapter_spec") if isinstance(config, dict) else None
-        if not isinstance(spec, dict):
-            return {}
-        return {base64.b64encode(hashlib.sha256(canonical_json(spec)).digest()).decode("ascii"): []}
-    out = {}
-    for digest, spec in parsed.update_specs.items():
-        try:
-            ranks = list(spec.lora_ranks())
-        except FormatError:
-            ranks = []  # a non-LoRA spec (strategies other than lora-exact take any tensors)
-        out[base64.b64encode(digest).decode("ascii")] = ranks
-    return out
+        return ()  # a non-LoRA spec (strategies other than lora-exact take any tensors)
 
 
 @dataclass
@@ -614,6 +630,7 @@ class _Auditor:
         self.tree = MerkleTree()
         self.leaf_lines = array("Q")
         self.claimed = array("q")  # the index each leaf's entry claims (-1: unreadable)
+        self.unreadable: set[int] = set()  # leaf positions whose entry does not decode
         self.keys: dict[bytes, _KeyState] = {}
         self.key_order: list[_KeyState] = []
         self.current: _KeyState | None = None
@@ -648,12 +665,13 @@ class _Auditor:
         message: str,
         evidence: tuple[str, ...] = (),
         last_index: int | None = None,
+        field: str | None = None,
     ) -> None:
         count = self._per_kind.get(kind, 0) + 1
         self._per_kind[kind] = count
         # A badly broken log can yield a finding per line; the first ones locate the damage.
         if count <= _MAX_FINDINGS_PER_KIND:
-            self.findings.append(Finding(kind, line, index, message, evidence, last_index))
+            self.findings.append(Finding(kind, line, index, message, evidence, last_index, field))
 
     # ------------------------------------------------------------------ reading
     def read(self, progress: ProgressCallback | None) -> None:
@@ -686,15 +704,21 @@ class _Auditor:
     def _unreadable(self, number: int, line: bytes, exc: FedSealError) -> None:
         if line.startswith(ENTRY_RECORD_PREFIX):
             position = self.tree.size
-            # Keep leaf positions aligned so later findings still name the right entries.
+            # Keep leaf positions aligned so later findings still name the right entries;
+            # whether the bytes are the ones signed, the checkpoints decide (modified_entry).
             self.tree.append(line[len(ENTRY_RECORD_PREFIX) : -1])
             self.leaf_lines.append(number)
-            self.claimed.append(-1)
+            index = exc.index if isinstance(exc, EntryFieldError) else None
+            self.claimed.append(index if index is not None else -1)
+            self.unreadable.add(position)
+            field_name = exc.field if isinstance(exc, EntryFieldError) else None
             self.add(
-                FindingKind.MODIFIED_ENTRY,
+                FindingKind.MALFORMED_ENTRY,
                 number,
-                position,
-                f"line {number}: entry {position} cannot be parsed ({exc}): it was modified",
+                index if index is not None else position,
+                f"line {number}: entry {index if index is not None else position} does not decode, so "
+                f"nothing it says can be checked: {exc}",
+                field=field_name,
             )
         else:
             self.add(
@@ -716,10 +740,19 @@ class _Auditor:
                 position,
                 "the first entry must be 'enclave_started' (it carries the attested log key)",
             )
-        if entry.kind is EntryKind.ENCLAVE_STARTED:
-            self._enclave(entry, position, number)
-        elif entry.kind is EntryKind.TORN_TAIL_DROPPED:
-            self.tail_drops.append({"index": entry.index, **entry.fields})
+        body = entry.body
+        if isinstance(body, EnclaveStarted):
+            self._enclave(entry, body, position, number)
+        elif isinstance(body, TornTailDropped):
+            self.tail_drops.append(
+                {
+                    "index": entry.index,
+                    "offset": body.offset,
+                    "dropped_bytes": body.dropped_bytes,
+                    "dropped_digest": b64encode(body.dropped_digest),
+                    "dropped_lines": body.dropped_lines,
+                }
+            )
         elif entry.kind in _ACCESS_KINDS:
             self._access_entry(entry, number)
         elif entry.kind in _RELEASE_KINDS:
@@ -739,9 +772,8 @@ class _Auditor:
             )
 
     # ------------------------------------------------------------------ key chain
-    def _enclave(self, entry: LogEntry, position: int, number: int) -> None:
-        f = entry.fields
-        origin = str(f["log_origin"])
+    def _enclave(self, entry: LogEntry, body: EnclaveStarted, position: int, number: int) -> None:
+        origin = body.log_origin
         if self.current is None and not self.origin:
             self.origin = origin
         elif origin != self.origin:
@@ -752,7 +784,7 @@ class _Auditor:
                 f"line {number}: enclave_started for log origin {origin!r}, this log is {self.origin!r}",
             )
             return
-        previous = f.get("previous_checkpoint")
+        previous = body.previous_checkpoint
         if self.current is None:
             if previous is not None:
                 self.add(
@@ -764,11 +796,17 @@ class _Auditor:
                 )
         else:
             self._handover(previous, position, number)
+        log_key = body.log_public_key
         try:
-            log_key = base64.b64decode(str(f["log_public_key"]), validate=True)
             verifier = NoteVerifier(origin, log_key)
-        except (ValueError, FedSealError) as exc:
-            self.add(FindingKind.MALFORMED_RECORD, number, position, f"line {number}: bad log key: {exc}")
+        except FedSealError as exc:
+            self.add(
+                FindingKind.MALFORMED_ENTRY,
+                number,
+                position,
+                f"line {number}: bad log key: {exc}",
+                field="log_public_key",
+            )
             return
         if verifier.key_id in self.keys:
             self.add(
@@ -790,10 +828,10 @@ class _Auditor:
         self.key_order.append(state)
         self.current = state
 
-    def _handover(self, previous: object, position: int, number: int) -> None:
+    def _handover(self, previous: str | None, position: int, number: int) -> None:
         assert self.current is not None
         old = self.current
-        if not isinstance(previous, str):
+        if previous is None:
             self.add(
                 FindingKind.BROKEN_HANDOVER,
                 number,
@@ -959,32 +997,39 @@ class _Auditor:
 
     # ------------------------------------------------------------------ rounds
     def _round_entry(self, entry: LogEntry, line: int) -> None:
-        f = entry.fields
+        body = entry.body
+        assert isinstance(body, RoundOpened | UpdateAccepted | UpdateRejected | RoundClosed | RoundFailed)
         kind = entry.kind
-        rid = int(f["round_id"])
+        rid = body.round_id
         key_entry = self.current.entry_index if self.current is not None else -1
 
         def inconsistent(message: str) -> None:
             self.add(FindingKind.INCONSISTENT_ROUND, line, entry.index, f"line {line}: {message}")
 
-        if kind is EntryKind.ROUND_OPENED:
-            config = f["config"]
-            digest = base64.b64encode(hashlib.sha256(canonical_json(config)).digest()).decode("ascii")
-            if digest != f["config_digest"]:
+        if isinstance(body, RoundOpened):
+            config = body.config
+            if body.config_digest != config.digest():
                 inconsistent(f"round {rid}'s config_digest is not the digest of its config")
             if rid in self.rounds or (self.rounds and rid <= max(self.rounds)):
                 inconsistent(f"round {rid} opened again or out of order (round ids only grow)")
                 return
             if self.open_round is not None:
                 inconsistent(f"round {rid} opened while round {self.open_round} is still open")
-            if config.get("round_id", rid) != rid:
-                inconsistent(f"round {rid}'s config names round {config.get('round_id')}")
-            state = _RoundState(rid, key_entry, dict(config), str(f["config_digest"]))
-            state.update_specs = _update_specs(config)
-            if isinstance(config.get("dp"), dict):
-                state.dp = {"params": config["dp"], "budget": self.dp_budget, "spend": None}
-            if isinstance(config.get("approval"), dict):
-                state.approval = {"params": config["approval"], "decisions": [], "state": "not closed"}
+            if config.round_id != rid:
+                inconsistent(f"round {rid}'s config names round {config.round_id}")
+            state = _RoundState(rid, key_entry, config, body.config_digest)
+            if config.dp is not None:
+                state.dp = {
+                    "params": _as_logged(config.dp.to_json_obj()),
+                    "budget": self.dp_budget,
+                    "spend": None,
+                }
+            if config.approval is not None:
+                state.approval = {
+                    "params": config.approval.to_json_obj(),
+                    "decisions": [],
+                    "state": "not closed",
+                }
             self.rounds[rid] = state
             self.open_round = rid
             return
@@ -994,67 +1039,63 @@ class _Auditor:
                 # (A refusal for a round that never existed is legitimate: the client named it.)
                 inconsistent(f"{kind.value} for round {rid}, which was never opened")
             return
-        if kind is EntryKind.UPDATE_REJECTED:
+        if isinstance(body, UpdateRejected):
             summary.rejected.append(
-                {"index": entry.index, "client_id": f["client_id"], "reason": f["reason"]}
+                {"index": entry.index, "client_id": body.client_id, "reason": body.reason.value}
             )
             return
         if summary.state != "open":
             inconsistent(f"{kind.value} for round {rid} after it was {summary.state}")
             return
-        abandoned = kind is EntryKind.ROUND_FAILED and f.get("cause") == FailureCause.ENCLAVE_RESTARTED.value
+        abandoned = isinstance(body, RoundFailed) and body.cause is FailureCause.ENCLAVE_RESTARTED
         if abandoned != (key_entry != summary.key_entry):
             inconsistent(
                 f"{kind.value} for round {rid} opened by the enclave of entry {summary.key_entry}, "
                 f"logged by the enclave of entry {key_entry}: only a restarted enclave may "
                 "(and must) record the round as abandoned"
             )
-        if kind is EntryKind.UPDATE_ACCEPTED:
-            if f["client_id"] in summary.accepted_ids:
-                inconsistent(f"second accepted update from {f['client_id']!r} in round {rid}")
-            summary.accepted_ids.add(str(f["client_id"]))
-            ranks = summary.update_specs.get(str(f["adapter_spec_digest"]))
-            if ranks is None:
-                allowed = sorted({r for rs in summary.update_specs.values() for r in rs})
-                inconsistent(
-                    f"update_accepted entry {entry.index} from {f['client_id']!r} names an adapter spec "
-                    f"that is neither round {rid}'s nor one of its client ranks' (LoRA ranks {allowed}): "
-                    "the round must have refused it"
-                )
-            summary.accepted.append(
-                {
-                    "index": entry.index,
-                    "client_id": f["client_id"],
-                    "ciphertext_digest": f["ciphertext_digest"],
-                    "ciphertext_size": f["ciphertext_size"],
-                    "num_examples": f["num_examples"],
-                    "base_round_id": f["base_round_id"],
-                    "staleness": f["staleness"],
-                    "lora_ranks": ranks if ranks is not None else [],
-                }
-            )
-            self._staleness(summary, entry, line)
+        if isinstance(body, UpdateAccepted):
+            self._accepted(summary, entry, body, inconsistent)
+            self._staleness(summary, entry, body, line)
             return
         self.open_round = None
-        if kind is EntryKind.ROUND_CLOSED:
-            self._close(summary, entry, inconsistent)
+        if isinstance(body, RoundClosed):
+            self._close(summary, body, inconsistent)
         else:
             summary.state = "abandoned" if abandoned else "failed"
-            summary.failure_reason = str(f["reason"])
-            summary.failure_cause = str(f.get("cause", ""))
-            if f["accepted"] != len(summary.accepted):
+            summary.failed = body
+            if body.accepted != len(summary.accepted):
                 inconsistent(
-                    f"round {rid} failed saying {f['accepted']} updates were accepted; the log "
+                    f"round {rid} failed saying {body.accepted} updates were accepted; the log "
                     f"accepted {len(summary.accepted)}"
                 )
 
-    def _staleness(self, summary: _RoundState, entry: LogEntry, line: int) -> None:
+    @staticmethod
+    def _accepted(
+        summary: _RoundState, entry: LogEntry, body: UpdateAccepted, inconsistent: Callable[[str], None]
+    ) -> None:
+        rid, config = summary.round_id, summary.config
+        if any(a.client_id == body.client_id for a in summary.accepted):
+            inconsistent(f"second accepted update from {body.client_id!r} in round {rid}")
+        if config.update_spec(body.adapter_spec_digest) is None:
+            inconsistent(
+                f"update_accepted entry {entry.index} from {body.client_id!r} names an adapter spec "
+                f"that is neither round {rid}'s nor one of its client ranks' (LoRA ranks "
+                f"{list(config.allowed_lora_ranks)}): the round must have refused it"
+            )
+        summary.accepted.append(body)
+        summary.accepted_index.append(entry.index)
+        if len(summary.accepted) > config.max_clients:
+            inconsistent(
+                f"round {rid} accepted update number {len(summary.accepted)} (from {body.client_id!r}), "
+                f"above its max_clients of {config.max_clients}"
+            )
+
+    def _staleness(self, summary: _RoundState, entry: LogEntry, body: UpdateAccepted, line: int) -> None:
         """The update's recorded staleness must be what the releases before it imply."""
-        f = entry.fields
-        params = summary.config.get("strategy_params")
-        bound = params.get("staleness") if isinstance(params, dict) else None
-        max_staleness = _int(bound.get("max_staleness")) if isinstance(bound, dict) else None
-        base, recorded = int(f["base_round_id"]), int(f["staleness"])
+        bound = summary.config.params.staleness
+        max_staleness = bound.max_staleness if bound is not None else None
+        base, recorded = body.base_round_id, body.staleness
         where = f"line {line}: update_accepted entry {entry.index} (round {summary.round_id})"
         try:
             expected = update_staleness(base, summary.round_id, self.released, max_staleness)
@@ -1078,44 +1119,48 @@ class _Auditor:
 
     def _release_entry(self, entry: LogEntry, line: int) -> None:
         """DP budget, DP refusals, approvals and releases: each must fit its round."""
-        f = entry.fields
-        rid = int(f["round_id"])
+        body = entry.body
+        assert isinstance(
+            body, DpBudgetRecorded | DpRoundRefused | ApprovalRecorded | AggregateReleased | AggregateWithheld
+        )
+        rid = body.round_id
 
         def inconsistent(message: str) -> None:
             self.add(FindingKind.INCONSISTENT_ROUND, line, entry.index, f"line {line}: {message}")
 
-        if entry.kind is EntryKind.DP_BUDGET:
+        if isinstance(body, DpBudgetRecorded):
             if self.dp_budget is not None:
                 inconsistent("a second dp_budget entry: a job has one DP budget")
-            self.dp_budget = dict(f["budget"])
+            self.dp_budget = dict(body.budget)
             return
-        if entry.kind is EntryKind.DP_ROUND_REFUSED:
-            self.dp_refusals.append({"index": entry.index, "round_id": rid, "reason": f["reason"]})
+        if isinstance(body, DpRoundRefused):
+            self.dp_refusals.append({"index": entry.index, "round_id": rid, "reason": body.reason})
             return
         summary = self.rounds.get(rid)
         gate = summary.approval if summary is not None else None
-        if summary is None or gate is None or gate["state"] != "pending":
+        if summary is None or summary.closed is None or gate is None or gate["state"] != "pending":
             inconsistent(f"{entry.kind.value} for round {rid}, which does not await approval")
             return
-        if f["aggregate_digest"] != summary.aggregate_digest:
+        params = summary.config.approval
+        assert params is not None  # the gate exists only for a config with an approval section
+        if body.aggregate_digest != summary.closed.aggregate_digest:
             inconsistent(f"{entry.kind.value} for round {rid} names another aggregate than its round_closed")
-        approvers = gate["params"].get("approvers", [])
-        if entry.kind is EntryKind.APPROVAL_RECORDED:
-            if f["approver"] not in approvers:
+        if isinstance(body, ApprovalRecorded):
+            if body.approver not in params.approvers:
                 inconsistent(f"approval in round {rid} by a key the round config does not list")
-            if any(d["approver"] == f["approver"] for d in gate["decisions"]):
+            if any(d["approver"] == b64encode(body.approver) for d in gate["decisions"]):
                 inconsistent(f"second decision by one approver in round {rid}")
             gate["decisions"].append(
                 {
                     "index": entry.index,
-                    "approver": f["approver"],
-                    "key_id": f["approver_key_id"],
-                    "decision": f["decision"],
+                    "approver": b64encode(body.approver),
+                    "key_id": body.approver_key_id,
+                    "decision": body.decision.value,
                 }
             )
-        elif entry.kind is EntryKind.AGGREGATE_RELEASED:
+        elif isinstance(body, AggregateReleased):
             approved = [d for d in gate["decisions"] if d["decision"] == "approve"]
-            if len(approved) < _int(gate["params"].get("min_approvals")):
+            if len(approved) < params.min_approvals:
                 inconsistent(
                     f"round {rid}'s aggregate released with {len(approved)} approval(s), below min_approvals"
                 )
@@ -1126,47 +1171,47 @@ class _Auditor:
             gate["state"] = "withheld"
 
     @staticmethod
-    def _close(summary: _RoundState, entry: LogEntry, inconsistent: Callable[[str], None]) -> None:
-        f = entry.fields
-        rid = summary.round_id
+    def _close(summary: _RoundState, body: RoundClosed, inconsistent: Callable[[str], None]) -> None:
+        rid, config = summary.round_id, summary.config
         summary.state = "closed"
+        summary.closed = body
         if summary.dp is not None:
-            if "dp" not in f:
+            if body.dp is None:
                 inconsistent(f"round {rid} has a DP config but its round_closed records no DP spend")
-            summary.dp["spend"] = f.get("dp")
+            summary.dp["spend"] = dict(body.dp) if body.dp is not None else None
         if summary.approval is not None:
-            if f.get("approval_required") is not True:
+            if body.approval_required is not True:
                 inconsistent(f"round {rid} requires approval but its round_closed does not say so")
             summary.approval["state"] = "pending"
-            summary.approval["metrics"] = f.get("metrics")
-        strategy = str(summary.config.get("strategy", ""))
-        if strategy == "lora-exact":
-            residuals = f.get("lora_residuals")
-            if not isinstance(residuals, list) or not _residuals_ok(residuals):
+            summary.approval["metrics"] = dict(body.metrics) if body.metrics is not None else None
+        elif body.approval_required is True:
+            inconsistent(f"round {rid} has no approval gate but its round_closed withholds the aggregate")
+        residuals = body.lora_residuals
+        if config.strategy == "lora-exact":
+            if not residuals or any(not 1 <= r.rank <= r.stacked_rank for r in residuals):
                 inconsistent(
                     f"round {rid} is a lora-exact round but its round_closed records no valid "
                     "lora_residuals (module, rank, stacked_rank, residual in [0, 1] per LoRA module)"
                 )
-            else:
-                summary.lora_residuals = tuple(residuals)
-        elif "lora_residuals" in f:
-            inconsistent(f"round {rid} ({strategy}) records lora_residuals, which only lora-exact has")
-        summary.participants = [str(p) for p in f["participants"]]
-        summary.total_examples = int(f["total_examples"])
-        summary.aggregate_digest = str(f["aggregate_digest"])
-        summary.aggregate_size = int(f["aggregate_size"])
-        accepted = sorted(str(a["client_id"]) for a in summary.accepted)
-        if sorted(summary.participants) != accepted:
+        elif residuals is not None:
+            inconsistent(f"round {rid} ({config.strategy}) records lora_residuals, which only lora-exact has")
+        accepted = sorted(a.client_id for a in summary.accepted)
+        if sorted(body.participants) != accepted:
             inconsistent(
-                f"round {rid} closed with participants {summary.participants} but the log "
+                f"round {rid} closed with participants {list(body.participants)} but the log "
                 f"accepted updates from {accepted}"
             )
-        if summary.total_examples != sum(int(a["num_examples"]) for a in summary.accepted):
+        if body.total_examples != sum(a.num_examples for a in summary.accepted):
             inconsistent(f"round {rid} total_examples does not equal the sum over accepted updates")
-        if str(f["strategy"]) != str(summary.config.get("strategy", f["strategy"])):
-            inconsistent(f"round {rid} closed with strategy {f['strategy']!r}, not its configured one")
-        if len(accepted) < _int(summary.config.get("min_clients")):
+        if body.strategy != config.strategy:
+            inconsistent(f"round {rid} closed with strategy {body.strategy!r}, not its configured one")
+        if len(accepted) < config.min_clients:
             inconsistent(f"round {rid} closed with {len(accepted)} updates, below min_clients")
+        if len(body.participants) > config.max_clients:
+            inconsistent(
+                f"round {rid} closed with {len(body.participants)} participants, above max_clients "
+                f"({config.max_clients})"
+            )
 
     # ------------------------------------------------------------------ conclusions
     def finish(self, trusted: Sequence[TrustedCheckpoint]) -> None:
@@ -1198,14 +1243,6 @@ class _Auditor:
                 self.covered,
                 f"entries {self.covered}..{size - 1} are not covered by any valid checkpoint",
             )
-        for r in self.rounds.values():
-            if len(r.accepted) > _int(r.config.get("max_clients")) > 0:
-                self.add(
-                    FindingKind.INCONSISTENT_ROUND,
-                    None,
-                    None,
-                    f"round {r.round_id} accepted {len(r.accepted)} updates, above max_clients",
-                )
 
     def _check_sequence(self) -> int:
         """Removed, reordered and repeated entries from the indices entries claim.
@@ -1216,7 +1253,9 @@ class _Auditor:
         n = len(claimed)
         if claimed == array("q", range(n)):
             return n
-        damaged_from = next(p for p in range(n) if claimed[p] != p)
+        # An entry that does not decode still holds its place in the tree (the checkpoints
+        # say whether it is the one signed); only entries claiming another place are damage.
+        damaged_from = next((p for p in range(n) if claimed[p] != p and claimed[p] >= 0), n)
         line_of: dict[int, int] = {}
         highest, highest_line = -1, 0
         for position, index in enumerate(claimed):
@@ -1449,22 +1488,3 @@ def _ms_text(ms: int) -> str:
         return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
     except (OverflowError, ValueError, OSError):
         return f"{ms} ms since the epoch"
-
-
-def _residuals_ok(value: object) -> bool:
-    """A lora-exact round_closed's `lora_residuals`: one well-formed record per module."""
-    if not isinstance(value, list) or not value:
-        return False
-    for item in value:
-        if not isinstance(item, dict) or set(item) != {"module", "rank", "stacked_rank", "residual"}:
-            return False
-        rank, stacked, residual = item["rank"], item["stacked_rank"], item["residual"]
-        if not isinstance(item["module"], str) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in (rank, stacked)
-        ):
-            return False
-        if not 1 <= rank <= stacked or not isinstance(residual, (int, float)) or isinstance(residual, bool):
-            return False
-        if not 0.0 <= float(residual) <= 1.0:
-            return False
-    return True
