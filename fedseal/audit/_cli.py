@@ -63,7 +63,11 @@ bad_update_signature (an accepted update not signed by a key enrolled for its si
 unauthorized_action (an operator action not signed by a principal allowed to do it),
 inconsistent_access (enrolment or principals changed without a signed request),
 wrong_staleness (an accepted update's staleness is not what the releases before it imply,
-or its round must have refused it).
+or its round must have refused it), malformed_entry (an entry that does not decode under the
+log schema; the field is named), invalid_approval (an approval or refusal not validly signed
+by an approver the round config lists, for its round's aggregate, once per approver),
+invalid_release (a release without min_approvals valid approvals, a withholding without a
+valid refusal).
 """
 
 
