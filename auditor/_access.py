@@ -28,10 +28,17 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedseal.canonical import b64decode_field, b64encode, canonical_json
+from fedseal.canonical import b64decode_field, canonical_json
 from fedseal.enrolment import Enrolment
 from fedseal.errors import FormatError
-from fedseal.logformat import EntryKind, LogEntry
+from fedseal.logformat import LogEntry
+from fedseal.logschema import (
+    EnrolmentCause,
+    EnrolmentRecorded,
+    OperatorAction,
+    PrincipalsRecorded,
+    UpdateAccepted,
+)
 from fedseal.signed_request import ACTION_ROLES, SIGNED_REQUEST_DOMAIN, Signer, parse_principals
 from fedseal.wire import update_signature_message
 
@@ -56,7 +63,7 @@ class AccessAuditor:
     def __init__(self) -> None:
         self.enrolment: Enrolment | None = None
         self.principals: dict[str, Signer] | None = None
-        self.principals_digest = ""
+        self.principals_digest = b""
         self.enclave_key: bytes | None = None
         self.restarted = False
         self.seen_start_enrolment = False
@@ -72,33 +79,34 @@ class AccessAuditor:
         self.pending_rotations = []
 
     def entry(self, entry: LogEntry) -> list[AccessProblem]:
+        body = entry.body
         try:
-            if entry.kind is EntryKind.PRINCIPALS_RECORDED:
-                return self._principals(entry)
-            if entry.kind is EntryKind.ENROLMENT_RECORDED:
-                return self._enrolment(entry)
-            if entry.kind is EntryKind.OPERATOR_ACTION:
-                return self._action(entry)
-            if entry.kind is EntryKind.UPDATE_ACCEPTED:
-                return self._update(entry)
-        except (FormatError, KeyError, TypeError, ValueError) as exc:
+            if isinstance(body, PrincipalsRecorded):
+                return self._principals(entry.index, body)
+            if isinstance(body, EnrolmentRecorded):
+                return self._enrolment(entry.index, body)
+            if isinstance(body, OperatorAction):
+                return self._action(entry.index, body)
+            if isinstance(body, UpdateAccepted):
+                return self._update(entry.index, body)
+        except FormatError as exc:
+            # The entry decoded, but a document it carries (an enrolment, a principal, a
+            # signed request) does not parse under its own format.
             return [_inconsistent(f"entry {entry.index} ({entry.kind.value}) cannot be read: {exc}")]
         return []
 
     # ------------------------------------------------------------------ who may
-    def _principals(self, entry: LogEntry) -> list[AccessProblem]:
-        f = entry.fields
-        listed = parse_principals(f["principals"])
-        digest = b64encode(hashlib.sha256(canonical_json(f["principals"])).digest())
+    def _principals(self, index: int, body: PrincipalsRecorded) -> list[AccessProblem]:
+        as_json = [p.to_fields() for p in body.principals]
+        listed = parse_principals(as_json)
+        digest = hashlib.sha256(canonical_json(as_json)).digest()
         problems = []
-        if digest != f["principals_digest"]:
-            problems.append(
-                _inconsistent(f"entry {entry.index}: principals_digest is not the digest of its list")
-            )
+        if digest != body.principals_digest:
+            problems.append(_inconsistent(f"entry {index}: principals_digest is not the digest of its list"))
         if self.principals is not None and digest != self.principals_digest:
             problems.append(
                 _inconsistent(
-                    f"entry {entry.index}: the principals changed at an enclave restart; no signed "
+                    f"entry {index}: the principals changed at an enclave restart; no signed "
                     "request can change them, so the operator's files did"
                 )
             )
@@ -106,138 +114,112 @@ class AccessAuditor:
         self.principals_digest = digest
         return problems
 
-    def _enrolment(self, entry: LogEntry) -> list[AccessProblem]:
-        f = entry.fields
-        enrolment = Enrolment.from_json_obj(f["enrolment"])
+    def _enrolment(self, index: int, body: EnrolmentRecorded) -> list[AccessProblem]:
+        enrolment = Enrolment.from_json_obj(dict(body.enrolment))
         problems = []
-        if (
-            b64encode(enrolment.digest()) != f["enrolment_digest"]
-            or enrolment.to_json_obj() != f["enrolment"]
-        ):
+        if enrolment.digest() != body.enrolment_digest or enrolment.to_json_obj() != body.enrolment:
             problems.append(
-                _inconsistent(f"entry {entry.index}: the enrolment's digest is not that of its content")
+                _inconsistent(f"entry {index}: the enrolment's digest is not that of its content")
             )
-        if f["version"] != enrolment.version:
-            problems.append(_inconsistent(f"entry {entry.index}: 'version' is not the enrolment's version"))
+        if body.version != enrolment.version:
+            problems.append(_inconsistent(f"entry {index}: 'version' is not the enrolment's version"))
         previous = self.enrolment
-        cause = f["cause"]
-        if cause == "rotation":
-            if f["enrolment"] in self.pending_rotations:
-                self.pending_rotations.remove(f["enrolment"])
+        if body.cause is EnrolmentCause.ROTATION:
+            carried = dict(body.enrolment)
+            if carried in self.pending_rotations:
+                self.pending_rotations.remove(carried)
             else:
                 problems.append(
                     _inconsistent(
-                        f"entry {entry.index}: an enrolment rotation that no signed rotate_enrolment "
+                        f"entry {index}: an enrolment rotation that no signed rotate_enrolment "
                         "request of this enclave carries"
                     )
                 )
             if previous is not None and enrolment.version <= previous.version:
-                problems.append(
-                    _inconsistent(f"entry {entry.index}: a rotation must raise the enrolment version")
-                )
-        elif cause == "start":
+                problems.append(_inconsistent(f"entry {index}: a rotation must raise the enrolment version"))
+        else:
             if self.seen_start_enrolment:
-                problems.append(
-                    _inconsistent(f"entry {entry.index}: a second start enrolment for one enclave")
-                )
+                problems.append(_inconsistent(f"entry {index}: a second start enrolment for one enclave"))
             if self.restarted and previous is not None and enrolment.version < previous.version:
                 problems.append(
                     _inconsistent(
-                        f"entry {entry.index}: a restarted enclave went back to enrolment version "
+                        f"entry {index}: a restarted enclave went back to enrolment version "
                         f"{enrolment.version} from {previous.version} (re-enrolling what a rotation removed?)"
                     )
                 )
             self.seen_start_enrolment = True
-        else:
-            problems.append(
-                _inconsistent(f"entry {entry.index}: unknown enrolment cause {str(cause)[:40]!r}")
-            )
         self.enrolment = enrolment
         self.enrolments.append(
             {
-                "index": entry.index,
+                "index": index,
                 "version": enrolment.version,
-                "cause": cause,
+                "cause": body.cause.value,
                 "sites": len(enrolment.sites),
             }
         )
         return problems
 
-    def _action(self, entry: LogEntry) -> list[AccessProblem]:
-        f = entry.fields
-        body = f["request"]
-        self.actions.append(
-            {"index": entry.index, "action": f["action"], "signer": f["signer"], "role": f["role"]}
-        )
-        signed = SIGNED_REQUEST_DOMAIN + canonical_json(body)
-        if b64encode(hashlib.sha256(signed).digest()) != f["request_digest"]:
-            return [_unauthorized(entry, "request_digest is not the digest of the recorded request")]
-        if (
-            not isinstance(body, dict)
-            or body.get("action") != f["action"]
-            or body.get("key_id") != f["key_id"]
-        ):
-            return [_unauthorized(entry, "the recorded action or key id is not the signed request's")]
-        signer = (self.principals or {}).get(str(f["key_id"]))
+    def _action(self, index: int, body: OperatorAction) -> list[AccessProblem]:
+        request = body.request
+        self.actions.append({"index": index, "action": body.action, "signer": body.signer, "role": body.role})
+        signed = SIGNED_REQUEST_DOMAIN + canonical_json(dict(request))
+        if hashlib.sha256(signed).digest() != body.request_digest:
+            return [_unauthorized(index, "request_digest is not the digest of the recorded request")]
+        if request.get("action") != body.action or request.get("key_id") != body.key_id:
+            return [_unauthorized(index, "the recorded action or key id is not the signed request's")]
+        signer = (self.principals or {}).get(body.key_id)
         if signer is None:
-            return [_unauthorized(entry, f"key {str(f['key_id'])[:16]} is not a recorded principal")]
-        if signer.name != f["signer"] or signer.role.value != f["role"]:
-            return [_unauthorized(entry, "the signer or role recorded is not the principal's")]
-        audience = b64decode_field(body.get("audience"), field="request.audience")
+            return [_unauthorized(index, f"key {body.key_id[:16]} is not a recorded principal")]
+        if signer.name != body.signer or signer.role.value != body.role:
+            return [_unauthorized(index, "the signer or role recorded is not the principal's")]
+        audience = b64decode_field(request.get("audience"), field="request.audience")
         if self.enclave_key is None or not hmac.compare_digest(audience, self.enclave_key):
             return [
-                _unauthorized(entry, "the request was made for another enclave than the one that recorded it")
+                _unauthorized(index, "the request was made for another enclave than the one that recorded it")
             ]
         try:
-            signature = b64decode_field(f["signature"], field="signature", size=64)
-            Ed25519PublicKey.from_public_bytes(signer.public_key).verify(signature, signed)
+            Ed25519PublicKey.from_public_bytes(signer.public_key).verify(body.signature, signed)
         except InvalidSignature:
-            return [_unauthorized(entry, f"the signature does not verify under {signer.name!r}'s key")]
-        roles = ACTION_ROLES.get(str(f["action"]))
+            return [_unauthorized(index, f"the signature does not verify under {signer.name!r}'s key")]
+        roles = ACTION_ROLES.get(body.action)
         if roles is not None and signer.role not in roles:
-            return [_unauthorized(entry, f"{signer.role.value} {signer.name!r} may not {f['action']}")]
-        params = body.get("params")
-        if f["action"] == "rotate_enrolment" and isinstance(params, dict) and "enrolment" in params:
+            return [_unauthorized(index, f"{signer.role.value} {signer.name!r} may not {body.action}")]
+        params = request.get("params")
+        if body.action == "rotate_enrolment" and isinstance(params, dict) and "enrolment" in params:
             self.pending_rotations.append(params["enrolment"])
         return []
 
     # ------------------------------------------------------------------ who submitted
-    def _update(self, entry: LogEntry) -> list[AccessProblem]:
-        f = entry.fields
-        client = str(f["client_id"])
+    def _update(self, index: int, body: UpdateAccepted) -> list[AccessProblem]:
+        client = body.client_id
         site = self.enrolment.site(client) if self.enrolment is not None else None
         if site is None:
-            return [_bad_update(entry, f"client {client[:128]!r} is not enrolled at this point of the log")]
-        key = dict(zip(site.key_ids, site.keys, strict=True)).get(str(f["key_id"]))
+            return [_bad_update(index, f"client {client[:128]!r} is not enrolled at this point of the log")]
+        key = dict(zip(site.key_ids, site.keys, strict=True)).get(body.key_id)
         if key is None:
             return [
-                _bad_update(
-                    entry, f"key {str(f['key_id'])[:16]} is not enrolled for {client!r} at this point"
-                )
+                _bad_update(index, f"key {body.key_id[:16]} is not enrolled for {client!r} at this point")
             ]
         message = update_signature_message(
-            protocol_version=int(f["protocol_version"]),
-            round_id=int(f["round_id"]),
-            base_round_id=int(f["base_round_id"]),
+            protocol_version=body.protocol_version,
+            round_id=body.round_id,
+            base_round_id=body.base_round_id,
             client_id=client,
-            key_id=str(f["key_id"]),
-            adapter_spec_digest=b64decode_field(f["adapter_spec_digest"], field="adapter_spec_digest"),
-            num_examples=int(f["num_examples"]),
-            suite_wire_id=int(f["hpke_suite"]),
-            idempotency_key_digest=b64decode_field(
-                f["idempotency_key_digest"], field="idempotency_key_digest"
-            ),
-            challenge=b64decode_field(f["challenge"], field="challenge"),
-            chunk_size=int(f["chunk_size"]),
-            ciphertext_size=int(f["ciphertext_size"]),
-            ciphertext_digest=b64decode_field(f["ciphertext_digest"], field="ciphertext_digest"),
+            key_id=body.key_id,
+            adapter_spec_digest=body.adapter_spec_digest,
+            num_examples=body.num_examples,
+            suite_wire_id=body.hpke_suite,
+            idempotency_key_digest=body.idempotency_key_digest,
+            challenge=body.challenge,
+            chunk_size=body.chunk_size,
+            ciphertext_size=body.ciphertext_size,
+            ciphertext_digest=body.ciphertext_digest,
         )
         try:
-            signature = b64decode_field(f["signature"], field="signature", size=64)
-            Ed25519PublicKey.from_public_bytes(key).verify(signature, message)
+            Ed25519PublicKey.from_public_bytes(key).verify(body.signature, message)
         except InvalidSignature:
             return [
-                _bad_update(entry, f"the site signature does not verify under {client!r}'s key {f['key_id']}")
+                _bad_update(index, f"the site signature does not verify under {client!r}'s key {body.key_id}")
             ]
         return []
 
@@ -246,13 +228,11 @@ def _inconsistent(message: str) -> AccessProblem:
     return AccessProblem(AccessProblemKind.INCONSISTENT_ACCESS, message)
 
 
-def _unauthorized(entry: LogEntry, message: str) -> AccessProblem:
-    return AccessProblem(
-        AccessProblemKind.UNAUTHORIZED_ACTION, f"entry {entry.index} (operator_action): {message}"
-    )
+def _unauthorized(index: int, message: str) -> AccessProblem:
+    return AccessProblem(AccessProblemKind.UNAUTHORIZED_ACTION, f"entry {index} (operator_action): {message}")
 
 
-def _bad_update(entry: LogEntry, message: str) -> AccessProblem:
+def _bad_update(index: int, message: str) -> AccessProblem:
     return AccessProblem(
-        AccessProblemKind.BAD_UPDATE_SIGNATURE, f"entry {entry.index} (update_accepted): {message}"
+        AccessProblemKind.BAD_UPDATE_SIGNATURE, f"entry {index} (update_accepted): {message}"
     )

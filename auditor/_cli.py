@@ -13,6 +13,7 @@ from typing import Any
 
 from attestation import AttestationError, Policy, PolicyError, collateral_fetcher, load_builtin_policy
 from fedseal.errors import FedSealError
+from fedseal.logschema import UpdateAccepted, UpdateRejected
 
 from ._endpoint import AuditEndpointError
 from ._receipt import ReceiptCheck, ReceiptCheckError, check_receipt_at_endpoint, check_receipt_in_log
@@ -64,7 +65,11 @@ bad_update_signature (an accepted update not signed by a key enrolled for its si
 unauthorized_action (an operator action not signed by a principal allowed to do it),
 inconsistent_access (enrolment or principals changed without a signed request),
 wrong_staleness (an accepted update's staleness is not what the releases before it imply,
-or its round must have refused it).
+or its round must have refused it), malformed_entry (an entry that does not decode under the
+log schema; the field is named), invalid_approval (an approval or refusal not validly signed
+by an approver the round config lists, for its round's aggregate, once per approver),
+invalid_release (a release without min_approvals valid approvals, a withholding without a
+valid refusal).
 """
 
 
@@ -383,11 +388,12 @@ def _check_receipt(args: argparse.Namespace, policy: Policy) -> int:
         print(json.dumps(_check_json(check), indent=2))
     else:
         e = check.entry
+        body = e.body
         print(
             f"RECEIPT HOLDS: entry {e.index} ({e.kind.value}"
             + (
-                f", round {e.fields['round_id']}, client {e.fields['client_id']!r}"
-                if "client_id" in e.fields
+                f", round {body.round_id}, client {body.client_id!r}"
+                if isinstance(body, UpdateAccepted | UpdateRejected)
                 else ""
             )
             + f") is in {check.source}'s current tree of {check.current_size} entries: inclusion in the "

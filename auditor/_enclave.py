@@ -17,9 +17,9 @@ import hmac
 from dataclasses import InitVar, dataclass
 
 from attestation import AttestationError, CollateralFetcher, Policy, verify_bundle
-from fedseal.canonical import b64decode_field
 from fedseal.errors import FedSealError, FormatError
-from fedseal.logformat import EntryKind, LogEntry, handover_challenge
+from fedseal.logformat import LogEntry, handover_challenge
+from fedseal.logschema import EnclaveStarted
 from fedseal.note import NoteVerifier
 
 __all__ = ["AttestedKey", "KeyAttestationError", "attest_enclave_entry"]
@@ -62,21 +62,20 @@ def attest_enclave_entry(
     """Verify the evidence of an `enclave_started` entry; raise KeyAttestationError or FormatError.
 
     Collateral comes from the bundle alone unless a `fetcher` is given (an `--online` audit)."""
-    if entry.kind is not EntryKind.ENCLAVE_STARTED:
+    body = entry.body
+    if not isinstance(body, EnclaveStarted):
         raise FormatError(f"entry {entry.index} is a {entry.kind.value!r} entry, not 'enclave_started'")
-    f = entry.fields
-    bundle = b64decode_field(f["evidence_bundle"], field="evidence_bundle")
-    challenge = b64decode_field(f["challenge"], field="challenge", size=32)
-    log_key = b64decode_field(f["log_public_key"], field="log_public_key", size=32)
-    hpke_key = b64decode_field(f["hpke_public_key"], field="hpke_public_key", size=32)
-    previous = f.get("previous_checkpoint")
+    challenge, log_key, hpke_key = body.challenge, body.log_public_key, body.hpke_public_key
+    previous = body.previous_checkpoint
     if previous is not None and not hmac.compare_digest(challenge, handover_challenge(previous)):
         raise KeyAttestationError(
             f"entry {entry.index}: a key handover's evidence must answer the challenge derived "
             "from the previous checkpoint it names; this one answers another"
         )
     try:
-        attested = verify_bundle(bundle, policy, challenge, now=entry.timestamp(), fetcher=fetcher)
+        attested = verify_bundle(
+            body.evidence_bundle, policy, challenge, now=entry.timestamp(), fetcher=fetcher
+        )
     except AttestationError as exc:
         raise KeyAttestationError(
             f"entry {entry.index}: the enclave's evidence does not verify under policy {policy.name!r}: {exc}"
@@ -90,8 +89,8 @@ def attest_enclave_entry(
     return AttestedKey(
         _TOKEN,
         entry_index=entry.index,
-        origin=str(f["log_origin"]),
-        verifier=NoteVerifier(str(f["log_origin"]), log_key),
+        origin=body.log_origin,
+        verifier=NoteVerifier(body.log_origin, log_key),
         log_public_key=log_key,
         hpke_public_key=hpke_key,
         insecure=attested.insecure,

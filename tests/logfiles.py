@@ -24,11 +24,22 @@ def log_entries(path: Path) -> list[LogEntry]:
 
 
 def resigned_log(
-    source: Path, out: Path, origin: str, log_key: Ed25519PrivateKey, index: int, fields: dict[str, object]
+    source: Path,
+    out: Path,
+    origin: str,
+    log_key: Ed25519PrivateKey,
+    index: int,
+    fields: dict[str, object] | None = None,
+    *,
+    raw: bytes | None = None,
 ) -> Path:
     """`source` with entry `index`'s fields replaced and every checkpoint re-signed by
     `log_key` over the changed tree: a forgery only the enclave's key could make, so what
-    the auditor then finds is the semantic check under test, not a broken signature."""
+    the auditor then finds is the semantic check under test, not a broken signature.
+
+    With `raw`, the entry becomes exactly those bytes (the inner entry object, which need
+    not be an object, canonical or even JSON; no newline) instead of `fields`."""
+    assert (fields is None) != (raw is None), "give fields or raw"
     tree = MerkleTree()
     lines = []
     signer = NoteSigner(origin, log_key)
@@ -39,9 +50,20 @@ def resigned_log(
             leaf = entry.leaf_data()
             if entry.index == index:
                 # Written raw, not through the schema: a forgery need not be well formed.
-                leaf = canonical_json(
-                    {"v": 1, "index": entry.index, "time": entry.time, "kind": entry.kind.value, **fields}
+                leaf = (
+                    raw
+                    if raw is not None
+                    else canonical_json(
+                        {
+                            "v": 1,
+                            "index": entry.index,
+                            "time": entry.time,
+                            "kind": entry.kind.value,
+                            **(fields or {}),
+                        }
+                    )
                 )
+                assert b"\n" not in leaf
             tree.append(leaf)
             lines.append(ENTRY_RECORD_PREFIX + leaf + b"}\n")
         else:
