@@ -81,9 +81,23 @@ from aggregator.enclave.strategies import (
 )
 from aggregator.enclave.strategies._serverstate import MOMENT_NAMES
 from fedseal.approval import Approval, ApprovalNotExpectedError, WrongRoundError
-from fedseal.canonical import b64encode
 from fedseal.errors import FedSealError
-from fedseal.logformat import EntryKind, FailureCause, LogEntry, RejectReason, released_round
+from fedseal.logformat import LogEntry, released_round
+from fedseal.logschema import (
+    AggregateReleased,
+    AggregateWithheld,
+    ApprovalRecorded,
+    DpBudgetRecorded,
+    DpRoundRefused,
+    FailureCause,
+    LoraResidual,
+    RejectReason,
+    RoundClosed,
+    RoundFailed,
+    RoundOpened,
+    UpdateAccepted,
+    UpdateRejected,
+)
 from fedseal.manifest import AggregateManifest, SignedManifest, sign_manifest
 from fedseal.roundconfig import RoundConfig
 from fedseal.spec import AdapterSpec, TensorSpec, WireDtype
@@ -373,14 +387,7 @@ class RoundManager:
             spool_dir=self._spool_dir,
             device=self._accumulator_device,
         )
-        self._log.append(
-            EntryKind.ROUND_OPENED,
-            {
-                "round_id": config.round_id,
-                "config": config.to_json_obj(),
-                "config_digest": b64encode(config.digest()),
-            },
-        )
+        self._log.append(RoundOpened(round_id=config.round_id, config=config, config_digest=config.digest()))
         rnd = _Round(
             config=config,
             strategy=strategy,
@@ -446,16 +453,14 @@ class RoundManager:
                 ledger.check_round(dp)
                 self._dp = ledger
                 self._log.append(
-                    EntryKind.DP_BUDGET, {"round_id": config.round_id, "budget": ledger.budget.to_json_obj()}
+                    DpBudgetRecorded(round_id=config.round_id, budget=ledger.budget.to_json_obj())
                 )
             else:
                 self._dp.check_round(dp)
             if self._global is None or not self._fits(config):
                 raise DpError("a DP round needs the global adapter of the job, and this round's spec differs")
         except DpError as exc:
-            self._log.append(
-                EntryKind.DP_ROUND_REFUSED, {"round_id": config.round_id, "reason": str(exc)[:500]}
-            )
+            self._log.append(DpRoundRefused(round_id=config.round_id, reason=str(exc)[:500]))
             _log.warning("dp_round_refused", round_id=config.round_id, reason=str(exc))
             raise
 
@@ -636,25 +641,24 @@ class RoundManager:
                 # folded in but not logged is never released.
                 rnd.strategy.accumulate(tensors, weight, staleness=staleness)
                 pending = self._log.stage(
-                    EntryKind.UPDATE_ACCEPTED,
-                    {
-                        "round_id": config.round_id,
-                        "client_id": header.client_id,
-                        "ciphertext_digest": b64encode(update.ciphertext_digest),
-                        "ciphertext_size": update.ciphertext_size,
-                        "num_examples": header.num_examples,
-                        "adapter_spec_digest": b64encode(header.adapter_spec_digest),
-                        "idempotency_key_digest": b64encode(hashlib.sha256(header.idempotency_key).digest()),
+                    UpdateAccepted(
+                        round_id=config.round_id,
+                        client_id=header.client_id,
+                        ciphertext_digest=update.ciphertext_digest,
+                        ciphertext_size=update.ciphertext_size,
+                        num_examples=header.num_examples,
+                        adapter_spec_digest=header.adapter_spec_digest,
+                        idempotency_key_digest=hashlib.sha256(header.idempotency_key).digest(),
                         # The site's signature, and what else it covers (fedseal/wire.py).
-                        "key_id": header.key_id,
-                        "signature": b64encode(header.signature),
-                        "protocol_version": header.protocol_version,
-                        "hpke_suite": header.suite.wire_id,
-                        "challenge": b64encode(header.challenge),
-                        "chunk_size": header.chunk_size,
-                        "base_round_id": header.base_round_id,
-                        "staleness": staleness,
-                    },
+                        key_id=header.key_id,
+                        signature=header.signature,
+                        protocol_version=header.protocol_version,
+                        hpke_suite=header.suite.wire_id,
+                        challenge=header.challenge,
+                        chunk_size=header.chunk_size,
+                        base_round_id=header.base_round_id,
+                        staleness=staleness,
+                    )
                 )
                 if norm is not None:
                     rnd.norms.append(norm)
@@ -775,13 +779,9 @@ class RoundManager:
             detail=exc.detail,
         )
         self._log.append(
-            EntryKind.UPDATE_REJECTED,
-            {
-                "round_id": round_id,
-                "client_id": client_id[:128],
-                "reason": exc.reason.value,
-                "detail": exc.detail[:500],
-            },
+            UpdateRejected(
+                round_id=round_id, client_id=client_id[:128], reason=exc.reason, detail=exc.detail[:500]
+            )
         )
 
     # ----------------------------------------------------------------- closing
@@ -819,7 +819,7 @@ class RoundManager:
         finally:
             rnd.strategy.discard()  # crypto-erases a spool; idempotent
         spend: DpSpend | None = None
-        dp_record: dict[str, object] = {}
+        dp_record: dict[str, object] | None = None
         if config.dp is not None and self._dp is not None:
             budget = self._dp.budget
             add_noise(tensors, budget.noise_multiplier * config.dp.clip_norm, count)
@@ -840,27 +840,30 @@ class RoundManager:
         digest = hashlib.sha256(data).digest()
         participants = sorted(rnd.accepted)
         total = sum(a.num_examples for a in rnd.accepted.values())
-        fields: dict[str, object] = {
-            "round_id": config.round_id,
-            "strategy": config.strategy,
-            "strategy_params": config.params.to_json_obj(),
-            "participants": participants,
-            "total_examples": total,
-            "aggregate_digest": b64encode(digest),
-            "aggregate_size": len(data),
-        }
-        if dp_record:
-            fields["dp"] = dp_record
         residuals = getattr(rnd.strategy, "report", ())
-        if residuals:  # lora-exact: a property of the aggregate, not of any one update
-            fields["lora_residuals"] = [
-                {"module": r.module, "rank": r.rank, "stacked_rank": r.stacked_rank, "residual": r.residual}
-                for r in residuals
-            ]
-        if config.approval is not None:
-            fields["approval_required"] = True
-            fields["metrics"] = self._metrics(rnd)
-        appended = self._log.append(EntryKind.ROUND_CLOSED, fields)
+        gated = config.approval is not None
+        appended = self._log.append(
+            RoundClosed(
+                round_id=config.round_id,
+                strategy=config.strategy,
+                strategy_params=config.params.to_json_obj(),
+                participants=tuple(participants),
+                total_examples=total,
+                aggregate_digest=digest,
+                aggregate_size=len(data),
+                dp=dp_record,
+                # lora-exact: a property of the aggregate, not of any one update
+                lora_residuals=tuple(
+                    LoraResidual(
+                        module=r.module, rank=r.rank, stacked_rank=r.stacked_rank, residual=r.residual
+                    )
+                    for r in residuals
+                )
+                or None,
+                approval_required=True if gated else None,
+                metrics=self._metrics(rnd) if gated else None,
+            )
+        )
         rnd.state = RoundState.CLOSED
         self.metrics.round_closed(config.round_id)
         _log.info(
@@ -927,13 +930,9 @@ class RoundManager:
         rnd.state = RoundState.FAILED
         rnd.failure = reason
         self._log.append(
-            EntryKind.ROUND_FAILED,
-            {
-                "round_id": rnd.config.round_id,
-                "reason": reason[:500],
-                "accepted": len(rnd.accepted),
-                "cause": cause.value,
-            },
+            RoundFailed(
+                round_id=rnd.config.round_id, reason=reason[:500], accepted=len(rnd.accepted), cause=cause
+            )
         )
         self.metrics.round_failed(rnd.config.round_id, cause)
         _log.warning("round_failed", round_id=rnd.config.round_id, reason=reason)
@@ -966,16 +965,15 @@ class RoundManager:
                 )
             verified = gate.verify(approval)
             recorded = self._log.append(
-                EntryKind.APPROVAL_RECORDED,
-                {
-                    "round_id": round_id,
-                    "approver": b64encode(approval.approver),
-                    "approver_key_id": verified.approver_key_id,
-                    "decision": approval.decision.value,
-                    "aggregate_digest": b64encode(approval.aggregate_digest),
-                    "signature": b64encode(approval.signature),
-                    "approval_digest": b64encode(verified.digest),
-                },
+                ApprovalRecorded(
+                    round_id=round_id,
+                    approver=approval.approver,
+                    approver_key_id=verified.approver_key_id,
+                    decision=approval.decision,
+                    aggregate_digest=approval.aggregate_digest,
+                    signature=approval.signature,
+                    approval_digest=verified.digest,
+                )
             )
             state = gate.record(verified)
             _log.info(
@@ -989,22 +987,18 @@ class RoundManager:
             assert pending is not None
             if state is GateState.RELEASED:
                 self._log.append(
-                    EntryKind.AGGREGATE_RELEASED,
-                    {
-                        "round_id": round_id,
-                        "aggregate_digest": b64encode(pending.digest),
-                        "approvals": list(gate.approved),
-                    },
+                    AggregateReleased(
+                        round_id=round_id, aggregate_digest=pending.digest, approvals=tuple(gate.approved)
+                    )
                 )
                 self._release_locked(rnd, pending)
             elif state is GateState.WITHHELD:
                 self._log.append(
-                    EntryKind.AGGREGATE_WITHHELD,
-                    {
-                        "round_id": round_id,
-                        "aggregate_digest": b64encode(pending.digest),
-                        "refused_by": verified.approver_key_id,
-                    },
+                    AggregateWithheld(
+                        round_id=round_id,
+                        aggregate_digest=pending.digest,
+                        refused_by=verified.approver_key_id,
+                    )
                 )
                 for tensor in pending.tensors.values():
                     tensor.zero_()
