@@ -22,7 +22,7 @@ def _outside_enclave() -> list[Path]:
 
 def tensor_imports(source: str) -> list[str]:
     """Every import of a tensor library in `source`, at any depth (function bodies too)."""
-    found = []
+    found: list[str] = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
