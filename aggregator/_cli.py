@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
-import torch
 
 from aggregator._config import JobConfig
 from aggregator._identity import AccessConfig, AccessLimits
@@ -23,6 +22,7 @@ from aggregator._preflight import Preflight, PreflightError, PreflightMode
 from aggregator._selfattest import SelfAttestationGate
 from aggregator._server import RunningAggregator, start_aggregator
 from aggregator._witness import WitnessCosigner, WitnessEndpoint
+from aggregator.enclave._device import cuda_available as enclave_cuda_available
 from attestation import (
     CachingFetcher,
     CheckResult,
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _accumulator_device(choice: str, *, cuda_available: Callable[[], bool] | None = None) -> str:
     """'auto' → 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without one is an error."""
-    has_cuda = (cuda_available or torch.cuda.is_available)()
+    has_cuda = (cuda_available or enclave_cuda_available)()
     if choice == "auto":
         return "cuda" if has_cuda else "cpu"
     if choice == "cuda" and not has_cuda:

@@ -17,40 +17,29 @@ beyond the planned number is refused and logged (`dp_round_refused`). The ledger
 in enclave memory: a restarted enclave cannot know what the previous one spent, so it
 refuses DP rounds of a resumed log (fail closed).
 
-Randomness: noise comes from numpy's PCG64 generator seeded with 256 bits from
-`os.urandom`. PCG64 is not a cryptographic generator: its state could in principle be
-recovered from enough of its raw outputs, which is why they are never published (only
-sums of noise and data leave the enclave). Floating-point Gaussian sampling has known
-side effects on the exact guarantee (Mironov, CCS 2012); a discrete or snapping mechanism
-would remove them and is not done here.
+This module holds metadata only (budget, spend, calibration). Clipping and noise touch
+update values, so they live in the enclave package (aggregator/enclave/_dp.py, which also
+describes the noise's randomness).
 """
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import dp_accounting
-import numpy as np
-import torch
 
 from fedseal.errors import FedSealError
 from fedseal.roundconfig import DpParams
 
 __all__ = [
-    "ClippedUpdate",
     "DpBudget",
     "DpBudgetExhaustedError",
     "DpError",
     "DpLedger",
     "DpMismatchError",
     "DpSpend",
-    "add_noise",
     "calibrate_noise_multiplier",
-    "clip_update",
     "epsilon_after",
 ]
 
@@ -171,32 +160,3 @@ class DpLedger:
         self.rounds_spent += 1
         spent = epsilon_after(self.budget.params, self.budget.noise_multiplier, self.rounds_spent)
         return DpSpend(self.rounds_spent, spent, clipped)
-
-
-@dataclass(frozen=True)
-class ClippedUpdate:
-    tensors: dict[str, torch.Tensor]  # global + clipped delta, float32
-    norm: float  # L2 norm of the delta before clipping
-    clipped: bool
-
-
-def clip_update(
-    tensors: Mapping[str, torch.Tensor], global_adapter: Mapping[str, torch.Tensor], clip_norm: float
-) -> ClippedUpdate:
-    """global + delta·min(1, C/‖delta‖), with delta = update - global over all tensors."""
-    deltas = {name: tensors[name].to(torch.float32).sub(global_adapter[name]) for name in global_adapter}
-    norm = math.sqrt(sum(float(torch.sum(d * d)) for d in deltas.values()))
-    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
-    out = {name: d.mul_(scale).add_(global_adapter[name]) for name, d in deltas.items()}
-    return ClippedUpdate(out, norm, scale < 1.0)
-
-
-def add_noise(mean: Mapping[str, torch.Tensor], stddev_of_sum: float, count: int) -> None:
-    """Add N(0, stddev_of_sum²)/count to every coordinate of `mean`, in place."""
-    if count < 1:
-        raise DpError("cannot add noise to an aggregate of no update")
-    rng = np.random.Generator(np.random.PCG64(int.from_bytes(os.urandom(32), "big")))
-    scale = stddev_of_sum / count
-    for tensor in mean.values():
-        noise = rng.standard_normal(tensor.numel(), dtype=np.float32)
-        tensor.view(-1).add_(torch.from_numpy(noise), alpha=scale)

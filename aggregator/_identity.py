@@ -37,9 +37,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from aggregator._log import AuditLog
-from fedseal.canonical import b64encode, canonical_json
+from fedseal.canonical import canonical_json
 from fedseal.enrolment import EnrolledSite, Enrolment, EnrolmentError
-from fedseal.logformat import EntryKind
+from fedseal.logschema import (
+    EnrolmentCause,
+    EnrolmentRecorded,
+    PrincipalRecord,
+    PrincipalsRecorded,
+    RevocationListLoaded,
+)
 from fedseal.roundconfig import ConfigError
 from fedseal.signed_request import (
     CALL_ACTION,
@@ -194,14 +200,13 @@ class RevocationList:
         self._revoked = frozenset(r.serial_number for r in crl)
         next_update = crl.next_update_utc
         self._log.append(
-            EntryKind.REVOCATION_LIST_LOADED,
-            {
-                "issuer": crl.issuer.rfc4514_string(),
-                "crl_number": number,
-                "crl_digest": b64encode(hashlib.sha256(crl.public_bytes(Encoding.DER)).digest()),
-                "revoked": len(self._revoked),
-                "next_update": next_update.isoformat() if next_update is not None else "",
-            },
+            RevocationListLoaded(
+                issuer=crl.issuer.rfc4514_string(),
+                crl_number=number,
+                crl_digest=hashlib.sha256(crl.public_bytes(Encoding.DER)).digest(),
+                revoked=len(self._revoked),
+                next_update=next_update.isoformat() if next_update is not None else "",
+            )
         )
         _log.info("revocation_list_loaded", number=number, revoked=len(self._revoked))
 
@@ -302,16 +307,17 @@ class AccessControl:
 
     def record_start(self) -> None:
         """Log the enrolment and the principals in force as this enclave starts."""
+        listed = principals_to_json(self._principals)
         self._log.append(
-            EntryKind.PRINCIPALS_RECORDED,
-            {
-                "principals": principals_to_json(self._principals),
-                "principals_digest": b64encode(
-                    hashlib.sha256(canonical_json(principals_to_json(self._principals))).digest()
+            PrincipalsRecorded(
+                principals=tuple(
+                    PrincipalRecord(name=p.name, role=p.role.value, key=p.public_key)
+                    for p in self._principals
                 ),
-            },
+                principals_digest=hashlib.sha256(canonical_json(listed)).digest(),
+            )
         )
-        self._record_enrolment(self._enrolment, "start")
+        self._record_enrolment(self._enrolment, EnrolmentCause.START)
 
     def rotate_enrolment(self, enrolment: Enrolment) -> None:
         """Replace the enrolment (it must have a higher version); logged, in force at once."""
@@ -324,20 +330,19 @@ class AccessControl:
             _check_principals_apart(enrolment, self._principals)
             signers = self._signer_directory(enrolment)
             # Logged under the lock, so the log's order is the order changes took effect.
-            self._record_enrolment(enrolment, "rotation")
+            self._record_enrolment(enrolment, EnrolmentCause.ROTATION)
             self._enrolment, self._signers = enrolment, signers
         removed = sorted({s.site_id for s in current.sites} - {s.site_id for s in enrolment.sites})
         _log.info("enrolment_rotated", version=enrolment.version, sites=len(enrolment.sites), removed=removed)
 
-    def _record_enrolment(self, enrolment: Enrolment, cause: str) -> None:
+    def _record_enrolment(self, enrolment: Enrolment, cause: EnrolmentCause) -> None:
         self._log.append(
-            EntryKind.ENROLMENT_RECORDED,
-            {
-                "enrolment": enrolment.to_json_obj(),
-                "enrolment_digest": b64encode(enrolment.digest()),
-                "version": enrolment.version,
-                "cause": cause,
-            },
+            EnrolmentRecorded(
+                enrolment=enrolment.to_json_obj(),
+                enrolment_digest=enrolment.digest(),
+                version=enrolment.version,
+                cause=cause,
+            )
         )
 
     def _signer_directory(self, enrolment: Enrolment) -> Mapping[str, Signer]:

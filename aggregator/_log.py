@@ -38,27 +38,34 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedseal._atomicfile import create_durably, fsync_directory, write_all
-from fedseal.canonical import b64decode_canonical, parse_canonical
+from fedseal.canonical import parse_canonical
 from fedseal.checkpoint import Checkpoint, TlogProof, sign_checkpoint
 from fedseal.errors import FedSealError
 from fedseal.logformat import (
     ENTRY_RECORD_PREFIX,
     CheckpointExtensions,
-    EntryKind,
     LogEntry,
     decode_record,
     encode_checkpoint_record,
     utc_now_text,
 )
-from fedseal.logschema import decode_body
+from fedseal.logschema import (
+    EnclaveStarted,
+    EntryBody,
+    RoundClosed,
+    RoundFailed,
+    RoundOpened,
+    UpdateAccepted,
+    decode_body,
+)
 from fedseal.merkle import MerkleTree, leaf_hash
 from fedseal.note import NoteSigner, NoteVerifier, open_note, split_note, unverified_signatures
 
@@ -220,35 +227,38 @@ class AuditLog:
             return self._durable_size
 
     # ----------------------------------------------------------------- appending
-    def start_enclave(self, fields: Mapping[str, Any]) -> AppendResult:
+    def start_enclave(self, body: EnclaveStarted) -> AppendResult:
         """Append this enclave's `enclave_started` entry; its key signs from this entry on."""
+        if not isinstance(body, EnclaveStarted):
+            raise AuditLogError("start_enclave() appends an enclave_started entry only")
         with self._cond:
             if self._key_entry is not None:
                 raise AuditLogError("this enclave has already started the log")
             self._key_entry = self._tree.size
-            pending = self._stage_locked(EntryKind.ENCLAVE_STARTED, fields)
+            pending = self._stage_locked(body)
         return pending.wait()
 
-    def stage(self, kind: EntryKind, fields: Mapping[str, Any]) -> PendingEntry:
+    def stage(self, body: EntryBody) -> PendingEntry:
         """Fix the entry's place in the log; durable only once `wait()` returns."""
-        if kind is EntryKind.ENCLAVE_STARTED:
+        if isinstance(body, EnclaveStarted):
             raise AuditLogError("an enclave_started entry is appended with start_enclave()")
         with self._cond:
             if self._key_entry is None:
                 raise AuditLogError("start_enclave() must come before any other entry")
-            return self._stage_locked(kind, fields)
+            return self._stage_locked(body)
 
-    def append(self, kind: EntryKind, fields: Mapping[str, Any]) -> AppendResult:
+    def append(self, body: EntryBody) -> AppendResult:
         """Append one entry; it is durable (and covered by a checkpoint) when this returns."""
-        return self.stage(kind, fields).wait()
+        return self.stage(body).wait()
 
-    def _stage_locked(self, kind: EntryKind, fields: Mapping[str, Any]) -> PendingEntry:
+    def _stage_locked(self, body: EntryBody) -> PendingEntry:
         if self._failed:
             raise AuditLogError("the audit log failed earlier; no further entries are accepted")
         now = self._clock()
-        # Decoded strictly before it is written: the enclave cannot log what an auditor
-        # could not read back (fedseal/logschema.py names the field).
-        entry = LogEntry(self._tree.size, utc_now_text(_utc(now)), decode_body(kind, fields))
+        # Encoded, then decoded strictly before it is written: a body whose values are out of
+        # range (the dataclasses do not check on construction) is refused here, so the
+        # enclave cannot log what an auditor could not read back (fedseal/logschema.py).
+        entry = LogEntry(self._tree.size, utc_now_text(_utc(now)), decode_body(body.kind, body.to_fields()))
         leaf = entry.leaf_data()
         self._tree.append(leaf)
         self._queue.append(ENTRY_RECORD_PREFIX + leaf + b"}\n")
@@ -470,13 +480,13 @@ class _RoundsSeen:
         return None if self.open_id is None else (self.open_id, self.open_accepted)
 
     def apply(self, entry: LogEntry) -> None:
-        kind, f = entry.kind, entry.fields
-        if kind is EntryKind.ROUND_OPENED:
-            self.last_round_id = max(self.last_round_id, int(f["round_id"]))
-            self.open_id, self.open_accepted = int(f["round_id"]), 0
-        elif kind is EntryKind.UPDATE_ACCEPTED and f["round_id"] == self.open_id:
+        body = entry.body
+        if isinstance(body, RoundOpened):
+            self.last_round_id = max(self.last_round_id, body.round_id)
+            self.open_id, self.open_accepted = body.round_id, 0
+        elif isinstance(body, UpdateAccepted) and body.round_id == self.open_id:
             self.open_accepted += 1
-        elif kind in (EntryKind.ROUND_CLOSED, EntryKind.ROUND_FAILED) and f["round_id"] == self.open_id:
+        elif isinstance(body, RoundClosed | RoundFailed) and body.round_id == self.open_id:
             self.open_id = None
 
 
@@ -547,18 +557,18 @@ class _Scanner:
             offset += len(raw)
 
     def _entry(self, entry: LogEntry) -> bool:
-        if entry.kind is not EntryKind.ENCLAVE_STARTED:
+        body = entry.body
+        if not isinstance(body, EnclaveStarted):
             return self.key_entry is not None
-        f = entry.fields
-        if f["log_origin"] != self.origin:
+        if body.log_origin != self.origin:
             raise AuditLogError(
-                f"audit log {self.path} belongs to log origin {f['log_origin']!r}, not "
-                f"{self.origin!r}: start the aggregator with --log-origin {f['log_origin']}"
+                f"audit log {self.path} belongs to log origin {body.log_origin!r}, not "
+                f"{self.origin!r}: start the aggregator with --log-origin {body.log_origin}"
             )
         # The previous key's last checkpoint must verify before the key changes.
         self._check_signature()
         try:
-            key = NoteVerifier(self.origin, b64decode_canonical(f["log_public_key"], what="log_public_key"))
+            key = NoteVerifier(self.origin, body.log_public_key)
         except FedSealError:
             return False
         self.keys[key.key_id] = key

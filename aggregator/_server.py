@@ -28,8 +28,8 @@ from aggregator._service import AggregatorService, add_service_to_server
 from aggregator._tls import EnclaveTlsIdentity
 from aggregator.enclave._keys import EnclaveKeys
 from attestation import EvidenceCollector, EvidenceKind, build_bundle
-from fedseal.canonical import b64encode
-from fedseal.logformat import EntryKind, FailureCause, handover_challenge
+from fedseal.logformat import handover_challenge
+from fedseal.logschema import EnclaveStarted, FailureCause, RoundFailed, TornTailDropped
 from fedseal.roundconfig import MAX_CHUNK_SIZE, ConfigError
 
 __all__ = ["RunningAggregator", "start_aggregator"]
@@ -243,18 +243,18 @@ def _start_enclave(
             gpus_released=list(gate.release.gpu_uuids),
             gpus_already_ready=gate.release.already_ready,
         )
-    fields: dict[str, object] = {
-        "log_origin": log.origin,
-        "hpke_public_key": b64encode(keys.bound.hpke_public_key),
-        "log_public_key": b64encode(keys.bound.log_public_key),
-        "evidence_bundle": b64encode(bundle.to_bytes()),
-        "evidence_digest": b64encode(bundle.digest()),
-        "challenge": b64encode(challenge),
-        "insecure_simulated": any(e.kind is EvidenceKind.SIMULATED_INSECURE for e in bundle.evidence),
-    }
-    if previous is not None:
-        fields["previous_checkpoint"] = previous
-    log.start_enclave(fields)
+    log.start_enclave(
+        EnclaveStarted(
+            log_origin=log.origin,
+            hpke_public_key=keys.bound.hpke_public_key,
+            log_public_key=keys.bound.log_public_key,
+            evidence_bundle=bundle.to_bytes(),
+            evidence_digest=bundle.digest(),
+            challenge=challenge,
+            insecure_simulated=any(e.kind is EvidenceKind.SIMULATED_INSECURE for e in bundle.evidence),
+            previous_checkpoint=previous,
+        )
+    )
     if history is not None:
         _record_resume(log, history)
 
@@ -263,13 +263,12 @@ def _record_resume(log: AuditLog, history: LogHistory) -> None:
     dropped = history.dropped
     if dropped is not None:
         log.append(
-            EntryKind.TORN_TAIL_DROPPED,
-            {
-                "offset": dropped.offset,
-                "dropped_bytes": dropped.size,
-                "dropped_digest": b64encode(dropped.digest),
-                "dropped_lines": dropped.complete_lines,
-            },
+            TornTailDropped(
+                offset=dropped.offset,
+                dropped_bytes=dropped.size,
+                dropped_digest=dropped.digest,
+                dropped_lines=dropped.complete_lines,
+            )
         )
         _log.warning(
             "audit_log_torn_tail_dropped",
@@ -280,14 +279,13 @@ def _record_resume(log: AuditLog, history: LogHistory) -> None:
     if history.open_round is not None:
         round_id, accepted = history.open_round
         log.append(
-            EntryKind.ROUND_FAILED,
-            {
-                "round_id": round_id,
-                "reason": "the enclave running it stopped, and its updates were held in that "
+            RoundFailed(
+                round_id=round_id,
+                reason="the enclave running it stopped, and its updates were held in that "
                 "enclave's memory only",
-                "accepted": accepted,
-                "cause": FailureCause.ENCLAVE_RESTARTED.value,
-            },
+                accepted=accepted,
+                cause=FailureCause.ENCLAVE_RESTARTED,
+            )
         )
         _log.warning("round_abandoned", round_id=round_id, accepted=accepted)
     _log.info(

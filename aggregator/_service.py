@@ -50,7 +50,8 @@ from fedseal.binding import CHALLENGE_SIZE
 from fedseal.canonical import b64encode, canonical_json, parse_canonical
 from fedseal.enrolment import Enrolment
 from fedseal.errors import FedSealError, FormatError, SignatureError
-from fedseal.logformat import EntryKind, RejectReason
+from fedseal.logformat import RejectReason
+from fedseal.logschema import OperatorAction
 from fedseal.roundconfig import ConfigError, RoundConfig
 from fedseal.signed_request import ACTION_ROLES, Role, VerifiedRequest
 from fedseal.wire import (
@@ -368,16 +369,15 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         try:
             # Recorded before it runs: the log names who asked for every change it shows.
             recorded = self._log.append(
-                EntryKind.OPERATOR_ACTION,
-                {
-                    "action": verified.action,
-                    "signer": verified.signer.name,
-                    "role": verified.signer.role.value,
-                    "key_id": verified.key_id,
-                    "request": parse_canonical(verified.body, what="signed request body"),
-                    "signature": b64encode(verified.signature),
-                    "request_digest": b64encode(verified.digest),
-                },
+                OperatorAction(
+                    action=verified.action,
+                    signer=verified.signer.name,
+                    role=verified.signer.role.value,
+                    key_id=verified.key_id,
+                    request=parse_canonical(verified.body, what="signed request body"),
+                    signature=verified.signature,
+                    request_digest=verified.digest,
+                )
             )
         except AuditLogError as exc:
             _log.error("audit_log_failed", error=str(exc))

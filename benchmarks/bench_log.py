@@ -59,6 +59,7 @@ from fedseal.logformat import (  # noqa: E402
     LogEntry,
     encode_checkpoint_record,
 )
+from fedseal.logschema import decode_body  # noqa: E402
 from fedseal.merkle import MerkleTree  # noqa: E402
 from fedseal.note import NoteSigner  # noqa: E402
 from fedseal.signed_request import key_id  # noqa: E402
@@ -71,6 +72,7 @@ _FIELDS = {
     "reason": "malformed",
     "detail": "benchmark entry of a realistic size: a refusal names its reason in a sentence",
 }
+_BODY = decode_body(EntryKind.UPDATE_REJECTED, _FIELDS)
 
 
 _COLLECTOR: list[InsecureSimulatedTeeCollector] = []
@@ -99,7 +101,7 @@ def _append_run(directory: Path, mode: CommitMode, threads: int, per_thread: int
     def worker() -> None:
         barrier.wait()
         for _ in range(per_thread):
-            log.append(EntryKind.UPDATE_REJECTED, _FIELDS)
+            log.append(_BODY)
 
     pool = [threading.Thread(target=worker) for _ in range(threads)]
     for t in pool:

@@ -109,7 +109,7 @@ def test_the_last_receipt_does_not_wait_for_the_rounds_close(
 ) -> None:
     rounds = live_aggregator.rounds
     rounds.open_round(round_config(1, min_clients=2, max_clients=2))
-    strategy = rounds._rounds[1].strategy  # internal: the round's own accumulator
+    strategy = rounds._book.rounds[1].aggregator.strategy  # internal: the round's own accumulator
     finalize = strategy.finalize
     in_close, release = threading.Event(), threading.Event()
 
@@ -147,7 +147,7 @@ def test_a_close_that_fails_on_its_thread_fails_the_round_for_its_waiters(
 ) -> None:
     rounds = live_aggregator.rounds
     rounds.open_round(round_config(1, min_clients=1, max_clients=1))
-    strategy = rounds._rounds[1].strategy  # internal: the round's own accumulator
+    strategy = rounds._book.rounds[1].aggregator.strategy  # internal: the round's own accumulator
 
     def broken_finalize() -> dict[str, torch.Tensor]:
         raise RuntimeError("simulated failure while finalizing")

@@ -151,7 +151,7 @@ def test_spooled_ciphertext_is_undecryptable_after_the_round_closes(
     for i in range(2):
         with site_client(running.endpoint, dev_policy, f"site-{i}", timeout=20) as client:
             client.submit_update(make_adapter(i), round_id=1, num_examples=10)
-    strategy = running.rounds._rounds[1].strategy
+    strategy = running.rounds._book.rounds[1].aggregator.strategy
     spool = strategy._spool  # type: ignore[attr-defined]
     reader = spool.reader()
     piece = spool.pieces[0]

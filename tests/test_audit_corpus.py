@@ -25,7 +25,7 @@ from logfiles import log_entries, resigned_log
 from aggregator._log import AuditLog
 from auditor._cli import main as audit_main
 from fedseal.canonical import canonical_json
-from fedseal.logschema import BODY_TYPES, EntryKind
+from fedseal.logschema import BODY_TYPES, EnclaveStarted, EntryKind
 
 ORIGIN = "fedseal.test/corpus"
 LOG_KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"corpus log key").digest())
@@ -60,10 +60,12 @@ def base_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "audit.log"
     log = AuditLog.open(path, ORIGIN, LOG_KEY)
     try:
-        log.start_enclave(BODIES[EntryKind.ENCLAVE_STARTED].to_fields())
+        started = BODIES[EntryKind.ENCLAVE_STARTED]
+        assert isinstance(started, EnclaveStarted)
+        log.start_enclave(started)
         for kind, body in BODIES.items():
             if kind is not EntryKind.ENCLAVE_STARTED:
-                log.append(kind, body.to_fields())
+                log.append(body)
     finally:
         log.close()
     return path

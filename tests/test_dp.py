@@ -16,8 +16,9 @@ from conftest import access_config, make_adapter, round_config, simulated_collec
 from logfiles import log_entries
 
 from aggregator import RunningAggregator
-from aggregator._dp import DpLedger, add_noise, calibrate_noise_multiplier, clip_update, epsilon_after
+from aggregator._dp import DpLedger, calibrate_noise_multiplier, epsilon_after
 from aggregator._server import start_aggregator
+from aggregator.enclave._dp import add_noise, clip_update
 from attestation import Policy
 from attestation._policy import DpRequirement
 from auditor import audit_log

@@ -366,9 +366,9 @@ def test_stalled_upload_is_cancelled_at_the_round_deadline(
     import threading
     import time
 
-    import aggregator._rounds as rounds_module
+    import aggregator._intake as intake_module
 
-    monkeypatch.setattr(rounds_module, "UPLOAD_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr(intake_module, "UPLOAD_GRACE_SECONDS", 0.2)
     live_aggregator.rounds.open_round(round_config(1, deadline_seconds=1.0))
     with site_client(live_aggregator.endpoint, dev_policy, "site-9") as client:
         sub = client.seal_update(make_adapter(0), round_id=1, num_examples=1)

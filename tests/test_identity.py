@@ -45,6 +45,7 @@ from fedseal.canonical import b64encode
 from fedseal.enrolment import Enrolment, EnrolmentError
 from fedseal.errors import FormatError, SignatureError
 from fedseal.logformat import EntryKind, LogEntry, RejectReason, decode_record
+from fedseal.logschema import UpdateAccepted
 from fedseal.signed_request import Role, Signer
 from fedseal.tls import ClientTlsCredentials
 
@@ -374,9 +375,10 @@ def test_the_auditor_refuses_an_update_no_enrolled_key_signed(tmp_path: Path, de
     try:
         running.rounds.open_round(round_config(1, min_clients=1, max_clients=2))
         with FedSealClient(running.endpoint, dev_policy, identity=site_identity("site-0")) as client:
-            honest = client.submit_update(make_adapter(0), round_id=1, num_examples=1).entry.fields
-        forged = {**honest, "client_id": "site-1"}  # site-0's signature, claimed for site-1
-        running.log.append(EntryKind.UPDATE_ACCEPTED, forged)
+            honest = client.submit_update(make_adapter(0), round_id=1, num_examples=1).entry.body
+        assert isinstance(honest, UpdateAccepted)
+        forged = dataclasses.replace(honest, client_id="site-1")  # site-0's signature, claimed for site-1
+        running.log.append(forged)
     finally:
         running.stop(0.2)
     findings = audit_log(running.log.path, dev_policy).findings

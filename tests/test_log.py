@@ -31,6 +31,7 @@ from fedseal.logformat import (
     RejectReason,
     decode_record,
 )
+from fedseal.logschema import EnclaveStarted, RoundOpened, UpdateRejected
 from fedseal.merkle import leaf_hash, verify_consistency, verify_inclusion
 from fedseal.note import NoteVerifier
 
@@ -52,18 +53,12 @@ def _open(path: Path, *, mode: CommitMode = CommitMode.GROUP) -> tuple[AuditLog,
 
 
 def _reject(log: AuditLog, n: int) -> None:
-    log.append(
-        EntryKind.UPDATE_REJECTED,
-        {"round_id": 1, "client_id": f"c{n}", "reason": RejectReason.MALFORMED.value, "detail": "test"},
-    )
+    log.append(UpdateRejected(round_id=1, client_id=f"c{n}", reason=RejectReason.MALFORMED, detail="test"))
 
 
 def _open_round(log: AuditLog, round_id: int) -> None:
     config = round_config(round_id)
-    log.append(
-        EntryKind.ROUND_OPENED,
-        {"round_id": round_id, "config": config.to_json_obj(), "config_digest": b64encode(config.digest())},
-    )
+    log.append(RoundOpened(round_id=round_id, config=config, config_digest=config.digest()))
 
 
 def _records(path: Path) -> list[tuple[str, object]]:
@@ -102,9 +97,7 @@ def test_each_commit_is_entries_then_a_checkpoint_covering_them(tmp_path: Path, 
 
 def test_nothing_is_served_before_it_is_durable(tmp_path: Path) -> None:
     log, _ = _log_with_commits(tmp_path / "audit.log", 1)
-    pending = log.stage(
-        EntryKind.UPDATE_REJECTED, {"round_id": 1, "client_id": "x", "reason": "malformed", "detail": "d"}
-    )
+    pending = log.stage(UpdateRejected(round_id=1, client_id="x", reason=RejectReason.MALFORMED, detail="d"))
     index = pending.entry.index
     assert log.size == index  # staged, not durable
     with pytest.raises(AuditLogError):
@@ -130,8 +123,9 @@ def test_concurrent_appends_all_get_valid_receipts(
     def worker(t: int) -> None:
         for n in range(15):
             r = log.append(
-                EntryKind.UPDATE_REJECTED,
-                {"round_id": 1, "client_id": f"t{t}-{n}", "reason": "malformed", "detail": "concurrent"},
+                UpdateRejected(
+                    round_id=1, client_id=f"t{t}-{n}", reason=RejectReason.MALFORMED, detail="concurrent"
+                )
             )
             with lock:
                 results.append(r)
@@ -293,7 +287,17 @@ def test_appends_need_the_enclave_entry_first(tmp_path: Path) -> None:
     with pytest.raises(AuditLogError, match="start_enclave"):
         _reject(log, 0)
     with pytest.raises(AuditLogError, match="start_enclave"):
-        log.stage(EntryKind.ENCLAVE_STARTED, {})
+        log.stage(
+            EnclaveStarted(
+                log_origin=ORIGIN,
+                hpke_public_key=bytes(32),
+                log_public_key=bytes(32),
+                evidence_bundle=b"",
+                evidence_digest=bytes(32),
+                challenge=bytes(32),
+                insecure_simulated=True,
+            )
+        )
     log.close()
 
 

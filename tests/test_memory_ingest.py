@@ -115,7 +115,7 @@ def _live_storage_bytes(min_bytes: int) -> int:
 
 def _strategy_bytes(rounds: RoundManager, round_id: int) -> int:
     # The round's strategy is internal to RoundManager; its live_tensor_bytes is the contract.
-    return rounds._rounds[round_id].strategy.live_tensor_bytes()
+    return rounds._book.rounds[round_id].aggregator.strategy.live_tensor_bytes()
 
 
 @pytest.mark.parametrize("wire", [WireDtype.FLOAT32, WireDtype.BFLOAT16])

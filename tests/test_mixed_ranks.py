@@ -338,7 +338,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> MixedRound:
                 assert receipt.entry.fields["adapter_spec_digest"] == base64.b64encode(expected).decode()
         with site_client(running.endpoint, policy, "site-0", timeout=20) as client:
             aggregate = client.fetch_aggregate(1, wait_seconds=20).tensors()
-        strategy = running.rounds._rounds[1].strategy
+        strategy = running.rounds._book.rounds[1].aggregator.strategy
         assert isinstance(strategy, LoraExact)
         result = MixedRound(
             tmp / "audit.log",

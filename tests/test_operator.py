@@ -30,8 +30,9 @@ from attestation import Policy
 from auditor import FindingKind, audit_log
 from client_sdk import AccessDeniedError, AccessDeniedReason, FedSealClient, OperatorActionError
 from client_sdk._transport import AggregatorConnection
-from fedseal.canonical import b64encode, canonical_json
+from fedseal.canonical import b64decode_canonical, b64encode, canonical_json
 from fedseal.logformat import EntryKind, decode_record
+from fedseal.logschema import OperatorAction
 from fedseal.signed_request import (
     CLOCK_SKEW_MS,
     MAX_LIFETIME_MS,
@@ -324,18 +325,15 @@ def _tampered_log(tmp_path: Path, dev_policy: Policy, *, action_by: str, role: s
         audience = running.keys.bound.log_public_key
         body = json.loads(principal_identity(action_by).sign_request("open_round", {}, audience))
         running.log.append(
-            EntryKind.OPERATOR_ACTION,
-            {
-                "action": "open_round",
-                "signer": action_by,
-                "role": role,
-                "key_id": body["body"]["key_id"],
-                "request": body["body"],
-                "signature": body["signature"],
-                "request_digest": b64encode(
-                    hashlib.sha256(SIGNED_REQUEST_DOMAIN + canonical_json(body["body"])).digest()
-                ),
-            },
+            OperatorAction(
+                action="open_round",
+                signer=action_by,
+                role=role,
+                key_id=body["body"]["key_id"],
+                request=body["body"],
+                signature=b64decode_canonical(body["signature"], what="signature"),
+                request_digest=hashlib.sha256(SIGNED_REQUEST_DOMAIN + canonical_json(body["body"])).digest(),
+            )
         )
     finally:
         running.stop(0.2)

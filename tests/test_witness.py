@@ -26,7 +26,8 @@ from auditor import Witness, WitnessKey, serve_witness, verify_log
 from auditor._cli import main as audit_main
 from fedseal.checkpoint import Checkpoint, sign_checkpoint, verify_cosignature
 from fedseal.errors import FormatError, ReceiptError
-from fedseal.logformat import CheckpointExtensions, EntryKind
+from fedseal.logformat import CheckpointExtensions
+from fedseal.logschema import RejectReason, UpdateRejected
 from fedseal.merkle import MerkleTree
 from fedseal.note import NoteSigner, NoteVerifier, split_note
 from fedseal.witness import (
@@ -62,8 +63,7 @@ class _Log:
     def grow(self, n: int) -> str:
         for i in range(n):
             self.log.append(
-                EntryKind.UPDATE_REJECTED,
-                {"round_id": 1, "client_id": f"c{i}", "reason": "malformed", "detail": ""},
+                UpdateRejected(round_id=1, client_id=f"c{i}", reason=RejectReason.MALFORMED, detail="")
             )
         return self.log.checkpoint()[1]
 

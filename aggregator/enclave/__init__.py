@@ -2,18 +2,22 @@
 
 Everything here runs inside the confidential VM. Plaintext exists only in memory: it is
 decrypted chunk by chunk into one preallocated buffer (`_receive.py`), parsed and checked
-against the round's adapter spec, folded into the strategy's accumulator
-(`strategies/`), and dropped. Strategies that need every update at once (median, trimmed
+against the round's adapter spec, prepared (DP clip, norm: `_aggregation.py`, `_dp.py`),
+folded into the strategy's accumulator (`strategies/`), and dropped. The rest of the
+aggregator holds this package's objects as opaque handles and imports no tensor library
+(tests/test_enclave_boundary.py). Strategies that need every update at once (median, trimmed
 mean, Krum, exact LoRA) re-seal each update under a fresh in-memory key and spool only that
 ciphertext to an unlinked temporary file (`_spool.py`), crypto-erased when the round ends.
 Nothing in this package writes plaintext to disk or logs tensor data. Keys are made here in
 memory (`_keys.py`, `_spool.py`) and never serialised.
 
 Crypto-erasure, what is claimed: when a round closes or fails, its strategy is discarded
-(aggregator/_rounds.py), which drops every per-update spool key and closes the unlinked
-spool file, so whatever the host kept of that file can never be decrypted again
+(`RoundAggregator.close`/`discard` in `_aggregation.py`), which drops every per-update
+spool key and closes the unlinked spool file, so whatever the host kept of that file can
+never be decrypted again
 (tests/test_approval.py shows a reader of a closed round failing on its own slot); each
-upload's decrypted buffer is zeroed when it has been folded in, and each client's data key
+upload's decrypted buffer is zeroed when it has been folded in, as are the copies made to
+fold it in (DP clip, dtype conversions, scratch for norms); each client's data key
 lives only inside its receiver. What is not claimed: the client's own wire ciphertext is
 sealed to the enclave's HPKE key, which lives as long as the enclave process (not per
 round), so a recording of it stays decryptable by this enclave until it stops; Python and

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from typing import overload
 
 import safetensors.torch
 import torch
@@ -25,16 +26,29 @@ __all__ = ["serialize_safetensors"]
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-/:]+")
 
 
-def serialize_safetensors(tensors: Mapping[str, torch.Tensor]) -> bytes:
-    """The safetensors bytes of `tensors`, identical to ``safetensors.torch.save(tensors)``."""
+@overload
+def serialize_safetensors(tensors: Mapping[str, torch.Tensor]) -> bytes: ...
+
+
+@overload
+def serialize_safetensors(tensors: Mapping[str, torch.Tensor], *, wipeable: bool) -> bytes | bytearray: ...
+
+
+def serialize_safetensors(
+    tensors: Mapping[str, torch.Tensor], *, wipeable: bool = False
+) -> bytes | bytearray:
+    """The safetensors bytes of `tensors`, identical to ``safetensors.torch.save(tensors)``.
+
+    `wipeable`: a bytearray, which the caller can zero (an aggregate that may be withheld)."""
     if not tensors or not all(
         t.dtype == torch.float32 and t.device.type == "cpu" and _PLAIN_NAME.fullmatch(name)
         for name, t in tensors.items()
     ):
-        return safetensors.torch.save(dict(tensors))
+        saved = safetensors.torch.save(dict(tensors))
+        return bytearray(saved) if wipeable else saved
     names = sorted(tensors)  # safetensors orders by dtype, then name; here one dtype
     entries = []
-    views: list[memoryview] = []
+    views: list[bytes | memoryview] = []
     offset = 0
     for name in names:
         tensor = tensors[name].contiguous()
@@ -49,4 +63,5 @@ def serialize_safetensors(tensors: Mapping[str, torch.Tensor]) -> bytes:
     header = ("{" + ",".join(entries) + "}").encode("ascii")
     header += b" " * (-len(header) % 8)
     json.loads(header)  # cheap (a few KB): never publish a header that does not parse
-    return b"".join([len(header).to_bytes(8, "little"), header, *views])
+    parts: list[bytes | memoryview] = [len(header).to_bytes(8, "little"), header, *views]
+    return bytearray().join(parts) if wipeable else b"".join(parts)

@@ -367,6 +367,10 @@ class SpoolReader:
         for piece in pieces:
             self._read_own(slot, piece, flat[piece.start : piece.stop])
 
+    def wipe(self) -> None:
+        """Zero the buffer decrypted 16-bit pieces went through. Call when done reading."""
+        self._plain[:] = bytes(len(self._plain))
+
     def iter_update(self, slot: int) -> Iterator[tuple[str, torch.Tensor]]:
         """Every tensor of update `slot` (in its own spec's shapes) as fresh float32 tensors."""
         for tspec in self._spool.spec_of(slot).tensors:

@@ -10,7 +10,7 @@ from typing import TypeVar
 import torch
 
 from aggregator.enclave._receive import all_finite
-from aggregator.enclave._spool import SpoolPiece, UpdateSpool
+from aggregator.enclave._spool import SpoolPiece, SpoolReader, UpdateSpool
 from fedseal.errors import FedSealError
 from fedseal.roundconfig import StalenessParams
 
@@ -104,12 +104,16 @@ def map_column_blocks(
     workers = workers or default_workers()
     width = max((p.numel for p in pieces), default=0)
     local = threading.local()
+    made: list[tuple[SpoolReader, torch.Tensor]] = []  # every thread's, zeroed at the end
+    made_lock = threading.Lock()
 
     def one(piece: SpoolPiece) -> T:
         state = getattr(local, "state", None)
         if state is None:
             state = (spool.reader(), torch.empty(len(slots) * width, dtype=torch.float32))
             local.state = state
+            with made_lock:
+                made.append(state)
         reader, buffer = state
         # A contiguous (rows, numel) view of the flat buffer: rows are what decrypt_into fills.
         block = buffer[: len(slots) * piece.numel].view(len(slots), piece.numel)
@@ -117,7 +121,13 @@ def map_column_blocks(
             reader.read_piece(slot, piece, block[row])
         return work(piece, block)
 
-    if workers == 1 or len(pieces) <= 1:
-        return [one(p) for p in pieces]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedseal-agg") as pool:
-        return list(pool.map(one, pieces))
+    try:
+        if workers == 1 or len(pieces) <= 1:
+            return [one(p) for p in pieces]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedseal-agg") as pool:
+            return list(pool.map(one, pieces))
+    finally:
+        # The blocks and the readers' buffers held decrypted update values.
+        for reader, buffer in made:
+            buffer.zero_()
+            reader.wipe()

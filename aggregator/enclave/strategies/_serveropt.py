@@ -65,6 +65,8 @@ class ServerOptimizer:
                 for m, tensor in new.items():
                     moments[m][name] = tensor
             self._next = ServerState(self.optimizer, state.step + 1, weights, moments)
+            for value in mean.values():
+                value.zero_()  # the clients' mean delta: not what is released
         inner.discard()
         self._mean = None
         return {name: t.clone() for name, t in self._next.weights.items()}

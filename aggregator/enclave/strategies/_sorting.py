@@ -23,15 +23,31 @@ class SortedColumns:
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._buffers: list[torch.Tensor] = []  # every thread's, to zero them in wipe()
 
     def sort(self, block: torch.Tensor) -> npt.NDArray[np.float32]:
         n, width = block.shape
         buffer: torch.Tensor | None = getattr(self._local, "buffer", None)
         if buffer is None or buffer.numel() < n * width:
+            if self._local_buffer_is_set():
+                self._local.buffer.zero_()  # outgrown: zeroed before it is dropped
             buffer = torch.empty(n * width, dtype=torch.float32)
             self._local.buffer = buffer
+            with self._lock:
+                self._buffers.append(buffer)
         rows = buffer[: n * width].view(width, n)
         rows.copy_(block.T)
         array: npt.NDArray[np.float32] = rows.numpy()
         array.sort(axis=1)
         return array
+
+    def wipe(self) -> None:
+        """Zero every thread's buffer (they held update values, sorted). Call when done."""
+        with self._lock:
+            buffers, self._buffers = self._buffers, []
+        for buffer in buffers:
+            buffer.zero_()
+
+    def _local_buffer_is_set(self) -> bool:
+        return getattr(self._local, "buffer", None) is not None

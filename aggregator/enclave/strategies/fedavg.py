@@ -66,15 +66,24 @@ class FedAvg:
             if self._device.type == "cpu":
                 _add_flat(self._flat, tensors.flat, weight)
             else:  # one host-to-device copy, converted to float32 on the device
-                self._flat.add_(tensors.flat.to(self._device, non_blocking=False).float(), alpha=weight)
+                copied = tensors.flat.to(self._device, non_blocking=False)
+                converted = copied.float()
+                self._flat.add_(converted, alpha=weight)
+                converted.zero_()  # device copies of the update: zeroed before they are freed
+                copied.zero_()
             self._total_weight += weight
             self._count += 1
             return
         for name, acc in sums.items():
-            value = tensors[name].to(self._device)
-            if value.dtype != torch.float32:
-                value = value.to(torch.float32)
-            acc.add_(value, alpha=weight)
+            value = tensors[name]
+            if value.dtype == torch.float32 and value.device == self._device:
+                acc.add_(value, alpha=weight)
+                continue
+            # A converted (or moved) copy of the update: zeroed before it is freed.
+            scratch = torch.empty(value.shape, dtype=torch.float32, device=self._device)
+            scratch.copy_(value)
+            acc.add_(scratch, alpha=weight)
+            scratch.zero_()
         self._total_weight += weight
         self._count += 1
 
@@ -128,8 +137,11 @@ def _add_flat(acc: torch.Tensor, update: torch.Tensor, weight: float) -> None:
         acc.add_(update, alpha=weight)
         return
     scratch = torch.empty(min(_BLOCK, update.numel()), dtype=torch.float32)
-    for start in range(0, update.numel(), _BLOCK):
-        piece = update[start : start + _BLOCK]
-        block = scratch[: piece.numel()]
-        block.copy_(piece)
-        acc[start : start + piece.numel()].add_(block, alpha=weight)
+    try:
+        for start in range(0, update.numel(), _BLOCK):
+            piece = update[start : start + _BLOCK]
+            block = scratch[: piece.numel()]
+            block.copy_(piece)
+            acc[start : start + piece.numel()].add_(block, alpha=weight)
+    finally:
+        scratch.zero_()  # it held the float32 conversion of the update's last block

@@ -89,18 +89,25 @@ class LoraExact(SpooledStrategy):
             pair = pairs[index]
             reader = spool.reader()
             factors = []
-            for slot in range(n):
-                # Each update's own rank: the spec it was spooled with.
-                a = torch.empty(slot_shapes[slot][pair.a], dtype=torch.float32)
-                b = torch.empty(slot_shapes[slot][pair.b], dtype=torch.float32)
-                reader.read_tensor(slot, pair.a, a)
-                reader.read_tensor(slot, pair.b, b)
-                factors.append(LoraFactors(b, a))
-            rank = shapes[pair.a][0]
-            result = refactor(factors, weights, rank)
-            out[pair.a].copy_(result.factors.a)
-            out[pair.b].copy_(result.factors.b)
-            return ModuleResidual(pair.module, rank, sum(f.rank for f in factors), result.residual)
+            try:
+                for slot in range(n):
+                    # Each update's own rank: the spec it was spooled with.
+                    a = torch.empty(slot_shapes[slot][pair.a], dtype=torch.float32)
+                    b = torch.empty(slot_shapes[slot][pair.b], dtype=torch.float32)
+                    factors.append(LoraFactors(b, a))
+                    reader.read_tensor(slot, pair.a, a)
+                    reader.read_tensor(slot, pair.b, b)
+                rank = shapes[pair.a][0]
+                result = refactor(factors, weights, rank)
+                out[pair.a].copy_(result.factors.a)
+                out[pair.b].copy_(result.factors.b)
+                return ModuleResidual(pair.module, rank, sum(f.rank for f in factors), result.residual)
+            finally:
+                # Each site's factors, decrypted: zeroed before they are dropped.
+                for f in factors:
+                    f.a.zero_()
+                    f.b.zero_()
+                reader.wipe()
 
         # One module at a time: QR and SVD are threaded inside LAPACK already, and running
         # modules in parallel threads on top oversubscribes the cores (measured 10x slower).

@@ -37,7 +37,11 @@ class FedMedian(SpooledStrategy):
             if n % 2:
                 target.copy_(rows[:, n // 2])
             else:  # halves first: (a + b) / 2 could overflow float32 near its maximum
-                torch.add(rows[:, n // 2 - 1] * 0.5, rows[:, n // 2], alpha=0.5, out=target)
+                torch.mul(rows[:, n // 2 - 1], 0.5, out=target)  # no temporary of update values
+                target.add_(rows[:, n // 2], alpha=0.5)
 
-        map_column_blocks(spool, range(n), spool.pieces, work, workers=self._workers)
+        try:
+            map_column_blocks(spool, range(n), spool.pieces, work, workers=self._workers)
+        finally:
+            sorter.wipe()
         return out

@@ -53,5 +53,8 @@ class TrimmedMean(SpooledStrategy):
             torch.sum(rows[:, cut : n - cut], dim=1, out=target)
             target.div_(kept)
 
-        map_column_blocks(spool, range(n), spool.pieces, work, workers=self._workers)
+        try:
+            map_column_blocks(spool, range(n), spool.pieces, work, workers=self._workers)
+        finally:
+            sorter.wipe()
         return out

@@ -1,0 +1,336 @@
+"""Uploads: admit from the header, receive and validate, accept (fold in, log, receipt) or refuse.
+
+An upload goes through `Intake.admit` (everything decided from the header alone, then a
+plaintext buffer) and the `Admission` it returns (`receive` once, as a context manager).
+The plaintext itself never leaves the enclave package: the receiver decrypts and validates
+(aggregator/enclave/_receive.py), the round's `RoundAggregator` prepares and folds it in;
+this module sees the handles and their metadata (digests, sizes, a norm). Staleness is
+decided when the upload starts and again, under the round lock, when the update is folded
+in (aggregator/_rounds.py docstring).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+
+import structlog
+
+from aggregator._log import AuditLog
+from aggregator._metrics import Metrics
+from aggregator._roundbook import Accepted, Round, RoundBook, RoundError
+from aggregator.enclave._keys import EnclaveKeys
+from aggregator.enclave._receive import PlaintextBuffers, UpdateReceiver
+from fedseal.logschema import RejectReason, UpdateAccepted, UpdateRejected
+from fedseal.roundconfig import RoundConfig
+from fedseal.spec import AdapterSpec
+from fedseal.wire import RoundState, UpdateHeader, UpdateRejectedError
+
+__all__ = ["MAX_UPLOAD_SECONDS", "UPLOAD_GRACE_SECONDS", "Admission", "Intake"]
+
+_log = structlog.get_logger("fedseal.aggregator.rounds")
+
+UPLOAD_GRACE_SECONDS = 5.0
+MAX_UPLOAD_SECONDS = 3600.0
+
+
+class Admission:
+    """An upload the round has admitted (Intake.admit): receive it once, then exit."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        rnd: Round,
+        header: UpdateHeader,
+        *,
+        retry: Accepted | None = None,
+        spec: AdapterSpec | None = None,
+        receiver: UpdateReceiver | None = None,
+    ) -> None:
+        self._intake = intake
+        self._round = rnd
+        self._header = header
+        self._retry = retry
+        self._spec = spec
+        self._receiver = receiver
+        self._used = False
+        self._settled = retry is not None  # a retry never set an in-flight mark
+
+    @property
+    def needs_data(self) -> bool:
+        """False for a retry of an already accepted upload: its receipt needs no chunks."""
+        return self._retry is None
+
+    def receive(self, chunks: Iterator[bytes | memoryview]) -> str:
+        """Receive, validate and fold in the chunks; the receipt, or UpdateRejectedError (logged)."""
+        if self._used:
+            raise RoundError("an admission receives one upload only")
+        self._used = True
+        if self._retry is not None:
+            return self._intake.receipt(self._retry)
+        assert self._receiver is not None
+        assert self._spec is not None
+        try:
+            receipt = self._intake.accept(self._round, self._header, self._spec, self._receiver, chunks)
+            self._settled = True  # accepted: the intake dropped the in-flight mark
+            return receipt
+        except UpdateRejectedError as exc:
+            self._intake.record_rejection(self._header.round_id, self._header.client_id, exc)
+            raise
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._receiver is not None:
+            self._receiver.wipe()  # idempotent; gives the buffer back if receive never ran
+            self._receiver = None
+        if not self._settled:
+            self._intake.forget_in_flight(self._round, self._header.client_id)
+
+
+class Intake:
+    """Admits, receives and accepts or refuses the uploads of the book's open round."""
+
+    def __init__(
+        self,
+        book: RoundBook,
+        log: AuditLog,
+        keys: EnclaveKeys,
+        buffers: PlaintextBuffers,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        on_full: Callable[[Round], None],
+    ) -> None:
+        """`on_full` closes a round its last update filled (run on a thread of its own)."""
+        self._book = book
+        self._log = log
+        self._keys = keys
+        self._buffers = buffers
+        self._metrics = metrics
+        self._clock = clock
+        self._on_full = on_full
+
+    def admit(self, header: UpdateHeader) -> Admission:
+        """Everything decided from the header alone, then a plaintext buffer for the upload
+        (RoundManager.admit says more). Refusals are logged and raised as UpdateRejectedError."""
+        try:
+            return self._admit(header)
+        except UpdateRejectedError as exc:
+            self.record_rejection(header.round_id, header.client_id, exc)
+            raise
+
+    def upload_time_limit(self, round_id: int) -> float:
+        """Seconds an upload for `round_id` may take: until the round's deadline (plus grace)."""
+        with self._book.lock:
+            rnd = self._book.rounds.get(round_id)
+            if rnd is None or rnd.state is not RoundState.OPEN:
+                return UPLOAD_GRACE_SECONDS
+            remaining = rnd.deadline - self._clock()
+        return min(MAX_UPLOAD_SECONDS, max(0.0, remaining) + UPLOAD_GRACE_SECONDS)
+
+    def refuse(self, round_id: int, client_id: str, reason: RejectReason, detail: str) -> UpdateRejectedError:
+        """Log a refusal decided before the round sees the update; the error to raise."""
+        exc = UpdateRejectedError(reason, detail)
+        self.record_rejection(round_id, client_id, exc)
+        return exc
+
+    def receipt(self, accepted: Accepted) -> str:
+        return accepted.receipt(self._log)
+
+    def forget_in_flight(self, rnd: Round, client_id: str) -> None:
+        with self._book.lock:
+            rnd.in_flight.discard(client_id)
+
+    def record_rejection(self, round_id: int, client_id: str, exc: UpdateRejectedError) -> None:
+        with self._book.lock:
+            rnd = self._book.rounds.get(round_id)
+            if rnd is not None:
+                rnd.rejected += 1
+        self._metrics.update_rejected(exc.reason)
+        _log.warning(
+            "update_rejected",
+            round_id=round_id,
+            client_id=client_id,
+            reason=exc.reason.value,
+            detail=exc.detail,
+        )
+        self._log.append(
+            UpdateRejected(
+                round_id=round_id, client_id=client_id[:128], reason=exc.reason, detail=exc.detail[:500]
+            )
+        )
+
+    def _admit(self, header: UpdateHeader) -> Admission:
+        with self._book.lock:
+            rnd = self._book.rounds.get(header.round_id)
+            if rnd is None:
+                raise UpdateRejectedError(
+                    RejectReason.UNKNOWN_ROUND, f"round {header.round_id} does not exist"
+                )
+            if rnd.state is not RoundState.OPEN:
+                raise UpdateRejectedError(
+                    RejectReason.ROUND_NOT_OPEN,
+                    f"round {header.round_id} is {rnd.state.value}, not open",
+                )
+            previous = rnd.accepted.get(header.client_id)
+            if previous is not None and previous.idempotency_key != header.idempotency_key:
+                raise UpdateRejectedError(
+                    RejectReason.DUPLICATE,
+                    f"client {header.client_id!r} already has an accepted update in round "
+                    f"{header.round_id}; one update per client per round",
+                )
+            if previous is None and header.client_id in rnd.in_flight:
+                raise UpdateRejectedError(
+                    RejectReason.DUPLICATE,
+                    f"another upload from client {header.client_id!r} is in progress",
+                )
+            if previous is None and len(rnd.accepted) >= rnd.config.max_clients:
+                raise UpdateRejectedError(
+                    RejectReason.ROUND_FULL,
+                    f"round {header.round_id} already has max_clients updates",
+                )
+            config = rnd.config
+            if previous is None:
+                self._book.staleness(config, header)  # fail before the upload, not after
+                rnd.in_flight.add(header.client_id)
+        if previous is not None:
+            # A retry of an accepted upload: same receipt, counted once; no data needed.
+            return Admission(self, rnd, header, retry=previous)
+        try:
+            spec, receiver = self._open_receiver(config, header)
+        except BaseException:
+            self.forget_in_flight(rnd, header.client_id)
+            raise
+        return Admission(self, rnd, header, spec=spec, receiver=receiver)
+
+    def _open_receiver(self, config: RoundConfig, header: UpdateHeader) -> tuple[AdapterSpec, UpdateReceiver]:
+        # The round's spec, or (lora-exact with client_ranks) the spec of an allowed rank:
+        # the update is validated, and its sizes bounded, against the spec its header names.
+        spec = config.update_spec(header.adapter_spec_digest)
+        if spec is None:
+            allowed = (
+                f" or the spec of a client rank it allows (LoRA ranks {list(config.allowed_lora_ranks)})"
+                if len(config.update_specs) > 1
+                else ""
+            )
+            raise UpdateRejectedError(
+                RejectReason.SPEC_MISMATCH,
+                f"adapter spec digest does not match round {config.round_id}'s adapter spec{allowed}",
+            )
+        binding = self._keys.bound.binding_for(header.challenge)
+        receiver = UpdateReceiver(
+            header,
+            spec,
+            config.max_chunk_size,
+            self._keys.hpke_private_key,
+            binding,
+            buffers=self._buffers,
+            wait_seconds=self.upload_time_limit(config.round_id),
+        )
+        return spec, receiver
+
+    def accept(
+        self,
+        rnd: Round,
+        header: UpdateHeader,
+        spec: AdapterSpec,
+        receiver: UpdateReceiver,
+        chunks: Iterator[bytes | memoryview],
+    ) -> str:
+        """Receive the chunks, fold the update in and log it; its receipt (UpdateRejectedError:
+        refused, not yet logged: the admission logs it)."""
+        config = rnd.config
+        prepared = None
+        try:
+            for chunk in chunks:
+                receiver.feed(chunk)
+            update = receiver.finish()
+            if update.ciphertext_digest != header.ciphertext_digest:
+                # The site's signature covers the digest in its header, not what arrived.
+                raise UpdateRejectedError(
+                    RejectReason.BAD_SIGNATURE,
+                    "the ciphertext received is not the one the header's signature covers",
+                )
+            prepared = rnd.aggregator.prepare(
+                update,
+                header.num_examples,
+                same_spec=spec == config.adapter_spec,
+                want_norm=config.approval is not None,
+            )
+            with self._book.lock:
+                if rnd.state is not RoundState.OPEN:
+                    raise UpdateRejectedError(
+                        RejectReason.ROUND_NOT_OPEN,
+                        f"round {config.round_id} closed while the update was being received",
+                    )
+                if len(rnd.accepted) >= config.max_clients:
+                    raise UpdateRejectedError(
+                        RejectReason.ROUND_FULL, f"round {config.round_id} filled up during upload"
+                    )
+                # Again under the lock: a release since the upload began makes it staler.
+                staleness = self._book.staleness(config, header)
+                # Fold in first: if that fails (e.g. the spool's disk is full) nothing is
+                # logged and nothing counts. Then the entry's place in the log is fixed, and
+                # the receipt waits for it to be durable. Should staging fail, the log is
+                # broken for good and the round can never close, so an update that was
+                # folded in but not logged is never released.
+                norm, clipped = prepared.norm, prepared.clipped
+                rnd.aggregator.accumulate(prepared, staleness=staleness)
+                pending = self._log.stage(
+                    UpdateAccepted(
+                        round_id=config.round_id,
+                        client_id=header.client_id,
+                        ciphertext_digest=update.ciphertext_digest,
+                        ciphertext_size=update.ciphertext_size,
+                        num_examples=header.num_examples,
+                        adapter_spec_digest=header.adapter_spec_digest,
+                        idempotency_key_digest=hashlib.sha256(header.idempotency_key).digest(),
+                        # The site's signature, and what else it covers (fedseal/wire.py).
+                        key_id=header.key_id,
+                        signature=header.signature,
+                        protocol_version=header.protocol_version,
+                        hpke_suite=header.suite.wire_id,
+                        challenge=header.challenge,
+                        chunk_size=header.chunk_size,
+                        base_round_id=header.base_round_id,
+                        staleness=staleness,
+                    )
+                )
+                if norm is not None:
+                    rnd.norms.append(norm)
+                rnd.clipped += int(clipped)
+                accepted = Accepted(
+                    header.idempotency_key, update.ciphertext_digest, header.num_examples, pending
+                )
+                rnd.accepted[header.client_id] = accepted
+                # Accepted: the duplicate check now finds it there. Dropping the in-flight
+                # mark here, not on the admission's exit, keeps that exit off the round lock
+                # (which the close below holds for a while).
+                rnd.in_flight.discard(header.client_id)
+                self._metrics.update_accepted()
+                _log.info(
+                    "update_accepted",
+                    round_id=config.round_id,
+                    client_id=header.client_id,
+                    ciphertext_bytes=update.ciphertext_size,
+                    log_index=pending.entry.index,
+                    # The entry records the spec digest; the rank it stands for, for operators.
+                    lora_ranks=list(spec.lora_ranks()) if len(config.update_specs) > 1 else None,
+                )
+                fills = len(rnd.accepted) >= config.max_clients
+                if fills:
+                    rnd.closing = True
+        finally:
+            if prepared is not None:
+                prepared.wipe()  # a refused update's copies too (idempotent)
+            receiver.wipe()
+        if fills:
+            # The round is full. Its close (finalize, serialize and hash the aggregate, log,
+            # sign) must not delay this update's receipt: it runs on its own thread.
+            threading.Thread(
+                target=self._on_full, args=(rnd,), name=f"fedseal-close-{config.round_id}"
+            ).start()
+        # Outside the round lock: concurrent accepts share one commit.
+        return accepted.receipt(self._log)
