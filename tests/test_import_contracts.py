@@ -38,7 +38,12 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
 
 def test_the_tree_keeps_every_contract() -> None:
     contracts = _contract_names()
-    assert set(contracts) == {"layers", "independent-sides", "enclave-inside-aggregator"}
+    assert set(contracts) == {
+        "layers",
+        "independent-sides",
+        "enclave-inside-aggregator",
+        "no-tensors-outside-enclave",
+    }
     result = _lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     for name in contracts.values():
@@ -60,6 +65,9 @@ def test_the_tree_keeps_every_contract() -> None:
         # the auditor sharing the aggregator's logic instead of keeping its own rules
         ("auditor/_violation.py", "import aggregator._rounds\n", {"layers", "independent-sides"}),
         ("attestation/_violation.py", "import aggregator.enclave\n", {"layers", "enclave-inside-aggregator"}),
+        # plaintext tensors handled outside the enclave package (issue: the enclave boundary)
+        ("aggregator/_violation.py", "import torch\n", {"no-tensors-outside-enclave"}),
+        ("aggregator/_violation.py", "from numpy import zeros\n", {"no-tensors-outside-enclave"}),
     ],
 )
 def test_a_violation_fails_naming_its_contract(
