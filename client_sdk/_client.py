@@ -49,6 +49,7 @@ from fedseal.binding import CHALLENGE_SIZE
 from fedseal.enrolment import Enrolment
 from fedseal.envelope import DEFAULT_SUITE, HpkeSuite, SealContext, seal
 from fedseal.errors import ReceiptError
+from fedseal.logschema import UpdateAccepted
 from fedseal.manifest import AggregateManifest, SignedManifest, verify_manifest
 from fedseal.receipt import ExpectedUpdate, Receipt, verify_receipt
 from fedseal.roundconfig import DEFAULT_CHUNK_SIZE, RoundConfig
@@ -329,7 +330,8 @@ class FedSealClient:
             cosigners=witnesses.verifiers() if witnesses is not None else (),
             min_cosignatures=witnesses.min if witnesses is not None else 0,
         )
-        recorded = receipt.entry.fields.get("base_round_id")
+        body = receipt.entry.body
+        recorded = body.base_round_id if isinstance(body, UpdateAccepted) else None
         if recorded != submission.header.base_round_id:
             raise ReceiptError(
                 f"receipt entry records base round {recorded!r}, but this client sent "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fedseal._atomicfile import replace_durably
 from fedseal.errors import FedSealError
+from fedseal.logschema import UpdateAccepted
 from fedseal.receipt import Receipt
 
 __all__ = ["ReceiptStore", "ReceiptStoreError"]
@@ -40,8 +41,10 @@ class ReceiptStore:
         return self._directory
 
     def path_for(self, receipt: Receipt) -> Path:
-        entry = receipt.entry.fields
-        name = f"round-{entry['round_id']}-{_safe(str(entry['client_id']))}-entry-{receipt.index}{_SUFFIX}"
+        body = receipt.entry.body
+        if not isinstance(body, UpdateAccepted):
+            raise ReceiptStoreError(f"a receipt is for an update_accepted entry, not {body.kind.value!r}")
+        name = f"round-{body.round_id}-{_safe(body.client_id)}-entry-{receipt.index}{_SUFFIX}"
         return self._directory / _safe(receipt.log_origin) / name
 
     def save(self, receipt: Receipt) -> Path:

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedseal.canonical import b64encode
 from fedseal.checkpoint import Checkpoint, TlogProof, VerifiedCheckpoint, verify_tlog_proof
 from fedseal.errors import FedSealError, NoteError, ReceiptError
-from fedseal.logformat import EntryKind, LogEntry
+from fedseal.logformat import LogEntry
+from fedseal.logschema import UpdateAccepted
 from fedseal.note import NoteVerifier, split_note
 
 __all__ = ["ExpectedUpdate", "Receipt", "verify_receipt"]
@@ -45,15 +46,16 @@ class ExpectedUpdate:
     adapter_spec_digest: bytes
     idempotency_key: bytes
 
-    def expected_fields(self) -> dict[str, object]:
+    def expected_values(self) -> dict[str, int | str | bytes]:
+        """What the `update_accepted` entry must record, by schema field name."""
         return {
             "round_id": self.round_id,
             "client_id": self.client_id,
-            "ciphertext_digest": b64encode(self.ciphertext_digest),
+            "ciphertext_digest": self.ciphertext_digest,
             "ciphertext_size": self.ciphertext_size,
             "num_examples": self.num_examples,
-            "adapter_spec_digest": b64encode(self.adapter_spec_digest),
-            "idempotency_key_digest": b64encode(hashlib.sha256(self.idempotency_key).digest()),
+            "adapter_spec_digest": self.adapter_spec_digest,
+            "idempotency_key_digest": hashlib.sha256(self.idempotency_key).digest(),
         }
 
 
@@ -98,15 +100,21 @@ def verify_receipt(
         raise ReceiptError(f"receipt does not verify: {exc}") from exc
     if entry.index != proof.index:
         raise ReceiptError(f"receipt entry says index {entry.index}, the proof is for {proof.index}")
-    if entry.kind is not EntryKind.UPDATE_ACCEPTED:
+    body = entry.body
+    if not isinstance(body, UpdateAccepted):
         raise ReceiptError(f"receipt entry is a {entry.kind.value!r} entry, not 'update_accepted'")
     if expected is not None:
-        for name, value in expected.expected_fields().items():
-            found = entry.fields.get(name)
-            same = hmac.compare_digest(str(found), str(value)) if isinstance(value, str) else found == value
+        for name, value in expected.expected_values().items():
+            found = getattr(body, name)
+            if isinstance(value, bytes) and isinstance(found, bytes):
+                same = hmac.compare_digest(found, value)
+            elif isinstance(value, str) and isinstance(found, str):
+                same = hmac.compare_digest(found.encode(), value.encode())
+            else:
+                same = found == value
             if not same:
                 raise ReceiptError(
-                    f"receipt entry field {name!r} is {found!r}, but this client sent {value!r}"
+                    f"receipt entry field {name!r} is {_shown(found)}, but this client sent {_shown(value)}"
                 )
     cosigned = _cosigned_by(verified, cosigners)
     if len(cosigned) < min_cosignatures:
@@ -135,3 +143,7 @@ def _raw(key: Ed25519PublicKey | bytes) -> bytes:
     if isinstance(key, bytes):
         return key
     return key.public_bytes_raw()
+
+
+def _shown(value: object) -> str:
+    return repr(b64encode(value)) if isinstance(value, bytes) else repr(value)

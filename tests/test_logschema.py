@@ -138,3 +138,26 @@ def test_a_logged_round_config_must_record_every_value() -> None:
     no_chunk = {k: v for k, v in fields["config"].items() if k != "max_chunk_size"}
     with pytest.raises(EntryFieldError, match="max_chunk_size"):
         decode_body(EntryKind.ROUND_OPENED, {**fields, "config": no_chunk})
+
+
+def test_no_package_reads_or_builds_entry_dicts() -> None:
+    """Only fedseal/logschema.py knows entry fields: the writer, scanner, auditor and SDK
+    read typed bodies (LogEntry.fields and LogEntry.of exist for tests and tools)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for package in ("fedseal", "aggregator", "auditor", "client_sdk", "attestation"):
+        for path in (root / package).rglob("*.py"):
+            if "_proto" in path.parts or path.name in ("logschema.py", "logformat.py"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Attribute) and node.attr in ("fields", "of"):
+                    base = node.value
+                    if isinstance(base, ast.Name) and base.id in ("dataclasses",):
+                        continue
+                    if node.attr == "of" and not (isinstance(base, ast.Name) and base.id == "LogEntry"):
+                        continue
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == [], offenders

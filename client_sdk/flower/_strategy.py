@@ -47,7 +47,7 @@ from client_sdk.flower._records import (
     tensors_to_arrays,
 )
 from fedseal.errors import FedSealError
-from fedseal.logformat import EntryKind
+from fedseal.logschema import UpdateAccepted
 from fedseal.receipt import verify_receipt
 
 __all__ = ["FedSealFedAvg"]
@@ -156,7 +156,7 @@ class FedSealFedAvg(FedAvg):
                 )
                 continue
             entry = receipt.entry
-            if entry.kind is not EntryKind.UPDATE_ACCEPTED or entry.fields.get("round_id") != round_id:
+            if not isinstance(entry.body, UpdateAccepted) or entry.body.round_id != round_id:
                 _log.warning("node %d sent a receipt for another round or entry", reply.metadata.src_node_id)
                 continue
             if receipt.index in seen:  # one accepted update, one vote in the metrics
