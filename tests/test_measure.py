@@ -50,7 +50,7 @@ KNOWN: dict[str, tuple[Path, int, bool, str | None, int, SnpVmm, str]] = {
         0x21,
         SnpVmm.QEMU,
         "803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba7e534442e7e1e17895dfe778d0228977",
-    ),  # noqa: E501
+    ),
     "direct boot, SNP only": (
         AMDSEV,
         1,
@@ -59,7 +59,7 @@ KNOWN: dict[str, tuple[Path, int, bool, str | None, int, SnpVmm, str]] = {
         0x1,
         SnpVmm.QEMU,
         "6d287813eb5222d770f75005c664e34c204f385ce832cc2ce7d0d6f354454362f390ef83a92046c042e706363b4b08fa",
-    ),  # noqa: E501
+    ),
     "no kernel": (
         AMDSEV,
         1,
@@ -68,7 +68,7 @@ KNOWN: dict[str, tuple[Path, int, bool, str | None, int, SnpVmm, str]] = {
         0x21,
         SnpVmm.QEMU,
         "e1e1ca029dd7973ab9513295be68198472dcd4fc834bd9af9b63f6e8a1674dbf281a9278a4a2ebe0eed9f22adbcd0e2b",
-    ),  # noqa: E501
+    ),
     "four vCPUs": (
         AMDSEV,
         4,
@@ -77,7 +77,7 @@ KNOWN: dict[str, tuple[Path, int, bool, str | None, int, SnpVmm, str]] = {
         0x21,
         SnpVmm.QEMU,
         "4953b1fb416fa874980e8442b3706d345926d5f38879134e00813c5d7abcbe78eafe7b422907be0b4698e2414a631942",
-    ),  # noqa: E501
+    ),
     "standard OVMF": (
         OVMFX64,
         1,
@@ -86,7 +86,7 @@ KNOWN: dict[str, tuple[Path, int, bool, str | None, int, SnpVmm, str]] = {
         0x1,
         SnpVmm.QEMU,
         "da0296de8193586a5512078dcd719eccecbd87e2b825ad4148c44f665dc87df21e5b49e21523a9ad993afdb6a30b4005",
-    ),  # noqa: E501
+    ),
     "ec2": (
         AMDSEV,
         1,
@@ -95,7 +95,7 @@ KNOWN: dict[str, tuple[Path, int, bool, str | None, int, SnpVmm, str]] = {
         0x21,
         SnpVmm.EC2,
         "0ce9ccc06bab55eebe8abc234f3df6514883977a68a591b71052498ab52b2f1aa415db338033946ef93aa8278c0d67fb",
-    ),  # noqa: E501
+    ),
     "gce": (
         AMDSEV,
         4,
@@ -104,7 +104,7 @@ KNOWN: dict[str, tuple[Path, int, bool, str | None, int, SnpVmm, str]] = {
         0x1,
         SnpVmm.GCE,
         "5c5debf100fc339f90276e761ee1f1658d08922c3b20e2a2e6c7a6c3370b2452a15a00eae11886a93d6fd1e7ab81e29d",
-    ),  # noqa: E501
+    ),
 }
 
 
@@ -164,7 +164,7 @@ def test_the_command_prints_and_pins_the_known_answer(
             ["--ovmf", str(OVMFX64), "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--kernel", "KERNEL"],
             1,
             "SNP_KERNEL_HASHES",
-        ),  # noqa: E501
+        ),
         (["--ovmf", "KERNEL", "--vcpus", "1", "--vcpu-type", "EPYC-v4"], 1, "cannot measure"),
         (["--ovmf", "missing.fd", "--vcpus", "1", "--vcpu-type", "EPYC-v4"], 1, "not a readable file"),
         (["--ovmf", str(AMDSEV), "--vcpus", "0", "--vcpu-type", "EPYC-v4"], 2, "vCPU count"),
@@ -174,12 +174,12 @@ def test_the_command_prints_and_pins_the_known_answer(
             ["--ovmf", str(AMDSEV), "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--append", "x"],
             2,
             "only with a kernel",
-        ),  # noqa: E501
+        ),
         (
             ["--ovmf", str(AMDSEV), "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--template", "x"],
             2,
             "--policy-out",
-        ),  # noqa: E501
+        ),
         (["--ovmf", str(AMDSEV), "--vcpus", "1", "--vcpu-sig", "zz"], 2, "not an integer"),
     ],
 )
