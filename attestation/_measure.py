@@ -11,11 +11,11 @@ files the VM boots, never from a running VM (which would pin whatever it happens
   same OVMF build, vCPU count and type, guest features, and VMM flavour (QEMU, or a cloud's
   VMM: ``ec2``, ``gce``).
 * **Intel TDX**: MRTD and RTMR0..2 depend on the TD's firmware (TDVF) layout and on the
-  VMM's TD HOB and ACPI tables, and no maintained Python package computes them. The
-  maintained tools are Go/Rust programs outside FedSeal's dependencies (e.g. the
-  ``tdx-measure`` tool of the dstack project, Google's ``gce-tcb-verifier`` for GCE); the
-  operator runs one, or reads MRTD from a TD booted from the reviewed image, and passes
-  the value to ``fedseal-attest measure tdx --mrtd HEX``, which checks and writes it.
+  VMM's TD HOB and ACPI tables, and no maintained Python package computes them. The tools
+  that do are Rust programs outside FedSeal's dependencies: ``dstack-mr`` of the dstack
+  project and its fork ``tdx-measure`` (for Canonical's TDX boot chains). The operator
+  runs one, or reads the values from a TD booted from the reviewed image, and passes them
+  to ``fedseal-attest measure tdx --mrtd HEX``, which checks and writes them.
 
 ``sev-snp-measure`` is the ``measure`` extra (``pip install 'fedseal[measure]'``) and is
 imported only here, when a measurement is asked for.

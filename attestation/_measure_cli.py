@@ -92,8 +92,8 @@ def add_measure_parser(commands: Any) -> None:
         help="Intel TDX: pin MRTD/RTMR values computed by a TDX measurement tool",
         description="Check Intel TDX MRTD and RTMR values and write them into a policy. FedSeal "
         "does not compute them: they depend on the TD firmware's layout and on the VMM's tables, "
-        "and no maintained Python tool computes them; use a TDX measurement tool (e.g. dstack's "
-        "tdx-measure) or read them from a TD booted from the reviewed image.",
+        "and no maintained Python tool computes them; use a TDX measurement tool (dstack-mr, or its "
+        "fork tdx-measure) or read them from a TD booted from the reviewed image.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
