@@ -71,6 +71,8 @@ GetAttestation and the log calls are public and rate-limited.
 _EPILOG = """\
 exit codes: 0 stopped cleanly (SIGINT/SIGTERM),
             2 bad arguments or configuration, 1 any other start-up failure.
+On the confidential host, `fedseal-aggregator check-hardware --policy FILE` runs the
+operator's checklist (preflight, collect, staple, verify as a client) and serves nothing.
 example:
   fedseal-aggregator --insecure-simulated-tee --job deploy/examples/job.json \\
       --enrolment deploy/examples/enrolment.json --log ./audit.log --listen 127.0.0.1:50051
@@ -265,6 +267,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check-hardware"]:  # the operator's checklist (aggregator/_checklist.py)
+        from aggregator._checklist import main as check_hardware
+
+        return check_hardware(argv[1:])
     return run(argv)
 
 

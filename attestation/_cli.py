@@ -7,7 +7,10 @@ Two ways in, one report out:
 * ``fedseal-attest verify --bundle FILE --challenge HEX`` verifies a bundle saved earlier
   (``--save-bundle``, or ``collect``) against the challenge it was made for;
 * ``fedseal-attest collect`` runs on the aggregator host (inside the confidential VM) and
-  writes a bundle with NVIDIA GPU evidence for a given challenge and keys.
+  writes a bundle with NVIDIA GPU evidence for a given challenge and keys;
+* ``fedseal-attest measure snp|tdx`` computes (SEV-SNP) or checks (TDX) the launch
+  measurement of the aggregator's VM image and writes a policy that pins it
+  (``_measure_cli.py``).
 
 ``--now`` pins the verification time (replaying old evidence, whose certificates or
 collateral have since expired), and ``--offline`` verifies from stapled material only.
@@ -51,6 +54,7 @@ from ._errors import (
 )
 from ._fetch import CachingFetcher, CollateralFetcher, HttpFetcher, OfflineFetcher
 from ._hardware import CpuTee, GpuCollector, hardware_collectors
+from ._measure_cli import add_measure_parser, measure_command
 from ._policy import Policy, builtin_policy_names, load_builtin_policy
 from ._verify import VerifiedAttestation, verify_bundle
 
@@ -263,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument(
         "--nvattest", metavar="PATH", default="nvattest", help="the nvattest executable (default: from PATH)"
     )
+    add_measure_parser(commands)
     return parser
 
 
@@ -359,11 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version exit through here with status 0
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    if args.command not in ("verify", "collect"):
+    commands = {"verify": _verify_command, "collect": _collect_command, "measure": measure_command}
+    if args.command not in commands:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return _verify_command(args) if args.command == "verify" else _collect_command(args)
+        return commands[args.command](args)
     except _UsageError as exc:
         print(f"fedseal-attest: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
