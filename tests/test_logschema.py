@@ -138,3 +138,19 @@ def test_a_logged_round_config_must_record_every_value() -> None:
     no_chunk = {k: v for k, v in fields["config"].items() if k != "max_chunk_size"}
     with pytest.raises(EntryFieldError, match="max_chunk_size"):
         decode_body(EntryKind.ROUND_OPENED, {**fields, "config": no_chunk})
+
+
+def test_a_round_key_comes_with_its_signature() -> None:
+    """round_opened's round key and the log key's signature over it: both, or neither (a
+    log from before per-round keys, which the auditor reports as invalid_round_key)."""
+    fields = SAMPLES[EntryKind.ROUND_OPENED].to_fields()
+    assert {"round_public_key", "round_key_signature"} <= set(fields)
+    for name in ("round_public_key", "round_key_signature"):
+        with pytest.raises(EntryFieldError, match="or neither"):
+            decode_body(EntryKind.ROUND_OPENED, {k: v for k, v in fields.items() if k != name})
+    legacy = {k: v for k, v in fields.items() if k not in ("round_public_key", "round_key_signature")}
+    body = decode_body(EntryKind.ROUND_OPENED, legacy)
+    assert body.to_fields() == legacy
+    with pytest.raises(EntryFieldError) as info:
+        decode_body(EntryKind.ROUND_OPENED, {**fields, "round_public_key": b64encode(bytes(31))})
+    assert info.value.field == "round_public_key"
