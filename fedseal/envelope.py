@@ -1,4 +1,4 @@
-"""Envelope encryption of one client update to the enclave's attested HPKE key.
+"""Envelope encryption of one client update to its round's HPKE key (signed by the attested log key).
 
 Construction (version 3)
 ------------------------
