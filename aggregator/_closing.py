@@ -6,7 +6,9 @@ published. Closing asks the round's `RoundAggregator` (enclave package) for the 
 finalized, DP-noised and serialized there; here only its digest and size are seen, logged
 in `round_closed` and signed into the manifest. A gated round's aggregate waits in the
 round for `submit_approval`: released (it becomes the global adapter) or withheld (it is
-zeroed). After every round the manager's `after_round` opens the job's next one.
+zeroed). Closing or failing a round drops its private HPKE key first
+(aggregator/enclave/_roundkey.py). After every round the manager's `after_round` opens the
+job's next one.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class RoundCloser:
         config = rnd.config
         if rnd.timer is not None:
             rnd.timer.cancel()
+        # The round takes no more uploads: its private key goes first, whatever follows
+        # (uploads still in flight are refused as round_not_open when they finish).
+        rnd.key.drop()
         count = len(rnd.accepted)
         if count < config.min_clients:
             # Never reached by the callers above; kept so no path releases a small cohort.
@@ -223,6 +228,7 @@ class RoundCloser:
         """Fail an open round (below quorum, or no aggregate): nothing is published."""
         if rnd.timer is not None:
             rnd.timer.cancel()
+        rnd.key.drop()
         rnd.aggregator.discard()
         rnd.state = RoundState.FAILED
         rnd.failure = reason

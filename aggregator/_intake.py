@@ -23,7 +23,6 @@ from aggregator._roundbook import Accepted, Round, RoundBook, RoundError
 from aggregator.enclave._keys import EnclaveKeys
 from aggregator.enclave._receive import PlaintextBuffers, UpdateReceiver
 from fedseal.logschema import RejectReason, UpdateAccepted, UpdateRejected
-from fedseal.roundconfig import RoundConfig
 from fedseal.spec import AdapterSpec
 from fedseal.wire import RoundState, UpdateHeader, UpdateRejectedError
 
@@ -199,13 +198,14 @@ class Intake:
             # A retry of an accepted upload: same receipt, counted once; no data needed.
             return Admission(self, rnd, header, retry=previous)
         try:
-            spec, receiver = self._open_receiver(config, header)
+            spec, receiver = self._open_receiver(rnd, header)
         except BaseException:
             self.forget_in_flight(rnd, header.client_id)
             raise
         return Admission(self, rnd, header, spec=spec, receiver=receiver)
 
-    def _open_receiver(self, config: RoundConfig, header: UpdateHeader) -> tuple[AdapterSpec, UpdateReceiver]:
+    def _open_receiver(self, rnd: Round, header: UpdateHeader) -> tuple[AdapterSpec, UpdateReceiver]:
+        config = rnd.config
         # The round's spec, or (lora-exact with client_ranks) the spec of an allowed rank:
         # the update is validated, and its sizes bounded, against the spec its header names.
         spec = config.update_spec(header.adapter_spec_digest)
@@ -224,7 +224,7 @@ class Intake:
             header,
             spec,
             config.max_chunk_size,
-            self._keys.hpke_private_key,
+            rnd.key,  # the round's own key pair; its private key is gone once the round ends
             binding,
             buffers=self._buffers,
             wait_seconds=self.upload_time_limit(config.round_id),

@@ -18,9 +18,11 @@ from aggregator._approval import ApprovalGate, GateState
 from aggregator._dp import DpLedger
 from aggregator._log import AuditLog, PendingEntry
 from aggregator.enclave._aggregation import ClosedAggregate, RoundAggregator
+from aggregator.enclave._roundkey import RoundKeyPair
 from fedseal.errors import FedSealError
 from fedseal.manifest import SignedManifest
 from fedseal.roundconfig import RoundConfig
+from fedseal.roundkey import SignedRoundKey
 from fedseal.wire import RoundState, StaleBaseError, UpdateHeader, UpdateRejectedError, update_staleness
 
 __all__ = [
@@ -86,6 +88,8 @@ class RoundSnapshot:
     # The latest releases, in release order (the last is the current global), as many as
     # the round's staleness bound needs (aggregator/_rounds.py docstring).
     released_round_ids: tuple[int, ...] = ()
+    # The round's HPKE key, signed by the log key (fedseal/roundkey.py): what clients seal to.
+    round_key: SignedRoundKey | None = None
 
 
 @dataclass
@@ -107,6 +111,9 @@ class Round:
     config: RoundConfig
     aggregator: RoundAggregator
     deadline: float
+    # The round's HPKE key pair (enclave memory); its private key is dropped when the round
+    # closes or fails (RoundCloser), so nothing sealed for this round opens afterwards.
+    key: RoundKeyPair
     state: RoundState = RoundState.OPEN
     accepted: dict[str, Accepted] = field(default_factory=dict)
     in_flight: set[str] = field(default_factory=set)
@@ -171,7 +178,9 @@ class RoundBook:
         """`rnd` as callers see it, with the releases its staleness bound needs. Lock held."""
         staleness = rnd.config.params.staleness
         window = 1 + (staleness.max_staleness if staleness is not None else 0)
-        return RoundSnapshot(rnd.config, rnd.state, len(rnd.accepted), tuple(self.released[-window:]))
+        return RoundSnapshot(
+            rnd.config, rnd.state, len(rnd.accepted), tuple(self.released[-window:]), rnd.key.signed
+        )
 
     def staleness(self, config: RoundConfig, header: UpdateHeader) -> int:
         """The update's staleness at this point of the log, or the refusal. Lock held."""

@@ -8,7 +8,10 @@ accepted update's entry is staged under the round lock (which fixes its place in
 and waited for outside it, so concurrent uploads share one group commit (one fsync).
 
 At most one round is open at a time and round ids only grow, so a ciphertext sealed for
-one round can never count in another (the round id is bound into the envelope).
+one round can never count in another (the round id is bound into the envelope). Each round
+also has its own HPKE key pair, made here at open (aggregator/enclave/_roundkey.py), its
+public key signed by the attested log key and recorded in `round_opened`; the private key
+is dropped when the round closes or fails, so a recorded upload cannot be opened later.
 
 Strategies: every round builds the strategy its config names with the recorded parameters
 (`strategy_for_round`); spooling strategies keep their sealed spool in `spool_dir` (else
@@ -91,6 +94,7 @@ from aggregator._roundbook import (
 from aggregator.enclave._aggregation import GlobalModel
 from aggregator.enclave._keys import EnclaveKeys
 from aggregator.enclave._receive import PlaintextBuffers
+from aggregator.enclave._roundkey import RoundKeyPair
 from fedseal.errors import FedSealError
 from fedseal.logformat import LogEntry, released_round
 from fedseal.logschema import DpBudgetRecorded, DpRoundRefused, RejectReason, RoundOpened
@@ -134,6 +138,7 @@ class RoundManager:
         clients fine-tune in round 1); DP rounds need it, named by digest in their config.
         `accumulator_device`: where FedAvg/FedProx accumulate ("cuda": the enclave's GPU)."""
         self._log = log
+        self._keys = keys
         self.metrics = metrics if metrics is not None else Metrics()
         self._job = job
         self._clock = clock
@@ -197,14 +202,31 @@ class RoundManager:
         if config.dp is not None:
             self._check_dp_locked(config)
         aggregator = self._model.round(config, spool_dir=self._spool_dir)
+        digest = config.digest()
+        # The round's own HPKE key, signed by the attested log key: clients seal to it.
+        key = RoundKeyPair.generate(
+            log_origin=self._log.origin,
+            round_id=config.round_id,
+            config_digest=digest,
+            log_private_key=self._keys.log_private_key,
+        )
         try:
             self._log.append(
-                RoundOpened(round_id=config.round_id, config=config, config_digest=config.digest())
+                RoundOpened(
+                    round_id=config.round_id,
+                    config=config,
+                    config_digest=digest,
+                    round_public_key=key.public_key,
+                    round_key_signature=key.signed.signature,
+                )
             )
         except BaseException:
+            key.drop()
             aggregator.discard()
             raise
-        rnd = Round(config=config, aggregator=aggregator, deadline=self._clock() + config.deadline_seconds)
+        rnd = Round(
+            config=config, aggregator=aggregator, deadline=self._clock() + config.deadline_seconds, key=key
+        )
         timer = threading.Timer(config.deadline_seconds, self._closer.on_deadline, args=(config.round_id,))
         timer.daemon = True
         rnd.timer = timer
@@ -220,7 +242,7 @@ class RoundManager:
             deadline_s=config.deadline_seconds,
         )
         book.changed.notify_all()
-        return RoundSnapshot(config, rnd.state, 0)
+        return RoundSnapshot(config, rnd.state, 0, round_key=key.signed)
 
     def _check_dp_locked(self, config: RoundConfig) -> None:
         """Refuse (and log) a DP round that cannot run within the job's budget."""
@@ -361,6 +383,7 @@ class RoundManager:
             for rnd in self._book.rounds.values():
                 if rnd.timer is not None:
                     rnd.timer.cancel()
+                rnd.key.drop()
                 rnd.aggregator.discard()
             self._model.discard()
             self._book.changed.notify_all()

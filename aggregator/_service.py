@@ -175,11 +175,16 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             snap = self._rounds.snapshot(request.round_id)
         except RoundNotFoundError as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        key = snap.round_key
         return pb.RoundInfo(
             round_config=snap.config.canonical_bytes(),
             state=snap.state.value,
             accepted=snap.accepted,
             released_round_ids=snap.released_round_ids,
+            # The round's key and the log key's signature: clients verify before sealing.
+            round_public_key=key.statement.hpke_public_key if key is not None else b"",
+            round_key_signature=key.signature if key is not None else b"",
+            log_origin=key.statement.log_origin if key is not None else "",
         )
 
     def SubmitUpdate(
@@ -237,7 +242,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             assert not isinstance(first, memoryview)  # _abort_rejected raised
             try:
                 header = header_from_proto(first.header)
-                header.seal_context(bytes(32))  # validates client id, sizes, suite eagerly
+                header.seal_context(bytes(32), bytes(32))  # validates client id, sizes, suite eagerly
             except FormatError as exc:
                 self._abort_rejected(
                     context, self._rounds.reject_malformed(first.header.round_id, site, f"bad header: {exc}")

@@ -88,7 +88,9 @@ class VerifiedAttestation:
             raise TypeError("VerifiedAttestation is created only by attestation.verify_bundle()")
 
     def hpke_public_key_obj(self) -> X25519PublicKey:
-        """The attested HPKE key, ready to encrypt to."""
+        """The X25519 key the binding format carries. Updates are not sealed to it: the
+        enclave keeps no private half; they go to each round's key, which the attested log
+        key signs (fedseal/roundkey.py)."""
         return X25519PublicKey.from_public_bytes(self.hpke_public_key)
 
     def log_public_key_obj(self) -> Ed25519PublicKey:

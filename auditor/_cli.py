@@ -69,7 +69,8 @@ or its round must have refused it), malformed_entry (an entry that does not deco
 log schema; the field is named), invalid_approval (an approval or refusal not validly signed
 by an approver the round config lists, for its round's aggregate, once per approver),
 invalid_release (a release without min_approvals valid approvals, a withholding without a
-valid refusal).
+valid refusal), invalid_round_key (a round_opened without a round key, with one another round
+used, or whose signature does not verify under the log key of the enclave that opened it).
 """
 
 

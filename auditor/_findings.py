@@ -44,6 +44,9 @@ class FindingKind(enum.Enum):
     # valid decisions before it do not justify.
     INVALID_APPROVAL = "invalid_approval"
     INVALID_RELEASE = "invalid_release"
+    # A round_opened whose round key is missing, reused, or not signed by the log key of
+    # the enclave that opened the round (auditor/_roundkeys.py).
+    INVALID_ROUND_KEY = "invalid_round_key"
 
 
 # Findings that show the entries themselves were changed.

@@ -129,6 +129,9 @@ class RoundSummary:
     dp: dict[str, Any] | None = None
     approval: dict[str, Any] | None = None
     lora_residuals: tuple[dict[str, Any], ...] | None = None  # lora-exact rounds
+    # The round's own HPKE key (base64), as its round_opened records it (auditor/_roundkeys.py
+    # checks its signature); None: the entry records none.
+    round_public_key: str | None = None
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
@@ -152,6 +155,7 @@ class RoundSummary:
             "dp": self.dp,
             "approval": self.approval,
             "lora_residuals": list(self.lora_residuals) if self.lora_residuals is not None else None,
+            "round_public_key": self.round_public_key,
         }
 
 

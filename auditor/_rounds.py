@@ -50,6 +50,7 @@ class _RoundState:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     closed: RoundClosed | None = None
     failed: RoundFailed | None = None
+    round_public_key: bytes | None = None
 
     def summary(self, dp: dict[str, Any] | None, approval: dict[str, Any] | None) -> RoundSummary:
         config = as_logged(self.config.to_json_obj())
@@ -94,6 +95,7 @@ class _RoundState:
                 and self.config.strategy == "lora-exact"
                 else None
             ),
+            round_public_key=b64encode(self.round_public_key) if self.round_public_key is not None else None,
         )
 
 
@@ -146,7 +148,9 @@ class RoundStory:
                 inconsistent(f"round {rid} opened while round {self.open_round} is still open")
             if config.round_id != rid:
                 inconsistent(f"round {rid}'s config names round {config.round_id}")
-            self.rounds[rid] = _RoundState(rid, key_entry, config, body.config_digest)
+            self.rounds[rid] = _RoundState(
+                rid, key_entry, config, body.config_digest, round_public_key=body.round_public_key
+            )
             self.gate.opened(rid, config)
             self.open_round = rid
             return

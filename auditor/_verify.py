@@ -38,7 +38,10 @@ a tampered log is both detected and located:
 * the release gate, re-verified (auditor/_release.py): an approval or refusal not
   validly signed by a listed approver for this round's aggregate, or a second decision:
   `invalid_approval`; a release without `min_approvals` valid approvals, a withholding
-  without a valid refusal: `invalid_release`.
+  without a valid refusal: `invalid_release`;
+* per-round keys (auditor/_roundkeys.py): a `round_opened` entry without a round key, with
+  one another round used, or whose signature does not verify under the log key of the
+  enclave that opened the round: `invalid_round_key`.
 
 Key handovers are reported with the consistency proof from the old key's last checkpoint
 to the new key's first, which the auditor recomputes and verifies.
@@ -91,6 +94,7 @@ from ._report import (
     TrustedCheckpointResult,
     VerifiedLog,
 )
+from ._roundkeys import RoundKeyAuditor
 from ._rounds import RoundStory
 from ._tree import Latest, LogTree
 
@@ -211,6 +215,7 @@ class _Auditor:
         )
         self.gate = ReleaseGate(self.findings)
         self.rounds = RoundStory(self.findings, self.gate)
+        self.round_keys = RoundKeyAuditor(self.findings)
         self.tail_drops: list[dict[str, object]] = []
 
     def read(self, progress: ProgressCallback | None) -> None:
@@ -289,6 +294,10 @@ class _Auditor:
                 }
             )
         elif isinstance(body, RoundOpened | UpdateAccepted | UpdateRejected | RoundClosed | RoundFailed):
+            if isinstance(body, RoundOpened):
+                current = self.chain.current
+                log_key = current.verifier.public_key_bytes if current is not None else None
+                self.round_keys.opened(entry, body, number, self.chain.origin, log_key)
             self.rounds.entry(entry, body, number, self.chain.current_entry)
         elif isinstance(
             body, DpBudgetRecorded | DpRoundRefused | ApprovalRecorded | AggregateReleased | AggregateWithheld

@@ -99,6 +99,7 @@ def bench_suite(
         adapter_spec_digest=hashlib.sha256(b"spec").digest(),
         num_examples=1000,
         binding=hashlib.sha256(b"binding").digest(),
+        round_public_key=key.public_key().public_bytes_raw(),
         idempotency_key=os.urandom(16),
         chunk_size=chunk_size,
         suite=suite,

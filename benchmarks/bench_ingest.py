@@ -527,6 +527,7 @@ def own_work(workload: Workload, chunk: int) -> dict[str, Any]:
     from aggregator._tls import EnclaveTlsIdentity
     from aggregator.enclave._keys import EnclaveKeys
     from aggregator.enclave._receive import PlaintextBuffers, UpdateReceiver
+    from aggregator.enclave._roundkey import RoundKeyPair
     from aggregator.enclave.strategies import FedAvg
     from fedseal.envelope import SealContext, seal
     from fedseal.wire import PROTOCOL_VERSION, UpdateHeader
@@ -535,6 +536,12 @@ def own_work(workload: Workload, chunk: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     keys = EnclaveKeys.generate(EnclaveTlsIdentity.generate().certificate_sha256)
     spec = _spec(workload)
+    round_key = RoundKeyPair.generate(
+        log_origin="fedseal.bench/ingest",
+        round_id=1,
+        config_digest=bytes(32),
+        log_private_key=keys.log_private_key,
+    )
     site = _site_key("site-0")
     from fedseal.signed_request import key_id
 
@@ -547,12 +554,13 @@ def own_work(workload: Workload, chunk: int) -> dict[str, Any]:
             adapter_spec_digest=spec.digest(),
             num_examples=10,
             binding=keys.bound.binding_for(challenge),
+            round_public_key=round_key.public_key,
             idempotency_key=os.urandom(32),
             chunk_size=chunk,
         )
         payload = safetensors.torch.save(_adapter(workload, seed))
         t0 = time.perf_counter()
-        s = seal(payload, keys.hpke_private_key.public_key(), ctx)
+        s = seal(payload, round_key.private_key().public_key(), ctx)
         seal_s = time.perf_counter() - t0
         header = UpdateHeader(
             protocol_version=PROTOCOL_VERSION,
@@ -579,7 +587,7 @@ def own_work(workload: Workload, chunk: int) -> dict[str, Any]:
     for header, s, _ in updates:
         t0 = time.perf_counter()
         receiver = UpdateReceiver(
-            header, spec, chunk, keys.hpke_private_key, keys.bound.binding_for(header.challenge), buffers=pool
+            header, spec, chunk, round_key, keys.bound.binding_for(header.challenge), buffers=pool
         )
         for c in s.chunks:
             receiver.feed(c)
@@ -597,6 +605,7 @@ def own_work(workload: Workload, chunk: int) -> dict[str, Any]:
         "seal_s": min(u[2] for u in updates),
         "device": device,
         "keys": keys,
+        "round_key": round_key,
         "update": updates[0],
     }
 
@@ -609,11 +618,11 @@ def run_micro(workload: Workload, chunk: int) -> dict[str, Any]:
     from fedseal.envelope import StreamOpener
 
     own = own_work(workload, chunk)
-    keys, (header, s, _) = own["keys"], own["update"]
-    ctx = header.seal_context(keys.bound.binding_for(header.challenge))
+    keys, round_key, (header, s, _) = own["keys"], own["round_key"], own["update"]
+    ctx = header.seal_context(keys.bound.binding_for(header.challenge), round_key.public_key)
     t0 = time.perf_counter()
     for _ in range(50):
-        StreamOpener.open(s.wrapped_key, keys.hpke_private_key, ctx, 1024, buffer=bytearray(1024))
+        StreamOpener.open(s.wrapped_key, round_key.private_key(), ctx, 1024, buffer=bytearray(1024))
     unwrap_us = (time.perf_counter() - t0) / 50 * 1e6
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

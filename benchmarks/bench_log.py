@@ -39,6 +39,7 @@ import warnings
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,6 +63,7 @@ from fedseal.logformat import (  # noqa: E402
 from fedseal.logschema import decode_body  # noqa: E402
 from fedseal.merkle import MerkleTree  # noqa: E402
 from fedseal.note import NoteSigner  # noqa: E402
+from fedseal.roundkey import RoundKeyStatement  # noqa: E402
 from fedseal.signed_request import key_id  # noqa: E402
 from fedseal.wire import PROTOCOL_VERSION, update_signature_message  # noqa: E402
 
@@ -219,7 +221,7 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
         round_id = 0
         while tree.size < entries:
             round_id += 1
-            emit(_round_opened(tree.size, round_id, per_round))
+            emit(_round_opened(tree.size, round_id, per_round, keys.log_private_key))
             clients = min(per_round, max(1, entries - tree.size - 1))
             for n in range(clients):
                 index = tree.size
@@ -255,6 +257,7 @@ def generate_log(path: Path, entries: int, batch: int, per_round: int) -> float:
                         index,
                         site_key_ids[n],
                         1000 + n,
+                        PROTOCOL_VERSION,
                         round_id,
                         signature,
                     )
@@ -287,7 +290,7 @@ _ACCEPTED = (
     '{"adapter_spec_digest":"%s","base_round_id":%d,"challenge":"%s","chunk_size":1048576,'
     '"ciphertext_digest":"%s","ciphertext_size":67125248,"client_id":"%s","hpke_suite":%d,'
     '"idempotency_key_digest":"%s","index":%d,"key_id":"%s","kind":"update_accepted",'
-    '"num_examples":%d,"protocol_version":2,"round_id":%d,"signature":"%s","staleness":0,'
+    '"num_examples":%d,"protocol_version":%d,"round_id":%d,"signature":"%s","staleness":0,'
     '"time":"2026-11-25T12:00:00.000Z","v":1}'
 )
 
@@ -302,7 +305,7 @@ _ADAPTER_SPEC = {
 }
 
 
-def _round_opened(index: int, round_id: int, per_round: int) -> bytes:
+def _round_opened(index: int, round_id: int, per_round: int, log_key: Ed25519PrivateKey) -> bytes:
     config = {
         "format": "fedseal-round-config/v1",
         "round_id": round_id,
@@ -313,6 +316,10 @@ def _round_opened(index: int, round_id: int, per_round: int) -> bytes:
         "strategy": "fedavg",
         "max_chunk_size": 1048576,
     }
+    digest = hashlib.sha256(canonical_json(config)).digest()
+    # Each round's own HPKE key, signed by the log key as the enclave does (fedseal/roundkey.py).
+    round_key = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    signed = RoundKeyStatement(ORIGIN, round_id, digest, round_key).sign(log_key)
     entry = LogEntry.of(
         index,
         "2026-11-25T12:00:00.000Z",
@@ -320,7 +327,9 @@ def _round_opened(index: int, round_id: int, per_round: int) -> bytes:
         {
             "round_id": round_id,
             "config": config,
-            "config_digest": base64.b64encode(hashlib.sha256(canonical_json(config)).digest()).decode(),
+            "config_digest": base64.b64encode(digest).decode(),
+            "round_public_key": b64encode(round_key),
+            "round_key_signature": b64encode(signed.signature),
         },
     )
     return entry.leaf_data()

@@ -34,6 +34,7 @@ from client_sdk._peft import write_peft_adapter
 from client_sdk._receipts import ReceiptStore, ReceiptStoreError
 from client_sdk._transport import ApprovalResult, ChannelSecurity, OperatorResult
 from fedseal.receipt import Receipt
+from fedseal.roundkey import ForeignRoundKeyError, MissingRoundKeyError, RoundKeyError
 from fedseal.wire import AccessDeniedError, AccessDeniedReason, StaleBaseError, UpdateRejectedError
 
 __all__ = [
@@ -49,12 +50,15 @@ __all__ = [
     "ClientIdentity",
     "DpRequirementError",
     "FedSealClient",
+    "ForeignRoundKeyError",
     "IdentityError",
+    "MissingRoundKeyError",
     "OperatorActionError",
     "OperatorResult",
     "Receipt",
     "ReceiptStore",
     "ReceiptStoreError",
+    "RoundKeyError",
     "RoundUnavailableError",
     "SealedSubmission",
     "StaleBaseError",

@@ -1,9 +1,11 @@
-"""The client: attest the aggregator, seal an update to the attested key, submit, verify the receipt.
+"""The client: attest the aggregator, seal an update to the round's key, submit, verify the receipt.
 
 Fail closed: nothing leaves this process before the aggregator's evidence has verified
 under the caller's policy and is bound to a challenge this client just made, and (attested
 TLS, the default) before the TLS certificate the channel ends at is the one that evidence
-names. The update is sealed to the HPKE key that evidence vouches for, signed by this
+names. The update is sealed to the round's own HPKE key, and only once that key's
+signature verifies under the log key the evidence vouches for (fedseal/roundkey.py;
+ForeignRoundKeyError otherwise, and nothing is sent). It is signed by this
 site's enrolled key (the header and the ciphertext digest), and the receipt must be signed
 by the log key the same evidence vouches for, and cosigned by the witnesses the policy
 requires (`witnesses` section). With a receipt store, every verified receipt is kept on disk.
@@ -53,6 +55,7 @@ from fedseal.logschema import UpdateAccepted
 from fedseal.manifest import AggregateManifest, SignedManifest, verify_manifest
 from fedseal.receipt import ExpectedUpdate, Receipt, verify_receipt
 from fedseal.roundconfig import DEFAULT_CHUNK_SIZE, RoundConfig
+from fedseal.roundkey import MissingRoundKeyError, RoundKeyError, VerifiedRoundKey
 from fedseal.spec import AdapterSpec, WireDtype, pair_lora_names
 from fedseal.wire import PROTOCOL_VERSION, RoundState, StaleBaseError, UpdateHeader, update_staleness
 
@@ -211,6 +214,7 @@ class FedSealClient:
         return self._seal(
             payload,
             attested,
+            _verified_round_key(attested, round_info, round_id),
             round_id=round_id,
             base_round_id=base,
             client_id=client_id,
@@ -237,10 +241,12 @@ class FedSealClient:
         """Seal already-serialized safetensors bytes (lower level than `seal_update`; the
         payload is not checked against the round's spec, `base_round_id` is, as there)."""
         attested = self.attest()
-        base = _checked_base(self._connection.get_round(round_id), base_round_id)
+        round_info = self._connection.get_round(round_id)
+        base = _checked_base(round_info, base_round_id)
         return self._seal(
             payload,
             attested,
+            _verified_round_key(attested, round_info, round_id),
             round_id=round_id,
             base_round_id=base,
             client_id=client_id,
@@ -255,6 +261,7 @@ class FedSealClient:
         self,
         payload: bytes,
         attested: VerifiedAttestation,
+        round_key: VerifiedRoundKey,
         *,
         round_id: int,
         base_round_id: int,
@@ -283,12 +290,14 @@ class FedSealClient:
             adapter_spec_digest=adapter_spec_digest,
             num_examples=num_examples,
             binding=attested.binding,
+            round_public_key=round_key.hpke_public_key,
             idempotency_key=key,
             chunk_size=chunk_size,
             suite=suite,
             base_round_id=base_round_id,
         )
-        sealed = seal(payload, attested.hpke_public_key_obj(), context)
+        # To the round's key, whose signature by the attested log key was just checked.
+        sealed = seal(payload, round_key.public_key_obj(), context)
         header = UpdateHeader(
             protocol_version=PROTOCOL_VERSION,
             round_id=round_id,
@@ -306,7 +315,7 @@ class FedSealClient:
             base_round_id=base_round_id,
         ).sign(identity.signing_key)  # sealed first: the signature covers the ciphertext digest
         # The aggregator rebuilds the context from the header: both must agree exactly.
-        assert header.seal_context(attested.binding) == context
+        assert header.seal_context(attested.binding, round_key.hpke_public_key) == context
         expected = ExpectedUpdate(
             round_id=round_id,
             client_id=client_id,
@@ -541,6 +550,24 @@ def _checked_base(round_info: RoundInfo, base_round_id: int | None) -> int:
     except StaleBaseError as exc:
         raise StaleBaseError(exc.reason, f"{exc.detail}; nothing was sent") from None
     return base
+
+
+def _verified_round_key(
+    attested: VerifiedAttestation, round_info: RoundInfo, round_id: int
+) -> VerifiedRoundKey:
+    """The round's key, once signed by the log key that `attested` binds, for this round and
+    the config served with it; else the named RoundKeyError, and nothing is sealed or sent."""
+    signed = round_info.round_key
+    if signed is None:
+        raise MissingRoundKeyError(
+            f"the aggregator served no signed key for round {round_id}; nothing was sent"
+        )
+    try:
+        return signed.verify(
+            attested.log_public_key, round_id=round_id, config_digest=round_info.config.digest()
+        )
+    except RoundKeyError as exc:
+        raise type(exc)(f"{exc}; nothing was sent") from None
 
 
 def _check_dp_requirement(policy: Policy, config: RoundConfig) -> None:

@@ -40,6 +40,7 @@ from fedseal.canonical import parse_canonical
 from fedseal.errors import FedSealError
 from fedseal.logformat import RejectReason
 from fedseal.roundconfig import MAX_CHUNK_SIZE, RoundConfig
+from fedseal.roundkey import RoundKeyStatement, SignedRoundKey
 from fedseal.tls import ServerCertificate, TlsProbeError, ca_channel, pinned_channel, probe_server_certificate
 from fedseal.wire import (
     ACCESS_DENIED_METADATA_KEY,
@@ -78,6 +79,9 @@ class RoundInfo:
     # The latest released rounds, in release order; the last is the current global (see
     # the proto's RoundInfo and fedseal.wire.update_staleness).
     released_round_ids: tuple[int, ...] = ()
+    # The round's HPKE key as served, signed by the log key; not verified yet (the client
+    # verifies it under the attested log key before sealing). None: none was served.
+    round_key: SignedRoundKey | None = None
 
     @property
     def global_round_id(self) -> int:
@@ -189,7 +193,13 @@ class AggregatorConnection:
                 raise RoundUnavailableError(_details(exc)) from None
             raise self._failed("GetRound", exc) from None
         config = RoundConfig.from_json_obj(parse_canonical(bytes(reply.round_config), what="round config"))
-        return RoundInfo(config, RoundState(reply.state), reply.accepted, tuple(reply.released_round_ids))
+        return RoundInfo(
+            config,
+            RoundState(reply.state),
+            reply.accepted,
+            tuple(reply.released_round_ids),
+            _round_key(reply, config),
+        )
 
     def submit(self, header: UpdateHeader, chunks: Iterable[bytes], *, timeout: float) -> str:
         """Send the header, wait for the aggregator's send_chunks, stream the chunks; the receipt.
@@ -396,3 +406,17 @@ def _access_reason(exc: grpc.RpcError) -> AccessDeniedReason | None:
         return AccessDeniedReason(value)
     except ValueError:
         return AccessDeniedReason.UNAUTHENTICATED
+
+
+def _round_key(reply: pb.RoundInfo, config: RoundConfig) -> SignedRoundKey | None:
+    """The served round key as a signed statement about the served config (unverified);
+    None when the reply carries none. FormatError for one that cannot be a round key."""
+    if not reply.round_public_key and not reply.round_key_signature:
+        return None
+    statement = RoundKeyStatement(
+        log_origin=reply.log_origin,
+        round_id=config.round_id,
+        config_digest=config.digest(),
+        hpke_public_key=bytes(reply.round_public_key),
+    )
+    return SignedRoundKey(statement, bytes(reply.round_key_signature))

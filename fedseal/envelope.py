@@ -1,6 +1,6 @@
-"""Envelope encryption of one client update to the enclave's attested HPKE key.
+"""Envelope encryption of one client update to its round's HPKE key (signed by the attested log key).
 
-Construction (version 2)
+Construction (version 3)
 ------------------------
 
 A client seals one update (the safetensors bytes of its LoRA adapter delta) like this:
@@ -8,10 +8,10 @@ A client seals one update (the safetensors bytes of its LoRA adapter delta) like
 1. **Context.** A :class:`SealContext` names everything the update is bound to. Its
    encoding is ::
 
-       info = lp("fedseal/seal-context/v2") || lp(u64(protocol_version)) || lp(u64(round_id))
+       info = lp("fedseal/seal-context/v3") || lp(u64(protocol_version)) || lp(u64(round_id))
               || lp(u64(base_round_id)) || lp(utf8(client_id)) || lp(adapter_spec_digest)
               || lp(u64(num_examples))
-              || lp(binding) || lp(idempotency_key) || lp(u64(chunk_size))
+              || lp(binding) || lp(round_public_key) || lp(idempotency_key) || lp(u64(chunk_size))
               || lp(u64(suite wire id))
 
    where lp(x) is the 4-byte big-endian length of x followed by x (``length_prefixed``
@@ -19,15 +19,19 @@ A client seals one update (the safetensors bytes of its LoRA adapter delta) like
    computed once per update.
 
 2. **Data key.** A fresh 32-byte data key ``K = os.urandom(32)`` per update, wrapped with
-   RFC 9180 HPKE, base mode, single shot, to the enclave's X25519 key::
+   RFC 9180 HPKE, base mode, single shot, to the round's X25519 key (``round_public_key``:
+   made in the enclave when the round opened, signed by its attested log key, dropped
+   when the round ends; fedseal/roundkey.py)::
 
        wrapped_key = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD).encrypt(K, pk, info=info)
                    = enc (32) || AEAD ciphertext of K (32) || tag (16)      -- 80 bytes
 
    Because ``info`` enters the HPKE key schedule, a wrapped key opens only under the
-   exact context it was sealed for: any other round, base round, client, spec, example
-   count, binding, idempotency key, chunk size or suite fails at unwrap. (v1 had no base
-   round; v2 binds the global the update was trained from, which weights it in async rounds.)
+   exact context it was sealed for: any other round, round key, base round, client, spec,
+   example count, binding, idempotency key, chunk size or suite fails at unwrap. (v1 had no
+   base round; v2 binds the global the update was trained from, which weights it in async
+   rounds; v3 names the round key it is sealed to, which v2's single enclave-lifetime key
+   did not need. A v2 context never equals a v3 one, so a v2 seal never opens here.)
 
 3. **Payload: STREAM** (Hoang, Reyhanitabar, Rogaway, Vizár 2015; as in age and Tink).
    The plaintext is cut into chunks of exactly ``chunk_size`` bytes, except the last,
@@ -142,7 +146,7 @@ __all__ = [
     "seal",
 ]
 
-SEAL_CONTEXT_DOMAIN: Final = b"fedseal/seal-context/v2"
+SEAL_CONTEXT_DOMAIN: Final = b"fedseal/seal-context/v3"
 CIPHERTEXT_DIGEST_DOMAIN: Final = b"fedseal/ciphertext-digest/v2"
 
 DATA_KEY_SIZE: Final = 32
@@ -167,6 +171,7 @@ _U64_MAX: Final = 2**64 - 1
 _CLIENT_ID_MAX: Final = 128
 _SPEC_DIGEST_SIZE: Final = 32
 _BINDING_SIZE: Final = 32
+_ROUND_KEY_SIZE: Final = 32  # raw X25519
 _IDEMPOTENCY_KEY_MIN: Final = 16
 _IDEMPOTENCY_KEY_MAX: Final = 64
 
@@ -261,6 +266,7 @@ class SealContext:
     characters, so that its UTF-8 encoding is unambiguous (no Unicode normalization).
     ``base_round_id`` is the round whose aggregate the update was trained from (0: the job's
     initial adapter); it scales the update's weight in async rounds, so it is bound too.
+    ``round_public_key`` is the raw X25519 key of the round the update is sealed to.
     """
 
     protocol_version: int
@@ -270,6 +276,7 @@ class SealContext:
     num_examples: int
     binding: bytes
     idempotency_key: bytes
+    round_public_key: bytes
     chunk_size: int = DEFAULT_CHUNK_SIZE
     suite: HpkeSuite = DEFAULT_SUITE
     base_round_id: int = 0
@@ -284,6 +291,7 @@ class SealContext:
         _check_bytes("adapter_spec_digest", self.adapter_spec_digest, _SPEC_DIGEST_SIZE, _SPEC_DIGEST_SIZE)
         _check_int("num_examples", self.num_examples, 1, _U64_MAX)
         _check_bytes("binding", self.binding, _BINDING_SIZE, _BINDING_SIZE)
+        _check_bytes("round_public_key", self.round_public_key, _ROUND_KEY_SIZE, _ROUND_KEY_SIZE)
         _check_bytes("idempotency_key", self.idempotency_key, _IDEMPOTENCY_KEY_MIN, _IDEMPOTENCY_KEY_MAX)
         _check_int("chunk_size", self.chunk_size, MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
         if not isinstance(self.suite, HpkeSuite):
@@ -301,6 +309,7 @@ class SealContext:
             self.adapter_spec_digest,
             _u64(self.num_examples),
             self.binding,
+            self.round_public_key,
             self.idempotency_key,
             _u64(self.chunk_size),
             _u64(self.suite.wire_id),
@@ -425,6 +434,10 @@ class SealingStream:
         _check_recipient_public_key(recipient_public_key)
         if not isinstance(context, SealContext):
             raise FormatError("context must be a SealContext")
+        if recipient_public_key.public_bytes_raw() != context.round_public_key:
+            # The context names the key the enclave will open with; sealing to another
+            # would only fail there, after the upload.
+            raise FormatError("the recipient key is not the round key the seal context names")
         self._view = _byte_view(plaintext)
         self._chunk_size = context.chunk_size
         self._count = chunk_count(self._view.nbytes, self._chunk_size)

@@ -451,11 +451,22 @@ class RoundOpened(EntryBody):
     round_id: int
     config: RoundConfig
     config_digest: bytes
+    # The round's HPKE key (raw X25519) and the log key's signature over its statement
+    # (fedseal/roundkey.py: origin, round id, config digest, key). Both or neither: a log
+    # written before per-round keys has neither, which the auditor reports.
+    round_public_key: bytes | None = None
+    round_key_signature: bytes | None = None
     _codecs: ClassVar[Mapping[str, _Codec[Any]]] = {
         "round_id": _ROUND,
         "config": _Config(),
         "config_digest": _DIGEST,
+        "round_public_key": _Optional(_KEY),
+        "round_key_signature": _Optional(_SIG),
     }
+
+    def __post_init__(self) -> None:
+        if (self.round_public_key is None) != (self.round_key_signature is None):
+            raise ValueError("round_public_key and round_key_signature come together, or neither")
 
 
 @dataclass(frozen=True)

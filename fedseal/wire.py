@@ -66,8 +66,10 @@ __all__ = [
 ]
 
 # 2: bidirectional SubmitUpdate (send_chunks), base_round_id, update-signature/v2,
-# seal-context/v2, ciphertext-digest/v2. A header of another version is refused by name.
-PROTOCOL_VERSION = 2
+# seal-context/v2, ciphertext-digest/v2. 3: per-round keys (fedseal/roundkey.py), sealed
+# under seal-context/v3, which names the round key. A header of another version is refused
+# by name (a version 2 client seals to the enclave-lifetime key, which opens nothing now).
+PROTOCOL_VERSION = 3
 REJECT_REASON_METADATA_KEY = "fedseal-reject-reason"
 ACCESS_DENIED_METADATA_KEY = "fedseal-access-denied"
 # A caller's signed call token (fedseal/signed_request.py, action "call"); binary metadata.
@@ -300,8 +302,9 @@ class UpdateHeader:
                 f"the update header's signature does not verify under key {self.key_id}"
             ) from None
 
-    def seal_context(self, binding: bytes) -> SealContext:
-        """The envelope context both sides bind into HPKE `info` and every chunk's AAD."""
+    def seal_context(self, binding: bytes, round_public_key: bytes) -> SealContext:
+        """The envelope context both sides bind into HPKE `info` and every chunk's AAD;
+        `round_public_key` is the round's key (the client's verified one, the enclave's own)."""
         return SealContext(
             protocol_version=self.protocol_version,
             round_id=self.round_id,
@@ -309,6 +312,7 @@ class UpdateHeader:
             adapter_spec_digest=self.adapter_spec_digest,
             num_examples=self.num_examples,
             binding=binding,
+            round_public_key=round_public_key,
             idempotency_key=self.idempotency_key,
             chunk_size=self.chunk_size,
             suite=self.suite,

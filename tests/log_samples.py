@@ -52,7 +52,13 @@ def sample_bodies() -> dict[EntryKind, EntryBody]:
             insecure_simulated=True,
             previous_checkpoint="fedseal.test/log\n1\nAAAA\n\n- sig\n",
         ),
-        RoundOpened(round_id=2, config=config, config_digest=config.digest()),
+        RoundOpened(
+            round_id=2,
+            config=config,
+            config_digest=config.digest(),
+            round_public_key=_digest("round key"),
+            round_key_signature=bytes(range(64)),
+        ),
         UpdateAccepted(
             round_id=2,
             client_id="site-a",

@@ -48,7 +48,7 @@ from client_sdk import (
     StaleBaseError,
     UpdateRejectedError,
 )
-from client_sdk._client import _serialize
+from client_sdk._client import _serialize, _verified_round_key
 from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
 from fedseal.canonical import b64encode
@@ -169,7 +169,8 @@ def test_the_base_is_signed_bound_round_tripped_and_range_checked() -> None:
     with pytest.raises(SignatureError):
         moved.verify_signature(public)
     binding = bytes(range(32))
-    assert moved.seal_context(binding).aad() != header.seal_context(binding).aad()
+    round_key = bytes(range(32, 64))
+    assert moved.seal_context(binding, round_key).aad() != header.seal_context(binding, round_key).aad()
     for bad in (-1, 2**64, True):
         with pytest.raises(FormatError, match="base_round_id"):
             dataclasses.replace(header, base_round_id=bad)
@@ -271,10 +272,12 @@ def _seal_unchecked(
 ) -> SealedSubmission:
     """Seal as the SDK does, minus its own staleness check: what the enclave alone decides."""
     attested = client.attest()
-    spec = client._connection.get_round(round_id).config.adapter_spec
+    info = client._connection.get_round(round_id)
+    spec = info.config.adapter_spec
     return client._seal(
         _serialize(adapter, spec),
         attested,
+        _verified_round_key(attested, info, round_id),
         round_id=round_id,
         base_round_id=base_round_id,
         client_id=None,

@@ -34,6 +34,7 @@ from fedseal.logschema import (
     RoundOpened,
 )
 from fedseal.roundconfig import ApprovalParams
+from fedseal.roundkey import RoundKeyStatement
 from fedseal.signed_request import key_id
 
 ORIGIN = "fedseal.test/approvals"
@@ -201,7 +202,17 @@ def test_a_release_with_fewer_than_min_approvals(
     (opened,) = _entries(gated.path, RoundOpened, 1)
     assert isinstance(opened.body, RoundOpened)
     config = dataclasses.replace(opened.body.config, approval=dataclasses.replace(GATE, min_approvals=3))
-    fields = RoundOpened(round_id=1, config=config, config_digest=config.digest()).to_fields()
+    key = opened.body.round_public_key
+    assert key is not None
+    # The round key re-signed over the forged config too, as only the enclave's key could.
+    signed = RoundKeyStatement(ORIGIN, 1, config.digest(), key).sign(gated.log_key)
+    fields = RoundOpened(
+        round_id=1,
+        config=config,
+        config_digest=config.digest(),
+        round_public_key=key,
+        round_key_signature=signed.signature,
+    ).to_fields()
     findings = _verify(_forge(gated, tmp_path, opened, fields), capsys)
     (release,) = _entries(gated.path, AggregateReleased, 1)
     assert [(f["kind"], f["index"]) for f in findings] == [("invalid_release", release.index)]

@@ -41,7 +41,7 @@ from fedseal.envelope import (
     plaintext_size_for,
     seal,
 )
-from fedseal.errors import EnvelopeAuthenticationError, EnvelopeError, FormatError
+from fedseal.errors import EnvelopeAuthenticationError, EnvelopeError, EnvelopeUnwrapError, FormatError
 
 CHUNK = MIN_CHUNK_SIZE  # small chunks keep the tests fast; framing is size-independent
 SUITES = list(HpkeSuite)
@@ -51,9 +51,12 @@ MAX = 1 << 20
 # --------------------------------------------------------------------------- helpers
 
 
+RECIPIENT = X25519PrivateKey.generate()  # the round key most tests seal to
+
+
 @pytest.fixture(scope="module")
 def recipient() -> X25519PrivateKey:
-    return X25519PrivateKey.generate()
+    return RECIPIENT
 
 
 def make_context(**overrides: Any) -> SealContext:
@@ -64,6 +67,7 @@ def make_context(**overrides: Any) -> SealContext:
         "adapter_spec_digest": hashlib.sha256(b"spec").digest(),
         "num_examples": 1234,
         "binding": hashlib.sha256(b"binding").digest(),
+        "round_public_key": RECIPIENT.public_key().public_bytes_raw(),
         "idempotency_key": bytes(range(16)),
         "chunk_size": CHUNK,
         "suite": HpkeSuite.X25519_SHA256_AES256GCM,
@@ -233,6 +237,7 @@ def test_context_encoding_is_domain_separated_and_length_prefixed() -> None:
         ctx.adapter_spec_digest,
         (1234).to_bytes(8, "big"),
         ctx.binding,
+        ctx.round_public_key,
         ctx.idempotency_key,
         CHUNK.to_bytes(8, "big"),
         (0x00200102).to_bytes(8, "big"),
@@ -248,6 +253,7 @@ CONTEXT_CHANGES: dict[str, Any] = {
     "adapter_spec_digest": hashlib.sha256(b"other spec").digest(),
     "num_examples": 1235,
     "binding": hashlib.sha256(b"other binding").digest(),
+    "round_public_key": X25519PrivateKey.generate().public_key().public_bytes_raw(),
     "idempotency_key": bytes(range(1, 17)),
     "chunk_size": CHUNK * 2,
     "suite": HpkeSuite.X25519_SHA256_CHACHA20POLY1305,
@@ -280,6 +286,8 @@ def test_context_encoding_changes_with_every_field() -> None:
         ("num_examples", 0),
         ("num_examples", -1),
         ("binding", bytes(33)),
+        ("round_public_key", bytes(31)),
+        ("round_public_key", None),
         ("idempotency_key", bytes(15)),
         ("idempotency_key", bytes(65)),
         ("chunk_size", MIN_CHUNK_SIZE - 1),
@@ -852,3 +860,48 @@ def test_rejects_wrong_key_types(recipient: X25519PrivateKey) -> None:
 
 def test_hpke_suite_is_the_library_suite() -> None:
     assert isinstance(HpkeSuite.X25519_SHA256_AES256GCM.hpke(), hpke.Suite)
+
+
+# --------------------------------------------------------------- per-round keys (v3)
+
+
+def test_seal_refuses_a_key_other_than_the_contexts_round_key() -> None:
+    other = X25519PrivateKey.generate()
+    with pytest.raises(FormatError, match="round key"):
+        seal(b"update", other.public_key(), make_context())
+
+
+def test_an_update_sealed_to_one_round_key_opens_under_no_other() -> None:
+    # What a later round (or anything but round r's dropped key) holds cannot open it,
+    # whichever round key the receiver's context names.
+    ctx = make_context()
+    sealed = seal(payload(3 * CHUNK), RECIPIENT.public_key(), ctx)
+    later = X25519PrivateKey.generate()
+    for context in (ctx, make_context(round_public_key=later.public_key().public_bytes_raw(), round_id=8)):
+        with pytest.raises(EnvelopeUnwrapError):
+            StreamOpener.open(sealed.wrapped_key, later, context, MAX)
+    assert open_chunks(sealed.wrapped_key, sealed.chunks, RECIPIENT, ctx) == open_sealed(
+        sealed, RECIPIENT, ctx, MAX
+    )
+
+
+def test_v2_context_seals_do_not_open_as_v3() -> None:
+    # A v2 client's info lacks the round key and names another domain: the unwrap fails.
+    ctx = make_context()
+    v2_info = length_prefixed(
+        b"fedseal/seal-context/v2",
+        (1).to_bytes(8, "big"),
+        (7).to_bytes(8, "big"),
+        (0).to_bytes(8, "big"),
+        b"client-0042",
+        ctx.adapter_spec_digest,
+        (1234).to_bytes(8, "big"),
+        ctx.binding,
+        ctx.idempotency_key,
+        CHUNK.to_bytes(8, "big"),
+        (0x00200102).to_bytes(8, "big"),
+    )
+    wrapped = ctx.suite.hpke().encrypt(os.urandom(32), RECIPIENT.public_key(), info=v2_info)
+    assert SEAL_CONTEXT_DOMAIN == b"fedseal/seal-context/v3"
+    with pytest.raises(EnvelopeUnwrapError):
+        StreamOpener.open(wrapped, RECIPIENT, ctx, MAX)

@@ -18,6 +18,7 @@ from aggregator import start_aggregator
 from aggregator._log import AuditLog, AuditLogError, CommitMode
 from aggregator._server import _start_enclave
 from aggregator.enclave._keys import EnclaveKeys
+from aggregator.enclave._roundkey import RoundKeyPair
 from attestation import InsecureSimulatedTeeCollector, Policy
 from auditor import verify_log
 from auditor._endpoint import AuditorConnection
@@ -56,9 +57,25 @@ def _reject(log: AuditLog, n: int) -> None:
     log.append(UpdateRejected(round_id=1, client_id=f"c{n}", reason=RejectReason.MALFORMED, detail="test"))
 
 
-def _open_round(log: AuditLog, round_id: int) -> None:
+def _open_round(log: AuditLog, keys: EnclaveKeys, round_id: int) -> None:
+    """A round_opened entry as the round manager writes it, with its round key signed."""
     config = round_config(round_id)
-    log.append(RoundOpened(round_id=round_id, config=config, config_digest=config.digest()))
+    key = RoundKeyPair.generate(
+        log_origin=ORIGIN,
+        round_id=round_id,
+        config_digest=config.digest(),
+        log_private_key=keys.log_private_key,
+    )
+    log.append(
+        RoundOpened(
+            round_id=round_id,
+            config=config,
+            config_digest=config.digest(),
+            round_public_key=key.public_key,
+            round_key_signature=key.signed.signature,
+        )
+    )
+    key.drop()
 
 
 def _records(path: Path) -> list[tuple[str, object]]:
@@ -170,7 +187,7 @@ def test_a_failed_write_stops_the_log_for_good(tmp_path: Path, monkeypatch: pyte
 def test_resume_hands_over_to_a_new_key_and_keeps_every_byte(tmp_path: Path, dev_policy: Policy) -> None:
     path = tmp_path / "audit.log"
     first, first_keys = _log_with_commits(path, 2)
-    _open_round(first, 1)
+    _open_round(first, first_keys, 1)
     first.close()
     before = path.read_bytes()
     second, second_keys = _open(path)

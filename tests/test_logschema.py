@@ -161,3 +161,19 @@ def test_no_package_reads_or_builds_entry_dicts() -> None:
                         continue
                     offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert offenders == [], offenders
+
+
+def test_a_round_key_comes_with_its_signature() -> None:
+    """round_opened's round key and the log key's signature over it: both, or neither (a
+    log from before per-round keys, which the auditor reports as invalid_round_key)."""
+    fields = SAMPLES[EntryKind.ROUND_OPENED].to_fields()
+    assert {"round_public_key", "round_key_signature"} <= set(fields)
+    for name in ("round_public_key", "round_key_signature"):
+        with pytest.raises(EntryFieldError, match="or neither"):
+            decode_body(EntryKind.ROUND_OPENED, {k: v for k, v in fields.items() if k != name})
+    legacy = {k: v for k, v in fields.items() if k not in ("round_public_key", "round_key_signature")}
+    body = decode_body(EntryKind.ROUND_OPENED, legacy)
+    assert body.to_fields() == legacy
+    with pytest.raises(EntryFieldError) as info:
+        decode_body(EntryKind.ROUND_OPENED, {**fields, "round_public_key": b64encode(bytes(31))})
+    assert info.value.field == "round_public_key"

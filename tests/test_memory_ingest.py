@@ -21,12 +21,14 @@ import safetensors.torch
 import torch
 from conftest import round_config
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from aggregator._log import AuditLog
 from aggregator._rounds import RoundManager
 from aggregator._server import _start_enclave
 from aggregator.enclave._keys import EnclaveKeys
 from aggregator.enclave._receive import PlaintextBuffers, UpdateReceiver
+from aggregator.enclave._roundkey import RoundKeyPair
 from attestation import InsecureSimulatedTeeCollector
 from fedseal.envelope import SealContext, seal
 from fedseal.logformat import RejectReason
@@ -66,8 +68,15 @@ def manager(tmp_path: Path) -> Iterator[tuple[RoundManager, EnclaveKeys]]:
         log.close()
 
 
+def _round_key(rounds: RoundManager, config: RoundConfig) -> bytes:
+    """The open round's public HPKE key, as GetRound serves it."""
+    signed = rounds.snapshot(config.round_id).round_key
+    assert signed is not None
+    return signed.statement.hpke_public_key
+
+
 def _sealed(
-    keys: EnclaveKeys, config: RoundConfig, client: str, payload: bytes
+    keys: EnclaveKeys, config: RoundConfig, client: str, payload: bytes, round_key: bytes
 ) -> tuple[UpdateHeader, list[bytes]]:
     challenge = os.urandom(32)
     context = SealContext(
@@ -77,10 +86,11 @@ def _sealed(
         adapter_spec_digest=config.adapter_spec.digest(),
         num_examples=10,
         binding=keys.bound.binding_for(challenge),
+        round_public_key=round_key,
         idempotency_key=os.urandom(32),
         chunk_size=config.max_chunk_size,
     )
-    sealed = seal(payload, keys.hpke_private_key.public_key(), context)
+    sealed = seal(payload, X25519PublicKey.from_public_bytes(round_key), context)
     header = UpdateHeader(
         protocol_version=PROTOCOL_VERSION,
         round_id=config.round_id,
@@ -141,7 +151,7 @@ def test_live_tensor_bytes_after_n_updates_are_one_accumulator(
     assert _strategy_bytes(rounds, 1) == accumulator
     after: dict[int, tuple[int, int]] = {}
     for i, payload in enumerate(payloads):
-        header, chunks = _sealed(keys, config, f"site-{i}", payload)
+        header, chunks = _sealed(keys, config, f"site-{i}", payload, _round_key(rounds, config))
         rounds.submit(header, iter(chunks))
         del header, chunks
         after[i + 1] = (_strategy_bytes(rounds, 1), _live_storage_bytes(smallest))
@@ -184,7 +194,13 @@ def test_concurrent_uploads_hold_at_most_the_buffer_slots(manager: tuple[RoundMa
     lent.acquire = counting_acquire  # type: ignore[method-assign]
     lent.release = counting_release  # type: ignore[method-assign]
     sealed = [
-        _sealed(keys, config, f"site-{i}", safetensors.torch.save(_adapter(i + 1, torch.float32)))
+        _sealed(
+            keys,
+            config,
+            f"site-{i}",
+            safetensors.torch.save(_adapter(i + 1, torch.float32)),
+            _round_key(rounds, config),
+        )
         for i in range(n)
     ]
     barrier = threading.Barrier(n)
@@ -236,14 +252,20 @@ def test_wiping_a_receiver_twice_leaves_the_next_uploads_buffer_alone(
     config = round_config(adapter_spec=spec, min_clients=1, max_clients=2)
     pool = PlaintextBuffers(slots=1)
     payloads = [safetensors.torch.save(_adapter(i + 1, torch.float32)) for i in range(2)]
+    round_key = RoundKeyPair.generate(
+        log_origin="fedseal.test/memory",
+        round_id=config.round_id,
+        config_digest=config.digest(),
+        log_private_key=keys.log_private_key,
+    )
     receivers = []
     for i, payload in enumerate(payloads):
-        header, chunks = _sealed(keys, config, f"site-{i}", payload)
+        header, chunks = _sealed(keys, config, f"site-{i}", payload, round_key.public_key)
         receiver = UpdateReceiver(
             header,
             spec,
             config.max_chunk_size,
-            keys.hpke_private_key,
+            round_key,
             keys.bound.binding_for(header.challenge),
             buffers=pool,
             wait_seconds=1.0,
@@ -281,7 +303,8 @@ def test_opening_a_round_reserves_the_buffers(manager: tuple[RoundManager, Encla
     assert rounds._buffers.held_bytes() == 0
     rounds.open_round(config)
     assert rounds._buffers.held_bytes() == 2 * spec.max_serialized_size()
-    header, chunks = _sealed(keys, config, "site-0", safetensors.torch.save(_adapter(1, torch.float32)))
+    payload = safetensors.torch.save(_adapter(1, torch.float32))
+    header, chunks = _sealed(keys, config, "site-0", payload, _round_key(rounds, config))
     rounds.submit(header, iter(chunks))
     rounds.wait_closed(config.round_id, 10.0)
     # The close freed the idle buffer before serializing; only the last upload's came back.

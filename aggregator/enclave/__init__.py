@@ -18,8 +18,10 @@ never be decrypted again
 (tests/test_approval.py shows a reader of a closed round failing on its own slot); each
 upload's decrypted buffer is zeroed when it has been folded in, as are the copies made to
 fold it in (DP clip, dtype conversions, scratch for norms); each client's data key
-lives only inside its receiver. What is not claimed: the client's own wire ciphertext is
-sealed to the enclave's HPKE key, which lives as long as the enclave process (not per
-round), so a recording of it stays decryptable by this enclave until it stops; Python and
-`cryptography` keep no promise to overwrite released key bytes.
+lives only inside its receiver. The client's own wire ciphertext is sealed to its round's
+HPKE key (`_roundkey.py`), made here when the round opens and dropped when it closes or
+fails, so a recording of it cannot be opened once the round is over (tests/test_round_keys.py).
+What is not claimed: Python keeps no promise to overwrite released bytes (a data key
+returned by HPKE is a `bytes` object); the round's private key itself is only ever an
+OpenSSL key object, which OpenSSL clears when it is freed.
 """

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from aggregator.enclave._roundkey import RoundKeyDroppedError, RoundKeyPair
 from fedseal.envelope import TAG_SIZE, StreamOpener
 from fedseal.errors import EnvelopeError, EnvelopeSizeError, EnvelopeUnwrapError
 from fedseal.logformat import RejectReason
@@ -87,14 +87,16 @@ class UpdateReceiver:
         header: UpdateHeader,
         spec: AdapterSpec,
         max_chunk_size: int,
-        hpke_private_key: X25519PrivateKey,
+        round_key: RoundKeyPair,
         binding: bytes,
         *,
         buffers: PlaintextBuffers | None = None,
         wait_seconds: float = 0.0,
     ) -> None:
-        """`buffers`, if given, bounds how many updates are decrypted at once and lends a
-        reused buffer; the call waits up to `wait_seconds` for one (then CANCELLED)."""
+        """`round_key` is the key pair of the round the header names (its private key opens
+        the data key). `buffers`, if given, bounds how many updates are decrypted at once
+        and lends a reused buffer; the call waits up to `wait_seconds` for one (then
+        CANCELLED)."""
         if not 1 <= header.chunk_size <= max_chunk_size:
             raise UpdateRejectedError(
                 RejectReason.OVERSIZE,
@@ -120,8 +122,8 @@ class UpdateReceiver:
             try:
                 self._opener = StreamOpener.open(
                     header.wrapped_key,
-                    hpke_private_key,
-                    header.seal_context(binding),
+                    round_key.private_key(),
+                    header.seal_context(binding, round_key.public_key),
                     max_plaintext_size=spec.max_serialized_size(),
                     # Sizes the buffer to exactly what this stream can carry, before allocating.
                     declared_ciphertext_size=header.ciphertext_size,
@@ -132,10 +134,13 @@ class UpdateReceiver:
             except EnvelopeUnwrapError:
                 raise UpdateRejectedError(
                     RejectReason.UNWRAP_FAILED,
-                    "the data key does not open under this enclave's key with this header: it was "
-                    "sealed to another key, or for another round, client, adapter spec, example "
-                    "count, idempotency key or attestation binding",
+                    "the data key does not open under this round's key with this header: it was "
+                    "sealed to another key (another round's, or an earlier enclave's), or for "
+                    "another round, client, adapter spec, example count, idempotency key or "
+                    "attestation binding",
                 ) from None
+            except RoundKeyDroppedError as exc:
+                raise UpdateRejectedError(RejectReason.ROUND_NOT_OPEN, str(exc)) from None
         except BaseException:
             self._release()  # a lent buffer goes back whatever failed
             raise

@@ -25,16 +25,22 @@ class GetRoundRequest(_message.Message):
     def __init__(self, round_id: _Optional[int] = ...) -> None: ...
 
 class RoundInfo(_message.Message):
-    __slots__ = ("round_config", "state", "accepted", "released_round_ids")
+    __slots__ = ("round_config", "state", "accepted", "released_round_ids", "round_public_key", "round_key_signature", "log_origin")
     ROUND_CONFIG_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     RELEASED_ROUND_IDS_FIELD_NUMBER: _ClassVar[int]
+    ROUND_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ROUND_KEY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    LOG_ORIGIN_FIELD_NUMBER: _ClassVar[int]
     round_config: bytes
     state: str
     accepted: int
     released_round_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, round_config: _Optional[bytes] = ..., state: _Optional[str] = ..., accepted: _Optional[int] = ..., released_round_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    round_public_key: bytes
+    round_key_signature: bytes
+    log_origin: str
+    def __init__(self, round_config: _Optional[bytes] = ..., state: _Optional[str] = ..., accepted: _Optional[int] = ..., released_round_ids: _Optional[_Iterable[int]] = ..., round_public_key: _Optional[bytes] = ..., round_key_signature: _Optional[bytes] = ..., log_origin: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
     __slots__ = ("protocol_version", "round_id", "client_id", "adapter_spec_digest", "num_examples", "hpke_suite", "wrapped_key", "idempotency_key", "challenge", "chunk_size", "ciphertext_size", "key_id", "ciphertext_digest", "signature", "base_round_id")
