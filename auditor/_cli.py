@@ -69,7 +69,8 @@ or its round must have refused it), malformed_entry (an entry that does not deco
 log schema; the field is named), invalid_approval (an approval or refusal not validly signed
 by an approver the round config lists, for its round's aggregate, once per approver),
 invalid_release (a release without min_approvals valid approvals, a withholding without a
-valid refusal).
+valid refusal), invalid_provenance (a round's enclave-signed provenance statement that does not
+verify under its enclave's attested log key or says other than the log).
 """
 
 

@@ -44,6 +44,9 @@ class FindingKind(enum.Enum):
     # valid decisions before it do not justify.
     INVALID_APPROVAL = "invalid_approval"
     INVALID_RELEASE = "invalid_release"
+    # A round_closed whose enclave-signed provenance (fedseal/provenance.py) does not
+    # verify under its enclave's attested log key, or says other than the log.
+    INVALID_PROVENANCE = "invalid_provenance"
 
 
 # Findings that show the entries themselves were changed.
@@ -69,6 +72,7 @@ _CONSEQUENCES = frozenset(
         FindingKind.INCONSISTENT_ACCESS,
         FindingKind.INVALID_APPROVAL,
         FindingKind.INVALID_RELEASE,
+        FindingKind.INVALID_PROVENANCE,
         # Removed or altered release entries change what later staleness must be.
         FindingKind.WRONG_STALENESS,
     }
