@@ -17,7 +17,7 @@ from fedseal.logschema import UpdateAccepted, UpdateRejected
 
 from ._endpoint import AuditEndpointError
 from ._receipt import ReceiptCheck, ReceiptCheckError, check_receipt_at_endpoint, check_receipt_in_log
-from ._report_cli import add_report_commands, run_report
+from ._report_cli import add_report_commands, run_evidence_pack, run_evidence_verify, run_report
 from ._verify import DEFAULT_MAX_CLOCK_SKEW, AuditReport, TrustedCheckpoint, audit_log
 from ._witness import Witness, WitnessKey
 from ._witness_server import serve_witness
@@ -40,6 +40,9 @@ aggregator's endpoint) and an appraisal policy.
   check-receipt  prove that a client's receipt still holds: its entry is in the log's
                  current tree (inclusion + consistency, signed by attested keys)
   report         verify, then write a self-contained HTML report with charts (and a PNG)
+  evidence-pack  verify, then write what an auditor hands on: datasheet, ML-BOMs, the
+                 enclave-signed provenance of each release, the log and its verification
+  evidence-verify  check such a pack against its own log under your policy
   witness        cosign checkpoints that are consistent with all it saw before
 """
 
@@ -51,6 +54,7 @@ examples:
   fedseal-audit verify audit.log --builtin-policy dev-insecure-allow-simulated --json
   fedseal-audit verify audit.log --trusted-checkpoint receipts/x/round-3-a-entry-41.tlog-proof
   fedseal-audit report audit.log --out report.html --png summary.png
+  fedseal-audit evidence-pack audit.log evidence/ --base-model meta-llama/Llama-3.1-8B
   fedseal-audit check-receipt round-3-a-entry-41.tlog-proof --log audit.log
   fedseal-audit check-receipt round-3-a-entry-41.tlog-proof --endpoint agg.example:50051
   fedseal-audit witness keygen --name witness.example/w1 --key-file w1.key
@@ -177,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         return _check_receipt(args, policy)
     if args.command == "report":
         return run_report(args, policy)
+    if args.command == "evidence-pack":
+        return run_evidence_pack(args, policy)
+    if args.command == "evidence-verify":
+        return run_evidence_verify(args, policy)
     return _serve_witness(args, policy)
 
 
