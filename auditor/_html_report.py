@@ -20,6 +20,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from html import escape
+from pathlib import Path
 from typing import Any
 
 from ._logfacts import LogFacts, numeric_metrics
@@ -92,7 +93,7 @@ class _Page:
         )
         out = [
             "<h1>FedSeal audit report</h1>",
-            f'<div class="note">log <code>{escape(r.log_origin)}</code> ({escape(r.path)}), '
+            f'<div class="note">log <code>{escape(r.log_origin)}</code> (file {escape(Path(r.path).name)}), '
             f"policy <code>{escape(r.policy_name)}</code>, audited at {escape(r.audited_at)}</div>",
             f'<div class="verdict {"ok" if ok else "failed"}" data-fig="verdict" '
             f'data-value="{escape(json.dumps("verified" if ok else "FAILED"))}">{escape(verdict)}</div>',
