@@ -6,24 +6,33 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedseal-installed
 
-.PHONY: demo test lint proto bench bench-ingest clean nvidia-collector
+.PHONY: demo test lint proto bench bench-ingest clean nvidia-collector browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch first: a bare "torch" would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[demo,test]'
+	$(BIN)/pip install --quiet -e '.[demo,test,audit]'
 	# NVIDIA's GPU evidence package pins cryptography 43 / signxml 3.2: install it without
 	# its pins (its real needs are in the test and nvidia-collector extras). The GPU
 	# collector tests run it over a fake libnvidia-ml.
 	$(BIN)/pip install --quiet --no-deps nv-local-gpu-verifier==2.7.3
 	touch $@
 
-demo: $(STAMP)
+# Debian's headless Chromium: the audit report's PNG summary and its browser test. Idempotent;
+# installing needs root (CI runs as root), otherwise it says what to run.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	    if [ "$$(id -u)" -ne 0 ]; then \
+	        echo "chromium is missing: run 'sudo apt-get install -y --no-install-recommends chromium'" \
+	             "(the report's browser test needs it), then 'make' again" >&2; exit 1; fi; \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
+demo: $(STAMP) browser
 	$(BIN)/python -m examples.lora_demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -36,6 +36,7 @@ from fedseal.logschema import (
     RoundFailed,
 )
 from fedseal.manifest import AggregateManifest, sign_manifest
+from fedseal.provenance import UpdateProvenance, aggregate_statement, sign_statement
 from fedseal.spec import AdapterSpec, TensorSpec, WireDtype
 from fedseal.wire import RoundState
 
@@ -193,9 +194,32 @@ class RoundCloser:
                 or None,
                 approval_required=True if gated else None,
                 metrics=_metrics(rnd) if gated else None,
+                provenance=self._provenance(rnd, aggregate, dp_record),
             )
         )
         return appended.entry.index
+
+    def _provenance(
+        self, rnd: Round, aggregate: ClosedAggregate, dp_record: dict[str, object] | None
+    ) -> dict[str, object]:
+        """The aggregate's in-toto statement, signed by the log key (fedseal/provenance.py)."""
+        config = rnd.config
+        statement = aggregate_statement(
+            log_origin=self._log.origin,
+            log_public_key=self._keys.bound.log_public_key,
+            round_id=config.round_id,
+            round_config_digest=config.digest(),
+            strategy=config.strategy,
+            updates=[
+                UpdateProvenance(site, a.num_examples, a.ciphertext_digest)
+                for site, a in rnd.accepted.items()
+            ],
+            aggregate_digest=aggregate.digest,
+            aggregate_size=aggregate.size,
+            dp=dp_record,
+            approval_required=config.approval is not None,
+        )
+        return sign_statement(statement, self._keys.log_private_key).to_json_obj()
 
     def _release_locked(self, rnd: Round, pending: PendingRelease) -> None:
         """Sign and serve the aggregate; it becomes the global adapter of the next round."""

@@ -56,6 +56,11 @@ class Metrics:
             "Ciphertext bytes received in SubmitUpdate chunks (accepted or not)",
             registry=r,
         )
+        self.aggregate_bytes = Counter(
+            "fedseal_aggregate_sent_bytes",
+            "Aggregate bytes streamed to clients by GetAggregate (the downloads the log does not record)",
+            registry=r,
+        )
         self.submit_seconds = Histogram(
             "fedseal_submit_update_seconds",
             "SubmitUpdate handling time, by outcome",
@@ -117,6 +122,9 @@ class Metrics:
 
     def ciphertext_received(self, size: int) -> None:
         self.ciphertext_bytes.inc(size)
+
+    def aggregate_sent(self, size: int) -> None:
+        self.aggregate_bytes.inc(size)
 
     def submit_finished(self, outcome: str, seconds: float) -> None:
         self.submit_seconds.labels(outcome).observe(seconds)

@@ -325,7 +325,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         yield pb.AggregateChunk(manifest=published.signed_manifest.to_bytes())
         data = memoryview(published.data)
         for start in range(0, len(data), AGGREGATE_CHUNK_SIZE):
-            yield pb.AggregateChunk(data=bytes(data[start : start + AGGREGATE_CHUNK_SIZE]))
+            chunk = bytes(data[start : start + AGGREGATE_CHUNK_SIZE])
+            yield pb.AggregateChunk(data=chunk)
+            self._metrics.aggregate_sent(len(chunk))  # counted once the stream took it
 
     def GetCheckpoint(
         self, request: pb.GetCheckpointRequest, context: grpc.ServicerContext

@@ -17,6 +17,7 @@ from fedseal.logschema import UpdateAccepted, UpdateRejected
 
 from ._endpoint import AuditEndpointError
 from ._receipt import ReceiptCheck, ReceiptCheckError, check_receipt_at_endpoint, check_receipt_in_log
+from ._report_cli import add_report_commands, run_evidence_pack, run_evidence_verify, run_report
 from ._verify import DEFAULT_MAX_CLOCK_SKEW, AuditReport, TrustedCheckpoint, audit_log
 from ._witness import Witness, WitnessKey
 from ._witness_server import serve_witness
@@ -38,6 +39,10 @@ aggregator's endpoint) and an appraisal policy.
                  what happened in every round
   check-receipt  prove that a client's receipt still holds: its entry is in the log's
                  current tree (inclusion + consistency, signed by attested keys)
+  report         verify, then write a self-contained HTML report with charts (and a PNG)
+  evidence-pack  verify, then write what an auditor hands on: datasheet, ML-BOMs, the
+                 enclave-signed provenance of each release, the log and its verification
+  evidence-verify  check such a pack against its own log under your policy
   witness        cosign checkpoints that are consistent with all it saw before
 """
 
@@ -48,6 +53,8 @@ examples:
   fedseal-audit verify audit.log                      # production default policy
   fedseal-audit verify audit.log --builtin-policy dev-insecure-allow-simulated --json
   fedseal-audit verify audit.log --trusted-checkpoint receipts/x/round-3-a-entry-41.tlog-proof
+  fedseal-audit report audit.log --out report.html --png summary.png
+  fedseal-audit evidence-pack audit.log evidence/ --base-model meta-llama/Llama-3.1-8B
   fedseal-audit check-receipt round-3-a-entry-41.tlog-proof --log audit.log
   fedseal-audit check-receipt round-3-a-entry-41.tlog-proof --endpoint agg.example:50051
   fedseal-audit witness keygen --name witness.example/w1 --key-file w1.key
@@ -70,7 +77,9 @@ log schema; the field is named), invalid_approval (an approval or refusal not va
 by an approver the round config lists, for its round's aggregate, once per approver),
 invalid_release (a release without min_approvals valid approvals, a withholding without a
 valid refusal), invalid_round_key (a round_opened without a round key, with one another round
-used, or whose signature does not verify under the log key of the enclave that opened it).
+used, or whose signature does not verify under the log key of the enclave that opened it),
+invalid_provenance (a round's enclave-signed provenance statement that does not
+verify under its enclave's attested log key or says other than the log).
 """
 
 
@@ -135,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=30.0, help="seconds per call with --endpoint")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    add_report_commands(sub, _add_policy, _EPILOG)
+
     w = sub.add_parser("witness", help="run a witness, or make its key", epilog=_EPILOG, formatter_class=raw)
     wsub = w.add_subparsers(dest="witness_command", required=True)
     k = wsub.add_parser("keygen", help="make a witness key file and print its verifier key")
@@ -170,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(args, policy)
     if args.command == "check-receipt":
         return _check_receipt(args, policy)
+    if args.command == "report":
+        return run_report(args, policy)
+    if args.command == "evidence-pack":
+        return run_evidence_pack(args, policy)
+    if args.command == "evidence-verify":
+        return run_evidence_verify(args, policy)
     return _serve_witness(args, policy)
 
 
@@ -316,6 +333,9 @@ def _render(report: AuditReport, *, quiet: bool) -> str:
                 f"  aggregate {r.aggregate_digest[:24]}...  participants={len(r.participants)} "
                 f"total_examples={r.total_examples}"
             )
+        up = sum(int(a["ciphertext_size"]) for a in r.accepted)
+        down = f"; aggregate {r.aggregate_size} bytes per download" if r.state == "closed" else ""
+        out.append(f"  bytes: up {up} in {len(r.accepted)} update(s){down}")
         if r.state in ("failed", "abandoned"):
             out.append(f"  {r.state}: {r.failure_reason}")
         out.append(f"  DP: {_dp_line(r.dp)}")

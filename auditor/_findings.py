@@ -47,6 +47,9 @@ class FindingKind(enum.Enum):
     # A round_opened whose round key is missing, reused, or not signed by the log key of
     # the enclave that opened the round (auditor/_roundkeys.py).
     INVALID_ROUND_KEY = "invalid_round_key"
+    # A round_closed whose enclave-signed provenance (fedseal/provenance.py) does not
+    # verify under its enclave's attested log key, or says other than the log.
+    INVALID_PROVENANCE = "invalid_provenance"
 
 
 # Findings that show the entries themselves were changed.
@@ -72,6 +75,7 @@ _CONSEQUENCES = frozenset(
         FindingKind.INCONSISTENT_ACCESS,
         FindingKind.INVALID_APPROVAL,
         FindingKind.INVALID_RELEASE,
+        FindingKind.INVALID_PROVENANCE,
         # Removed or altered release entries change what later staleness must be.
         FindingKind.WRONG_STALENESS,
     }

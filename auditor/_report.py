@@ -10,6 +10,7 @@ from fedseal.canonical import canonical_json, parse_canonical
 from fedseal.checkpoint import TLOG_PROOF_HEADER, TlogProof
 from fedseal.errors import FedSealError
 
+from ._bandwidth import bandwidth_summary
 from ._findings import Finding
 
 __all__ = [
@@ -196,6 +197,7 @@ class AuditReport:
             "handovers": [h.to_json_obj() for h in self.handovers],
             "tail_drops": list(self.tail_drops),
             "rounds": [r.to_json_obj() for r in self.rounds],
+            "bandwidth": bandwidth_summary(self.rounds),
             "trusted_checkpoints": [t.to_json_obj() for t in self.trusted],
             "operator_actions": list(self.operator_actions),
             "enrolments": list(self.enrolments),

@@ -35,6 +35,9 @@ a tampered log is both detected and located:
   unknown or mistyped field, a value out of range, a round config that is not exactly
   what the enclave writes): `malformed_entry`, with the entry index and the field. It
   keeps its place in the tree, so the checkpoints still say whether it was modified;
+* a `round_closed` whose enclave-signed provenance statement (fedseal/provenance.py) does
+  not verify under its enclave's attested log key, or says other than the log:
+  `invalid_provenance` (auditor/_provenance.py);
 * the release gate, re-verified (auditor/_release.py): an approval or refusal not
   validly signed by a listed approver for this round's aggregate, or a second decision:
   `invalid_approval`; a release without `min_approvals` valid approvals, a withholding
@@ -83,6 +86,7 @@ from fedseal.merkle import MerkleTree
 from ._access import AccessAuditor
 from ._findings import Finding, FindingKind, Findings
 from ._keychain import KeyChain, KeyState
+from ._provenance import ProvenanceChecker
 from ._release import ReleaseGate
 from ._report import (
     AuditReport,
@@ -216,6 +220,7 @@ class _Auditor:
         self.gate = ReleaseGate(self.findings)
         self.rounds = RoundStory(self.findings, self.gate)
         self.round_keys = RoundKeyAuditor(self.findings)
+        self.provenance = ProvenanceChecker(self.findings)
         self.tail_drops: list[dict[str, object]] = []
 
     def read(self, progress: ProgressCallback | None) -> None:
@@ -299,6 +304,8 @@ class _Auditor:
                 log_key = current.verifier.public_key_bytes if current is not None else None
                 self.round_keys.opened(entry, body, number, self.chain.origin, log_key)
             self.rounds.entry(entry, body, number, self.chain.current_entry)
+            if isinstance(body, RoundOpened | UpdateAccepted | RoundClosed):
+                self.provenance.entry(entry, body, number, self.chain.current, self.chain.origin)
         elif isinstance(
             body, DpBudgetRecorded | DpRoundRefused | ApprovalRecorded | AggregateReleased | AggregateWithheld
         ):

@@ -555,6 +555,9 @@ class RoundClosed(EntryBody):
     metrics: Mapping[str, Any] | None = None  # what a gated round publishes for its approvers
     approval_required: bool | None = None  # the aggregate waits for approvals (not served yet)
     lora_residuals: tuple[LoraResidual, ...] | None = None  # lora-exact only
+    # The aggregate's provenance: an in-toto statement in a DSSE envelope signed by this
+    # enclave's log key (fedseal/provenance.py; the auditor verifies it).
+    provenance: Mapping[str, Any] | None = None
     _codecs: ClassVar[Mapping[str, _Codec[Any]]] = {
         "round_id": _ROUND,
         "strategy": _Text(64),
@@ -567,6 +570,7 @@ class RoundClosed(EntryBody):
         "metrics": _Optional(_Object()),
         "approval_required": _Optional(_Flag()),
         "lora_residuals": _Optional(_List(_Nested(LoraResidual))),
+        "provenance": _Optional(_Object()),
     }
 
 

@@ -215,8 +215,16 @@ def test_a_release_with_fewer_than_min_approvals(
     ).to_fields()
     findings = _verify(_forge(gated, tmp_path, opened, fields), capsys)
     (release,) = _entries(gated.path, AggregateReleased, 1)
-    assert [(f["kind"], f["index"]) for f in findings] == [("invalid_release", release.index)]
-    assert "2 valid approval(s); its config's min_approvals is 3" in findings[0]["message"]
+    (closed,) = _entries(gated.path, RoundClosed, 1)
+    # The forged config is also not the one the enclave's signed provenance names.
+    assert sorted((f["kind"], f["index"]) for f in findings) == [
+        ("invalid_provenance", closed.index),
+        ("invalid_release", release.index),
+    ]
+    (gate,) = [f for f in findings if f["kind"] == "invalid_release"]
+    assert "2 valid approval(s); its config's min_approvals is 3" in gate["message"]
+    (signed,) = [f for f in findings if f["kind"] == "invalid_provenance"]
+    assert "round_config_digest" in signed["message"]
 
 
 def test_a_release_whose_round_config_lacks_min_approvals(

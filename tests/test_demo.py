@@ -25,6 +25,16 @@ def test_demo_runs_and_every_loss_falls(tmp_path: Path) -> None:
     assert "OK: every hospital's loss fell each round, and the audit log verified." in result.stdout
     assert "VERIFIED:" in result.stdout
     (run_dir,) = tmp_path.iterdir()
+    # It ends by writing the auditor's report and evidence pack, and says where.
+    for name in ("report.html", "report-summary.png", "evidence/pack.json", "evidence/datasheet.md"):
+        assert (run_dir / name).is_file(), name
+    assert f"Audit report:  {run_dir / 'report.html'}" in result.stdout
+    assert f"Evidence pack: {run_dir / 'evidence'}" in result.stdout
+    assert sorted(p.name for p in (run_dir / "evidence" / "releases").iterdir()) == [
+        "round-1",
+        "round-2",
+        "round-3",
+    ]
     adapters = sorted(run_dir.glob("hospital-*-global-adapter"))
     assert len(adapters) == 4
     # All four hospitals ended with the same, signed global adapter.

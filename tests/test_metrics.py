@@ -85,8 +85,12 @@ def test_a_round_shows_in_the_metrics_endpoint(
         receipt = client.submit_update(make_adapter(1), round_id=1, num_examples=5)
         sizes.append(receipt.entry.fields["ciphertext_size"])
     running.rounds.wait_closed(1, 10.0)  # the close follows the last receipt
+    with site_client(running.endpoint, dev_policy, "site-0", timeout=20) as client:
+        downloaded = len(client.fetch_aggregate(1, wait_seconds=10).data)
 
     text, samples = _scrape(running)
+    # Bytes down: the aggregate's bytes, once per download (the log records only its size).
+    assert samples[("fedseal_aggregate_sent_bytes_total", ())] == downloaded > 0
     assert samples[("fedseal_updates_accepted_total", ())] == 2
     assert samples[("fedseal_updates_rejected_total", (("reason", "duplicate"),))] == 1
     assert samples[("fedseal_updates_rejected_total", (("reason", "tampered"),))] == 0

@@ -4,7 +4,8 @@
 
 Starts an aggregator on loopback (with the INSECURE simulated TEE: there is no Hopper GPU
 here), runs four hospitals as separate processes for three rounds, prints each hospital's
-evaluation loss round by round, then audits the log with `fedseal-audit`. The hospitals are
+evaluation loss round by round, then audits the log with `fedseal-audit` and writes the
+auditor's HTML report (with a PNG summary) and evidence pack into the run folder. The hospitals are
 enrolled for the job: each has an Ed25519 key and a TLS client certificate from a demo
 consortium CA, made fresh in the run folder (`identities/`), and calls the aggregator over
 mutual TLS pinned to the attested enclave certificate.
@@ -21,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from auditor._browser import BrowserUnavailableError, find_browser
 from auditor._cli import main as audit_main
 from examples.lora_demo.identities import make_identities
 from examples.lora_demo.training import (
@@ -61,6 +63,41 @@ def _wait_for_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: floa
             return int(port_file.read_text())
         time.sleep(0.1)
     raise SystemExit("the aggregator did not start within 60 s")
+
+
+def _write_evidence(run_dir: Path, audit_path: Path) -> int:
+    """The auditor's report (HTML, and a PNG where Chromium is installed) and evidence pack."""
+    report = run_dir / "report.html"
+    png = run_dir / "report-summary.png"
+    pack = run_dir / "evidence"
+    args = ["report", str(audit_path), "--builtin-policy", DEV_POLICY, "--out", str(report)]
+    try:
+        find_browser()
+        args += ["--png", str(png)]
+    except BrowserUnavailableError as exc:
+        print(f"(no PNG summary: {exc})")
+    print("\nWriting the audit report:  fedseal-audit", " ".join(args))
+    report_rc = audit_main(args)
+    base = DemoModelConfig()
+    base_model = (
+        f"demo byte-level Llama, random init (seed {base.base_seed}, {base.num_hidden_layers} layers)"
+    )
+    pack_args = [
+        "evidence-pack",
+        str(audit_path),
+        str(pack),
+        "--builtin-policy",
+        DEV_POLICY,
+        "--base-model",
+        base_model,
+    ]
+    print("Writing the evidence pack: fedseal-audit", " ".join(pack_args[:4]), "...")
+    pack_rc = audit_main(pack_args)
+    print(f"\nAudit report:  {report}")
+    if png.is_file():
+        print(f"PNG summary:   {png}")
+    print(f"Evidence pack: {pack}")
+    return report_rc or pack_rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("Auditing the log with: fedseal-audit verify", audit_path, "--builtin-policy", DEV_POLICY)
     audit_rc = audit_main(["verify", str(audit_path), "--builtin-policy", DEV_POLICY])
+    evidence_rc = _write_evidence(run_dir, audit_path)
     elapsed = time.monotonic() - started
     print(f"\nDemo finished in {elapsed:.0f} s.")
     if failed:
@@ -188,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if audit_rc != 0:
         print("FAILED: the audit log did not verify")
+        return 1
+    if evidence_rc != 0:
+        print("FAILED: the report or the evidence pack could not be written")
         return 1
     print("OK: every hospital's loss fell each round, and the audit log verified.")
     return 0

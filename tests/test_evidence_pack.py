@@ -1,0 +1,170 @@
+"""`fedseal-audit evidence-pack` / `evidence-verify`: what an auditor hands on, and its check.
+
+On a demo-like log (tests/report_logs.py): the ML-BOMs validate against the CycloneDX 1.6
+schema with the library's own validator; each release's in-toto statement verifies, with an
+independent DSSE implementation, under the log key that the log's evidence attests; and
+the pack verifies as built, while one changed byte in any of its files, or a file added or
+taken away, makes `evidence-verify` fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+from logfiles import log_entries
+from report_logs import make_report_log
+from securesystemslib.dsse import Envelope
+from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]  # exported without __all__
+
+from attestation import load_builtin_policy
+from auditor import attest_enclave_entry
+from auditor._evidence import EvidencePackError, verify_evidence_pack
+from fedseal.logformat import EntryKind
+from fedseal.provenance import PREDICATE_TYPE
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = "dev-insecure-allow-simulated"
+POLICY = load_builtin_policy(DEV)
+POLICY_BYTES = files("policies").joinpath(f"{DEV}.json").read_bytes()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "auditor", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    log = make_report_log(tmp_path_factory.mktemp("pack-log"), POLICY)
+    out = tmp_path_factory.mktemp("pack") / "evidence"
+    made = _cli(
+        "evidence-pack", str(log), str(out), "--builtin-policy", DEV, "--base-model", "demo/tiny-llama"
+    )
+    assert made.returncode == 0, made.stderr
+    assert f"evidence pack: {out}" in made.stdout
+    return out
+
+
+def test_pack_holds_the_log_its_verification_and_a_datasheet(pack: Path) -> None:
+    names = sorted(str(p.relative_to(pack)) for p in pack.rglob("*") if p.is_file())
+    releases = [
+        f"releases/round-{r}/{f}"
+        for r in (1, 2, 3)
+        for f in ("bom.cdx.json", "provenance.dsse.json", "statement.json")
+    ]
+    assert names == sorted(
+        ["audit.log", "datasheet.md", "pack.json", "policy.json", "verification.json", *releases]
+    )
+    verification = json.loads((pack / "verification.json").read_text())
+    assert verification["verdict"] == "verified" and verification["path"] == "audit.log"
+    assert (pack / "policy.json").read_bytes() == POLICY_BYTES
+    sheet = (pack / "datasheet.md").read_text()
+    assert "Annex IV 2(d)" in sheet and "Data cards: none were published in this log" in sheet
+    for site in ("site-0", "site-1", "site-2", "site-3"):
+        assert f"| {site} |" in sheet
+    assert "simulated-insecure-tee measurement" in sheet  # the appraised enclave measurement
+
+
+def test_boms_validate_and_describe_each_release(pack: Path) -> None:
+    verification = json.loads((pack / "verification.json").read_text())
+    validator = JsonStrictValidator(SchemaVersion.V1_6)
+    for n, r in enumerate(verification["rounds"]):
+        text = (pack / f"releases/round-{r['round_id']}/bom.cdx.json").read_text()
+        assert validator.validate_str(text) is None
+        bom = json.loads(text)
+        subject = bom["metadata"]["component"]
+        assert subject["type"] == "machine-learning-model"
+        assert subject["hashes"] == [
+            {"alg": "SHA-256", "content": base64.b64decode(r["aggregate_digest"]).hex()}
+        ]
+        ancestors = subject["pedigree"]["ancestors"]
+        # (CycloneDX keeps components as a set: the round order is in each one's version)
+        assert sorted(a["name"] for a in ancestors) == sorted(
+            ["demo/tiny-llama", *(f"round-{i}-aggregate" for i in range(1, n + 1))]
+        )
+        data = {c["name"] for c in bom["components"] if c["type"] == "data"}
+        seen = {a["client_id"] for x in verification["rounds"][: n + 1] for a in x["accepted"]}
+        assert data == {f"{s} training data" for s in seen}
+    broken = json.loads((pack / "releases/round-1/bom.cdx.json").read_text())
+    broken["metadata"]["component"]["type"] = "not-a-type"
+    assert validator.validate_str(json.dumps(broken)) is not None  # the validator does refuse
+
+
+def test_provenance_verifies_under_the_attested_log_key(pack: Path) -> None:
+    entries = log_entries(pack / "audit.log")
+    started = next(e for e in entries if e.kind is EntryKind.ENCLAVE_STARTED)
+    attested = attest_enclave_entry(started, POLICY)  # the key the log's evidence attests
+    verification = json.loads((pack / "verification.json").read_text())
+    for r in verification["rounds"]:
+        folder = pack / f"releases/round-{r['round_id']}"
+        envelope = json.loads((folder / "provenance.dsse.json").read_text())
+        key = SSlibKey(
+            envelope["signatures"][0]["keyid"],
+            "ed25519",
+            "ed25519",
+            {"public": attested.log_public_key.hex()},
+        )
+        Envelope.from_dict(envelope).verify([key], 1)
+        statement = json.loads(base64.b64decode(envelope["payload"]))
+        assert statement == json.loads((folder / "statement.json").read_text())
+        assert statement["predicateType"] == PREDICATE_TYPE
+        predicate = statement["predicate"]
+        assert predicate["participants"] == r["participants"]
+        assert predicate["aggregate_digest"] == r["aggregate_digest"]
+        assert predicate["round_config_digest"] == r["config_digest"]
+        assert predicate["dp"]["epsilon_spent"] == r["dp"]["spend"]["epsilon_spent"]
+
+
+def test_pack_verifies_and_any_changed_byte_fails(pack: Path, tmp_path: Path) -> None:
+    checked = _cli("evidence-verify", str(pack), "--builtin-policy", DEV)
+    assert checked.returncode == 0 and "PACK VERIFIED" in checked.stdout, checked.stdout + checked.stderr
+    for file in sorted(p for p in pack.rglob("*") if p.is_file()):
+        name = str(file.relative_to(pack))
+        copy = tmp_path / name.replace("/", "_")
+        shutil.copytree(pack, copy)
+        data = bytearray((copy / name).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (copy / name).write_bytes(bytes(data))
+        with pytest.raises(EvidencePackError):
+            verify_evidence_pack(copy, POLICY, POLICY_BYTES)
+    extra = tmp_path / "extra"
+    shutil.copytree(pack, extra)
+    (extra / "notes.txt").write_text("added later\n")
+    with pytest.raises(EvidencePackError, match="extra"):
+        verify_evidence_pack(extra, POLICY, POLICY_BYTES)
+    fewer = tmp_path / "fewer"
+    shutil.copytree(pack, fewer)
+    (fewer / "releases/round-2/provenance.dsse.json").unlink()
+    with pytest.raises(EvidencePackError, match="missing"):
+        verify_evidence_pack(fewer, POLICY, POLICY_BYTES)
+    # Under another policy (the production default refuses simulated evidence): no pack.
+    refused = _cli("evidence-verify", str(pack))
+    assert refused.returncode == 1 and "PACK DOES NOT VERIFY" in refused.stdout
+
+
+def test_a_log_with_findings_is_not_packed(pack: Path, tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    data = bytearray((pack / "audit.log").read_bytes())
+    data[len(data) // 3] ^= 0x01
+    log.write_bytes(bytes(data))
+    out = tmp_path / "never"
+    made = _cli("evidence-pack", str(log), str(out), "--builtin-policy", DEV)
+    assert made.returncode == 1 and "only a verified log is packed" in made.stderr
+    assert not out.exists()
+    again = _cli("evidence-pack", str(pack / "audit.log"), str(pack), "--builtin-policy", DEV)
+    assert again.returncode == 1 and "not an empty folder" in again.stderr
