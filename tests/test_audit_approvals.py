@@ -223,8 +223,8 @@ def test_a_release_with_fewer_than_min_approvals(
     ]
     (gate,) = [f for f in findings if f["kind"] == "invalid_release"]
     assert "2 valid approval(s); its config's min_approvals is 3" in gate["message"]
-    (signed,) = [f for f in findings if f["kind"] == "invalid_provenance"]
-    assert "round_config_digest" in signed["message"]
+    (provenance,) = [f for f in findings if f["kind"] == "invalid_provenance"]
+    assert "round_config_digest" in provenance["message"]
 
 
 def test_a_release_whose_round_config_lacks_min_approvals(
