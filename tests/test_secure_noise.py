@@ -43,16 +43,20 @@ def _params(**overrides: object) -> DpParams:
 
 
 def _chi_square_p_value(samples: np.ndarray, sigma: float) -> float:
-    """Goodness of fit against N_Z(0, sigma²), with tail bins merged to >= 5 expected."""
+    """Goodness of fit against N_Z(0, sigma²). Each tail is folded into one edge bin of at
+    least 5 expected samples (a lone sparse tail bin would break the chi-square law)."""
     support = np.arange(-int(12 * sigma) - 2, int(12 * sigma) + 3)
     pmf = np.exp(-(support.astype(np.float64) ** 2) / (2 * sigma**2))
     pmf /= pmf.sum()
     expected = pmf * len(samples)
     observed = np.array([np.count_nonzero(samples == k) for k in support], dtype=np.float64)
     assert observed.sum() == len(samples), "a sample fell outside 12 sigma"
-    keep = expected >= 5
-    obs = np.append(observed[keep], observed[~keep].sum())
-    exp = np.append(expected[keep], expected[~keep].sum())
+    upper = np.cumsum(expected[::-1])[::-1]  # expected at or above each support point
+    edge = int(support[np.nonzero(upper >= 5)[0][-1]])  # symmetric: the same on the left
+    inner = (support > -edge) & (support < edge)
+    left, right = support <= -edge, support >= edge
+    obs = np.concatenate([[observed[left].sum()], observed[inner], [observed[right].sum()]])
+    exp = np.concatenate([[expected[left].sum()], expected[inner], [expected[right].sum()]])
     statistic, dof = float(((obs - exp) ** 2 / exp).sum()), len(obs) - 1
     # Wilson-Hilferty: (X/k)^(1/3) is close to normal for a chi-square X with k dof.
     z = ((statistic / dof) ** (1 / 3) - (1 - 2 / (9 * dof))) / math.sqrt(2 / (9 * dof))
