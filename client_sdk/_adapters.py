@@ -19,7 +19,6 @@ loading one can run arbitrary code.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +30,8 @@ import safetensors.torch
 import torch
 
 from client_sdk._errors import ClientError
+from fedseal import strictjson
+from fedseal.errors import FormatError
 
 __all__ = ["ADAPTER_CONFIG_FILE", "ADAPTER_WEIGHTS_FILE", "AdapterInputError", "adapter_tensors"]
 
@@ -163,8 +164,8 @@ def _from_folder(folder: Path) -> dict[str, torch.Tensor]:
             raw = handle.read(_MAX_CONFIG_BYTES + 1)
         if len(raw) > _MAX_CONFIG_BYTES:
             raise AdapterInputError(f"{config} is larger than {_MAX_CONFIG_BYTES} bytes")
-        parsed = json.loads(raw)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        parsed = strictjson.loads(raw, what=str(config))
+    except (OSError, FormatError) as exc:
         raise AdapterInputError(f"{config} is not readable JSON: {exc}") from exc
     if not isinstance(parsed, dict) or "peft_type" not in parsed:
         raise AdapterInputError(f"{config} is not a PEFT adapter config (no 'peft_type')")

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from attestation import Policy
+from fedseal import strictjson
 from fedseal.audit import KeyAttestationError, attest_enclave_entry
 from fedseal.canonical import b64decode_canonical
 from fedseal.checkpoint import Checkpoint, open_checkpoint
@@ -329,8 +330,10 @@ class Witness:
         if not path.exists():
             return {}
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            obj = strictjson.loads(path.read_bytes(), what=f"witness state {path}")
+        except FormatError:
+            raise
+        except OSError as exc:
             raise FormatError(f"cannot read witness state {path}: {exc}") from None
         if (
             not isinstance(obj, dict)
