@@ -131,7 +131,8 @@ class AggregatorConnection:
             self._channel = ca_channel(
                 endpoint, root_certificates=root_certificates, client=client_tls, options=options
             )
-        self._stub = pb_grpc.AggregatorStub(self._channel)  # type: ignore[no-untyped-call]
+        self._open_stub = pb_grpc.AggregatorStub(self._channel)  # type: ignore[no-untyped-call]
+        self._closed = False
 
     def __enter__(self) -> AggregatorConnection:
         return self
@@ -140,7 +141,18 @@ class AggregatorConnection:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
+
+    @property
+    def _stub(self) -> pb_grpc.AggregatorStub:
+        # grpc answers a call on a closed channel with a bare ValueError: name it instead.
+        if self._closed:
+            raise AggregatorUnavailableError(
+                f"the connection to {self._endpoint} is closed (close() was called, or reconnect() "
+                "could not reach the aggregator): call reconnect() once it is reachable"
+            )
+        return self._open_stub
 
     @property
     def endpoint(self) -> str:
