@@ -67,4 +67,7 @@ class JobConfig:
             raise ConfigError(f"cannot read job config {path}: {exc.strerror}") from exc
         except FormatError as exc:
             raise ConfigError(str(exc)) from None
-        return cls.from_json_obj(obj)
+        try:
+            return cls.from_json_obj(obj)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None

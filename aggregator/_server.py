@@ -154,9 +154,9 @@ def start_aggregator(
     add_service_to_server(service, server)
     health = HealthEndpoint()  # NOT_SERVING until the job's first round is open
     health.add_to(server)
-    port = server.add_secure_port(listen, tls.server_credentials())
+    port = _bind(server, listen, tls.server_credentials())
     mtls_port = (
-        server.add_secure_port(listen_mtls, tls.server_credentials(access.client_ca_pem))
+        _bind(server, listen_mtls, tls.server_credentials(access.client_ca_pem))
         if listen_mtls is not None
         else None
     )
@@ -296,3 +296,12 @@ def _record_resume(log: AuditLog, history: LogHistory) -> None:
         key_entry=log.key_entry,
         last_round_id=history.last_round_id,
     )
+
+
+def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials) -> int:
+    # gRPC raises RuntimeError when it cannot resolve or bind; 0 (the caller's check) is the
+    # same failure, so both end as the OSError the CLI reports.
+    try:
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:
+        return 0

@@ -207,7 +207,10 @@ class Enrolment:
             raise EnrolmentError(f"cannot read enrolment file {path}: {exc.strerror}") from exc
         except FormatError as exc:
             raise EnrolmentError(str(exc)) from None
-        return cls.from_json_obj(obj)
+        try:
+            return cls.from_json_obj(obj)
+        except EnrolmentError as exc:
+            raise EnrolmentError(f"{path}: {exc}") from None
 
 
 def _site(item: object, n: int) -> EnrolledSite:
