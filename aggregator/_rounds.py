@@ -68,6 +68,7 @@ import torch
 from aggregator._approval import ApprovalGate, GateState
 from aggregator._config import JobConfig
 from aggregator._dp import DpError, DpLedger, DpSpend, add_noise, clip_update
+from aggregator._earlier import EarlierRounds
 from aggregator._log import AuditLog, PendingEntry
 from aggregator._metrics import Metrics
 from aggregator.enclave._keys import EnclaveKeys
@@ -306,6 +307,7 @@ class RoundManager:
         self._dp: DpLedger | None = None
         # Rounds whose aggregates were released, in log order (staleness counts them).
         self._released: list[int] = self._releases_in_log() if last_round_id > 0 else []
+        self._earlier = EarlierRounds(log)
 
     def _releases_in_log(self) -> list[int]:
         """The releases earlier enclaves of a resumed log recorded (module docstring)."""
@@ -1036,9 +1038,14 @@ class RoundManager:
         """The published aggregate of `round_id`, waiting up to `timeout` s for the round to end
         (and, for a gated round, to be approved)."""
         end = self._clock() + max(0.0, timeout)
+        earlier = self._earlier.outcome(round_id)  # ended by an enclave before a restart
         with self._lock:
             while True:
                 rnd = self._rounds.get(round_id)
+                if rnd is None and earlier is not None:
+                    kind, message = earlier
+                    failed = kind is EntryKind.ROUND_FAILED
+                    raise RoundFailedError(message) if failed else RoundNotFoundError(message)
                 if rnd is not None and rnd.published is not None:
                     return rnd.published
                 if rnd is not None and rnd.gate is not None and rnd.gate.state is GateState.WITHHELD:
