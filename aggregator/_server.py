@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import structlog
 
+from aggregator._admission import AdmissionInterceptor
 from aggregator._config import JobConfig
 from aggregator._health import HealthEndpoint
 from aggregator._identity import AccessConfig, AccessControl
@@ -132,7 +133,11 @@ def start_aggregator(
             accumulator_device=accumulator_device,
         )
         gate = AccessControl(
-            access, audience=keys.bound.log_public_key, log=log, current_round=rounds.current_round_id
+            access,
+            audience=keys.bound.log_public_key,
+            attestation_audience=tls.certificate_sha256,
+            log=log,
+            current_round=rounds.current_round_id,
         )
         gate.record_start()
     except BaseException:
@@ -149,6 +154,7 @@ def start_aggregator(
             # upload sends no chunk before it is admitted (SubmitUpdate's send_chunks).
         ],
         maximum_concurrent_rpcs=max_workers * 4,
+        interceptors=[AdmissionInterceptor(gate, anonymous_slots=max(1, max_workers // 4))],
     )
     service = AggregatorService(keys, collectors, rounds, log, gate, metrics=metrics)
     add_service_to_server(service, server)

@@ -96,8 +96,10 @@ class Aggregate:
 class FedSealClient:
     """A session with one aggregator, under one appraisal policy.
 
-    Every submission and every fetch attests the aggregator afresh with a new challenge:
-    a restarted enclave has new keys, and a client must never seal to a stale one.
+    The client attests the aggregator with a new challenge for each round and on each new
+    channel, and reuses that verified attestation for the round's other calls on the same
+    channel (pinned to the same enclave): a restarted enclave has new keys and a new TLS
+    certificate, so a client reconnects, attests again and never seals to a stale key.
     `identity` is this site's enrolled identity (or a principal's, for operator requests):
     without one the client can attest but not submit, read rounds or fetch aggregates.
     `security` and `root_certificates` choose the channel (ChannelSecurity; the default
@@ -137,6 +139,8 @@ class FedSealClient:
         self._timeout = timeout
         self._receipts = ReceiptStore(receipts) if isinstance(receipts, Path) else receipts
         self._connection = self._connect()
+        # The last verified attestation: (the connection it is bound to, its round, it).
+        self._verified: tuple[AggregatorConnection, int, VerifiedAttestation] | None = None
 
     def _connect(self) -> AggregatorConnection:
         return AggregatorConnection(
@@ -181,9 +185,20 @@ class FedSealClient:
         self._connection.bind(attested)
         return attested
 
+    def _attested_for(self, round_id: int) -> VerifiedAttestation:
+        """A verified attestation for `round_id` on this connection: reused within a round
+        (same channel, so the same pinned enclave), fresh with a new challenge for each new
+        round and after every reconnect (a restarted enclave has new keys)."""
+        verified = self._verified
+        if verified is not None and verified[0] is self._connection and verified[1] == round_id:
+            return verified[2]
+        attested = self.attest()
+        self._verified = (self._connection, round_id, attested)
+        return attested
+
     def round_info(self, round_id: int = 0) -> RoundInfo:
         check_int(round_id, "round_id", minimum=0)
-        self.attest()
+        self._attested_for(round_id)
         return self._connection.get_round(round_id)
 
     def seal_update(
@@ -198,7 +213,8 @@ class FedSealClient:
         suite: HpkeSuite = DEFAULT_SUITE,
         base_round_id: int | None = None,
     ) -> SealedSubmission:
-        """Attest the aggregator afresh and seal `adapter` to its attested key; nothing is sent.
+        """Attest the aggregator (once per round and channel) and seal `adapter` to its
+        attested key; nothing is sent.
 
         Tensors are converted to the wire dtype the round's adapter spec names. Raises
         AdapterMismatchError if names or shapes differ from the spec, AttestationError if
@@ -215,7 +231,7 @@ class FedSealClient:
         `max_staleness` releases old in an async one, or a round that released nothing.
         """
         _check_submission_args(round_id, num_examples, idempotency_key, chunk_size, suite, base_round_id)
-        attested = self.attest()
+        attested = self._attested_for(round_id)
         round_info = self._connection.get_round(round_id)
         _check_dp_requirement(self._policy, round_info.config)
         base = _checked_base(round_info, base_round_id)
@@ -254,7 +270,7 @@ class FedSealClient:
         if not isinstance(payload, bytes | bytearray):
             raise ClientArgumentError(f"payload must be bytes, got {type(payload).__name__}")
         check_bytes(adapter_spec_digest, "adapter_spec_digest", min_size=32, max_size=32)
-        attested = self.attest()
+        attested = self._attested_for(round_id)
         base = _checked_base(self._connection.get_round(round_id), base_round_id)
         return self._seal(
             payload,
@@ -407,7 +423,7 @@ class FedSealClient:
         """The round's aggregate, verified against the attested log key (waits for the round to close)."""
         check_int(round_id, "round_id", minimum=1)
         wait_seconds = check_seconds(wait_seconds, "wait_seconds", allow_zero=True)
-        attested = self.attest()
+        attested = self._attested_for(round_id)
         manifest_bytes, data = self._connection.get_aggregate(round_id, wait_seconds=wait_seconds)
         signed = SignedManifest.from_bytes(manifest_bytes)
         manifest = verify_manifest(signed, attested.log_public_key_obj(), data)

@@ -185,7 +185,9 @@ class AggregatorConnection:
     def get_attestation(self, challenge: bytes) -> bytes:
         try:
             reply = self._stub.GetAttestation(
-                pb.AttestationRequest(challenge=challenge), timeout=self._timeout
+                pb.AttestationRequest(challenge=challenge),
+                timeout=self._timeout,
+                metadata=self._attestation_auth(),
             )
         except grpc.RpcError as exc:
             raise self._failed("GetAttestation", exc) from None
@@ -338,6 +340,15 @@ class AggregatorConnection:
             raise UnattestedChannelError(
                 f"{call}: the channel to {self._endpoint} is not bound to a verified attestation yet"
             )
+
+    def _attestation_auth(self) -> tuple[tuple[str, bytes], ...]:
+        """An enrolled caller's GetAttestation carries a call token bound to the pinned TLS
+        certificate, so the enclave charges it to this identity's budget rather than to the
+        public one that anonymous callers share (and can exhaust)."""
+        if self._identity is None or self.server_certificate is None:
+            return ()
+        audience = self.server_certificate.sha256
+        return ((CALL_AUTH_METADATA_KEY, self._identity.call_token(_METHOD + "GetAttestation", audience)),)
 
     def _auth(self, method: str) -> tuple[tuple[str, bytes], ...]:
         self._require_bound(method)
