@@ -68,7 +68,7 @@ class _Deadlines:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._cancelled: set[int] = set()
+        self._pending: set[int] = set()  # armed, neither fired nor disarmed
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
 
@@ -76,6 +76,7 @@ class _Deadlines:
         with self._cond:
             handle = next(self._ids)
             heapq.heappush(self._heap, (time.monotonic() + seconds, handle, callback))
+            self._pending.add(handle)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fedseal-deadlines", daemon=True)
                 self._thread.start()
@@ -84,7 +85,7 @@ class _Deadlines:
 
     def disarm(self, handle: int) -> None:
         with self._cond:
-            self._cancelled.add(handle)
+            self._pending.discard(handle)
 
     def _run(self) -> None:
         while True:
@@ -97,9 +98,9 @@ class _Deadlines:
                     self._cond.wait(delay)
                     continue
                 heapq.heappop(self._heap)
-                if handle in self._cancelled:
-                    self._cancelled.discard(handle)
-                    continue
+                if handle not in self._pending:
+                    continue  # disarmed
+                self._pending.discard(handle)
             callback()
 
 
