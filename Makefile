@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedseal-installed
 
-.PHONY: demo test lint proto bench bench-ingest clean nvidia-collector browser
+.PHONY: demo test lint proto bench bench-ingest clean nvidia-collector browser fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ lint: $(STAMP)
 bench-ingest: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench_ingest.py --readme README.md
+
+# Not run by CI (CI runs a bounded smoke of each target): every fuzz target for
+# FUZZ_SECONDS each, printing inputs per second and the total per target.
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz.py --seconds $(FUZZ_SECONDS)
 
 proto: $(STAMP)
 	$(BIN)/python -m fedseal._proto.generate

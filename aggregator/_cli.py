@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
+from cryptography import x509
 
 from aggregator._config import JobConfig
 from aggregator._identity import AccessConfig, AccessLimits
@@ -23,6 +24,7 @@ from aggregator._selfattest import SelfAttestationGate
 from aggregator._server import RunningAggregator, start_aggregator
 from aggregator._witness import WitnessCosigner, WitnessEndpoint
 from aggregator.enclave._device import cuda_available as enclave_cuda_available
+from aggregator.enclave._serialize import check_safetensors
 from attestation import (
     CachingFetcher,
     CheckResult,
@@ -36,6 +38,7 @@ from attestation import (
     load_builtin_policy,
 )
 from attestation._hardware import CpuTee, GpuCollector, hardware_collectors
+from fedseal.cliargs import host_port, positive_int, positive_seconds
 from fedseal.enrolment import Enrolment
 from fedseal.errors import FedSealError, FormatError
 from fedseal.roundconfig import ConfigError
@@ -101,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--listen",
         default="127.0.0.1:50051",
+        type=host_port(allow_port_zero=True),
         help="address to serve gRPC on; port 0 picks a free one (default: %(default)s)",
     )
     p.add_argument(
@@ -119,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--listen-mtls",
         metavar="ADDR",
+        type=host_port(allow_port_zero=True),
         help="also serve mutual TLS here: callers must present a client certificate from --client-ca",
     )
     p.add_argument(
@@ -181,43 +186,43 @@ def _parser() -> argparse.ArgumentParser:
     defaults = AccessLimits()
     limits.add_argument(
         "--max-streams",
-        type=int,
+        type=positive_int,
         default=defaults.max_streams_per_identity,
         help="concurrent SubmitUpdate/GetAggregate streams per identity (default: %(default)s)",
     )
     limits.add_argument(
         "--max-calls-per-round",
-        type=int,
+        type=positive_int,
         default=defaults.max_calls_per_round,
         help="authenticated calls per identity while one round is current (default: %(default)s)",
     )
     limits.add_argument(
         "--max-bytes-per-round",
-        type=int,
+        type=positive_int,
         default=defaults.max_bytes_per_round,
         help="upload bytes (as headers declare them) per identity per round (default: %(default)s)",
     )
     limits.add_argument(
         "--public-rate",
-        type=float,
+        type=positive_seconds,
         default=defaults.public_rate_per_peer,
         help="public calls (GetAttestation, log calls) per second per peer address (default: %(default)s)",
     )
     limits.add_argument(
         "--public-burst",
-        type=int,
+        type=positive_int,
         default=defaults.public_burst_per_peer,
         help="burst of public calls per peer address (default: %(default)s)",
     )
     limits.add_argument(
         "--public-rate-total",
-        type=float,
+        type=positive_seconds,
         default=defaults.public_rate_total,
         help="public calls per second from all peers together (default: %(default)s)",
     )
     limits.add_argument(
         "--public-burst-total",
-        type=int,
+        type=positive_int,
         default=defaults.public_burst_total,
         help="burst of public calls from all peers together (default: %(default)s)",
     )
@@ -231,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--witness-timeout",
-        type=float,
+        type=positive_seconds,
         default=5.0,
         help="seconds to wait for each witness per checkpoint (default: %(default)s)",
     )
@@ -302,8 +307,10 @@ def run(
         )
         return 2
     try:
+        _check_paths(args)
         job = JobConfig.from_file(args.job) if args.job else None
-        witnesses = [WitnessEndpoint.parse(w) for w in args.witness]
+        witnesses = [_witness(w) for w in args.witness]
+        initial_adapter = _initial_adapter(args.initial_adapter)
         access = _access(args, job)
         for name in args.tls_name:
             if not _DNS_NAME.fullmatch(name):
@@ -343,7 +350,7 @@ def run(
                 tls_names=args.tls_name,
                 cosigner=cosigner,
                 spool_dir=args.spool_dir,
-                initial_adapter=args.initial_adapter.read_bytes() if args.initial_adapter else None,
+                initial_adapter=initial_adapter,
                 self_attestation=gate,
                 metrics_listen=args.metrics_listen,
                 health_listen=args.health_listen,
@@ -381,11 +388,46 @@ def _listen_address(flag: str) -> Callable[[str], ListenAddress]:
     return parse
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Paths that name the wrong kind of thing: refused before anything is created."""
+    if args.log.is_dir():
+        raise ConfigError(f"--log {args.log} is a directory; name the audit log file")
+    if args.spool_dir is not None and args.spool_dir.exists() and not args.spool_dir.is_dir():
+        raise ConfigError(f"--spool-dir {args.spool_dir} exists and is not a directory")
+
+
+def _witness(text: str) -> WitnessEndpoint:
+    try:
+        return WitnessEndpoint.parse(text)
+    except FormatError as exc:
+        raise ConfigError(f"--witness {text[:80]!r}: {exc}") from None
+
+
+def _initial_adapter(path: Path | None) -> bytes | None:
+    """The file's bytes, once they parse as safetensors (the round checks them against its spec)."""
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --initial-adapter {path}: {exc.strerror}") from None
+    try:
+        check_safetensors(data, what=f"--initial-adapter {path}")
+    except FormatError as exc:
+        raise ConfigError(str(exc)) from None
+    return data
+
+
 def _access(args: argparse.Namespace, job: JobConfig | None) -> AccessConfig:
     try:
         client_ca = args.client_ca.read_bytes() if args.client_ca else None
     except OSError as exc:
         raise ConfigError(f"cannot read --client-ca {args.client_ca}: {exc.strerror}") from None
+    if client_ca is not None:
+        try:
+            x509.load_pem_x509_certificates(client_ca)
+        except ValueError:
+            raise ConfigError(f"--client-ca {args.client_ca} holds no PEM certificate") from None
     return AccessConfig(
         enrolment=Enrolment.from_file(args.enrolment),
         principals=job.principals if job is not None else (),

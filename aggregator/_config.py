@@ -14,11 +14,11 @@ One key has one role, so the two duties need two keys.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedseal import strictjson
 from fedseal.errors import FormatError
 from fedseal.roundconfig import ConfigError, RoundConfig, config_int
 from fedseal.signed_request import Signer, parse_principals
@@ -62,9 +62,12 @@ class JobConfig:
     @classmethod
     def from_file(cls, path: Path) -> JobConfig:
         try:
-            obj = json.loads(path.read_text())
+            obj = strictjson.loads(path.read_bytes(), what=f"job config {path}")
         except OSError as exc:
             raise ConfigError(f"cannot read job config {path}: {exc.strerror}") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"job config {path} is not valid JSON: {exc}") from exc
-        return cls.from_json_obj(obj)
+        except FormatError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            return cls.from_json_obj(obj)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None

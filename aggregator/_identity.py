@@ -259,6 +259,7 @@ class AccessControl:
         config: AccessConfig,
         *,
         audience: bytes,
+        attestation_audience: bytes | None = None,
         log: AuditLog,
         current_round: Callable[[], int],
         clock_ms: Callable[[], int] = now_ms,
@@ -267,6 +268,9 @@ class AccessControl:
         self._limits = config.limits
         self._principals = config.principals
         self._audience = audience
+        # GetAttestation tokens are bound to the enclave's TLS certificate: a client knows
+        # it (pinned) before it knows the log key that the attestation brings.
+        self._attestation_audience = attestation_audience
         self._log = log
         self._current_round = current_round
         self._clock_ms = clock_ms
@@ -279,6 +283,7 @@ class AccessControl:
         self._usage_round = -1
         self._usage: dict[str, _Usage] = {}
         self._peers: dict[str, _TokenBucket] = {}
+        self._attesters: dict[str, _TokenBucket] = {}  # enrolled identities' GetAttestation
         limits = config.limits
         self._public_total = _TokenBucket(limits.public_rate_total, limits.public_burst_total, monotonic())
         self._ca_certificates = (
@@ -378,7 +383,11 @@ class AccessControl:
                 verified = verify_signed_request(
                     token,
                     signers=signers,
-                    audience=self._audience,
+                    audience=(
+                        self._attestation_audience
+                        if self._attestation_audience is not None and method.endswith("/GetAttestation")
+                        else self._audience
+                    ),
                     actions={CALL_ACTION: _CALLER_ROLES},
                     nonces=self._nonces,
                     now=self._clock_ms(),
@@ -412,7 +421,10 @@ class AccessControl:
                 AccessDeniedReason.UNAUTHENTICATED,
                 "this call needs an enrolled identity (client certificate or signed call token)",
             )
-        self._charge_call(caller)
+        if method.endswith("/GetAttestation"):
+            self._charge_attestation(caller)
+        else:
+            self._charge_call(caller)
         return caller
 
     def _certificate_site(
@@ -496,6 +508,23 @@ class AccessControl:
                     f"{self._limits.max_calls_per_round}",
                 )
             usage.calls += 1
+
+    def _charge_attestation(self, caller: Caller) -> None:
+        """An enrolled caller's GetAttestation: its own bucket (the public per-peer rate and
+        burst, per identity), apart from the shared public budget and its call budget."""
+        now = self._monotonic()
+        with self._lock:
+            bucket = self._attesters.get(caller.identity)
+            if bucket is None:
+                bucket = _TokenBucket(
+                    self._limits.public_rate_per_peer, self._limits.public_burst_per_peer, now
+                )
+                self._attesters[caller.identity] = bucket
+            if not bucket.take(now):
+                raise AccessDeniedError(
+                    AccessDeniedReason.RATE_LIMITED,
+                    f"{caller.identity} asks for attestation too often; slow down and try again",
+                )
 
     def charge_upload(self, caller: Caller, declared_bytes: int) -> None:
         """Count an upload's declared ciphertext size against the caller's bytes per round."""

@@ -68,6 +68,7 @@ from fedseal.logschema import (
 )
 from fedseal.merkle import MerkleTree, leaf_hash
 from fedseal.note import NoteSigner, NoteVerifier, open_note, split_note, unverified_signatures
+from fedseal.roundconfig import ConfigError
 
 __all__ = [
     "AppendResult",
@@ -77,6 +78,7 @@ __all__ = [
     "Cosigner",
     "DroppedTail",
     "LogHistory",
+    "NotAnAuditLogError",
     "PendingEntry",
 ]
 
@@ -85,6 +87,10 @@ _CHECKPOINT_RECORD_PREFIX = b'{"checkpoint":'
 
 class AuditLogError(FedSealError):
     """The audit log cannot be opened or written; the aggregator must stop accepting updates."""
+
+
+class NotAnAuditLogError(AuditLogError, ConfigError):
+    """--log names a file that is not a FedSeal audit log: refused untouched (a usage error)."""
 
 
 class CommitMode(enum.Enum):
@@ -514,7 +520,18 @@ class _Scanner:
             "checkpoint, so it is not resumed. Run `fedseal-audit verify` on it"
         )
 
+    def _not_a_log(self, why: str) -> NotAnAuditLogError:
+        return NotAnAuditLogError(
+            f"--log {self.path} is not a FedSeal audit log ({why}); it was left untouched: "
+            "name a new file or an existing log"
+        )
+
     def run(self, fh: BinaryIO) -> None:
+        # A log starts with an entry record, even torn in its first write: anything else is
+        # some other file, refused before a line of it is read.
+        if not ENTRY_RECORD_PREFIX.startswith(fh.read(len(ENTRY_RECORD_PREFIX))):
+            raise self._not_a_log("it does not start with a log entry")
+        fh.seek(0)
         self._read(fh)
         # Whatever stopped the reading, the last kept checkpoint's signature must verify.
         self._check_signature()
@@ -529,11 +546,14 @@ class _Scanner:
                 record = decode_record(line, line_number=number)
             except FedSealError:
                 record = None
-            if number == 1 and (record is None or record.entry is None or record.entry.index != 0):
+            if number == 1 and (
+                record is None
+                or record.entry is None
+                or record.entry.index != 0
+                or not isinstance(record.entry.body, EnclaveStarted)
+            ):
                 # Never cut into a file that is not a log at all (a wrong --log path).
-                raise AuditLogError(
-                    f"{self.path} is not a FedSeal audit log (its first line is no log entry)"
-                )
+                raise self._not_a_log("its first line is no enclave_started entry")
             # Anything unexpected ends the readable part: the tail starts at good_end, and
             # the caller refuses to cut it if a signed checkpoint follows (then it is damage).
             if record is None:

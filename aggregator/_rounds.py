@@ -75,6 +75,7 @@ from aggregator._approval import GateState
 from aggregator._closing import RoundCloser
 from aggregator._config import JobConfig
 from aggregator._dp import DpError, DpLedger
+from aggregator._earlier import EarlierRounds
 from aggregator._intake import MAX_UPLOAD_SECONDS, Admission, Intake
 from aggregator._log import AuditLog
 from aggregator._metrics import Metrics
@@ -154,6 +155,7 @@ class RoundManager:
         self._intake = Intake(
             self._book, log, keys, self._buffers, self.metrics, clock, self._closer.close_full
         )
+        self._earlier = EarlierRounds(log)
 
     # ----------------------------------------------------------------- operator side
     def start_job(self) -> None:
@@ -352,9 +354,13 @@ class RoundManager:
         """The published aggregate of `round_id`, waiting up to `timeout` s for the round to end
         (and, for a gated round, to be approved)."""
         end = self._clock() + max(0.0, timeout)
+        earlier = self._earlier.outcome(round_id)  # ended by an enclave before a restart
         with self._book.lock:
             while True:
                 rnd = self._book.rounds.get(round_id)
+                if rnd is None and earlier is not None:
+                    failed, message = earlier
+                    raise RoundFailedError(message) if failed else RoundNotFoundError(message)
                 if rnd is not None and rnd.published is not None:
                     return rnd.published
                 if rnd is not None and rnd.gate is not None and rnd.gate.state is GateState.WITHHELD:

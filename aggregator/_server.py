@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import structlog
 
+from aggregator._admission import AdmissionInterceptor
 from aggregator._config import JobConfig
 from aggregator._health import HealthEndpoint
 from aggregator._identity import AccessConfig, AccessControl
@@ -132,7 +133,11 @@ def start_aggregator(
             accumulator_device=accumulator_device,
         )
         gate = AccessControl(
-            access, audience=keys.bound.log_public_key, log=log, current_round=rounds.current_round_id
+            access,
+            audience=keys.bound.log_public_key,
+            attestation_audience=tls.certificate_sha256,
+            log=log,
+            current_round=rounds.current_round_id,
         )
         gate.record_start()
     except BaseException:
@@ -149,14 +154,15 @@ def start_aggregator(
             # upload sends no chunk before it is admitted (SubmitUpdate's send_chunks).
         ],
         maximum_concurrent_rpcs=max_workers * 4,
+        interceptors=[AdmissionInterceptor(gate, anonymous_slots=max(1, max_workers // 4))],
     )
     service = AggregatorService(keys, collectors, rounds, log, gate, metrics=metrics)
     add_service_to_server(service, server)
     health = HealthEndpoint()  # NOT_SERVING until the job's first round is open
     health.add_to(server)
-    port = server.add_secure_port(listen, tls.server_credentials())
+    port = _bind(server, listen, tls.server_credentials())
     mtls_port = (
-        server.add_secure_port(listen_mtls, tls.server_credentials(access.client_ca_pem))
+        _bind(server, listen_mtls, tls.server_credentials(access.client_ca_pem))
         if listen_mtls is not None
         else None
     )
@@ -294,3 +300,12 @@ def _record_resume(log: AuditLog, history: LogHistory) -> None:
         key_entry=log.key_entry,
         last_round_id=history.last_round_id,
     )
+
+
+def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials) -> int:
+    # gRPC raises RuntimeError when it cannot resolve or bind; 0 (the caller's check) is the
+    # same failure, so both end as the OSError the CLI reports.
+    try:
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:
+        return 0

@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import structlog
 
+from aggregator._admission import admitted_caller
 from aggregator._config import JobConfig
 from aggregator._identity import AccessControl, Caller
 from aggregator._log import AuditLog, AuditLogError
@@ -128,6 +129,9 @@ class AggregatorService(pb_grpc.AggregatorServicer):
 
     # ------------------------------------------------------------------ the gate
     def _caller(self, context: grpc.ServicerContext, method: str) -> Caller:
+        admitted = admitted_caller()  # authenticated before the request was read
+        if admitted is not None:
+            return admitted
         try:
             return self._access.authenticate(context, _METHOD + method)
         except AccessDeniedError as exc:
@@ -135,6 +139,8 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         raise AssertionError("unreachable")  # context.abort raised
 
     def _public(self, context: grpc.ServicerContext, method: str) -> None:
+        if admitted_caller() is not None:
+            return  # an enrolled caller: charged to its own call budget, not the public one
         try:
             self._access.public_call(context)
         except AccessDeniedError as exc:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
 import secrets
 import sys
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ import grpc
 
 from fedseal._proto.fedseal.v1 import fedseal_pb2, fedseal_pb2_grpc
 from fedseal.binding import CHALLENGE_SIZE, ED25519_PUBLIC_KEY_SIZE, X25519_PUBLIC_KEY_SIZE, BoundKeys
+from fedseal.cliargs import parse_host_port, positive_seconds
 from fedseal.errors import FormatError
 from fedseal.tls import TlsProbeError, pinned_channel, probe_server_certificate
 
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument(
         "--timeout",
         metavar="SECONDS",
-        type=float,
+        type=positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         help=f"with --endpoint: give up after this long (default {DEFAULT_TIMEOUT_S:g})",
     )
@@ -277,25 +277,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     Any host is accepted: the evidence, not the channel, is what is verified (see the
     command's description).
     """
-    host, sep, port_text = endpoint.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise FormatError(f"endpoint {endpoint!r} is not HOST:PORT")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise FormatError(f"endpoint {endpoint!r}: port must be 1 to 65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if not _IPV6.fullmatch(host):
-            raise FormatError(f"endpoint {endpoint!r}: {host!r} is not an IPv6 address")
-    elif not _HOSTNAME.fullmatch(host):
-        raise FormatError(f"endpoint {endpoint!r}: {host!r} is not a host name or IPv4 address")
-    return host, port
-
-
-_HOSTNAME = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
-_IPV6 = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+    return parse_host_port(endpoint, what="endpoint")
 
 
 def fetch_bundle(endpoint: str, challenge: bytes, timeout: float) -> EvidenceBundle:
@@ -463,6 +445,8 @@ def _collect_command(args: argparse.Namespace) -> int:
         hpke_public_key=_parse_hex(args.hpke_public_key, X25519_PUBLIC_KEY_SIZE, "--hpke-public-key"),
         log_public_key=_parse_hex(args.log_public_key, ED25519_PUBLIC_KEY_SIZE, "--log-public-key"),
     )
+    if args.out.is_dir() or not args.out.parent.is_dir():
+        raise _UsageError(f"--out {args.out} must name a file in an existing directory")
     try:
         with hardware_collectors(
             GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee), nvattest=args.nvattest

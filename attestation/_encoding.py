@@ -7,10 +7,10 @@ field it was decoding, so the message a user sees always says *which* field is w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
+from fedseal import strictjson
 from fedseal.canonical import b64decode_canonical, b64encode, canonical_json
 from fedseal.errors import FormatError
 
@@ -72,12 +72,11 @@ def load_json_object(data: bytes | str) -> dict[str, object]:
     else:
         text = data
     try:
-        value = json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise DecodeError(f"is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    except RecursionError as exc:
-        # Deeply nested arrays exhaust the parser's stack; none of our formats nest deeply.
-        raise DecodeError("is nested too deeply") from exc
+        value = strictjson.loads(
+            text, what="document", object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+        )
+    except FormatError as exc:
+        raise DecodeError(str(exc).removeprefix("document ")) from None
     if not isinstance(value, dict):
         raise DecodeError(f"must be a JSON object, got {json_type(value)}")
     return value

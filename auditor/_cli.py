@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation import AttestationError, Policy, PolicyError, collateral_fetcher, load_builtin_policy
+from fedseal.cliargs import host_port, non_negative_seconds, positive_seconds
 from fedseal.errors import FedSealError
 from fedseal.logschema import UpdateAccepted, UpdateRejected
 
@@ -113,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument(
         "--max-clock-skew",
-        type=float,
+        type=non_negative_seconds,
         default=DEFAULT_MAX_CLOCK_SKEW,
         metavar="SECONDS",
         help="how far a checkpoint's time may be ahead of this machine's clock (default: %(default)s)",
@@ -139,9 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("receipt", type=Path, help="the receipt file (C2SP tlog-proof)")
     where = c.add_mutually_exclusive_group(required=True)
     where.add_argument("--log", type=Path, help="the audit log file")
-    where.add_argument("--endpoint", help="a running aggregator, HOST:PORT")
+    where.add_argument("--endpoint", type=host_port(), help="a running aggregator, HOST:PORT")
     _add_policy(c)
-    c.add_argument("--timeout", type=float, default=30.0, help="seconds per call with --endpoint")
+    c.add_argument("--timeout", type=positive_seconds, default=30.0, help="seconds per call with --endpoint")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
 
     add_report_commands(sub, _add_policy, _EPILOG)
@@ -157,9 +158,16 @@ def _parser() -> argparse.ArgumentParser:
         "--state", type=Path, required=True, help="state file: the last checkpoint cosigned per log"
     )
     s.add_argument("--log-origin", action="append", required=True, help="a log origin to witness; repeatable")
-    s.add_argument("--listen", default="127.0.0.1:50061", help="address to serve on (default: %(default)s)")
+    s.add_argument(
+        "--listen",
+        type=host_port(allow_port_zero=True),
+        default="127.0.0.1:50061",
+        help="address to serve on (default: %(default)s)",
+    )
     s.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
-    s.add_argument("--max-clock-skew", type=float, default=DEFAULT_MAX_CLOCK_SKEW, metavar="SECONDS")
+    s.add_argument(
+        "--max-clock-skew", type=non_negative_seconds, default=DEFAULT_MAX_CLOCK_SKEW, metavar="SECONDS"
+    )
     _add_policy(s)
     return p
 

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from attestation import Policy
+from fedseal import strictjson
 from fedseal._atomicfile import create_durably, replace_durably
 from fedseal.canonical import b64decode_canonical
 from fedseal.checkpoint import Checkpoint, open_checkpoint
@@ -289,8 +290,10 @@ class Witness:
         if not path.exists():
             return {}
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            obj = strictjson.loads(path.read_bytes(), what=f"witness state {path}")
+        except FormatError:
+            raise
+        except OSError as exc:
             raise FormatError(f"cannot read witness state {path}: {exc}") from None
         if (
             not isinstance(obj, dict)

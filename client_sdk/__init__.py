@@ -23,6 +23,7 @@ from client_sdk._client import (
 from client_sdk._errors import (
     AdapterMismatchError,
     AggregatorUnavailableError,
+    ClientArgumentError,
     ClientError,
     DpRequirementError,
     OperatorActionError,
@@ -46,6 +47,7 @@ __all__ = [
     "AggregatorUnavailableError",
     "ApprovalResult",
     "ChannelSecurity",
+    "ClientArgumentError",
     "ClientError",
     "ClientIdentity",
     "DpRequirementError",

@@ -19,7 +19,6 @@ loading one can run arbitrary code.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +30,8 @@ import safetensors.torch
 import torch
 
 from client_sdk._errors import ClientError
+from fedseal import strictjson
+from fedseal.errors import FormatError
 
 __all__ = ["ADAPTER_CONFIG_FILE", "ADAPTER_WEIGHTS_FILE", "AdapterInputError", "adapter_tensors"]
 
@@ -113,12 +114,12 @@ def _from_mapping(state: Mapping[Any, Any], *, source: str) -> dict[str, torch.T
 
 def _as_tensor(name: str, value: object, source: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu")
+        return _real_tensor(name, value, source).detach().to("cpu")
     if isinstance(value, np.ndarray):
         # torch.from_numpy shares memory and warns on read-only arrays: copy those.
         array = value if value.flags.writeable else value.copy()
         try:
-            return torch.from_numpy(array)
+            return _real_tensor(name, torch.from_numpy(array), source)
         except TypeError as exc:
             raise AdapterInputError(
                 f"tensor {name!r} in the {source}: numpy dtype {value.dtype} has no torch equivalent"
@@ -126,6 +127,23 @@ def _as_tensor(name: str, value: object, source: str) -> torch.Tensor:
     raise AdapterInputError(
         f"tensor {name!r} in the {source} is a {type(value).__name__}, not a torch.Tensor or numpy.ndarray"
     )
+
+
+def _real_tensor(name: str, tensor: torch.Tensor, source: str) -> torch.Tensor:
+    """Refuse what cannot be converted to a real wire dtype without losing meaning: a
+    complex tensor would lose its imaginary part, a bool one is not a weight, a meta or
+    sparse tensor has no dense data to send."""
+    where = f"tensor {name!r} in the {source}"
+    if tensor.device.type == "meta":
+        raise AdapterInputError(f"{where} is on the meta device (it holds no data): load its weights first")
+    if tensor.layout is not torch.strided:
+        raise AdapterInputError(f"{where} has layout {tensor.layout}: pass a dense tensor (.to_dense())")
+    if tensor.is_complex() or tensor.dtype is torch.bool:
+        raise AdapterInputError(
+            f"{where} has dtype {tensor.dtype}: adapter weights must be real numbers (it would not be "
+            "converted without losing information)"
+        )
+    return tensor
 
 
 def _from_path(path: Path) -> dict[str, torch.Tensor]:
@@ -163,8 +181,8 @@ def _from_folder(folder: Path) -> dict[str, torch.Tensor]:
             raw = handle.read(_MAX_CONFIG_BYTES + 1)
         if len(raw) > _MAX_CONFIG_BYTES:
             raise AdapterInputError(f"{config} is larger than {_MAX_CONFIG_BYTES} bytes")
-        parsed = json.loads(raw)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        parsed = strictjson.loads(raw, what=str(config))
+    except (OSError, FormatError) as exc:
         raise AdapterInputError(f"{config} is not readable JSON: {exc}") from exc
     if not isinstance(parsed, dict) or "peft_type" not in parsed:
         raise AdapterInputError(f"{config} is not a PEFT adapter config (no 'peft_type')")

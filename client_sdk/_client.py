@@ -34,6 +34,7 @@ from client_sdk._adapters import adapter_tensors
 from client_sdk._errors import (
     AdapterMismatchError,
     AggregatorUnavailableError,
+    ClientArgumentError,
     ClientError,
     DpRequirementError,
 )
@@ -46,15 +47,16 @@ from client_sdk._transport import (
     OperatorResult,
     RoundInfo,
 )
+from client_sdk._validate import check_bytes, check_int, check_seconds, check_text
 from fedseal.approval import Approval
 from fedseal.binding import CHALLENGE_SIZE
 from fedseal.enrolment import Enrolment
-from fedseal.envelope import DEFAULT_SUITE, HpkeSuite, SealContext, seal
+from fedseal.envelope import DEFAULT_SUITE, MIN_CHUNK_SIZE, HpkeSuite, SealContext, seal
 from fedseal.errors import ReceiptError
 from fedseal.logschema import UpdateAccepted
 from fedseal.manifest import AggregateManifest, SignedManifest, verify_manifest
 from fedseal.receipt import ExpectedUpdate, Receipt, verify_receipt
-from fedseal.roundconfig import DEFAULT_CHUNK_SIZE, RoundConfig
+from fedseal.roundconfig import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, RoundConfig
 from fedseal.roundkey import MissingRoundKeyError, RoundKeyError, VerifiedRoundKey
 from fedseal.spec import AdapterSpec, WireDtype, pair_lora_names
 from fedseal.wire import PROTOCOL_VERSION, RoundState, StaleBaseError, UpdateHeader, update_staleness
@@ -98,8 +100,10 @@ class Aggregate:
 class FedSealClient:
     """A session with one aggregator, under one appraisal policy.
 
-    Every submission and every fetch attests the aggregator afresh with a new challenge:
-    a restarted enclave has new keys, and a client must never seal to a stale one.
+    The client attests the aggregator with a new challenge for each round and on each new
+    channel, and reuses that verified attestation for the round's other calls on the same
+    channel (pinned to the same enclave): a restarted enclave has new keys and a new TLS
+    certificate, so a client reconnects, attests again and never seals to a stale key.
     `identity` is this site's enrolled identity (or a principal's, for operator requests):
     without one the client can attest but not submit, read rounds or fetch aggregates.
     `security` and `root_certificates` choose the channel (ChannelSecurity; the default
@@ -123,8 +127,21 @@ class FedSealClient:
         online: bool | None = None,
         fetcher: CollateralFetcher | None = None,
     ) -> None:
+        self._endpoint = check_text(endpoint, "endpoint")
+        if not isinstance(policy, Policy):
+            raise ClientArgumentError(f"policy must be an attestation.Policy, got {type(policy).__name__}")
         self._collateral = collateral_fetcher(policy.collateral, online=online, fetcher=fetcher)
-        self._endpoint = endpoint
+        if identity is not None and not isinstance(identity, ClientIdentity):
+            raise ClientArgumentError(f"identity must be a ClientIdentity, got {type(identity).__name__}")
+        if not isinstance(security, ChannelSecurity):
+            raise ClientArgumentError(f"security must be a ChannelSecurity, got {type(security).__name__}")
+        if root_certificates is not None and not isinstance(root_certificates, bytes):
+            raise ClientArgumentError("root_certificates must be PEM bytes")
+        if receipts is not None and not isinstance(receipts, ReceiptStore | Path):
+            raise ClientArgumentError(
+                f"receipts must be a ReceiptStore or a Path, got {type(receipts).__name__}"
+            )
+        timeout = check_seconds(timeout, "timeout", allow_zero=False)
         self._identity = identity
         self._security = security
         self._root_certificates = root_certificates
@@ -132,6 +149,8 @@ class FedSealClient:
         self._timeout = timeout
         self._receipts = ReceiptStore(receipts) if isinstance(receipts, Path) else receipts
         self._connection = self._connect()
+        # The last verified attestation: (the connection it is bound to, its round, it).
+        self._verified: tuple[AggregatorConnection, int, VerifiedAttestation] | None = None
 
     def _connect(self) -> AggregatorConnection:
         return AggregatorConnection(
@@ -143,7 +162,11 @@ class FedSealClient:
         )
 
     def reconnect(self) -> None:
-        """A new channel (a restarted enclave serves a new TLS certificate)."""
+        """A new channel (a restarted enclave serves a new TLS certificate).
+
+        If the aggregator cannot be reached, raises AggregatorUnavailableError and the
+        client stays closed: every later call raises AggregatorUnavailableError too, until
+        a reconnect() succeeds."""
         self._connection.close()
         self._connection = self._connect()
 
@@ -172,8 +195,20 @@ class FedSealClient:
         self._connection.bind(attested)
         return attested
 
+    def _attested_for(self, round_id: int) -> VerifiedAttestation:
+        """A verified attestation for `round_id` on this connection: reused within a round
+        (same channel, so the same pinned enclave), fresh with a new challenge for each new
+        round and after every reconnect (a restarted enclave has new keys)."""
+        verified = self._verified
+        if verified is not None and verified[0] is self._connection and verified[1] == round_id:
+            return verified[2]
+        attested = self.attest()
+        self._verified = (self._connection, round_id, attested)
+        return attested
+
     def round_info(self, round_id: int = 0) -> RoundInfo:
-        self.attest()
+        check_int(round_id, "round_id", minimum=0)
+        self._attested_for(round_id)
         return self._connection.get_round(round_id)
 
     def seal_update(
@@ -188,7 +223,8 @@ class FedSealClient:
         suite: HpkeSuite = DEFAULT_SUITE,
         base_round_id: int | None = None,
     ) -> SealedSubmission:
-        """Attest the aggregator afresh and seal `adapter` to its attested key; nothing is sent.
+        """Attest the aggregator (once per round and channel) and seal `adapter` to its
+        attested key; nothing is sent.
 
         Tensors are converted to the wire dtype the round's adapter spec names. Raises
         AdapterMismatchError if names or shapes differ from the spec, AttestationError if
@@ -204,7 +240,8 @@ class FedSealClient:
         refuse it: any but the current global in a synchronous round, more than
         `max_staleness` releases old in an async one, or a round that released nothing.
         """
-        attested = self.attest()
+        _check_submission_args(round_id, num_examples, idempotency_key, chunk_size, suite, base_round_id)
+        attested = self._attested_for(round_id)
         round_info = self._connection.get_round(round_id)
         _check_dp_requirement(self._policy, round_info.config)
         base = _checked_base(round_info, base_round_id)
@@ -240,7 +277,11 @@ class FedSealClient:
     ) -> SealedSubmission:
         """Seal already-serialized safetensors bytes (lower level than `seal_update`; the
         payload is not checked against the round's spec, `base_round_id` is, as there)."""
-        attested = self.attest()
+        _check_submission_args(round_id, num_examples, idempotency_key, chunk_size, suite, base_round_id)
+        if not isinstance(payload, bytes | bytearray):
+            raise ClientArgumentError(f"payload must be bytes, got {type(payload).__name__}")
+        check_bytes(adapter_spec_digest, "adapter_spec_digest", min_size=32, max_size=32)
+        attested = self._attested_for(round_id)
         round_info = self._connection.get_round(round_id)
         base = _checked_base(round_info, base_round_id)
         return self._seal(
@@ -370,34 +411,36 @@ class FedSealClient:
         (re-attesting, since the enclave may have restarted) with the same idempotency key,
         so it counts at most once.
         """
+        _check_submission_args(round_id, num_examples, idempotency_key, chunk_size, suite, base_round_id)
+        retries = check_int(retries, "retries", minimum=0, maximum=100)
         key = idempotency_key if idempotency_key is not None else os.urandom(32)
-        for attempt in range(retries + 1):
-            submission = self.seal_update(
-                adapter,
-                round_id=round_id,
-                client_id=client_id,
-                num_examples=num_examples,
-                idempotency_key=key,
-                chunk_size=chunk_size,
-                suite=suite,
-                base_round_id=base_round_id,
-            )
+        attempt = 0
+        while True:
             try:
+                if attempt > 0:
+                    self.reconnect()  # a restarted enclave serves a new certificate
+                submission = self.seal_update(
+                    adapter,
+                    round_id=round_id,
+                    client_id=client_id,
+                    num_examples=num_examples,
+                    idempotency_key=key,
+                    chunk_size=chunk_size,
+                    suite=suite,
+                    base_round_id=base_round_id,
+                )
                 return self.send(submission)
             except AggregatorUnavailableError:
-                if attempt == retries:
+                if attempt >= retries:
                     raise
-                time.sleep(min(2.0, 0.25 * 2**attempt))
-                try:
-                    self.reconnect()  # a restarted enclave serves a new certificate
-                except AggregatorUnavailableError:
-                    if attempt + 1 == retries:
-                        raise
-        raise AssertionError("unreachable")
+            time.sleep(min(2.0, 0.25 * 2**attempt))
+            attempt += 1
 
     def fetch_aggregate(self, round_id: int, *, wait_seconds: float = 0.0) -> Aggregate:
         """The round's aggregate, verified against the attested log key (waits for the round to close)."""
-        attested = self.attest()
+        check_int(round_id, "round_id", minimum=1)
+        wait_seconds = check_seconds(wait_seconds, "wait_seconds", allow_zero=True)
+        attested = self._attested_for(round_id)
         manifest_bytes, data = self._connection.get_aggregate(round_id, wait_seconds=wait_seconds)
         signed = SignedManifest.from_bytes(manifest_bytes)
         manifest = verify_manifest(signed, attested.log_public_key_obj(), data)
@@ -441,6 +484,25 @@ class FedSealClient:
         """Replace the enrolment with a higher version (role operator); removed sites and keys
         are refused from their next call on."""
         return self.operate("rotate_enrolment", {"enrolment": enrolment.to_json_obj()})
+
+
+def _check_submission_args(
+    round_id: object,
+    num_examples: object,
+    idempotency_key: object,
+    chunk_size: object,
+    suite: object,
+    base_round_id: object,
+) -> None:
+    check_int(round_id, "round_id", minimum=1)
+    check_int(num_examples, "num_examples", minimum=1)
+    if idempotency_key is not None:
+        check_bytes(idempotency_key, "idempotency_key", min_size=16, max_size=64)
+    check_int(chunk_size, "chunk_size", minimum=MIN_CHUNK_SIZE, maximum=MAX_CHUNK_SIZE)
+    if not isinstance(suite, HpkeSuite):
+        raise ClientArgumentError(f"suite must be an HpkeSuite, got {type(suite).__name__}")
+    if base_round_id is not None:
+        check_int(base_round_id, "base_round_id", minimum=0)
 
 
 def _update_spec(adapter: Mapping[str, torch.Tensor], config: RoundConfig) -> AdapterSpec:

@@ -8,8 +8,10 @@ from fedseal.errors import FedSealError
 __all__ = [
     "AdapterMismatchError",
     "AggregatorUnavailableError",
+    "ClientArgumentError",
     "ClientError",
     "DpRequirementError",
+    "OperatorActionError",
     "RoundUnavailableError",
     "UnattestedChannelError",
 ]
@@ -19,12 +21,18 @@ class ClientError(FedSealError):
     """Root of client-side failures that are not verification failures."""
 
 
+class ClientArgumentError(ClientError, ValueError):
+    """An argument of an SDK call has the wrong type or value; the message names it. Raised
+    before anything is sent."""
+
+
 class AdapterMismatchError(ClientError):
     """The adapter given to submit_update() does not match the round's adapter spec."""
 
 
 class AggregatorUnavailableError(ClientError):
-    """The aggregator could not be reached or did not answer in time."""
+    """The aggregator could not be reached or did not answer in time, or this client's
+    connection is closed (after close(), or a reconnect() that could not reach it)."""
 
 
 class DpRequirementError(ClientError):

@@ -135,7 +135,8 @@ class AggregatorConnection:
             self._channel = ca_channel(
                 endpoint, root_certificates=root_certificates, client=client_tls, options=options
             )
-        self._stub = pb_grpc.AggregatorStub(self._channel)  # type: ignore[no-untyped-call]
+        self._open_stub = pb_grpc.AggregatorStub(self._channel)  # type: ignore[no-untyped-call]
+        self._closed = False
 
     def __enter__(self) -> AggregatorConnection:
         return self
@@ -144,7 +145,18 @@ class AggregatorConnection:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
+
+    @property
+    def _stub(self) -> pb_grpc.AggregatorStub:
+        # grpc answers a call on a closed channel with a bare ValueError: name it instead.
+        if self._closed:
+            raise AggregatorUnavailableError(
+                f"the connection to {self._endpoint} is closed (close() was called, or reconnect() "
+                "could not reach the aggregator): call reconnect() once it is reachable"
+            )
+        return self._open_stub
 
     @property
     def endpoint(self) -> str:
@@ -177,7 +189,9 @@ class AggregatorConnection:
     def get_attestation(self, challenge: bytes) -> bytes:
         try:
             reply = self._stub.GetAttestation(
-                pb.AttestationRequest(challenge=challenge), timeout=self._timeout
+                pb.AttestationRequest(challenge=challenge),
+                timeout=self._timeout,
+                metadata=self._attestation_auth(),
             )
         except grpc.RpcError as exc:
             raise self._failed("GetAttestation", exc) from None
@@ -336,6 +350,15 @@ class AggregatorConnection:
             raise UnattestedChannelError(
                 f"{call}: the channel to {self._endpoint} is not bound to a verified attestation yet"
             )
+
+    def _attestation_auth(self) -> tuple[tuple[str, bytes], ...]:
+        """An enrolled caller's GetAttestation carries a call token bound to the pinned TLS
+        certificate, so the enclave charges it to this identity's budget rather than to the
+        public one that anonymous callers share (and can exhaust)."""
+        if self._identity is None or self.server_certificate is None:
+            return ()
+        audience = self.server_certificate.sha256
+        return ((CALL_AUTH_METADATA_KEY, self._identity.call_token(_METHOD + "GetAttestation", audience)),)
 
     def _auth(self, method: str) -> tuple[tuple[str, bytes], ...]:
         self._require_bound(method)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 import rfc8785
 
+from fedseal import strictjson
 from fedseal.errors import CanonicalJSONError, FormatError
 
 __all__ = ["b64decode_canonical", "b64decode_field", "b64encode", "canonical_json", "parse_canonical"]
@@ -30,10 +30,7 @@ def canonical_json(value: Any) -> bytes:
 
 def parse_canonical(data: bytes, *, what: str) -> Any:
     """Parse JSON and check it is byte-for-byte canonical; `what` names the document in errors."""
-    try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{what} is not valid JSON: {exc}") from exc
+    value = strictjson.loads(data, what=what)
     if canonical_json(value) != data:
         raise CanonicalJSONError(f"{what} is not in RFC 8785 canonical form")
     return value

@@ -36,13 +36,13 @@ Removing a site (or a key, or a certificate) revokes it from the next call on.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedseal import strictjson
 from fedseal.canonical import b64decode_canonical, b64encode, canonical_json
 from fedseal.errors import FormatError
 from fedseal.signed_request import key_id
@@ -202,12 +202,15 @@ class Enrolment:
     @classmethod
     def from_file(cls, path: Path) -> Enrolment:
         try:
-            obj = json.loads(path.read_bytes())
+            obj = strictjson.loads(path.read_bytes(), what=f"enrolment file {path}")
         except OSError as exc:
             raise EnrolmentError(f"cannot read enrolment file {path}: {exc.strerror}") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise EnrolmentError(f"enrolment file {path} is not valid JSON: {exc}") from exc
-        return cls.from_json_obj(obj)
+        except FormatError as exc:
+            raise EnrolmentError(str(exc)) from None
+        try:
+            return cls.from_json_obj(obj)
+        except EnrolmentError as exc:
+            raise EnrolmentError(f"{path}: {exc}") from None
 
 
 def _site(item: object, n: int) -> EnrolledSite:

@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fedseal import strictjson
 from fedseal.canonical import canonical_json, parse_canonical
 from fedseal.checkpoint import Checkpoint
 from fedseal.errors import FormatError
@@ -276,7 +277,9 @@ def _parse_canonical_record(line: bytes, where: str) -> Any:
     `parse_canonical`, which decides and words the error.
     """
     try:
-        value = json.loads(line, parse_float=_no_float, parse_constant=_no_float, parse_int=_safe_int)
+        value = strictjson.loads(
+            line, what=where, parse_float=_no_float, parse_constant=_no_float, parse_int=_safe_int
+        )
         if (line.isascii() or _ascii_keys(value)) and (
             json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
             == line

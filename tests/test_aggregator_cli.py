@@ -264,3 +264,21 @@ def test_accumulator_device_choice(tmp_path: Path, capsys: pytest.CaptureFixture
         assert main([*base, "--accumulator-device", "cuda"]) == 2
         assert "--accumulator-device cuda: torch sees no CUDA GPU" in capsys.readouterr().err
         assert not (tmp_path / "a.log").exists()
+
+
+def test_log_that_is_no_log_is_a_usage_error_and_left_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 18 item 5: exit code 2, one line naming the file, the file unchanged, nothing kept aside."""
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"my notes, not a log")
+    rc = main(
+        ["--log", str(notes), "--insecure-simulated-tee", "--listen", "127.0.0.1:0", *_enrolment(tmp_path)]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    # stderr also carries the structured log's JSON lines; the refusal is one plain line.
+    (line,) = [x for x in err.splitlines() if not x.startswith("{")]
+    assert line.startswith("error:") and f"--log {notes} is not a FedSeal audit log" in line
+    assert notes.read_bytes() == b"my notes, not a log"
+    assert not list(tmp_path.glob("notes.txt.torn-*"))

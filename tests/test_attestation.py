@@ -240,7 +240,7 @@ def test_the_same_evidence_item_twice_is_refused_by_name(bundle: EvidenceBundle)
         pytest.param(b"[]", "JSON object", id="not-object"),
         pytest.param(b'{"a":1,"a":2}', "duplicate key", id="duplicate-key"),
         pytest.param(b'{"a":NaN}', "NaN", id="nan"),
-        pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested too deeply", id="deep"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, "nests JSON deeper than 32 levels", id="deep"),
     ],
 )
 def test_parse_rejects_non_json(data: bytes, message: str) -> None:

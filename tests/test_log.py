@@ -15,7 +15,7 @@ import pytest
 from conftest import access_config, make_adapter, round_config, submit_as
 
 from aggregator import start_aggregator
-from aggregator._log import AuditLog, AuditLogError, CommitMode
+from aggregator._log import AuditLog, AuditLogError, CommitMode, NotAnAuditLogError
 from aggregator._server import _start_enclave
 from aggregator.enclave._keys import EnclaveKeys
 from aggregator.enclave._roundkey import RoundKeyPair
@@ -444,3 +444,32 @@ def test_a_resumed_job_continues_with_the_next_unused_round_id(tmp_path: Path, d
         (2, "abandoned"),
         (3, "abandoned"),
     ]
+
+
+NOT_LOGS: dict[str, bytes] = {
+    "text without a newline": b"hello, this is my notes file",
+    "binary": bytes(range(256)) * 4,
+    "JSON object without a newline": b'{"rounds": 3}',
+    "JSON lines": b'{"hello":"world"}\n{"partial',
+    "zeroed block": b"\x00" * 4096,
+    "PEM": b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    "a first entry that is no enclave_started": ENTRY_RECORD_PREFIX
+    + LogEntry.of(
+        0,
+        "2026-01-01T00:00:00.000Z",
+        EntryKind.UPDATE_REJECTED,
+        {"round_id": 1, "client_id": "c1", "reason": "malformed", "detail": "d"},
+    ).leaf_data()
+    + b"}\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_LOGS))
+def test_a_file_that_is_no_log_is_refused_untouched(tmp_path: Path, name: str) -> None:
+    """Issue 18 item 5: never moved aside as a "torn tail", whatever its first line looks like."""
+    path = tmp_path / "mine.txt"
+    path.write_bytes(NOT_LOGS[name])
+    with pytest.raises(NotAnAuditLogError, match="is not a FedSeal audit log"):
+        AuditLog.open(path, ORIGIN, EnclaveKeys.generate().log_private_key)
+    assert path.read_bytes() == NOT_LOGS[name]
+    assert list(tmp_path.iterdir()) == [path]

@@ -11,7 +11,6 @@ with a reason; the caller logs the refusal and nothing partial is ever aggregate
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections.abc import Iterator, Mapping
@@ -21,10 +20,12 @@ from typing import Any
 import torch
 
 from aggregator.enclave._roundkey import RoundKeyDroppedError, RoundKeyPair
+from fedseal import strictjson
 from fedseal.envelope import TAG_SIZE, StreamOpener
 from fedseal.errors import EnvelopeError, EnvelopeSizeError, EnvelopeUnwrapError
 from fedseal.logformat import RejectReason
 from fedseal.spec import AdapterSpec, WireDtype
+from fedseal.strictjson import JsonDepthError
 from fedseal.wire import UpdateHeader, UpdateRejectedError
 
 __all__ = [
@@ -282,11 +283,12 @@ def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> Mapping[str
         raise _malformed(f"header length {header_len} does not fit the update or the spec")
     data_start = _HEADER_LEN_SIZE + header_len
     try:
-        header = json.loads(
-            bytes(plaintext[_HEADER_LEN_SIZE:data_start]).decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
+        header = strictjson.loads(
+            plaintext[_HEADER_LEN_SIZE:data_start], what="header", object_pairs_hook=_no_duplicates
         )
-    except (UnicodeDecodeError, ValueError) as exc:
+    except JsonDepthError as exc:
+        raise _malformed(str(exc)) from None
+    except ValueError as exc:  # FormatError and the duplicate-key hook's ValueError
         raise _malformed(f"header is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(header, dict):
         raise _malformed("header is not a JSON object")

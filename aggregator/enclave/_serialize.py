@@ -20,7 +20,9 @@ from typing import overload
 import safetensors.torch
 import torch
 
-__all__ = ["serialize_safetensors"]
+from fedseal.errors import FormatError
+
+__all__ = ["check_safetensors", "serialize_safetensors"]
 
 # Names JSON writes verbatim (no escapes), so the header is the same whoever encodes it.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-/:]+")
@@ -65,3 +67,11 @@ def serialize_safetensors(
     json.loads(header)  # cheap (a few KB): never publish a header that does not parse
     parts: list[bytes | memoryview] = [len(header).to_bytes(8, "little"), header, *views]
     return bytearray().join(parts) if wipeable else b"".join(parts)
+
+
+def check_safetensors(data: bytes, *, what: str) -> None:
+    """Raise FormatError unless `data` parses as a safetensors file (e.g. --initial-adapter)."""
+    try:
+        safetensors.torch.load(data)
+    except Exception as exc:  # the Rust parser raises its own error types (and Python ones)
+        raise FormatError(f"{what} is not a safetensors file ({type(exc).__name__})") from None

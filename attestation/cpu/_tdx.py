@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any
 import dcap_qvl
 from cryptography import x509
 
+from fedseal import strictjson
+
 from .._bundle import Evidence, EvidenceKind
 from .._checks import Checklist
 from .._encoding import DecodeError, load_json_object
@@ -305,7 +307,7 @@ def _signed_json(body: bytes, member: str, what: str) -> tuple[str, bytes]:
     if member not in members or "signature" not in members:
         raise TdxCollateralError(f"{what} lacks {member!r} or 'signature'")
     try:
-        signature = bytes.fromhex(json.loads(members["signature"]))
+        signature = bytes.fromhex(strictjson.loads(members["signature"], what=what))
     except (ValueError, TypeError):
         raise TdxCollateralError(f"{what} signature is not a hex string") from None
     return members[member], signature

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import base64
 import importlib
-import json
 import logging
 import os
 import shutil
@@ -56,6 +55,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar
+
+from fedseal import strictjson
 
 from .._bundle import Evidence, EvidenceKind
 from .._errors import EvidenceCollectionError, EvidenceFormatError
@@ -358,7 +359,7 @@ def _parse_nvattest_output(
     returncode: int, stdout: bytes, stderr: bytes, nonce: bytes, mode: CcMode
 ) -> NvidiaGpuEvidence:
     try:
-        document = json.loads(stdout)
+        document = strictjson.loads(stdout, what="nvattest output")
     except ValueError:
         tail = stderr.decode("utf-8", "replace").strip()[-300:]
         raise EvidenceCollectionError(

@@ -22,10 +22,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from fedseal import strictjson
 
 from .._errors import CollateralUnavailableError
 from .._fetch import CollateralFetcher, CollateralRequest
@@ -104,7 +105,7 @@ def _split(token_text: str) -> tuple[str, dict[str, str]]:
     if len(token_text) > _MAX_TOKEN_TEXT:
         raise NrasTokenError("NRAS token is too large")
     try:
-        document = json.loads(token_text)
+        document = strictjson.loads(token_text, what="NRAS token")
     except ValueError:
         raise NrasTokenError("NRAS token is not the JSON of a detached EAT") from None
     if (

@@ -25,13 +25,14 @@ import base64
 import binascii
 import datetime
 import enum
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+
+from fedseal import strictjson
 
 from .._errors import EvidenceFormatError
 from ._errors import (
@@ -117,7 +118,7 @@ def vbios_rim_id(report: SpdmReport) -> str | None:
 def parse_rim_service_answer(body: bytes, file_id: str) -> bytes:
     """The RIM XML out of the RIM service's JSON answer ``{"id": ..., "rim": "<base64>"}``."""
     try:
-        document = json.loads(body)
+        document = strictjson.loads(body, what="RIM service answer")
         return base64.b64decode(document["rim"], validate=True)
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise EvidenceFormatError(f"the RIM service's answer for {file_id} is not a RIM") from None

@@ -1,0 +1,89 @@
+"""argparse value types shared by the console commands: a bad value is a usage error that
+names the flag (argparse prints `PROG: error: argument --FLAG: ...` and exits 2).
+
+Python's float() takes "nan" and "inf", int() takes negatives, and gRPC takes any string
+as an address (failing later with a traceback, or binding port 443 for a bare host), so
+each flag says what it accepts here, before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable
+
+from fedseal.errors import FormatError
+
+__all__ = ["host_port", "non_negative_seconds", "parse_host_port", "positive_int", "positive_seconds"]
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_IPV6 = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+
+
+def parse_host_port(text: str, *, what: str, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split `HOST:PORT` (`[v6 address]:PORT` for IPv6); FormatError names `what`.
+
+    The port is required: a bare host would make gRPC pick its default port (443).
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise FormatError(f"{what} {text[:80]!r} is not HOST:PORT")
+    port = int(port_text)
+    low = 0 if allow_port_zero else 1
+    if not low <= port < 65536:
+        raise FormatError(f"{what} {text[:80]!r}: port must be {low} to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not _IPV6.fullmatch(host):
+            raise FormatError(f"{what} {text[:80]!r}: {host[:64]!r} is not an IPv6 address")
+    elif not _HOSTNAME.fullmatch(host):
+        raise FormatError(f"{what} {text[:80]!r}: {host[:64]!r} is not a host name or IPv4 address")
+    return host, port
+
+
+def host_port(*, allow_port_zero: bool = False) -> Callable[[str], str]:
+    """argparse type: a `HOST:PORT` string, checked (returned unchanged)."""
+
+    def parse(text: str) -> str:
+        try:
+            parse_host_port(text, what="address", allow_port_zero=allow_port_zero)
+        except FormatError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str, *, allow_zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "positive"
+        raise argparse.ArgumentTypeError(f"must be a finite, {bound} number of seconds, got {text[:40]!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number > 0 (also for rates)."""
+    return _seconds(text, allow_zero=False)
+
+
+def non_negative_seconds(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _seconds(text, allow_zero=True)

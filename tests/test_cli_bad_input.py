@@ -1,0 +1,469 @@
+"""Every console command against a table of user mistakes (issue 18, item 6).
+
+Each case runs a command's `main(argv)` in-process and must end with the exit code its
+--help documents and exactly one line saying what is wrong (naming the file, flag or
+value), never a traceback. fedseal-aggregator and fedseal-audit's witness would serve
+forever if a mistake slipped through: a watchdog stops them (SIGTERM) as soon as they
+write their port file, and the case then fails on the exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from identities import write_enrolment
+
+import aggregator._cli
+import attestation._cli
+import auditor._cli as audit_cli  # the one place that names fedseal-audit's module
+from auditor import WitnessKey
+
+MAINS: dict[str, Callable[[list[str] | None], int]] = {
+    "fedseal-aggregator": aggregator._cli.main,
+    "fedseal-attest": attestation._cli.main,
+    "fedseal-audit": audit_cli.main,
+}
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+class Files:
+    """The inputs a careless user points the commands at, made once per test."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.enrolment = write_enrolment(root / "enrolment.json")
+        self.missing = root / "missing.json"
+        self.directory = root / "a-directory"
+        self.directory.mkdir()
+        self.malformed = self._write("malformed.json", b'{"version": 1, "sites": [')
+        self.nested = self._write("nested.json", ('{"version": 1, "sites": ' + DEEP + "}").encode())
+        self.wrong_type = self._write("array.json", b"[1, 2, 3]")
+        self.binary = self._write("binary.bin", bytes(range(256)) * 16)
+        self.empty = self._write("empty.json", b"")
+        self.huge = self._write("huge.json", b"")
+        with self.huge.open("r+b") as handle:  # 16 MiB of NULs, sparse: cheap to make per case
+            handle.truncate(16 * 1024 * 1024)
+        self.text = self._write("notes.txt", b"these are my notes\n")
+        self.port_file = root / "port"
+        self.witness_key = root / "witness.key"
+        WitnessKey.generate("witness.test/w1").write(self.witness_key)
+
+    def _write(self, name: str, data: bytes) -> Path:
+        path = self.root / name
+        path.write_bytes(data)
+        return path
+
+
+@dataclass(frozen=True)
+class Case:
+    command: str
+    argv: Callable[[Files], list[str]]
+    code: int
+    says: Callable[[Files], str]  # what the error line must name
+
+
+def _agg(
+    *extra: str | Callable[[Files], str], enrolment: bool = True, dev: bool = True
+) -> Callable[[Files], list[str]]:
+    def argv(f: Files) -> list[str]:
+        args = [
+            "--log",
+            str(f.root / "audit.log"),
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(f.port_file),
+        ]
+        if dev:
+            args.append("--insecure-simulated-tee")
+        if enrolment:
+            args += ["--enrolment", str(f.enrolment)]
+        return args + [x(f) if callable(x) else x for x in extra]
+
+    return argv
+
+
+def _with(values: tuple[str, ...], make: Callable[..., list[str]]) -> Callable[[Files], list[str]]:
+    """Bind a loop's values now (a bare lambda in a loop would see only the last ones)."""
+    return lambda f: make(f, *values)
+
+
+def _p(attr: str) -> Callable[[Files], str]:
+    return lambda f: str(getattr(f, attr))
+
+
+def _s(text: str) -> Callable[[Files], str]:
+    return lambda f: text
+
+
+FILE_MISTAKES = ("missing", "directory", "malformed", "nested", "wrong_type", "binary", "empty", "huge")
+
+CASES: dict[str, Case] = {}
+for kind in FILE_MISTAKES:
+    CASES[f"aggregator --enrolment {kind}"] = Case(
+        "fedseal-aggregator", _agg("--enrolment", _p(kind), enrolment=False), 2, _p(kind)
+    )
+    CASES[f"aggregator --job {kind}"] = Case("fedseal-aggregator", _agg("--job", _p(kind)), 2, _p(kind))
+    CASES[f"aggregator --self-attestation-policy {kind}"] = Case(
+        "fedseal-aggregator", _agg("--self-attestation-policy", _p(kind), dev=False), 2, _p(kind)
+    )
+    CASES[f"aggregator --initial-adapter {kind}"] = Case(
+        "fedseal-aggregator", _agg("--initial-adapter", _p(kind)), 2, _p(kind)
+    )
+    CASES[f"aggregator --client-ca {kind}"] = Case(
+        "fedseal-aggregator",
+        _agg("--listen-mtls", "127.0.0.1:0", "--client-ca", _p(kind)),
+        2,
+        _p(kind),
+    )
+    CASES[f"attest verify --bundle {kind}"] = Case(
+        "fedseal-attest",
+        _with((kind,), lambda f, k: ["verify", "--bundle", str(getattr(f, k)), "--challenge", "00" * 32]),
+        2 if kind in ("missing", "directory") else 1,
+        _p(kind) if kind in ("missing", "directory") else _s("BundleFormatError"),
+    )
+    CASES[f"attest verify --policy {kind}"] = Case(
+        "fedseal-attest",
+        _with(
+            (kind,),
+            lambda f, k: [
+                "verify",
+                "--bundle",
+                str(f.text),
+                "--challenge",
+                "00" * 32,
+                "--policy",
+                str(getattr(f, k)),
+            ],
+        ),
+        2,
+        _p(kind),
+    )
+    CASES[f"audit verify --policy {kind}"] = Case(
+        "fedseal-audit",
+        _with((kind,), lambda f, k: ["verify", str(f.text), "--policy", str(getattr(f, k))]),
+        2,
+        _p(kind),
+    )
+    CASES[f"audit check-receipt receipt {kind}"] = Case(
+        "fedseal-audit",
+        _with((kind,), lambda f, k: ["check-receipt", str(getattr(f, k)), "--log", str(f.text)]),
+        2 if kind in ("missing", "directory", "binary") else 1,
+        _s("receipt") if kind in ("missing", "directory", "binary") else _s("RECEIPT DOES NOT HOLD"),
+    )
+    if kind == "missing":
+        continue  # a witness's first start: no state yet
+    CASES[f"audit witness serve --state {kind}"] = Case(
+        "fedseal-audit",
+        _with(
+            (kind,),
+            lambda f, k: [
+                "witness",
+                "serve",
+                "--key-file",
+                str(f.witness_key),
+                "--state",
+                str(getattr(f, k)),
+                "--log-origin",
+                "fedseal.test/log",
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(f.port_file),
+            ],
+        ),
+        2,
+        _p(kind),
+    )
+
+for kind in ("directory", "binary", "text", "nested", "empty"):
+    if kind != "empty":  # an empty --log is a new log
+        CASES[f"aggregator --log {kind}"] = Case(
+            "fedseal-aggregator",
+            _with(
+                (kind,),
+                lambda f, k: [
+                    "--log",
+                    str(getattr(f, k)),
+                    "--insecure-simulated-tee",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--enrolment",
+                    str(f.enrolment),
+                    "--port-file",
+                    str(f.port_file),
+                ],
+            ),
+            2,
+            _p(kind),
+        )
+    CASES[f"audit verify log {kind}"] = Case(
+        "fedseal-audit",
+        _with(
+            (kind,),
+            lambda f, k: ["verify", str(getattr(f, k)), "--builtin-policy", "dev-insecure-allow-simulated"],
+        ),
+        2 if kind == "directory" else 1,
+        _p(kind) if kind == "directory" else _s("FAILED"),
+    )
+
+for value, says in [
+    ("nothost:abc", "nothost:abc"),
+    ("127.0.0.1", "127.0.0.1"),
+    ("", "--listen"),
+    ("127.0.0.1:99999", "99999"),
+    ("127.0.0.1:-1", "127.0.0.1:-1"),
+    ("[::1:50051", "[::1:50051"),
+    ("bad host!:50051", "bad host!"),
+]:
+    CASES[f"aggregator --listen {value!r}"] = Case(
+        "fedseal-aggregator",
+        _with(
+            (value,),
+            lambda f, v: [
+                "--log",
+                str(f.root / "audit.log"),
+                "--insecure-simulated-tee",
+                "--listen",
+                v,
+                "--enrolment",
+                str(f.enrolment),
+                "--port-file",
+                str(f.port_file),
+            ],
+        ),
+        2,
+        _s(says),
+    )
+    CASES[f"aggregator --listen-mtls {value!r}"] = Case(
+        "fedseal-aggregator", _agg("--listen-mtls", value, "--client-ca", _p("text")), 2, _s(says)
+    )
+
+for flag, value in [
+    ("--max-streams", "-1"),
+    ("--max-streams", "abc"),
+    ("--max-calls-per-round", "0"),
+    ("--max-bytes-per-round", "-5"),
+    ("--public-rate", "nan"),
+    ("--public-rate", "-1"),
+    ("--public-rate-total", "inf"),
+    ("--public-burst", "-1"),
+    ("--public-burst-total", "x"),
+    ("--witness-timeout", "nan"),
+    ("--witness-timeout", "-3"),
+    ("--tls-name", "bad name!"),
+    ("--log-origin", "has space"),
+    ("--witness", "garbage"),
+    ("--metrics-listen", "nothost:abc"),
+    ("--health-listen", "70000"),
+    ("--accumulator-device", "tpu"),
+    ("--crl", "/nonexistent/crl.pem"),
+]:
+    CASES[f"aggregator {flag} {value!r}"] = Case("fedseal-aggregator", _agg(flag, value), 2, _s(flag))
+
+CASES["aggregator --spool-dir naming a file"] = Case(
+    "fedseal-aggregator", _agg("--spool-dir", _p("text")), 2, _p("text")
+)
+CASES["aggregator --initial-adapter text"] = Case(
+    "fedseal-aggregator", _agg("--initial-adapter", _p("text")), 2, _p("text")
+)
+CASES["aggregator --client-ca text"] = Case(
+    "fedseal-aggregator", _agg("--listen-mtls", "127.0.0.1:0", "--client-ca", _p("text")), 2, _p("text")
+)
+CASES["aggregator unknown flag"] = Case("fedseal-aggregator", _agg("--frobnicate"), 2, _s("--frobnicate"))
+CASES["aggregator no arguments"] = Case("fedseal-aggregator", lambda f: [], 2, _s("required"))
+
+for value in ("nan", "-1", "inf", "abc"):
+    CASES[f"audit verify --max-clock-skew {value}"] = Case(
+        "fedseal-audit",
+        _with((value,), lambda f, v: ["verify", str(f.text), "--max-clock-skew", v]),
+        2,
+        _s("--max-clock-skew"),
+    )
+    CASES[f"audit witness serve --max-clock-skew {value}"] = Case(
+        "fedseal-audit",
+        _with(
+            (value,),
+            lambda f, v: [
+                "witness",
+                "serve",
+                "--key-file",
+                str(f.witness_key),
+                "--state",
+                str(f.root / "state.json"),
+                "--log-origin",
+                "fedseal.test/log",
+                "--max-clock-skew",
+                v,
+                "--port-file",
+                str(f.port_file),
+            ],
+        ),
+        2,
+        _s("--max-clock-skew"),
+    )
+    CASES[f"audit check-receipt --timeout {value}"] = Case(
+        "fedseal-audit",
+        _with(
+            (value,), lambda f, v: ["check-receipt", str(f.text), "--endpoint", "127.0.0.1:1", "--timeout", v]
+        ),
+        2,
+        _s("--timeout"),
+    )
+    CASES[f"attest verify --timeout {value}"] = Case(
+        "fedseal-attest",
+        _with((value,), lambda f, v: ["verify", "--endpoint", "127.0.0.1:1", "--timeout", v]),
+        2,
+        _s("--timeout"),
+    )
+for value in ("::::", "", "nothost", "host:0", "host:abc", "[zz]:1"):
+    CASES[f"audit check-receipt --endpoint {value!r}"] = Case(
+        "fedseal-audit",
+        _with((value,), lambda f, v: ["check-receipt", str(f.text), "--endpoint", v]),
+        2,
+        _s("endpoint"),
+    )
+    CASES[f"attest verify --endpoint {value!r}"] = Case(
+        "fedseal-attest", _with((value,), lambda f, v: ["verify", "--endpoint", v]), 2, _s("endpoint")
+    )
+CASES["audit witness serve --listen nothost:abc"] = Case(
+    "fedseal-audit",
+    lambda f: [
+        "witness",
+        "serve",
+        "--key-file",
+        str(f.witness_key),
+        "--state",
+        str(f.root / "state.json"),
+        "--log-origin",
+        "fedseal.test/log",
+        "--listen",
+        "nothost:abc",
+        "--port-file",
+        str(f.port_file),
+    ],
+    2,
+    _s("--listen"),
+)
+CASES["audit witness keygen --key-file directory"] = Case(
+    "fedseal-audit",
+    lambda f: ["witness", "keygen", "--name", "w.example/w1", "--key-file", str(f.directory)],
+    2,
+    _p("directory"),
+)
+CASES["audit witness keygen --name bad"] = Case(
+    "fedseal-audit",
+    lambda f: ["witness", "keygen", "--name", "bad name", "--key-file", str(f.root / "w.key")],
+    2,
+    _s("bad name"),
+)
+# A trusted checkpoint that does not parse is a finding of the audit (documented: exit 1).
+CASES["audit verify --trusted-checkpoint nested"] = Case(
+    "fedseal-audit", lambda f: ["verify", str(f.text), "--trusted-checkpoint", str(f.nested)], 1, _s("FAILED")
+)
+CASES["audit no command"] = Case("fedseal-audit", lambda f: [], 2, _s("required"))
+for flag, value in [("--challenge", "zz"), ("--challenge", "00"), ("--now", "yesterday")]:
+    CASES[f"attest verify {flag} {value}"] = Case(
+        "fedseal-attest",
+        _with(
+            (
+                flag,
+                value,
+            ),
+            lambda f, fl, v: ["verify", "--bundle", str(f.text), "--challenge", "00" * 32, fl, v],
+        ),
+        2,
+        _s(flag),
+    )
+CASES["attest collect --out directory"] = Case(
+    "fedseal-attest",
+    lambda f: [
+        "collect",
+        "--challenge",
+        "00" * 32,
+        "--hpke-public-key",
+        "00" * 32,
+        "--log-public-key",
+        "00" * 32,
+        "--out",
+        str(f.directory),
+    ],
+    2,
+    _p("directory"),
+)
+CASES["attest collect --challenge short"] = Case(
+    "fedseal-attest",
+    lambda f: [
+        "collect",
+        "--challenge",
+        "00",
+        "--hpke-public-key",
+        "00" * 32,
+        "--log-public-key",
+        "00" * 32,
+        "--out",
+        str(f.root / "b.json"),
+    ],
+    2,
+    _s("--challenge"),
+)
+
+
+@contextlib.contextmanager
+def _watchdog(port_file: Path) -> Iterator[None]:
+    """SIGTERM this process if a command starts serving (it writes its port file)."""
+    done = threading.Event()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            if port_file.exists():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_user_mistake_is_one_named_line(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = CASES[name]
+    files = Files(tmp_path)
+    argv = case.argv(files)
+    with _watchdog(files.port_file):
+        try:
+            code = MAINS[case.command](argv)
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    captured = capsys.readouterr()
+    output = captured.err + captured.out
+    assert "Traceback" not in output
+    assert not files.port_file.exists(), f"{case.command} started serving"
+    # stderr may also carry the aggregator's structured log (JSON lines) and argparse's usage.
+    errors = [
+        line
+        for line in output.splitlines()
+        if any(mark in line for mark in ("error:", "DOES NOT HOLD", "FAILED", "NOT VERIFIED"))
+        and not line.startswith("{")
+    ]
+    assert code == case.code, f"exit {code}, expected {case.code}: {output[-600:]}"
+    assert errors, output[-600:]
+    expected = case.says(files)
+    assert any(expected in line for line in errors), f"no line names {expected!r}: {errors}"
