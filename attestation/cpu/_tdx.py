@@ -543,7 +543,7 @@ def _when(moment: datetime.datetime) -> str:
 def _tcb_info_issue_date(tcb_info: str) -> datetime.datetime | None:
     """The ``issueDate`` of Intel's TCB info JSON, or None when it has none (or a bad one)."""
     try:
-        value = json.loads(tcb_info).get("issueDate")
+        value = strictjson.loads(tcb_info, what="Intel TCB info").get("issueDate")
         issued = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except (ValueError, AttributeError):
         return None
