@@ -80,7 +80,7 @@ def fill_policy_template(
     Values for a CPU TEE the document has no section for are refused (they would be lost),
     and so is a document whose sections are left without values.
     """
-    filled: dict[str, Any] = copy.deepcopy(dict(document))
+    filled: dict[str, object] = copy.deepcopy(dict(document))
     for key, values, size in (
         ("amd_sev_snp", snp_measurements, SNP_MEASUREMENT_SIZE),
         ("intel_tdx", tdx_mrtd, TDX_MEASUREMENT_SIZE),
