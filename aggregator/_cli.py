@@ -246,7 +246,8 @@ def _parser() -> argparse.ArgumentParser:
         "--cpu-tee",
         choices=[c.value for c in CpuTee],
         default=CpuTee.NONE.value,
-        help="the confidential VM's CPU TEE, reported through configfs-tsm: sev-snp, tdx or none "
+        help="the confidential VM's CPU TEE: sev-snp or tdx (configfs-tsm), coco-sev-snp or coco-tdx "
+        "(in a Confidential Containers pod: the attestation agent on 127.0.0.1:8006), or none "
         "(default: %(default)s). Without it the evidence proves the GPU, not the VM's software",
     )
     p.add_argument(
