@@ -63,8 +63,9 @@ def hardware_collectors(
 ) -> Iterator[list[EvidenceCollector]]:
     """The collectors for this VM, closed on exit. Raises EvidenceCollectionError if none is chosen.
 
-    With ``collateral``, the GPU and SEV-SNP collectors staple what an offline verifier
-    needs (RIMs, OCSP answers, AMD certificates), fetched and cached through it.
+    With ``collateral``, the GPU, SEV-SNP and TDX collectors staple what an offline verifier
+    needs (RIMs, OCSP answers, AMD certificates, Intel PCS collateral), fetched and cached
+    through it.
     """
     if gpu is GpuCollector.NONE and cpu is CpuTee.NONE:
         raise EvidenceCollectionError(
@@ -103,5 +104,9 @@ def hardware_collectors(
                 from .cpu import SevSnpCollateralStapler
 
                 tsm = SevSnpCollateralStapler(tsm, collateral)
+            elif collateral is not None:
+                from .cpu import TdxCollateralStapler
+
+                tsm = TdxCollateralStapler(tsm, collateral)
             collectors.append(tsm)
         yield collectors

@@ -69,6 +69,7 @@ from ._tdx import (
     verify_tdx_evidence,
     verify_tdx_quote,
 )
+from ._tdx_staple import TdxCollateralStapler
 
 __all__ = [
     "AMD_KDS_BASE_URL",
@@ -103,6 +104,7 @@ __all__ = [
     "TdxCertificateChainError",
     "TdxCollateralError",
     "TdxCollateralRequests",
+    "TdxCollateralStapler",
     "TdxPolicy",
     "TdxQuote",
     "TdxQuoteSignatureError",
