@@ -27,6 +27,7 @@ from attestation import (
     CachingFetcher,
     CheckResult,
     CollateralCache,
+    CollateralRefresher,
     EvidenceCollectionError,
     EvidenceCollector,
     HttpFetcher,
@@ -435,6 +436,7 @@ def _collectors(
         return [InsecureSimulatedTeeCollector("fedseal-aggregator (insecure simulated TEE)")]
     # Collateral is fetched here, on the host side, and stapled so clients verify offline.
     collateral = CollateralCache(HttpFetcher(), on_event=metrics.collateral_event)
+    stack.enter_context(CollateralRefresher(collateral))  # refreshed before due, stopped at exit
     return stack.enter_context(
         hardware_collectors(GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee), collateral=collateral)
     )
