@@ -29,6 +29,7 @@ from attestation import (
     CachingFetcher,
     CheckResult,
     CollateralCache,
+    CollateralRefresher,
     EvidenceCollectionError,
     EvidenceCollector,
     HttpFetcher,
@@ -251,7 +252,8 @@ def _parser() -> argparse.ArgumentParser:
         "--cpu-tee",
         choices=[c.value for c in CpuTee],
         default=CpuTee.NONE.value,
-        help="the confidential VM's CPU TEE, reported through configfs-tsm: sev-snp, tdx or none "
+        help="the confidential VM's CPU TEE: sev-snp or tdx (configfs-tsm), coco-sev-snp or coco-tdx "
+        "(in a Confidential Containers pod: the attestation agent on 127.0.0.1:8006), or none "
         "(default: %(default)s). Without it the evidence proves the GPU, not the VM's software",
     )
     p.add_argument(
@@ -476,6 +478,7 @@ def _collectors(
         return [InsecureSimulatedTeeCollector("fedseal-aggregator (insecure simulated TEE)")]
     # Collateral is fetched here, on the host side, and stapled so clients verify offline.
     collateral = CollateralCache(HttpFetcher(), on_event=metrics.collateral_event)
+    stack.enter_context(CollateralRefresher(collateral))  # refreshed before due, stopped at exit
     return stack.enter_context(
         hardware_collectors(GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee), collateral=collateral)
     )

@@ -33,6 +33,7 @@ from ._checks import CheckResult
 from ._collateral import (
     CollateralCache,
     CollateralEvent,
+    CollateralRefresher,
     CollateralValidity,
     StapledCollateralExpiredError,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "CollateralEvent",
     "CollateralFetcher",
     "CollateralPolicy",
+    "CollateralRefresher",
     "CollateralRequest",
     "CollateralSource",
     "CollateralUnavailableError",

@@ -8,7 +8,8 @@ One JSON object in RFC 8785 (JCS) canonical form, UTF-8, at most 4 MiB::
     {
       "binding":         "<base64, 32 bytes>",
       "challenge":       "<base64, 32 bytes>",
-      "evidence":        [ {"kind": "<evidence kind>", "payload": "<base64>"}, ... ],
+      "evidence":        [ {"kind": "<evidence kind>", "payload": "<base64>",
+                            "collateral": "<base64>" (optional, intel-tdx only)}, ... ],
       "format":          "fedseal-evidence-bundle/v1",
       "hpke_public_key": "<base64, 32 bytes: raw X25519>",
       "log_public_key":  "<base64, 32 bytes: raw Ed25519>",
@@ -32,6 +33,18 @@ enclave's TLS endpoint presents, and its ``binding`` is binding v2, which covers
   ``attestation/_simulated.py``; hardware kinds carry the vendor's report or token).
   Each item's report data must carry the binding. No item may appear twice
   (:class:`DuplicateEvidenceError`).
+* ``collateral`` (optional; ``intel-tdx`` items only): the vendor collateral the
+  aggregator stapled for the item, a ``fedseal-stapled-collateral/v1`` document (see
+  ``attestation/_stapled.py``): Intel PCS's answers (TCB info, QE identity, CRLs, their
+  issuer chains) exactly as PCS served them. It is needed because a TDX payload is the raw
+  quote, which has no room for it (SEV-SNP and NVIDIA payloads carry theirs inside). It is
+  outside the binding and the CPU report data on purpose: every item in it is signed by
+  Intel and checked against the pinned Intel SGX Root CA, so a substitute can only be other
+  genuine, unexpired Intel collateral, which the policy's ``max_tcb_info_age_seconds``
+  bounds. It is inside the bundle's bytes, so :meth:`EvidenceBundle.digest` (logged, and
+  verified by auditors) names exactly the collateral a client verified against. A bundle
+  without the field is the same bundle as before it existed; verifiers older than the
+  field refuse a bundle that carries it (strict parsing), which is the right failure.
 
 Parsing is strict: a missing or unknown field, a wrong length, non-canonical base64, an
 unknown evidence kind, another format version or a document not in canonical form is a
@@ -85,6 +98,7 @@ _TOP_LEVEL_FIELDS = frozenset(
 )
 _TOP_LEVEL_FIELDS_V2 = _TOP_LEVEL_FIELDS | {"tls_certificate_sha256"}
 _EVIDENCE_FIELDS = frozenset({"kind", "payload"})
+_EVIDENCE_OPTIONAL_FIELDS = frozenset({"collateral"})
 
 
 class EvidenceKind(enum.Enum):
@@ -106,12 +120,18 @@ class EvidenceKind(enum.Enum):
     INTEL_TDX = "intel-tdx"
 
 
+# Kinds whose payload is the vendor's raw report with no room for stapled collateral.
+_KINDS_WITH_COLLATERAL = frozenset({EvidenceKind.INTEL_TDX})
+
+
 @dataclass(frozen=True)
 class Evidence:
     """One piece of evidence: a kind and that kind's opaque payload bytes."""
 
     kind: EvidenceKind
     payload: bytes
+    #: Stapled vendor collateral for the item (``intel-tdx`` only; see the module docstring).
+    collateral: bytes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, EvidenceKind):
@@ -120,6 +140,18 @@ class Evidence:
             raise BundleFormatError("evidence payload must be non-empty bytes", field="payload")
         if len(self.payload) > MAX_BUNDLE_SIZE:
             raise BundleFormatError(f"evidence payload exceeds {MAX_BUNDLE_SIZE} bytes", field="payload")
+        if self.collateral is not None:
+            if self.kind not in _KINDS_WITH_COLLATERAL:
+                raise BundleFormatError(
+                    f"{self.kind.value} evidence carries its collateral in its payload, not beside it",
+                    field="collateral",
+                )
+            if not isinstance(self.collateral, bytes) or not self.collateral:
+                raise BundleFormatError("evidence collateral must be non-empty bytes", field="collateral")
+            if len(self.collateral) > MAX_BUNDLE_SIZE:
+                raise BundleFormatError(
+                    f"evidence collateral exceeds {MAX_BUNDLE_SIZE} bytes", field="collateral"
+                )
 
 
 @dataclass(frozen=True)
@@ -171,11 +203,12 @@ class EvidenceBundle:
                 f"got {len(self.evidence)}",
                 field="evidence",
             )
-        first_seen: dict[Evidence, int] = {}
+        first_seen: dict[tuple[EvidenceKind, bytes], int] = {}
         for index, item in enumerate(self.evidence):
             if not isinstance(item, Evidence):
                 raise BundleFormatError(f"evidence[{index}] must be an Evidence", field=f"evidence[{index}]")
-            first = first_seen.setdefault(item, index)
+            # Collateral aside: the same report twice is a duplicate whatever is stapled to it.
+            first = first_seen.setdefault((item.kind, item.payload), index)
             if first != index:
                 # One report counted twice would look like two attesting devices.
                 raise DuplicateEvidenceError(
@@ -188,9 +221,7 @@ class EvidenceBundle:
         document: dict[str, object] = {
             "binding": b64encode(self.binding),
             "challenge": b64encode(self.challenge),
-            "evidence": [
-                {"kind": item.kind.value, "payload": b64encode(item.payload)} for item in self.evidence
-            ],
+            "evidence": [_evidence_document(item) for item in self.evidence],
             "format": f"{_FORMAT_PREFIX}{self.version}",
             "hpke_public_key": b64encode(self.hpke_public_key),
             "log_public_key": b64encode(self.log_public_key),
@@ -255,11 +286,25 @@ class EvidenceBundle:
         return bundle
 
 
-def _check_fields(document: dict[str, object], expected: frozenset[str], *, where: str, prefix: str) -> None:
+def _evidence_document(item: Evidence) -> dict[str, str]:
+    document = {"kind": item.kind.value, "payload": b64encode(item.payload)}
+    if item.collateral is not None:
+        document["collateral"] = b64encode(item.collateral)
+    return document
+
+
+def _check_fields(
+    document: dict[str, object],
+    expected: frozenset[str],
+    *,
+    where: str,
+    prefix: str,
+    optional: frozenset[str] = frozenset(),
+) -> None:
     missing = sorted(expected - document.keys())
     if missing:
         raise BundleFormatError(f"{where} is missing field {missing[0]!r}", field=prefix + missing[0])
-    unknown = sorted(document.keys() - expected)
+    unknown = sorted(document.keys() - expected - optional)
     if unknown:
         raise BundleFormatError(f"{where} has unknown field {unknown[0]!r}", field=prefix + unknown[0])
 
@@ -301,7 +346,9 @@ def _parse_evidence_list(value: object) -> tuple[Evidence, ...]:
         prefix = f"evidence[{index}]"
         if not isinstance(entry, dict):
             raise BundleFormatError(f"{prefix} must be a JSON object", field=prefix)
-        _check_fields(entry, _EVIDENCE_FIELDS, where=prefix, prefix=prefix + ".")
+        _check_fields(
+            entry, _EVIDENCE_FIELDS, where=prefix, prefix=prefix + ".", optional=_EVIDENCE_OPTIONAL_FIELDS
+        )
         kind_value = entry["kind"]
         try:
             kind = EvidenceKind(kind_value)
@@ -314,7 +361,15 @@ def _parse_evidence_list(value: object) -> tuple[Evidence, ...]:
         payload = _b64_field(entry["payload"], f"{prefix}.payload", None)
         if not payload:
             raise BundleFormatError(f"{prefix}.payload is empty", field=f"{prefix}.payload")
-        items.append(Evidence(kind=kind, payload=payload))
+        collateral = None
+        if "collateral" in entry:
+            collateral = _b64_field(entry["collateral"], f"{prefix}.collateral", None)
+            if not collateral:
+                raise BundleFormatError(f"{prefix}.collateral is empty", field=f"{prefix}.collateral")
+        try:
+            items.append(Evidence(kind=kind, payload=payload, collateral=collateral))
+        except BundleFormatError as exc:
+            raise BundleFormatError(f"{prefix}: {exc}", field=f"{prefix}.{exc.field or 'evidence'}") from None
     return tuple(items)
 
 

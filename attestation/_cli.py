@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-tee",
         choices=[c.value for c in CpuTee],
         default=CpuTee.NONE.value,
-        help="the VM's CPU TEE (configfs-tsm): sev-snp, tdx or none (default: %(default)s)",
+        help="the VM's CPU TEE: sev-snp or tdx (configfs-tsm), coco-sev-snp or coco-tdx (the "
+        "attestation agent of a Confidential Containers pod), or none (default: %(default)s)",
     )
     collect.add_argument(
         "--nvattest", metavar="PATH", default="nvattest", help="the nvattest executable (default: from PATH)"

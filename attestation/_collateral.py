@@ -17,6 +17,10 @@ ASK, Intel's PCS collateral. They fetch it on the host side through a
   :class:`StapledCollateralExpiredError` naming the item: GetAttestation fails closed;
 * the next successful fetch restores service: nothing is sticky.
 
+:class:`CollateralRefresher` refreshes the cached items in a daemon thread shortly before
+their refresh time, so that a client's GetAttestation never waits on a vendor's service;
+a failure there is counted like any other and the cached copy stays.
+
 Every outcome is reported to ``on_event`` (the aggregator counts them in Prometheus).
 A failed fetch never raises past this class except as that named error.
 """
@@ -36,6 +40,7 @@ from ._fetch import CollateralFetcher, CollateralRequest
 __all__ = [
     "CollateralCache",
     "CollateralEvent",
+    "CollateralRefresher",
     "CollateralValidity",
     "StapledCollateralExpiredError",
 ]
@@ -96,6 +101,8 @@ class CollateralCache:
         self._on_event = on_event
         self._retry_after = retry_after
         self._entries: dict[str, _Entry] = {}
+        # How to fetch each item again, for the background refresher.
+        self._sources: dict[str, tuple[CollateralRequest, Appraiser, str]] = {}
         self._next_try: dict[str, datetime.datetime] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -113,6 +120,7 @@ class CollateralCache:
         key = request.cache_key()
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
+            self._sources[key] = (request, appraise, what)
         with lock:  # one fetch per item at a time; other items are not held up
             now = self._clock()
             entry = self._entries.get(key)
@@ -122,22 +130,58 @@ class CollateralCache:
             next_try = self._next_try.get(key)
             if next_try is not None and now < next_try:  # failed recently: do not wait on it again
                 return self._stale_or_fail(entry, now, what, "the last fetch failed")
-            try:
-                data = self._fetcher.fetch(request)
-                validity = appraise(data, now)
-                if validity.expires_at <= now:
-                    raise CollateralUnavailableError(
-                        f"the answer expired at {validity.expires_at:%Y-%m-%dT%H:%M:%SZ}"
-                    )
-            except (AttestationError, ValueError) as exc:
-                self._next_try[key] = now + self._retry_after
-                self._event(CollateralEvent.REFRESH_FAILED, what)
-                _LOG.warning("collateral refresh failed for %s: %s", what, exc)
-                return self._stale_or_fail(entry, now, what, f"fetching it failed ({exc})")
+            fetched = self._fetch(key, request, appraise, what, now)
+            if isinstance(fetched, bytes):
+                return fetched
+            return self._stale_or_fail(entry, now, what, fetched)
+
+    def refresh_due(self, lead: datetime.timedelta) -> int:
+        """Fetch again every item whose refresh time is less than ``lead`` away (and that did
+        not fail within ``retry_after``), so that GetAttestation finds it fresh. Failures keep
+        the cached copy, as in :meth:`get`; nothing raises. Returns how many were attempted."""
+        with self._guard:
+            sources = dict(self._sources)
+            locks = dict(self._locks)
+        attempted = 0
+        for key, (request, appraise, what) in sources.items():
+            with locks[key]:
+                now = self._clock()
+                entry = self._entries.get(key)
+                next_try = self._next_try.get(key)
+                due = entry is None or now + lead >= entry.validity.refresh_at
+                if not due or (next_try is not None and now < next_try):
+                    continue
+                attempted += 1
+                self._fetch(key, request, appraise, what, now)  # a failure is counted and logged there
+        return attempted
+
+    def next_refresh(self) -> datetime.datetime | None:
+        """The earliest refresh time of the cached items (None when nothing is cached)."""
+        with self._guard:
+            times = [entry.validity.refresh_at for entry in self._entries.values()]
+        return min(times, default=None)
+
+    def _fetch(
+        self, key: str, request: CollateralRequest, appraise: Appraiser, what: str, now: datetime.datetime
+    ) -> bytes | str:
+        """One fetch (the caller holds the item's lock): the new data, or why it failed."""
+        try:
+            data = self._fetcher.fetch(request)
+            validity = appraise(data, now)
+            if validity.expires_at <= now:
+                raise CollateralUnavailableError(
+                    f"the answer expired at {validity.expires_at:%Y-%m-%dT%H:%M:%SZ}"
+                )
+        except (AttestationError, ValueError) as exc:
+            self._next_try[key] = now + self._retry_after
+            self._event(CollateralEvent.REFRESH_FAILED, what)
+            _LOG.warning("collateral refresh failed for %s: %s", what, exc)
+            return f"fetching it failed ({exc})"
+        with self._guard:
             self._entries[key] = _Entry(data, validity)
-            self._next_try.pop(key, None)
-            self._event(CollateralEvent.FETCHED, what)
-            return data
+        self._next_try.pop(key, None)
+        self._event(CollateralEvent.FETCHED, what)
+        return data
 
     def _stale_or_fail(self, entry: _Entry | None, now: datetime.datetime, what: str, why: str) -> bytes:
         if entry is not None and now < entry.validity.expires_at:
@@ -169,3 +213,64 @@ def refresh_before(
     if at_most is not None:
         refresh = min(refresh, fetched_at + at_most)
     return CollateralValidity(refresh_at=refresh, expires_at=expires_at)
+
+
+class CollateralRefresher:
+    """Refreshes ``cache``'s items in a daemon thread, ``lead`` before their refresh time.
+
+    It wakes when the earliest item is due (at least every ``max_sleep``, at most every
+    ``min_sleep``), calls :meth:`CollateralCache.refresh_due`, and sleeps again. Use it as a
+    context manager (or :meth:`start` / :meth:`stop`): leaving stops and joins the thread.
+    """
+
+    def __init__(
+        self,
+        cache: CollateralCache,
+        *,
+        lead: datetime.timedelta = datetime.timedelta(minutes=10),
+        min_sleep: datetime.timedelta = datetime.timedelta(seconds=1),
+        max_sleep: datetime.timedelta = datetime.timedelta(minutes=5),
+    ) -> None:
+        if not datetime.timedelta(0) < min_sleep <= max_sleep or lead < datetime.timedelta(0):
+            raise ValueError("need 0 < min_sleep <= max_sleep and lead >= 0")
+        self._cache = cache
+        self._lead = lead
+        self._min_sleep = min_sleep
+        self._max_sleep = max_sleep
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rounds = 0  # refresh passes done (for tests and metrics)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the collateral refresher is already running")
+        self._thread = threading.Thread(target=self._run, name="fedseal-collateral-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> CollateralRefresher:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._cache.refresh_due(self._lead)
+            except Exception:  # a bug must not end the thread silently; log it and go on
+                _LOG.exception("collateral background refresh failed")
+            self.rounds += 1
+            self._stop.wait(self._sleep().total_seconds())
+
+    def _sleep(self) -> datetime.timedelta:
+        due = self._cache.next_refresh()
+        if due is None:
+            return self._max_sleep
+        wait = due - self._lead - self._cache.now()
+        return min(max(wait, self._min_sleep), self._max_sleep)

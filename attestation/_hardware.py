@@ -5,7 +5,9 @@ operator names the hardware the same way everywhere:
 
 * GPU: ``nv-local-gpu-verifier`` (NVIDIA's Python package over NVML), ``nvattest``
   (NVIDIA's successor CLI) or ``none``;
-* CPU TEE: ``sev-snp`` or ``tdx`` (both through Linux configfs-tsm) or ``none``.
+* CPU TEE: ``sev-snp`` or ``tdx`` (both through Linux configfs-tsm), ``coco-sev-snp`` or
+  ``coco-tdx`` (inside a Confidential Containers pod: the attestation agent's API server on
+  the pod's loopback), or ``none``.
 
 GPU evidence is collected first; the CPU report then covers it (see
 :func:`attestation.cpu.cpu_report_data`), so one client challenge covers both. The NVIDIA
@@ -36,7 +38,17 @@ class GpuCollector(enum.Enum):
 class CpuTee(enum.Enum):
     SEV_SNP = "sev-snp"
     TDX = "tdx"
+    COCO_SEV_SNP = "coco-sev-snp"
+    COCO_TDX = "coco-tdx"
     NONE = "none"
+
+
+_CPU_KINDS = {
+    CpuTee.SEV_SNP: EvidenceKind.AMD_SEV_SNP,
+    CpuTee.TDX: EvidenceKind.INTEL_TDX,
+    CpuTee.COCO_SEV_SNP: EvidenceKind.AMD_SEV_SNP,
+    CpuTee.COCO_TDX: EvidenceKind.INTEL_TDX,
+}
 
 
 @contextlib.contextmanager
@@ -46,12 +58,14 @@ def hardware_collectors(
     *,
     nvattest: str = "nvattest",
     configfs_tsm_root: Path | None = None,
+    coco_agent_url: str | None = None,
     collateral: CollateralCache | None = None,
 ) -> Iterator[list[EvidenceCollector]]:
     """The collectors for this VM, closed on exit. Raises EvidenceCollectionError if none is chosen.
 
-    With ``collateral``, the GPU and SEV-SNP collectors staple what an offline verifier
-    needs (RIMs, OCSP answers, AMD certificates), fetched and cached through it.
+    With ``collateral``, the GPU, SEV-SNP and TDX collectors staple what an offline verifier
+    needs (RIMs, OCSP answers, AMD certificates, Intel PCS collateral), fetched and cached
+    through it.
     """
     if gpu is GpuCollector.NONE and cpu is CpuTee.NONE:
         raise EvidenceCollectionError(
@@ -72,17 +86,27 @@ def hardware_collectors(
 
             collectors[0] = NvidiaCollateralStapler(collectors[0], collateral)
         if cpu is not CpuTee.NONE:
-            from .cpu import ConfigfsTsmCollector
+            from .cpu import CocoEvidenceCollector, ConfigfsTsmCollector
 
-            kind = EvidenceKind.AMD_SEV_SNP if cpu is CpuTee.SEV_SNP else EvidenceKind.INTEL_TDX
-            tsm: EvidenceCollector = (
-                ConfigfsTsmCollector(kind)
-                if configfs_tsm_root is None
-                else ConfigfsTsmCollector(kind, root=configfs_tsm_root)
-            )
+            kind = _CPU_KINDS[cpu]
+            tsm: EvidenceCollector
+            if cpu in (CpuTee.COCO_SEV_SNP, CpuTee.COCO_TDX):
+                tsm = (
+                    CocoEvidenceCollector(kind)
+                    if coco_agent_url is None
+                    else CocoEvidenceCollector(kind, url=coco_agent_url)
+                )
+            elif configfs_tsm_root is None:
+                tsm = ConfigfsTsmCollector(kind)
+            else:
+                tsm = ConfigfsTsmCollector(kind, root=configfs_tsm_root)
             if kind is EvidenceKind.AMD_SEV_SNP and collateral is not None:
                 from .cpu import SevSnpCollateralStapler
 
                 tsm = SevSnpCollateralStapler(tsm, collateral)
+            elif collateral is not None:
+                from .cpu import TdxCollateralStapler
+
+                tsm = TdxCollateralStapler(tsm, collateral)
             collectors.append(tsm)
         yield collectors

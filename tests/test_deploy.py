@@ -9,9 +9,12 @@ audit-log volume, and that the systemd unit keeps its hardening.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from collections import defaultdict
 from pathlib import Path
@@ -32,6 +35,7 @@ CONTAINERFILE = DEPLOY / "container" / "Containerfile"
 LOCK = DEPLOY / "container" / "requirements.lock"
 NODEPS_LOCK = DEPLOY / "container" / "requirements-nodeps.lock"
 K8S = DEPLOY / "kubernetes"
+KATA = DEPLOY / "kubernetes-kata"
 UNIT = DEPLOY / "systemd" / "fedseal-aggregator.service"
 
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -210,7 +214,8 @@ def test_statefulset_runs_one_confidential_pod_with_limits_probes_and_a_log_volu
     args = aggregator_cli_parser().parse_args(container["args"])
     assert args.listen.endswith(f":{port['containerPort']}")
     assert args.health_listen.port == ports["health"]["containerPort"]
-    assert args.cpu_tee == pod["runtimeClassName"].rsplit("-", 1)[1].replace("snp", "sev-snp")
+    # In the pod VM the container reaches its TEE through the CoCo attestation agent only.
+    assert args.cpu_tee == "coco-" + pod["runtimeClassName"].rsplit("-", 1)[1].replace("snp", "sev-snp")
     assert not args.insecure_simulated_tee and args.gpu_collector != "none"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     (claim,) = spec["volumeClaimTemplates"]
@@ -218,6 +223,100 @@ def test_statefulset_runs_one_confidential_pod_with_limits_probes_and_a_log_volu
     assert claim["spec"]["resources"]["requests"]["storage"]
     assert spec["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
     assert args.job is not None and mounts["job"] == str(args.job.parent)
+
+
+def _pointer(path: str) -> list[str]:
+    return [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")[1:]]
+
+
+def _apply_json_patch(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """RFC 6902 (the operations the overlays use), as kustomize applies them."""
+    result = copy.deepcopy(document)
+    for operation in operations:
+        *parents, last = _pointer(operation["path"])
+        target: Any = result
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        key: Any = int(last) if isinstance(target, list) else last
+        if operation["op"] == "test":
+            assert target[key] == operation["value"], operation
+        elif operation["op"] == "replace":
+            assert isinstance(target, list) or key in target, operation
+            target[key] = operation["value"]
+        elif operation["op"] == "remove":
+            del target[key]
+        else:
+            raise AssertionError(f"the overlays use test, replace and remove only: {operation}")
+    return result
+
+
+def _kata_overlay(variant: str) -> dict[str, Any]:
+    """The overlay's StatefulSet: the base's with the overlay's patches applied."""
+    kustomization = yaml.safe_load((KATA / variant / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../../kubernetes"]
+    sts = _one("StatefulSet")
+    for patch in kustomization["patches"]:
+        assert patch["target"] == {"kind": "StatefulSet", "name": sts["metadata"]["name"]}
+        sts = _apply_json_patch(sts, yaml.safe_load(patch["patch"]))
+    return sts
+
+
+KATA_VARIANTS = {
+    # overlay: (runtime class, --cpu-tee, GPU passed through)
+    "nvidia-gpu-tdx": ("kata-qemu-nvidia-gpu-tdx", "coco-tdx", True),
+    "snp": ("kata-qemu-snp", "coco-sev-snp", False),
+    "tdx": ("kata-qemu-tdx", "coco-tdx", False),
+}
+
+
+def test_kata_overlays_cover_the_confidential_runtime_classes() -> None:
+    assert {p.name for p in KATA.iterdir()} == set(KATA_VARIANTS)
+    base = _one("StatefulSet")["spec"]["template"]["spec"]
+    classes = {variant[0] for variant in KATA_VARIANTS.values()} | {base["runtimeClassName"]}
+    assert classes == {
+        "kata-qemu-snp",
+        "kata-qemu-tdx",
+        "kata-qemu-nvidia-gpu-snp",
+        "kata-qemu-nvidia-gpu-tdx",
+    }
+
+
+@pytest.mark.parametrize("variant", sorted(KATA_VARIANTS))
+def test_kata_overlay_runs_the_coco_collector_with_the_right_resources(variant: str) -> None:
+    runtime_class, cpu_tee, gpu = KATA_VARIANTS[variant]
+    pod = _kata_overlay(variant)["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == runtime_class
+    (container,) = pod["containers"]
+    args = aggregator_cli_parser().parse_args(container["args"])
+    assert args.cpu_tee == cpu_tee and not args.insecure_simulated_tee
+    resources = container["resources"]
+    gpus = {k for part in ("requests", "limits") for k in resources[part] if k.startswith("nvidia.com/")}
+    if gpu:
+        assert args.gpu_collector == "nv-local-gpu-verifier"
+        assert resources["requests"]["nvidia.com/pgpu"] == resources["limits"]["nvidia.com/pgpu"] == "1"
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.workload.config": "vm-passthrough"}
+    else:
+        assert args.gpu_collector == "none" and not gpus
+        assert "tolerations" not in pod
+        assert pod["nodeSelector"] == {"katacontainers.io/kata-runtime": "true"}
+    for key in ("cpu", "memory"):
+        assert resources["requests"][key] and resources["limits"][key]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) is not installed")
+@pytest.mark.parametrize("variant", sorted(KATA_VARIANTS))
+def test_kata_overlays_render_with_kustomize_as_checked_above(variant: str) -> None:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(KATA / variant)], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
+    (sts,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "StatefulSet"]
+    ours = _kata_overlay(variant)["spec"]["template"]["spec"]
+    theirs = sts["spec"]["template"]["spec"]
+    for key in ("runtimeClassName", "nodeSelector"):
+        assert theirs[key] == ours[key], key
+    assert theirs.get("tolerations") == ours.get("tolerations")
+    assert theirs["containers"][0]["args"] == ours["containers"][0]["args"]
+    assert theirs["containers"][0]["resources"] == ours["containers"][0]["resources"]
 
 
 def test_service_and_network_policy_expose_only_the_grpc_port() -> None:

@@ -5,6 +5,9 @@ SEV-SNP report or a TDX quote over the 64-byte :func:`cpu_report_data`, which
 :func:`attestation.build_bundle` derives from the binding and the bundle's other (GPU)
 evidence, so that one client challenge covers both.
 
+Inside a Confidential Containers (Kata) pod, :class:`CocoEvidenceCollector` asks the
+attestation agent's API server on the pod's loopback for the same evidence.
+
 Client side: :func:`attestation.verify_bundle` verifies ``amd-sev-snp`` and ``intel-tdx``
 evidence with :func:`verify_sev_snp_evidence` and :func:`verify_tdx_evidence` under the
 policy's ``amd_sev_snp`` / ``intel_tdx`` sections (:class:`SevSnpPolicy`,
@@ -17,8 +20,11 @@ collateral) comes only through the verification context's
 :class:`~attestation.CollateralFetcher`.
 """
 
+from ._coco import DEFAULT_COCO_AGENT_URL, CocoEvidenceCollector
 from ._configfs_tsm import DEFAULT_CONFIGFS_TSM_ROOT, ConfigfsTsmCollector
 from ._errors import (
+    CocoAgentError,
+    CocoEvidenceFormatError,
     ConfigfsTsmConflictError,
     ConfigfsTsmError,
     CpuDebugModeError,
@@ -63,16 +69,21 @@ from ._tdx import (
     verify_tdx_evidence,
     verify_tdx_quote,
 )
+from ._tdx_staple import TdxCollateralStapler
 
 __all__ = [
     "AMD_KDS_BASE_URL",
     "CPU_REPORT_DATA_SIZE",
     "CPU_TEE_KINDS",
+    "DEFAULT_COCO_AGENT_URL",
     "DEFAULT_CONFIGFS_TSM_ROOT",
     "INTEL_PCS_BASE_URL",
     "SNP_REPORT_SIZE",
     "SUPPORTED_SNP_REPORT_VERSIONS",
     "AmdRoots",
+    "CocoAgentError",
+    "CocoEvidenceCollector",
+    "CocoEvidenceFormatError",
     "ConfigfsTsmCollector",
     "ConfigfsTsmConflictError",
     "ConfigfsTsmError",
@@ -93,6 +104,7 @@ __all__ = [
     "TdxCertificateChainError",
     "TdxCollateralError",
     "TdxCollateralRequests",
+    "TdxCollateralStapler",
     "TdxPolicy",
     "TdxQuote",
     "TdxQuoteSignatureError",

@@ -19,6 +19,8 @@ from .._errors import (
 )
 
 __all__ = [
+    "CocoAgentError",
+    "CocoEvidenceFormatError",
     "ConfigfsTsmConflictError",
     "ConfigfsTsmError",
     "CpuDebugModeError",
@@ -96,3 +98,13 @@ class ConfigfsTsmError(EvidenceCollectionError):
 class ConfigfsTsmConflictError(ConfigfsTsmError):
     """Another writer changed the configfs-tsm report entry while we used it (the generation
     counter moved, or the report does not carry our report data), on every attempt."""
+
+
+class CocoAgentError(EvidenceCollectionError):
+    """The Confidential Containers attestation agent (its API server inside the pod) could
+    not give evidence: unreachable, an HTTP error, or evidence over other report data."""
+
+
+class CocoEvidenceFormatError(CocoAgentError):
+    """The attestation agent's answer is not the evidence document this collector knows
+    (the message names the field)."""

@@ -21,6 +21,9 @@ issuer chains arrive in response headers, URL-encoded)::
 An :class:`~attestation.OfflineFetcher` serves stapled copies of the same answers (a header
 answer is keyed ``URL#header=<lower-case name>``, see ``CollateralRequest.staple_key``);
 :func:`tdx_collateral_staples` turns a dcap-qvl ``QuoteCollateralV3`` JSON into them.
+The aggregator's :class:`~attestation.cpu.TdxCollateralStapler` staples them beside the
+quote (the evidence item's ``collateral``, see ``attestation/_stapled.py``); the verifier
+serves those first and fetches only what is missing, and only when the policy is online.
 
 Verification
 ------------
@@ -58,6 +61,7 @@ from .._errors import (
     PolicyViolationError,
 )
 from .._fetch import CollateralFetcher, CollateralRequest, OfflineFetcher
+from .._stapled import STAPLED_COLLATERAL_FORMAT, StapledFirstFetcher, decode_stapled
 from ._common import CheckRecorder, resolve_now, shorten
 from ._errors import (
     CpuDebugModeError,
@@ -584,13 +588,38 @@ def verify_tdx_evidence(label: str, evidence: Evidence, ctx: VerificationContext
     """
     if evidence.kind is not EvidenceKind.INTEL_TDX:
         raise TypeError("verify_tdx_evidence needs intel-tdx evidence")
+    fetcher = ctx.fetcher
+    if evidence.collateral is not None:
+        # Stapled PCS answers first; the context's fetcher (offline or online, as the
+        # policy says) only for what the aggregator did not staple.
+        try:
+            stapled = decode_stapled(evidence.collateral, field=f"{label}.collateral")
+        except EvidenceFormatError as exc:
+            ctx.checks.record(
+                f"{label} stapled collateral",
+                expected=f"a {STAPLED_COLLATERAL_FORMAT} document",
+                found="malformed",
+                passed=False,
+                error=EvidenceFormatError,
+                message=str(exc),
+            )
+        else:
+            ctx.checks.record(
+                f"{label} stapled collateral",
+                expected=f"a {STAPLED_COLLATERAL_FORMAT} document",
+                found=f"{len(stapled)} stapled Intel PCS answers",
+                passed=True,
+                error=EvidenceFormatError,
+                message="",
+            )
+            fetcher = StapledFirstFetcher(stapled, ctx.fetcher)
     _appraise(
         label,
         evidence.payload,
         expected_report_data=cpu_report_data(ctx.binding, ctx.bundle.evidence),
         policy=ctx.policy.intel_tdx,
         now=ctx.now,
-        fetcher=ctx.fetcher,
+        fetcher=fetcher,
         checks=ctx.checks,
         max_tcb_info_age=ctx.policy.collateral.max_tcb_info_age,
     )

@@ -1,0 +1,168 @@
+"""Aggregator side: CPU TEE evidence from inside a Confidential Containers (Kata) pod.
+
+In a CoCo pod the guest kernel's configfs-tsm belongs to the pod VM's agent, not to the
+container; the container asks the attestation agent instead, through guest-components'
+API server on the pod's loopback (``api-server-rest``, ``http://127.0.0.1:8006``)::
+
+    GET /aa/evidence?runtime_data=<URL-safe base64, no padding>&encoding=base64
+
+The agent writes the 64 runtime-data bytes into the report as they are (SEV-SNP
+REPORT_DATA, TDX REPORTDATA) and answers its own JSON document, which
+:mod:`attestation.cpu._coco_format` turns back into the raw report (SEV-SNP, with the
+certificate table when the host supplied certificates) or quote (TDX): the payload a
+configfs-tsm collector gives, verified by clients exactly the same way. The
+``encoding=base64`` parameter exists in the agent since May 2026; an older agent takes the
+parameter as raw text, is asked for evidence over 86 bytes, and refuses.
+
+Plain HTTP is accepted only to a loopback address: the API server is in the pod, and
+nothing else should be trusted to relay the evidence request. Proxies are not consulted.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import ipaddress
+import logging
+import urllib.parse
+
+from .._bundle import Evidence, EvidenceKind
+from .._errors import EvidenceFormatError
+from ._coco_format import snp_payload_from_agent, tdx_quote_from_agent
+from ._common import shorten
+from ._errors import CocoAgentError, CocoEvidenceFormatError
+from ._report_data import CPU_REPORT_DATA_SIZE
+from ._snp import parse_sev_snp_payload
+from ._tdx import parse_tdx_quote
+
+__all__ = ["DEFAULT_COCO_AGENT_URL", "CocoEvidenceCollector"]
+
+DEFAULT_COCO_AGENT_URL = "http://127.0.0.1:8006"
+_EVIDENCE_PATH = "/aa/evidence"
+# A SEV-SNP document with a VCEK, ASK and ARK in JSON number arrays is about 30 KiB; a TDX
+# quote with an event log a few hundred KiB at most.
+_MAX_ANSWER = 4 * 1024 * 1024
+_KINDS = (EvidenceKind.AMD_SEV_SNP, EvidenceKind.INTEL_TDX)
+
+
+def _loopback_endpoint(url: str) -> tuple[str, int, str]:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or parts.hostname is None or parts.query or parts.fragment:
+        raise CocoAgentError(f"attestation agent URL must be http://<loopback address>:<port>, got {url!r}")
+    host = parts.hostname
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise CocoAgentError(
+            "attestation agent URL must name a loopback address (the agent's API server is in "
+            f"the pod), got {host!r}"
+        )
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise CocoAgentError(f"attestation agent URL has an invalid port: {url!r}") from None
+    return host, port, parts.path.rstrip("/")
+
+
+class CocoEvidenceCollector:
+    """Collects ``amd-sev-snp`` or ``intel-tdx`` evidence from the CoCo attestation agent.
+
+    ``kind`` says which TEE the pod's VM is (the Kata runtime class: ``kata-qemu-snp`` and
+    ``kata-qemu-nvidia-gpu-snp`` are SEV-SNP, the ``-tdx`` ones TDX). ``url`` is the API
+    server's address (loopback only); ``timeout`` bounds each request in seconds.
+    :meth:`collect` takes the 64-byte CPU report data, like the configfs-tsm collector.
+    """
+
+    def __init__(
+        self, kind: EvidenceKind, *, url: str = DEFAULT_COCO_AGENT_URL, timeout: float = 30.0
+    ) -> None:
+        if kind not in _KINDS:
+            raise CocoAgentError(
+                f"the attestation agent collector gives CPU TEE evidence only, not {kind.value!r}"
+            )
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise CocoAgentError("attestation agent timeout must be a positive number of seconds")
+        self._kind = kind
+        self._host, self._port, self._path = _loopback_endpoint(url)
+        self._timeout = float(timeout)
+
+    @property
+    def kind(self) -> EvidenceKind:
+        return self._kind
+
+    def collect(self, binding: bytes) -> Evidence:
+        """Fresh evidence whose report data is ``binding`` (the 64-byte CPU report data).
+
+        Raises :class:`~attestation.cpu.CocoAgentError` when the agent cannot answer or
+        answers evidence over other report data, :class:`~attestation.cpu.CocoEvidenceFormatError`
+        when its answer is malformed.
+        """
+        if not isinstance(binding, bytes) or len(binding) != CPU_REPORT_DATA_SIZE:
+            raise CocoAgentError(
+                f"CPU TEE report data must be {CPU_REPORT_DATA_SIZE} bytes (use attestation.build_bundle, "
+                "which derives it from the binding and the other evidence)"
+            )
+        body = self._get(binding)
+        if self._kind is EvidenceKind.AMD_SEV_SNP:
+            payload = snp_payload_from_agent(body)
+            try:
+                report, _ = parse_sev_snp_payload(payload)
+            except EvidenceFormatError as exc:
+                raise CocoEvidenceFormatError(
+                    f"attestation agent evidence: the rebuilt report is malformed: {exc}"
+                ) from None
+            report_data = report.report_data
+        else:
+            payload = tdx_quote_from_agent(body)
+            try:
+                report_data = parse_tdx_quote(payload).report_data
+            except EvidenceFormatError as exc:
+                raise CocoEvidenceFormatError(
+                    f"attestation agent evidence: quote is not a TDX quote: {exc}"
+                ) from None
+        if report_data != binding:
+            raise CocoAgentError(
+                "the attestation agent returned evidence over other report data than we asked for "
+                "(an agent that does not understand encoding=base64, or another caller's evidence)"
+            )
+        logging.getLogger(__name__).info(
+            "collected %s evidence from the attestation agent (%d bytes, report %s)",
+            self._kind.value,
+            len(payload),
+            "rebuilt from its JSON" if self._kind is EvidenceKind.AMD_SEV_SNP else "as quoted",
+        )
+        return Evidence(kind=self._kind, payload=payload)
+
+    def _get(self, runtime_data: bytes) -> bytes:
+        query = urllib.parse.urlencode(
+            {
+                "runtime_data": base64.urlsafe_b64encode(runtime_data).rstrip(b"=").decode("ascii"),
+                "encoding": "base64",
+            }
+        )
+        target = f"{self._path}{_EVIDENCE_PATH}?{query}"
+        where = f"attestation agent at {self._host}:{self._port}"
+        connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        try:
+            connection.request("GET", target, headers={"Accept": "application/json"})
+            response = connection.getresponse()
+            body = response.read(_MAX_ANSWER + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise CocoAgentError(
+                f"cannot get evidence from the {where}: {shorten(str(exc) or type(exc).__name__)}"
+            ) from None
+        finally:
+            connection.close()
+        if response.status != 200:
+            text = shorten(body[:400].decode("utf-8", "replace"))
+            raise CocoAgentError(
+                f"the {where} answered HTTP {response.status}: {text} (an agent from before May 2026 "
+                "cannot take binary runtime data: update guest-components)"
+                if response.status == 500 and "64 bytes" in text
+                else f"the {where} answered HTTP {response.status}: {text}"
+            )
+        if len(body) > _MAX_ANSWER:
+            raise CocoEvidenceFormatError(f"the {where} answered more than {_MAX_ANSWER} bytes")
+        return body
