@@ -270,7 +270,7 @@ def test_a_repeated_certificate_and_broken_json_are_refused(agent: FakeAgent) ->
         (text, "cert_chain[1].cert_type repeats 'VCEK'"),
         (text[:-1], "is not valid JSON"),
         (b'{"cert_chain": null, "cert_chain": null}', "duplicate key"),
-        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"[" * 100_000 + b"]" * 100_000, "deeper than 32 levels"),
         (b"[]", "must be a JSON object"),
         ("{}".encode("utf-16"), "not valid UTF-8"),
     ):

@@ -18,12 +18,13 @@ refresh serves the cached answer until it expires, then collection fails closed 
 from __future__ import annotations
 
 import datetime
-import json
 import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+
+from fedseal import strictjson
 
 from .._bundle import Evidence, EvidenceKind
 from .._collateral import CollateralCache, CollateralValidity
@@ -52,7 +53,7 @@ def _validity(expires: datetime.datetime, now: datetime.datetime) -> CollateralV
 
 def _signed_document(member: str) -> _Appraise:
     def appraise(body: bytes, now: datetime.datetime) -> CollateralValidity:
-        value = json.loads(body)[member]["nextUpdate"]
+        value = strictjson.loads(body, what=f"Intel {member}")[member]["nextUpdate"]
         next_update = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         if next_update.tzinfo is None:
             raise ValueError(f"{member}.nextUpdate has no time zone")
