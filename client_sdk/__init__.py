@@ -16,6 +16,7 @@ from client_sdk._adapters import AdapterInputError, adapter_tensors
 from client_sdk._client import (
     Aggregate,
     FedSealClient,
+    RoundOutcome,
     SealedSubmission,
     fetch_aggregate,
     submit_update,
@@ -55,6 +56,7 @@ __all__ = [
     "Receipt",
     "ReceiptStore",
     "ReceiptStoreError",
+    "RoundOutcome",
     "RoundUnavailableError",
     "SealedSubmission",
     "StaleBaseError",
