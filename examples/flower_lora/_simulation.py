@@ -10,9 +10,11 @@ import the app from this folder.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
+import ray
 from flwr.app import Context, RecordDict
 from flwr.common.config import get_fused_config_from_dir
 from flwr.common.constant import SUPERLINK_NODE_ID
@@ -36,6 +38,9 @@ def run_simulation_engine(
     """Run the app in `app_dir` on `num_nodes` simulated nodes; the ServerApp's final state."""
     os.environ.update(python_env())  # Ray's workers import the app's modules
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray's workers import the app's components ("client_app:app") from the app folder.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(app_dir), os.environ["PYTHONPATH"]])
+    _start_ray()
     run = Run.create_empty(_RUN_ID)
     run.override_config = dict(overrides)
     run.federation_id = NOOP_FEDERATION_ID
@@ -61,3 +66,22 @@ def run_simulation_engine(
         is_app=True,
     )
     return result.context.state
+
+
+def _start_ray(attempts: int = 3) -> None:
+    """Start Ray before Flower does (Flower then uses it, and shuts it down at the end).
+
+    Ray's node has a fixed 30 s to register at start; on a loaded machine it can miss it,
+    and Ray then raises a bare Exception saying so: that one is retried, nothing else."""
+    for attempt in range(attempts):
+        try:
+            ray.init(
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}},
+            )
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt + 1 == attempts:
+                raise
+            ray.shutdown()
