@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors.torch
 import torch
 from conftest import access_config, make_adapter, round_config, simulated_collector, site_client, submit_as
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -388,6 +389,57 @@ def test_every_fedseal_strategy_is_selectable_from_the_run_config_and_reaches_th
         fedseal_strategy(base | {"fedseal-strategy": "fedsgd"})
     with pytest.raises(FlowerIntegrationError, match="needs all of"):
         fedseal_strategy(base | {"fedseal-dp-epsilon": 1.0})
+
+
+def test_fedseals_central_dp_from_the_run_config_runs_in_the_enclave(
+    tmp_path: Path, dev_policy: Policy, server_identity: None
+) -> None:
+    initial = make_adapter(0)
+    adapter_file = tmp_path / "initial.safetensors"
+    adapter_file.write_bytes(safetensors.torch.save(initial))
+    running = start_aggregator(
+        log_path=tmp_path / "audit.log",
+        log_origin="fedseal.test/log",
+        collectors=[simulated_collector()],
+        access=access_config(AccessLimits(public_rate_per_peer=1000.0, public_burst_per_peer=5000)),
+        listen="127.0.0.1:0",
+        initial_adapter=adapter_file.read_bytes(),
+    )
+    try:
+        key_file = tmp_path / "operator.key"
+        key_file.write_bytes(
+            signing_key("principal olivia-operator").private_bytes(
+                Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+            )
+        )
+        run_config: dict[str, str | int | float | bool] = {
+            "fedseal-endpoint": running.endpoint,
+            "fedseal-policy": DEV,
+            "fedseal-identity": "olivia-operator",
+            "fedseal-key-file": str(key_file),
+            "fedseal-dp-epsilon": 8.0,
+            "fedseal-dp-delta": 1e-5,
+            "fedseal-dp-clip-norm": 1.0,
+            "fedseal-initial-adapter": str(adapter_file),
+        }
+        sites = ["site-0", "site-1"]
+        grid = _grid(running, _node_app({s: make_adapter(i + 1) for i, s in enumerate(sites)}), sites)
+        options = {"fraction_evaluate": 0.0, "min_train_nodes": 2, "min_available_nodes": 2}
+        strategy = fedseal_strategy(run_config, **options)
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(torch_state_dict=initial), num_rounds=2)
+        entries = _entries(running.log.path)
+        opened = [f["config"] for k, f in entries if k is EntryKind.ROUND_OPENED]
+        assert [c["dp"]["rounds"] for c in opened] == [2, 2]  # the run's num_rounds, from Flower
+        assert [c["dp"]["epsilon"] for c in opened] == [8.0, 8.0]
+        closed = [f for k, f in entries if k is EntryKind.ROUND_CLOSED]
+        assert len(closed) == 2 and all(f["dp"] is not None for f in closed)
+        # Other initial arrays than the aggregator's initial adapter: refused before any round.
+        with pytest.raises(FlowerIntegrationError, match="initial arrays are not the initial adapter"):
+            fedseal_strategy(run_config, **options).start(
+                grid=grid, initial_arrays=ArrayRecord(torch_state_dict=make_adapter(9)), num_rounds=1
+            )
+    finally:
+        running.stop(grace=0.5)
 
 
 def test_bfloat16_adapters_keep_their_dtype_through_flower_and_the_round_spec(
