@@ -186,6 +186,37 @@ class RoundManager:
                 return self._open_locked(job.round_config(opened + 1))
         return None
 
+    def close_round(self, round_id: int, reason: str) -> RoundSnapshot:
+        """End open round `round_id` now (an operator's signed `close_round`, e.g. a Flower
+        server that knows its other nodes failed): it closes on the updates it has if they
+        reach `min_clients`, else it fails with `reason`. A round that already ended is
+        returned as it is, so the request is safe to repeat."""
+        book = self._book
+        with book.lock:
+            book.changed.wait_for(
+                lambda: not any(r.closing for r in book.rounds.values()), timeout=MAX_UPLOAD_SECONDS
+            )
+            rnd = book.rounds.get(round_id)
+            if rnd is None:
+                raise RoundNotFoundError(f"round {round_id} does not exist")
+            if rnd.state is RoundState.OPEN and not book.stopped:
+                count, needed = len(rnd.accepted), rnd.config.min_clients
+                if count >= needed:
+                    self._closer.close_locked(rnd)
+                else:
+                    self._closer.fail_locked(
+                        rnd,
+                        f"closed by the operator with {count} accepted update(s), min_clients is "
+                        f"{needed}: {reason}",
+                    )
+            return book.snapshot(rnd)
+
+    def failure(self, round_id: int) -> str | None:
+        """Why round `round_id` failed or was withheld (None: it did not, or does not exist)."""
+        with self._book.lock:
+            rnd = self._book.rounds.get(round_id)
+            return rnd.failure if rnd is not None else None
+
     def current_round_id(self) -> int:
         """The open round's id, else the latest round's (0: none yet); for per-round budgets."""
         with self._book.lock:

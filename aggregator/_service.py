@@ -117,6 +117,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         self._access = access
         self._actions: dict[str, tuple[frozenset[Role], ActionHandler]] = {
             "open_round": (OPERATOR_ACTIONS["open_round"], self._open_round),
+            "close_round": (OPERATOR_ACTIONS["close_round"], self._close_round),
             "update_job": (OPERATOR_ACTIONS["update_job"], self._update_job),
             "rotate_enrolment": (OPERATOR_ACTIONS["rotate_enrolment"], self._rotate_enrolment),
         }
@@ -415,6 +416,24 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     def _open_round(self, request: VerifiedRequest) -> dict[str, Any]:
         config = RoundConfig.from_json_obj(_param(request, "round_config"))
         return _round_result(self._rounds.open_round(config))
+
+    def _close_round(self, request: VerifiedRequest) -> dict[str, Any]:
+        params = request.params
+        round_id, reason = params.get("round_id"), params.get("reason")
+        if (
+            set(params) != {"round_id", "reason"}
+            or isinstance(round_id, bool)
+            or not isinstance(round_id, int)
+            or round_id < 1
+            or not isinstance(reason, str)
+            or not 0 < len(reason) <= 400
+        ):
+            raise ConfigError(
+                "close_round: params must be exactly {'round_id': int >= 1, 'reason': 1-400 characters}"
+            )
+        snap = self._rounds.close_round(round_id, reason)
+        with_failure = self._rounds.failure(round_id)
+        return _round_result(snap) | ({"failure": with_failure} if with_failure is not None else {})
 
     def _update_job(self, request: VerifiedRequest) -> dict[str, Any]:
         obj = _param(request, "job")

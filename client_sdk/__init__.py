@@ -16,6 +16,7 @@ from client_sdk._adapters import AdapterInputError, adapter_tensors
 from client_sdk._client import (
     Aggregate,
     FedSealClient,
+    RoundOutcome,
     SealedSubmission,
     fetch_aggregate,
     submit_update,
@@ -61,6 +62,7 @@ __all__ = [
     "ReceiptStore",
     "ReceiptStoreError",
     "RoundKeyError",
+    "RoundOutcome",
     "RoundUnavailableError",
     "SealedSubmission",
     "StaleBaseError",

@@ -61,7 +61,14 @@ from fedseal.roundkey import MissingRoundKeyError, RoundKeyError, VerifiedRoundK
 from fedseal.spec import AdapterSpec, WireDtype, pair_lora_names
 from fedseal.wire import PROTOCOL_VERSION, RoundState, StaleBaseError, UpdateHeader, update_staleness
 
-__all__ = ["Aggregate", "FedSealClient", "SealedSubmission", "fetch_aggregate", "submit_update"]
+__all__ = [
+    "Aggregate",
+    "FedSealClient",
+    "RoundOutcome",
+    "SealedSubmission",
+    "fetch_aggregate",
+    "submit_update",
+]
 
 _TORCH_DTYPE = {
     WireDtype.FLOAT32: torch.float32,
@@ -78,6 +85,14 @@ class SealedSubmission:
     chunks: tuple[bytes, ...]
     expected: ExpectedUpdate
     attestation: VerifiedAttestation
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """A round as `close_round` left it, and why it failed (None: it did not)."""
+
+    info: RoundInfo
+    failure: str | None
 
 
 @dataclass(frozen=True)
@@ -474,6 +489,21 @@ class FedSealClient:
             RoundConfig.from_json_obj(result["round_config"]),
             RoundState(result["state"]),
             int(result["accepted"]),
+        )
+
+    def close_round(self, round_id: int, reason: str) -> RoundOutcome:
+        """End open round `round_id` now (role operator): it closes on the updates it has if
+        they reach its `min_clients`, else it fails, recording `reason`. A round that already
+        ended is reported as it is."""
+        result = self.operate("close_round", {"round_id": round_id, "reason": reason}).result
+        failure = result.get("failure")
+        return RoundOutcome(
+            RoundInfo(
+                RoundConfig.from_json_obj(result["round_config"]),
+                RoundState(result["state"]),
+                int(result["accepted"]),
+            ),
+            failure if isinstance(failure, str) else None,
         )
 
     def update_job(self, job: Mapping[str, Any]) -> OperatorResult:

@@ -1,6 +1,6 @@
 """Signed requests: what an operator, an approver or an enrolled site signs to be let in.
 
-One format serves the operator surface (open a round, change the job, rotate the
+One format serves the operator surface (open or close a round, change the job, rotate the
 enrolment, approve a release: each names an `action` and its `params`) and the per-call
 tokens with which a caller proves its key on a read call (action ``call``, params
 ``{"method": <gRPC method>}``). Wire form, RFC 8785 canonical JSON in UTF-8::
@@ -185,6 +185,7 @@ class Role(enum.Enum):
 # this table and the auditor checks every `operator_action` entry against it.
 ACTION_ROLES: dict[str, frozenset[Role]] = {
     "open_round": frozenset({Role.OPERATOR}),
+    "close_round": frozenset({Role.OPERATOR}),
     "update_job": frozenset({Role.OPERATOR}),
     "rotate_enrolment": frozenset({Role.OPERATOR}),
 }

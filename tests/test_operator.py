@@ -216,6 +216,39 @@ def test_a_signed_open_round_is_accepted_and_logged_with_its_signer(
     assert [(a["action"], a["signer"]) for a in report.operator_actions] == [("open_round", OPERATOR)]
 
 
+def test_close_round_ends_a_round_early_on_its_updates_or_fails_it_below_quorum(
+    live_aggregator: RunningAggregator, dev_policy: Policy
+) -> None:
+    # Round 1: 3 expected, 2 needed, 2 submitted; the operator knows the third will not come.
+    live_aggregator.rounds.open_round(round_config(1, min_clients=2, max_clients=3, deadline_seconds=600.0))
+    for site in ("site-0", "site-1"):
+        with site_client(live_aggregator.endpoint, dev_policy, site, timeout=20) as client:
+            client.submit_update(make_adapter(1), round_id=1, num_examples=10)
+    with operator_client(live_aggregator.endpoint, dev_policy) as operator:
+        closed = operator.close_round(1, "node 3 is unavailable")
+        assert (closed.info.state.value, closed.info.accepted, closed.failure) == ("closed", 2, None)
+        assert operator.fetch_aggregate(1).round_id == 1  # published at once, no deadline waited
+        again = operator.close_round(1, "repeated")  # an ended round is reported as it is
+        assert again.info.state.value == "closed"
+        # Round 2: one update, two needed: the round fails now, with the reason.
+        operator.open_round(round_config(2, min_clients=2, max_clients=3, deadline_seconds=600.0))
+        with site_client(live_aggregator.endpoint, dev_policy, "site-0", timeout=20) as client:
+            client.submit_update(make_adapter(2), round_id=2, num_examples=10)
+        failed = operator.close_round(2, "nodes 2 and 3 are unavailable")
+        assert failed.info.state.value == "failed"
+        assert failed.failure is not None and "1 accepted update(s), min_clients is 2" in failed.failure
+        assert "nodes 2 and 3 are unavailable" in failed.failure
+        with pytest.raises(OperatorActionError, match="round 9 does not exist"):
+            operator.close_round(9, "no such round")
+        with pytest.raises(OperatorActionError, match="params must be exactly"):
+            operator.operate("close_round", {"round_id": 2})
+    entries = _log_entries(live_aggregator)
+    actions = [f["action"] for k, f in entries if k is EntryKind.OPERATOR_ACTION]
+    assert actions.count("close_round") == 5  # every request is recorded, refused ones too
+    report = audit_log(live_aggregator.log.path, dev_policy)
+    assert report.findings == ()
+
+
 def test_forged_replayed_expired_and_wrong_role_requests_are_refused_over_the_wire(
     live_aggregator: RunningAggregator, dev_policy: Policy
 ) -> None:

@@ -22,6 +22,12 @@ plus ``fedseal-tls-certificate`` and ``fedseal-tls-key`` for a site enrolled wit
 certificate); arguments given in code are used where the node config says nothing. The
 policy and the key must come from the site: the app's code and its run config are chosen
 by whoever submits the Flower run.
+
+Simulated nodes (Flower's Simulation Engine, ``flwr run`` on a local-simulation
+federation) have no node config of their own: when the node config names no identity, the
+node's ``partition-id`` picks its site from the site-map folder the run config names
+(``fedseal-sites``, written by ``fedseal-job init --site-map``), which also gives the
+policy; the endpoint then comes from the run config's ``fedseal-endpoint``.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from attestation import Policy, builtin_policy_names, load_builtin_policy
+from attestation import Policy, builtin_policy_names
 from client_sdk._client import FedSealClient
 from client_sdk._identity import ClientIdentity
+from client_sdk._sitemap import SiteMap
 from client_sdk.flower._records import (
     GLOBAL_ROUND_KEY,
     RECEIPT_RECORD,
@@ -48,12 +55,14 @@ from client_sdk.flower._records import (
     single_array_record,
     tensors_to_arrays,
 )
+from client_sdk.flower._runconfig import load_policy
 
 __all__ = [
     "CLIENT_ID_KEY",
     "ENDPOINT_KEY",
     "KEY_FILE_KEY",
     "POLICY_KEY",
+    "SITES_KEY",
     "TLS_CERTIFICATE_KEY",
     "TLS_KEY_KEY",
     "FedSealMod",
@@ -66,6 +75,8 @@ CLIENT_ID_KEY = "fedseal-client-id"
 KEY_FILE_KEY = "fedseal-key-file"  # the site's enrolled Ed25519 key (PEM)
 TLS_CERTIFICATE_KEY = "fedseal-tls-certificate"  # optional: its TLS client certificate (PEM)
 TLS_KEY_KEY = "fedseal-tls-key"  # and that certificate's key (PEM)
+SITES_KEY = "fedseal-sites"  # run config, simulation only: a site-map folder (client_sdk._sitemap)
+PARTITION_ID_KEY = "partition-id"  # what Flower's Simulation Engine puts in a node's config
 _NUM_EXAMPLES = "num-examples"
 
 
@@ -145,9 +156,17 @@ class FedSealMod:
         if client_id is None and self._identity is not None:
             client_id = self._identity.name
         policy_ref = _node_str(node, POLICY_KEY)
-        policy = _load_policy(policy_ref) if policy_ref else self._policy
+        policy = load_policy(policy_ref) if policy_ref else self._policy
         key_file = _node_str(node, KEY_FILE_KEY)
         identity = self._identity if key_file is None else None
+        simulated = _simulated_site(context) if client_id is None and identity is None else None
+        if simulated is not None:
+            site_map, client_id = simulated
+            key_file = str(site_map.key_file(client_id))
+            if policy is None:
+                ref = site_map.policy
+                policy = load_policy(ref if ref in builtin_policy_names() else str(site_map.folder / ref))
+            endpoint = endpoint or _run_str(context, ENDPOINT_KEY)
         missing = [
             key
             for key, value in (
@@ -161,7 +180,8 @@ class FedSealMod:
         if missing or endpoint is None or client_id is None or policy is None:
             raise FlowerIntegrationError(
                 f"FedSeal needs {', '.join(missing)}: set them in this SuperNode's --node-config "
-                "(the policy and the key must be the site's own)"
+                "(the policy and the key must be the site's own); a simulated node takes its site "
+                f"from the run config's {SITES_KEY!r} folder"
             )
         if key_file is not None:
             certificate, tls_key = _node_str(node, TLS_CERTIFICATE_KEY), _node_str(node, TLS_KEY_KEY)
@@ -177,6 +197,28 @@ class FedSealMod:
                 f"the identity given in code is {identity.name!r}, the node config says {client_id!r}"
             )
         return _Settings(endpoint, policy, identity)
+
+
+def _simulated_site(context: Context) -> tuple[SiteMap, str] | None:
+    """A simulated node's site from the run config's site map (none: not a simulated node,
+    or no map): partition ``partition-id`` of the map is this node."""
+    folder = _run_str(context, SITES_KEY)
+    partition = context.node_config.get(PARTITION_ID_KEY)
+    if folder is None or partition is None:
+        return None
+    if isinstance(partition, bool) or not isinstance(partition, int):
+        raise FlowerIntegrationError(f"node config {PARTITION_ID_KEY!r} must be an int, got {partition!r}")
+    site_map = SiteMap.load(Path(folder))
+    return site_map, site_map.site(partition)
+
+
+def _run_str(context: Context, key: str) -> str | None:
+    value = context.run_config.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise FlowerIntegrationError(f"run config {key!r} must be a non-empty string")
+    return value
 
 
 def fedseal_mod(
@@ -200,13 +242,6 @@ def _node_str(node_config: Mapping[str, object], key: str) -> str | None:
     if not isinstance(value, str) or not value:
         raise FlowerIntegrationError(f"node config {key!r} must be a non-empty string")
     return value
-
-
-def _load_policy(ref: str) -> Policy:
-    """A builtin policy name, or the path of a policy file."""
-    if ref in builtin_policy_names():
-        return load_builtin_policy(ref)
-    return Policy.from_file(Path(ref))
 
 
 def _config_record(message: Message) -> ConfigRecord:

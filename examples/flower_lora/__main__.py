@@ -1,27 +1,34 @@
-"""Run the Flower LoRA job through a local FedSeal aggregator, in one process, without Ray.
+"""Run the Flower LoRA job through a FedSeal aggregator process, on one machine.
 
-    python -m examples.flower_lora [--hospitals 3] [--rounds 2] [--local-steps 20] [--out DIR]
+    python -m examples.flower_lora [--hospitals 3] [--rounds 2] [--local-steps 20]
+        [--engine local|simulation] [--run-config fedseal-strategy=fedprox ...] [--out DIR]
 
-What runs is the real thing except the transport between Flower's server and its nodes:
-the ServerApp (server_app.py, with FedSealFedAvg) drives rounds through a small in-process
-Flower ``Grid`` that serializes every message with Flower's own protobuf encoding, as the
-SuperLink would, and delivers it to each hospital's ClientApp (client_app.py, with the
-FedSeal mod). The FedSeal aggregator is started in-process on loopback with the INSECURE
-simulated TEE, and every party uses the dev policy that accepts it: this shows the
-protocol, not hardware protection. Each hospital gets an Ed25519 key, enrolled with the
-aggregator, and the Flower server a key the job names as its operator (all written to the
-output folder). At the end the audit log is verified.
+The operator's part first: `fedseal-job init` makes the job (site keys and the site map,
+the enrolment, the Flower server's operator key, a job whose rounds Flower opens, the
+adapter spec and initial adapter), and `fedseal-aggregator` runs it as a separate process
+on loopback with the INSECURE simulated TEE (every party uses the dev policy that accepts
+it: this shows the protocol, not hardware protection). Then Flower runs the rounds:
+
+- ``--engine local`` (no Ray): the ServerApp drives rounds through a small in-process
+  Flower ``Grid`` that serializes every message with Flower's own protobuf encoding, as the
+  SuperLink would, to each hospital's ClientApp, whose context is a SuperNode's (the
+  site's own node config);
+- ``--engine simulation``: Flower's Simulation Engine (Ray), what ``flwr run`` runs on a
+  local-simulation federation; simulated nodes take their sites from the site map.
+
+At the end the losses are printed and the audit log is verified.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import shutil
 import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -33,22 +40,16 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from aggregator import AccessConfig, JobConfig, start_aggregator
-from attestation import InsecureSimulatedTeeCollector
 from auditor._cli import main as audit_main
-from client_sdk import write_signing_key
+from examples.flower_lora._job import DEV_POLICY, aggregator_process, prepare_job, run_config
+from examples.flower_lora._simulation import run_simulation_engine
 from examples.flower_lora.client_app import app as client_app
 from examples.flower_lora.server_app import app as server_app
-from examples.lora_demo.training import HOSPITALS, DemoModelConfig, adapter_state, build_model
-from fedseal.enrolment import EnrolledSite, Enrolment
-from fedseal.signed_request import Role, Signer
-from fedseal.spec import AdapterSpec
+from examples.lora_demo.training import HOSPITALS
 
 __all__ = ["LocalGrid", "main", "server_task_identity"]
 
-DEV_POLICY = "dev-insecure-allow-simulated"
 _RUN_ID = 1
-_SERVER = "flower-server"  # the Flower server's principal name (role operator)
 
 
 class LocalGrid(Grid):
@@ -125,30 +126,28 @@ def server_task_identity() -> Iterator[None]:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-def _job(rounds: int, hospitals: int) -> JobConfig:
-    spec = AdapterSpec.from_tensors(adapter_state(build_model(DemoModelConfig())))
-    return JobConfig.from_json_obj(
-        {
-            "format": "fedseal-job/v1",
-            "rounds": rounds,
-            "round_template": {
-                "adapter_spec": spec.to_json_obj(),
-                # every sampled node submits: the round closes as soon as all have
-                "min_clients": hospitals,
-                "max_clients": hospitals,
-                "deadline_ms": 300_000,
-                "strategy": "fedavg",
-            },
-        }
-    )
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m examples.flower_lora", description=__doc__.split("\n\n")[0])
     p.add_argument("--hospitals", type=int, default=3, choices=range(2, len(HOSPITALS) + 1))
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--local-steps", type=int, default=20)
-    p.add_argument("--out", type=Path, help="folder for the audit log (default: a temporary folder)")
+    p.add_argument(
+        "--engine",
+        choices=("local", "simulation"),
+        default="local",
+        help="local: one process, a Grid over in-process ClientApps with per-site node configs; "
+        "simulation: Flower's Simulation Engine (Ray), nodes' sites from the site map",
+    )
+    p.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra run-config entries, e.g. fedseal-strategy=fedprox (values as JSON, else text)",
+    )
+    p.add_argument(
+        "--out", type=Path, help="folder for the job and the audit log (default: a temporary folder)"
+    )
     return p
 
 
@@ -157,34 +156,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.local_steps < 1:
         print("error: --rounds and --local-steps must be at least 1", file=sys.stderr)
         return 2
+    try:
+        extra = dict(_entry(item) for item in args.run_config)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with contextlib.ExitStack() as stack:
         out = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         out.mkdir(parents=True, exist_ok=True)
         audit_path = out / "audit.log"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the collector warns that it is insecure; we said so
-            collector = InsecureSimulatedTeeCollector("fedseal flower example (insecure simulated TEE)")
-        hospitals = HOSPITALS[: args.hospitals]
-        keys = out / "keys"
-        keys.mkdir(exist_ok=True)
-        for key_file in keys.glob("*.key"):
-            key_file.unlink()  # a rerun into the same folder makes new keys
-        access = AccessConfig(
-            Enrolment(1, tuple(EnrolledSite(n, (write_signing_key(keys / f"{n}.key"),)) for n in hospitals)),
-            (Signer(_SERVER, Role.OPERATOR, write_signing_key(keys / f"{_SERVER}.key")),),
-        )
-        running = start_aggregator(
-            log_path=audit_path,
-            log_origin="fedseal.local/flower-example",
-            collectors=[collector],
-            access=access,
-            job=_job(args.rounds, args.hospitals),
-            listen="127.0.0.1:0",
-        )
-        try:
-            losses = _run_flower(running.endpoint, args, keys)
-        finally:
-            running.stop(0.5)
+        audit_path.unlink(missing_ok=True)
+        hospitals = list(HOSPITALS[: args.hospitals])
+        job_dir = out / "job"
+        shutil.rmtree(job_dir, ignore_errors=True)  # a rerun into the same folder makes new keys
+        prepare_job(job_dir, hospitals)
+        print("Operator: fedseal-job init wrote", ", ".join(sorted(p.name for p in job_dir.iterdir())))
+        with aggregator_process(job_dir, audit_path) as endpoint:
+            config = run_config(
+                endpoint,
+                job_dir,
+                rounds=args.rounds,
+                nodes=len(hospitals),
+                local_steps=args.local_steps,
+                **extra,
+            )
+            print(
+                f"FedSeal aggregator on {endpoint} (a separate process, INSECURE simulated TEE, dev policy)"
+            )
+            print(
+                f"Flower job: {len(hospitals)} hospitals, {args.rounds} rounds, "
+                f"{args.local_steps} local steps"
+            )
+            started = time.monotonic()
+            if args.engine == "local":
+                state = _run_local(config, hospitals, job_dir)
+            else:
+                state = run_simulation_engine(config, len(hospitals))
+            print(f"Flower rounds took {time.monotonic() - started:.1f} s ({args.engine} engine)")
+        losses = _print_losses(state)
         print("Auditing the log with: fedseal-audit verify", audit_path, "--builtin-policy", DEV_POLICY)
         if audit_main(["verify", str(audit_path), "--builtin-policy", DEV_POLICY]) != 0:
             print("FAILED: the audit log did not verify")
@@ -196,9 +205,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run_flower(endpoint: str, args: argparse.Namespace, keys: Path) -> dict[int, float]:
-    """Run the ServerApp over the hospitals' ClientApps; return the eval loss per round."""
-    hospitals = HOSPITALS[: args.hospitals]
+def _entry(item: str) -> tuple[str, str | int | float | bool]:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--run-config {item!r}: expected KEY=VALUE")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return key, text
+    return key, value if isinstance(value, str | int | float | bool) else text
+
+
+def _print_losses(state: RecordDict) -> dict[int, float]:
+    losses = {int(r): float(v) for r, v in state.metric_records["eval-loss"].items()}  # type: ignore[arg-type]
+    train = {int(r): float(v) for r, v in state.metric_records["train-loss"].items()}  # type: ignore[arg-type]
+    for server_round, loss in sorted(losses.items()):
+        print(
+            f"round {server_round}: federated train loss {train.get(server_round, float('nan')):.4f}, "
+            f"eval loss {loss:.4f}"
+        )
+    return losses
+
+
+def _run_local(
+    config: dict[str, str | int | float | bool], hospitals: list[str], job_dir: Path
+) -> RecordDict:
+    """Run the ServerApp over the hospitals' ClientApps in this process; its final state."""
     # Each site's own settings (its SuperNode's --node-config): where the aggregator is,
     # which policy it requires, and the identity (and enrolled key) that signs its updates.
     apps = {
@@ -209,41 +241,23 @@ def _run_flower(endpoint: str, args: argparse.Namespace, keys: Path) -> dict[int
                 node_id=100 + i,
                 node_config={
                     "hospital": name,
-                    "fedseal-endpoint": endpoint,
+                    "fedseal-endpoint": str(config["fedseal-endpoint"]),
                     "fedseal-policy": DEV_POLICY,
                     "fedseal-client-id": name,
-                    "fedseal-key-file": str(keys / f"{name}.key"),
+                    "fedseal-key-file": str(job_dir / "sites" / f"{name}.key"),
                 },
                 state=RecordDict(),
-                run_config={"local-steps": args.local_steps},
+                run_config=dict(config),
             ),
         )
         for i, name in enumerate(hospitals)
     }
     server_context = Context(
-        run_id=_RUN_ID,
-        node_id=SUPERLINK_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config={
-            "num-server-rounds": args.rounds,
-            "num-nodes": len(hospitals),
-            "fedseal-endpoint": endpoint,
-            "fedseal-policy": DEV_POLICY,
-            "fedseal-identity": _SERVER,
-            "fedseal-key-file": str(keys / f"{_SERVER}.key"),
-        },
+        run_id=_RUN_ID, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config=dict(config)
     )
-    print(f"FedSeal aggregator on {endpoint} (INSECURE simulated TEE, dev policy)")
-    print(f"Flower job: {len(hospitals)} hospitals, {args.rounds} rounds, {args.local_steps} local steps")
-    started = time.monotonic()
     with server_task_identity():
         server_app(LocalGrid(apps, Run.create_empty(_RUN_ID)), server_context)
-    losses = {int(r): float(v) for r, v in server_context.state.metric_records["eval-loss"].items()}  # type: ignore[arg-type]
-    for server_round, loss in sorted(losses.items()):
-        print(f"round {server_round}: federated eval loss {loss:.4f}")
-    print(f"Flower rounds took {time.monotonic() - started:.1f} s")
-    return losses
+    return server_context.state
 
 
 if __name__ == "__main__":

@@ -1,20 +1,18 @@
-"""The Flower ServerApp of the LoRA job: FedAvg over the hospitals, round after round.
+"""The Flower ServerApp of the LoRA job: federated rounds over the hospitals.
 
-The line marked ``# FedSeal`` swaps Flower's FedAvg for FedSealFedAvg, whose averaging
-happens in the attested enclave; everything else is the usual Flower ServerApp.
+The line marked ``# FedSeal`` swaps Flower's FedAvg for a FedSeal strategy built from the
+run config (``fedseal-*`` keys: the aggregator, the server's policy and operator key, the
+FedSeal strategy and DP); everything else is the usual Flower ServerApp.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from attestation import load_builtin_policy
-from client_sdk import ClientIdentity  # FedSeal
-from client_sdk.flower import FedSealFedAvg  # FedSeal
+from client_sdk.flower import fedseal_strategy  # FedSeal
 from examples.lora_demo.training import DemoModelConfig, adapter_state, build_model
 
 app = ServerApp()
@@ -24,16 +22,12 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     run_config = context.run_config
     nodes = int(run_config["num-nodes"])
-    strategy = FedSealFedAvg(  # FedSeal: was FedAvg(
-        str(run_config["fedseal-endpoint"]),  # FedSeal
-        load_builtin_policy(str(run_config["fedseal-policy"])),  # FedSeal
-        identity=ClientIdentity.from_files(  # FedSeal: the key the aggregator knows this server by
-            str(run_config["fedseal-identity"]), Path(str(run_config["fedseal-key-file"]))
-        ),
+    strategy = fedseal_strategy(  # FedSeal: was FedAvg(
+        run_config,  # FedSeal
         fraction_train=1.0,
         fraction_evaluate=1.0,
-        min_train_nodes=nodes,
-        min_evaluate_nodes=nodes,
+        min_train_nodes=int(run_config.get("min-train-nodes", nodes)),
+        min_evaluate_nodes=int(run_config.get("min-train-nodes", nodes)),
         min_available_nodes=nodes,
     )
     initial = ArrayRecord(torch_state_dict=adapter_state(build_model(DemoModelConfig())))
@@ -41,10 +35,14 @@ def main(grid: Grid, context: Context) -> None:
         grid=grid,
         initial_arrays=initial,
         num_rounds=int(run_config["num-server-rounds"]),
-        train_config=ConfigRecord(),
+        train_config=ConfigRecord({"local-steps": int(run_config["local-steps"])}),
+        timeout=float(run_config.get("round-timeout-s", 3600)),
     )
-    # Keep what the caller wants to see: the federated evaluation loss after each round.
+    # Keep what the caller wants to see: the federated losses after each round.
     context.state["eval-loss"] = MetricRecord(
         {str(r): cast(float, m["eval_loss"]) for r, m in result.evaluate_metrics_clientapp.items()}
+    )
+    context.state["train-loss"] = MetricRecord(
+        {str(r): cast(float, m["train_loss"]) for r, m in result.train_metrics_clientapp.items()}
     )
     context.state["global-adapter"] = result.arrays

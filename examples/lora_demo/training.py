@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import random
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -367,8 +367,12 @@ def train_local(
     batch_size: int = DEFAULT_BATCH_SIZE,
     lr: float = DEFAULT_LR,
     seed: int = 0,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
 ) -> float:
     """Fine-tune the adapter on ``data`` with AdamW; return the last batch's loss.
+
+    ``extra_loss`` is added to every step's loss (e.g. FedProx's proximal term); the
+    returned loss is the task's alone.
 
     Only the LoRA parameters are optimised (PEFT froze the base). The
     optimizer is fresh on every call, as in plain FedAvg, and the batches are
@@ -390,7 +394,7 @@ def train_local(
         batch = _trim(data.train_ids[torch.randint(0, n, (batch_size,), generator=generator)])
         loss = _loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        (loss + extra_loss() if extra_loss is not None else loss).backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     model.eval()
     return float(loss.detach())
