@@ -70,4 +70,4 @@ class JobConfig:
         try:
             return cls.from_json_obj(obj)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise type(exc)(f"{path}: {exc}") from None  # the subclass names the refusal
