@@ -130,6 +130,7 @@ def start_aggregator(
             initial_adapter=initial_adapter,
             metrics=metrics,
             accumulator_device=accumulator_device,
+            dp_history=history.dp if history else None,
         )
         gate = AccessControl(
             access, audience=keys.bound.log_public_key, log=log, current_round=rounds.current_round_id

@@ -44,6 +44,9 @@ class FindingKind(enum.Enum):
     # valid decisions before it do not justify.
     INVALID_APPROVAL = "invalid_approval"
     INVALID_RELEASE = "invalid_release"
+    # A DP figure (budget, spend, clip, grid, noise, denominator) that the auditor's own
+    # re-derivation from the logged numbers does not give (auditor/_dpcheck.py).
+    INVALID_DP_SPEND = "invalid_dp_spend"
 
 
 # Findings that show the entries themselves were changed.

@@ -39,6 +39,8 @@ a tampered log is both detected and located:
   validly signed by a listed approver for this round's aggregate, or a second decision:
   `invalid_approval`; a release without `min_approvals` valid approvals, a withholding
   without a valid refusal: `invalid_release`.
+* DP (auditor/_dpcheck.py): a budget, spend, clip, grid step, noise stddev or denominator
+  that its own re-derivation from the logged numbers does not give: `invalid_dp_spend`.
 
 Key handovers are reported with the consistency proof from the old key's last checkpoint
 to the new key's first, which the auditor recomputes and verifies.

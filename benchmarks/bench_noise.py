@@ -9,7 +9,8 @@ that adds 1 % to C:
 
 * secure: `aggregator.enclave._noise.add_secure_noise`, the CKS20 discrete Gaussian on the
   grid from a ChaCha20 keystream keyed by the OS CSPRNG (quantisation included), and
-* peer: `aggregator._dp.add_noise`, float32 N(0, sigma²) from numpy's PCG64.
+* peer: float32 N(0, sigma²) from numpy's PCG64 (`_float_gaussian` below), the float noise
+  FedSeal used before the secure sampler, kept here as the reference a reader knows.
 
 Timings are best of --repeats, one thread each (torch and the sampler are single-threaded
 here), wall clock.
@@ -24,9 +25,9 @@ import sys
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from aggregator._dp import add_noise
 from aggregator.enclave._noise import add_secure_noise, calibrate_secure_noise, grid_step
 from fedseal.roundconfig import DpParams
 
@@ -42,6 +43,15 @@ def _adapter(layers: int, hidden: int) -> dict[str, torch.Tensor]:
             out[f"{prefix}.lora_A.weight"] = torch.randn(RANK, hidden) * 1e-3
             out[f"{prefix}.lora_B.weight"] = torch.randn(hidden, RANK) * 1e-3
     return out
+
+
+def _float_gaussian(tensors: dict[str, torch.Tensor], sigma: float) -> None:
+    """The former float path: N(0, sigma²) float32 from PCG64 seeded by the OS (reference only)."""
+    rng = np.random.Generator(np.random.PCG64())
+    for tensor in tensors.values():
+        tensor.view(-1).add_(
+            torch.from_numpy(rng.standard_normal(tensor.numel(), dtype=np.float32)), alpha=sigma
+        )
 
 
 def _best(
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return {name: t.clone() for name, t in base.items()}
 
     secure = _best(repeats, fresh, lambda t: add_secure_noise(t, sigma, gamma=gamma))
-    peer = _best(repeats, fresh, lambda t: add_noise(t, sigma, 1))
+    peer = _best(repeats, fresh, lambda t: _float_gaussian(t, sigma))
     print(f"# {platform.processor() or platform.machine()}, python {sys.version.split()[0]}, one thread")
     print(
         f"noise for one round: {len(base)} tensors, {dimension:,} float32 coordinates; sigma {sigma:.4g} "
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         f"grid step {gamma:.3g}"
     )
     print(f"secure (CKS20 discrete Gaussian, ChaCha20 from the OS CSPRNG): {secure:.3f} s")
-    print(f"peer (numpy PCG64 float32 Gaussian, today's add_noise):        {peer:.3f} s")
+    print(f"peer (numpy PCG64 float32 Gaussian, the former float path):    {peer:.3f} s")
     print(f"ratio secure/peer: {secure / peer:.1f}x; secure {dimension / secure / 1e6:.2f} M coordinates/s")
     return 0
 

@@ -341,8 +341,9 @@ def add_secure_noise(tensors: Mapping[str, torch.Tensor], sigma: float, *, gamma
             raise NoiseParameterError(
                 f"secure noise: tensor {name!r} must be a contiguous floating-point CPU tensor"
             )
-        # Checked before any tensor is touched, so that a refused call leaves all of them as they were.
-        if not bool(torch.all(tensor.detach().abs() <= _MAX_GRID_VALUE * gamma)):  # False for NaN
+        # Checked before any tensor is touched, so that a refused call leaves all of them as they
+        # were; a reduction (no |tensor| copy of the plaintext). NaN compares False.
+        if not float(torch.linalg.vector_norm(tensor.detach(), math.inf)) <= _MAX_GRID_VALUE * gamma:
             raise NoiseParameterError(
                 f"secure noise: tensor {name!r} holds a non-finite value or one beyond 2^50 grid "
                 "steps; refusing to noise it"
@@ -354,20 +355,27 @@ def add_secure_noise(tensors: Mapping[str, torch.Tensor], sigma: float, *, gamma
             flat = tensor.view(-1)
             for start in range(0, flat.numel(), _CHUNK):
                 part = flat[start : start + _CHUNK]
-                values = part.to(torch.float64, copy=True).numpy()
-                grid = np.rint(values / gamma)
-                values.fill(0.0)
-                if not np.all(np.abs(grid) <= _MAX_GRID_VALUE):  # also false for NaN
-                    raise NoiseParameterError(
-                        f"secure noise: tensor {name!r} holds a non-finite value or one beyond "
-                        "2^50 grid steps; refusing to noise it"
-                    )
-                noised = grid.astype(np.int64)
-                source.add_to(noised)
-                np.multiply(noised, gamma, out=grid)  # a function of the integers alone
-                part.copy_(torch.from_numpy(grid))
-                noised.fill(0)
-                grid.fill(0.0)
+                # In place: the two buffers below are the only ones that hold the plaintext
+                # (or its grid value), and both are zeroed before they are dropped.
+                grid = part.to(torch.float64, copy=True).numpy()
+                noised: Ints | None = None
+                try:
+                    np.divide(grid, gamma, out=grid)
+                    np.rint(grid, out=grid)
+                    # Reductions, no |grid| copy; NaN compares False.
+                    if not (float(grid.min()) >= -_MAX_GRID_VALUE and float(grid.max()) <= _MAX_GRID_VALUE):
+                        raise NoiseParameterError(
+                            f"secure noise: tensor {name!r} holds a non-finite value or one beyond "
+                            "2^50 grid steps; refusing to noise it"
+                        )
+                    noised = grid.astype(np.int64)
+                    source.add_to(noised)
+                    np.multiply(noised, gamma, out=grid)  # a function of the integers alone
+                    part.copy_(torch.from_numpy(grid))
+                finally:
+                    grid.fill(0.0)
+                    if noised is not None:
+                        noised.fill(0)
     finally:
         source.close()
         stream.close()
