@@ -301,3 +301,83 @@ def test_dp_round_without_the_named_initial_adapter_is_refused(
         live_aggregator.rounds.open_round(round_config(1, dp=_params()))
     kinds = [e.kind for e in log_entries(tmp_path / "audit.log")]
     assert EntryKind.DP_ROUND_REFUSED in kinds and EntryKind.ROUND_OPENED not in kinds
+
+
+def _dp_job(rounds: int, dp_rounds: int) -> object:
+    from aggregator._config import JobConfig
+
+    template = round_config(1, dp=_params(rounds=dp_rounds), min_clients=1, max_clients=1).to_json_obj()
+    del template["round_id"]
+    return JobConfig.from_json_obj({"format": "fedseal-job/v1", "rounds": rounds, "round_template": template})
+
+
+def _start_on(log: Path, job: object) -> RunningAggregator:
+    return start_aggregator(
+        log_path=log,
+        log_origin="fedseal.test/log",
+        collectors=[simulated_collector()],
+        access=access_config(),
+        job=job,  # type: ignore[arg-type]
+        initial_adapter=INITIAL_BYTES,
+    )
+
+
+def _submit_and_fetch(running: RunningAggregator, policy: Policy, round_id: int) -> None:
+    with site_client(running.endpoint, policy, f"site-{round_id}", timeout=20) as client:
+        client.submit_update(make_adapter(round_id), round_id=round_id, num_examples=1)
+        client.fetch_aggregate(round_id, wait_seconds=15)
+
+
+def test_a_dp_job_keeps_its_spent_budget_across_restarts(tmp_path: Path, dev_policy: Policy) -> None:
+    """The ledger is read back from the log by the restarted enclave: the spend goes on from
+    where it was (no second dp_budget, no reset), and a round over the budget is refused."""
+    log = tmp_path / "audit.log"
+    first = _start_on(log, _dp_job(rounds=3, dp_rounds=2))
+    try:
+        _submit_and_fetch(first, dev_policy, 1)  # DP round 1 of 2; round 2 opens
+        assert first.rounds.snapshot(2).state.value == "open"
+    finally:
+        first.stop(grace=0.5)  # round 2 is left open: the next enclave records it abandoned
+
+    second = _start_on(log, _dp_job(rounds=3, dp_rounds=2))
+    try:
+        _submit_and_fetch(second, dev_policy, 3)  # DP round 2 of 2, in a new enclave
+    finally:
+        second.stop(grace=0.5)
+
+    # A job that asks for more: its next round (4) would be DP round 3 of 2. Refused (and
+    # logged) when the restarted enclave opens it, so the aggregator does not start serving it.
+    with pytest.raises(DpBudgetExhaustedError, match="covers 2 round"):
+        _start_on(log, _dp_job(rounds=5, dp_rounds=2))
+
+    entries = log_entries(log)
+    assert len([e for e in entries if e.kind is EntryKind.ENCLAVE_STARTED]) == 3
+    assert len([e for e in entries if e.kind is EntryKind.DP_BUDGET]) == 1  # the ledger never restarts
+    spends = [e.fields["dp"] for e in entries if e.kind is EntryKind.ROUND_CLOSED]
+    assert [s["rounds_spent"] for s in spends] == [1, 2]
+    budget = DpBudget.calibrate(_params(rounds=2), DIMENSION)
+    assert spends[0]["epsilon_spent"] == pytest.approx(epsilon_after(budget, 1))
+    assert spends[1]["epsilon_spent"] == pytest.approx(epsilon_after(budget, 2))
+    assert spends[1]["epsilon_spent"] <= 8.0
+    (refused,) = [e for e in entries if e.kind is EntryKind.DP_ROUND_REFUSED]
+    assert refused.fields["round_id"] == 4 and "all spent" in refused.fields["reason"]
+    report = audit_log(log, dev_policy)
+    assert report.findings == ()
+
+
+def test_a_dp_log_that_does_not_chain_refuses_dp_rounds_after_a_restart() -> None:
+    """Fail closed: a budget or spend the restarted enclave cannot read back opens no DP round."""
+    from aggregator._dp import DpError
+
+    budget = DpBudget.calibrate(_params(rounds=3), DIMENSION)
+    logged = budget.to_json_obj()
+    plan = budget.plan(1.0, 1)
+    spend = DpLedger(budget).charge(plan, clipped=0, updates=1, noised_unclipped=None).to_json_obj(budget)
+    ledger = DpLedger.resume(logged, [spend])
+    assert ledger.rounds_spent == 1
+    with pytest.raises(DpError, match="does not chain"):
+        DpLedger.resume(logged, [spend, spend])
+    with pytest.raises(DpError, match="not one this enclave writes"):
+        DpLedger.resume({**logged, "accountant": "pld"}, [])
+    with pytest.raises(DpError, match="exceed its own epsilon|not one this enclave writes"):
+        DpLedger.resume({**logged, "noise_multiplier": 0.05}, [])
