@@ -26,7 +26,7 @@ from auditor import FindingKind, audit_log
 from auditor._cli import main as audit_main
 from client_sdk import DpRequirementError
 from fedseal.logformat import EntryKind
-from fedseal.roundconfig import ConfigError, DpParams, KrumParams
+from fedseal.roundconfig import AdaptiveClipParams, ConfigError, DpParams, KrumParams
 from fedseal.spec import AdapterSpec
 
 INITIAL = make_adapter(500)
@@ -383,3 +383,112 @@ def test_a_dp_log_that_does_not_chain_refuses_dp_rounds_after_a_restart() -> Non
         DpLedger.resume({**logged, "noise_multiplier": 0.05}, [])  # figures that do not follow
     with pytest.raises(DpError, match="exceed its own epsilon"):  # consistent, but over budget
         DpLedger.resume(DpBudget(_params(rounds=3), DIMENSION, 0.05).to_json_obj(), [])
+
+
+# ----------------------------------------------------------------------------- adaptive clipping
+
+
+def _adaptive(**overrides: object) -> DpParams:
+    clip = {"target_quantile": 0.5, "learning_rate": 0.5, "clipped_count_stddev": 5.0}
+    clip.update(overrides)  # type: ignore[arg-type]
+    return _params(rounds=3, adaptive_clip=AdaptiveClipParams(**clip))  # type: ignore[arg-type]
+
+
+def test_adaptive_clip_config_reads_back_and_refuses_what_it_cannot_run() -> None:
+    params = _adaptive()
+    obj = params.to_json_obj()
+    assert "clip_norm" not in obj
+    assert obj["clip"] == {
+        "mode": "adaptive",
+        "target_quantile": 0.5,
+        "learning_rate": 0.5,
+        "clipped_count_stddev": 5.0,
+        "initial_clip": 1.0,
+    }
+    assert DpParams.from_json_obj(obj) == params
+    assert DpParams.from_json_obj(_params().to_json_obj()).adaptive_clip is None  # fixed: the default
+    for bad, match in (
+        ({**obj, "clip_norm": 1.0}, "one of 'clip_norm'"),
+        ({**obj, "clip": {**obj["clip"], "mode": "fixed"}}, "'mode': 'adaptive'"),
+        ({**obj, "clip": {**obj["clip"], "target_quantile": 1.0}}, "target_quantile"),
+        ({**obj, "clip": {**obj["clip"], "clipped_count_stddev": 0}}, "clipped_count_stddev"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            DpParams.from_json_obj(bad)
+
+
+def test_adaptive_clip_accounts_both_releases() -> None:
+    """The count's noise and the model's compose (zCDP adds): together they spend what the
+    calibrated total multiplier alone would, and more than the model noise alone."""
+    params = _adaptive()
+    budget = DpBudget.calibrate(params, DIMENSION)
+    total = calibrate_secure_noise(params, dimension=DIMENSION, gamma=grid_step(1.0, DIMENSION))
+    assert budget.noise_multiplier > total.noise_multiplier  # the model gets less than all of it
+    rho_model, rho_count = budget.rho_per_round
+    assert rho_model == pytest.approx(0.5 / budget.noise_multiplier**2) and rho_count == pytest.approx(
+        0.5 / 25
+    )
+    assert rho_model + rho_count == pytest.approx(0.5 / total.noise_multiplier**2, rel=1e-9)
+    spent = epsilon_after(budget, 3)
+    assert spent == pytest.approx(secure_epsilon_after(params, total, 3), rel=1e-9) and spent <= 8.0
+    model_only = DpBudget.calibrate(_params(rounds=3), DIMENSION)
+    assert epsilon_after(DpBudget(model_only.params, DIMENSION, budget.noise_multiplier), 3) < spent
+    logged = budget.to_json_obj()
+    assert logged["count_mechanism"] == "discrete-gaussian-cks20-on-unclipped-count"
+    assert logged["count_noise_stddev"] == 5.0
+    from aggregator._dp import DpError
+
+    with pytest.raises(DpError, match="must exceed the job's total noise multiplier"):
+        DpBudget.calibrate(_adaptive(clipped_count_stddev=0.5), DIMENSION)
+
+
+def test_the_released_unclipped_count_has_the_configured_noise() -> None:
+    glob = {"w": torch.zeros(4)}
+    spec = AdapterSpec.from_tensors(glob)
+    plan = DpNoisePlan(
+        clip_norm=1.0, noise_stddev=1.0, grid_step=0.01, denominator=10, count_noise_stddev=4.0
+    )
+    counts = []
+    for _ in range(400):
+        acc = DpSum(spec, glob, plan)
+        for clipped in (True, False, False):
+            acc.accumulate({"w": torch.zeros(4)}, 1)
+            acc.note(clipped=clipped)
+        acc.finalize()
+        assert acc.noised_unclipped_count is not None
+        counts.append(acc.noised_unclipped_count)
+    sample = torch.tensor(counts, dtype=torch.float64)
+    assert abs(float(sample.mean()) - 2.0) < 5 * 4.0 / math.sqrt(400)
+    assert float(sample.std()) == pytest.approx(4.0, rel=0.15)
+
+
+def test_adaptive_clip_over_grpc_logs_each_rounds_clip_and_spend(tmp_path: Path, dev_policy: Policy) -> None:
+    from aggregator._config import JobConfig
+
+    params = _adaptive()
+    template = round_config(1, dp=params, min_clients=2, max_clients=2).to_json_obj()
+    del template["round_id"]
+    job = JobConfig.from_json_obj({"format": "fedseal-job/v1", "rounds": 3, "round_template": template})
+    running = _start_on(tmp_path / "audit.log", job)
+    try:
+        for rid in (1, 2, 3):
+            for i in range(2):
+                with site_client(running.endpoint, dev_policy, f"site-{i}", timeout=20) as client:
+                    client.submit_update(make_adapter(10 * rid + i), round_id=rid, num_examples=1)
+            with site_client(running.endpoint, dev_policy, "site-0", timeout=20) as client:
+                client.fetch_aggregate(rid, wait_seconds=15)
+    finally:
+        running.stop(grace=0.5)
+    entries = log_entries(tmp_path / "audit.log")
+    spends = [e.fields["dp"] for e in entries if e.kind is EntryKind.ROUND_CLOSED]
+    budget = DpBudget.calibrate(params, DIMENSION)
+    clip = 1.0
+    for t, spend in enumerate(spends, start=1):
+        assert spend["clip_norm"] == pytest.approx(clip)  # the clip each round used, logged
+        assert spend["epsilon_spent"] == pytest.approx(epsilon_after(budget, t))  # both releases
+        following = clip * math.exp(-0.5 * (spend["noised_unclipped_count"] / 2 - 0.5))
+        assert spend["next_clip_norm"] == pytest.approx(following)
+        assert spend["noise_stddev"] == pytest.approx(budget.plan(clip, 2).noise_stddev)
+        clip = following
+    assert [s["rounds_spent"] for s in spends] == [1, 2, 3] and spends[-1]["epsilon_spent"] <= 8.0
+    assert audit_log(tmp_path / "audit.log", dev_policy).findings == ()
