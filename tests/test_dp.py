@@ -388,10 +388,9 @@ def test_a_dp_log_that_does_not_chain_refuses_dp_rounds_after_a_restart() -> Non
 # ----------------------------------------------------------------------------- adaptive clipping
 
 
-def _adaptive(**overrides: object) -> DpParams:
-    clip = {"target_quantile": 0.5, "learning_rate": 0.5, "clipped_count_stddev": 5.0}
-    clip.update(overrides)  # type: ignore[arg-type]
-    return _params(rounds=3, adaptive_clip=AdaptiveClipParams(**clip))  # type: ignore[arg-type]
+def _adaptive(**overrides: float) -> DpParams:
+    clip = {"target_quantile": 0.5, "learning_rate": 0.5, "clipped_count_stddev": 5.0, **overrides}
+    return _params(rounds=3, adaptive_clip=AdaptiveClipParams(**clip))
 
 
 def test_adaptive_clip_config_reads_back_and_refuses_what_it_cannot_run() -> None:
