@@ -113,7 +113,9 @@ class RoundConfig:
     dp: DpParams | None = None
     approval: ApprovalParams | None = None
     # Outside DP: an update whose delta against the round's global adapter is longer (L2,
-    # all tensors) is refused as `norm_exceeded` (aggregator/_intake.py). None: no bound.
+    # all tensors) is refused as `norm_exceeded` (aggregator/_intake.py), so one site cannot
+    # swing an average. Without a global adapter of the round's spec (no --initial-adapter,
+    # or a lora-exact client at another rank) the update's own norm is bounded. None: no bound.
     max_update_norm: float | None = None
 
     def __post_init__(self) -> None:
