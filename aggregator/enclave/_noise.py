@@ -19,9 +19,9 @@ Accounting. The multivariate discrete Gaussian with integer L2 sensitivity Δ an
 satisfies ½(Δ/sigma)²-zCDP, the same Rényi curve as the continuous Gaussian (CKS20, their
 concentrated-DP theorem for the multivariate discrete Gaussian). `calibrate_secure_noise`
 therefore composes `ZCDpEvent(Δ²/2·sigma²)` per round with dp-accounting's RDP accountant at
-Δ = C + √d·gamma. This is conservative against today's continuous accounting twice over: the
-sensitivity is inflated by the grid, and RDP's conversion to (ε, δ) is looser than the PLD
-accountant's exact one for the continuous Gaussian (tests/test_secure_noise.py checks
+Δ = C + √d·gamma. This is conservative against the continuous Gaussian's exact accounting
+twice over: the sensitivity is inflated by the grid, and RDP's conversion to (ε, δ) is looser
+than the PLD accountant's exact one for the continuous Gaussian (tests/test_secure_noise.py checks
 ε_discrete ≥ ε_continuous at the same sigma). The PLD accountant has no multivariate
 discrete-Gaussian event, and using its continuous Gaussian event for this mechanism would
 not be a proven bound. No amplification by sampling is claimed: `DpParams` refuses a
