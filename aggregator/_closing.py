@@ -122,15 +122,7 @@ class RoundCloser:
         # the memory the round already used.
         self._buffers.drop_idle()
         try:
-            aggregate = rnd.aggregator.close(
-                noise_stddev_of_sum=(
-                    ledger.budget.noise_multiplier * config.dp.clip_norm
-                    if ledger is not None and config.dp is not None
-                    else None
-                ),
-                count=count,
-                wipeable=config.approval is not None,
-            )
+            aggregate = rnd.aggregator.close(wipeable=config.approval is not None)
         except AggregationError as exc:
             self.fail_locked(
                 rnd, f"{config.strategy} produced no aggregate: {exc}", FailureCause.AGGREGATION_FAILED
@@ -138,16 +130,14 @@ class RoundCloser:
             return
         dp_record: dict[str, object] | None = None
         try:
-            if ledger is not None and config.dp is not None:
-                spend = ledger.charge(rnd.clipped)
-                dp_record = {
-                    **spend.to_json_obj(),
-                    "noise_multiplier": ledger.budget.noise_multiplier,
-                    "clip_norm": config.dp.clip_norm,
-                    "epsilon_budget": config.dp.epsilon,
-                    "delta": config.dp.delta,
-                    "updates": count,
-                }
+            if ledger is not None and rnd.dp_plan is not None:
+                spend = ledger.charge(
+                    rnd.dp_plan,
+                    clipped=rnd.clipped,
+                    updates=count,
+                    noised_unclipped=aggregate.noised_unclipped_count,
+                )
+                dp_record = spend.to_json_obj(ledger.budget)
             appended = self._log_close(rnd, aggregate, dp_record)
         except BaseException:
             aggregate.wipe()

@@ -253,12 +253,20 @@ class Intake:
                     RejectReason.BAD_SIGNATURE,
                     "the ciphertext received is not the one the header's signature covers",
                 )
+            bound = config.max_update_norm
             prepared = rnd.aggregator.prepare(
                 update,
                 header.num_examples,
                 same_spec=spec == config.adapter_spec,
-                want_norm=config.approval is not None,
+                want_norm=config.approval is not None or bound is not None,
             )
+            if bound is not None and prepared.norm is not None and not prepared.norm <= bound:
+                # Refused before it counts; the norm is metadata the rejection may carry.
+                raise UpdateRejectedError(
+                    RejectReason.NORM_EXCEEDED,
+                    f"the update's delta against the round's global adapter has L2 norm "
+                    f"{prepared.norm:.6g}, above the round's max_update_norm {bound:g}",
+                )
             with self._book.lock:
                 if rnd.state is not RoundState.OPEN:
                     raise UpdateRejectedError(

@@ -38,10 +38,10 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -58,6 +58,7 @@ from fedseal.logformat import (
     utc_now_text,
 )
 from fedseal.logschema import (
+    DpBudgetRecorded,
     EnclaveStarted,
     EntryBody,
     RoundClosed,
@@ -76,6 +77,7 @@ __all__ = [
     "AuditLogError",
     "CommitMode",
     "Cosigner",
+    "DpHistory",
     "DroppedTail",
     "LogHistory",
     "NotAnAuditLogError",
@@ -118,6 +120,14 @@ class DroppedTail:
 
 
 @dataclass(frozen=True)
+class DpHistory:
+    """The DP ledger earlier enclaves left in the log (aggregator/_dp.py `DpLedger.resume`)."""
+
+    budgets: tuple[Mapping[str, Any], ...]  # every `dp_budget` entry's budget (a job has one)
+    spends: tuple[Mapping[str, Any], ...]  # every `round_closed` entry's `dp`, in log order
+
+
+@dataclass(frozen=True)
 class LogHistory:
     """What a resumed log says about the enclaves before this one."""
 
@@ -126,6 +136,7 @@ class LogHistory:
     last_round_id: int  # the largest round id ever opened (0: none)
     open_round: tuple[int, int] | None  # (round id, accepted updates) of a round left open
     dropped: DroppedTail | None
+    dp: DpHistory | None = None  # None: no DP round ever opened
 
 
 @dataclass(frozen=True)
@@ -442,6 +453,7 @@ class AuditLog:
             last_round_id=scan.good_rounds.last_round_id,
             open_round=scan.good_rounds.open_round(),
             dropped=dropped,
+            dp=scan.good_rounds.dp_history(),
         )
 
     def _drop_tail(self, scan: _Scanner, length: int) -> DroppedTail:
@@ -478,12 +490,21 @@ class _RoundsSeen:
     last_round_id: int = 0
     open_id: int | None = None
     open_accepted: int = 0
+    dp_budgets: list[Mapping[str, Any]] = field(default_factory=list)
+    dp_spends: list[Mapping[str, Any]] = field(default_factory=list)
 
     def copy(self) -> _RoundsSeen:
-        return _RoundsSeen(self.last_round_id, self.open_id, self.open_accepted)
+        return _RoundsSeen(
+            self.last_round_id, self.open_id, self.open_accepted, list(self.dp_budgets), list(self.dp_spends)
+        )
 
     def open_round(self) -> tuple[int, int] | None:
         return None if self.open_id is None else (self.open_id, self.open_accepted)
+
+    def dp_history(self) -> DpHistory | None:
+        if not self.dp_budgets and not self.dp_spends:
+            return None
+        return DpHistory(tuple(self.dp_budgets), tuple(self.dp_spends))
 
     def apply(self, entry: LogEntry) -> None:
         body = entry.body
@@ -494,6 +515,11 @@ class _RoundsSeen:
             self.open_accepted += 1
         elif isinstance(body, RoundClosed | RoundFailed) and body.round_id == self.open_id:
             self.open_id = None
+        if isinstance(body, DpBudgetRecorded):
+            self.dp_budgets.append(body.budget)
+        elif isinstance(body, RoundClosed) and body.dp is not None:
+            # Every closed DP round spent, released or not (a gated one showed its metrics).
+            self.dp_spends.append(body.dp)
 
 
 class _Scanner:

@@ -18,6 +18,7 @@ from aggregator._approval import ApprovalGate, GateState
 from aggregator._dp import DpLedger
 from aggregator._log import AuditLog, PendingEntry
 from aggregator.enclave._aggregation import ClosedAggregate, RoundAggregator
+from aggregator.enclave._dp import DpNoisePlan
 from aggregator.enclave._roundkey import RoundKeyPair
 from fedseal.errors import FedSealError
 from fedseal.manifest import SignedManifest
@@ -130,6 +131,8 @@ class Round:
     # A gated round between close and release: the gate and what release will publish.
     gate: ApprovalGate | None = None
     pending: PendingRelease | None = None
+    # A DP round: the clip, noise, grid and denominator it runs with (from the ledger).
+    dp_plan: DpNoisePlan | None = None
 
 
 @dataclass
@@ -150,7 +153,8 @@ class RoundBook:
         # Rounds whose aggregates were released, in log order (staleness counts them).
         self.released: list[int] = released if released is not None else []
         self.stopped = False
-        # The job's DP budget and spend (set when its first DP round opens). Enclave memory.
+        # The job's DP budget and spend: set when its first DP round opens, or read back
+        # from the log of a resumed job (aggregator/_dp.py). Enclave memory.
         self.dp: DpLedger | None = None
 
     def latest_id(self) -> int:

@@ -25,9 +25,11 @@ count). A round closes only with at least that many; strategies that discard som
 they keep is fixed by `min_clients` and their parameters; a strategy that still cannot
 produce a result fails the round (`aggregation_failed`): nothing is released.
 
-Central DP (`dp` in the round config, aggregator/_dp.py): each accepted update is clipped
-against the round's global adapter before it is folded in, with equal weights; noise is
-added at close and the round's spend recorded in `round_closed`.
+Central DP (`dp` in the round config, aggregator/_dp.py): each accepted update's delta is
+clipped against the round's global adapter before it is folded in, with equal weights; the
+sum is noised at close, divided by the round's `max_clients`, and the round's spend recorded
+in `round_closed`. A resumed log's DP spend is read back from it (`DpLedger.resume`), so a
+job's budget holds across restarts.
 
 Parts, each of one concern: `RoundManager` (here) opens rounds, runs the job and serves
 waiters; `Intake` (aggregator/_intake.py) admits, receives and accepts or refuses uploads;
@@ -77,7 +79,7 @@ from aggregator._config import JobConfig
 from aggregator._dp import DpError, DpLedger
 from aggregator._earlier import EarlierRounds
 from aggregator._intake import MAX_UPLOAD_SECONDS, Admission, Intake
-from aggregator._log import AuditLog
+from aggregator._log import AuditLog, DpHistory
 from aggregator._metrics import Metrics
 from aggregator._roundbook import (
     AggregateNotApprovedError,
@@ -93,6 +95,7 @@ from aggregator._roundbook import (
     RoundSnapshot,
 )
 from aggregator.enclave._aggregation import GlobalModel
+from aggregator.enclave._dp import DpNoisePlan
 from aggregator.enclave._keys import EnclaveKeys
 from aggregator.enclave._receive import PlaintextBuffers
 from aggregator.enclave._roundkey import RoundKeyPair
@@ -134,10 +137,12 @@ class RoundManager:
         initial_adapter: bytes | None = None,
         metrics: Metrics | None = None,
         accumulator_device: str = "cpu",
+        dp_history: DpHistory | None = None,
     ) -> None:
         """`initial_adapter`: safetensors bytes of the job's starting global adapter (what
         clients fine-tune in round 1); DP rounds need it, named by digest in their config.
-        `accumulator_device`: where FedAvg/FedProx accumulate ("cuda": the enclave's GPU)."""
+        `accumulator_device`: where FedAvg/FedProx accumulate ("cuda": the enclave's GPU).
+        `dp_history`: the DP budget and spend of a resumed log (`LogHistory.dp`)."""
         self._log = log
         self._keys = keys
         self.metrics = metrics if metrics is not None else Metrics()
@@ -145,6 +150,15 @@ class RoundManager:
         self._clock = clock
         self._spool_dir = spool_dir
         self._book = RoundBook(last_round_id, _releases_in_log(log) if last_round_id > 0 else [])
+        # A resumed log's DP ledger; if it cannot be read back, no DP round opens (fail closed).
+        self._dp_resume_error: str | None = None
+        if dp_history is not None:
+            try:
+                if len(dp_history.budgets) != 1:
+                    raise DpError(f"the log holds {len(dp_history.budgets)} dp_budget entries; a job has one")
+                self._book.dp = DpLedger.resume(dp_history.budgets[0], dp_history.spends)
+            except DpError as exc:
+                self._dp_resume_error = str(exc)
         # Bounds the plaintext held at once, whatever the number of concurrent uploads.
         self._buffers = PlaintextBuffers()
         # The current global adapter and server-optimizer state (enclave memory).
@@ -232,9 +246,8 @@ class RoundManager:
         last = book.latest_id()
         if config.round_id <= last:
             raise RoundError(f"round id {config.round_id} is not above the last round id {last}")
-        if config.dp is not None:
-            self._check_dp_locked(config)
-        aggregator = self._model.round(config, spool_dir=self._spool_dir)
+        plan = self._check_dp_locked(config) if config.dp is not None else None
+        aggregator = self._model.round(config, spool_dir=self._spool_dir, dp=plan)
         digest = config.digest()
         # The round's own HPKE key, signed by the attested log key: clients seal to it.
         key = RoundKeyPair.generate(
@@ -258,7 +271,11 @@ class RoundManager:
             aggregator.discard()
             raise
         rnd = Round(
-            config=config, aggregator=aggregator, deadline=self._clock() + config.deadline_seconds, key=key
+            config=config,
+            aggregator=aggregator,
+            deadline=self._clock() + config.deadline_seconds,
+            key=key,
+            dp_plan=plan,
         )
         timer = threading.Timer(config.deadline_seconds, self._closer.on_deadline, args=(config.round_id,))
         timer.daemon = True
@@ -277,35 +294,34 @@ class RoundManager:
         book.changed.notify_all()
         return RoundSnapshot(config, rnd.state, 0, round_key=key.signed)
 
-    def _check_dp_locked(self, config: RoundConfig) -> None:
-        """Refuse (and log) a DP round that cannot run within the job's budget."""
+    def _check_dp_locked(self, config: RoundConfig) -> DpNoisePlan:
+        """The DP round's noise plan; refuse (and log) one that cannot run within the job's budget."""
         dp = config.dp
         assert dp is not None
         book = self._book
+        dimension = sum(t.numel for t in config.adapter_spec.tensors)
         try:
+            if self._model.initial_digest != dp.initial_adapter_digest:
+                raise DpError(
+                    "the DP round's initial_adapter_digest does not name the initial adapter this "
+                    "aggregator was started with (--initial-adapter), or none was given"
+                )
+            if not self._model.fits(config.adapter_spec):
+                raise DpError("a DP round needs the global adapter of the job, and this round's spec differs")
             if book.dp is None:
-                if book.last_round_id > 0:
+                if self._dp_resume_error is not None:
                     raise DpError(
-                        "this enclave resumed a log: the DP budget spent by earlier enclaves lived in "
-                        "their memory, so a DP round cannot continue here (start a new job)"
+                        f"the job's DP spend cannot be read back from the log: {self._dp_resume_error}"
                     )
-                if self._model.initial_digest != dp.initial_adapter_digest or not self._model.fits(
-                    config.adapter_spec
-                ):
-                    raise DpError(
-                        "the DP round's initial_adapter_digest does not name the initial adapter this "
-                        "aggregator was started with (--initial-adapter), or none was given"
-                    )
-                ledger = DpLedger.start(dp)
-                ledger.check_round(dp)
+                ledger = DpLedger.start(dp, dimension)
+                ledger.check_round(dp, dimension)
                 book.dp = ledger
                 self._log.append(
                     DpBudgetRecorded(round_id=config.round_id, budget=ledger.budget.to_json_obj())
                 )
             else:
-                book.dp.check_round(dp)
-            if not self._model.fits(config.adapter_spec):
-                raise DpError("a DP round needs the global adapter of the job, and this round's spec differs")
+                book.dp.check_round(dp, dimension)
+            return book.dp.plan(config)
         except DpError as exc:
             self._log.append(DpRoundRefused(round_id=config.round_id, reason=str(exc)[:500]))
             _log.warning("dp_round_refused", round_id=config.round_id, reason=str(exc))

@@ -131,6 +131,7 @@ def start_aggregator(
             initial_adapter=initial_adapter,
             metrics=metrics,
             accumulator_device=accumulator_device,
+            dp_history=history.dp if history else None,
         )
         gate = AccessControl(
             access,

@@ -80,7 +80,9 @@ invalid_release (a release without min_approvals valid approvals, a withholding 
 valid refusal), invalid_round_key (a round_opened without a round key, with one another round
 used, or whose signature does not verify under the log key of the enclave that opened it),
 invalid_provenance (a round's enclave-signed provenance statement that does not
-verify under its enclave's attested log key or says other than the log).
+verify under its enclave's attested log key or says other than the log),
+invalid_dp_spend (a DP budget, spend, clip, grid step, noise or denominator
+that the auditor's own re-derivation from the logged numbers does not give).
 """
 
 
@@ -248,15 +250,23 @@ def _dp_line(dp: dict[str, Any] | None) -> str:
     if dp is None:
         return "none"
     params, budget, spend = dp.get("params") or {}, dp.get("budget") or {}, dp.get("spend")
+    clip = params.get("clip")
+    clip_text = (
+        f"adaptive clip from C={clip.get('initial_clip')}"
+        if isinstance(clip, dict)
+        else (f"clip C={params.get('clip_norm')}")
+    )
     text = (
         f"budget epsilon={params.get('epsilon')} delta={params.get('delta')} over {params.get('rounds')} "
-        f"round(s), sampling {params.get('sampling_rate')}, clip C={params.get('clip_norm')}, "
+        f"round(s), sampling {params.get('sampling_rate')}, {clip_text}, "
+        f"{budget.get('mechanism')} accounted by {budget.get('accountant')}, "
         f"noise multiplier {budget.get('noise_multiplier')}"
     )
     if spend:
         text += (
             f"; spent after this round: epsilon={spend.get('epsilon_spent')} ({spend.get('rounds_spent')} "
-            f"round(s)), {spend.get('clipped')} of {spend.get('updates')} update(s) clipped"
+            f"round(s)), clip {spend.get('clip_norm')}, {spend.get('clipped')} of {spend.get('updates')} "
+            f"update(s) clipped, sum / {spend.get('denominator')}"
         )
     return text
 

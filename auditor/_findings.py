@@ -50,6 +50,9 @@ class FindingKind(enum.Enum):
     # A round_closed whose enclave-signed provenance (fedseal/provenance.py) does not
     # verify under its enclave's attested log key, or says other than the log.
     INVALID_PROVENANCE = "invalid_provenance"
+    # A DP figure (budget, spend, clip, grid, noise, denominator) that the auditor's own
+    # re-derivation from the logged numbers does not give (auditor/_dpcheck.py).
+    INVALID_DP_SPEND = "invalid_dp_spend"
 
 
 # Findings that show the entries themselves were changed.

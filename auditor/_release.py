@@ -1,5 +1,9 @@
 """DP spend and the release gate, re-verified by the auditor's own rules.
 
+DP: every figure of the `dp_budget` entry and of each DP round's `round_closed.dp` is
+re-derived by `DpAudit` (auditor/_dpcheck.py, its own accountant calls and formulas); a
+difference is an `invalid_dp_spend` finding.
+
 The enclave checks approvals before it logs them (aggregator/_approval.py); the auditor
 does not trust that, and shares no code with it but the formats (fedseal/approval.py,
 fedseal/roundconfig.py). Every `approval_recorded` entry must carry an Ed25519 signature,
@@ -39,6 +43,7 @@ from fedseal.logschema import (
 from fedseal.roundconfig import ApprovalParams, RoundConfig
 from fedseal.signed_request import key_id
 
+from ._dpcheck import DpAudit
 from ._findings import FindingKind, Findings
 from ._report import as_logged
 
@@ -77,6 +82,7 @@ class _Dp:
     params: dict[str, Any]
     budget: dict[str, Any] | None
     spend: dict[str, Any] | None = None
+    config: RoundConfig | None = None
 
     def summary(self) -> dict[str, Any]:
         return {"params": self.params, "budget": self.budget, "spend": self.spend}
@@ -87,6 +93,7 @@ class ReleaseGate:
         self.findings = findings
         self.dp_budget: dict[str, Any] | None = None
         self._dp: dict[int, _Dp] = {}
+        self._dp_audit = DpAudit()
         self._gates: dict[int, _Gate] = {}
 
     def dp_summary(self, round_id: int) -> dict[str, Any] | None:
@@ -98,18 +105,33 @@ class ReleaseGate:
         return gate.summary() if gate is not None else None
 
     # ------------------------------------------------------------------ from the round story
-    def opened(self, round_id: int, config: RoundConfig) -> None:
+    def opened(self, round_id: int, config: RoundConfig, *, line: int = 0, index: int = 0) -> None:
         if config.dp is not None:
-            self._dp[round_id] = _Dp(as_logged(config.dp.to_json_obj()), self.dp_budget)
+            self._dp[round_id] = _Dp(as_logged(config.dp.to_json_obj()), self.dp_budget, config=config)
+            self._invalid_dp(index, line, self._dp_audit.round_opened(config))
         if config.approval is not None:
             self._gates[round_id] = _Gate(config.approval)
 
-    def closed(self, round_id: int, body: RoundClosed, inconsistent: Callable[[str], None]) -> None:
+    def closed(
+        self,
+        round_id: int,
+        body: RoundClosed,
+        inconsistent: Callable[[str], None],
+        *,
+        line: int = 0,
+        index: int = 0,
+    ) -> None:
         dp = self._dp.get(round_id)
         if dp is not None:
             if body.dp is None:
                 inconsistent(f"round {round_id} has a DP config but its round_closed records no DP spend")
             dp.spend = dict(body.dp) if body.dp is not None else None
+            if body.dp is not None and dp.config is not None:
+                self._invalid_dp(
+                    index, line, self._dp_audit.round_closed(dp.config, body.dp, len(body.participants))
+                )
+        elif body.dp is not None:
+            inconsistent(f"round {round_id} has no DP config but its round_closed records a DP spend")
         gate = self._gates.get(round_id)
         if gate is None:
             if body.approval_required is True:
@@ -135,6 +157,7 @@ class ReleaseGate:
                     f"line {line}: a second dp_budget entry: a job has one DP budget",
                 )
             self.dp_budget = dict(body.budget)
+            self._invalid_dp(entry.index, line, self._dp_audit.budget_entry(body.budget))
         elif isinstance(body, ApprovalRecorded):
             self._approval(entry.index, body, line, origin)
         elif isinstance(body, AggregateReleased):
@@ -248,6 +271,10 @@ class ReleaseGate:
                 f"round {rid}'s aggregate withheld naming {body.refused_by!r}, who did not validly refuse it",
             )
         gate.state = "withheld"
+
+    def _invalid_dp(self, index: int, line: int, problems: list[str]) -> None:
+        for message in problems:
+            self.findings.add(FindingKind.INVALID_DP_SPEND, line, index, f"line {line}: {message}")
 
     def _invalid_release(self, index: int, line: int, message: str) -> None:
         self.findings.add(FindingKind.INVALID_RELEASE, line, index, f"line {line}: {message}")

@@ -151,7 +151,7 @@ class RoundStory:
             self.rounds[rid] = _RoundState(
                 rid, key_entry, config, body.config_digest, round_public_key=body.round_public_key
             )
-            self.gate.opened(rid, config)
+            self.gate.opened(rid, config, line=line, index=entry.index)
             self.open_round = rid
             return
         summary = self.rounds.get(rid)
@@ -181,7 +181,7 @@ class RoundStory:
             return
         self.open_round = None
         if isinstance(body, RoundClosed):
-            self._close(summary, body, inconsistent)
+            self._close(summary, body, inconsistent, line, entry.index)
         else:
             summary.state = "abandoned" if abandoned else "failed"
             summary.failed = body
@@ -238,11 +238,18 @@ class RoundStory:
                 f"not alpha**{expected}",
             )
 
-    def _close(self, summary: _RoundState, body: RoundClosed, inconsistent: Callable[[str], None]) -> None:
+    def _close(
+        self,
+        summary: _RoundState,
+        body: RoundClosed,
+        inconsistent: Callable[[str], None],
+        line: int,
+        index: int,
+    ) -> None:
         rid, config = summary.round_id, summary.config
         summary.state = "closed"
         summary.closed = body
-        self.gate.closed(rid, body, inconsistent)
+        self.gate.closed(rid, body, inconsistent, line=line, index=index)
         residuals = body.lora_residuals
         if config.strategy == "lora-exact":
             if not residuals or any(not 1 <= r.rank <= r.stacked_rank for r in residuals):

@@ -44,7 +44,9 @@ a tampered log is both detected and located:
   without a valid refusal: `invalid_release`;
 * per-round keys (auditor/_roundkeys.py): a `round_opened` entry without a round key, with
   one another round used, or whose signature does not verify under the log key of the
-  enclave that opened the round: `invalid_round_key`.
+  enclave that opened the round: `invalid_round_key`;
+* DP (auditor/_dpcheck.py): a budget, spend, clip, grid step, noise stddev or denominator
+  that its own re-derivation from the logged numbers does not give: `invalid_dp_spend`.
 
 Key handovers are reported with the consistency proof from the old key's last checkpoint
 to the new key's first, which the auditor recomputes and verifies.

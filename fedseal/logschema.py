@@ -124,6 +124,9 @@ class RejectReason(enum.Enum):
     # Trained from a global too old for the round: any but the current one in a synchronous
     # round, more than max_staleness releases old in an async one.
     STALE_UPDATE = "stale_update"
+    # Outside DP: the update's delta against the round's global adapter is longer than the
+    # round config's max_update_norm (the norm is in the rejection's detail).
+    NORM_EXCEEDED = "norm_exceeded"
 
 
 class FailureCause(enum.Enum):

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_CLIENT_RANKS",
     "MAX_STALENESS",
     "STRATEGIES",
+    "AdaptiveClipParams",
     "ApprovalParams",
     "ConfigError",
     "DpParams",
@@ -111,6 +112,11 @@ class RoundConfig:
     strategy_params: StrategyParams | None = None
     dp: DpParams | None = None
     approval: ApprovalParams | None = None
+    # Outside DP: an update whose delta against the round's global adapter is longer (L2,
+    # all tensors) is refused as `norm_exceeded` (aggregator/_intake.py), so one site cannot
+    # swing an average. Without a global adapter of the round's spec (no --initial-adapter,
+    # or a lora-exact client at another rank) the update's own norm is bounded. None: no bound.
+    max_update_norm: float | None = None
 
     def __post_init__(self) -> None:
         if self.round_id < 1:
@@ -148,6 +154,14 @@ class RoundConfig:
             raise ConfigError("round config: 'dp' and async mode (staleness) cannot be combined")
         if isinstance(params, LoraExactParams):
             params.client_specs(self.adapter_spec)  # each allowed rank must derive a spec
+        if self.max_update_norm is not None:
+            bound = _real(self.max_update_norm, "max_update_norm", 0.0, 1e9, lo_open=True, hi_open=False)
+            object.__setattr__(self, "max_update_norm", bound)
+            if self.dp is not None:
+                raise ConfigError(
+                    "round config: 'max_update_norm' is for rounds without 'dp' (a DP round clips "
+                    "every delta to its clip norm instead of refusing it)"
+                )
 
     @functools.cached_property
     def update_specs(self) -> Mapping[bytes, AdapterSpec]:
@@ -215,6 +229,7 @@ class RoundConfig:
             ({"strategy_params": params} if (params := self.params.to_json_obj()) else {})
             | ({"dp": self.dp.to_json_obj()} if self.dp is not None else {})
             | ({"approval": self.approval.to_json_obj()} if self.approval is not None else {})
+            | ({"max_update_norm": self.max_update_norm} if self.max_update_norm is not None else {})
         )
 
     def canonical_bytes(self) -> bytes:
@@ -238,6 +253,7 @@ class RoundConfig:
             "strategy_params",
             "dp",
             "approval",
+            "max_update_norm",
         }
         if not isinstance(obj, dict):
             raise ConfigError(f"{where}: must be a JSON object")
@@ -265,6 +281,11 @@ class RoundConfig:
             strategy_params=parse_strategy_params(StrategyName(strategy), obj.get("strategy_params")),
             dp=DpParams.from_json_obj(obj["dp"]) if "dp" in obj else None,
             approval=ApprovalParams.from_json_obj(obj["approval"]) if "approval" in obj else None,
+            max_update_norm=_real(
+                obj["max_update_norm"], "max_update_norm", 0.0, 1e9, lo_open=True, hi_open=False
+            )
+            if "max_update_norm" in obj
+            else None,
         )
 
 
@@ -272,29 +293,68 @@ class RoundConfig:
 
 
 @dataclass(frozen=True)
+class AdaptiveClipParams:
+    """Adaptive clipping (Andrew et al., "Differentially Private Learning with Adaptive
+    Clipping", NeurIPS 2021; Flower's `DifferentialPrivacyServerSideAdaptiveClipping`).
+
+    The clip C_t of round t tracks the `target_quantile` of the clients' delta norms: the
+    enclave counts the updates whose delta was not clipped, releases that count with
+    discrete Gaussian noise of stddev `clipped_count_stddev` (its privacy cost is accounted
+    with the model noise's, aggregator/_dp.py), and sets
+    C_{t+1} = C_t · exp(-`learning_rate` · (noised count / denominator - `target_quantile`)).
+    C_1 is `DpParams.clip_norm` (written `initial_clip` in the JSON)."""
+
+    target_quantile: float
+    learning_rate: float
+    clipped_count_stddev: float
+
+    def __post_init__(self) -> None:
+        for key, lo, hi, lo_open, hi_open in (
+            ("target_quantile", 0.0, 1.0, True, True),
+            ("learning_rate", 0.0, 10.0, True, False),
+            ("clipped_count_stddev", 0.0, 1e6, True, False),
+        ):
+            value = _real(getattr(self, key), f"dp.clip.{key}", lo, hi, lo_open=lo_open, hi_open=hi_open)
+            object.__setattr__(self, key, value)
+
+
+_DP_KEYS = {"epsilon", "delta", "clip_norm", "clip", "rounds", "sampling_rate", "initial_adapter_digest"}
+_ADAPTIVE_KEYS = {"mode", "target_quantile", "learning_rate", "clipped_count_stddev", "initial_clip"}
+
+
+@dataclass(frozen=True)
 class DpParams:
-    """Central DP (Gaussian mechanism, add/remove one client) over the whole job.
+    """Central DP over the whole job: the discrete Gaussian mechanism on the sum of clipped
+    deltas (aggregator/enclave/_dp.py describes the mechanism, aggregator/_dp.py the
+    accounting).
 
     Each accepted update's delta against the round's global adapter (round 1: the job's
     initial adapter, named by `initial_adapter_digest`, SHA-256 of its safetensors bytes;
     later rounds: the last released aggregate) is clipped to L2 norm `clip_norm` over all
-    tensors together; the enclave adds N(0, (sigma·clip_norm)²) to the sum of clipped deltas
-    and divides by the number of updates (updates are weighted equally under DP: example
-    counts are the clients' own claims and would raise the sensitivity). sigma is
-    calibrated with the PLD accountant so that `rounds` such rounds spend at most
+    tensors together (fixed, the default; or adaptive, `adaptive_clip`, from `clip_norm` as
+    its initial value); the enclave rounds the sum of clipped deltas to a grid, adds discrete
+    Gaussian noise, and divides by the round's `max_clients` (a fixed denominator, not the
+    number of updates that arrived; updates are weighted equally under DP: example counts
+    are the clients' own claims and would raise the sensitivity). The noise is calibrated
+    with zCDP and dp-accounting's RDP accountant so that `rounds` such rounds spend at most
     (`epsilon`, `delta`). `sampling_rate` must be 1 (its default): amplification by
     sampling holds only if clients are sampled at that rate with randomness the host does
     not control, and nothing samples them (the host chooses who takes part), so a rate
     below 1 is refused (`DpSamplingRefusedError`) rather than recorded as a spend the job
     does not get.
+
+    JSON: a fixed clip is ``"clip_norm": C``; an adaptive one is ``"clip": {"mode":
+    "adaptive", "target_quantile", "learning_rate", "clipped_count_stddev", "initial_clip"}``
+    instead (one of the two).
     """
 
     epsilon: float
     delta: float
-    clip_norm: float
+    clip_norm: float  # the fixed clip, or the adaptive clip's initial value
     rounds: int
     initial_adapter_digest: bytes
     sampling_rate: float = 1.0
+    adaptive_clip: AdaptiveClipParams | None = None
 
     def __post_init__(self) -> None:
         for key, hi in (("epsilon", 20.0), ("delta", 0.01), ("clip_norm", 1e6), ("sampling_rate", 1.0)):
@@ -316,12 +376,27 @@ class DpParams:
             )
         if not isinstance(self.initial_adapter_digest, bytes) or len(self.initial_adapter_digest) != 32:
             raise ConfigError("round config: 'dp.initial_adapter_digest' must be 32 bytes (SHA-256)")
+        if self.adaptive_clip is not None and not isinstance(self.adaptive_clip, AdaptiveClipParams):
+            raise ConfigError("round config: 'dp.clip' must be adaptive clipping parameters")
 
     def to_json_obj(self) -> dict[str, Any]:
+        clip: dict[str, Any] = (
+            {"clip_norm": self.clip_norm}
+            if self.adaptive_clip is None
+            else {
+                "clip": {
+                    "mode": "adaptive",
+                    "target_quantile": self.adaptive_clip.target_quantile,
+                    "learning_rate": self.adaptive_clip.learning_rate,
+                    "clipped_count_stddev": self.adaptive_clip.clipped_count_stddev,
+                    "initial_clip": self.clip_norm,
+                }
+            }
+        )
         return {
             "epsilon": self.epsilon,
             "delta": self.delta,
-            "clip_norm": self.clip_norm,
+            **clip,
             "rounds": self.rounds,
             "sampling_rate": self.sampling_rate,
             "initial_adapter_digest": b64encode(self.initial_adapter_digest),
@@ -329,10 +404,16 @@ class DpParams:
 
     @classmethod
     def from_json_obj(cls, obj: object) -> DpParams:
-        keys = {"epsilon", "delta", "clip_norm", "rounds", "sampling_rate", "initial_adapter_digest"}
-        if not isinstance(obj, dict) or not set(obj) <= keys or not set(obj) >= keys - {"sampling_rate"}:
+        required = {"epsilon", "delta", "rounds", "initial_adapter_digest"}
+        if (
+            not isinstance(obj, dict)
+            or not set(obj) <= _DP_KEYS
+            or not set(obj) >= required
+            or ("clip_norm" in obj) == ("clip" in obj)
+        ):
             raise ConfigError(
-                f"round config: 'dp' must be an object with {sorted(keys)} (sampling_rate optional)"
+                f"round config: 'dp' must be an object with {sorted(required)}, one of 'clip_norm' "
+                "(a fixed clip) or 'clip' (adaptive clipping), and optionally 'sampling_rate'"
             )
         try:
             digest = b64decode_canonical(
@@ -340,15 +421,46 @@ class DpParams:
             )
         except FormatError as exc:
             raise ConfigError(f"round config: {exc}") from None
+        adaptive = None
+        if "clip" in obj:
+            clip = obj["clip"]
+            if not isinstance(clip, dict) or set(clip) != _ADAPTIVE_KEYS or clip.get("mode") != "adaptive":
+                raise ConfigError(
+                    "round config: 'dp.clip' must be an object with exactly 'mode': 'adaptive', "
+                    "'target_quantile', 'learning_rate', 'clipped_count_stddev' and 'initial_clip' "
+                    "(a fixed clip is written 'clip_norm')"
+                )
+            adaptive = AdaptiveClipParams(
+                target_quantile=_real(
+                    clip["target_quantile"], "dp.clip.target_quantile", 0.0, 1.0, lo_open=True, hi_open=True
+                ),
+                learning_rate=_real(
+                    clip["learning_rate"], "dp.clip.learning_rate", 0.0, 10.0, lo_open=True, hi_open=False
+                ),
+                clipped_count_stddev=_real(
+                    clip["clipped_count_stddev"],
+                    "dp.clip.clipped_count_stddev",
+                    0.0,
+                    1e6,
+                    lo_open=True,
+                    hi_open=False,
+                ),
+            )
+            clip_norm = _real(
+                clip["initial_clip"], "dp.clip.initial_clip", 0.0, 1e6, lo_open=True, hi_open=False
+            )
+        else:
+            clip_norm = _real(obj["clip_norm"], "dp.clip_norm", 0.0, 1e6, lo_open=True, hi_open=False)
         return cls(
             epsilon=_real(obj["epsilon"], "dp.epsilon", 0.0, 20.0, lo_open=True, hi_open=False),
             delta=_real(obj["delta"], "dp.delta", 0.0, 0.01, lo_open=True, hi_open=False),
-            clip_norm=_real(obj["clip_norm"], "dp.clip_norm", 0.0, 1e6, lo_open=True, hi_open=False),
+            clip_norm=clip_norm,
             rounds=_integer(obj["rounds"], "dp.rounds", 1, 100_000),
             sampling_rate=_real(
                 obj.get("sampling_rate", 1.0), "dp.sampling_rate", 0.0, 1.0, lo_open=True, hi_open=False
             ),
             initial_adapter_digest=digest,
+            adaptive_clip=adaptive,
         )
 
 

@@ -109,6 +109,7 @@ STATUS_FOR_REASON: dict[RejectReason, grpc.StatusCode] = {
     # Train on the current global (fetch it) and send again.
     RejectReason.UNKNOWN_BASE: grpc.StatusCode.FAILED_PRECONDITION,
     RejectReason.STALE_UPDATE: grpc.StatusCode.FAILED_PRECONDITION,
+    RejectReason.NORM_EXCEEDED: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 

@@ -13,6 +13,7 @@ import torch
 from conftest import make_adapter, round_config
 from test_dp import INITIAL, INITIAL_BYTES, _params
 
+from aggregator._dp import DpLedger
 from aggregator.enclave._aggregation import GlobalModel
 from aggregator.enclave._receive import ValidatedUpdate
 from fedseal.roundconfig import ApprovalParams
@@ -28,7 +29,8 @@ def test_the_dp_clip_of_an_update_is_zeroed_once_folded_in(tmp_path: Path) -> No
     model = GlobalModel(INITIAL_BYTES)
     spec = AdapterSpec.from_tensors(INITIAL, dtype=WireDtype.BFLOAT16)
     config = round_config(1, adapter_spec=spec, min_clients=1, max_clients=1, dp=_params())
-    aggregator = model.round(config, spool_dir=tmp_path)
+    plan = DpLedger.start(_params(), sum(t.numel() for t in INITIAL.values())).plan(config)
+    aggregator = model.round(config, spool_dir=tmp_path, dp=plan)
     update = {n: t.to(torch.bfloat16) for n, t in make_adapter(1).items()}
     prepared = aggregator.prepare(_update(update), 7, same_spec=True, want_norm=False)
     copies = dict(prepared.take())
@@ -38,7 +40,7 @@ def test_the_dp_clip_of_an_update_is_zeroed_once_folded_in(tmp_path: Path) -> No
     assert all(int(torch.count_nonzero(t)) == 0 for t in copies.values())
     # The update itself is the receiver's buffer (zeroed by the receiver), untouched here.
     assert all(torch.equal(update[n], make_adapter(1)[n].to(torch.bfloat16)) for n in update)
-    closed = aggregator.close(noise_stddev_of_sum=1.0, count=1, wipeable=False)
+    closed = aggregator.close(wipeable=False)
     assert set(safetensors.torch.load(closed.publish())) == set(INITIAL)
 
 
@@ -61,7 +63,7 @@ def test_a_withheld_aggregate_is_zeroed(tmp_path: Path) -> None:
     aggregator.accumulate(
         aggregator.prepare(_update(make_adapter(3)), 5, same_spec=True, want_norm=True), staleness=0
     )
-    closed = aggregator.close(noise_stddev_of_sum=None, count=1, wipeable=True)
+    closed = aggregator.close(wipeable=True)
     data = closed._data  # internal: the serialized aggregate, kept zeroable for a gated round
     tensors = dict(closed._tensors or {})
     assert isinstance(data, bytearray) and any(data) and tensors

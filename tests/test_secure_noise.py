@@ -16,7 +16,6 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from aggregator._dp import calibrate_noise_multiplier
 from aggregator.enclave import _noise
 from aggregator.enclave._noise import (
     NoiseParameterError,
@@ -210,7 +209,16 @@ def test_accounting_is_conservative_against_the_continuous_gaussian(
         dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(calibration.sigma / clip), rounds)
     )
     assert float(accountant.get_epsilon(params.delta)) <= spent
-    assert calibration.sigma >= calibrate_noise_multiplier(params) * clip
+    # ...and the continuous Gaussian calibrated exactly (PLD) for the same budget needs less noise.
+    continuous = dp_accounting.calibrate_dp_mechanism(
+        dp_accounting.pld.PLDAccountant,
+        lambda s: dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(s), rounds),
+        params.epsilon,
+        params.delta,
+        dp_accounting.ExplicitBracketInterval(0.2, 1000.0),
+        tol=1e-4,
+    )
+    assert calibration.sigma >= continuous * clip
 
     # Independently, zCDP's standard conversion (Bun-Steinke 2016) bounds the RDP figure.
     rho = rounds * calibration.sensitivity**2 / (2 * calibration.sigma**2)

@@ -9,10 +9,11 @@ elementwise, is made and dropped here:
 - `GlobalModel`: the current global adapter (the job's initial adapter, then each released
   aggregate, float32) and the server optimizer's carried state. Both are published to the
   participants (the initial adapter by the job, the others as aggregates) and may stay.
-- `RoundAggregator`: one round's strategy. `prepare` turns a validated upload into what is
-  folded in (the DP clip, the norm of the delta a gated round publishes); `accumulate`
-  folds it in and zeroes every copy `prepare` made; `close` finalizes, adds DP noise and
-  serializes the aggregate.
+- `RoundAggregator`: one round's strategy (a DP round's is `DpSum`, aggregator/enclave/_dp.py).
+  `prepare` turns a validated upload into what is folded in (the DP clip; the norm of the
+  delta that a gated round publishes and a norm bound checks); `accumulate` folds it in and
+  zeroes every copy `prepare` made; `close` finalizes (a DP round's noise is added there)
+  and serializes the aggregate.
 - `ClosedAggregate`: the aggregate between close and release. A withheld one is zeroed.
 
 Buffers that held plaintext are zeroed before they are dropped: the DP path's float32
@@ -30,7 +31,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from aggregator.enclave._dp import add_noise, clip_update
+from aggregator.enclave._dp import DpNoisePlan, DpSum, clip_delta
 from aggregator.enclave._receive import FlatTensors, ValidatedUpdate
 from aggregator.enclave._serialize import serialize_safetensors
 from aggregator.enclave.lora_exact import ModuleResidual
@@ -82,6 +83,7 @@ class ClosedAggregate:
         data: bytes | bytearray,
         next_state: ServerState | None,
         residuals: tuple[ModuleResidual, ...],
+        noised_unclipped_count: int | None = None,
     ) -> None:
         self._tensors: dict[str, torch.Tensor] | None = tensors
         self._data: bytes | bytearray | None = data
@@ -89,6 +91,8 @@ class ClosedAggregate:
         self.digest = hashlib.sha256(data).digest()
         self.size = len(data)
         self.residuals = residuals  # lora-exact: what its rank-r factors lose, per module
+        # A DP round with adaptive clipping: the released (noised) count of unclipped updates.
+        self.noised_unclipped_count = noised_unclipped_count
 
     def publish(self) -> bytes:
         """The serialized aggregate, to be served. A wipeable (gated) copy is zeroed once copied."""
@@ -130,18 +134,21 @@ class RoundAggregator:
     ) -> PreparedUpdate:
         """What to fold in, its weight, the L2 norm of its delta and whether it was clipped.
 
-        Under DP the delta is clipped and weights are equal; outside the round lock (it is a
-        full pass). An update at another LoRA rank than the round spec (`same_spec` False)
-        has no elementwise delta against the global adapter: its own norm is taken. Without
-        DP the norm is only published by a gated round's metrics: `want_norm` False skips
-        that pass (norm None)."""
+        Under DP the delta is clipped (what is folded in is the clipped delta) and weights are
+        equal; outside the round lock (it is a full pass). An update at another LoRA rank
+        than the round spec (`same_spec` False), or one of a round without a global adapter,
+        has no elementwise delta: its own norm is taken. Without DP the norm is only needed
+        by a gated round's metrics and a norm bound: `want_norm` False skips that pass (norm
+        None)."""
         tensors = update.tensors
         glob = self._global if same_spec else None
         dp = self._config.dp
         if dp is not None:
             if glob is None:  # a DP round opens only with a global adapter
                 raise ValueError("a DP round needs the global adapter")
-            clip = clip_update(tensors, glob, dp.clip_norm)
+            if not isinstance(self.strategy, DpSum):
+                raise ValueError("a DP round folds into a DpSum")
+            clip = clip_delta(tensors, glob, self.strategy.plan.clip_norm)
             return PreparedUpdate(clip.tensors, 1, norm=clip.norm, clipped=clip.clipped, owned=True)
         norm = _norm(tensors, glob) if want_norm else None
         return PreparedUpdate(tensors, num_examples, norm=norm, clipped=False, owned=False)
@@ -150,27 +157,29 @@ class RoundAggregator:
         """Fold `prepared` in, then zero the copies it owns (also if folding in fails)."""
         try:
             self.strategy.accumulate(prepared.take(), prepared.weight, staleness=staleness)
+            if isinstance(self.strategy, DpSum):
+                self.strategy.note(clipped=prepared.clipped)
         finally:
             prepared.wipe()
 
-    def close(self, *, noise_stddev_of_sum: float | None, count: int, wipeable: bool) -> ClosedAggregate:
-        """Finalize (AggregationError: no aggregate), add DP noise, serialize. The strategy is
-        discarded whatever happens. `wipeable`: keep the bytes zeroable (a gated round's)."""
+    def close(self, *, wipeable: bool) -> ClosedAggregate:
+        """Finalize (AggregationError: no aggregate; a DP round's noise is added there),
+        serialize. The strategy is discarded whatever happens. `wipeable`: keep the bytes
+        zeroable (a gated round's)."""
         try:
             tensors = self.strategy.finalize()
             next_state = self.strategy.next_server_state()
         finally:
             self.strategy.discard()  # crypto-erases a spool; idempotent
+        count = self.strategy.noised_unclipped_count if isinstance(self.strategy, DpSum) else None
         try:
-            if noise_stddev_of_sum is not None:
-                add_noise(tensors, noise_stddev_of_sum, count)
             data = serialize_safetensors(tensors, wipeable=wipeable)
         except BaseException:
             for tensor in tensors.values():
                 tensor.zero_()
             raise
         residuals: tuple[ModuleResidual, ...] = tuple(getattr(self.strategy, "report", ()))
-        return ClosedAggregate(tensors, data, next_state, residuals)
+        return ClosedAggregate(tensors, data, next_state, residuals, count)
 
     def discard(self) -> None:
         self.strategy.discard()
@@ -200,13 +209,26 @@ class GlobalModel:
             t.name: t.shape for t in spec.tensors
         }
 
-    def round(self, config: RoundConfig, *, spool_dir: Path | None) -> RoundAggregator:
-        """The aggregator of a round about to open (its strategy, and the global if it fits)."""
+    def round(
+        self, config: RoundConfig, *, spool_dir: Path | None, dp: DpNoisePlan | None = None
+    ) -> RoundAggregator:
+        """The aggregator of a round about to open (its strategy, and the global if it fits).
+        A DP round (`dp`: its noise, from the ledger) folds into a `DpSum`."""
         fits = self.fits(config.adapter_spec)
-        strategy = strategy_for_round(
-            config, server_state=self._carried_state(config, fits), spool_dir=spool_dir, device=self._device
-        )
-        return RoundAggregator(config, strategy, self._global if fits else None)
+        glob = self._global if fits else None
+        strategy: Strategy
+        if config.dp is not None or dp is not None:
+            if dp is None or config.dp is None or glob is None:
+                raise ValueError("a DP round needs its noise plan, its dp section and the global adapter")
+            strategy = DpSum(config.adapter_spec, glob, dp)
+        else:
+            strategy = strategy_for_round(
+                config,
+                server_state=self._carried_state(config, fits),
+                spool_dir=spool_dir,
+                device=self._device,
+            )
+        return RoundAggregator(config, strategy, glob)
 
     def _carried_state(self, config: RoundConfig, fits: bool) -> ServerState | None:
         """The server optimizer's state for this round: carried, else started from the global."""

@@ -19,9 +19,9 @@ Accounting. The multivariate discrete Gaussian with integer L2 sensitivity Δ an
 satisfies ½(Δ/sigma)²-zCDP, the same Rényi curve as the continuous Gaussian (CKS20, their
 concentrated-DP theorem for the multivariate discrete Gaussian). `calibrate_secure_noise`
 therefore composes `ZCDpEvent(Δ²/2·sigma²)` per round with dp-accounting's RDP accountant at
-Δ = C + √d·gamma. This is conservative against today's continuous accounting twice over: the
-sensitivity is inflated by the grid, and RDP's conversion to (ε, δ) is looser than the PLD
-accountant's exact one for the continuous Gaussian (tests/test_secure_noise.py checks
+Δ = C + √d·gamma. This is conservative against the continuous Gaussian's exact accounting
+twice over: the sensitivity is inflated by the grid, and RDP's conversion to (ε, δ) is looser
+than the PLD accountant's exact one for the continuous Gaussian (tests/test_secure_noise.py checks
 ε_discrete ≥ ε_continuous at the same sigma). The PLD accountant has no multivariate
 discrete-Gaussian event, and using its continuous Gaussian event for this mechanism would
 not be a proven bound. No amplification by sampling is claimed: `DpParams` refuses a
@@ -93,6 +93,7 @@ _MAX_GRID_VALUE = 2.0**50
 # Rekey the keystream well before ChaCha20's 32-bit block counter (256 GiB) could wrap.
 _REKEY_BYTES = 1 << 32
 _SLOW_PATH_MAX_BITS = 4096
+_BUF_MAX = 4 * _CHUNK * 4  # keystream bytes produced per cipher call, at most
 
 
 # ---------------------------------------------------------------- random bits
@@ -109,10 +110,17 @@ class _KeyStream:
     """Uniform 32-bit words from a ChaCha20 keystream keyed by the OS CSPRNG."""
 
     def __init__(self) -> None:
-        self._buf = bytearray(4 * _CHUNK * 4)
-        self._zeros = bytes(len(self._buf))
+        # Grown on demand up to _BUF_MAX: a small draw (one count) costs no 16 MiB buffers.
+        self._buf = bytearray(0)
+        self._zeros = b""
         self._used = 0
         self._rekey()
+
+    def _grow(self, size: int) -> None:
+        if len(self._buf) < size:
+            self._buf[:] = bytes(len(self._buf))
+            self._buf = bytearray(size)
+            self._zeros = bytes(size)
 
     def _rekey(self) -> None:
         key = bytearray(32)
@@ -128,7 +136,8 @@ class _KeyStream:
         view = out.view(np.uint8)
         done = 0
         while done < len(view):
-            take = min(len(view) - done, len(self._buf))
+            take = min(len(view) - done, _BUF_MAX)
+            self._grow(min(_BUF_MAX, max(take, 4096)))
             if self._used + take > _REKEY_BYTES:
                 self._rekey()
             written = self._cipher.update_into(memoryview(self._zeros)[:take], self._buf)
@@ -280,8 +289,9 @@ class _NoiseSource:
     """Discrete Gaussian draws served in any sizes from blocks of _CHUNK, so that many small
     tensors cost what one large one does."""
 
-    def __init__(self, stream: _KeyStream, sigma_sq: Fraction) -> None:
+    def __init__(self, stream: _KeyStream, sigma_sq: Fraction, total: int) -> None:
         self._stream, self._sigma_sq = stream, sigma_sq
+        self._left = total  # draws still to serve: a small adapter draws no full block
         self._block: Ints = np.zeros(0, dtype=np.int64)
         self._next = 0
 
@@ -290,7 +300,9 @@ class _NoiseSource:
         while done < len(values):
             if self._next == len(self._block):
                 self._block.fill(0)
-                self._block = _stream_discrete_gaussian(self._stream, self._sigma_sq, _CHUNK)
+                size = max(1, min(_CHUNK, self._left))
+                self._block = _stream_discrete_gaussian(self._stream, self._sigma_sq, size)
+                self._left -= size
                 self._next = 0
             take = min(len(values) - done, len(self._block) - self._next)
             values[done : done + take] += self._block[self._next : self._next + take]
@@ -341,33 +353,41 @@ def add_secure_noise(tensors: Mapping[str, torch.Tensor], sigma: float, *, gamma
             raise NoiseParameterError(
                 f"secure noise: tensor {name!r} must be a contiguous floating-point CPU tensor"
             )
-        # Checked before any tensor is touched, so that a refused call leaves all of them as they were.
-        if not bool(torch.all(tensor.detach().abs() <= _MAX_GRID_VALUE * gamma)):  # False for NaN
+        # Checked before any tensor is touched, so that a refused call leaves all of them as they
+        # were; a reduction (no |tensor| copy of the plaintext). NaN compares False.
+        if not float(torch.linalg.vector_norm(tensor.detach(), math.inf)) <= _MAX_GRID_VALUE * gamma:
             raise NoiseParameterError(
                 f"secure noise: tensor {name!r} holds a non-finite value or one beyond 2^50 grid "
                 "steps; refusing to noise it"
             )
     stream = _KeyStream()
-    source = _NoiseSource(stream, sigma_sq)
+    source = _NoiseSource(stream, sigma_sq, sum(t.numel() for t in tensors.values()))
     try:
         for name, tensor in tensors.items():
             flat = tensor.view(-1)
             for start in range(0, flat.numel(), _CHUNK):
                 part = flat[start : start + _CHUNK]
-                values = part.to(torch.float64, copy=True).numpy()
-                grid = np.rint(values / gamma)
-                values.fill(0.0)
-                if not np.all(np.abs(grid) <= _MAX_GRID_VALUE):  # also false for NaN
-                    raise NoiseParameterError(
-                        f"secure noise: tensor {name!r} holds a non-finite value or one beyond "
-                        "2^50 grid steps; refusing to noise it"
-                    )
-                noised = grid.astype(np.int64)
-                source.add_to(noised)
-                np.multiply(noised, gamma, out=grid)  # a function of the integers alone
-                part.copy_(torch.from_numpy(grid))
-                noised.fill(0)
-                grid.fill(0.0)
+                # In place: the two buffers below are the only ones that hold the plaintext
+                # (or its grid value), and both are zeroed before they are dropped.
+                grid = part.to(torch.float64, copy=True).numpy()
+                noised: Ints | None = None
+                try:
+                    np.divide(grid, gamma, out=grid)
+                    np.rint(grid, out=grid)
+                    # Reductions, no |grid| copy; NaN compares False.
+                    if not (float(grid.min()) >= -_MAX_GRID_VALUE and float(grid.max()) <= _MAX_GRID_VALUE):
+                        raise NoiseParameterError(
+                            f"secure noise: tensor {name!r} holds a non-finite value or one beyond "
+                            "2^50 grid steps; refusing to noise it"
+                        )
+                    noised = grid.astype(np.int64)
+                    source.add_to(noised)
+                    np.multiply(noised, gamma, out=grid)  # a function of the integers alone
+                    part.copy_(torch.from_numpy(grid))
+                finally:
+                    grid.fill(0.0)
+                    if noised is not None:
+                        noised.fill(0)
     finally:
         source.close()
         stream.close()

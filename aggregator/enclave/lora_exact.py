@@ -127,13 +127,20 @@ def stack_factors(
     dtype: torch.dtype = torch.float32,
 ) -> LoraFactors:
     """Factors of rank Σ rᵢ with out_scale · B A = Σ pᵢ sᵢ BᵢAᵢ exactly."""
-    _check(factors, weights)
+    d, k = _check(factors, weights)
     if not math.isfinite(out_scale) or out_scale == 0:
         raise LoraFactorError("out_scale must be finite and non-zero")
-    b = torch.cat(
-        [f.b.to(dtype) * (w * f.scale / out_scale) for f, w in zip(factors, weights, strict=True)], 1
-    )
-    a = torch.cat([f.a.to(dtype) for f in factors], 0)
+    # Filled in place: no scaled or converted temporary of a client's factors is left to the
+    # allocator (the enclave zeroes what it holds, but it cannot zero what it never sees).
+    total = sum(f.rank for f in factors)
+    b = torch.empty((d, total), dtype=dtype)
+    a = torch.empty((total, k), dtype=dtype)
+    start = 0
+    for f, w in zip(factors, weights, strict=True):
+        stop = start + f.rank
+        b[:, start:stop].copy_(f.b).mul_(w * f.scale / out_scale)
+        a[start:stop].copy_(f.a)
+        start = stop
     return LoraFactors(b, a, out_scale)
 
 
@@ -170,24 +177,42 @@ def refactor(
     """
     if rank < 1:
         raise LoraFactorError("rank must be at least 1")
-    stacked = stack_factors(factors, weights, out_scale=1.0, dtype=dtype)
     if not math.isfinite(out_scale) or out_scale == 0:
         raise LoraFactorError("out_scale must be finite and non-zero")
-    # Householder QR without forming Q (geqrf): Q is only ever applied to r columns (ormqr),
-    # which halves the cost of the d x R orthogonalisations that dominate at large n.
-    house_b, tau_b = torch.geqrf(stacked.b)
-    house_a, tau_a = torch.geqrf(stacked.a.T.contiguous())
-    d, k = stacked.shape
-    q1, q2 = min(d, stacked.rank), min(k, stacked.rank)
-    core = torch.triu(house_b[:q1]) @ torch.triu(house_a[:q2]).T  # R_B R_A^T, q1 x q2
-    u, s, vh = torch.linalg.svd(core, full_matrices=False)
-    keep = min(rank, s.numel())
-    left = torch.zeros((d, keep), dtype=dtype)
-    left[:q1] = u[:, :keep] * (s[:keep] / out_scale)
-    b = torch.ormqr(house_b, tau_b, left)  # Q_B U_r S_r / s_out
-    right = torch.zeros((k, keep), dtype=dtype)
-    right[:q2] = vh[:keep].T
-    a = torch.ormqr(house_a, tau_a, right).T.contiguous()  # V_r^T Q_A^T
+    stacked = stack_factors(factors, weights, out_scale=1.0, dtype=dtype)
+    # Everything below but the result is derived from the clients' factors: zeroed before
+    # it is dropped (the stacked A holds every client's A verbatim).
+    scratch: list[torch.Tensor] = [stacked.b, stacked.a]
+    try:
+        # Householder QR without forming Q (geqrf): Q is only ever applied to r columns
+        # (ormqr), which halves the cost of the d x R orthogonalisations that dominate at large n.
+        a_t = stacked.a.T.contiguous()
+        scratch.append(a_t)
+        house_b, tau_b = torch.geqrf(stacked.b)
+        house_a, tau_a = torch.geqrf(a_t)
+        scratch += [house_b, tau_b, house_a, tau_a]
+        d, k = stacked.shape
+        q1, q2 = min(d, stacked.rank), min(k, stacked.rank)
+        tri_b, tri_a = torch.triu(house_b[:q1]), torch.triu(house_a[:q2])
+        scratch += [tri_b, tri_a]
+        core = tri_b @ tri_a.T  # R_B R_A^T, q1 x q2
+        scratch.append(core)
+        u, s, vh = torch.linalg.svd(core, full_matrices=False)
+        scratch += [u, vh]
+        keep = min(rank, s.numel())
+        left = torch.zeros((d, keep), dtype=dtype)
+        scratch.append(left)
+        left[:q1].copy_(u[:, :keep]).mul_(s[:keep] / out_scale)
+        b = torch.ormqr(house_b, tau_b, left)  # Q_B U_r S_r / s_out
+        right = torch.zeros((k, keep), dtype=dtype)
+        scratch.append(right)
+        right[:q2].copy_(vh[:keep].T)
+        a_right = torch.ormqr(house_a, tau_a, right)
+        scratch.append(a_right)
+        a = a_right.T.clone(memory_format=torch.contiguous_format)  # V_r^T Q_A^T (own storage)
+    finally:
+        for tensor in scratch:
+            tensor.zero_()
     if keep < rank:
         if rank > k:
             raise LoraFactorError(f"rank {rank} exceeds the input dimension k = {k}")
