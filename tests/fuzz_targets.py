@@ -30,11 +30,12 @@ from aggregator._server import _start_enclave
 from aggregator._service import decode_submit_update_request
 from aggregator.enclave._keys import EnclaveKeys
 from aggregator.enclave._receive import _parse_and_validate
-from attestation import InsecureSimulatedTeeCollector, build_bundle
+from attestation import InsecureSimulatedTeeCollector, Policy, build_bundle, load_builtin_policy
 from attestation._bundle import EvidenceBundle
 from attestation.cpu._snp import parse_sev_snp_report, parse_snp_cert_table
 from attestation.cpu._tdx import parse_tdx_quote
 from attestation.nvidia._spdm import parse_attestation_report
+from auditor import audit_log
 from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal.checkpoint import TlogProof, open_checkpoint
 from fedseal.envelope import SealContext, SealedUpdate, open_sealed, seal
@@ -243,6 +244,34 @@ def _receipt(data: bytes) -> None:
         pass
 
 
+@functools.cache
+def _dev_policy() -> Policy:
+    return load_builtin_policy("dev-insecure-allow-simulated")
+
+
+def _audited_log(data: bytes) -> None:
+    """A mutated log file: the auditor reports findings, it never raises or passes it off.
+
+    Unchanged bytes must verify with no finding; changed bytes must give at least one
+    (every byte of a log is covered by an entry's leaf hash or a signed checkpoint), but for
+    a prefix that ends at a line: a shorter log is only caught against a trusted checkpoint."""
+    seed = _log_file()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "audit.log"
+        path.write_bytes(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = audit_log(path, _dev_policy())
+    if data == seed:
+        assert report.findings == (), report.findings
+    elif not (seed.startswith(data) and (not data or data.endswith(b"\n"))):
+        assert report.findings, "a changed log verified with no finding"
+
+
+def _log_file() -> bytes:
+    return b"".join(line + b"\n" for line in _log_material()[0])
+
+
 def _snp_report(data: bytes) -> None:
     with contextlib.suppress(FedSealError):
         parse_sev_snp_report(data)
@@ -279,5 +308,6 @@ TARGETS: dict[str, Target] = {
         ),
         Target("checkpoint", lambda: [n.encode() for n in _log_material()[1]], _checkpoint),
         Target("receipt", lambda: [r.encode() for r in _log_material()[2]], _receipt),
+        Target("auditor-mutated-log", lambda: [_log_file()], _audited_log),
     )
 }
