@@ -19,6 +19,7 @@ from aggregator._dp import DpLedger
 from aggregator._log import AuditLog, PendingEntry
 from aggregator.enclave._aggregation import ClosedAggregate, RoundAggregator
 from aggregator.enclave._roundkey import RoundKeyPair
+from aggregator.enclave._sitemetrics import SiteMetricsAccumulator
 from fedseal.errors import FedSealError
 from fedseal.manifest import SignedManifest
 from fedseal.roundconfig import RoundConfig
@@ -130,6 +131,8 @@ class Round:
     # A gated round between close and release: the gate and what release will publish.
     gate: ApprovalGate | None = None
     pending: PendingRelease | None = None
+    # The accepted updates' site metrics (sealed in each update), aggregated in the enclave.
+    site_metrics: SiteMetricsAccumulator = field(default_factory=SiteMetricsAccumulator)
 
 
 @dataclass

@@ -50,6 +50,10 @@ class FindingKind(enum.Enum):
     # A round_closed whose enclave-signed provenance (fedseal/provenance.py) does not
     # verify under its enclave's attested log key, or says other than the log.
     INVALID_PROVENANCE = "invalid_provenance"
+    # An update_accepted whose published data card does not parse or does not hash to the
+    # signed digest, whose validation summary does not parse, or that lacks the data card
+    # or passing validation its round requires (auditor/_datagov.py).
+    INVALID_DATA_GOVERNANCE = "invalid_data_governance"
 
 
 # Findings that show the entries themselves were changed.

@@ -111,6 +111,10 @@ class RoundConfig:
     strategy_params: StrategyParams | None = None
     dp: DpParams | None = None
     approval: ApprovalParams | None = None
+    # Data governance: every update must carry a data card digest (fedseal/datacard.py), or a
+    # validation summary whose checks all passed (fedseal/validation.py); refused by name.
+    require_data_card: bool = False
+    require_validation: bool = False
 
     def __post_init__(self) -> None:
         if self.round_id < 1:
@@ -215,6 +219,9 @@ class RoundConfig:
             ({"strategy_params": params} if (params := self.params.to_json_obj()) else {})
             | ({"dp": self.dp.to_json_obj()} if self.dp is not None else {})
             | ({"approval": self.approval.to_json_obj()} if self.approval is not None else {})
+            # Written only when set, so configs (and logs) from before them keep their digest.
+            | ({"require_data_card": True} if self.require_data_card else {})
+            | ({"require_validation": True} if self.require_validation else {})
         )
 
     def canonical_bytes(self) -> bytes:
@@ -238,6 +245,8 @@ class RoundConfig:
             "strategy_params",
             "dp",
             "approval",
+            "require_data_card",
+            "require_validation",
         }
         if not isinstance(obj, dict):
             raise ConfigError(f"{where}: must be a JSON object")
@@ -265,7 +274,16 @@ class RoundConfig:
             strategy_params=parse_strategy_params(StrategyName(strategy), obj.get("strategy_params")),
             dp=DpParams.from_json_obj(obj["dp"]) if "dp" in obj else None,
             approval=ApprovalParams.from_json_obj(obj["approval"]) if "approval" in obj else None,
+            require_data_card=_flag(obj, "require_data_card", where),
+            require_validation=_flag(obj, "require_validation", where),
         )
+
+
+def _flag(obj: dict[str, Any], key: str, where: str) -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key!r} must be true or false, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------- privacy and release
