@@ -183,7 +183,7 @@ class RoundCloser:
                 )
                 or None,
                 approval_required=True if gated else None,
-                metrics=_metrics(rnd) if gated else None,
+                metrics=_round_metrics(rnd, gated),
                 provenance=self._provenance(rnd, aggregate, dp_record),
             )
         )
@@ -228,6 +228,7 @@ class RoundCloser:
             participants=tuple(sorted(rnd.accepted)),
             total_examples=sum(a.num_examples for a in rnd.accepted.values()),
             round_closed_index=pending.round_closed_index,
+            client_metrics=rnd.site_metrics.means() or None,
         )
         signed = sign_manifest(manifest, self._keys.log_private_key)
         rnd.published = PublishedAggregate(signed, aggregate.publish())
@@ -312,6 +313,17 @@ class RoundCloser:
             return ApprovalOutcome(
                 round_id, state, len(gate.approved), gate.params.min_approvals, recorded.entry.index
             )
+
+
+def _round_metrics(rnd: Round, gated: bool) -> dict[str, object] | None:
+    """round_closed.metrics: a gated round's (below), and the sites' metrics as the enclave
+    aggregated them (example-weighted means, under "client") when any site sent some."""
+    metrics = _metrics(rnd) if gated else {}
+    client = rnd.site_metrics.means()
+    if client:
+        metrics["client"] = client
+        metrics["client_reports"] = rnd.site_metrics.reports
+    return metrics or None
 
 
 def _metrics(rnd: Round) -> dict[str, object]:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import structlog
 
+from aggregator._governance import Governance, check_governance
 from aggregator._log import AuditLog
 from aggregator._metrics import Metrics
 from aggregator._roundbook import Accepted, Round, RoundBook, RoundError
@@ -46,8 +47,10 @@ class Admission:
         retry: Accepted | None = None,
         spec: AdapterSpec | None = None,
         receiver: UpdateReceiver | None = None,
+        governance: Governance | None = None,
     ) -> None:
         self._intake = intake
+        self._governance = governance
         self._round = rnd
         self._header = header
         self._retry = retry
@@ -70,8 +73,11 @@ class Admission:
             return self._intake.receipt(self._retry)
         assert self._receiver is not None
         assert self._spec is not None
+        assert self._governance is not None
         try:
-            receipt = self._intake.accept(self._round, self._header, self._spec, self._receiver, chunks)
+            receipt = self._intake.accept(
+                self._round, self._header, self._spec, self._receiver, chunks, self._governance
+            )
             self._settled = True  # accepted: the intake dropped the in-flight mark
             return receipt
         except UpdateRejectedError as exc:
@@ -198,11 +204,12 @@ class Intake:
             # A retry of an accepted upload: same receipt, counted once; no data needed.
             return Admission(self, rnd, header, retry=previous)
         try:
+            governance = check_governance(rnd.config, header)  # from the header alone
             spec, receiver = self._open_receiver(rnd, header)
         except BaseException:
             self.forget_in_flight(rnd, header.client_id)
             raise
-        return Admission(self, rnd, header, spec=spec, receiver=receiver)
+        return Admission(self, rnd, header, spec=spec, receiver=receiver, governance=governance)
 
     def _open_receiver(self, rnd: Round, header: UpdateHeader) -> tuple[AdapterSpec, UpdateReceiver]:
         config = rnd.config
@@ -238,6 +245,7 @@ class Intake:
         spec: AdapterSpec,
         receiver: UpdateReceiver,
         chunks: Iterator[bytes | memoryview],
+        governance: Governance,
     ) -> str:
         """Receive the chunks, fold the update in and log it; its receipt (UpdateRejectedError:
         refused, not yet logged: the admission logs it)."""
@@ -304,6 +312,9 @@ class Intake:
                         chunk_size=header.chunk_size,
                         base_round_id=header.base_round_id,
                         staleness=staleness,
+                        data_card_digest=governance.data_card_digest,
+                        data_card=governance.data_card,
+                        validation=governance.validation,
                     )
                 )
                 if norm is not None:
@@ -313,6 +324,7 @@ class Intake:
                     header.idempotency_key, update.ciphertext_digest, header.num_examples, pending
                 )
                 rnd.accepted[header.client_id] = accepted
+                rnd.site_metrics.add(update.metrics, header.num_examples)
                 # Accepted: the duplicate check now finds it there. Dropping the in-flight
                 # mark here, not on the admission's exit, keeps that exit off the round lock
                 # (which the close below holds for a while).

@@ -20,6 +20,7 @@ from aggregator._log import AuditLog, PendingEntry
 from aggregator.enclave._aggregation import ClosedAggregate, RoundAggregator
 from aggregator.enclave._dp import DpNoisePlan
 from aggregator.enclave._roundkey import RoundKeyPair
+from aggregator.enclave._sitemetrics import SiteMetricsAccumulator
 from fedseal.errors import FedSealError
 from fedseal.manifest import SignedManifest
 from fedseal.roundconfig import RoundConfig
@@ -133,6 +134,8 @@ class Round:
     pending: PendingRelease | None = None
     # A DP round: the clip, noise, grid and denominator it runs with (from the ledger).
     dp_plan: DpNoisePlan | None = None
+    # The accepted updates' site metrics (sealed in each update), aggregated in the enclave.
+    site_metrics: SiteMetricsAccumulator = field(default_factory=SiteMetricsAccumulator)
 
 
 @dataclass

@@ -214,6 +214,12 @@ class AccessAuditor:
             chunk_size=body.chunk_size,
             ciphertext_size=body.ciphertext_size,
             ciphertext_digest=body.ciphertext_digest,
+            data_card_digest=body.data_card_digest or b"",
+            validation_digest=(
+                hashlib.sha256(canonical_json(dict(body.validation))).digest()
+                if body.validation is not None
+                else b""
+            ),
         )
         try:
             Ed25519PublicKey.from_public_bytes(key).verify(body.signature, message)

@@ -33,13 +33,13 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from attestation import AttestationError, CollateralFetcher, Policy, verify_bundle
-from fedseal.canonical import b64encode
+from fedseal.canonical import b64encode, canonical_json
 from fedseal.errors import FedSealError
 from fedseal.logschema import EnclaveStarted
 from fedseal.provenance import DsseEnvelope, verify_statement
@@ -218,6 +218,87 @@ def _enclave_rows(facts: LogFacts, policy: Policy) -> list[str]:
     return rows
 
 
+def _data_card_lines(facts: LogFacts) -> list[str]:
+    """Section 2's data cards: each update's signed digest, then every published card in full."""
+    carded = sorted(
+        (u for u in facts.governance if u.data_card_digest is not None),
+        key=lambda u: (u.round_id, u.client_id),
+    )
+    if not carded:
+        return [
+            "Data cards: none were published in this log, so the sites' data are described only by what "
+            "the log records above (site, rounds, example counts) and by the digests of their sealed updates "
+            "(`verification.json`, `rounds[].accepted[].ciphertext_digest`)."
+        ]
+    lines = [
+        "Data cards (fedseal-data-card/v1): each site signed its card's SHA-256 in its update header and "
+        "sealed the update under it; the auditor checked every published card against its digest "
+        "(a mismatch is an `invalid_data_governance` finding, and this pack is made only from a verified "
+        "log). A site may sign a digest and keep the card itself to be handed over separately.",
+        "",
+        "| round | site | data card SHA-256 (base64) | published in the log |",
+        "|---|---|---|---|",
+    ]
+    cards: dict[str, Mapping[str, Any]] = {}
+    for u in carded:
+        digest = b64encode(u.data_card_digest or b"")
+        if u.data_card is not None:
+            cards.setdefault(digest, u.data_card)
+        lines.append(
+            f"| {u.round_id} | {_cell(u.client_id)} | `{digest}` | {'yes' if u.data_card else 'no'} |"
+        )
+    for digest, card in sorted(cards.items()):
+        dates = card.get("date_range") or {}
+        lines += [
+            "",
+            f"### Data card `{digest}`",
+            "",
+            f"- Source: {_cell(card.get('source'))}",
+            f"- Licence or legal basis: {_cell(card.get('legal_basis'))}",
+            f"- Date range: {_cell(dates.get('start'))} to {_cell(dates.get('end'))}",
+            f"- Records: {_cell(card.get('record_count'))}",
+            f"- Filtering: {'; '.join(_cell(x) for x in card.get('filtering') or ()) or 'none stated'}",
+            "- De-identification: "
+            + ("; ".join(_cell(x) for x in card.get("deidentification") or ()) or "none stated"),
+            f"- Contact: {_cell(card.get('contact'))}",
+            f"- Extensions: `{_cell(canonical_json(card.get('extensions') or {}).decode())}`",
+        ]
+    return lines
+
+
+def _validation_lines(facts: LogFacts) -> list[str]:
+    """Section 3's local data validations, as the sites' signed summaries record them."""
+    checked = sorted(
+        (u for u in facts.governance if u.validation is not None), key=lambda u: (u.round_id, u.client_id)
+    )
+    if not checked:
+        return ["Local data validation: none recorded in this log."]
+    lines = [
+        "Local data validation (fedseal-validation-summary/v1, run by each site before training, signed in "
+        "its update header; checks and counts only, never a record):",
+        "",
+        "| round | site | data | records | passed | checks (counts) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for u in checked:
+        v = u.validation or {}
+        checks = "; ".join(
+            f"{c.get('name')} {'pass' if c.get('passed') else 'FAIL'} "
+            + ", ".join(f"{k}={n}" for k, n in sorted((c.get("counts") or {}).items()))
+            for c in v.get("checks") or ()
+        )
+        lines.append(
+            f"| {u.round_id} | {_cell(u.client_id)} | {_cell(v.get('data_kind'))} | "
+            f"{_cell(v.get('records'))} | {'yes' if v.get('passed') is True else 'NO'} | {_cell(checks)} |"
+        )
+    return lines
+
+
+def _cell(value: object) -> str:
+    # A site's free text in a Markdown table: no line breaks, no column separators.
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
 def _datasheet(
     report: AuditReport,
     facts: LogFacts,
@@ -273,15 +354,12 @@ def _datasheet(
         )
     lines += [
         "",
-        "Data cards: none were published in this log, so the sites' data are described only by what the "
-        "log records above (site, rounds, example counts) and by the digests of their sealed updates "
-        "(`verification.json`, `rounds[].accepted[].ciphertext_digest`).",
+        *_data_card_lines(facts),
         "",
         "## 3. Selection and cleaning, as far as the log records them",
         "",
-        "Local data validation: none recorded in this log.",
-        "",
     ]
+    lines += [*_validation_lines(facts), ""]
     for x in r.rounds:
         params = x.parameters
         spend = (x.dp or {}).get("spend") or {}

@@ -53,6 +53,10 @@ class FindingKind(enum.Enum):
     # A DP figure (budget, spend, clip, grid, noise, denominator) that the auditor's own
     # re-derivation from the logged numbers does not give (auditor/_dpcheck.py).
     INVALID_DP_SPEND = "invalid_dp_spend"
+    # An update_accepted whose published data card does not parse or does not hash to the
+    # signed digest, whose validation summary does not parse, or that lacks the data card
+    # or passing validation its round requires (auditor/_datagov.py).
+    INVALID_DATA_GOVERNANCE = "invalid_data_governance"
 
 
 # Findings that show the entries themselves were changed.

@@ -3,6 +3,7 @@
 `audit_log` judges the log; this reads the same typed entries once more for what a picture
 needs and the audit report does not keep: every entry's time and the log's size after it
 (log growth), when each round opened and ended, the metrics each `round_closed` publishes,
+the data cards and validation summaries accepted updates carry,
 each round's provenance envelope and every `enclave_started` entry. It judges nothing: an
 entry that does not decode is skipped here and is a finding of the audit.
 """
@@ -17,7 +18,14 @@ from typing import Any
 
 from fedseal.errors import FedSealError
 from fedseal.logformat import LogEntry, decode_record
-from fedseal.logschema import EnclaveStarted, RoundClosed, RoundFailed, RoundOpened, UpdateRejected
+from fedseal.logschema import (
+    EnclaveStarted,
+    RoundClosed,
+    RoundFailed,
+    RoundOpened,
+    UpdateAccepted,
+    UpdateRejected,
+)
 
 __all__ = ["EntryFact", "LogFacts", "numeric_metrics", "read_log_facts"]
 
@@ -43,6 +51,8 @@ class LogFacts:
     closed_entries: Mapping[int, LogEntry] = field(default_factory=dict)
     # Refusals naming a round that never opened (the audit's rounds do not list them).
     orphan_rejections: tuple[UpdateRejected, ...] = ()
+    # Accepted updates that carry a data card digest or a validation summary, in log order.
+    governance: tuple[UpdateAccepted, ...] = ()
 
     @property
     def first_time(self) -> dt.datetime | None:
@@ -63,6 +73,7 @@ def read_log_facts(path: Path) -> LogFacts:
     closed: dict[int, LogEntry] = {}
     enclaves: list[LogEntry] = []
     rejections: list[UpdateRejected] = []
+    governance: list[UpdateAccepted] = []
     size = checkpoints = 0
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
@@ -95,6 +106,10 @@ def read_log_facts(path: Path) -> LogFacts:
                 ended[body.round_id] = moment
             elif isinstance(body, UpdateRejected):
                 rejections.append(body)
+            elif isinstance(body, UpdateAccepted) and (
+                body.data_card_digest is not None or body.validation is not None
+            ):
+                governance.append(body)
     return LogFacts(
         entries=tuple(entries),
         log_bytes=size,
@@ -106,6 +121,7 @@ def read_log_facts(path: Path) -> LogFacts:
         enclaves=tuple(enclaves),
         closed_entries=closed,
         orphan_rejections=tuple(r for r in rejections if r.round_id not in opened),
+        governance=tuple(governance),
     )
 
 

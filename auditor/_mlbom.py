@@ -5,8 +5,8 @@ The adapter (the round's aggregate, its SHA-256) is the BOM's subject, a
 earlier released aggregates, in order, each with its round's strategy, participants,
 examples and DP spend; and the base model when the caller names one (the log does not
 record it). Its data are the sites' contributions, one `data` component per site, with
-the rounds and example counts the log records, and the statement that no data card was
-published (the log carries none yet). Properties use the
+the rounds and example counts the log records, and the SHA-256 digests of the data cards
+the site signed (or the statement that the log records none). Properties use the
 `fedseal:` namespace. The output is deterministic (serial number a UUIDv5 of the
 aggregate, timestamp the round's close), so the pack can be rebuilt and compared.
 """
@@ -128,17 +128,33 @@ def adapter_bom(
     for x in (*earlier, r):
         for a in x.accepted:
             sites.setdefault(a["client_id"], []).append((x.round_id, int(a["num_examples"])))
-    cards = "no data card was published in the log for this site's data"
+    cards: dict[str, list[str]] = {}  # site -> "round:digest" of its signed data cards
+    for x in (*earlier, r):
+        for a in x.accepted:
+            if a.get("data_card_digest"):
+                cards.setdefault(a["client_id"], []).append(f"{x.round_id}:{a['data_card_digest']}")
     data = [
         Component(
             type=ComponentType.DATA,
             name=f"{site} training data",
             bom_ref=f"data-{site}",
-            description=f"the local data site {site} trained on ({cards})",
+            description=f"the local data site {site} trained on ("
+            + (
+                "described by the data cards whose SHA-256 digests the site signed, fedseal:data-cards; "
+                "published cards are in the datasheet"
+                if site in cards
+                else "no data card was recorded in the log for this site's data"
+            )
+            + ")",
             properties=[
                 Property(name="fedseal:site", value=site),
                 Property(name="fedseal:rounds", value=",".join(str(rid) for rid, _ in rounds)),
                 Property(name="fedseal:examples", value=",".join(str(n) for _, n in rounds)),
+                *(
+                    [Property(name="fedseal:data-cards", value=",".join(cards[site]))]
+                    if site in cards
+                    else []
+                ),
             ],
         )
         for site, rounds in sorted(sites.items())

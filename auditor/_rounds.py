@@ -29,6 +29,7 @@ from fedseal.roundconfig import RoundConfig
 from fedseal.spec import AdapterSpec
 from fedseal.wire import StaleBaseError, update_staleness
 
+from ._datagov import governance_problems
 from ._findings import FindingKind, Findings
 from ._release import ReleaseGate
 from ._report import RoundSummary, as_logged
@@ -77,6 +78,8 @@ class _RoundState:
                     "staleness": a.staleness,
                     "lora_ranks": list(_lora_ranks(specs.get(a.adapter_spec_digest))),
                 }
+                | ({"data_card_digest": b64encode(a.data_card_digest)} if a.data_card_digest else {})
+                | ({"validation_passed": a.validation.get("passed")} if a.validation is not None else {})
                 for index, a in zip(self.accepted_index, self.accepted, strict=True)
             ),
             rejected=tuple(self.rejected),
@@ -178,6 +181,10 @@ class RoundStory:
         if isinstance(body, UpdateAccepted):
             self._accepted(summary, entry, body, inconsistent)
             self._staleness(summary, entry, body, line)
+            for problem in governance_problems(summary.config, body):
+                self.findings.add(
+                    FindingKind.INVALID_DATA_GOVERNANCE, line, entry.index, f"entry {entry.index}: {problem}"
+                )
             return
         self.open_round = None
         if isinstance(body, RoundClosed):

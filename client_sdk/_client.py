@@ -50,6 +50,7 @@ from client_sdk._transport import (
 from client_sdk._validate import check_bytes, check_int, check_seconds, check_text
 from fedseal.approval import Approval
 from fedseal.binding import CHALLENGE_SIZE
+from fedseal.datacard import DataCard, load_data_card
 from fedseal.enrolment import Enrolment
 from fedseal.envelope import DEFAULT_SUITE, MIN_CHUNK_SIZE, HpkeSuite, SealContext, seal
 from fedseal.errors import ReceiptError
@@ -58,7 +59,9 @@ from fedseal.manifest import AggregateManifest, SignedManifest, verify_manifest
 from fedseal.receipt import ExpectedUpdate, Receipt, verify_receipt
 from fedseal.roundconfig import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, RoundConfig
 from fedseal.roundkey import MissingRoundKeyError, RoundKeyError, VerifiedRoundKey
+from fedseal.sitemetrics import METRICS_METADATA_KEY, encode_site_metrics
 from fedseal.spec import AdapterSpec, WireDtype, pair_lora_names
+from fedseal.validation import ValidationSummary
 from fedseal.wire import PROTOCOL_VERSION, RoundState, StaleBaseError, UpdateHeader, update_staleness
 
 __all__ = [
@@ -110,6 +113,12 @@ class Aggregate:
         """The round this aggregate is the result of: the `base_round_id` of updates trained
         from it."""
         return self.manifest.round_id
+
+    @property
+    def metrics(self) -> Mapping[str, float]:
+        """The sites' metrics of this round as the enclave aggregated them (example-weighted
+        means, fedseal/sitemetrics.py), signed with the manifest; empty when no site sent any."""
+        return self.manifest.client_metrics or {}
 
 
 class FedSealClient:
@@ -237,6 +246,10 @@ class FedSealClient:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         suite: HpkeSuite = DEFAULT_SUITE,
         base_round_id: int | None = None,
+        data_card: DataCard | Path | str | None = None,
+        publish_data_card: bool = True,
+        validation: ValidationSummary | None = None,
+        metrics: Mapping[str, float] | None = None,
     ) -> SealedSubmission:
         """Attest the aggregator (once per round and channel) and seal `adapter` to its
         attested key; nothing is sent.
@@ -254,15 +267,24 @@ class FedSealClient:
         the latest aggregate. Raises StaleBaseError (nothing sealed) if the round would
         refuse it: any but the current global in a synchronous round, more than
         `max_staleness` releases old in an async one, or a round that released nothing.
+
+        Data governance (docs/data-card.md): `data_card` (a DataCard, or the path of its JSON
+        file) puts its digest in the signed header and the seal context, and the card itself
+        when `publish_data_card`; `validation` (client_sdk.validation) sends the summary of
+        the local data validation, signed. `metrics` (name -> number: train loss, eval loss,
+        example counts...) travel sealed inside the update (fedseal/sitemetrics.py); only
+        the enclave reads them, and it logs their example-weighted means per round.
         """
         _check_submission_args(round_id, num_examples, idempotency_key, chunk_size, suite, base_round_id)
+        metadata = {METRICS_METADATA_KEY: encode_site_metrics(metrics)} if metrics is not None else None
+        card = load_data_card(data_card) if isinstance(data_card, Path | str) else data_card
         attested = self._attested_for(round_id)
         round_info = self._connection.get_round(round_id)
         _check_dp_requirement(self._policy, round_info.config)
         base = _checked_base(round_info, base_round_id)
         tensors = adapter_tensors(adapter)
         spec = _update_spec(tensors, round_info.config)
-        payload = _serialize(tensors, spec)
+        payload = _serialize(tensors, spec, metadata)
         return self._seal(
             payload,
             attested,
@@ -275,6 +297,9 @@ class FedSealClient:
             idempotency_key=idempotency_key,
             chunk_size=min(chunk_size, round_info.config.max_chunk_size),
             suite=suite,
+            data_card=card,
+            publish_data_card=publish_data_card,
+            validation=validation,
         )
 
     def seal_payload(
@@ -289,13 +314,18 @@ class FedSealClient:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         suite: HpkeSuite = DEFAULT_SUITE,
         base_round_id: int | None = None,
+        data_card: DataCard | Path | str | None = None,
+        publish_data_card: bool = True,
+        validation: ValidationSummary | None = None,
     ) -> SealedSubmission:
         """Seal already-serialized safetensors bytes (lower level than `seal_update`; the
-        payload is not checked against the round's spec, `base_round_id` is, as there)."""
+        payload is not checked against the round's spec, `base_round_id` is, as there;
+        site metrics, if any, are the payload's own safetensors metadata)."""
         _check_submission_args(round_id, num_examples, idempotency_key, chunk_size, suite, base_round_id)
         if not isinstance(payload, bytes | bytearray):
             raise ClientArgumentError(f"payload must be bytes, got {type(payload).__name__}")
         check_bytes(adapter_spec_digest, "adapter_spec_digest", min_size=32, max_size=32)
+        card = load_data_card(data_card) if isinstance(data_card, Path | str) else data_card
         attested = self._attested_for(round_id)
         round_info = self._connection.get_round(round_id)
         base = _checked_base(round_info, base_round_id)
@@ -311,6 +341,9 @@ class FedSealClient:
             idempotency_key=idempotency_key,
             chunk_size=chunk_size,
             suite=suite,
+            data_card=card,
+            publish_data_card=publish_data_card,
+            validation=validation,
         )
 
     def _seal(
@@ -327,6 +360,9 @@ class FedSealClient:
         idempotency_key: bytes | None,
         chunk_size: int,
         suite: HpkeSuite,
+        data_card: DataCard | None = None,
+        publish_data_card: bool = True,
+        validation: ValidationSummary | None = None,
     ) -> SealedSubmission:
         identity = self._identity
         if identity is None:
@@ -339,6 +375,8 @@ class FedSealClient:
                 "accepts updates only under the caller's enrolled id"
             )
         key = idempotency_key if idempotency_key is not None else os.urandom(32)
+        card_digest = data_card.digest() if data_card is not None else b""
+        summary = validation.canonical_bytes() if validation is not None else b""
         context = SealContext(
             protocol_version=PROTOCOL_VERSION,
             round_id=round_id,
@@ -351,6 +389,8 @@ class FedSealClient:
             chunk_size=chunk_size,
             suite=suite,
             base_round_id=base_round_id,
+            data_card_digest=card_digest,
+            validation_digest=validation.digest() if validation is not None else b"",
         )
         # To the round's key, whose signature by the attested log key was just checked.
         sealed = seal(payload, round_key.public_key_obj(), context)
@@ -369,6 +409,9 @@ class FedSealClient:
             key_id=identity.key_id,
             ciphertext_digest=sealed.ciphertext_digest,
             base_round_id=base_round_id,
+            data_card_digest=card_digest,
+            data_card=data_card.canonical_bytes() if data_card is not None and publish_data_card else b"",
+            validation_summary=summary,
         ).sign(identity.signing_key)  # sealed first: the signature covers the ciphertext digest
         # The aggregator rebuilds the context from the header: both must agree exactly.
         assert header.seal_context(attested.binding, round_key.hpke_public_key) == context
@@ -418,13 +461,17 @@ class FedSealClient:
         suite: HpkeSuite = DEFAULT_SUITE,
         retries: int = 2,
         base_round_id: int | None = None,
+        data_card: DataCard | Path | str | None = None,
+        publish_data_card: bool = True,
+        validation: ValidationSummary | None = None,
+        metrics: Mapping[str, float] | None = None,
     ) -> Receipt:
         """Seal `adapter` (name → torch tensor or numpy array) for `round_id`, submit it, verify the receipt.
 
         `base_round_id`: the round whose aggregate `adapter` was trained from (see
         `seal_update`; None: the current global). On a transport failure the upload is retried
         (re-attesting, since the enclave may have restarted) with the same idempotency key,
-        so it counts at most once.
+        so it counts at most once. `data_card`, `validation` and `metrics`: see `seal_update`.
         """
         _check_submission_args(round_id, num_examples, idempotency_key, chunk_size, suite, base_round_id)
         retries = check_int(retries, "retries", minimum=0, maximum=100)
@@ -443,6 +490,10 @@ class FedSealClient:
                     chunk_size=chunk_size,
                     suite=suite,
                     base_round_id=base_round_id,
+                    data_card=data_card,
+                    publish_data_card=publish_data_card,
+                    validation=validation,
+                    metrics=metrics,
                 )
                 return self.send(submission)
             except AggregatorUnavailableError:
@@ -558,7 +609,9 @@ def _update_spec(adapter: Mapping[str, torch.Tensor], config: RoundConfig) -> Ad
     return chosen
 
 
-def _serialize(adapter: Mapping[str, Any], spec: AdapterSpec) -> bytes:
+def _serialize(
+    adapter: Mapping[str, Any], spec: AdapterSpec, metadata: dict[str, str] | None = None
+) -> bytes:
     # A PEFT model, a state dict, an adapter folder or a .safetensors file: see _adapters.py.
     adapter = adapter_tensors(adapter)
     expected = spec.by_name()
@@ -577,7 +630,7 @@ def _serialize(adapter: Mapping[str, Any], spec: AdapterSpec) -> bytes:
                 f"tensor {name!r} has shape {tuple(tensor.shape)}, the round's spec says {tspec.shape}"
             )
         tensors[name] = tensor.detach().to(device="cpu", dtype=_TORCH_DTYPE[tspec.dtype]).contiguous()
-    return bytes(safetensors.torch.save(tensors))
+    return bytes(safetensors.torch.save(tensors, metadata=metadata))
 
 
 def submit_update(

@@ -18,6 +18,12 @@ A client seals one update (the safetensors bytes of its LoRA adapter delta) like
    from :mod:`fedseal.binding`) and u64 is 8-byte big-endian. ``aad = SHA-256(info)``,
    computed once per update.
 
+   An update that carries a data card digest or a validation summary (fedseal/wire.py)
+   is sealed under ``fedseal/seal-context/v4``: the same fields, then
+   ``lp(data_card_digest) || lp(validation_digest)`` (each empty when absent), so the card
+   and the summary the header signs are also the ones the data key opens under. One
+   without either keeps the v3 encoding.
+
 2. **Data key.** A fresh 32-byte data key ``K = os.urandom(32)`` per update, wrapped with
    RFC 9180 HPKE, base mode, single shot, to the round's X25519 key (``round_public_key``:
    made in the enclave when the round opened, signed by its attested log key, dropped
@@ -128,6 +134,7 @@ __all__ = [
     "MAX_CHUNK_SIZE",
     "MIN_CHUNK_SIZE",
     "SEAL_CONTEXT_DOMAIN",
+    "SEAL_CONTEXT_DOMAIN_V4",
     "TAG_SIZE",
     "WRAPPED_KEY_SIZE",
     "CiphertextDigest",
@@ -147,6 +154,7 @@ __all__ = [
 ]
 
 SEAL_CONTEXT_DOMAIN: Final = b"fedseal/seal-context/v3"
+SEAL_CONTEXT_DOMAIN_V4: Final = b"fedseal/seal-context/v4"  # with data card / validation
 CIPHERTEXT_DIGEST_DOMAIN: Final = b"fedseal/ciphertext-digest/v2"
 
 DATA_KEY_SIZE: Final = 32
@@ -267,6 +275,8 @@ class SealContext:
     ``base_round_id`` is the round whose aggregate the update was trained from (0: the job's
     initial adapter); it scales the update's weight in async rounds, so it is bound too.
     ``round_public_key`` is the raw X25519 key of the round the update is sealed to.
+    ``data_card_digest`` (SHA-256 of the site's data card) and ``validation_digest``
+    (SHA-256 of its validation summary) are empty or 32 bytes; either set selects v4.
     """
 
     protocol_version: int
@@ -280,6 +290,8 @@ class SealContext:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     suite: HpkeSuite = DEFAULT_SUITE
     base_round_id: int = 0
+    data_card_digest: bytes = b""
+    validation_digest: bytes = b""
 
     def __post_init__(self) -> None:
         _check_int("protocol_version", self.protocol_version, 1, _U32_MAX)
@@ -297,11 +309,16 @@ class SealContext:
         if not isinstance(self.suite, HpkeSuite):
             raise FormatError(f"suite must be an HpkeSuite, got {type(self.suite).__name__}")
         _check_int("base_round_id", self.base_round_id, 0, _U64_MAX)
+        for name in ("data_card_digest", "validation_digest"):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or len(value) not in (0, _SPEC_DIGEST_SIZE):
+                raise FormatError(f"{name} must be empty or {_SPEC_DIGEST_SIZE} bytes")
 
     def encode(self) -> bytes:
         """The domain-separated, length-prefixed encoding (the HPKE ``info``)."""
+        extended = bool(self.data_card_digest or self.validation_digest)
         return length_prefixed(
-            SEAL_CONTEXT_DOMAIN,
+            SEAL_CONTEXT_DOMAIN_V4 if extended else SEAL_CONTEXT_DOMAIN,
             _u64(self.protocol_version),
             _u64(self.round_id),
             _u64(self.base_round_id),
@@ -313,6 +330,7 @@ class SealContext:
             self.idempotency_key,
             _u64(self.chunk_size),
             _u64(self.suite.wire_id),
+            *((self.data_card_digest, self.validation_digest) if extended else ()),
         )
 
     def aad(self) -> bytes:

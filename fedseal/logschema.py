@@ -127,6 +127,15 @@ class RejectReason(enum.Enum):
     # Outside DP: the update's delta against the round's global adapter is longer than the
     # round config's max_update_norm (the norm is in the rejection's detail).
     NORM_EXCEEDED = "norm_exceeded"
+    # Data governance (fedseal/datacard.py, fedseal/validation.py): the round requires a data
+    # card and the header has none; the published card does not parse; it does not hash to
+    # the digest the header signs; the round requires a validation summary and there is
+    # none; or the summary records a failed check.
+    DATA_CARD_MISSING = "data_card_missing"
+    DATA_CARD_INVALID = "data_card_invalid"
+    DATA_CARD_MISMATCH = "data_card_mismatch"
+    VALIDATION_MISSING = "validation_missing"
+    VALIDATION_FAILED = "validation_failed"
 
 
 class FailureCause(enum.Enum):
@@ -494,6 +503,12 @@ class UpdateAccepted(EntryBody):
     # and its staleness: the releases between that one and this entry.
     base_round_id: int
     staleness: int
+    # Data governance, when the header carried it (signed under update-signature/v3): the
+    # data card's SHA-256, the card itself when the site published it (fedseal/datacard.py;
+    # inline, it is at most 16 KiB), the validation summary (fedseal/validation.py).
+    data_card_digest: bytes | None = None
+    data_card: Mapping[str, Any] | None = None
+    validation: Mapping[str, Any] | None = None
     _codecs: ClassVar[Mapping[str, _Codec[Any]]] = {
         "round_id": _ROUND,
         "client_id": _ID,
@@ -510,6 +525,9 @@ class UpdateAccepted(EntryBody):
         "chunk_size": _Int(1, 2**32),
         "base_round_id": _COUNT,
         "staleness": _COUNT,
+        "data_card_digest": _Optional(_DIGEST),
+        "data_card": _Optional(_Object()),
+        "validation": _Optional(_Object()),
     }
 
 

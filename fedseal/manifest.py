@@ -13,6 +13,7 @@ of that enclave for that round. The same digest is in the log's `round_closed` e
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fedseal.canonical import b64decode_field, b64encode, canonical_json, parse_canonical
 from fedseal.errors import FormatError, SignatureError
+from fedseal.sitemetrics import check_site_metrics
 
 __all__ = ["AggregateManifest", "SignedManifest", "sign_manifest", "verify_manifest"]
 
@@ -39,6 +41,9 @@ class AggregateManifest:
     participants: tuple[str, ...]
     total_examples: int
     round_closed_index: int  # the log entry recording this aggregate
+    # The sites' metrics as the enclave aggregated them (example-weighted means, as logged in
+    # round_closed.metrics["client"]); None when no site sent any (and then not written).
+    client_metrics: Mapping[str, float] | None = None
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
@@ -52,7 +57,7 @@ class AggregateManifest:
             "participants": list(self.participants),
             "total_examples": self.total_examples,
             "round_closed_index": self.round_closed_index,
-        }
+        } | ({"client_metrics": dict(self.client_metrics)} if self.client_metrics is not None else {})
 
     @classmethod
     def from_json_obj(cls, obj: object) -> AggregateManifest:
@@ -68,7 +73,7 @@ class AggregateManifest:
             "total_examples",
             "round_closed_index",
         }
-        if not isinstance(obj, dict) or set(obj) != expected:
+        if not isinstance(obj, dict) or not expected <= set(obj) <= expected | {"client_metrics"}:
             raise FormatError("aggregate manifest has missing or unknown fields")
         if obj["format"] != _FORMAT:
             raise FormatError(f"unknown aggregate manifest format {obj['format']!r}")
@@ -90,7 +95,15 @@ class AggregateManifest:
             participants=tuple(participants),
             total_examples=obj["total_examples"],
             round_closed_index=obj["round_closed_index"],
+            client_metrics=_client_metrics(obj["client_metrics"]) if "client_metrics" in obj else None,
         )
+
+
+def _client_metrics(value: object) -> dict[str, float]:
+    try:
+        return check_site_metrics(value)  # type: ignore[arg-type]
+    except FormatError as exc:
+        raise FormatError(f"aggregate manifest 'client_metrics': {exc}") from None
 
 
 @dataclass(frozen=True)

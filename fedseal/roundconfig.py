@@ -117,6 +117,10 @@ class RoundConfig:
     # swing an average. Without a global adapter of the round's spec (no --initial-adapter,
     # or a lora-exact client at another rank) the update's own norm is bounded. None: no bound.
     max_update_norm: float | None = None
+    # Data governance: every update must carry a data card digest (fedseal/datacard.py), or a
+    # validation summary whose checks all passed (fedseal/validation.py); refused by name.
+    require_data_card: bool = False
+    require_validation: bool = False
 
     def __post_init__(self) -> None:
         if self.round_id < 1:
@@ -230,6 +234,9 @@ class RoundConfig:
             | ({"dp": self.dp.to_json_obj()} if self.dp is not None else {})
             | ({"approval": self.approval.to_json_obj()} if self.approval is not None else {})
             | ({"max_update_norm": self.max_update_norm} if self.max_update_norm is not None else {})
+            # Written only when set, so configs (and logs) from before them keep their digest.
+            | ({"require_data_card": True} if self.require_data_card else {})
+            | ({"require_validation": True} if self.require_validation else {})
         )
 
     def canonical_bytes(self) -> bytes:
@@ -254,6 +261,8 @@ class RoundConfig:
             "dp",
             "approval",
             "max_update_norm",
+            "require_data_card",
+            "require_validation",
         }
         if not isinstance(obj, dict):
             raise ConfigError(f"{where}: must be a JSON object")
@@ -286,7 +295,16 @@ class RoundConfig:
             )
             if "max_update_norm" in obj
             else None,
+            require_data_card=_flag(obj, "require_data_card", where),
+            require_validation=_flag(obj, "require_validation", where),
         )
+
+
+def _flag(obj: dict[str, Any], key: str, where: str) -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key!r} must be true or false, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------- privacy and release

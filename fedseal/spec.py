@@ -27,6 +27,7 @@ from typing import Any
 
 from fedseal.canonical import canonical_json
 from fedseal.errors import FormatError
+from fedseal.sitemetrics import METRICS_METADATA_ALLOWANCE
 
 __all__ = [
     "MAX_LORA_RANK",
@@ -171,9 +172,10 @@ class AdapterSpec:
 
         safetensors writes an 8-byte header length, a JSON header with one entry per tensor
         (`"name":{"dtype":"BF16","shape":[..],"data_offsets":[a,b]}`) padded to 8 bytes, then
-        the data. The bound counts every header entry at its longest possible form.
+        the data. The bound counts every header entry at its longest possible form, and the
+        site metrics a client may carry in the metadata (fedseal/sitemetrics.py).
         """
-        header = 64  # braces, optional empty metadata, padding
+        header = 64 + METRICS_METADATA_ALLOWANCE  # braces, metadata, padding
         for t in self.tensors:
             name_json = len(json.dumps(t.name))
             # 48 covers the fixed keys and punctuation; 21 per dim and per offset covers

@@ -12,7 +12,13 @@ over every header field and the ciphertext digest of the chunks that follow::
               || lp(SHA-256(idempotency_key)) || lp(challenge) || lp(u64(chunk_size))
               || lp(u64(ciphertext_size)) || lp(ciphertext_digest)
 
-(lp: 4-byte big-endian length prefix, u64: 8-byte big-endian). The wrapped key is covered
+(lp: 4-byte big-endian length prefix, u64: 8-byte big-endian). A header that carries a data
+card digest or a validation summary (fedseal/datacard.py, fedseal/validation.py) is signed
+under ``fedseal/update-signature/v3``: the same fields, then
+``lp(data_card_digest) || lp(SHA-256(validation_summary))`` (each empty when absent). One
+without either is signed as v2, so logs and clients from before data cards still verify;
+the domains differ, so a v3 signature never verifies as v2 (stripping the card or the
+summary breaks the signature). The wrapped key is covered
 through the ciphertext digest, which hashes it first (fedseal/envelope.py); the
 idempotency key through its digest, which is what the log records. So the signature can be
 checked from an `update_accepted` log entry alone, and proves which site submitted which
@@ -41,10 +47,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal.binding import CHALLENGE_SIZE, length_prefixed
+from fedseal.datacard import MAX_DATA_CARD_SIZE
 from fedseal.envelope import HpkeSuite, SealContext
 from fedseal.errors import FedSealError, FormatError, SignatureError
 from fedseal.logformat import RejectReason
 from fedseal.signed_request import key_id
+from fedseal.validation import ValidationSummary, parse_validation_summary
 
 __all__ = [
     "ACCESS_DENIED_METADATA_KEY",
@@ -54,6 +62,7 @@ __all__ = [
     "STATUS_FOR_ACCESS",
     "STATUS_FOR_REASON",
     "UPDATE_SIGNATURE_DOMAIN",
+    "UPDATE_SIGNATURE_DOMAIN_V3",
     "AccessDeniedError",
     "AccessDeniedReason",
     "StaleBaseError",
@@ -75,6 +84,7 @@ ACCESS_DENIED_METADATA_KEY = "fedseal-access-denied"
 # A caller's signed call token (fedseal/signed_request.py, action "call"); binary metadata.
 CALL_AUTH_METADATA_KEY = "fedseal-call-auth-bin"
 UPDATE_SIGNATURE_DOMAIN = b"fedseal/update-signature/v2"
+UPDATE_SIGNATURE_DOMAIN_V3 = b"fedseal/update-signature/v3"  # with data card / validation
 MAX_WRAPPED_KEY_SIZE = 256  # X25519 enc (32) + sealed 32-byte key + tag: far below this
 _U64_MAX = 2**64 - 1
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
@@ -110,6 +120,12 @@ STATUS_FOR_REASON: dict[RejectReason, grpc.StatusCode] = {
     RejectReason.UNKNOWN_BASE: grpc.StatusCode.FAILED_PRECONDITION,
     RejectReason.STALE_UPDATE: grpc.StatusCode.FAILED_PRECONDITION,
     RejectReason.NORM_EXCEEDED: grpc.StatusCode.INVALID_ARGUMENT,
+    # Data governance (fedseal/datacard.py, fedseal/validation.py; RoundConfig.require_*).
+    RejectReason.DATA_CARD_MISSING: grpc.StatusCode.FAILED_PRECONDITION,
+    RejectReason.DATA_CARD_INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    RejectReason.DATA_CARD_MISMATCH: grpc.StatusCode.INVALID_ARGUMENT,
+    RejectReason.VALIDATION_MISSING: grpc.StatusCode.FAILED_PRECONDITION,
+    RejectReason.VALIDATION_FAILED: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -199,12 +215,15 @@ def update_signature_message(
     chunk_size: int,
     ciphertext_size: int,
     ciphertext_digest: bytes,
+    data_card_digest: bytes = b"",
+    validation_digest: bytes = b"",
 ) -> bytes:
     """The bytes a site signs for one update (module docstring); the auditor rebuilds them
-    from an `update_accepted` entry."""
+    from an `update_accepted` entry. `validation_digest` is SHA-256 of the summary's bytes."""
+    extended = bool(data_card_digest or validation_digest)
     try:
         return length_prefixed(
-            UPDATE_SIGNATURE_DOMAIN,
+            UPDATE_SIGNATURE_DOMAIN_V3 if extended else UPDATE_SIGNATURE_DOMAIN,
             _u64(protocol_version),
             _u64(round_id),
             _u64(base_round_id),
@@ -218,6 +237,7 @@ def update_signature_message(
             _u64(chunk_size),
             _u64(ciphertext_size),
             ciphertext_digest,
+            *((data_card_digest, validation_digest) if extended else ()),
         )
     except (OverflowError, UnicodeEncodeError) as exc:
         raise FormatError(f"update signature fields out of range: {exc}") from None
@@ -243,6 +263,12 @@ class UpdateHeader:
     signature: bytes = b""  # Ed25519 over signed_message(); empty until sign()
     # The round whose released aggregate the update was trained from; 0: the initial adapter.
     base_round_id: int = 0
+    # Data governance, all optional and all signed (module docstring): the SHA-256 of the
+    # site's data card, the card itself when the site publishes it (canonical JSON), and
+    # the summary of its local data validation (canonical JSON).
+    data_card_digest: bytes = b""
+    data_card: bytes = b""
+    validation_summary: bytes = b""
 
     def __post_init__(self) -> None:
         if self.protocol_version != PROTOCOL_VERSION:
@@ -267,6 +293,20 @@ class UpdateHeader:
         # (update_staleness), refused and logged under its own reason.
         if not isinstance(base, int) or isinstance(base, bool) or not 0 <= base <= _U64_MAX:
             raise FormatError(f"header base_round_id must be an integer in 0..{_U64_MAX}")
+        if len(self.data_card_digest) not in (0, 32):
+            raise FormatError("header data_card_digest must be empty or 32 bytes (SHA-256)")
+        if len(self.data_card) > MAX_DATA_CARD_SIZE:
+            raise FormatError(f"header data_card is longer than {MAX_DATA_CARD_SIZE} bytes")
+        if self.validation_summary:
+            parse_validation_summary(self.validation_summary)  # FormatError names the problem
+
+    @property
+    def validation_digest(self) -> bytes:
+        """SHA-256 of the validation summary's bytes; empty when there is none."""
+        return hashlib.sha256(self.validation_summary).digest() if self.validation_summary else b""
+
+    def validation(self) -> ValidationSummary | None:
+        return parse_validation_summary(self.validation_summary) if self.validation_summary else None
 
     def signed_message(self) -> bytes:
         """What the site's key signs (module docstring)."""
@@ -284,6 +324,8 @@ class UpdateHeader:
             chunk_size=self.chunk_size,
             ciphertext_size=self.ciphertext_size,
             ciphertext_digest=self.ciphertext_digest,
+            data_card_digest=self.data_card_digest,
+            validation_digest=self.validation_digest,
         )
 
     def sign(self, private_key: Ed25519PrivateKey) -> UpdateHeader:
@@ -318,6 +360,8 @@ class UpdateHeader:
             chunk_size=self.chunk_size,
             suite=self.suite,
             base_round_id=self.base_round_id,
+            data_card_digest=self.data_card_digest,
+            validation_digest=self.validation_digest,
         )
 
 
@@ -338,6 +382,9 @@ def header_to_proto(h: UpdateHeader) -> pb.UpdateHeader:
         ciphertext_digest=h.ciphertext_digest,
         signature=h.signature,
         base_round_id=h.base_round_id,
+        data_card_digest=h.data_card_digest,
+        data_card=h.data_card,
+        validation_summary=h.validation_summary,
     )
 
 
@@ -362,6 +409,9 @@ def header_from_proto(m: pb.UpdateHeader) -> UpdateHeader:
         ciphertext_digest=bytes(m.ciphertext_digest),
         signature=bytes(m.signature),
         base_round_id=m.base_round_id,
+        data_card_digest=bytes(m.data_card_digest),
+        data_card=bytes(m.data_card),
+        validation_summary=bytes(m.validation_summary),
     )
 
 

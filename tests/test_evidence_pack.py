@@ -18,16 +18,20 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
+from conftest import make_adapter, round_config, site_client
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from logfiles import log_entries
 from report_logs import make_report_log
 from securesystemslib.dsse import Envelope
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]  # exported without __all__
+from test_data_governance import card
 
-from attestation import load_builtin_policy
+from aggregator import RunningAggregator
+from attestation import Policy, load_builtin_policy
 from auditor import attest_enclave_entry
-from auditor._evidence import EvidencePackError, verify_evidence_pack
+from auditor._evidence import EvidencePackError, build_evidence_pack, verify_evidence_pack
+from client_sdk.validation import validate_text
 from fedseal.logformat import EntryKind
 from fedseal.provenance import PREDICATE_TYPE
 
@@ -168,3 +172,43 @@ def test_a_log_with_findings_is_not_packed(pack: Path, tmp_path: Path) -> None:
     assert not out.exists()
     again = _cli("evidence-pack", str(pack / "audit.log"), str(pack), "--builtin-policy", DEV)
     assert again.returncode == 1 and "not an empty folder" in again.stderr
+
+
+def test_datasheet_and_bom_list_the_data_cards_and_validations(
+    live_aggregator: RunningAggregator, dev_policy: Policy, tmp_path: Path
+) -> None:
+    """A log whose updates carry data cards (one published, one digest only) and validation
+    summaries: the datasheet lists every digest, prints the published card, and tabulates
+    the validations; each site's ML-BOM data component names its signed card digests."""
+    live_aggregator.rounds.open_round(round_config(1))
+    summary = validate_text([f"note {i}" for i in range(12)])
+    for i in range(3):
+        site = f"site-{i}"
+        with site_client(live_aggregator.endpoint, dev_policy, site, timeout=20) as client:
+            client.submit_update(
+                make_adapter(i),
+                round_id=1,
+                num_examples=10 * (i + 1),
+                data_card=card(site) if i < 2 else None,
+                publish_data_card=i == 0,
+                validation=summary if i != 1 else None,
+            )
+    live_aggregator.rounds.wait_closed(1, 10.0)
+    built = build_evidence_pack(live_aggregator.log.path, tmp_path / "pack", dev_policy, POLICY_BYTES)
+    sheet = (built.folder / "datasheet.md").read_text()
+    digests = {site: base64.b64encode(card(site).digest()).decode() for site in ("site-0", "site-1")}
+    assert f"| 1 | site-0 | `{digests['site-0']}` | yes |" in sheet
+    assert f"| 1 | site-1 | `{digests['site-1']}` | no |" in sheet
+    assert f"### Data card `{digests['site-0']}`" in sheet
+    assert f"### Data card `{digests['site-1']}`" not in sheet  # never published
+    assert "- Source: site-0: discharge notes, cardiology ward" in sheet
+    assert "- Date range: 2021-01-01 to 2023-12-31" in sheet and "- Records: 1200" in sheet
+    assert "Data cards: none were published" not in sheet
+    assert "| 1 | site-0 | text | 12 | yes | records pass" in sheet
+    assert "| 1 | site-2 | text | 12 | yes |" in sheet and "| 1 | site-1 | text" not in sheet
+    assert "Local data validation: none recorded" not in sheet
+    bom = json.loads((built.folder / "releases/round-1/bom.cdx.json").read_text())
+    props = {c["name"]: {p["name"]: p["value"] for p in c.get("properties", [])} for c in bom["components"]}
+    assert props["site-0 training data"]["fedseal:data-cards"] == f"1:{digests['site-0']}"
+    assert "fedseal:data-cards" not in props["site-2 training data"]
+    assert verify_evidence_pack(built.folder, dev_policy, POLICY_BYTES).files == built.files

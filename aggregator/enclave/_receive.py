@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from fedseal import strictjson
 from fedseal.envelope import TAG_SIZE, StreamOpener
 from fedseal.errors import EnvelopeError, EnvelopeSizeError, EnvelopeUnwrapError
 from fedseal.logformat import RejectReason
+from fedseal.sitemetrics import METRICS_METADATA_KEY, SiteMetricsError, decode_site_metrics
 from fedseal.spec import AdapterSpec, WireDtype
 from fedseal.strictjson import JsonDepthError
 from fedseal.wire import UpdateHeader, UpdateRejectedError
@@ -78,6 +79,8 @@ class ValidatedUpdate:
     tensors: Mapping[str, torch.Tensor]
     ciphertext_digest: bytes
     ciphertext_size: int
+    # The site's metrics, sealed in the update's safetensors metadata (fedseal/sitemetrics.py).
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 class UpdateReceiver:
@@ -137,8 +140,8 @@ class UpdateReceiver:
                     RejectReason.UNWRAP_FAILED,
                     "the data key does not open under this round's key with this header: it was "
                     "sealed to another key (another round's, or an earlier enclave's), or for "
-                    "another round, client, adapter spec, example count, idempotency key or "
-                    "attestation binding",
+                    "another round, client, adapter spec, example count, idempotency key, data card, "
+                    "validation summary or attestation binding",
                 ) from None
             except RoundKeyDroppedError as exc:
                 raise UpdateRejectedError(RejectReason.ROUND_NOT_OPEN, str(exc)) from None
@@ -177,8 +180,8 @@ class UpdateReceiver:
             plaintext = self._opener.finish()
         except EnvelopeError as exc:
             raise UpdateRejectedError(RejectReason.TRUNCATED, str(exc)) from None
-        tensors = _parse_and_validate(plaintext, self._spec)
-        return ValidatedUpdate(self._header, tensors, self._opener.ciphertext_digest, self._received)
+        tensors, metrics = _parse_update(plaintext, self._spec)
+        return ValidatedUpdate(self._header, tensors, self._opener.ciphertext_digest, self._received, metrics)
 
     def wipe(self) -> None:
         """Zero the plaintext buffer (best effort: Python may hold other copies briefly) and
@@ -265,7 +268,15 @@ class PlaintextBuffers:
 
 
 def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> Mapping[str, torch.Tensor]:
-    """Strictly parse safetensors bytes against `spec`; tensors are zero-copy views of `plaintext`.
+    """The tensors of `_parse_update`."""
+    return _parse_update(plaintext, spec)[0]
+
+
+def _parse_update(
+    plaintext: memoryview, spec: AdapterSpec
+) -> tuple[Mapping[str, torch.Tensor], dict[str, float]]:
+    """Strictly parse safetensors bytes against `spec`; tensors are zero-copy views of `plaintext`,
+    with the site metrics the metadata carries (fedseal/sitemetrics.py; none: empty).
 
     safetensors.torch.load(bytes(...)) copies the update twice (to bytes, then into each
     tensor); here the 8-byte header length and the JSON header are checked against the
@@ -297,6 +308,12 @@ def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> Mapping[str
         not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
     ):
         raise _malformed("__metadata__ must map strings to strings")
+    metrics: dict[str, float] = {}
+    if metadata is not None and METRICS_METADATA_KEY in metadata:
+        try:
+            metrics = decode_site_metrics(metadata[METRICS_METADATA_KEY])
+        except SiteMetricsError as exc:
+            raise _malformed(f"site metrics: {exc}") from None
     expected = spec.by_name()
     missing = sorted(set(expected) - set(header))
     extra = sorted(set(header) - set(expected))
@@ -353,7 +370,7 @@ def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> Mapping[str
             raise UpdateRejectedError(
                 RejectReason.NOT_FINITE, f"tensor {bad!r} contains NaN or infinite values"
             )
-        return FlatTensors(named, flat)
+        return FlatTensors(named, flat), metrics
     tensors: dict[str, torch.Tensor] = {}
     for begin, end, name in layout:
         tspec = expected[name]
@@ -363,7 +380,7 @@ def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> Mapping[str
                 RejectReason.NOT_FINITE, f"tensor {name!r} contains NaN or infinite values"
             )
         tensors[name] = value
-    return tensors
+    return tensors, metrics
 
 
 _HEADER_LEN_SIZE = 8

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64seal/v1/fedseal.proto\x12\nfedseal.v1\"\'\n\x12\x41ttestationRequest\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\".\n\x13\x41ttestationResponse\x12\x17\n\x0f\x65vidence_bundle\x18\x01 \x01(\x0c\"#\n\x0fGetRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\"\xa9\x01\n\tRoundInfo\x12\x14\n\x0cround_config\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x1a\n\x12released_round_ids\x18\x04 \x03(\x04\x12\x18\n\x10round_public_key\x18\x05 \x01(\x0c\x12\x1b\n\x13round_key_signature\x18\x06 \x01(\x0c\x12\x12\n\nlog_origin\x18\x07 \x01(\t\"\xd7\x02\n\x0cUpdateHeader\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x1b\n\x13\x61\x64\x61pter_spec_digest\x18\x04 \x01(\x0c\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x12\n\nhpke_suite\x18\x06 \x01(\r\x12\x13\n\x0bwrapped_key\x18\x07 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\x0c\x12\x11\n\tchallenge\x18\t \x01(\x0c\x12\x12\n\nchunk_size\x18\n \x01(\r\x12\x17\n\x0f\x63iphertext_size\x18\x0b \x01(\x04\x12\x0e\n\x06key_id\x18\x0c \x01(\t\x12\x19\n\x11\x63iphertext_digest\x18\r \x01(\x0c\x12\x11\n\tsignature\x18\x0e \x01(\x0c\x12\x15\n\rbase_round_id\x18\x0f \x01(\x04\"Z\n\x13SubmitUpdateRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedseal.v1.UpdateHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"H\n\x14SubmitUpdateResponse\x12\x15\n\x0bsend_chunks\x18\x02 \x01(\x08H\x00\x12\x11\n\x07receipt\x18\x01 \x01(\x0cH\x00\x42\x06\n\x04part\"=\n\x13GetAggregateRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"<\n\x0e\x41ggregateChunk\x12\x12\n\x08manifest\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\")\n\x14GetCheckpointRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\"(\n\x12\x43heckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"P\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x12\n\nwith_entry\x18\x03 \x01(\x08\"@\n\x1aGetConsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"B\n\rProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\r\n\x05\x65ntry\x18\x03 \x01(\x0c\")\n\x0fOperatorRequest\x12\x16\n\x0esigned_request\x18\x01 \x01(\x0c\"E\n\x10OperatorResponse\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x11\n\tlog_index\x18\x02 \x01(\x04\x12\x0e\n\x06result\x18\x03 \x01(\x0c\"5\n\x0f\x41pprovalRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x10\n\x08\x61pproval\x18\x02 \x01(\x0c\"^\n\x10\x41pprovalResponse\x12\r\n\x05state\x18\x01 \x01(\t\x12\x11\n\tapprovals\x18\x02 \x01(\r\x12\x15\n\rmin_approvals\x18\x03 \x01(\r\x12\x11\n\tlog_index\x18\x04 \x01(\x04\"\x83\x01\n\x14\x41\x64\x64\x43heckpointRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x19\n\x11\x63onsistency_proof\x18\x02 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x11\n\tkey_entry\x18\x04 \x01(\x0c\x12\x17\n\x0fkey_entry_proof\x18\x05 \x03(\x0c\",\n\x15\x41\x64\x64\x43heckpointResponse\x12\x13\n\x0b\x63osignature\x18\x01 \x01(\t2\xdb\x05\n\nAggregator\x12Q\n\x0eGetAttestation\x12\x1e.fedseal.v1.AttestationRequest\x1a\x1f.fedseal.v1.AttestationResponse\x12>\n\x08GetRound\x12\x1b.fedseal.v1.GetRoundRequest\x1a\x15.fedseal.v1.RoundInfo\x12U\n\x0cSubmitUpdate\x12\x1f.fedseal.v1.SubmitUpdateRequest\x1a .fedseal.v1.SubmitUpdateResponse(\x01\x30\x01\x12M\n\x0cGetAggregate\x12\x1f.fedseal.v1.GetAggregateRequest\x1a\x1a.fedseal.v1.AggregateChunk0\x01\x12Q\n\rGetCheckpoint\x12 .fedseal.v1.GetCheckpointRequest\x1a\x1e.fedseal.v1.CheckpointResponse\x12T\n\x11GetInclusionProof\x12$.fedseal.v1.GetInclusionProofRequest\x1a\x19.fedseal.v1.ProofResponse\x12X\n\x13GetConsistencyProof\x12&.fedseal.v1.GetConsistencyProofRequest\x1a\x19.fedseal.v1.ProofResponse\x12\x44\n\x07Operate\x12\x1b.fedseal.v1.OperatorRequest\x1a\x1c.fedseal.v1.OperatorResponse\x12K\n\x0eSubmitApproval\x12\x1b.fedseal.v1.ApprovalRequest\x1a\x1c.fedseal.v1.ApprovalResponse2_\n\x07Witness\x12T\n\rAddCheckpoint\x12 .fedseal.v1.AddCheckpointRequest\x1a!.fedseal.v1.AddCheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64seal/v1/fedseal.proto\x12\nfedseal.v1\"\'\n\x12\x41ttestationRequest\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\".\n\x13\x41ttestationResponse\x12\x17\n\x0f\x65vidence_bundle\x18\x01 \x01(\x0c\"#\n\x0fGetRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\"\xa9\x01\n\tRoundInfo\x12\x14\n\x0cround_config\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x1a\n\x12released_round_ids\x18\x04 \x03(\x04\x12\x18\n\x10round_public_key\x18\x05 \x01(\x0c\x12\x1b\n\x13round_key_signature\x18\x06 \x01(\x0c\x12\x12\n\nlog_origin\x18\x07 \x01(\t\"\xa0\x03\n\x0cUpdateHeader\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x1b\n\x13\x61\x64\x61pter_spec_digest\x18\x04 \x01(\x0c\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x12\n\nhpke_suite\x18\x06 \x01(\r\x12\x13\n\x0bwrapped_key\x18\x07 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\x0c\x12\x11\n\tchallenge\x18\t \x01(\x0c\x12\x12\n\nchunk_size\x18\n \x01(\r\x12\x17\n\x0f\x63iphertext_size\x18\x0b \x01(\x04\x12\x0e\n\x06key_id\x18\x0c \x01(\t\x12\x19\n\x11\x63iphertext_digest\x18\r \x01(\x0c\x12\x11\n\tsignature\x18\x0e \x01(\x0c\x12\x15\n\rbase_round_id\x18\x0f \x01(\x04\x12\x18\n\x10\x64\x61ta_card_digest\x18\x10 \x01(\x0c\x12\x11\n\tdata_card\x18\x11 \x01(\x0c\x12\x1a\n\x12validation_summary\x18\x12 \x01(\x0c\"Z\n\x13SubmitUpdateRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedseal.v1.UpdateHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"H\n\x14SubmitUpdateResponse\x12\x15\n\x0bsend_chunks\x18\x02 \x01(\x08H\x00\x12\x11\n\x07receipt\x18\x01 \x01(\x0cH\x00\x42\x06\n\x04part\"=\n\x13GetAggregateRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"<\n\x0e\x41ggregateChunk\x12\x12\n\x08manifest\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\")\n\x14GetCheckpointRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\"(\n\x12\x43heckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\"P\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x12\n\nwith_entry\x18\x03 \x01(\x08\"@\n\x1aGetConsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"B\n\rProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\r\n\x05\x65ntry\x18\x03 \x01(\x0c\")\n\x0fOperatorRequest\x12\x16\n\x0esigned_request\x18\x01 \x01(\x0c\"E\n\x10OperatorResponse\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x11\n\tlog_index\x18\x02 \x01(\x04\x12\x0e\n\x06result\x18\x03 \x01(\x0c\"5\n\x0f\x41pprovalRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x10\n\x08\x61pproval\x18\x02 \x01(\x0c\"^\n\x10\x41pprovalResponse\x12\r\n\x05state\x18\x01 \x01(\t\x12\x11\n\tapprovals\x18\x02 \x01(\r\x12\x15\n\rmin_approvals\x18\x03 \x01(\r\x12\x11\n\tlog_index\x18\x04 \x01(\x04\"\x83\x01\n\x14\x41\x64\x64\x43heckpointRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x19\n\x11\x63onsistency_proof\x18\x02 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x11\n\tkey_entry\x18\x04 \x01(\x0c\x12\x17\n\x0fkey_entry_proof\x18\x05 \x03(\x0c\",\n\x15\x41\x64\x64\x43heckpointResponse\x12\x13\n\x0b\x63osignature\x18\x01 \x01(\t2\xdb\x05\n\nAggregator\x12Q\n\x0eGetAttestation\x12\x1e.fedseal.v1.AttestationRequest\x1a\x1f.fedseal.v1.AttestationResponse\x12>\n\x08GetRound\x12\x1b.fedseal.v1.GetRoundRequest\x1a\x15.fedseal.v1.RoundInfo\x12U\n\x0cSubmitUpdate\x12\x1f.fedseal.v1.SubmitUpdateRequest\x1a .fedseal.v1.SubmitUpdateResponse(\x01\x30\x01\x12M\n\x0cGetAggregate\x12\x1f.fedseal.v1.GetAggregateRequest\x1a\x1a.fedseal.v1.AggregateChunk0\x01\x12Q\n\rGetCheckpoint\x12 .fedseal.v1.GetCheckpointRequest\x1a\x1e.fedseal.v1.CheckpointResponse\x12T\n\x11GetInclusionProof\x12$.fedseal.v1.GetInclusionProofRequest\x1a\x19.fedseal.v1.ProofResponse\x12X\n\x13GetConsistencyProof\x12&.fedseal.v1.GetConsistencyProofRequest\x1a\x19.fedseal.v1.ProofResponse\x12\x44\n\x07Operate\x12\x1b.fedseal.v1.OperatorRequest\x1a\x1c.fedseal.v1.OperatorResponse\x12K\n\x0eSubmitApproval\x12\x1b.fedseal.v1.ApprovalRequest\x1a\x1c.fedseal.v1.ApprovalResponse2_\n\x07Witness\x12T\n\rAddCheckpoint\x12 .fedseal.v1.AddCheckpointRequest\x1a!.fedseal.v1.AddCheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,39 +40,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDINFO']._serialized_start=167
   _globals['_ROUNDINFO']._serialized_end=336
   _globals['_UPDATEHEADER']._serialized_start=339
-  _globals['_UPDATEHEADER']._serialized_end=682
-  _globals['_SUBMITUPDATEREQUEST']._serialized_start=684
-  _globals['_SUBMITUPDATEREQUEST']._serialized_end=774
-  _globals['_SUBMITUPDATERESPONSE']._serialized_start=776
-  _globals['_SUBMITUPDATERESPONSE']._serialized_end=848
-  _globals['_GETAGGREGATEREQUEST']._serialized_start=850
-  _globals['_GETAGGREGATEREQUEST']._serialized_end=911
-  _globals['_AGGREGATECHUNK']._serialized_start=913
-  _globals['_AGGREGATECHUNK']._serialized_end=973
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=975
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1016
-  _globals['_CHECKPOINTRESPONSE']._serialized_start=1018
-  _globals['_CHECKPOINTRESPONSE']._serialized_end=1058
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1060
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1140
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1142
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1206
-  _globals['_PROOFRESPONSE']._serialized_start=1208
-  _globals['_PROOFRESPONSE']._serialized_end=1274
-  _globals['_OPERATORREQUEST']._serialized_start=1276
-  _globals['_OPERATORREQUEST']._serialized_end=1317
-  _globals['_OPERATORRESPONSE']._serialized_start=1319
-  _globals['_OPERATORRESPONSE']._serialized_end=1388
-  _globals['_APPROVALREQUEST']._serialized_start=1390
-  _globals['_APPROVALREQUEST']._serialized_end=1443
-  _globals['_APPROVALRESPONSE']._serialized_start=1445
-  _globals['_APPROVALRESPONSE']._serialized_end=1539
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=1542
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=1673
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=1675
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=1719
-  _globals['_AGGREGATOR']._serialized_start=1722
-  _globals['_AGGREGATOR']._serialized_end=2453
-  _globals['_WITNESS']._serialized_start=2455
-  _globals['_WITNESS']._serialized_end=2550
+  _globals['_UPDATEHEADER']._serialized_end=755
+  _globals['_SUBMITUPDATEREQUEST']._serialized_start=757
+  _globals['_SUBMITUPDATEREQUEST']._serialized_end=847
+  _globals['_SUBMITUPDATERESPONSE']._serialized_start=849
+  _globals['_SUBMITUPDATERESPONSE']._serialized_end=921
+  _globals['_GETAGGREGATEREQUEST']._serialized_start=923
+  _globals['_GETAGGREGATEREQUEST']._serialized_end=984
+  _globals['_AGGREGATECHUNK']._serialized_start=986
+  _globals['_AGGREGATECHUNK']._serialized_end=1046
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1048
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1089
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=1091
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=1131
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1133
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1213
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1215
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1279
+  _globals['_PROOFRESPONSE']._serialized_start=1281
+  _globals['_PROOFRESPONSE']._serialized_end=1347
+  _globals['_OPERATORREQUEST']._serialized_start=1349
+  _globals['_OPERATORREQUEST']._serialized_end=1390
+  _globals['_OPERATORRESPONSE']._serialized_start=1392
+  _globals['_OPERATORRESPONSE']._serialized_end=1461
+  _globals['_APPROVALREQUEST']._serialized_start=1463
+  _globals['_APPROVALREQUEST']._serialized_end=1516
+  _globals['_APPROVALRESPONSE']._serialized_start=1518
+  _globals['_APPROVALRESPONSE']._serialized_end=1612
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=1615
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=1746
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=1748
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=1792
+  _globals['_AGGREGATOR']._serialized_start=1795
+  _globals['_AGGREGATOR']._serialized_end=2526
+  _globals['_WITNESS']._serialized_start=2528
+  _globals['_WITNESS']._serialized_end=2623
 # @@protoc_insertion_point(module_scope)

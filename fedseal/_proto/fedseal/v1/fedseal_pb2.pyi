@@ -43,7 +43,7 @@ class RoundInfo(_message.Message):
     def __init__(self, round_config: _Optional[bytes] = ..., state: _Optional[str] = ..., accepted: _Optional[int] = ..., released_round_ids: _Optional[_Iterable[int]] = ..., round_public_key: _Optional[bytes] = ..., round_key_signature: _Optional[bytes] = ..., log_origin: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("protocol_version", "round_id", "client_id", "adapter_spec_digest", "num_examples", "hpke_suite", "wrapped_key", "idempotency_key", "challenge", "chunk_size", "ciphertext_size", "key_id", "ciphertext_digest", "signature", "base_round_id")
+    __slots__ = ("protocol_version", "round_id", "client_id", "adapter_spec_digest", "num_examples", "hpke_suite", "wrapped_key", "idempotency_key", "challenge", "chunk_size", "ciphertext_size", "key_id", "ciphertext_digest", "signature", "base_round_id", "data_card_digest", "data_card", "validation_summary")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,9 @@ class UpdateHeader(_message.Message):
     CIPHERTEXT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     BASE_ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_CARD_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_CARD_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     round_id: int
     client_id: str
@@ -74,7 +77,10 @@ class UpdateHeader(_message.Message):
     ciphertext_digest: bytes
     signature: bytes
     base_round_id: int
-    def __init__(self, protocol_version: _Optional[int] = ..., round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., adapter_spec_digest: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., hpke_suite: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., idempotency_key: _Optional[bytes] = ..., challenge: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., ciphertext_size: _Optional[int] = ..., key_id: _Optional[str] = ..., ciphertext_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., base_round_id: _Optional[int] = ...) -> None: ...
+    data_card_digest: bytes
+    data_card: bytes
+    validation_summary: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., adapter_spec_digest: _Optional[bytes] = ..., num_examples: _Optional[int] = ..., hpke_suite: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., idempotency_key: _Optional[bytes] = ..., challenge: _Optional[bytes] = ..., chunk_size: _Optional[int] = ..., ciphertext_size: _Optional[int] = ..., key_id: _Optional[str] = ..., ciphertext_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., base_round_id: _Optional[int] = ..., data_card_digest: _Optional[bytes] = ..., data_card: _Optional[bytes] = ..., validation_summary: _Optional[bytes] = ...) -> None: ...
 
 class SubmitUpdateRequest(_message.Message):
     __slots__ = ("header", "chunk")

@@ -1,0 +1,122 @@
+"""`fedseal-approve` in-process against a live gated round: the brief shows the numbers the
+log carries (participants, the sites' aggregated metrics, data cards, refusals), and the
+approver's signed decision goes through SubmitApproval and is logged."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from conftest import make_adapter, round_config, site_client
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from logfiles import log_entries
+from test_approval import APPROVERS, GATE, running  # noqa: F401  (the live aggregator fixture)
+from test_data_governance import _send, card
+
+from aggregator import RunningAggregator
+from attestation import Policy
+from auditor import audit_log
+from client_sdk import UpdateRejectedError
+from client_sdk._approve import main, read_approval_brief
+from fedseal.logformat import EntryKind
+from fedseal.logschema import RoundClosed
+
+POLICY = "dev-insecure-allow-simulated"
+SENT = {"site-0": (10, 2.0), "site-1": (30, 1.0), "site-2": (60, 0.5)}
+
+
+def _pem(tmp_path: Path, key: Ed25519PrivateKey, name: str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return path
+
+
+@pytest.fixture
+def gated(running: RunningAggregator, dev_policy: Policy) -> RunningAggregator:  # noqa: F811
+    running.rounds.open_round(round_config(1, approval=GATE))
+    with site_client(running.endpoint, dev_policy, "site-3", timeout=20) as client:
+        sub = client.seal_update(make_adapter(3), round_id=1, num_examples=5, data_card=card("site-3"))
+    with pytest.raises(UpdateRejectedError):
+        _send(running.endpoint, dev_policy, sub, data_card=card("site-9").canonical_bytes())
+    for i, (site, (n, loss)) in enumerate(SENT.items()):
+        with site_client(running.endpoint, dev_policy, site, timeout=20) as client:
+            client.submit_update(
+                make_adapter(i),
+                round_id=1,
+                num_examples=n,
+                metrics={"train_loss": loss},
+                data_card=card(site),
+            )
+    running.rounds.wait_closed(1, 10.0)
+    return running
+
+
+def _run(argv: list[str], stdin: str = "") -> tuple[int, str]:
+    out = io.StringIO()
+    return main(argv, stdin=io.StringIO(stdin), stdout=out), out.getvalue()
+
+
+def test_brief_shows_the_numbers_and_decisions_are_signed_and_logged(
+    gated: RunningAggregator, dev_policy: Policy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = gated.log.path
+    brief = read_approval_brief(log, 1)
+    expected_loss = sum(n * v for n, v in SENT.values()) / sum(n for n, _ in SENT.values())
+    assert brief.metrics["client.train_loss"] == pytest.approx(expected_loss)
+    assert [s.client_id for s in brief.sites] == ["site-0", "site-1", "site-2"]
+    assert [s.num_examples for s in brief.sites] == [10, 30, 60]
+    assert all(s.data_card_digest for s in brief.sites)
+    assert brief.rejections == {"data_card_mismatch": 1}
+    (closed,) = [e.body for e in log_entries(log) if isinstance(e.body, RoundClosed)]
+    assert brief.aggregate_digest == closed.aggregate_digest
+
+    code, text = _run(["show", str(log), "--round", "1"])
+    assert code == 0
+    assert closed.aggregate_digest.hex() in text
+    assert f"client.train_loss: {expected_loss:.6g}" in text
+    assert "data_card_mismatch 1" in text and "site-1: 30 examples" in text
+
+    key0 = _pem(tmp_path, APPROVERS[0], "a0.pem")
+    common = ["--round", "1", "--endpoint", gated.endpoint, "--policy", POLICY]
+    # Not confirmed on the terminal: nothing signed or sent.
+    code, _ = _run(["approve", str(log), "--key", str(key0), *common], stdin="no\n")
+    assert code == 2
+    assert not [e for e in log_entries(log) if e.kind is EntryKind.APPROVAL_RECORDED]
+    # An approver the round does not list is refused by the aggregator (exit 1).
+    stranger = _pem(tmp_path, Ed25519PrivateKey.from_private_bytes(b"\x05" * 32), "x.pem")
+    code, _ = _run(["approve", str(log), "--key", str(stranger), *common, "--yes"])
+    assert code == 1
+    assert "refused the decision (unknown_approver)" in capsys.readouterr().err
+    code, text = _run(["approve", str(log), "--key", str(key0), *common], stdin="approve\n")
+    assert code == 0 and "pending (1 of 2 approvals)" in text
+    code, text = _run(
+        ["approve", str(log), "--key", str(_pem(tmp_path, APPROVERS[1], "a1.pem")), *common, "--yes"]
+    )
+    assert code == 0 and "released" in text
+    code, text = _run(["show", str(log), "--round", "1"])
+    assert "approve" in text.split("Decisions so far:")[1]
+    with site_client(gated.endpoint, dev_policy, "site-0", timeout=20) as client:
+        assert client.fetch_aggregate(1, wait_seconds=5).metrics == {
+            "train_loss": pytest.approx(expected_loss)
+        }
+    assert audit_log(log, dev_policy).findings == ()
+
+
+def test_refuse_and_bad_input(
+    gated: RunningAggregator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = gated.log.path
+    common = ["--round", "1", "--endpoint", gated.endpoint, "--policy", POLICY, "--yes"]
+    assert _run(["show", str(log), "--round", "9"])[0] == 2
+    assert "no round_closed entry for round 9" in capsys.readouterr().err
+    assert _run(["show", str(tmp_path / "absent.log"), "--round", "1"])[0] == 2
+    not_a_key = tmp_path / "k.pem"
+    not_a_key.write_text("nope")
+    assert _run(["refuse", str(log), "--key", str(not_a_key), *common])[0] == 2
+    assert "not an unencrypted PEM private key" in capsys.readouterr().err
+    code, text = _run(["refuse", str(log), "--key", str(_pem(tmp_path, APPROVERS[2], "a2.pem")), *common])
+    assert code == 0 and "withheld" in text
+    kinds = [e.kind for e in log_entries(log)]
+    assert EntryKind.AGGREGATE_WITHHELD in kinds

@@ -1,0 +1,349 @@
+"""Data cards, local data validation and site metrics, end to end over real gRPC.
+
+Must show (issue 17): a data card's digest is bound end to end (a changed card, a changed
+digest, or a card missing where the round requires one is refused by name, and the auditor
+checks each logged digest against the published card); a required failing validation is
+refused, and no record content reaches the header, the log or the receipt; the logged
+per-round aggregate of the sites' metrics equals the example-weighted mean of what they sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import jsonschema
+import pytest
+import safetensors.torch
+from conftest import adapter_spec, make_adapter, round_config, site_client
+from identities import site_identity
+
+from aggregator import RunningAggregator
+from attestation import Policy
+from auditor import audit_log
+from client_sdk import FedSealClient, SealedSubmission, UpdateRejectedError
+from client_sdk.validation import validate_tabular, validate_text
+from fedseal.canonical import canonical_json
+from fedseal.datacard import DataCard, DataCardError, load_data_card, parse_data_card
+from fedseal.logformat import LogEntry, RejectReason, decode_record
+from fedseal.logschema import RoundClosed, UpdateAccepted, UpdateRejected
+from fedseal.sitemetrics import SiteMetricsError, check_site_metrics
+from fedseal.validation import ValidationSummaryError, parse_validation_summary
+from fedseal.wire import header_to_proto
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "data-card.schema.json"
+
+
+def card(site: str = "site-0", **changes: object) -> DataCard:
+    base = DataCard(
+        source=f"{site}: discharge notes, cardiology ward",
+        legal_basis="GDPR Art. 6(1)(e) and 9(2)(j); ethics approval 2024-17",
+        date_start=dt.date(2021, 1, 1),
+        date_end=dt.date(2023, 12, 31),
+        record_count=1200,
+        filtering=("adults only", "notes longer than 20 words"),
+        deidentification=("names and dates removed (Philter)",),
+        contact="dpo@example.org",
+        extensions={"language": "de"},
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def _entries(path: Path) -> list[LogEntry]:
+    out = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        record = decode_record(line, line_number=number)
+        if record.entry is not None:
+            out.append(record.entry)
+    return out
+
+
+def _send(
+    endpoint: str, policy: Policy, sub: SealedSubmission, *, resign: bool = True, **changes: object
+) -> str:
+    header = dataclasses.replace(sub.header, **changes)  # type: ignore[arg-type]
+    identity = site_identity(header.client_id)
+    if resign:
+        header = header.sign(identity.signing_key)
+    with FedSealClient(endpoint, policy, identity=identity, timeout=10) as client:
+        client.attest()
+        return client._connection.submit(header, sub.chunks, timeout=10)
+
+
+def _refused(
+    reason: RejectReason,
+    endpoint: str,
+    policy: Policy,
+    sub: SealedSubmission,
+    *,
+    resign: bool = True,
+    **changes: object,
+) -> None:
+    with pytest.raises(UpdateRejectedError) as info:
+        _send(endpoint, policy, sub, resign=resign, **changes)
+    assert info.value.reason is reason, str(info.value)
+
+
+# ------------------------------------------------------------------ the formats
+
+
+def test_data_card_parses_strictly_and_matches_its_published_schema(tmp_path: Path) -> None:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    good = card().to_json_obj()
+    jsonschema.validate(good, schema)
+    assert parse_data_card(json.dumps(good, indent=2)) == card()
+    path = tmp_path / "card.json"
+    path.write_text(json.dumps(good))
+    assert load_data_card(path).digest() == hashlib.sha256(canonical_json(good)).digest()
+    bad_cards = {
+        "unknown field": good | {"notes": "x"},
+        "missing field": {k: v for k, v in good.items() if k != "contact"},
+        "empty source": good | {"source": " "},
+        "reversed dates": good | {"date_range": {"start": "2024-01-01", "end": "2023-01-01"}},
+        "not a date": good | {"date_range": {"start": "2024-13-01", "end": "2024-12-01"}},
+        "zero records": good | {"record_count": 0},
+        "boolean count": good | {"record_count": True},
+        "extensions not an object": good | {"extensions": []},
+    }
+    for what, obj in bad_cards.items():
+        with pytest.raises(DataCardError):
+            DataCard.from_json_obj(obj)
+        if what not in ("reversed dates", "not a date"):  # what JSON Schema does not assert
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate(obj, schema)
+    with pytest.raises(DataCardError, match="duplicate"):
+        parse_data_card('{"source": "a", "source": "b"}')
+    with pytest.raises(DataCardError, match="cannot be read"):
+        load_data_card(tmp_path / "absent.json")
+
+
+def test_site_metrics_are_bounded() -> None:
+    assert check_site_metrics({"train_loss": 1, "eval.loss": 0.5}) == {"train_loss": 1.0, "eval.loss": 0.5}
+    for bad in (
+        {"loss": math.nan},
+        {"loss": math.inf},
+        {"loss": True},
+        {"loss": "0.1"},
+        {"1loss": 0.1},
+        {"x" * 65: 0.1},
+        {f"m{i}": 0.0 for i in range(33)},
+    ):
+        with pytest.raises(SiteMetricsError):
+            check_site_metrics(bad)
+
+
+def test_validation_helpers_count_and_never_carry_records() -> None:
+    marker = "MARKER-5f0c2d-private-record"
+    rows = [{"age": 40 + i % 7, "note": f"{marker} {i}"} for i in range(50)]
+    rows.append(dict(rows[0]))  # one duplicate
+    rows.append({"age": 900, "note": marker})  # an outlier
+    rows.append({"age": None, "note": "x"})  # a missing value
+    schema = {
+        "type": "object",
+        "properties": {"age": {"type": ["integer", "null"]}, "note": {"type": "string"}},
+        "required": ["age", "note"],
+    }
+    summary = validate_tabular(rows, schema=schema)
+    checks = {c.name: c for c in summary.checks}
+    assert summary.records == 53
+    assert checks["schema"].passed and checks["schema"].counts["invalid_records"] == 0
+    assert not checks["duplicates"].passed and checks["duplicates"].counts["duplicates"] == 1
+    assert not checks["missing"].passed and checks["missing"].counts["missing_values"] == 1
+    assert checks["outliers"].counts["outliers"] == 1
+    assert not summary.passed
+    assert marker.encode() not in summary.canonical_bytes()
+    strict = validate_tabular(rows, schema=schema | {"properties": {"age": {"type": "integer"}}})
+    assert {c.name: c for c in strict.checks}["schema"].counts["invalid_records"] == 1
+
+    texts = [f"{marker} sentence number {i}" for i in range(20)] + ["", "x" * 5000]
+    text_summary = validate_text(texts, max_length=1000)
+    tchecks = {c.name: c for c in text_summary.checks}
+    assert not tchecks["empty"].passed and tchecks["length"].counts["too_long"] == 1
+    assert tchecks["length"].counts["max_length"] == 5000
+    assert marker.encode() not in text_summary.canonical_bytes()
+    clean = validate_text([f"record {i}" for i in range(10)])
+    assert clean.passed
+
+    # The format itself refuses strings: a forged summary cannot smuggle a record.
+    forged = json.loads(clean.canonical_bytes())
+    forged["checks"][0]["counts"]["records"] = marker
+    with pytest.raises(ValidationSummaryError):
+        parse_validation_summary(canonical_json(forged))
+    forged = json.loads(clean.canonical_bytes())
+    forged["checks"][0]["name"] = marker
+    with pytest.raises(ValidationSummaryError):
+        parse_validation_summary(canonical_json(forged))
+    lying = json.loads(summary.canonical_bytes()) | {"passed": True}
+    with pytest.raises(ValidationSummaryError, match="contradicts"):
+        parse_validation_summary(canonical_json(lying))
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_data_card_bound_end_to_end(live_aggregator: RunningAggregator, dev_policy: Policy) -> None:
+    endpoint = live_aggregator.endpoint
+    live_aggregator.rounds.open_round(round_config(1, require_data_card=True, min_clients=2))
+    with site_client(endpoint, dev_policy, "site-0", timeout=20) as client:
+        sub = client.seal_update(make_adapter(0), round_id=1, num_examples=10, data_card=card())
+        bare = client.seal_update(make_adapter(0), round_id=1, num_examples=10)
+    other = card(record_count=999).canonical_bytes()
+    # Missing where required (a card-less update, honestly signed).
+    _refused(RejectReason.DATA_CARD_MISSING, endpoint, dev_policy, bare)
+    # Changed card: another card published under the signed digest.
+    _refused(RejectReason.DATA_CARD_MISMATCH, endpoint, dev_policy, sub, data_card=other)
+    # A card that does not parse.
+    _refused(RejectReason.DATA_CARD_INVALID, endpoint, dev_policy, sub, data_card=b'{"format": 1}')
+    # Changed digest (and card) after sealing, re-signed by the site: the envelope was sealed
+    # for the first digest, so the data key does not open.
+    _refused(
+        RejectReason.UNWRAP_FAILED,
+        endpoint,
+        dev_policy,
+        sub,
+        data_card=other,
+        data_card_digest=hashlib.sha256(other).digest(),
+    )
+    # Changed digest in transit, not re-signed: the signature no longer covers it.
+    _refused(
+        RejectReason.BAD_SIGNATURE,
+        endpoint,
+        dev_policy,
+        sub,
+        resign=False,
+        data_card=b"",
+        data_card_digest=hashlib.sha256(other).digest(),
+    )
+    receipt = _send(endpoint, dev_policy, sub, resign=False)
+    assert receipt
+    # A site may keep its card private and sign its digest only.
+    with site_client(endpoint, dev_policy, "site-1", timeout=20) as client:
+        client.submit_update(
+            make_adapter(1), round_id=1, num_examples=30, data_card=card("site-1"), publish_data_card=False
+        )
+
+    log = live_aggregator.log.path
+    accepted = {e.body.client_id: e.body for e in _entries(log) if isinstance(e.body, UpdateAccepted)}
+    assert accepted["site-0"].data_card_digest == card().digest()
+    assert accepted["site-0"].data_card == card().to_json_obj()
+    assert accepted["site-1"].data_card_digest == card("site-1").digest()
+    assert accepted["site-1"].data_card is None
+    rejected = [e.body.reason for e in _entries(log) if isinstance(e.body, UpdateRejected)]
+    assert RejectReason.DATA_CARD_MISSING in rejected and RejectReason.DATA_CARD_MISMATCH in rejected
+    assert audit_log(log, dev_policy).findings == ()
+
+    # The auditor checks each logged digest against the published card: swap the published
+    # card in the log (re-signing the log is out of an attacker's reach; the auditor's data
+    # governance rule is what is tested, so the entry is rewritten in place and the log's own
+    # damage findings come with it).
+    text = log.read_text()
+    logged_card = canonical_json(card().to_json_obj()).decode()
+    assert logged_card in text
+    tampered = log.with_name("tampered.log")
+    tampered.write_text(
+        text.replace(logged_card, canonical_json(card(record_count=7).to_json_obj()).decode())
+    )
+    kinds = {f.kind.value for f in audit_log(tampered, dev_policy).findings}
+    assert "invalid_data_governance" in kinds
+
+
+def test_required_validation_and_no_record_reaches_header_log_or_receipt(
+    live_aggregator: RunningAggregator, dev_policy: Policy, tmp_path: Path
+) -> None:
+    endpoint = live_aggregator.endpoint
+    marker = "MARKER-9c41e7-patient-record"
+    live_aggregator.rounds.open_round(round_config(1, require_validation=True, min_clients=1, max_clients=2))
+    good_texts = [f"{marker} visit {i}" for i in range(30)]
+    passing = validate_text(good_texts)
+    failing = validate_text([*good_texts, good_texts[0], ""])
+    assert passing.passed and not failing.passed
+    with site_client(endpoint, dev_policy, "site-0", timeout=20) as client:
+        bad = client.seal_update(make_adapter(0), round_id=1, num_examples=10, validation=failing)
+        none = client.seal_update(make_adapter(0), round_id=1, num_examples=10)
+    _refused(RejectReason.VALIDATION_FAILED, endpoint, dev_policy, bad, resign=False)
+    _refused(RejectReason.VALIDATION_MISSING, endpoint, dev_policy, none, resign=False)
+    # A summary changed after signing breaks the signature; re-signed, the envelope (sealed
+    # for the first summary) does not open.
+    _refused(
+        RejectReason.BAD_SIGNATURE,
+        endpoint,
+        dev_policy,
+        bad,
+        resign=False,
+        validation_summary=passing.canonical_bytes(),
+    )
+    _refused(
+        RejectReason.UNWRAP_FAILED, endpoint, dev_policy, bad, validation_summary=passing.canonical_bytes()
+    )
+    with site_client(endpoint, dev_policy, "site-1", timeout=20, receipts=tmp_path / "receipts") as client:
+        sub = client.seal_update(make_adapter(1), round_id=1, num_examples=30, validation=passing)
+        receipt = client.send(sub)
+    header_bytes = header_to_proto(sub.header).SerializeToString()
+    assert passing.canonical_bytes() in header_bytes
+    body = receipt.entry.body
+    assert isinstance(body, UpdateAccepted) and body.validation == passing.to_json_obj()
+    for blob in (
+        header_bytes,
+        header_to_proto(bad.header).SerializeToString(),
+        live_aggregator.log.path.read_bytes(),
+        receipt.text.encode(),
+        *(p.read_bytes() for p in (tmp_path / "receipts").rglob("*") if p.is_file()),
+    ):
+        assert marker.encode() not in blob
+        assert base64.b64encode(marker.encode())[:16] not in blob
+    assert audit_log(live_aggregator.log.path, dev_policy).findings == ()
+
+
+def test_logged_metrics_are_the_example_weighted_mean(
+    live_aggregator: RunningAggregator, dev_policy: Policy
+) -> None:
+    endpoint = live_aggregator.endpoint
+    live_aggregator.rounds.open_round(round_config(1))
+    sent = {
+        "site-0": (10, {"train_loss": 2.5, "eval_loss": 2.75, "eval_examples": 4}),
+        "site-1": (30, {"train_loss": 1.25, "eval_loss": 1.5, "eval_examples": 12}),
+        "site-2": (60, {"train_loss": 0.625, "eval_examples": 20, "accuracy": 0.8125}),
+    }
+    for i, (site, (n, metrics)) in enumerate(sent.items()):
+        with site_client(endpoint, dev_policy, site, timeout=20) as client:
+            client.submit_update(make_adapter(i), round_id=1, num_examples=n, metrics=metrics)
+    with site_client(endpoint, dev_policy, "site-0", timeout=20) as client:
+        aggregate = client.fetch_aggregate(1, wait_seconds=10)
+
+    expected: dict[str, float] = {}
+    for name in ("train_loss", "eval_loss", "eval_examples", "accuracy"):
+        pairs = [(n, m[name]) for n, m in sent.values() if name in m]
+        expected[name] = sum(n * v for n, v in pairs) / sum(n for n, _ in pairs)
+    (closed,) = [e.body for e in _entries(live_aggregator.log.path) if isinstance(e.body, RoundClosed)]
+    assert closed.metrics is not None
+    assert closed.metrics["client"] == pytest.approx(expected, rel=1e-12)
+    assert closed.metrics["client_reports"] == 3
+    # The SDK hands the same numbers back with the aggregate, under the enclave's signature.
+    assert dict(aggregate.metrics) == closed.metrics["client"]
+    # No single site's value is in the log (site-0's eval loss, site-1's train loss).
+    log_bytes = live_aggregator.log.path.read_bytes()
+    assert b":2.75" not in log_bytes and b":1.25" not in log_bytes
+    assert audit_log(live_aggregator.log.path, dev_policy).findings == ()
+
+
+def test_malformed_site_metrics_are_refused(live_aggregator: RunningAggregator, dev_policy: Policy) -> None:
+    live_aggregator.rounds.open_round(round_config(1))
+    payload = safetensors.torch.save(make_adapter(0), metadata={"fedseal.metrics": '{"loss": "high"}'})
+    spec_digest = adapter_spec().digest()
+    with (
+        site_client(live_aggregator.endpoint, dev_policy, "site-0", timeout=20) as client,
+        pytest.raises(UpdateRejectedError) as info,
+    ):
+        client.send(
+            client.seal_payload(
+                payload, round_id=1, num_examples=5, adapter_spec_digest=spec_digest, chunk_size=4096
+            )
+        )
+    assert info.value.reason is RejectReason.MALFORMED
+    assert "site metrics" in info.value.detail
