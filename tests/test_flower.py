@@ -253,6 +253,8 @@ def test_flower_opens_the_round_and_receives_receipts_and_metrics_never_the_upda
         assert not reply.content.array_records  # nothing of the update crossed Flower
         receipt = reply.content.config_records[RECEIPT_RECORD]
         assert receipt["round-id"] == 1 and "\nextra " in str(receipt["receipt"])
+        # Only the weight crossed Flower in the clear; the train loss went sealed.
+        assert {k for m in reply.content.metric_records.values() for k in m} == {"num-examples"}
     # The global arrays are the enclave's FedAvg: (10 * x + 30 * y) / 40.
     assert arrays is not None and metrics is not None
     got = arrays.to_torch_state_dict()
@@ -561,7 +563,13 @@ def test_strategy_counts_only_valid_receipts_once(
 ) -> None:
     live_aggregator.rounds.open_round(round_config(1, min_clients=1, max_clients=1))
     receipt = submit_as(
-        live_aggregator.endpoint, dev_policy, "site-0", make_adapter(3), round_id=1, num_examples=10
+        live_aggregator.endpoint,
+        dev_policy,
+        "site-0",
+        make_adapter(3),
+        round_id=1,
+        num_examples=10,
+        metrics={"train_loss": 2.0},
     )
     instruction = _train_message(None, **{ROUND_KEY: 1})
 
@@ -586,6 +594,7 @@ def test_strategy_counts_only_valid_receipts_once(
     )
     strategy.opened[1] = 1  # round 1 was opened above
     arrays, metrics = strategy.aggregate_train(1, replies)
+    # The enclave's mean of what the sites sealed, not what the replies claim (100.0).
     assert metrics is not None and metrics["train_loss"] == pytest.approx(2.0)
     assert arrays is not None
     for name, value in make_adapter(3).items():

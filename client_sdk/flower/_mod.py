@@ -139,11 +139,17 @@ class FedSealMod:
                 arrays_to_tensors(arrays),
                 round_id=round_id,
                 num_examples=num_examples,
+                # The site's train metrics travel sealed in the update: the enclave averages
+                # them (example-weighted) and the server gets only those means.
+                metrics=_site_metrics(reply.content) or None,
                 # Trained from the verified aggregate of that round; from Flower's own initial
                 # arrays (no FedSeal round yet): the current global, as before.
                 base_round_id=global_round if global_round > 0 else None,
             )
-        records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = dict(reply.content.metric_records)
+        # Only the weight leaves the site in the clear; the metrics went sealed with the update.
+        records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
+            "metrics": MetricRecord({_NUM_EXAMPLES: num_examples})
+        }
         records[RECEIPT_RECORD] = ConfigRecord(
             {"receipt": receipt.text, "client-id": settings.client_id, "round-id": round_id}
         )
@@ -252,6 +258,16 @@ def _config_record(message: Message) -> ConfigRecord:
             f"{sorted(records)}"
         )
     return next(iter(records.values()))
+
+
+def _site_metrics(content: RecordDict) -> dict[str, float]:
+    """The train reply's scalar metrics (not its weight), as the enclave takes them."""
+    out: dict[str, float] = {}
+    for record in content.metric_records.values():
+        for name, value in record.items():
+            if name != _NUM_EXAMPLES and isinstance(value, int | float) and not isinstance(value, bool):
+                out[name] = float(value)  # a name the enclave cannot take is a named SDK error
+    return out
 
 
 def _num_examples(content: RecordDict) -> int:

@@ -233,11 +233,9 @@ class FedSealStrategy(FedAvg):
         )
         aggregate = self._rounds.finish(round_id, why)
         self.global_round = round_id
-        metrics = (
-            self.train_metrics_aggr_fn([m.content for m in accepted], self.weighted_by_key)
-            if accepted
-            else None
-        )
+        # The sites' metrics as the enclave averaged them (example-weighted, signed with the
+        # aggregate); the server never sees a single site's numbers.
+        metrics = MetricRecord(dict(aggregate.metrics)) if aggregate.metrics else None
         return tensors_to_arrays(aggregate.tensors()), metrics
 
     def _with_valid_receipts(
