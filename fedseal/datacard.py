@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from fedseal import strictjson
 from fedseal.canonical import canonical_json
 from fedseal.errors import FedSealError, FormatError
 
@@ -164,7 +164,9 @@ def parse_data_card(data: bytes | str) -> DataCard:
     if len(raw) > 4 * MAX_DATA_CARD_SIZE:
         raise DataCardError(f"data card: {len(raw)} bytes, far over the {MAX_DATA_CARD_SIZE}-byte limit")
     try:
-        obj = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        obj = strictjson.loads(
+            raw, what="data card", object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+        )
     except (UnicodeDecodeError, ValueError) as exc:
         raise DataCardError(f"data card: not valid JSON ({exc})") from None
     return DataCard.from_json_obj(obj)

@@ -18,12 +18,12 @@ is the `num_examples` its signed header names) and logs the means in the round's
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
 from typing import Final
 
+from fedseal import strictjson
 from fedseal.canonical import canonical_json
 from fedseal.errors import FormatError
 
@@ -85,7 +85,7 @@ def decode_site_metrics(text: str) -> dict[str, float]:
     if not isinstance(text, str) or len(text) > METRICS_METADATA_ALLOWANCE:
         raise SiteMetricsError("site metrics metadata is not a string within the size bound")
     try:
-        obj = json.loads(text)
+        obj = strictjson.loads(text, what="site metrics metadata")
     except ValueError:
         raise SiteMetricsError("site metrics metadata is not valid JSON") from None
     if not isinstance(obj, dict):

@@ -139,3 +139,13 @@ def test_no_parser_bypasses_the_depth_limit() -> None:
                 ):
                     offenders.append(f"{rel}:{node.lineno}")
     assert offenders == []
+
+
+def test_site_metrics_sealed_in_an_update_cannot_recurse() -> None:
+    """The enclave reads a site's metrics from the update's metadata: nesting within the
+    size bound is a named refusal, not a RecursionError escaping the refusal path."""
+    from fedseal.sitemetrics import METRICS_METADATA_ALLOWANCE, SiteMetricsError, decode_site_metrics
+
+    deep = "[" * (METRICS_METADATA_ALLOWANCE // 2) + "]" * (METRICS_METADATA_ALLOWANCE // 2)
+    with pytest.raises(SiteMetricsError):
+        decode_site_metrics(deep)
