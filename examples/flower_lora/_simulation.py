@@ -71,8 +71,9 @@ def run_simulation_engine(
 def _start_ray(attempts: int = 3) -> None:
     """Start Ray before Flower does (Flower then uses it, and shuts it down at the end).
 
-    Ray's node has a fixed 30 s to register at start; on a loaded machine it can miss it,
-    and Ray then raises a bare Exception saying so: that one is retried, nothing else."""
+    Ray's node has a fixed 30 s to register at start, and its GCS server a fixed time to
+    write its port file; on a loaded machine either can miss it, and Ray then raises a bare
+    Exception or RuntimeError saying it timed out: those are retried, nothing else."""
     for attempt in range(attempts):
         try:
             ray.init(
@@ -82,6 +83,6 @@ def _start_ray(attempts: int = 3) -> None:
             )
             return
         except Exception as exc:
-            if "timed out during startup" not in str(exc) or attempt + 1 == attempts:
+            if "timed out" not in str(exc).lower() or attempt + 1 == attempts:
                 raise
             ray.shutdown()
