@@ -501,28 +501,33 @@ def _round_result(snap: RoundSnapshot) -> dict[str, Any]:
 
 def _chunks(requests: Iterator[SubmitUpdatePart], metrics: Metrics) -> Iterator[bytes | memoryview]:
     index = 0
-    while True:
-        try:
-            message = next(requests)
-        except StopIteration:
-            return
-        except grpc.RpcError:
-            # The client cancelled or its deadline passed mid-stream.
-            raise UpdateRejectedError(
-                RejectReason.CANCELLED, f"the stream was cancelled after {index} chunk(s)"
-            ) from None
-        index += 1
-        if isinstance(message, memoryview):
-            chunk: bytes | memoryview = message
-        elif message.WhichOneof("part") == "chunk":
-            chunk = message.chunk
-        else:
-            raise UpdateRejectedError(
-                RejectReason.MALFORMED,
-                f"message {index + 1} of the stream is not a chunk (only the first may be a header)",
-            )
-        metrics.ciphertext_received(len(chunk))
-        yield chunk
+    received = 0  # counted once per upload (a metric update per 1 MiB message costs a lock)
+    try:
+        while True:
+            try:
+                message = next(requests)
+            except StopIteration:
+                return
+            except grpc.RpcError:
+                # The client cancelled or its deadline passed mid-stream.
+                raise UpdateRejectedError(
+                    RejectReason.CANCELLED, f"the stream was cancelled after {index} chunk(s)"
+                ) from None
+            index += 1
+            if isinstance(message, memoryview):
+                chunk: bytes | memoryview = message
+            elif message.WhichOneof("part") == "chunk":
+                chunk = message.chunk
+            else:
+                raise UpdateRejectedError(
+                    RejectReason.MALFORMED,
+                    f"message {index + 1} of the stream is not a chunk (only the first may be a header)",
+                )
+            received += len(chunk)
+            yield chunk
+    finally:
+        if received:
+            metrics.ciphertext_received(received)
 
 
 def decode_submit_update_request(data: bytes) -> SubmitUpdatePart:

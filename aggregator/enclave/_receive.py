@@ -54,22 +54,30 @@ class FlatTensors(Mapping[str, torch.Tensor]):
 
     A read-only mapping like any other; `flat` is all of them as one 1-D view, so a
     consumer whose own storage has the same layout (`order`) can work on the whole update
-    in one operation instead of one per tensor.
+    in one operation instead of one per tensor. Each tensor's view is made when first
+    asked for: a consumer of `flat` alone never pays two torch calls per tensor (~2 ms
+    per 256-tensor update).
     """
 
-    def __init__(self, tensors: dict[str, torch.Tensor], flat: torch.Tensor) -> None:
-        self._tensors = tensors
+    def __init__(self, layout: dict[str, tuple[int, int, tuple[int, ...]]], flat: torch.Tensor) -> None:
+        """`layout`: name -> (first element, end element, shape) in `flat`, in data order."""
+        self._layout = layout
+        self._views: dict[str, torch.Tensor] = {}
         self.flat = flat
-        self.order = tuple(tensors)
+        self.order = tuple(layout)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._tensors[name]
+        view = self._views.get(name)
+        if view is None:
+            begin, end, shape = self._layout[name]
+            view = self._views[name] = self.flat[begin:end].view(shape)
+        return view
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._tensors)
+        return iter(self._layout)
 
     def __len__(self) -> int:
-        return len(self._tensors)
+        return len(self._layout)
 
 
 @dataclass(frozen=True)
@@ -345,15 +353,15 @@ def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> Mapping[str
         # tensor a view into it.
         flat = _view(plaintext, data_start, data_len, dtype)
         item = _ITEMSIZE[dtype]
-        named = {
-            name: flat[begin // item : end // item].view(expected[name].shape) for begin, end, name in layout
-        }
+        named = FlatTensors(
+            {name: (begin // item, end // item, expected[name].shape) for begin, end, name in layout}, flat
+        )
         if not all_finite(flat):
             bad = next(name for name, value in named.items() if not all_finite(value))
             raise UpdateRejectedError(
                 RejectReason.NOT_FINITE, f"tensor {bad!r} contains NaN or infinite values"
             )
-        return FlatTensors(named, flat)
+        return named
     tensors: dict[str, torch.Tensor] = {}
     for begin, end, name in layout:
         tspec = expected[name]
