@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from fedseal.strictjson import JsonDepthError
 from fedseal.wire import UpdateHeader, UpdateRejectedError
 
 __all__ = [
+    "BuffersBusyError",
     "FlatTensors",
     "PlaintextBuffers",
     "UpdateReceiver",
@@ -100,12 +102,12 @@ class UpdateReceiver:
         binding: bytes,
         *,
         buffers: PlaintextBuffers | None = None,
-        wait_seconds: float = 0.0,
+        wait_seconds: float | None = 0.0,
     ) -> None:
         """`round_key` is the key pair of the round the header names (its private key opens
         the data key). `buffers`, if given, bounds how many updates are decrypted at once
         and lends a reused buffer; the call waits up to `wait_seconds` for one (then
-        CANCELLED)."""
+        CANCELLED), or with None does not wait (BuffersBusyError)."""
         if not 1 <= header.chunk_size <= max_chunk_size:
             raise UpdateRejectedError(
                 RejectReason.OVERSIZE,
@@ -126,7 +128,11 @@ class UpdateReceiver:
         self._wiped = False
         if buffers is not None:
             # Sized for the spec's largest update, so one buffer serves every upload.
-            self._buffer = buffers.acquire(spec.max_serialized_size(), wait_seconds)
+            self._buffer = (
+                buffers.acquire(spec.max_serialized_size(), wait_seconds)
+                if wait_seconds is not None
+                else buffers.try_acquire(spec.max_serialized_size())
+            )
         try:
             try:
                 self._opener = StreamOpener.open(
@@ -207,6 +213,11 @@ class UpdateReceiver:
             self._buffers.release(buffer)
 
 
+class BuffersBusyError(Exception):
+    """Every plaintext buffer is lent (PlaintextBuffers.try_acquire): not a refusal of the
+    update, which can be sent again once a buffer frees (`hold_seconds` says how soon)."""
+
+
 class PlaintextBuffers:
     """At most `slots` plaintext buffers, lent to one receiver at a time and reused.
 
@@ -226,6 +237,12 @@ class PlaintextBuffers:
         self._lock = threading.Lock()
         self._free: list[bytearray] = []
         self._lent = 0
+        self._lent_at: dict[int, float] = {}  # id(buffer) -> when it was lent
+        self._hold = _FIRST_HOLD_SECONDS  # moving average of how long a buffer is lent
+
+    @property
+    def slots(self) -> int:
+        return self._slot_count
 
     def acquire(self, capacity: int, wait_seconds: float) -> bytearray:
         """A buffer of at least `capacity` bytes; UpdateRejectedError (cancelled) if none is
@@ -235,20 +252,39 @@ class PlaintextBuffers:
                 RejectReason.CANCELLED,
                 f"the aggregator was busy decrypting other updates for {wait_seconds:.0f} s; try again",
             )
+        return self._lend(capacity)
+
+    def try_acquire(self, capacity: int) -> bytearray:
+        """A buffer of at least `capacity` bytes now, or BuffersBusyError."""
+        if not self._slots.acquire(blocking=False):
+            raise BuffersBusyError("every plaintext buffer is lent")
+        return self._lend(capacity)
+
+    def _lend(self, capacity: int) -> bytearray:
         with self._lock:
             buffer = self._free.pop() if self._free else None
             self._lent += 1
         if buffer is None or len(buffer) < capacity:
             # A larger spec than before (or the first use): the smaller buffer is dropped.
             buffer = bytearray(capacity)
+        with self._lock:
+            self._lent_at[id(buffer)] = time.monotonic()
         return buffer
 
     def release(self, buffer: bytearray) -> None:
         """Give back a buffer from `acquire` (the caller has zeroed what it wrote)."""
         with self._lock:
+            lent_at = self._lent_at.pop(id(buffer), None)
+            if lent_at is not None:
+                self._hold += _HOLD_WEIGHT * (time.monotonic() - lent_at - self._hold)
             self._free.append(buffer)
             self._lent -= 1
         self._slots.release()
+
+    def hold_seconds(self) -> float:
+        """How long an upload holds a buffer, lately (a moving average of the last few)."""
+        with self._lock:
+            return self._hold
 
     def reserve(self, capacity: int) -> None:
         """Allocate (and so first-touch) every idle slot's buffer of at least `capacity`
@@ -375,6 +411,8 @@ def _parse_and_validate(plaintext: memoryview, spec: AdapterSpec) -> Mapping[str
 
 
 _HEADER_LEN_SIZE = 8
+_FIRST_HOLD_SECONDS = 0.1  # before any upload finished: about a 67 MB update on loopback
+_HOLD_WEIGHT = 0.25
 
 
 def all_finite(value: torch.Tensor) -> bool:
