@@ -539,6 +539,14 @@ class AccessControl:
                 )
             usage.bytes += declared_bytes
 
+    def refund_upload(self, caller: Caller, declared_bytes: int) -> None:
+        """Give back what `charge_upload` counted for an upload the aggregator turned away
+        before it sent anything (busy: the client sends it again later)."""
+        current = self._current_round()
+        with self._lock:
+            usage = self._usage_for(caller, current)
+            usage.bytes = max(0, usage.bytes - declared_bytes)
+
     @contextlib.contextmanager
     def stream(self, caller: Caller) -> Iterator[None]:
         """Hold one of the caller's concurrent stream slots for the body of the `with`."""

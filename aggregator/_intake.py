@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import structlog
@@ -22,17 +23,30 @@ from aggregator._log import AuditLog
 from aggregator._metrics import Metrics
 from aggregator._roundbook import Accepted, Round, RoundBook, RoundError
 from aggregator.enclave._keys import EnclaveKeys
-from aggregator.enclave._receive import PlaintextBuffers, UpdateReceiver
+from aggregator.enclave._receive import BuffersBusyError, PlaintextBuffers, UpdateReceiver
 from fedseal.logschema import RejectReason, UpdateAccepted, UpdateRejected
 from fedseal.spec import AdapterSpec
 from fedseal.wire import RoundState, UpdateHeader, UpdateRejectedError
 
-__all__ = ["MAX_UPLOAD_SECONDS", "UPLOAD_GRACE_SECONDS", "Admission", "Intake"]
+__all__ = ["MAX_UPLOAD_SECONDS", "UPLOAD_GRACE_SECONDS", "Admission", "Intake", "UploadDeferredError"]
 
 _log = structlog.get_logger("fedseal.aggregator.rounds")
 
 UPLOAD_GRACE_SECONDS = 5.0
 MAX_UPLOAD_SECONDS = 3600.0
+# A deferred upload's retry hint: about when a buffer frees for it, within these bounds.
+MIN_RETRY_SECONDS = 0.02
+MAX_RETRY_SECONDS = 5.0
+_WAITING_FOR_SECONDS = 30.0  # a deferred client not seen again for this long stops counting
+
+
+class UploadDeferredError(Exception):
+    """Not now: every decryption buffer is busy. Not a refusal (nothing is logged): the
+    client sends the same upload again after `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"every decryption buffer is busy; retry in {retry_after:.2f} s")
+        self.retry_after = retry_after
 
 
 class Admission:
@@ -116,15 +130,36 @@ class Intake:
         self._metrics = metrics
         self._clock = clock
         self._on_full = on_full
+        self._waiting_lock = threading.Lock()
+        self._waiting: dict[str, float] = {}  # deferred client -> when it was last deferred
 
-    def admit(self, header: UpdateHeader) -> Admission:
+    def admit(self, header: UpdateHeader, *, wait: bool = True) -> Admission:
         """Everything decided from the header alone, then a plaintext buffer for the upload
-        (RoundManager.admit says more). Refusals are logged and raised as UpdateRejectedError."""
+        (RoundManager.admit says more). Refusals are logged and raised as UpdateRejectedError;
+        with `wait` False a busy aggregator raises UploadDeferredError instead of waiting."""
         try:
-            return self._admit(header)
+            admission = self._admit(header, wait)
         except UpdateRejectedError as exc:
             self.record_rejection(header.round_id, header.client_id, exc)
             raise
+        if not wait:
+            with self._waiting_lock:
+                self._waiting.pop(header.client_id, None)
+        return admission
+
+    def _deferred(self, client_id: str) -> UploadDeferredError:
+        """The hint spreads the waiting clients' retries over the time the buffers take to
+        serve them (each buffer serves one upload per `hold_seconds`), so they do not all
+        come back at once, nor long after a buffer freed."""
+        now = time.monotonic()
+        with self._waiting_lock:
+            self._waiting = {c: t for c, t in self._waiting.items() if now - t < _WAITING_FOR_SECONDS}
+            self._waiting[client_id] = now
+            waiting = len(self._waiting)
+        self._metrics.upload_deferred()
+        hold = self._buffers.hold_seconds()
+        retry = hold * waiting / self._buffers.slots
+        return UploadDeferredError(min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, retry)))
 
     def upload_time_limit(self, round_id: int) -> float:
         """Seconds an upload for `round_id` may take: until the round's deadline (plus grace)."""
@@ -167,7 +202,7 @@ class Intake:
             )
         )
 
-    def _admit(self, header: UpdateHeader) -> Admission:
+    def _admit(self, header: UpdateHeader, wait: bool) -> Admission:
         with self._book.lock:
             rnd = self._book.rounds.get(header.round_id)
             if rnd is None:
@@ -205,13 +240,18 @@ class Intake:
             return Admission(self, rnd, header, retry=previous)
         try:
             governance = check_governance(rnd.config, header)  # from the header alone
-            spec, receiver = self._open_receiver(rnd, header)
+            spec, receiver = self._open_receiver(rnd, header, wait)
+        except BuffersBusyError:
+            self.forget_in_flight(rnd, header.client_id)
+            raise self._deferred(header.client_id) from None
         except BaseException:
             self.forget_in_flight(rnd, header.client_id)
             raise
         return Admission(self, rnd, header, spec=spec, receiver=receiver, governance=governance)
 
-    def _open_receiver(self, rnd: Round, header: UpdateHeader) -> tuple[AdapterSpec, UpdateReceiver]:
+    def _open_receiver(
+        self, rnd: Round, header: UpdateHeader, wait: bool
+    ) -> tuple[AdapterSpec, UpdateReceiver]:
         config = rnd.config
         # The round's spec, or (lora-exact with client_ranks) the spec of an allowed rank:
         # the update is validated, and its sizes bounded, against the spec its header names.
@@ -234,7 +274,7 @@ class Intake:
             rnd.key,  # the round's own key pair; its private key is gone once the round ends
             binding,
             buffers=self._buffers,
-            wait_seconds=self.upload_time_limit(config.round_id),
+            wait_seconds=self.upload_time_limit(config.round_id) if wait else None,
         )
         return spec, receiver
 

@@ -61,6 +61,19 @@ class Metrics:
             "Aggregate bytes streamed to clients by GetAggregate (the downloads the log does not record)",
             registry=r,
         )
+        self.uploads_deferred = Counter(
+            "fedseal_uploads_deferred",
+            "Uploads turned away with a retry hint because every decryption buffer was busy "
+            "(the client sends them again; not refusals, the audit log does not record them)",
+            registry=r,
+        )
+        self.submit_streams = Gauge(
+            "fedseal_submit_streams", "SubmitUpdate streams open now (admitted or being answered)", registry=r
+        )
+        self.submit_streams_max = Gauge(
+            "fedseal_submit_streams_max", "Most SubmitUpdate streams open at once since start", registry=r
+        )
+        self._streams_open = self._streams_most = 0
         self.submit_seconds = Histogram(
             "fedseal_submit_update_seconds",
             "SubmitUpdate handling time, by outcome",
@@ -94,7 +107,7 @@ class Metrics:
             self.rounds_failed.labels(cause.value)
         for state in RoundState:
             self.round_state.labels(state.value).set(0)
-        for outcome in ("accepted", "rejected", "error"):
+        for outcome in ("accepted", "rejected", "deferred", "error"):
             self.submit_seconds.labels(outcome)
         for outcome in ("ok", "error"):
             self.attestation_requests.labels(outcome)
@@ -126,8 +139,22 @@ class Metrics:
     def aggregate_sent(self, size: int) -> None:
         self.aggregate_bytes.inc(size)
 
+    def submit_started(self) -> None:
+        with self._lock:
+            self._streams_open += 1
+            self.submit_streams.set(self._streams_open)
+            if self._streams_open > self._streams_most:
+                self._streams_most = self._streams_open
+                self.submit_streams_max.set(self._streams_most)
+
     def submit_finished(self, outcome: str, seconds: float) -> None:
+        with self._lock:
+            self._streams_open -= 1
+            self.submit_streams.set(self._streams_open)
         self.submit_seconds.labels(outcome).observe(seconds)
+
+    def upload_deferred(self) -> None:
+        self.uploads_deferred.inc()
 
     def attestation_request(self, ok: bool) -> None:
         self.attestation_requests.labels("ok" if ok else "error").inc()

@@ -349,16 +349,18 @@ class RoundManager:
         with self.admit(header) as admission:
             return admission.receive(chunks)
 
-    def admit(self, header: UpdateHeader) -> Admission:
+    def admit(self, header: UpdateHeader, *, wait: bool = True) -> Admission:
         """Everything decided from the header alone, then a plaintext buffer for the upload.
 
-        Blocks until a buffer is free (PlaintextBuffers): the service tells the client to
-        start sending its chunks only after this returns, so an upload that waits has sent
-        nothing but its header. Use the result as a context manager (it releases the buffer
-        and the client's in-flight mark) and call `receive` once. Refusals are logged and
-        raised as UpdateRejectedError.
+        Blocks until a buffer is free (PlaintextBuffers), or with `wait` False raises
+        UploadDeferredError at once (what the service does: the client retries after the
+        hint, so no stream is held open waiting). The service tells the client to start
+        sending its chunks only after this returns, so nothing but the header is sent
+        before. Use the result as a context manager (it releases the buffer and the
+        client's in-flight mark) and call `receive` once. Refusals are logged and raised
+        as UpdateRejectedError.
         """
-        return self._intake.admit(header)
+        return self._intake.admit(header, wait=wait)
 
     def upload_time_limit(self, round_id: int) -> float:
         """Seconds an upload for `round_id` may take: until the round's deadline (plus grace)."""

@@ -32,6 +32,7 @@ import structlog
 from aggregator._admission import admitted_caller
 from aggregator._config import JobConfig
 from aggregator._identity import AccessControl, Caller
+from aggregator._intake import UploadDeferredError
 from aggregator._log import AuditLog, AuditLogError
 from aggregator._metrics import Metrics
 from aggregator._rounds import (
@@ -58,6 +59,7 @@ from fedseal.signed_request import ACTION_ROLES, Role, VerifiedRequest
 from fedseal.wire import (
     ACCESS_DENIED_METADATA_KEY,
     REJECT_REASON_METADATA_KEY,
+    RETRY_AFTER_METADATA_KEY,
     STATUS_FOR_ACCESS,
     STATUS_FOR_REASON,
     AccessDeniedError,
@@ -205,6 +207,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 AccessDeniedError(AccessDeniedReason.NOT_ALLOWED, "only enrolled sites submit updates"),
             )
         started = time.monotonic()
+        self._metrics.submit_started()
         try:
             with self._access.stream(caller):
                 receipt = yield from self._submit(caller, request_iterator, context)
@@ -214,7 +217,13 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             raise AssertionError("unreachable: context.abort raises") from None
         except BaseException:  # aborts, and the client going away (GeneratorExit)
             # context.abort raises; a refusal recorded as rejected set the trailing reason.
-            outcome = "rejected" if self._rejected(context) else "error"
+            outcome = (
+                "rejected"
+                if self._rejected(context)
+                else "deferred"
+                if _trailing_has(context, RETRY_AFTER_METADATA_KEY)
+                else "error"
+            )
             self._metrics.submit_finished(outcome, time.monotonic() - started)
             raise
         # Settled before the client holds its receipt: the metric is counted and the
@@ -258,9 +267,16 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             self._access.charge_upload(caller, header.ciphertext_size)
             watchdog.restart(self._rounds.upload_time_limit(header.round_id))
             try:
-                # Blocks while both decryption buffers are busy; the client sends no chunk
-                # before send_chunks, so a waiting upload costs its header only.
-                admission = self._rounds.admit(header)
+                # Never waits: while both decryption buffers are busy the upload is turned
+                # away with a retry hint, so no stream (thread, window, client) is held
+                # open waiting. It has sent its header only (no chunk before send_chunks).
+                try:
+                    admission = self._rounds.admit(header, wait=False)
+                except UploadDeferredError as exc:
+                    self._access.refund_upload(caller, header.ciphertext_size)  # not sent now
+                    millis = str(max(1, round(exc.retry_after * 1000)))
+                    context.set_trailing_metadata(((RETRY_AFTER_METADATA_KEY, millis),))
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
                 with admission:
                     if admission.needs_data:
                         yield pb.SubmitUpdateResponse(send_chunks=True)
@@ -471,7 +487,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
     @staticmethod
     def _rejected(context: grpc.ServicerContext) -> bool:
         """Whether this call ended as a refusal the log records (its reason is set)."""
-        return any(key == REJECT_REASON_METADATA_KEY for key, _ in context.trailing_metadata() or ())
+        return _trailing_has(context, REJECT_REASON_METADATA_KEY)
 
     @staticmethod
     def _abort_rejected(context: grpc.ServicerContext, exc: UpdateRejectedError) -> None:
@@ -506,6 +522,10 @@ class _Watchdog:
 
     def cancel(self) -> None:
         self._timer.cancel()
+
+
+def _trailing_has(context: grpc.ServicerContext, name: str) -> bool:
+    return any(key == name for key, _ in context.trailing_metadata() or ())
 
 
 def _param(request: VerifiedRequest, name: str) -> Any:

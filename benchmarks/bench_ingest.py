@@ -2,7 +2,9 @@
 
 Workloads (LoRA on q/k/v/o, hidden 4096): "r16" is the 7B case (32 layers, rank 16: 256
 tensors, 16.8 M parameters, 67.1 MB float32 / 33.5 MB bfloat16), "r64" rank 64 (4x), and
-"r16/8" the 1/8 case (4 layers). One model copy = the update's float32 size.
+"r16/8" the 1/8 case (4 layers); "70B r16" the 70B shape (80 layers, hidden 8192, rank 16:
+640 tensors, 83.9 M parameters, 336 MB float32 / 168 MB bfloat16), in bfloat16 at n = 16.
+One model copy = the update's float32 size.
 
 For each workload and n (4, 8, 16, 32, 64):
   aggregator  the real service (`start_aggregator`: TLS, access gate, audit log with group
@@ -80,19 +82,20 @@ class Workload:
     layers: int
     rank: int
     dtype: str  # "float32" or "bfloat16" on the wire
+    hidden: int = HIDDEN
 
     def shapes(self) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
         for layer in range(self.layers):
             for m in MODULES:
                 base = f"base_model.model.model.layers.{layer}.self_attn.{m}"
-                out[f"{base}.lora_A.weight"] = (self.rank, HIDDEN)
-                out[f"{base}.lora_B.weight"] = (HIDDEN, self.rank)
+                out[f"{base}.lora_A.weight"] = (self.rank, self.hidden)
+                out[f"{base}.lora_B.weight"] = (self.hidden, self.rank)
         return out
 
     @property
     def params(self) -> int:
-        return self.layers * len(MODULES) * 2 * self.rank * HIDDEN
+        return self.layers * len(MODULES) * 2 * self.rank * self.hidden
 
     @property
     def copy_bytes(self) -> int:
@@ -198,6 +201,9 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
             "hwm": _status("VmHWM"),
             "idle_rss": idle_rss,
             "published_at": published_at,
+            # Uploads turned away busy (and sent again), and the most streams open at once.
+            "deferred": running.metrics.registry.get_sample_value("fedseal_uploads_deferred_total") or 0.0,
+            "streams_max": running.metrics.registry.get_sample_value("fedseal_submit_streams_max") or 0.0,
         }
     )
     conn.recv()
@@ -451,10 +457,14 @@ def run_fedseal(workload: Workload, n: int, chunk: int) -> dict[str, Any]:
         "bytes": total,
         "gbps": total / clients["wall_s"] / 1e9,
         "agg_cpu_s": agg["cpu_s"],
+        "deferred": agg["deferred"],
+        "streams_max": agg["streams_max"],
         "published_s": agg["published_at"] - clients["start"],
         "agg_hwm_mb": agg["hwm"] / 1e6,
         "agg_idle_mb": agg["idle_rss"] / 1e6,
         "agg_peak_copies": growth / workload.copy_bytes,
+        # The memory target: at most 3 model copies + 200 MB above the RSS before the round.
+        "agg_peak_of_limit": growth / (3 * workload.copy_bytes + 200e6),
     }
 
 
@@ -669,10 +679,10 @@ def _load() -> str:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| workload | n | seal/update s | wire GB/s | bare GB/s | ingest % of bare | bound % | ingest s "
-        "| round s | agg CPU s | bare server CPU s | clients CPU s (bare) | agg peak MB (copies) "
-        "| Flower s | Flower copies |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| workload | n | seal/update s | wire GB/s | bare GB/s | ingest % of bare | bound % | of bound "
+        "| ingest s | round s | agg CPU s | bare server CPU s | CPU/byte vs bare | clients CPU s (bare) "
+        "| agg peak MB (copies) | peak / limit | Flower s | Flower copies |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -680,10 +690,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
         flower = f"{fl['s']:.2f} | {fl['peak_copies']:.1f}" if fl else "- | -"
         lines.append(
             f"| {r['workload']} | {r['n']} | {r['seal_s']:.2f} | {r['gbps']:.2f} | {r['bare_gbps']:.2f} "
-            f"| {100 * r['gbps'] / r['bare_gbps']:.0f} % | {r['bound_pct']:.0f} % | {r['wall_s']:.2f} "
+            f"| {100 * r['gbps'] / r['bare_gbps']:.0f} % | {r['bound_pct']:.0f} % "
+            f"| {r['gbps'] / r['bare_gbps'] / (r['bound_pct'] / 100):.2f} | {r['wall_s']:.2f} "
             f"| {r['published_s']:.2f} | {r['agg_cpu_s']:.1f} | {r['bare_cpu_s']:.1f} "
+            f"| {r['agg_cpu_s'] / max(r['bare_cpu_s'], 1e-9):.2f} "
             f"| {r['clients_cpu_s']:.1f} ({r['bare_clients_cpu_s']:.1f}) "
-            f"| {r['agg_hwm_mb']:.0f} ({r['agg_peak_copies']:.2f}) | {flower} |"
+            f"| {r['agg_hwm_mb']:.0f} ({r['agg_peak_copies']:.2f}) | {r['agg_peak_of_limit']:.2f} "
+            f"| {flower} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -693,6 +706,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="n = 4, 16; r16 float32 and bfloat16 only")
+    parser.add_argument(
+        "--with-70b",
+        action="store_true",
+        help="add the 70B-shaped row (bfloat16, n = 16) to --quick (the full run always has it)",
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -714,8 +732,12 @@ def main(argv: list[str] | None = None) -> int:
         (Workload("r64 bf16", 32, 64, "bfloat16"), [4, 16, 32], False),
         (Workload("r16/8 f32", 4, 16, "float32"), [4, 16, 64], True),
     ]
+    big = (Workload("70B r16 bf16", 80, 16, "bfloat16", hidden=8192), [16], False)
+    plan.append(big)
     if args.quick:
         plan = [(r16, [4, 16], True), (Workload("r16 bf16", 32, 16, "bfloat16"), [16], False)]
+        if args.with_70b:
+            plan.append(big)
     if args.smoke:
         r16 = Workload("r4/32 f32", 1, 4, "float32")
         plan = [(r16, [2], not args.no_flower)]
@@ -793,6 +815,11 @@ def main(argv: list[str] | None = None) -> int:
                 row["flower_over_fedseal_round"] = row["flower"]["s"] / fed["wall_s"]
             rows.append(row)
             print(_table([row]).splitlines()[-1], flush=True)
+            print(
+                f"  own work {own_s * 1e3:.1f} ms/update; deferred uploads {fed['deferred']:.0f}, "
+                f"most streams open at once {fed['streams_max']:.0f}",
+                flush=True,
+            )
     print()
     print(f"load after: {_load()}")
     table = _table(rows)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import enum
 import hmac
+import random
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +48,7 @@ from fedseal.wire import (
     ACCESS_DENIED_METADATA_KEY,
     CALL_AUTH_METADATA_KEY,
     REJECT_REASON_METADATA_KEY,
+    RETRY_AFTER_METADATA_KEY,
     AccessDeniedError,
     AccessDeniedReason,
     RoundState,
@@ -59,6 +62,17 @@ __all__ = ["AggregatorConnection", "ApprovalResult", "ChannelSecurity", "Operato
 _MAX_MESSAGE_BYTES = MAX_CHUNK_SIZE + 64 * 1024
 _MAX_AGGREGATE_BYTES = 8 * 1024**3
 _METHOD = "/fedseal.v1.Aggregator/"
+# An upload the aggregator turned away for now (busy) is sent again after its hint, with
+# jitter so that clients turned away together do not come back together; one wait is at
+# most this long, whatever the hint says, and all of them end with the call's timeout.
+_MAX_RETRY_WAIT_SECONDS = 5.0
+_RETRY_JITTER = (0.75, 1.25)
+_JITTER = random.SystemRandom()
+
+
+class _Deferred(Exception):
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
 
 
 class ChannelSecurity(enum.Enum):
@@ -112,6 +126,7 @@ class AggregatorConnection:
     ) -> None:
         self._endpoint = endpoint
         self._timeout = timeout
+        self.deferrals = 0  # times the last submit was turned away busy and sent again
         self._identity = identity
         self._security = security
         self._audience: bytes | None = None
@@ -219,9 +234,28 @@ class AggregatorConnection:
         """Send the header, wait for the aggregator's send_chunks, stream the chunks; the receipt.
 
         Nothing but the header leaves before the aggregator has admitted the upload (it holds
-        a decryption buffer for it), so an upload queued behind others costs the aggregator
-        no memory. A retry of an accepted upload gets its receipt without sending chunks.
+        a decryption buffer for it). When every buffer is busy the aggregator turns the
+        upload away with a retry hint instead of holding its stream open: it is sent again
+        after the hint (jittered), until `timeout` has passed in all. A retry of an accepted
+        upload gets its receipt without sending chunks.
         """
+        deadline = time.monotonic() + timeout
+        self.deferrals = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return self._submit_once(header, chunks, timeout=max(remaining, 0.001))
+            except _Deferred as busy:
+                wait = min(busy.seconds, _MAX_RETRY_WAIT_SECONDS) * _JITTER.uniform(*_RETRY_JITTER)
+                if time.monotonic() + wait >= deadline:
+                    raise AggregatorUnavailableError(
+                        f"SubmitUpdate to {self._endpoint}: the aggregator stayed busy with other "
+                        f"uploads for the whole timeout ({timeout:.0f} s); try again later"
+                    ) from None
+                self.deferrals += 1
+                time.sleep(wait)
+
+    def _submit_once(self, header: UpdateHeader, chunks: Iterable[bytes], *, timeout: float) -> str:
         admitted = threading.Event()
         send_nothing_more = threading.Event()
 
@@ -248,6 +282,9 @@ class AggregatorConnection:
             reason = _reject_reason(exc)
             if reason is not None:
                 raise UpdateRejectedError(reason, _details(exc)) from None
+            retry = _trailing(exc, RETRY_AFTER_METADATA_KEY)
+            if retry is not None and _code(exc) is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise _Deferred(_retry_seconds(retry)) from None
             raise self._failed("SubmitUpdate", exc) from None
         finally:
             # However the call ended, the request generator must not wait forever.
@@ -409,6 +446,14 @@ def _trailing(exc: grpc.RpcError, key: str) -> str | None:
         if name == key:
             return str(value)
     return None
+
+
+def _retry_seconds(value: str) -> float:
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        raise AggregatorUnavailableError(
+            f"SubmitUpdate: the aggregator's retry hint {value[:20]!r} is not a number"
+        )
+    return int(value) / 1000
 
 
 def _reject_reason(exc: grpc.RpcError) -> RejectReason | None:

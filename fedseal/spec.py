@@ -23,6 +23,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from fedseal.canonical import canonical_json
@@ -116,11 +117,14 @@ class AdapterSpec:
             specs.append(TensorSpec(name, tuple(int(d) for d in tensor.shape), wire))
         return cls.of(specs)
 
-    @property
+    # Derived sizes are cached: the receiver consults them on every upload, and recomputing
+    # them walks every tensor (2-3 ms for a 256-tensor spec). A frozen dataclass's fields
+    # never change, and cached_property stores outside them (equality and hash unchanged).
+    @cached_property
     def num_parameters(self) -> int:
         return sum(t.numel for t in self.tensors)
 
-    @property
+    @cached_property
     def data_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
@@ -175,6 +179,10 @@ class AdapterSpec:
         the data. The bound counts every header entry at its longest possible form, and the
         site metrics a client may carry in the metadata (fedseal/sitemetrics.py).
         """
+        return self._max_serialized_size
+
+    @cached_property
+    def _max_serialized_size(self) -> int:
         header = 64 + METRICS_METADATA_ALLOWANCE  # braces, metadata, padding
         for t in self.tensors:
             name_json = len(json.dumps(t.name))

@@ -24,10 +24,14 @@ __all__ = ["MAX_JSON_DEPTH", "JsonDepthError", "check_depth", "loads"]
 # the margin leaves room for metadata without letting the parser recurse far.
 MAX_JSON_DEPTH = 32
 
-# A JSON string (skipped: brackets inside it do not nest) or one bracket. An unterminated
-# string runs to the end, so the scan stays linear on hostile input (the parser refuses it).
-_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\Z)|[\[\]{}]', re.DOTALL)
-_OPENERS = frozenset(b"[{")
+# A JSON string (dropped: brackets inside it do not nest), matched a run of plain bytes at a
+# time. An unterminated string runs to the end (a lone backslash there included), so the
+# scan stays linear on hostile input (the parser refuses it).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+# What is left but the brackets is deleted, and each bracket becomes +1 or -1 (bytes.translate).
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPEN, _CLOSE = 2, 0  # byte values after the translation: depth step = value - 1
+_STEPS = bytes.maketrans(b"[{]}", bytes((_OPEN, _OPEN, _CLOSE, _CLOSE)))
 
 
 class JsonDepthError(FormatError):
@@ -40,17 +44,14 @@ def check_depth(data: bytes | str, *, what: str, max_depth: int = MAX_JSON_DEPTH
     # Fast path: fewer openers than the limit cannot nest deeper than it (C-speed counts).
     if raw.count(b"[") + raw.count(b"{") <= max_depth:
         return
+    # The strings and everything else go at C speed; a safetensors header of 256 tensors
+    # leaves ~1500 brackets to walk (a regex token scan took ~7 ms per upload).
+    steps = _STRING.sub(b"", raw).translate(_STEPS, _NOT_BRACKETS)
     depth = 0
-    for match in _TOKEN.finditer(raw):
-        token = match.group()
-        if len(token) != 1:
-            continue  # a string
-        if token[0] in _OPENERS:
-            depth += 1
-            if depth > max_depth:
-                raise JsonDepthError(f"{what} nests JSON deeper than {max_depth} levels")
-        else:
-            depth -= 1
+    for step in steps:
+        depth += step - 1
+        if depth > max_depth:
+            raise JsonDepthError(f"{what} nests JSON deeper than {max_depth} levels")
 
 
 def loads(

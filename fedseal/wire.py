@@ -59,6 +59,7 @@ __all__ = [
     "CALL_AUTH_METADATA_KEY",
     "PROTOCOL_VERSION",
     "REJECT_REASON_METADATA_KEY",
+    "RETRY_AFTER_METADATA_KEY",
     "STATUS_FOR_ACCESS",
     "STATUS_FOR_REASON",
     "UPDATE_SIGNATURE_DOMAIN",
@@ -81,6 +82,9 @@ __all__ = [
 PROTOCOL_VERSION = 3
 REJECT_REASON_METADATA_KEY = "fedseal-reject-reason"
 ACCESS_DENIED_METADATA_KEY = "fedseal-access-denied"
+# SubmitUpdate turned away for now (RESOURCE_EXHAUSTED): every decryption buffer is busy.
+# The value is the suggested wait in milliseconds; the client retries the same upload then.
+RETRY_AFTER_METADATA_KEY = "fedseal-retry-after-ms"
 # A caller's signed call token (fedseal/signed_request.py, action "call"); binary metadata.
 CALL_AUTH_METADATA_KEY = "fedseal-call-auth-bin"
 UPDATE_SIGNATURE_DOMAIN = b"fedseal/update-signature/v2"

@@ -92,6 +92,71 @@ def test_a_waiting_upload_sends_nothing_but_its_header(
             c.close()
 
 
+def test_busy_uploads_are_turned_away_and_retried_instead_of_holding_streams(
+    live_aggregator: RunningAggregator, dev_policy: Policy
+) -> None:
+    """Buffers for 2 updates, 8 uploads at once: the 6 that cannot be admitted are turned
+    away with a retry hint (not left open waiting), come back, and all 8 are accepted."""
+    rounds, registry = live_aggregator.rounds, live_aggregator.metrics.registry
+    n = 8
+    rounds.open_round(round_config(1, min_clients=n, max_clients=n))
+    clients = [site_client(live_aggregator.endpoint, dev_policy, f"site-{i}", timeout=60) for i in range(n)]
+    sealed = [c.seal_update(make_adapter(i), round_id=1, num_examples=10 + i) for i, c in enumerate(clients)]
+    # The first two hold both decryption buffers mid-upload until released.
+    sources = [_Counted(list(s.chunks), hold_after=1) for s in sealed[:2]]
+    sources += [_Counted(list(s.chunks)) for s in sealed[2:]]
+    results: dict[int, object] = {}
+
+    def upload(i: int) -> None:
+        try:
+            results[i] = clients[i]._connection.submit(sealed[i].header, sources[i], timeout=60)
+        except Exception as exc:  # reported by the assertions below
+            results[i] = exc
+
+    def value(name: str, labels: dict[str, str] | None = None) -> float:
+        return registry.get_sample_value(name, labels or {}) or 0.0
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(n)]
+    try:
+        for t in threads[:2]:
+            t.start()
+        assert sources[0].held.wait(10) and sources[1].held.wait(10)
+        for t in threads[2:]:
+            t.start()
+        open_streams = []
+        for _ in range(20):  # while both buffers stay busy
+            time.sleep(0.05)
+            open_streams.append(value("fedseal_submit_streams"))
+        # The two admitted uploads are the open streams; the others come and go in a few
+        # milliseconds (before: all 8 open, 6 of them waiting in the server).
+        assert sorted(open_streams)[len(open_streams) // 2] == 2, open_streams
+        assert max(open_streams) < n
+        assert all(s.pulled == 0 for s in sources[2:]), "a turned-away upload sent chunks"
+        assert value("fedseal_uploads_deferred_total") >= n - 2
+        for s in sources[:2]:
+            s.release.set()
+        for t in threads:
+            t.join(60)
+        assert all(isinstance(results[i], str) for i in range(n)), results
+        assert [s.pulled for s in sources] == [len(s.chunks) for s in sources]
+        assert rounds.snapshot(1).accepted == n
+        # The retries show: in the server's metrics and in each client's count.
+        deferred = value("fedseal_uploads_deferred_total")
+        assert value("fedseal_submit_update_seconds_count", {"outcome": "deferred"}) == deferred
+        assert value("fedseal_submit_update_seconds_count", {"outcome": "accepted"}) == n
+        assert sum(c._connection.deferrals for c in clients) == deferred
+        assert value("fedseal_updates_rejected_total", {"reason": "cancelled"}) == 0
+        assert value("fedseal_submit_streams") == 0
+        # A busy refusal is not a refusal of the update: the audit log records none.
+        kinds = [e.kind for e in log_entries(live_aggregator.log.path)]
+        assert EntryKind.UPDATE_REJECTED not in kinds
+    finally:
+        for s in sources:
+            s.release.set()
+        for c in clients:
+            c.close()
+
+
 def test_a_retry_of_an_accepted_upload_gets_its_receipt_without_sending(
     live_aggregator: RunningAggregator, dev_policy: Policy
 ) -> None:
@@ -162,3 +227,13 @@ def test_a_close_that_fails_on_its_thread_fails_the_round_for_its_waiters(
     (failed,) = [e for e in log_entries(live_aggregator.log.path) if e.kind is EntryKind.ROUND_FAILED]
     assert failed.fields["cause"] == "aggregation_failed"
     rounds.open_round(round_config(2))  # the job can go on
+
+
+def test_a_retry_hint_that_is_not_a_number_is_an_error() -> None:
+    from client_sdk import AggregatorUnavailableError
+    from client_sdk._transport import _retry_seconds
+
+    assert _retry_seconds("250") == 0.25
+    for bad in ("", "-5", "1.5", "1e9", "\u0669", "9" * 10):
+        with pytest.raises(AggregatorUnavailableError, match="retry hint"):
+            _retry_seconds(bad)

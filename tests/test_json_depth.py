@@ -149,3 +149,41 @@ def test_site_metrics_sealed_in_an_update_cannot_recurse() -> None:
     deep = "[" * (METRICS_METADATA_ALLOWANCE // 2) + "]" * (METRICS_METADATA_ALLOWANCE // 2)
     with pytest.raises(SiteMetricsError):
         decode_site_metrics(deep)
+
+
+def _reference_depth_ok(raw: bytes, max_depth: int) -> bool:
+    """The scan as specified, token by token: strings skipped, brackets counted."""
+    depth = 0
+    position = 0
+    while position < len(raw):
+        byte = raw[position]
+        if byte == ord('"'):
+            position += 1
+            while position < len(raw) and raw[position] != ord('"'):
+                position += 2 if raw[position] == ord("\\") else 1
+        elif byte in b"[{":
+            depth += 1
+            if depth > max_depth:
+                return False
+        elif byte in b"]}":
+            depth -= 1
+        position += 1
+    return True
+
+
+def test_the_fast_scan_agrees_with_the_token_by_token_scan() -> None:
+    import random
+
+    # Short documents over the bytes that matter (quotes, escapes, brackets) hit every
+    # interplay of strings and nesting; the fast scan must give the same verdict.
+    rnd = random.Random(18)
+    alphabet = b'[]{}"\\a, '
+    for _ in range(20_000):
+        raw = bytes(rnd.choice(alphabet) for _ in range(rnd.randint(0, 24)))
+        limit = rnd.randint(0, 4)
+        try:
+            check_depth(raw, what="x", max_depth=limit)
+            verdict = True
+        except JsonDepthError:
+            verdict = False
+        assert verdict == _reference_depth_ok(raw, limit), (raw, limit)

@@ -195,3 +195,27 @@ def test_fedavg_folds_flat_and_foreign_layouts_to_the_same_mean(dtype: torch.dty
     flat_mean = _fold(FedAvg(spec), usual, spec)
     foreign_mean = _fold(FedAvg(spec), foreign, spec)
     assert all(torch.equal(flat_mean[n], foreign_mean[n]) for n in TENSORS)  # same sums, same order of adds
+
+
+def test_flat_tensors_views_are_made_on_demand_and_match_the_data() -> None:
+    tensors = _tensors(torch.bfloat16)
+    parsed = _parse_and_validate(
+        memoryview(bytearray(safetensors.torch.save(tensors))), _spec(WireDtype.BFLOAT16)
+    )
+    assert isinstance(parsed, FlatTensors)
+    assert parsed._views == {}  # nothing made until asked for
+    for name, value in tensors.items():
+        assert parsed[name].shape == value.shape and torch.equal(parsed[name], value)
+        assert parsed[name].data_ptr() >= parsed.flat.data_ptr()  # a view, not a copy
+    assert set(parsed) == set(tensors) and len(parsed) == len(tensors)
+
+
+def test_cached_spec_sizes_leave_equality_hash_and_pickling_alone() -> None:
+    import pickle
+
+    spec, fresh = _spec(), _spec()
+    size = spec.max_serialized_size()
+    assert spec.data_bytes == sum(4 * a * b for a, b in TENSORS.values())
+    assert spec == fresh and hash(spec) == hash(fresh)
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    assert fresh.max_serialized_size() == size
