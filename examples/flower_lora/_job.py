@@ -92,8 +92,9 @@ def run_config(
     """The run config of the example app (what `flwr run --run-config` would set)."""
     return {
         "num-server-rounds": rounds,
-        "num-nodes": nodes,
+        "min-train-nodes": nodes,
         "local-steps": local_steps,
+        "round-timeout-s": 600,
         "fedseal-endpoint": endpoint,
         "fedseal-policy": DEV_POLICY,
         "fedseal-identity": SERVER,
