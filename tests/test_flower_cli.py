@@ -21,9 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors.torch
+import torch
+from flwr.common.config import get_fused_config_from_dir, unflatten_dict
 
 from attestation import load_builtin_policy
 from auditor import audit_log
+from client_sdk import ClientIdentity, FedSealClient
 from examples.flower_lora._deployment import (
     LOOPBACK,
     SIMULATION,
@@ -36,6 +40,8 @@ from examples.flower_lora._deployment import (
 )
 from examples.flower_lora._job import DEV_POLICY, aggregator_process, prepare_job, run_config
 from examples.flower_lora._simulation import APP_DIR
+from examples.flowertune_llm.dataset import replace_keys
+from examples.flowertune_llm.models import get_model, get_parameters
 from fedseal.errors import FedSealError
 from fedseal.logformat import EntryKind, decode_record
 
@@ -156,3 +162,90 @@ def test_flwr_run_on_a_local_simulation_connection_through_the_aggregator(tmp_pa
     assert [f["config"]["max_clients"] for f in opened] == [3]
     report = audit_log(audit, load_builtin_policy(DEV_POLICY))
     assert report.findings == (), report.findings
+
+
+FLOWERTUNE_DIR = APP_DIR.parent / "flowertune_llm"
+
+
+def _flowertune_config(
+    endpoint: str, job: Path, save_dir: Path, **extra: str | int | float
+) -> dict[str, Any]:
+    return {
+        "num-server-rounds": 1,
+        "train.training-arguments.max-steps": 2,
+        "train.save-dir": str(save_dir),
+        "fedseal-endpoint": endpoint,
+        "fedseal-key-file": str(job / "flower-server.key"),
+        "fedseal-sites": str(job / "sites"),
+        **extra,
+    }
+
+
+@pytest.mark.slow
+def test_flowertune_template_runs_one_round_with_flwr_run_in_simulation(tmp_path: Path) -> None:
+    # The FlowerTune-style LLM template (PEFT LoRA, SFT with the loss on the response,
+    # run-config driven) on the tiny random Llama: one round of `flwr run` on a
+    # local-simulation connection through the aggregator.
+    _need("flower-superlink", "flwr")
+    model_cfg = replace_keys(unflatten_dict(get_fused_config_from_dir(FLOWERTUNE_DIR, {})))["model"]
+    initial = get_parameters(get_model(model_cfg))
+    job = prepare_job(tmp_path / "job", SITES, initial=initial)
+    audit = tmp_path / "audit.log"
+    app = copy_app(FLOWERTUNE_DIR, tmp_path / "app")
+    site = ClientIdentity.from_files("hospital-a", job / "sites" / "hospital-a.key")
+    started = time.monotonic()
+    with aggregator_process(job, audit) as endpoint, local_simulation_env(tmp_path, num_supernodes=3) as env:
+        config = _flowertune_config(endpoint, job, tmp_path / "results")
+        run_id, out = flwr_run(app, SIMULATION, config, env, timeout=400)
+        status = run_status(SIMULATION, run_id, env, cwd=app)
+        with FedSealClient(endpoint, load_builtin_policy(DEV_POLICY), identity=site) as client:
+            aggregate = client.fetch_aggregate(1, wait_seconds=5).tensors()
+    print(f"FlowerTune template, flwr run (local simulation, 1 round): {time.monotonic() - started:.0f} s")
+    assert status == "finished:completed", out[-3000:]
+    assert "train_loss" in out and "eval_loss" in out
+    entries = _entries(audit)
+    closed = [f for k, f in entries if k is EntryKind.ROUND_CLOSED]
+    assert [sorted(f["participants"]) for f in closed] == [SITES]
+    # The global adapter the ServerApp saved (a PEFT folder, as FlowerTune saves it) is
+    # round 1's verified aggregate, which training moved away from the initial adapter.
+    saved = list((tmp_path / "results").glob("*/peft_1/adapter_model.safetensors"))
+    assert len(saved) == 1
+    tensors = safetensors.torch.load_file(str(saved[0]))
+    assert sorted(tensors) == sorted(aggregate) == sorted(initial)
+    for name, value in aggregate.items():
+        torch.testing.assert_close(tensors[name].float(), value.float(), rtol=0, atol=0)
+    assert any(not torch.equal(aggregate[n].float(), initial[n].float()) for n in initial)
+    report = audit_log(audit, load_builtin_policy(DEV_POLICY))
+    assert report.findings == (), report.findings
+
+
+@pytest.mark.slow
+def test_flowertune_template_runs_one_round_on_the_deployment_engine(tmp_path: Path) -> None:
+    # The same template on the loopback deployment: each SuperNode's node config names
+    # its partition (as FlowerTune deployments do) and its site's FedSeal settings.
+    _need("flower-superlink", "flower-supernode", "flwr")
+    model_cfg = replace_keys(unflatten_dict(get_fused_config_from_dir(FLOWERTUNE_DIR, {})))["model"]
+    job = prepare_job(tmp_path / "job", SITES, initial=get_parameters(get_model(model_cfg)))
+    audit = tmp_path / "audit.log"
+    app = copy_app(FLOWERTUNE_DIR, tmp_path / "app")
+    started = time.monotonic()
+    with aggregator_process(job, audit) as endpoint:
+        sites = {
+            s: {
+                **site_node_config(endpoint, s, job / "sites" / f"{s}.key"),
+                "partition-id": i,
+                "num-partitions": len(SITES),
+            }
+            for i, s in enumerate(SITES)
+        }
+        with deployment(tmp_path / "flower", sites) as flower:
+            config = _flowertune_config(endpoint, job, tmp_path / "results")
+            config.pop("fedseal-sites")  # the SuperNodes' node configs name the sites
+            run_id, out = flwr_run(app, LOOPBACK, config, flower.env, timeout=300)
+            status = run_status(LOOPBACK, run_id, flower.env, cwd=app)
+    print(f"FlowerTune template, deployment engine (1 round): {time.monotonic() - started:.0f} s")
+    assert status == "finished:completed", out[-3000:]
+    closed = [f for k, f in _entries(audit) if k is EntryKind.ROUND_CLOSED]
+    assert [sorted(f["participants"]) for f in closed] == [SITES]
+    assert len(list((tmp_path / "results").glob("*/peft_1/adapter_model.safetensors"))) == 1
+    assert audit_log(audit, load_builtin_policy(DEV_POLICY)).findings == ()

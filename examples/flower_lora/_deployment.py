@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +80,7 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
 
 
 def copy_app(source: Path, target: Path) -> Path:
-    """The app's files (no job, no logs) in `target`: `flwr` builds its FAB from the folder."""
+    """The app's files (no job, no results) in `target`: `flwr` builds its FAB from the folder."""
     target.mkdir(parents=True, exist_ok=True)
     for name in APP_FILES:
         shutil.copy2(source / name, target / name)
@@ -118,7 +118,7 @@ class Deployment:
 
 @contextlib.contextmanager
 def deployment(
-    work: Path, sites: dict[str, dict[str, str]], *, start_timeout: float = 60.0
+    work: Path, sites: Mapping[str, Mapping[str, str | int | float | bool]], *, start_timeout: float = 60.0
 ) -> Iterator[Deployment]:
     """A SuperLink and one SuperNode per site (`sites`: site -> its node config), on loopback."""
     work.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,7 @@ def run_status(connection: str, run_id: int, env: dict[str, str], *, cwd: Path) 
         raise FlowerRunError(f"`flwr ls` gave no run status: {(done.stdout + done.stderr)[-1000:]}") from None
 
 
-def site_node_config(endpoint: str, site: str, key_file: Path) -> dict[str, str]:
+def site_node_config(endpoint: str, site: str, key_file: Path) -> dict[str, str | int | float | bool]:
     """A site's SuperNode node config: its FedSeal settings and, for the app, its hospital."""
     return {
         "fedseal-endpoint": endpoint,
@@ -206,7 +206,7 @@ def site_node_config(endpoint: str, site: str, key_file: Path) -> dict[str, str]
     }
 
 
-def _node_config(values: dict[str, str]) -> str:
+def _node_config(values: Mapping[str, str | int | float | bool]) -> str:
     return " ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
 
 
