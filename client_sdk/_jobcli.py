@@ -25,6 +25,10 @@ writes into OUT (a new or empty folder):
 
 Private keys are written readable by their owner only; hand each site its key (or have
 it make its own and pass ``--site-key``).
+
+Exit status: 0 when everything was written (the paths are printed, one a line); 2 for a
+bad argument or input: one line on stderr names the flag, file or value, and a check that
+fails before writing leaves OUT untouched.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,11 +49,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from client_sdk._adapters import AdapterInputError, adapter_tensors
 from client_sdk._identity import write_signing_key
 from client_sdk._sitemap import SiteMap
-from fedseal.enrolment import EnrolledSite, Enrolment
+from fedseal.enrolment import SITE_ID_PATTERN, EnrolledSite, Enrolment
 from fedseal.errors import FedSealError
 from fedseal.roundconfig import STRATEGIES, RoundConfig
 from fedseal.signed_request import Role, Signer, principals_to_json
 from fedseal.spec import AdapterSpec
+from fedseal.strictjson import loads as strict_loads
 
 __all__ = ["main"]
 
@@ -105,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except (JobInitError, FedSealError, AdapterInputError) as exc:
         print(f"fedseal-job: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # writing OUT: a parent that is a file, no permission, a full disk
+        print(f"fedseal-job: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     for path in written:
         print(path)
     return 0
@@ -120,8 +129,23 @@ def init_job(args: argparse.Namespace) -> list[Path]:
         raise JobInitError("name the sites: --sites a,b,c and/or --site-key NAME=FILE")
     if len(set(new_sites)) != len(new_sites) or set(new_sites) & set(given):
         raise JobInitError("every site id must be named once")
-    if args.rounds < 0 or (args.rounds == 0 and (args.min_clients or args.max_clients)):
+    # Names become file names (sites/<site>.key, <operator>.key): no path may hide in one.
+    for flag, name in [*(("--sites", s) for s in new_sites), *(("--site-key", s) for s in given)]:
+        if not SITE_ID_PATTERN.fullmatch(name):
+            raise JobInitError(
+                f"{flag} {name!r}: a site id is letters, digits, '.', '_' or '-' (at most 128)"
+            )
+    if not SITE_ID_PATTERN.fullmatch(args.operator):
+        raise JobInitError(
+            f"--operator {args.operator!r}: a principal's name is letters, digits, '.', '_' or '-' "
+            "(at most 128)"
+        )
+    if args.rounds < 0:
+        raise JobInitError(f"--rounds must be 0 (rounds by request) or more, got {args.rounds}")
+    if args.rounds == 0 and (args.min_clients or args.max_clients):
         raise JobInitError("--min-clients and --max-clients go with --rounds N (N >= 1)")
+    if not 0 < args.deadline_s <= 7 * 24 * 3600:
+        raise JobInitError(f"--deadline-s must be in (0, 604800] seconds, got {args.deadline_s}")
     tensors, has_values = _adapter(args)
     spec = AdapterSpec.from_tensors(tensors)
     round_template: dict[str, Any] | None = None
@@ -223,19 +247,45 @@ def _from_peft_config(config_file: Path, base_model: Path | None) -> dict[str, t
         raise JobInitError(
             "reading a PEFT config needs peft and transformers (pip install peft transformers)"
         ) from None
+    model_file = base_model / "config.json"
+    _json_object(config_file, "the PEFT config")
+    _json_object(model_file, "the base model's config")
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # its warnings are not this output
     try:
         lora = LoraConfig.from_pretrained(str(config_file.parent))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise JobInitError(f"{config_file} is not a PEFT config: {exc}") from None
+    try:
         model_config = AutoConfig.from_pretrained(str(base_model))
-    except (OSError, ValueError) as exc:
-        raise JobInitError(f"cannot read the PEFT config or the base model's config: {exc}") from None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise JobInitError(f"{model_file} is not a transformers model config: {exc}") from None
     dtype = getattr(model_config, "torch_dtype", None) or getattr(model_config, "dtype", None)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config)  # type: ignore[no-untyped-call]
-        if isinstance(dtype, torch.dtype):
-            model = model.to(dtype)
-        peft_model = get_peft_model(model, lora)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config)  # type: ignore[no-untyped-call]
+            if isinstance(dtype, torch.dtype):
+                model = model.to(dtype)
+            peft_model = get_peft_model(model, lora)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # An architecture transformers cannot build, or target modules the model lacks.
+        raise JobInitError(f"cannot apply {config_file} to the model of {model_file}: {exc}") from None
     state = get_peft_model_state_dict(peft_model)
     return {name: state[name] for name in sorted(state)}
+
+
+def _json_object(path: Path, what: str) -> None:
+    """Refuse a file that is not a JSON object (with the depth limit) before a library
+    parses it: theirs recurse without limit and fail with assorted error types."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise JobInitError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        value = strict_loads(data, what=f"{what} {path}")
+    except FedSealError as exc:
+        raise JobInitError(str(exc)) from None
+    if not isinstance(value, dict):
+        raise JobInitError(f"{what} {path} is not a JSON object")
 
 
 def _write_json(path: Path, obj: object) -> Path:

@@ -23,12 +23,14 @@ from identities import write_enrolment
 import aggregator._cli
 import attestation._cli
 import auditor._cli as audit_cli  # the one place that names fedseal-audit's module
+import client_sdk._jobcli
 from auditor import WitnessKey
 
 MAINS: dict[str, Callable[[list[str] | None], int]] = {
     "fedseal-aggregator": aggregator._cli.main,
     "fedseal-attest": attestation._cli.main,
     "fedseal-audit": audit_cli.main,
+    "fedseal-job": client_sdk._jobcli.main,
 }
 
 DEEP = "[" * 5000 + "]" * 5000
@@ -414,6 +416,123 @@ CASES["attest collect --challenge short"] = Case(
     ],
     2,
     _s("--challenge"),
+)
+
+
+# --- fedseal-job init -------------------------------------------------------------------
+# A tiny Llama's config.json (shapes only: --base-model is never loaded) and a PEFT config.
+_BASE_CONFIG = (
+    b'{"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, '
+    b'"num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 64}'
+)
+_LORA_CONFIG = b'{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]}'
+
+
+def _as(kind: str, name: str) -> Callable[[Files], str]:
+    """The content of mistake `kind` in a file called `name` (in a folder of its own)."""
+
+    def path(f: Files) -> str:
+        folder = f.root / f"as-{kind}-{name.replace('.', '-')}"
+        folder.mkdir(exist_ok=True)
+        target = folder / name
+        source: Path = getattr(f, kind)
+        if source.is_dir():
+            target.mkdir(exist_ok=True)
+        elif source.exists():
+            target.write_bytes(source.read_bytes())
+        return str(target)
+
+    return path
+
+
+def _arg(kind: str, make: Callable[[Files, str], str]) -> Callable[[Files], str]:
+    """One argument made from mistake `kind` (bound now, as `_with` does for argv)."""
+    return lambda f: make(f, kind)
+
+
+def _good(name: str, data: bytes) -> Callable[[Files], str]:
+    def path(f: Files) -> str:
+        folder = f.root / f"good-{name.replace('.', '-')}"
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_bytes(data)
+        return str(folder)
+
+    return path
+
+
+def _job(
+    *extra: str | Callable[[Files], str], out: Callable[[Files], str] | None = None
+) -> Callable[[Files], list[str]]:
+    def argv(f: Files) -> list[str]:
+        target = out(f) if out is not None else str(f.root / "job")
+        args = ["init", target, "--sites", "hospital-a,hospital-b", "--operator", "flower-server"]
+        return args + [x(f) if callable(x) else x for x in extra]
+
+    return argv
+
+
+_ADAPTER = ("--adapter", _good("adapter_config.json", _LORA_CONFIG))
+_BASE = ("--base-model", _good("config.json", _BASE_CONFIG))
+for kind in FILE_MISTAKES:
+    CASES[f"job init --adapter {kind}"] = Case("fedseal-job", _job("--adapter", _p(kind)), 2, _p(kind))
+    CASES[f"job init --adapter {kind} .safetensors"] = Case(
+        "fedseal-job",
+        _job("--adapter", _as(kind, "adapter.safetensors")),
+        2,
+        _as(kind, "adapter.safetensors"),
+    )
+    CASES[f"job init --adapter {kind} adapter_config.json"] = Case(
+        "fedseal-job",
+        _job("--adapter", _as(kind, "adapter_config.json"), *_BASE),
+        2,
+        _s("adapter_config.json") if kind != "directory" else _as(kind, "adapter_config.json"),
+    )
+    CASES[f"job init --base-model {kind} config.json"] = Case(
+        "fedseal-job",
+        _job(*_ADAPTER, "--base-model", _arg(kind, lambda f, k: str(Path(_as(k, "config.json")(f)).parent))),
+        2,
+        _s("config.json"),
+    )
+    CASES[f"job init --site-key {kind}"] = Case(
+        "fedseal-job",
+        _job(*_ADAPTER, *_BASE, "--site-key", _arg(kind, lambda f, k: f"hospital-z={getattr(f, k)}")),
+        2,
+        _p(kind),
+    )
+CASES["job init out is a file"] = Case("fedseal-job", _job(*_ADAPTER, *_BASE, out=_p("text")), 2, _p("text"))
+CASES["job init out under a file"] = Case(
+    "fedseal-job", _job(*_ADAPTER, *_BASE, out=lambda f: str(f.text / "job")), 2, _p("text")
+)
+CASES["job init --operator a path"] = Case(
+    "fedseal-job", _job(*_ADAPTER, *_BASE, "--operator", "../escaped"), 2, _s("--operator")
+)
+CASES["job init --sites a path"] = Case(
+    "fedseal-job", _job(*_ADAPTER, *_BASE, "--sites", "ok,../../x"), 2, _s("../../x")
+)
+CASES["job init --site-key without ="] = Case(
+    "fedseal-job", _job(*_ADAPTER, *_BASE, "--site-key", "nofile"), 2, _s("NAME=FILE")
+)
+CASES["job init --rounds not a number"] = Case(
+    "fedseal-job", _job(*_ADAPTER, *_BASE, "--rounds", "two"), 2, _s("--rounds")
+)
+CASES["job init --rounds negative"] = Case(
+    "fedseal-job", _job(*_ADAPTER, *_BASE, "--rounds", "-1"), 2, _s("--rounds")
+)
+CASES["job init --deadline-s negative"] = Case(
+    "fedseal-job", _job(*_ADAPTER, *_BASE, "--rounds", "1", "--deadline-s", "-5"), 2, _s("deadline")
+)
+CASES["job init --dtype unknown"] = Case(
+    "fedseal-job", _job(*_ADAPTER, *_BASE, "--dtype", "float64"), 2, _s("--dtype")
+)
+CASES["job init --adapter config without --base-model"] = Case(
+    "fedseal-job", _job(*_ADAPTER), 2, _s("--base-model")
+)
+CASES["job no command"] = Case("fedseal-job", lambda f: [], 2, _s("required"))
+CASES["job init no sites"] = Case(
+    "fedseal-job",
+    lambda f: ["init", str(f.root / "j"), "--operator", "o", "--adapter", str(f.text)],
+    2,
+    _s("--sites"),
 )
 
 

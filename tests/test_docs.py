@@ -22,3 +22,51 @@ def test_cited_tests_exist() -> None:
                 )
             cited += 1
     assert cited > 20
+
+
+_DIFF = re.compile(r"```diff\n(.*?)```", re.DOTALL)
+_COUNTED = re.compile(r"(\d+) lines added,? (?:and )?(\d+) removed")
+_RUN_CONFIG_LINE = re.compile(r"(fedseal-[a-z-]+) = ")
+_MARKED = re.compile(r"\s*(\S.*?)  # FedSeal(?:: was (.*))?$")  # code, then its marker comment
+
+
+def _fedseal_marked(path: Path) -> tuple[list[str], list[str]]:
+    """The code of the lines marked `# FedSeal` in an example app, and what they replaced
+    (`# FedSeal: was ...`)."""
+    code, was = [], []
+    for line in path.read_text().splitlines():
+        if (m := _MARKED.match(line)) is not None:
+            code.append(m.group(1))
+            if m.group(2) is not None:
+                was.append(m.group(2))
+    return code, was
+
+
+def test_the_flower_diff_in_the_readmes_is_counted_and_is_the_templates_diff() -> None:
+    # The diff a Flower user makes, as README.md and examples/flower_lora/README.md show
+    # it: its stated counts are its lines, its code lines are exactly the lines marked
+    # `# FedSeal` in the FlowerTune-style template, its run-config lines are keys the
+    # template's pyproject.toml sets.
+    template = ROOT / "examples" / "flowertune_llm"
+    marked_code, marked_was = [], []
+    for name in ("client_app.py", "server_app.py"):
+        code, was = _fedseal_marked(template / name)
+        marked_code += code
+        marked_was += was
+    config = (template / "pyproject.toml").read_text()
+    for doc in (ROOT / "README.md", ROOT / "examples" / "flower_lora" / "README.md"):
+        text = doc.read_text()
+        block = _DIFF.search(text)
+        assert block is not None, f"{doc.name} shows no diff"
+        lines = block.group(1).splitlines()
+        added = [line[1:].strip() for line in lines if line.startswith("+") and not line.startswith("+++")]
+        removed = [line[1:].strip() for line in lines if line.startswith("-") and not line.startswith("---")]
+        counted = _COUNTED.search(text, block.end())
+        assert counted is not None, f"{doc.name} does not count its diff"
+        assert (int(counted.group(1)), int(counted.group(2))) == (len(added), len(removed)), doc.name
+        run_config = [m.group(1) for line in added if (m := _RUN_CONFIG_LINE.match(line))]
+        code = [line for line in added if not _RUN_CONFIG_LINE.match(line)]
+        assert sorted(code) == sorted(marked_code), doc.name
+        assert run_config and all(f"\n{key} = " in config for key in run_config), doc.name
+        for replaced in marked_was:
+            assert any(line.endswith(replaced) for line in removed), (doc.name, replaced)

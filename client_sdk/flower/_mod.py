@@ -8,10 +8,10 @@ Wrapped around a ClientApp's train and evaluate functions (``ClientApp(mods=[fed
   and hand the verified tensors to the user's function. A Flower server that alters the
   global adapter is caught here (GlobalModelMismatchError), not trusted;
 - **outgoing** (train): take the reply's one ArrayRecord and its ``num-examples``, attest the
-  aggregator with a fresh challenge, seal the adapter to the attested key and submit it
-  (client_sdk.FedSealClient), verify the receipt, and reply to Flower with the user's
-  metrics and the receipt only. Neither the Flower server nor the SuperLink sees the update,
-  in plaintext or encrypted.
+  aggregator with a fresh challenge, seal the adapter to the round's key (signed by the
+  attested log key) and submit it (client_sdk.FedSealClient), verify the receipt, and
+  reply to Flower with the user's metrics and the receipt only. Neither the Flower server
+  nor the SuperLink sees the update, in plaintext or encrypted.
 
 Identity: the client id sealed into the payload (and logged by the enclave) comes from this
 site's configuration, never from Flower's ``src_node_id``, which the host asserts. The

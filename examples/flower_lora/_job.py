@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import safetensors.torch
+import torch
 
 from client_sdk._jobcli import main as job_main
 from examples.lora_demo.training import DemoModelConfig, adapter_state, build_model
@@ -29,11 +30,13 @@ SERVER = "flower-server"  # the Flower server's principal name (role operator)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def prepare_job(job_dir: Path, hospitals: list[str]) -> Path:
-    """`fedseal-job init` into `job_dir` (made anew) for `hospitals`; returns `job_dir`."""
+def prepare_job(job_dir: Path, hospitals: list[str], initial: dict[str, torch.Tensor] | None = None) -> Path:
+    """`fedseal-job init` into `job_dir` (made anew) for `hospitals`, on the `initial`
+    adapter (default: the demo model's); returns `job_dir`."""
     job_dir.parent.mkdir(parents=True, exist_ok=True)
-    adapter = job_dir.parent / "demo_initial_adapter.safetensors"
-    adapter.write_bytes(safetensors.torch.save(adapter_state(build_model(DemoModelConfig()))))
+    adapter = job_dir.parent / "initial_adapter_in.safetensors"
+    tensors = initial if initial is not None else adapter_state(build_model(DemoModelConfig()))
+    adapter.write_bytes(safetensors.torch.save(tensors))
     argv = ["init", str(job_dir), "--sites", ",".join(hospitals), "--operator", SERVER]
     argv += ["--adapter", str(adapter), "--policy", DEV_POLICY]
     with contextlib.redirect_stdout(open(os.devnull, "w")):
@@ -92,8 +95,9 @@ def run_config(
     """The run config of the example app (what `flwr run --run-config` would set)."""
     return {
         "num-server-rounds": rounds,
-        "num-nodes": nodes,
+        "min-train-nodes": nodes,
         "local-steps": local_steps,
+        "round-timeout-s": 600,
         "fedseal-endpoint": endpoint,
         "fedseal-policy": DEV_POLICY,
         "fedseal-identity": SERVER,

@@ -21,13 +21,13 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run_config = context.run_config
-    nodes = int(run_config["num-nodes"])
+    nodes = int(run_config["min-train-nodes"])
     strategy = fedseal_strategy(  # FedSeal: was FedAvg(
         run_config,  # FedSeal
         fraction_train=1.0,
         fraction_evaluate=1.0,
-        min_train_nodes=int(run_config.get("min-train-nodes", nodes)),
-        min_evaluate_nodes=int(run_config.get("min-train-nodes", nodes)),
+        min_train_nodes=nodes,
+        min_evaluate_nodes=nodes,
         min_available_nodes=nodes,
     )
     initial = ArrayRecord(torch_state_dict=adapter_state(build_model(DemoModelConfig())))
@@ -36,7 +36,7 @@ def main(grid: Grid, context: Context) -> None:
         initial_arrays=initial,
         num_rounds=int(run_config["num-server-rounds"]),
         train_config=ConfigRecord({"local-steps": int(run_config["local-steps"])}),
-        timeout=float(run_config.get("round-timeout-s", 3600)),
+        timeout=float(run_config["round-timeout-s"]),
     )
     # Keep what the caller wants to see: the federated losses after each round.
     context.state["eval-loss"] = MetricRecord(
