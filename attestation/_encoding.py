@@ -13,6 +13,7 @@ from typing import NoReturn
 from fedseal import strictjson
 from fedseal.canonical import b64decode_canonical, b64encode, canonical_json
 from fedseal.errors import FormatError
+from fedseal.strictjson import json_type
 
 __all__ = [
     "DecodeError",
@@ -93,20 +94,3 @@ def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 def _refuse_constant(name: str) -> NoReturn:
     raise DecodeError(f"contains {name}, which is not JSON")
-
-
-def json_type(value: object) -> str:
-    """Name a decoded JSON value's type in JSON's words, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__

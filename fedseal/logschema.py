@@ -29,6 +29,7 @@ from fedseal.approval import Decision
 from fedseal.canonical import b64decode_canonical, b64encode
 from fedseal.errors import FormatError
 from fedseal.roundconfig import RoundConfig
+from fedseal.strictjson import json_type
 
 __all__ = [
     "BODY_TYPES",
@@ -176,7 +177,7 @@ class _Int(_Codec[int]):
 
     def decode(self, value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Bad(f"must be an integer, got {_json_type(value)}")
+            raise _Bad(f"must be an integer, got {json_type(value)}")
         if not self.lo <= value <= self.hi:
             raise _Bad(f"must be in [{self.lo}, {self.hi}], got {value}")
         return value
@@ -191,7 +192,7 @@ class _Real(_Codec[float]):
 
     def decode(self, value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Bad(f"must be a number, got {_json_type(value)}")
+            raise _Bad(f"must be a number, got {json_type(value)}")
         if not math.isfinite(value) or not self.lo <= value <= self.hi:
             raise _Bad(f"must be in [{self.lo}, {self.hi}], got {value}")
         return value
@@ -206,7 +207,7 @@ class _Text(_Codec[str]):
 
     def decode(self, value: object) -> str:
         if not isinstance(value, str):
-            raise _Bad(f"must be a string, got {_json_type(value)}")
+            raise _Bad(f"must be a string, got {json_type(value)}")
         if len(value) > self.max_len or (not value and not self.empty):
             raise _Bad(f"must be a string of {0 if self.empty else 1} to {self.max_len} characters")
         return value
@@ -218,7 +219,7 @@ class _Text(_Codec[str]):
 class _Flag(_Codec[bool]):
     def decode(self, value: object) -> bool:
         if not isinstance(value, bool):
-            raise _Bad(f"must be true or false, got {_json_type(value)}")
+            raise _Bad(f"must be true or false, got {json_type(value)}")
         return value
 
     def encode(self, value: bool) -> Any:
@@ -264,7 +265,7 @@ class _Object(_Codec[Mapping[str, Any]]):
 
     def decode(self, value: object) -> Mapping[str, Any]:
         if not isinstance(value, dict):
-            raise _Bad(f"must be a JSON object, got {_json_type(value)}")
+            raise _Bad(f"must be a JSON object, got {json_type(value)}")
         return value
 
     def encode(self, value: Mapping[str, Any]) -> Any:
@@ -277,7 +278,7 @@ class _List(_Codec[tuple[T, ...]]):
 
     def decode(self, value: object) -> tuple[T, ...]:
         if not isinstance(value, list):
-            raise _Bad(f"must be a JSON array, got {_json_type(value)}")
+            raise _Bad(f"must be a JSON array, got {json_type(value)}")
         if len(value) > self.max_items:
             raise _Bad(f"has more than {self.max_items} items")
         out = []
@@ -297,7 +298,7 @@ class _Config(_Codec[RoundConfig]):
 
     def decode(self, value: object) -> RoundConfig:
         if not isinstance(value, dict):
-            raise _Bad(f"must be a JSON object, got {_json_type(value)}")
+            raise _Bad(f"must be a JSON object, got {json_type(value)}")
         try:
             config = RoundConfig.from_json_obj(value)
         except (FormatError, ValueError, TypeError, KeyError) as exc:
@@ -326,7 +327,7 @@ class _Nested(_Codec[_R]):
 
     def decode(self, value: object) -> _R:
         if not isinstance(value, dict):
-            raise _Bad(f"must be a JSON object, got {_json_type(value)}")
+            raise _Bad(f"must be a JSON object, got {json_type(value)}")
         try:
             return self.cls.from_fields(value, kind=self.cls.__name__)
         except EntryFieldError as exc:
@@ -347,22 +348,6 @@ class _Optional(_Codec[T | None]):
 
     def encode(self, value: T | None) -> Any:
         return None if value is None else self.inner.encode(value)
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _short(value: object) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from fedseal.errors import FormatError
 
-__all__ = ["MAX_JSON_DEPTH", "JsonDepthError", "check_depth", "loads"]
+__all__ = ["MAX_JSON_DEPTH", "JsonDepthError", "check_depth", "json_type", "loads"]
 
 # The deepest FedSeal document (a policy: object > list > object > list) nests 5 levels;
 # the margin leaves room for metadata without letting the parser recurse far.
@@ -89,3 +89,20 @@ def loads(
     except RecursionError:
         # Unreachable after the depth check unless the caller's own stack is nearly spent.
         raise JsonDepthError(f"{what} nests JSON too deeply for this parser") from None
+
+
+def json_type(value: object) -> str:
+    """Name a decoded JSON value's type in JSON's words, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
