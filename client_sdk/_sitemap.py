@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client_sdk._errors import ClientError
+from fedseal import strictjson
+from fedseal.errors import FormatError
 
 __all__ = ["SITE_MAP_FILE", "SITE_MAP_FORMAT", "SiteMap", "SiteMapError"]
 
@@ -74,11 +76,11 @@ class SiteMap:
     def load(cls, folder: Path) -> SiteMap:
         path = folder / SITE_MAP_FILE
         try:
-            obj = json.loads(path.read_text())
+            obj = strictjson.loads(path.read_bytes(), what=f"site map {path}")
         except OSError as exc:
             raise SiteMapError(f"cannot read site map {path}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise SiteMapError(f"site map {path} is not JSON: {exc}") from None
+        except FormatError as exc:
+            raise SiteMapError(str(exc)) from None
         if (
             not isinstance(obj, dict)
             or set(obj) != {"format", "policy", "partitions"}

@@ -22,7 +22,6 @@ error, so a typo cannot silently drop a setting):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ from client_sdk._identity import ClientIdentity
 from client_sdk.flower._records import FlowerIntegrationError
 from client_sdk.flower._rounds import FedSealDp
 from client_sdk.flower._strategy import FedSealStrategy
+from fedseal import strictjson
+from fedseal.errors import FormatError
 
 __all__ = ["RUN_CONFIG_KEYS", "fedseal_strategy", "load_policy"]
 
@@ -119,9 +120,9 @@ def _number(config: UserConfig, key: str) -> float:
 def _json_object(config: UserConfig, key: str) -> dict[str, Any]:
     text = _text(config, key)
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FlowerIntegrationError(f"run config {key!r} is not JSON: {exc}") from None
+        value = strictjson.loads(text, what=f"run config {key!r}")
+    except FormatError as exc:
+        raise FlowerIntegrationError(str(exc)) from None
     if not isinstance(value, dict):
         raise FlowerIntegrationError(f"run config {key!r} must be a JSON object, got {text!r}")
     return value
