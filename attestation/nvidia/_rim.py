@@ -133,7 +133,6 @@ def verify_rim(xml: bytes, *, file_id: str, root: x509.Certificate, now: datetim
     :class:`NvidiaVerifierUnavailableError` (``signxml``/``lxml`` missing).
     """
     try:
-        from lxml import etree
         from signxml.algorithms import DigestAlgorithm, SignatureMethod
         from signxml.exceptions import InvalidCertificate, InvalidDigest, InvalidInput, InvalidSignature
         from signxml.verifier import SignatureConfiguration, XMLVerifier
@@ -142,11 +141,7 @@ def verify_rim(xml: bytes, *, file_id: str, root: x509.Certificate, now: datetim
             f"RIM verification needs signxml and lxml (pip install 'fedseal[nvidia]'): {exc}"
         ) from None
 
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
-    try:
-        document = etree.fromstring(xml, parser=parser)
-    except etree.XMLSyntaxError:
-        raise EvidenceFormatError(f"RIM {file_id} is not well-formed XML") from None
+    document = _parse_rim_xml(xml, file_id)
     chain = _embedded_chain(document, file_id)
     outcome = verify_chain_links(chain, root, now)
     if outcome.path is None:
@@ -200,6 +195,12 @@ def verify_rim(xml: bytes, *, file_id: str, root: x509.Certificate, now: datetim
 def rim_signing_chain(xml: bytes, file_id: str) -> list[x509.Certificate]:
     """The signing chain a RIM carries (leaf first), parsed but NOT verified: for the
     aggregator's stapler, which must know which certificates need OCSP answers."""
+    return _embedded_chain(_parse_rim_xml(xml, file_id), file_id)
+
+
+def _parse_rim_xml(xml: bytes, file_id: str) -> etree._Element:
+    """The RIM's XML tree, parsed without entities, DTDs or network (the one parser setting
+    both the verifier and the stapler use)."""
     try:
         from lxml import etree
     except ImportError as exc:
@@ -208,10 +209,9 @@ def rim_signing_chain(xml: bytes, file_id: str) -> list[x509.Certificate]:
         ) from None
     parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
     try:
-        document = etree.fromstring(xml, parser=parser)
+        return etree.fromstring(xml, parser=parser)
     except etree.XMLSyntaxError:
         raise EvidenceFormatError(f"RIM {file_id} is not well-formed XML") from None
-    return _embedded_chain(document, file_id)
 
 
 def _embedded_chain(document: etree._Element, file_id: str) -> list[x509.Certificate]:
