@@ -15,6 +15,7 @@ import structlog
 from cryptography import x509
 
 from aggregator._config import JobConfig
+from aggregator._gc import frozen_startup_heap
 from aggregator._identity import AccessConfig, AccessLimits
 from aggregator._logging import configure_logging
 from aggregator._malloc import limit_malloc_arenas
@@ -377,7 +378,9 @@ def run(
         except (FedSealError, OSError) as exc:
             print(f"error: cannot start the aggregator: {exc}", file=sys.stderr)
             return 1
-        return _serve(running, args.port_file, args.mtls_port_file)
+        with frozen_startup_heap() as outcome:
+            _log.info("garbage_collection", outcome=outcome)
+            return _serve(running, args.port_file, args.mtls_port_file)
 
 
 def _listen_address(flag: str) -> Callable[[str], ListenAddress]:

@@ -54,6 +54,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import hashlib
 import json
 import multiprocessing as mp
@@ -149,6 +151,7 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
     import torch
 
     from aggregator import AccessConfig, start_aggregator
+    from aggregator._gc import frozen_startup_heap
     from aggregator._logging import configure_logging
     from aggregator._malloc import limit_malloc_arenas
     from attestation import InsecureSimulatedTeeCollector
@@ -175,6 +178,9 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
         access=AccessConfig(enrolment),  # default max_workers, as fedseal-aggregator runs
         accumulator_device="cuda" if torch.cuda.is_available() else "cpu",  # its 'auto'
     )
+    # As fedseal-aggregator does while it serves (the process ends with the round).
+    stack = contextlib.ExitStack()
+    stack.enter_context(frozen_startup_heap())
     # Idle = before the round opens: opening reserves the decryption buffers, which are
     # part of what the round costs.
     idle_rss = _status("VmRSS")
@@ -249,6 +255,8 @@ def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True, tls: bool = Tru
             else server.add_insecure_port("127.0.0.1:0")
         )
         server.start()
+        gc.collect()
+        gc.freeze()  # as the aggregator does: no collection walks the start-up heap
         cpu0 = _cpu_seconds()  # an idle server burns next to nothing until the clients start
         conn.send(("ready", port))
         conn.recv()
@@ -279,6 +287,8 @@ def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True, tls: bool = Tru
             else server.add_insecure_port("127.0.0.1:0")
         )
         await server.start()
+        gc.collect()
+        gc.freeze()
         cpu0 = _cpu_seconds()
         conn.send(("ready", port))
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)
