@@ -694,7 +694,7 @@ def verify_tdx_evidence(label: str, evidence: Evidence, ctx: VerificationContext
                 f"{label} stapled collateral",
                 expected=f"a {STAPLED_COLLATERAL_FORMAT} document",
                 found=f"{len(stapled)} stapled Intel PCS answers"
-                + (f"; not valid now, asked anew: {', '.join(stale.values())}" if stale else ""),
+                + (f"; not valid at the verification time: {', '.join(stale.values())}" if stale else ""),
                 passed=True,
                 error=EvidenceFormatError,
                 message="",
