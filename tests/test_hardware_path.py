@@ -16,9 +16,8 @@ cache; a client verifies offline (stapled only) under a policy equal to the ship
 and the root pins, which name the test PKIs. Then every stapled item is taken away,
 expired or revoked: a named refusal and nothing sent; with the online option the missing
 item is fetched and the evidence accepted. The auditor verifies the same bundle from the
-log, offline. TDX is not covered here: a test Intel PKI would need PCK certificates with
-Intel's SGX extensions, QE reports and signed TCB info that dcap-qvl accepts under a
-replaced root; the real sample quote and collateral are verified in test_cpu_tee.py.
+log, offline. GPU + TDX runs the same way in test_hardware_path_tdx.py, on the test Intel
+PKI (``intel_pki``) with Intel's PCS collateral stapled.
 """
 
 from __future__ import annotations
