@@ -49,17 +49,22 @@ from attestation import (
     Evidence,
     EvidenceCollector,
     EvidenceKind,
+    OfflineFetcher,
     Policy,
 )
 from attestation._stapled import decode_stapled, encode_stapled
 from attestation._templates import fill_policy_template, load_policy_template
 from attestation.cpu import (
     ConfigfsTsmCollector,
+    CpuTcbError,
     TdxCertificateChainError,
     TdxCollateralError,
     TdxCollateralStapler,
+    TdxPolicy,
+    TdxTcbStatus,
     parse_tdx_quote,
     tdx_collateral_requests,
+    verify_tdx_quote,
 )
 from attestation.nvidia import NvidiaCollateralStapler, NvidiaGpuCollector
 from auditor import audit_log
@@ -395,3 +400,35 @@ def test_tcb_info_freshness_limit_of_the_policy(host: Host) -> None:
         client.attest()
     with host.client() as client:  # the template's 30 days: the same staple is good
         client.attest()
+
+
+# --------------------------------------------------------------------------- Intel's TCB rating
+
+
+@pytest.mark.parametrize(
+    "status",
+    [TdxTcbStatus.OUT_OF_DATE, TdxTcbStatus.SW_HARDENING_NEEDED, TdxTcbStatus.REVOKED],
+    ids=lambda s: s.value,
+)
+def test_intels_tcb_rating_of_the_platform(status: TdxTcbStatus) -> None:
+    """The test PCS rates the platform below UpToDate: the template (UpToDate only) refuses
+    with the TCB error; a policy that allows the rating accepts it with Intel's advisory,
+    except Revoked, which no policy can allow and dcap-qvl refuses outright."""
+    intel = IntelPki()
+    report_data = bytes(range(64))
+    quote = intel.quote(report_data)
+    rated = intel.pcs_answers(intel.collateral_json(tcb_info=intel.tcb_info(platform_status=status)))
+    policy = TdxPolicy(mrtd=(MRTD,), sgx_root_ca=intel.root.cert)
+    options: dict[str, Any] = {"expected_report_data": report_data, "fetcher": OfflineFetcher(rated)}
+    with pytest.raises(CpuTcbError):
+        verify_tdx_quote(quote, policy=policy, **options)
+    if status is TdxTcbStatus.REVOKED:
+        return
+    allowing = TdxPolicy(mrtd=(MRTD,), sgx_root_ca=intel.root.cert, allowed_tcb_statuses=(status,))
+    verified = verify_tdx_quote(quote, policy=allowing, **options)
+    assert verified.tcb_status is status and verified.advisory_ids == ("INTEL-SA-00837",)
+    # And the platform's own UpToDate collateral passes the strict policy.
+    good = verify_tdx_quote(
+        quote, policy=policy, **{**options, "fetcher": OfflineFetcher(intel.pcs_answers())}
+    )
+    assert good.tcb_status is TdxTcbStatus.UP_TO_DATE and good.advisory_ids == ()
