@@ -3,8 +3,9 @@ certificate, TCB signing certificate, CRLs, signed TCB info and QE identity, and
 
 Nothing here can sign as Intel, so tests that need a *positive* TDX path build evidence
 with this PKI. Its layout follows Intel's (Intel SGX PCK Certificate and CRL Profile; Intel
-TDX DCAP Quoting Library API, appendix "Quote Format"; Intel PCS API v4), checked byte for
-byte against what dcap-qvl verifies and against the real sample quote in tests/vectors:
+TDX DCAP Quoting Library API, appendix "Quote Format"; Intel PCS API v4), checked against
+what dcap-qvl verifies and against the real sample quote's layout
+(test_hardware_path_tdx.py::test_the_test_quote_is_laid_out_like_the_real_sample):
 
 * the PCK certificate carries Intel's SGX extension (OID 1.2.840.113741.1.13.1): PPID,
   TCB (16 component SVNs, PCESVN, CPUSVN), PCE-ID, FMSPC, SGX type, platform instance id
@@ -51,6 +52,7 @@ __all__ = [
     "MRTD",
     "PCESVN",
     "RTMRS",
+    "SGX_EXTENSION_OID",
     "TEE_TCB_SVN",
     "IntelPki",
     "pcs_time",

@@ -26,18 +26,23 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asn1
+import dcap_qvl
 import pytest
 from conftest import access_config, make_adapter, round_config
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fake_nvml import install_fake_nvml
 from identities import site_identity
-from intel_pki import MRTD, RTMRS, IntelPki
+from intel_pki import CPUSVN, FMSPC, MRTD, PCESVN, RTMRS, SGX_EXTENSION_OID, IntelPki
 from nvidia_pki import World, make_world
+from test_cpu_tee import TDX as TDX_SAMPLES
 from test_cpu_tee import FakeTsmEntry
 from test_hardware_path import Clock, SigningNvml, Vendors
 
@@ -432,3 +437,57 @@ def test_intels_tcb_rating_of_the_platform(status: TdxTcbStatus) -> None:
         quote, policy=policy, **{**options, "fetcher": OfflineFetcher(intel.pcs_answers())}
     )
     assert good.tcb_status is TdxTcbStatus.UP_TO_DATE and good.advisory_ids == ()
+
+
+# --------------------------------------------------------------------------- the test PKI itself
+
+
+def _extension_shape(pem_chain: bytes) -> list[object]:
+    """The SGX extension of a chain's leaf as its OIDs and value types, in order."""
+    leaf = x509.load_pem_x509_certificates(pem_chain.rstrip(b"\0"))[0]
+    value = leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID)).value
+    assert isinstance(value, x509.UnrecognizedExtension)
+    decoder = asn1.Decoder()
+    decoder.start(value.value)
+    shape: list[object] = []
+
+    def walk() -> None:
+        while (tag := decoder.peek()) is not None:
+            if tag.typ == asn1.Types.Constructed:
+                decoder.enter()
+                walk()
+                decoder.leave()
+            else:
+                _, found = decoder.read()
+                shape.append(found if tag.nr == asn1.Numbers.ObjectIdentifier else tag.nr)
+
+    walk()
+    return shape
+
+
+def _layout(quote: bytes) -> tuple[object, ...]:
+    """Header fields, certification data types and QE auth data size of a v4 quote."""
+    version, key_type, tee_type = struct.unpack_from("<HHI", quote, 0)
+    signature_data = 48 + 584 + 4
+    outer_type, _ = struct.unpack_from("<HI", quote, signature_data + 128)
+    qe_auth_at = signature_data + 128 + 6 + 384 + 64
+    (auth_size,) = struct.unpack_from("<H", quote, qe_auth_at)
+    inner_type, _ = struct.unpack_from("<HI", quote, qe_auth_at + 2 + auth_size)
+    return version, key_type, tee_type, quote[12:28], outer_type, auth_size, inner_type
+
+
+def test_the_test_quote_is_laid_out_like_the_real_sample() -> None:
+    """The test PKI's quote and PCK certificate have the real sample's layout: the same
+    header fields and certification data nesting, and an SGX extension with the same OIDs
+    and value types in the same order; dcap-qvl reads the test values back."""
+    real = (TDX_SAMPLES / "dcap-qvl" / "tdx_quote").read_bytes()
+    intel = IntelPki()
+    test = intel.quote(bytes(64))
+    assert _layout(test) == _layout(real) == (4, 2, 0x81, _layout(real)[3], 6, 32, 5)
+    parsed = dcap_qvl.parse_quote(test)
+    assert _extension_shape(bytes(parsed.cert_chain_pem_bytes())) == _extension_shape(
+        bytes(dcap_qvl.parse_quote(real).cert_chain_pem_bytes())
+    )
+    extension = parsed.pck_extension()
+    assert (bytes(extension.fmspc), bytes(extension.cpu_svn), extension.pce_svn) == (FMSPC, CPUSVN, PCESVN)
+    assert (parsed.ca(), bytes(extension.ppid)) == ("platform", intel.ppid)
