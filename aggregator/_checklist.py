@@ -7,8 +7,9 @@ step instead of stopping the service:
 1. **preflight**: the CPU TEE guest interface and NVML's CC state (``_preflight.py``);
 2. **collect**: fresh throw-away keys and a random challenge of its own, and evidence from
    the hardware collectors for them (GPU first, the CPU report covering it);
-3. **staple**: the collateral the collectors stapled (RIMs, OCSP answers, the VCEK chain),
-   each with its age and time left;
+3. **staple**: the collateral the collectors stapled (RIMs, OCSP answers, the VCEK chain,
+   Intel's TCB info, QE identity, CRLs and their issuer chains), each with its age and time
+   left;
 4. **verify**: the bundle verified with :func:`attestation.verify_bundle` under the
    production policy, with the collateral source that policy gives a client (stapled
    only unless it or ``--online`` says otherwise): exactly what a client would do;
@@ -45,6 +46,7 @@ from attestation import (
     CheckResult,
     CollateralCache,
     CollateralFetcher,
+    Evidence,
     EvidenceBundle,
     EvidenceCollectionError,
     EvidenceCollector,
@@ -59,7 +61,8 @@ from attestation import (
     verify_bundle,
 )
 from attestation._hardware import CpuTee, GpuCollector, hardware_collectors
-from attestation.cpu import SnpCertGuid, parse_sev_snp_payload, parse_tdx_quote
+from attestation._stapled import decode_stapled
+from attestation.cpu import SnpCertGuid, parse_sev_snp_payload, parse_tdx_quote, tdx_collateral_requests
 from attestation.nvidia import parse_nvidia_gpu_payload
 from fedseal.binding import CHALLENGE_SIZE, BoundKeys
 
@@ -307,6 +310,22 @@ def _stapled(bundle: EvidenceBundle) -> list[StapledItem]:
                             evidence.kind, guid.name, cert.not_valid_before_utc, cert.not_valid_after_utc
                         )
                     )
+        elif evidence.kind is EvidenceKind.INTEL_TDX:
+            items += _tdx_stapled(evidence)
+    return items
+
+
+def _tdx_stapled(evidence: Evidence) -> list[StapledItem]:
+    """Intel's PCS answers stapled beside the quote, each with its validity window."""
+    if evidence.collateral is None:
+        return []
+    stapled = decode_stapled(evidence.collateral)
+    items: list[StapledItem] = []
+    for item in tdx_collateral_requests(parse_tdx_quote(evidence.payload)).items():
+        body = stapled.get(item.request.staple_key())
+        if body is not None:
+            window = item.window(body)
+            items.append(StapledItem(evidence.kind, item.what, window.issued, window.expires))
     return items
 
 

@@ -9,12 +9,13 @@ Each item is one fetcher answer, keyed as an :class:`~attestation.OfflineFetcher
 stapled material (the URL, or ``URL#header=<name>`` for an answer that is a response
 header), in the exact bytes the vendor served. Items are sorted by key, keys are unique,
 and there are at most 32 of them. A verifier serves these answers first and asks its own
-fetcher (offline or online, as the policy says) only for what is not stapled.
+fetcher (offline or online, as the policy says) only for what is not stapled, or stapled
+but not valid at the verification time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from ._encoding import DecodeError, b64decode_strict, b64encode, canonical_json, load_json_object
 from ._errors import CollateralUnavailableError, EvidenceFormatError
@@ -67,17 +68,28 @@ def decode_stapled(data: bytes, *, field: str = "collateral") -> dict[str, bytes
 
 
 class StapledFirstFetcher:
-    """Serves the stapled answers; asks ``fallback`` only for what is not stapled."""
+    """Serves the stapled answers; asks ``fallback`` for what is not stapled.
 
-    def __init__(self, stapled: Mapping[str, bytes], fallback: CollateralFetcher) -> None:
+    ``refetch`` names stapled answers the verifier found unusable (expired, say): for those
+    ``fallback`` is asked first, and the stapled answer is served only when it has none, so
+    that the verification's refusal then names what is wrong with the stapled one.
+    """
+
+    def __init__(
+        self, stapled: Mapping[str, bytes], fallback: CollateralFetcher, *, refetch: Collection[str] = ()
+    ) -> None:
         self._stapled = dict(stapled)
         self._fallback = fallback
+        self._refetch = frozenset(refetch)
 
     def fetch(self, request: CollateralRequest) -> bytes:
-        answer = self._stapled.get(request.staple_key())
-        if answer is not None:
+        key = request.staple_key()
+        answer = self._stapled.get(key)
+        if answer is not None and key not in self._refetch:
             return answer
         try:
             return self._fallback.fetch(request)
         except CollateralUnavailableError as exc:
+            if answer is not None:
+                return answer
             raise CollateralUnavailableError(f"not stapled, and {exc}") from None

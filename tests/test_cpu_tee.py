@@ -1145,6 +1145,14 @@ def test_policy_sections_parse_and_refuse_mistakes() -> None:
             },
             "not one of UpToDate",
         ),
+        (
+            {"amd_sev_snp": {"measurements": [m]}, "intel_tdx": {"mrtd": [m], "roots": {"Milan": "x"}}},
+            "'intel_tdx.roots' must be an object with exactly 'sgx_root_ca'",
+        ),
+        (
+            {"amd_sev_snp": {"measurements": [m]}, "intel_tdx": {"mrtd": [m], "roots": {"sgx_root_ca": "x"}}},
+            "'intel_tdx.roots.sgx_root_ca' is not a PEM certificate",
+        ),
     ]
     for sections, message in cases:
         with pytest.raises(PolicyError, match=message):

@@ -1,13 +1,16 @@
 """`fedseal-aggregator check-hardware`, run against the fake device trees.
 
-The preflight probes a fake filesystem root (an SEV-SNP guest's device nodes) and a fake
-pynvml (test_preflight.py's); the collectors are the real ones over the fake NVML and
-configfs-tsm (``hardware_rig``), stapling through the test vendors; the policy is the
-production template filled with the test guest's measurement (test root pins only).
+The preflight probes a fake filesystem root (an SEV-SNP or TDX guest's device nodes) and
+a fake pynvml (test_preflight.py's); the collectors are the real ones over the fake NVML and
+configfs-tsm (``hardware_rig``, and test_hardware_path_tdx's for TDX), stapling through the
+test vendors; the policy is the production template filled with the test guest's
+measurement (test root pins only).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 from collections.abc import Iterator
@@ -17,11 +20,17 @@ from typing import Any
 import pytest
 from amd_pki import MEASUREMENT
 from hardware_rig import Rig, filled_template_document, open_rig
-from test_preflight import FakeNvml, _snp_root
+from intel_pki import MRTD, RTMRS, IntelPki
+from nvidia_pki import make_world
+from test_hardware_path import Clock, Vendors
+from test_hardware_path_tdx import TamperTdx, filled_tdx_template, open_tdx_collectors
+from test_preflight import TDX_CAPS, FakeNvml, _snp_root, _tree
 
 from aggregator._checklist import run
 from aggregator._cli import main as aggregator_main
 from aggregator._preflight import Preflight, PreflightMode
+
+DAY = datetime.timedelta(days=1)
 
 
 @pytest.fixture
@@ -146,3 +155,55 @@ def test_usage_errors_and_the_aggregator_entry_point(
         aggregator_main(["check-hardware", "--help"])
     assert info.value.code == 0
     assert "exit status" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- a TDX host
+
+
+def test_a_ready_tdx_host_lists_intels_collateral_and_its_ages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world, intel = make_world(), IntelPki()
+    vendors = Vendors(world, None, Clock(), intel=intel)
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(filled_tdx_template(world, intel)))
+    root = _tree(tmp_path / "root", "dev/tdx_guest", tsm_entries={"probe": "tdx_guest"})
+    preflight = Preflight(PreflightMode.HARDWARE, root=root, nvml=FakeNvml(cpu_caps=TDX_CAPS))
+    with contextlib.ExitStack() as stack:
+        gpu, tdx = open_tdx_collectors(tmp_path, monkeypatch, stack, vendors)
+        tampering = TamperTdx(tdx)
+        collectors = [gpu, tampering]
+        status = run(["--policy", str(policy), "--json"], preflight=preflight, collectors=collectors)
+        report: dict[str, Any] = json.loads(capsys.readouterr().out)
+        assert status == 0 and report["passed"] is True, report
+        assert report["policy"] == "production-tdx-gpu"
+        items = {i["item"]: i for i in report["stapled"] if i["evidence"] == "intel-tdx"}
+        assert set(items) == {
+            "Intel TCB info (FMSPC 90C06F000000)",
+            "Intel TCB info issuer chain",
+            "Intel QE identity",
+            "Intel QE identity issuer chain",
+            "Intel PCK CRL (platform CA)",
+            "Intel PCK CRL issuer chain",
+            "Intel SGX Root CA CRL",
+        }
+        for name in ("Intel TCB info (FMSPC 90C06F000000)", "Intel QE identity", "Intel SGX Root CA CRL"):
+            # Issued an hour before the test PKI's "now", valid 30 days.
+            assert 3600 - 60 <= items[name]["age_seconds"] <= 3600 + 600
+            assert 29 * 86400 < items[name]["seconds_left"] <= 30 * 86400
+        assert [m["register"] for m in report["measurements"]] == ["MRTD", "RTMR0", "RTMR1", "RTMR2", "RTMR3"]
+        assert [bytes.fromhex(m["value"]) for m in report["measurements"]] == [MRTD, *RTMRS]
+        assert all(m["pinned"] is True for m in report["measurements"])
+
+        # The text report prints each item's age; an expired item fails the staple step.
+        stale = intel.pcs_answers(
+            intel.collateral_json(qe_identity=intel.qe_identity(issued=intel.now - 40 * DAY))
+        )
+        qe_key = next(k for k in stale if k.endswith("/tdx/certification/v4/qe/identity"))
+        tampering.edit = lambda stapled: {**stapled, qe_key: stale[qe_key]}
+        assert run(["--policy", str(policy)], preflight=preflight, collectors=collectors) == 1
+        text = capsys.readouterr().out
+        assert "intel-tdx    Intel PCK CRL (platform CA): issued 60m ago, expires in 29d" in text
+        assert "intel-tdx    Intel QE identity: issued 40d ago, expires in -10d" in text
+        assert "[   FAIL] staple: expired: Intel QE identity" in text
+        assert "[   FAIL] verify: TdxCollateralError" in text

@@ -16,9 +16,8 @@ cache; a client verifies offline (stapled only) under a policy equal to the ship
 and the root pins, which name the test PKIs. Then every stapled item is taken away,
 expired or revoked: a named refusal and nothing sent; with the online option the missing
 item is fetched and the evidence accepted. The auditor verifies the same bundle from the
-log, offline. TDX is not covered here: a test Intel PKI would need PCK certificates with
-Intel's SGX extensions, QE reports and signed TCB info that dcap-qvl accepts under a
-replaced root; the real sample quote and collateral are verified in test_cpu_tee.py.
+log, offline. GPU + TDX runs the same way in test_hardware_path_tdx.py, on the test Intel
+PKI (``intel_pki``) with Intel's PCS collateral stapled.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from fake_nvml import FakeNvml, install_fake_nvml
 from identities import site_identity
+from intel_pki import IntelPki
 from nvidia_pki import (
     DRIVER,
     VBIOS,
@@ -174,14 +174,16 @@ class Clock:
 
 @dataclass
 class Vendors:
-    """NVIDIA's RIM service and OCSP responder and AMD KDS, as a CollateralFetcher."""
+    """NVIDIA's RIM service and OCSP responder, and AMD KDS or Intel PCS (with Intel's root
+    CRL endpoint), as a CollateralFetcher."""
 
     world: World
-    amd: AmdPki
+    amd: AmdPki | None
     clock: Clock
     down: bool = False
     revoked: set[int] = field(default_factory=set)
     requests: list[CollateralRequest] = field(default_factory=list)
+    intel: IntelPki | None = None
 
     def fetch(self, request: CollateralRequest) -> bytes:
         self.requests.append(request)
@@ -198,7 +200,9 @@ class Vendors:
                     return ocsp_response(
                         cert, issuer, status=status, this_update=now - HOUR, next_update=now + 24 * HOUR
                     )
-        answers = {**rim_urls(self.world), **self.amd.kds_answers()}
+        if self.intel is not None and request.staple_key() in (pcs := self.intel.pcs_answers()):
+            return pcs[request.staple_key()]
+        answers = {**rim_urls(self.world), **(self.amd.kds_answers() if self.amd is not None else {})}
         if request.url in answers:
             return answers[request.url]
         raise CollateralUnavailableError(f"test vendors know nothing at {request.url}")
@@ -654,4 +658,5 @@ def test_shipped_policies_never_replace_a_vendor_root() -> None:
         policy = load_builtin_policy(name)
         assert policy.nvidia_gpu.device_root is None and policy.nvidia_gpu.rim_root is None, name
         assert policy.amd_sev_snp is None or policy.amd_sev_snp.roots is None, name
+        assert policy.intel_tdx is None or policy.intel_tdx.sgx_root_ca is None, name
         assert policy.collateral.source.value == "stapled", name

@@ -233,6 +233,33 @@ def test_online_fetches_what_is_not_stapled(stapler: TdxCollateralStapler) -> No
     )
 
 
+def test_a_stapled_answer_the_verifier_cannot_use_is_asked_anew_first() -> None:
+    """StapledFirstFetcher: an answer named in ``refetch`` goes to the fallback first; the
+    stapled copy is served only when the fallback has none (so the refusal names it)."""
+    stale, good = (
+        CollateralRequest(url="https://pcs.test/stale"),
+        CollateralRequest(url="https://pcs.test/good"),
+    )
+    network = {"up": True}
+    asked: list[str] = []
+
+    class Network:
+        def fetch(self, request: CollateralRequest) -> bytes:
+            asked.append(request.url)
+            if not network["up"]:
+                raise CollateralUnavailableError("test network is down")
+            return b"fresh"
+
+    stapled = {stale.staple_key(): b"expired", good.staple_key(): b"valid"}
+    fetcher = StapledFirstFetcher(stapled, Network(), refetch={stale.staple_key()})
+    assert fetcher.fetch(good) == b"valid" and asked == []  # a usable staple: no network
+    assert fetcher.fetch(stale) == b"fresh" and asked == [stale.url]
+    network["up"] = False
+    assert fetcher.fetch(stale) == b"expired"  # nothing better: the stapled one, to be refused
+    with pytest.raises(CollateralUnavailableError, match="not stapled, and test network is down"):
+        fetcher.fetch(CollateralRequest(url="https://pcs.test/missing"))
+
+
 # --------------------------------------------------------------------------- the aggregator side
 
 

@@ -60,6 +60,7 @@ from ._snp import (
 from ._staple import SevSnpCollateralStapler, amd_cert_chain_url
 from ._tdx import (
     INTEL_PCS_BASE_URL,
+    TdxCollateralItem,
     TdxCollateralRequests,
     TdxQuote,
     VerifiedTdxQuote,
@@ -103,6 +104,7 @@ __all__ = [
     "SnpTcb",
     "TdxCertificateChainError",
     "TdxCollateralError",
+    "TdxCollateralItem",
     "TdxCollateralRequests",
     "TdxCollateralStapler",
     "TdxPolicy",

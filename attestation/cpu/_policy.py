@@ -32,7 +32,9 @@ fails. ``fmc`` exists on Turin only (and is required there).
 
 ``roots`` (SEV-SNP, ``{"Milan": "<PEM ARK>", ...}``) REPLACES the AMD root key FedSeal pins
 for those products; the ASK (ASVK) must then travel in the evidence's certificate table.
-It exists for a private test PKI standing in for AMD's; a production policy never carries it.
+``roots`` (TDX, ``{"sgx_root_ca": "<PEM>"}``) REPLACES the pinned Intel SGX Root CA: the
+quote's PCK chain and every collateral signer must then chain to it. Both exist for a
+private test PKI standing in for the vendor's; a production policy never carries them.
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ class SnpTcb:
 _SNP_KEYS = frozenset({"measurements", "allowed_products", "allow_debug", "minimum_tcb", "roots"})
 _TCB_KEYS = frozenset({"bootloader", "tee", "snp", "microcode", "fmc"})
 _TDX_RTMRS = ("rtmr0", "rtmr1", "rtmr2", "rtmr3")
-_TDX_KEYS = frozenset({"mrtd", *_TDX_RTMRS, "allow_debug", "allowed_tcb_statuses"})
+_TDX_KEYS = frozenset({"mrtd", *_TDX_RTMRS, "allow_debug", "allowed_tcb_statuses", "roots"})
+_TDX_ROOT_KEYS = frozenset({"sgx_root_ca"})
 
 
 @dataclass(frozen=True)
@@ -221,9 +224,13 @@ class TdxPolicy:
     rtmrs: Mapping[int, tuple[bytes, ...]] = field(default_factory=lambda: MappingProxyType({}))
     allow_debug: bool = False
     allowed_tcb_statuses: tuple[TdxTcbStatus, ...] = (TdxTcbStatus.UP_TO_DATE,)
+    #: Replacement Intel SGX Root CA (a private test PKI only); None: Intel's pinned root.
+    sgx_root_ca: x509.Certificate | None = None
 
     def __post_init__(self) -> None:
         _check_measurements(self.mrtd, "intel_tdx.mrtd", TDX_MEASUREMENT_SIZE)
+        if self.sgx_root_ca is not None and not isinstance(self.sgx_root_ca, x509.Certificate):
+            raise PolicyError("intel_tdx.roots.sgx_root_ca must be an X.509 certificate")
         if not isinstance(self.rtmrs, Mapping):
             raise PolicyError("intel_tdx RTMR allow-lists must be a mapping of index to values")
         for index, values in self.rtmrs.items():
@@ -246,7 +253,13 @@ class TdxPolicy:
 
     def __hash__(self) -> int:
         return hash(
-            (self.mrtd, tuple(sorted(self.rtmrs.items())), self.allow_debug, self.allowed_tcb_statuses)
+            (
+                self.mrtd,
+                tuple(sorted(self.rtmrs.items())),
+                self.allow_debug,
+                self.allowed_tcb_statuses,
+                self.sgx_root_ca,
+            )
         )
 
     @classmethod
@@ -271,6 +284,8 @@ class TdxPolicy:
             fields["allowed_tcb_statuses"] = _enum_list(
                 document["allowed_tcb_statuses"], TdxTcbStatus, "intel_tdx.allowed_tcb_statuses", where
             )
+        if "roots" in document:
+            fields["sgx_root_ca"] = _tdx_root(document["roots"], where)
         try:
             return cls(**fields)  # type: ignore[arg-type]
         except PolicyError as exc:
@@ -384,3 +399,11 @@ def _roots(value: object, where: str) -> dict[SevSnpProduct, x509.Certificate]:
             raise PolicyError(f"{where}: key 'amd_sev_snp.roots.{name}' is not a product ({known})") from None
         result[product] = pem_certificate(pem, f"{where}: key 'amd_sev_snp.roots.{name}'")
     return result
+
+
+def _tdx_root(value: object, where: str) -> x509.Certificate:
+    from ..nvidia._policy import pem_certificate  # one PEM reader for every section
+
+    if not isinstance(value, dict) or set(value) != _TDX_ROOT_KEYS:
+        raise PolicyError(f"{where}: key 'intel_tdx.roots' must be an object with exactly 'sgx_root_ca'")
+    return pem_certificate(value["sgx_root_ca"], f"{where}: key 'intel_tdx.roots.sgx_root_ca'")

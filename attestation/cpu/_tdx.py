@@ -23,14 +23,16 @@ answer is keyed ``URL#header=<lower-case name>``, see ``CollateralRequest.staple
 :func:`tdx_collateral_staples` turns a dcap-qvl ``QuoteCollateralV3`` JSON into them.
 The aggregator's :class:`~attestation.cpu.TdxCollateralStapler` staples them beside the
 quote (the evidence item's ``collateral``, see ``attestation/_stapled.py``); the verifier
-serves those first and fetches only what is missing, and only when the policy is online.
+serves those first and fetches only what is missing or not valid at the verification time
+(``_tdx_windows.py``), and only when the policy is online.
 
 Verification
 ------------
 
 ``dcap_qvl.verify_with_root_ca`` checks the quote, the QE report, the PCK chain, the CRLs,
-the TCB info and the QE identity against the pinned Intel SGX Root CA at the verification
-time, and rates the platform's TCB. FedSeal then checks, from the quote's TD report, the
+the TCB info and the QE identity against the pinned Intel SGX Root CA (or the policy's
+``intel_tdx.roots`` replacement, for a private test PKI) at the verification time, and
+rates the platform's TCB. FedSeal then checks, from the quote's TD report, the
 TCB status against the policy, REPORTDATA against the expected report data, the DEBUG TD
 attribute, MRTD and the RTMRs against the policy's allow-lists.
 """
@@ -42,12 +44,13 @@ import hmac
 import json
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import InitVar, dataclass
 from typing import TYPE_CHECKING, Any
 
 import dcap_qvl
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from fedseal import strictjson
 
@@ -75,12 +78,14 @@ from ._errors import (
 from ._policy import TdxPolicy, TdxTcbStatus
 from ._report_data import CPU_REPORT_DATA_SIZE, cpu_report_data
 from ._roots import intel_sgx_root_ca_der
+from ._tdx_windows import CollateralWindow, chain_window, crl_window, signed_document_window
 
 if TYPE_CHECKING:
     from .._verify import VerificationContext
 
 __all__ = [
     "INTEL_PCS_BASE_URL",
+    "TdxCollateralItem",
     "TdxCollateralRequests",
     "TdxQuote",
     "VerifiedTdxQuote",
@@ -169,9 +174,21 @@ def parse_tdx_quote(data: bytes, *, field: str = "quote") -> TdxQuote:
 
 
 @dataclass(frozen=True)
+class TdxCollateralItem:
+    """One Intel PCS answer of a quote's collateral: what it is, how it is fetched, and
+    when an answer is valid (``window`` raises ValueError for an unreadable one)."""
+
+    what: str
+    request: CollateralRequest
+    window: Callable[[bytes], CollateralWindow]
+
+
+@dataclass(frozen=True)
 class TdxCollateralRequests:
     """The fetches that make up a TDX quote's collateral (see the module docstring)."""
 
+    fmspc: str
+    pck_ca: str
     tcb_info: CollateralRequest
     tcb_info_chain: CollateralRequest
     qe_identity: CollateralRequest
@@ -192,6 +209,25 @@ class TdxCollateralRequests:
             self.root_ca_crl,
         )
 
+    def items(self) -> tuple[TdxCollateralItem, ...]:
+        """Every request with its name and validity reading, in the order of :meth:`all`."""
+        return tuple(
+            TdxCollateralItem(what, request, window)
+            for request, (what, window) in zip(
+                self.all(),
+                (
+                    (f"Intel TCB info (FMSPC {self.fmspc})", signed_document_window("tcbInfo")),
+                    ("Intel TCB info issuer chain", chain_window),
+                    ("Intel QE identity", signed_document_window("enclaveIdentity")),
+                    ("Intel QE identity issuer chain", chain_window),
+                    (f"Intel PCK CRL ({self.pck_ca} CA)", crl_window),
+                    ("Intel PCK CRL issuer chain", chain_window),
+                    ("Intel SGX Root CA CRL", crl_window),
+                ),
+                strict=True,
+            )
+        )
+
 
 def _root_ca_crl_url() -> str:
     root = x509.load_der_x509_certificate(intel_sgx_root_ca_der())
@@ -209,6 +245,8 @@ def tdx_collateral_requests(quote: TdxQuote) -> TdxCollateralRequests:
     qe = f"{INTEL_PCS_BASE_URL}/tdx/certification/v4/qe/identity"
     crl = f"{INTEL_PCS_BASE_URL}/sgx/certification/v4/pckcrl?ca={quote.pck_ca}&encoding=der"
     return TdxCollateralRequests(
+        fmspc=quote.fmspc,
+        pck_ca=quote.pck_ca,
         tcb_info=CollateralRequest(url=tcb),
         tcb_info_chain=CollateralRequest(url=tcb, response_header=_HEADER_TCB_CHAIN),
         qe_identity=CollateralRequest(url=qe),
@@ -471,8 +509,14 @@ def _appraise(
 
     status: TdxTcbStatus | None = None
     advisories: tuple[str, ...] = ()
+    replaced = policy.sgx_root_ca if policy is not None else None
     verify_name = f"{label} quote signature and chain"
-    verify_expected = f"verifies to the pinned Intel SGX Root CA at {now:%Y-%m-%d %H:%M} UTC"
+    anchor = (
+        "the pinned Intel SGX Root CA"
+        if replaced is None
+        else f"the policy's replacement root ({replaced.subject.rfc4514_string()})"
+    )
+    verify_expected = f"verifies to {anchor} at {now:%Y-%m-%d %H:%M} UTC"
     if collateral is None:
         checks.record(
             verify_name,
@@ -484,9 +528,12 @@ def _appraise(
         )
     else:
         try:
-            result: Any = dcap_qvl.verify_with_root_ca(
-                quote.raw, collateral, intel_sgx_root_ca_der(), int(now.timestamp())
+            root_der = (
+                intel_sgx_root_ca_der()
+                if replaced is None
+                else replaced.public_bytes(serialization.Encoding.DER)
             )
+            result: Any = dcap_qvl.verify_with_root_ca(quote.raw, collateral, root_der, int(now.timestamp()))
         except ValueError as exc:
             reason = shorten(str(exc).removeprefix("Verification failed: "))
             checks.record(
@@ -580,6 +627,44 @@ def _check_policy(label: str, quote: TdxQuote, policy: TdxPolicy, checks: CheckR
         )
 
 
+def _stale_staples(
+    payload: bytes,
+    stapled: Mapping[str, bytes],
+    now: datetime.datetime,
+    max_tcb_info_age: datetime.timedelta | None,
+) -> dict[str, str]:
+    """The stapled answers that are not valid at ``now`` (unreadable, not yet issued,
+    expired, or TCB info older than the policy allows): staple key -> what it is.
+
+    The verifier asks its fetcher for these first, as the NVIDIA verifier does for an
+    unusable stapled RIM or OCSP answer; offline, dcap-qvl then refuses the stapled one
+    and names what is wrong with it.
+    """
+    try:
+        quote = parse_tdx_quote(payload)
+    except EvidenceFormatError:
+        return {}  # _appraise records the format failure
+    requests = tdx_collateral_requests(quote)
+    stale: dict[str, str] = {}
+    for item in requests.items():
+        key = item.request.staple_key()
+        if key not in stapled:
+            continue
+        try:
+            window = item.window(stapled[key])
+        except ValueError:
+            stale[key] = item.what
+            continue
+        too_old = (
+            item.request == requests.tcb_info
+            and max_tcb_info_age is not None
+            and now - window.issued > max_tcb_info_age
+        )
+        if too_old or not window.covers(now):
+            stale[key] = item.what
+    return stale
+
+
 def verify_tdx_evidence(label: str, evidence: Evidence, ctx: VerificationContext) -> None:
     """The ``intel-tdx`` verifier of :func:`attestation.verify_bundle`.
 
@@ -604,15 +689,17 @@ def verify_tdx_evidence(label: str, evidence: Evidence, ctx: VerificationContext
                 message=str(exc),
             )
         else:
+            stale = _stale_staples(evidence.payload, stapled, ctx.now, ctx.policy.collateral.max_tcb_info_age)
             ctx.checks.record(
                 f"{label} stapled collateral",
                 expected=f"a {STAPLED_COLLATERAL_FORMAT} document",
-                found=f"{len(stapled)} stapled Intel PCS answers",
+                found=f"{len(stapled)} stapled Intel PCS answers"
+                + (f"; not valid at the verification time: {', '.join(stale.values())}" if stale else ""),
                 passed=True,
                 error=EvidenceFormatError,
                 message="",
             )
-            fetcher = StapledFirstFetcher(stapled, ctx.fetcher)
+            fetcher = StapledFirstFetcher(stapled, ctx.fetcher, refetch=stale.keys())
     _appraise(
         label,
         evidence.payload,

@@ -18,19 +18,15 @@ refresh serves the cached answer until it expires, then collection fails closed 
 from __future__ import annotations
 
 import datetime
-import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-
-from fedseal import strictjson
-
 from .._bundle import Evidence, EvidenceKind
-from .._collateral import CollateralCache, CollateralValidity
+from .._collateral import Appraiser, CollateralCache, CollateralValidity
 from .._errors import EvidenceCollectionError, EvidenceFormatError
 from .._stapled import encode_stapled
 from ._tdx import parse_tdx_quote, tdx_collateral_requests
+from ._tdx_windows import CollateralWindow
 
 if TYPE_CHECKING:  # a runtime import would be circular (_collect imports this package)
     from .._collect import EvidenceCollector
@@ -42,8 +38,6 @@ _AT_MOST = datetime.timedelta(days=1)
 # Close to an item's nextUpdate, ask PCS at most hourly (not on every GetAttestation).
 _AT_LEAST = datetime.timedelta(hours=1)
 
-_Appraise = Callable[[bytes, datetime.datetime], CollateralValidity]
-
 
 def _validity(expires: datetime.datetime, now: datetime.datetime) -> CollateralValidity:
     """Refresh a week before ``expires``, at least daily, at most hourly, never after it."""
@@ -51,29 +45,8 @@ def _validity(expires: datetime.datetime, now: datetime.datetime) -> CollateralV
     return CollateralValidity(refresh_at=refresh, expires_at=expires)
 
 
-def _signed_document(member: str) -> _Appraise:
-    def appraise(body: bytes, now: datetime.datetime) -> CollateralValidity:
-        value = strictjson.loads(body, what=f"Intel {member}")[member]["nextUpdate"]
-        next_update = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        if next_update.tzinfo is None:
-            raise ValueError(f"{member}.nextUpdate has no time zone")
-        return _validity(next_update, now)
-
-    return appraise
-
-
-def _crl(body: bytes, now: datetime.datetime) -> CollateralValidity:
-    next_update = x509.load_der_x509_crl(body).next_update_utc
-    if next_update is None:
-        raise ValueError("the CRL has no nextUpdate")
-    return _validity(next_update, now)
-
-
-def _chain(header: bytes, now: datetime.datetime) -> CollateralValidity:
-    pem = urllib.parse.unquote(header.decode("ascii"), errors="strict").encode("ascii")
-    certificates = x509.load_pem_x509_certificates(pem)
-    expires = min(certificate.not_valid_after_utc for certificate in certificates)
-    return _validity(expires, now)
+def _appraiser(window: Callable[[bytes], CollateralWindow]) -> Appraiser:
+    return lambda body, now: _validity(window(body).expires, now)
 
 
 class TdxCollateralStapler:
@@ -96,19 +69,8 @@ class TdxCollateralStapler:
             quote = parse_tdx_quote(item.payload)
         except EvidenceFormatError as exc:
             raise EvidenceCollectionError(f"the TDX evidence does not parse: {exc}") from None
-        requests = tdx_collateral_requests(quote)
-        where = f"FMSPC {quote.fmspc}, {quote.pck_ca} CA"
-        wanted: list[tuple[str, _Appraise]] = [
-            (f"Intel TCB info ({where})", _signed_document("tcbInfo")),
-            ("Intel TCB info issuer chain", _chain),
-            ("Intel QE identity", _signed_document("enclaveIdentity")),
-            ("Intel QE identity issuer chain", _chain),
-            (f"Intel PCK CRL ({quote.pck_ca} CA)", _crl),
-            ("Intel PCK CRL issuer chain", _chain),
-            ("Intel SGX Root CA CRL", _crl),
-        ]
         answers = {
-            request.staple_key(): self._cache.get(request, appraise, what=what)
-            for request, (what, appraise) in zip(requests.all(), wanted, strict=True)
+            item.request.staple_key(): self._cache.get(item.request, _appraiser(item.window), what=item.what)
+            for item in tdx_collateral_requests(quote).items()
         }
         return Evidence(kind=EvidenceKind.INTEL_TDX, payload=item.payload, collateral=encode_stapled(answers))
