@@ -335,7 +335,7 @@ def test_agent_failures_are_named(agent: FakeAgent) -> None:
 def test_an_agent_that_is_down_or_hangs_fails_within_the_timeout() -> None:
     with fake_agent(lambda _: (200, b"{}")) as gone:
         url = gone.url
-    with pytest.raises(CocoAgentError, match="cannot get evidence"):
+    with pytest.raises(CocoAgentError, match="cannot reach the attestation agent"):
         CocoEvidenceCollector(EvidenceKind.INTEL_TDX, url=url).collect(bytes(64))
 
     def hang(_: bytes) -> tuple[int, bytes]:
@@ -344,7 +344,7 @@ def test_an_agent_that_is_down_or_hangs_fails_within_the_timeout() -> None:
 
     with fake_agent(hang) as slow:
         started = time.monotonic()
-        with pytest.raises(CocoAgentError, match="cannot get evidence"):
+        with pytest.raises(CocoAgentError, match="cannot reach the attestation agent"):
             CocoEvidenceCollector(EvidenceKind.INTEL_TDX, url=slow.url, timeout=0.3).collect(bytes(64))
         assert time.monotonic() - started < 1.5
 
