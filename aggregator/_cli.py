@@ -500,19 +500,35 @@ def _self_attestation_policy(args: argparse.Namespace) -> Policy | None:
 _COCO_TEES = {CpuTee.COCO_SEV_SNP: CvmTee.AMD_SEV_SNP, CpuTee.COCO_TDX: CvmTee.INTEL_TDX}
 
 
-def _host(args: argparse.Namespace, policy: Policy | None) -> tuple[GpuRequirement, CocoAgent | None]:
-    """What the preflight must find: GPUs or (explicitly) none, and where the CPU TEE shows."""
-    cpu = CpuTee(args.cpu_tee)
-    if args.coco_agent_url is not None and cpu not in _COCO_TEES:
+def preflight_host(
+    gpu: GpuCollector, cpu: CpuTee, coco_agent_url: str | None
+) -> tuple[GpuRequirement, CocoAgent | None]:
+    """What the preflight must find, from the collector options: GPUs in CC mode, or none
+    where --gpu-collector none says so; the CPU TEE in the device tree, or shown by the
+    attestation agent for --cpu-tee coco-*. Raises ConfigError for options that disagree."""
+    if coco_agent_url is not None and cpu not in _COCO_TEES:
         raise ConfigError("--coco-agent-url applies to --cpu-tee coco-sev-snp or coco-tdx only")
-    if args.insecure_simulated_tee:
-        return GpuRequirement.CC_GPUS, None  # replaced by the simulated TEE: nothing is probed
-    gpus = GpuRequirement.NONE if args.gpu_collector == GpuCollector.NONE.value else GpuRequirement.CC_GPUS
+    gpus = GpuRequirement.NONE if gpu is GpuCollector.NONE else GpuRequirement.CC_GPUS
     if gpus is GpuRequirement.NONE and cpu is CpuTee.NONE:
         raise ConfigError(
             "no evidence collector chosen (--gpu-collector none, --cpu-tee none): name the GPU "
             "collector and/or the CPU TEE of this VM"
         )
+    if cpu not in _COCO_TEES:
+        return gpus, None
+    try:
+        agent = CocoAgent(_COCO_TEES[cpu], url=coco_agent_url or DEFAULT_COCO_AGENT_URL)
+    except CocoAgentError as exc:
+        raise ConfigError(f"--coco-agent-url: {exc}") from None
+    return gpus, agent
+
+
+def _host(args: argparse.Namespace, policy: Policy | None) -> tuple[GpuRequirement, CocoAgent | None]:
+    if args.insecure_simulated_tee:  # replaced by the simulated TEE: nothing is probed
+        if args.coco_agent_url is not None:
+            raise ConfigError("--coco-agent-url applies to hardware mode, not --insecure-simulated-tee")
+        return GpuRequirement.CC_GPUS, None
+    gpus, agent = preflight_host(GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee), args.coco_agent_url)
     if (
         gpus is GpuRequirement.NONE
         and policy is not None
@@ -523,12 +539,6 @@ def _host(args: argparse.Namespace, policy: Policy | None) -> tuple[GpuRequireme
             "evidence, which a host without GPUs cannot give; pass --self-attestation-policy with a "
             "policy that requires the CPU TEE only (policies/templates/production-*-cpu.json)"
         )
-    if cpu not in _COCO_TEES:
-        return gpus, None
-    try:
-        agent = CocoAgent(_COCO_TEES[cpu], url=args.coco_agent_url or DEFAULT_COCO_AGENT_URL)
-    except CocoAgentError as exc:
-        raise ConfigError(f"--coco-agent-url: {exc}") from None
     return gpus, agent
 
 

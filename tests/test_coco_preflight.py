@@ -35,6 +35,7 @@ from identities import site_identity, write_enrolment
 from test_cpu_tee import SNP_SAMPLES, UP_TO_DATE
 from test_preflight import FakeNvml, _snp_root, _tree
 
+from aggregator._checklist import run as check_hardware
 from aggregator._cli import main, run
 from aggregator._preflight import (
     AttestationAgentEvidenceError,
@@ -499,3 +500,23 @@ def test_the_aggregator_serves_from_a_coco_pod_without_gpus(
         if "enclave_started" in line
     ]
     assert len(started) == 1
+
+
+def test_the_operators_checklist_passes_in_the_pod_without_gpus(
+    agent: FakeAgent, amd: AmdPki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fedseal-aggregator check-hardware` with the same options as the service: every step
+    passes under the CPU-only policy, the preflight saying the host has no GPU, as declared."""
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(cpu_only_document(amd)))
+    options = ["--cpu-tee", "coco-sev-snp", "--gpu-collector", "none", "--coco-agent-url", agent.url]
+    rc = check_hardware(["--policy", str(policy_file), *options, "--json"], network=OfflineFetcher())
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and report["passed"], report
+    (preflight,) = [s for s in report["steps"] if s["name"] == "preflight"]
+    assert preflight["summary"] == "CPU TEE amd-sev-snp, no GPU (a GPU-less host, as declared)"
+    assert [m["pinned"] for m in report["measurements"]] == [True]
+    # Under a policy that requires GPUs the same pod is not ready, and the report says why.
+    policy_file.write_text(json.dumps(gpu_document(amd)))
+    assert check_hardware(["--policy", str(policy_file), *options], network=OfflineFetcher()) == 1
+    assert "requires 'nvidia-gpu' evidence" in capsys.readouterr().out
