@@ -546,8 +546,9 @@ def _print_refusal(what: str, exc: Exception, checks: Sequence[CheckResult]) -> 
     lines = [f"error: {what}: {exc}"]
     lines += [f"  failed: {c.name}: expected {c.expected}, found {c.found}" for c in checks if not c.passed]
     lines.append(
-        "Run the aggregator in an SEV-SNP or TDX confidential VM with its GPUs in production CC "
-        "mode (see deploy/README.md, 'Start-up preflight'). For local development only, pass "
+        "Run the aggregator in an SEV-SNP or TDX confidential VM or Confidential Containers pod, "
+        "with its GPUs in production CC mode (or --gpu-collector none where it has none; see "
+        "deploy/README.md, 'Start-up preflight'). For local development only, pass "
         "--insecure-simulated-tee."
     )
     print("\n".join(lines), file=sys.stderr)
