@@ -216,8 +216,13 @@ def test_statefulset_runs_one_confidential_pod_with_limits_probes_and_a_log_volu
     args = aggregator_cli_parser().parse_args(container["args"])
     assert args.listen.endswith(f":{port['containerPort']}")
     assert args.health_listen.port == ports["health"]["containerPort"]
-    # In the pod VM the container reaches its TEE through the CoCo attestation agent only.
+    # In the pod VM the container reaches its TEE through the CoCo attestation agent only,
+    # whose API the Kata agent opens only when the guest kernel command line asks for it.
     assert args.cpu_tee == "coco-" + pod["runtimeClassName"].rsplit("-", 1)[1].replace("snp", "sev-snp")
+    kernel_params = spec["template"]["metadata"]["annotations"][
+        "io.katacontainers.config.hypervisor.kernel_params"
+    ]
+    assert "agent.guest_components_rest_api=attestation" in kernel_params.split()
     assert not args.insecure_simulated_tee and args.gpu_collector != "none"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     (claim,) = spec["volumeClaimTemplates"]

@@ -160,7 +160,8 @@ class CocoEvidenceCollector:
         if tee is None:
             raise CocoAgentUnavailableError(
                 f"the API server at {self._host}:{self._port} names no TEE in /info: it runs without "
-                "the attestation agent (start api-server-rest with the attestation feature)"
+                "the attestation agent (its features must include attestation; in Kata, the kernel "
+                "parameter agent.guest_components_rest_api=attestation or all)"
             )
         if not isinstance(tee, str) or not tee.isascii() or not tee.isprintable() or len(tee) > 64:
             raise CocoEvidenceFormatError(
