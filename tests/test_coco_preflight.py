@@ -293,6 +293,7 @@ def test_each_bad_agent_is_a_named_one_line_refusal(case: str, amd: AmdPki, tmp_
             gpus=GpuRequirement.NONE,
             coco_agent=CocoAgent(CpuTee.AMD_SEV_SNP, url=url, timeout=5),
         ).check()
+    assert type(info.value) is refusal  # not merely a subclass of it
     message = str(info.value)
     assert named in message and "\n" not in message
     assert message.startswith(f"the attestation agent at {url}")
