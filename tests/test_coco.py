@@ -10,6 +10,7 @@ bundle collected through the agent verifies end to end; malformed answers are re
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime
 import json
@@ -41,6 +42,8 @@ from attestation.cpu import (
     CocoAgentError,
     CocoEvidenceCollector,
     CocoEvidenceFormatError,
+    CocoSampleEvidenceError,
+    CocoTeeMismatchError,
     CpuReportDataMismatchError,
     SevSnpCollateralStapler,
     SevSnpPolicy,
@@ -306,6 +309,25 @@ def test_malformed_tdx_documents_are_refused_by_name(agent: FakeAgent) -> None:
         agent.answer = serving({report_data: document})
         with pytest.raises(CocoEvidenceFormatError, match=named):
             collector.collect(report_data)
+
+
+def test_another_tees_or_the_sample_attesters_evidence_is_refused_as_such(agent: FakeAgent) -> None:
+    """A whole document of the other TEE, or the agent's sample fallback (no TEE found), is
+    named for what it is, not for its first unexpected field."""
+    snp = CocoEvidenceCollector(EvidenceKind.AMD_SEV_SNP, url=agent.url)
+    tdx = CocoEvidenceCollector(EvidenceKind.INTEL_TDX, url=agent.url)
+    sample = {"svn": "1", "report_data": base64.b64encode(bytes(64)).decode()}
+    for collector, document, refusal, found in (
+        (snp, agent_tdx_document(UP_TO_DATE.quote_bytes()), CocoTeeMismatchError, "intel-tdx"),
+        (tdx, _genoa_document(), CocoTeeMismatchError, "amd-sev-snp"),
+        (snp, sample, CocoSampleEvidenceError, "sample"),
+        (tdx, sample, CocoSampleEvidenceError, "sample"),
+    ):
+        agent.answer = serving({bytes(64): document})
+        with pytest.raises(refusal) as info:
+            collector.collect(bytes(64))
+        assert type(info.value) is refusal and info.value.found == found
+        assert isinstance(info.value, CocoEvidenceFormatError)
 
 
 def test_evidence_over_other_report_data_is_refused(agent: FakeAgent) -> None:
