@@ -39,8 +39,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509 import ocsp
 
+from aggregator._cli import preflight_host
 from aggregator._preflight import CpuTee as CvmTee
-from aggregator._preflight import Preflight, PreflightError, PreflightMode, PreflightReport
+from aggregator._preflight import GpuRequirement, Preflight, PreflightError, PreflightMode, PreflightReport
 from attestation import (
     AttestationError,
     CheckResult,
@@ -65,6 +66,7 @@ from attestation._stapled import decode_stapled
 from attestation.cpu import SnpCertGuid, parse_sev_snp_payload, parse_tdx_quote, tdx_collateral_requests
 from attestation.nvidia import parse_nvidia_gpu_payload
 from fedseal.binding import CHALLENGE_SIZE, BoundKeys
+from fedseal.roundconfig import ConfigError
 
 __all__ = ["ChecklistReport", "StepStatus", "main", "run", "run_checklist"]
 
@@ -219,14 +221,12 @@ def run_checklist(
         steps.append(Step("preflight", StepStatus.FAILED, f"{type(exc).__name__}: {exc}", tuple(exc.checks)))
         return report()
     cvm = found.cvm.tee.value if found.cvm else "none"
-    steps.append(
-        Step(
-            "preflight",
-            StepStatus.PASSED,
-            f"CPU TEE {cvm}, {len(found.gpus)} GPU(s) in CC mode",
-            found.checks,
-        )
+    gpus = (
+        "no GPU (a GPU-less host, as declared)"
+        if found.gpu_requirement is GpuRequirement.NONE
+        else f"{len(found.gpus)} GPU(s) in CC mode"
     )
+    steps.append(Step("preflight", StepStatus.PASSED, f"CPU TEE {cvm}, {gpus}", found.checks))
 
     keys = BoundKeys(
         hpke_public_key=X25519PrivateKey.generate().public_key().public_bytes_raw(),
@@ -392,7 +392,12 @@ def _parser() -> argparse.ArgumentParser:
         "--gpu-collector",
         choices=[c.value for c in GpuCollector],
         default=GpuCollector.NV_LOCAL_GPU_VERIFIER.value,
-        help="as for the aggregator (default: %(default)s)",
+        help="as for the aggregator; none: a host without GPUs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--coco-agent-url",
+        metavar="URL",
+        help="as for the aggregator: the attestation agent with --cpu-tee coco-sev-snp|coco-tdx",
     )
     p.add_argument("--nvattest", default="nvattest", metavar="PATH", help="the nvattest executable")
     p.add_argument("--min-gpus", type=int, default=1, metavar="N", help="GPUs required (default: 1)")
@@ -431,11 +436,18 @@ def run(
         verify_fetcher = collateral_fetcher(
             policy.collateral, online=True if args.online else None, fetcher=network if args.online else None
         )
-    except PolicyError as exc:
+        # "auto" takes the CPU TEE the device tree shows; a pod's agent is named, never guessed.
+        chosen = CpuTee(args.cpu_tee) if args.cpu_tee != "auto" else CpuTee.SEV_SNP
+        gpus, coco_agent = preflight_host(GpuCollector(args.gpu_collector), chosen, args.coco_agent_url)
+    except (PolicyError, ConfigError) as exc:
         print(f"fedseal-aggregator check-hardware: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     source = "online" if args.online else policy.collateral.source.value
-    check = preflight if preflight is not None else Preflight(PreflightMode.HARDWARE, min_gpus=args.min_gpus)
+    check = (
+        preflight
+        if preflight is not None
+        else Preflight(PreflightMode.HARDWARE, min_gpus=args.min_gpus, gpus=gpus, coco_agent=coco_agent)
+    )
     with contextlib.ExitStack() as stack:
 
         def open_collectors(found: PreflightReport) -> Sequence[EvidenceCollector]:
@@ -446,7 +458,9 @@ def run(
             cache = CollateralCache(network if network is not None else HttpFetcher())
             gpu = GpuCollector(args.gpu_collector)
             return stack.enter_context(
-                hardware_collectors(gpu, cpu, nvattest=args.nvattest, collateral=cache)
+                hardware_collectors(
+                    gpu, cpu, nvattest=args.nvattest, coco_agent_url=args.coco_agent_url, collateral=cache
+                )
             )
 
         result = run_checklist(

@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 from cryptography import x509
@@ -20,7 +21,8 @@ from aggregator._identity import AccessConfig, AccessLimits
 from aggregator._logging import configure_logging
 from aggregator._malloc import limit_malloc_arenas
 from aggregator._metrics import ListenAddress, Metrics, parse_listen_address
-from aggregator._preflight import Preflight, PreflightError, PreflightMode
+from aggregator._preflight import CocoAgent, GpuRequirement, Preflight, PreflightError, PreflightMode
+from aggregator._preflight import CpuTee as CvmTee
 from aggregator._selfattest import SelfAttestationGate
 from aggregator._server import RunningAggregator, start_aggregator
 from aggregator._witness import WitnessCosigner, WitnessEndpoint
@@ -33,6 +35,7 @@ from attestation import (
     CollateralRefresher,
     EvidenceCollectionError,
     EvidenceCollector,
+    EvidenceKind,
     HttpFetcher,
     InsecureSimulatedTeeCollector,
     Policy,
@@ -40,6 +43,7 @@ from attestation import (
     load_builtin_policy,
 )
 from attestation._hardware import CpuTee, GpuCollector, hardware_collectors
+from attestation.cpu import DEFAULT_COCO_AGENT_URL, CocoAgentError
 from fedseal.cliargs import host_port, positive_int, positive_seconds
 from fedseal.enrolment import Enrolment
 from fedseal.errors import FedSealError, FormatError
@@ -61,9 +65,12 @@ only, and writes an append-only, signed audit log.
 
 On a Hopper confidential VM the hardware evidence collectors are used: NVIDIA GPU
 evidence (--gpu-collector) and the CPU TEE report (--cpu-tee sev-snp|tdx), which covers
-the GPU evidence and the VM's launch measurement. For local development without that
-hardware, pass --insecure-simulated-tee: clients then refuse the aggregator unless their
-policy explicitly allows simulated evidence.
+the GPU evidence and the VM's launch measurement. In a Confidential Containers pod the CPU
+TEE report comes from the pod's attestation agent (--cpu-tee coco-sev-snp|coco-tdx). A
+confidential VM or pod without GPUs runs with --gpu-collector none, said explicitly: no GPU
+is probed or attested, and clients whose policy requires GPUs refuse it. For local
+development without that hardware, pass --insecure-simulated-tee: clients then refuse the
+aggregator unless their policy explicitly allows simulated evidence.
 
 It serves TLS only, with a key made in memory whose certificate the evidence binds
 (clients pin it). Only sites in the enrolment (--enrolment) may submit, each with its
@@ -247,7 +254,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=[c.value for c in GpuCollector],
         default=GpuCollector.NV_LOCAL_GPU_VERIFIER.value,
         help="how to collect NVIDIA GPU evidence: NVIDIA's Python verifier over NVML (needs "
-        "`make nvidia-collector`), NVIDIA's nvattest CLI, or none (default: %(default)s)",
+        "`make nvidia-collector`), NVIDIA's nvattest CLI, or none: a host without GPUs (the "
+        "preflight then skips NVML, the evidence carries no GPU, aggregation runs on the CPU, and "
+        "the self-attestation policy must not require GPUs) (default: %(default)s)",
     )
     p.add_argument(
         "--cpu-tee",
@@ -256,6 +265,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the confidential VM's CPU TEE: sev-snp or tdx (configfs-tsm), coco-sev-snp or coco-tdx "
         "(in a Confidential Containers pod: the attestation agent on 127.0.0.1:8006), or none "
         "(default: %(default)s). Without it the evidence proves the GPU, not the VM's software",
+    )
+    p.add_argument(
+        "--coco-agent-url",
+        metavar="URL",
+        help="with --cpu-tee coco-sev-snp|coco-tdx: the attestation agent's API server, a loopback "
+        f"http:// address (default: {DEFAULT_COCO_AGENT_URL})",
     )
     p.add_argument(
         "--insecure-simulated-tee",
@@ -283,8 +298,23 @@ def main(argv: list[str] | None = None) -> int:
     return run(argv)
 
 
-def _accumulator_device(choice: str, *, cuda_available: Callable[[], bool] | None = None) -> str:
-    """'auto' → 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without one is an error."""
+def _accumulator_device(
+    choice: str,
+    *,
+    gpus: GpuRequirement = GpuRequirement.CC_GPUS,
+    cuda_available: Callable[[], bool] | None = None,
+) -> str:
+    """'auto' → 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without one is an error.
+
+    On a declared GPU-less host no GPU is attested, so no update may reach one: 'cpu'.
+    """
+    if gpus is GpuRequirement.NONE:
+        if choice == "cuda":
+            raise ConfigError(
+                "--accumulator-device cuda with --gpu-collector none: no GPU is attested, so no "
+                "update may reach one; use --accumulator-device cpu or auto"
+            )
+        return "cpu"
     has_cuda = (cuda_available or enclave_cuda_available)()
     if choice == "auto":
         return "cuda" if has_cuda else "cpu"
@@ -296,9 +326,15 @@ def _accumulator_device(choice: str, *, cuda_available: Callable[[], bool] | Non
     return choice
 
 
-def run(
-    argv: list[str] | None = None, *, preflight_for: Callable[[PreflightMode], Preflight] = Preflight
-) -> int:
+class PreflightFactory(Protocol):
+    """How run() makes its Preflight: the class itself, or a test's over a fake host."""
+
+    def __call__(
+        self, mode: PreflightMode, /, *, gpus: GpuRequirement, coco_agent: CocoAgent | None
+    ) -> Preflight: ...
+
+
+def run(argv: list[str] | None = None, *, preflight_for: PreflightFactory = Preflight) -> int:
     """main() with the preflight's constructor injected: tests pass one over a fake root and
     NVML; the command always probes the real host."""
     args = _parser().parse_args(argv)
@@ -319,12 +355,13 @@ def run(
             if not _DNS_NAME.fullmatch(name):
                 raise ConfigError(f"--tls-name {name[:64]!r} is not a DNS name")
         policy = _self_attestation_policy(args)
-        accumulator_device = _accumulator_device(args.accumulator_device)
+        gpus, coco_agent = _host(args, policy)
+        accumulator_device = _accumulator_device(args.accumulator_device, gpus=gpus)
     except (ConfigError, FormatError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     mode = PreflightMode.INSECURE_DEV if args.insecure_simulated_tee else PreflightMode.HARDWARE
-    preflight = preflight_for(mode)
+    preflight = preflight_for(mode, gpus=gpus, coco_agent=coco_agent)
     try:
         report = preflight.check()  # before any key exists: a wrong host fails here
     except PreflightError as exc:
@@ -463,12 +500,58 @@ def _self_attestation_policy(args: argparse.Namespace) -> Policy | None:
     return Policy.from_file(args.self_attestation_policy)
 
 
+_COCO_TEES = {CpuTee.COCO_SEV_SNP: CvmTee.AMD_SEV_SNP, CpuTee.COCO_TDX: CvmTee.INTEL_TDX}
+
+
+def preflight_host(
+    gpu: GpuCollector, cpu: CpuTee, coco_agent_url: str | None
+) -> tuple[GpuRequirement, CocoAgent | None]:
+    """What the preflight must find, from the collector options: GPUs in CC mode, or none
+    where --gpu-collector none says so; the CPU TEE in the device tree, or shown by the
+    attestation agent for --cpu-tee coco-*. Raises ConfigError for options that disagree."""
+    if coco_agent_url is not None and cpu not in _COCO_TEES:
+        raise ConfigError("--coco-agent-url applies to --cpu-tee coco-sev-snp or coco-tdx only")
+    gpus = GpuRequirement.NONE if gpu is GpuCollector.NONE else GpuRequirement.CC_GPUS
+    if gpus is GpuRequirement.NONE and cpu is CpuTee.NONE:
+        raise ConfigError(
+            "no evidence collector chosen (--gpu-collector none, --cpu-tee none): name the GPU "
+            "collector and/or the CPU TEE of this VM"
+        )
+    if cpu not in _COCO_TEES:
+        return gpus, None
+    try:
+        agent = CocoAgent(_COCO_TEES[cpu], url=coco_agent_url or DEFAULT_COCO_AGENT_URL)
+    except CocoAgentError as exc:
+        raise ConfigError(f"--coco-agent-url: {exc}") from None
+    return gpus, agent
+
+
+def _host(args: argparse.Namespace, policy: Policy | None) -> tuple[GpuRequirement, CocoAgent | None]:
+    if args.insecure_simulated_tee:  # replaced by the simulated TEE: nothing is probed
+        if args.coco_agent_url is not None:
+            raise ConfigError("--coco-agent-url applies to hardware mode, not --insecure-simulated-tee")
+        return GpuRequirement.CC_GPUS, None
+    gpus, agent = preflight_host(GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee), args.coco_agent_url)
+    if (
+        gpus is GpuRequirement.NONE
+        and policy is not None
+        and EvidenceKind.NVIDIA_GPU in policy.required_evidence
+    ):
+        raise ConfigError(
+            f"--gpu-collector none: the self-attestation policy {policy.name!r} requires nvidia-gpu "
+            "evidence, which a host without GPUs cannot give; pass --self-attestation-policy with a "
+            "policy that requires the CPU TEE only (policies/templates/production-*-cpu.json)"
+        )
+    return gpus, agent
+
+
 def _print_refusal(what: str, exc: Exception, checks: Sequence[CheckResult]) -> None:
     lines = [f"error: {what}: {exc}"]
     lines += [f"  failed: {c.name}: expected {c.expected}, found {c.found}" for c in checks if not c.passed]
     lines.append(
-        "Run the aggregator in an SEV-SNP or TDX confidential VM with its GPUs in production CC "
-        "mode (see deploy/README.md, 'Start-up preflight'). For local development only, pass "
+        "Run the aggregator in an SEV-SNP or TDX confidential VM or Confidential Containers pod, "
+        "with its GPUs in production CC mode (or --gpu-collector none where it has none; see "
+        "deploy/README.md, 'Start-up preflight'). For local development only, pass "
         "--insecure-simulated-tee."
     )
     print("\n".join(lines), file=sys.stderr)
@@ -483,7 +566,12 @@ def _collectors(
     collateral = CollateralCache(HttpFetcher(), on_event=metrics.collateral_event)
     stack.enter_context(CollateralRefresher(collateral))  # refreshed before due, stopped at exit
     return stack.enter_context(
-        hardware_collectors(GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee), collateral=collateral)
+        hardware_collectors(
+            GpuCollector(args.gpu_collector),
+            CpuTee(args.cpu_tee),
+            coco_agent_url=args.coco_agent_url,
+            collateral=collateral,
+        )
     )
 
 

@@ -14,7 +14,11 @@ The service runs it in three steps, before it listens::
 - a CPU TEE guest: AMD SEV-SNP (``/dev/sev-guest``) or Intel TDX (``/dev/tdx_guest``), seen
   as a device node, as a registered misc device in ``/sys/class/misc``, or as the provider
   of the configfs-tsm report interface (``/sys/kernel/config/tsm/report``); the signals must
-  not contradict each other;
+  not contradict each other. Inside a Confidential Containers pod (``coco_agent``), which
+  sees none of these, the sign is the pod's attestation agent instead: its ``/info`` must
+  name the expected TEE (never the agent's insecure ``sample`` fallback), and it must answer
+  a fresh random nonce with a report or quote of that TEE that parses and carries the
+  nonce as its report data. Its signature is checked later, by the self-attestation;
 - NVML's confidential-computing state: GPUs CC-capable, CC feature on, production (not
   simulation) environment, developer-tools mode off, and the CPU TEE NVML reports matches
   the one found above. NVML reports this state for the system, not per GPU; each GPU's own
@@ -22,9 +26,14 @@ The service runs it in three steps, before it listens::
   ready state waits for it;
 - at least ``min_gpus`` GPUs, each Hopper or newer.
 
+Unless the operator declared a GPU-less host (``GpuRequirement.NONE``, the aggregator's
+``--gpu-collector none``): then NVML is neither imported nor called, the evidence carries
+no GPU, and release_gpus() opens nothing. Without that declaration a missing GPU is refused.
+
 **release_gpus()** sets NVML's GPU ready state (``nvmlSystemSetConfComputeGpusReadyState``)
 only with a :class:`~attestation.VerifiedAttestation` of *this* enclave's keys that is not
-insecure and carries verified NVIDIA GPU evidence and the CPU TEE's evidence. A CC-mode
+insecure and carries verified NVIDIA GPU evidence and the CPU TEE's evidence (on a GPU-less
+host: the CPU TEE's evidence and no GPU evidence, and nothing is set). A CC-mode
 GPU refuses work until the ready state is set, so nothing runs on it before the aggregator
 has proven, under its own policy, what it runs on.
 
@@ -50,16 +59,32 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
 from attestation import CheckResult, EvidenceKind, VerifiedAttestation
+from attestation.cpu import (
+    CPU_REPORT_DATA_SIZE,
+    DEFAULT_COCO_AGENT_URL,
+    CocoAgentError,
+    CocoAgentUnavailableError,
+    CocoEvidenceCollector,
+    CocoEvidenceFormatError,
+    CocoSampleEvidenceError,
+    CocoTeeMismatchError,
+)
 from fedseal.binding import BoundKeys
 from fedseal.errors import FedSealError
 
 __all__ = [
+    "AttestationAgentEvidenceError",
+    "AttestationAgentTeeMismatchError",
+    "AttestationAgentUnavailableError",
+    "CocoAgent",
     "CpuTee",
     "CvmFinding",
     "GpuFinding",
     "GpuReadyStateError",
     "GpuRelease",
+    "GpuRequirement",
     "GpuStateError",
+    "InsecureAttestationAgentError",
     "NoConfidentialVmError",
     "NvmlApi",
     "NvmlUnavailableError",
@@ -128,6 +153,45 @@ _NVML_CPU_CAPS = {
     CpuTee.AMD_SEV_SNP: NVML_CC_SYSTEM_CPU_CAPS_AMD_SEV_SNP,
     CpuTee.INTEL_TDX: NVML_CC_SYSTEM_CPU_CAPS_INTEL_TDX,
 }
+# What the attestation agent's /info calls each TEE (kbs-types' Tee, lowercase).
+_AGENT_TEE_NAMES = {CpuTee.AMD_SEV_SNP: "snp", CpuTee.INTEL_TDX: "tdx"}
+# kbs-types: "only used for testing an attestation server"; the agent's fallback without a TEE.
+_AGENT_SAMPLE_TEES = frozenset({"sample", "sampledevice"})
+_COCO_CPU_TEE_CHOICES = {CpuTee.AMD_SEV_SNP: "coco-sev-snp", CpuTee.INTEL_TDX: "coco-tdx"}
+_COCO_RUNTIME_CLASSES = {
+    CpuTee.AMD_SEV_SNP: "kata-qemu-snp or kata-qemu-nvidia-gpu-snp",
+    CpuTee.INTEL_TDX: "kata-qemu-tdx or kata-qemu-nvidia-gpu-tdx",
+}
+
+
+class GpuRequirement(enum.Enum):
+    """What the preflight asks of the GPUs: production CC mode, or none at all.
+
+    ``NONE`` is only ever the operator's explicit choice (``--gpu-collector none``): a
+    CPU-only confidential VM or Confidential Containers pod. It is never a fallback.
+    """
+
+    CC_GPUS = "cc-gpus"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class CocoAgent:
+    """The CPU TEE's sign inside a Confidential Containers pod: the attestation agent's API
+    server at ``url`` (loopback only), attesting with ``tee``."""
+
+    tee: CpuTee
+    url: str = DEFAULT_COCO_AGENT_URL
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tee, CpuTee):
+            raise TypeError("CocoAgent.tee must be a CpuTee")
+        self.collector()  # a URL or timeout the collector refuses is refused here, up front
+
+    def collector(self) -> CocoEvidenceCollector:
+        """Raises attestation.cpu.CocoAgentError for a URL that is not a loopback http:// one."""
+        return CocoEvidenceCollector(self.tee.evidence_kind, url=self.url, timeout=self.timeout)
 
 
 class PreflightError(FedSealError):
@@ -140,6 +204,24 @@ class PreflightError(FedSealError):
 
 class NoConfidentialVmError(PreflightError):
     """No SEV-SNP or TDX guest interface, or contradicting ones."""
+
+
+class AttestationAgentUnavailableError(NoConfidentialVmError):
+    """Inside a CoCo pod: no attestation agent answers at its address, or it answers an error."""
+
+
+class AttestationAgentTeeMismatchError(NoConfidentialVmError):
+    """Inside a CoCo pod: the attestation agent attests another TEE than the one configured."""
+
+
+class InsecureAttestationAgentError(AttestationAgentTeeMismatchError):
+    """Inside a CoCo pod: the attestation agent uses its insecure sample attester (it found
+    no TEE), which proves nothing and is never accepted in hardware mode."""
+
+
+class AttestationAgentEvidenceError(NoConfidentialVmError):
+    """Inside a CoCo pod: the attestation agent's evidence does not parse as a report or
+    quote of the expected TEE, or is not over the nonce the preflight asked for."""
 
 
 class NvmlUnavailableError(PreflightError):
@@ -199,6 +281,7 @@ class PreflightReport:
 
     ``ready_at_start`` is NVML's GPU ready state before this process touched it (None when
     not probed): already set means something else in the VM opened the GPUs.
+    ``gpu_requirement`` is NONE when the operator declared a GPU-less host (NVML not used).
     """
 
     _token: InitVar[object]
@@ -207,6 +290,7 @@ class PreflightReport:
     gpus: tuple[GpuFinding, ...]
     ready_at_start: bool | None
     checks: tuple[CheckResult, ...]
+    gpu_requirement: GpuRequirement = GpuRequirement.CC_GPUS
 
     def __post_init__(self, _token: object) -> None:
         if _token is not _TOKEN:
@@ -223,6 +307,7 @@ class PreflightReport:
             "mode": self.mode.value,
             "cpu_tee": self.cvm.tee.value if self.cvm else None,
             "cpu_tee_signs": list(self.cvm.signs) if self.cvm else [],
+            "gpu_requirement": self.gpu_requirement.value,
             "gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name} for g in self.gpus],
             "gpus_ready_at_start": self.ready_at_start,
             "checks": [{"name": c.name, "found": c.found, "passed": c.passed} for c in self.checks],
@@ -234,7 +319,8 @@ class GpuRelease:
     """The outcome of release_gpus(). Only Preflight.release_gpus() makes one.
 
     ``released`` is True when the GPUs accept work because of this self-attestation (set by
-    this call, or found already set); in insecure dev mode it is False and NVML was not used.
+    this call, or found already set); in insecure dev mode and on a GPU-less host it is
+    False and NVML was not used.
     ``bundle_digest`` names the self-attestation's evidence bundle (empty in dev mode).
     """
 
@@ -270,6 +356,9 @@ class Preflight:
 
     ``root`` is where ``/dev`` and ``/sys`` are looked up; ``nvml`` is a ``pynvml``-like
     object, by default the ``pynvml`` module, imported on first use in hardware mode.
+    ``coco_agent``: the CPU TEE is shown by this attestation agent (a Confidential
+    Containers pod), not by ``root``'s device tree. ``gpus``: ``GpuRequirement.NONE`` only
+    where the operator declared a GPU-less host.
     """
 
     def __init__(
@@ -279,15 +368,23 @@ class Preflight:
         root: Path = Path("/"),
         nvml: NvmlApi | None = None,
         min_gpus: int = 1,
+        gpus: GpuRequirement = GpuRequirement.CC_GPUS,
+        coco_agent: CocoAgent | None = None,
     ) -> None:
         if not isinstance(mode, PreflightMode):
             raise TypeError("mode must be a PreflightMode")
+        if not isinstance(gpus, GpuRequirement):
+            raise TypeError("gpus must be a GpuRequirement")
+        if coco_agent is not None and not isinstance(coco_agent, CocoAgent):
+            raise TypeError("coco_agent must be a CocoAgent")
         if min_gpus < 0:
             raise ValueError("min_gpus must be >= 0")
         self._mode = mode
         self._root = root
         self._nvml = nvml
         self._min_gpus = min_gpus
+        self._gpus = gpus
+        self._coco_agent = coco_agent
 
     @property
     def mode(self) -> PreflightMode:
@@ -300,10 +397,101 @@ class Preflight:
         if self._mode is PreflightMode.INSECURE_DEV:
             return PreflightReport(_TOKEN, self._mode, None, (), None, ())
         checks = _Checks()
-        cvm = self._check_cvm(checks)
+        cvm = (
+            self._check_cvm(checks)
+            if self._coco_agent is None
+            else self._check_agent(self._coco_agent, checks)
+        )
+        if self._gpus is GpuRequirement.NONE:
+            checks.record(
+                "GPUs",
+                "none: the operator declared a GPU-less host (--gpu-collector none)",
+                "not probed (NVML not used); the evidence will carry no GPU",
+                True,
+            )
+            return PreflightReport(
+                _TOKEN, self._mode, cvm, (), None, tuple(checks.results), GpuRequirement.NONE
+            )
         nvml = self._load_nvml(checks)
         gpus, ready = self._with_nvml(nvml, checks, lambda: self._check_gpus(nvml, cvm, checks))
         return PreflightReport(_TOKEN, self._mode, cvm, gpus, ready, tuple(checks.results))
+
+    def _check_agent(self, agent: CocoAgent, checks: _Checks) -> CvmFinding:
+        """The attestation agent as the CPU TEE's sign: its word (/info), then its evidence
+        over a nonce of ours (a canned or replayed document cannot carry it)."""
+        expected = _AGENT_TEE_NAMES[agent.tee]
+        probed = f"the attestation agent at {agent.url}"
+        runtime_class = _COCO_RUNTIME_CLASSES[agent.tee]
+        collector = agent.collector()
+        try:
+            tee = collector.agent_tee()
+        except CocoAgentUnavailableError as exc:
+            checks.record("attestation agent /info", f"TEE {expected!r}", f"no answer: {exc}", False)
+            raise checks.fail(
+                AttestationAgentUnavailableError,
+                f"{probed} is not usable ({exc}); in a Confidential Containers pod guest-components' "
+                f"API server must run there (runtime class {runtime_class}), or give its address "
+                "with --coco-agent-url",
+            ) from None
+        except CocoAgentError as exc:
+            checks.record("attestation agent /info", f"TEE {expected!r}", f"malformed: {exc}", False)
+            raise checks.fail(
+                AttestationAgentEvidenceError,
+                f"{probed} answered /info with nonsense ({exc}); check that guest-components' "
+                "API server listens there and nothing else does",
+            ) from None
+        checks.record("attestation agent TEE (/info)", repr(expected), repr(tee), tee == expected)
+        if tee in _AGENT_SAMPLE_TEES:
+            raise checks.fail(
+                InsecureAttestationAgentError,
+                f"{probed} attests with its insecure {tee!r} attester: it found no TEE in the pod "
+                f"VM, so nothing is protected; run the pod with runtime class {runtime_class}",
+            )
+        if tee != expected:
+            raise checks.fail(
+                AttestationAgentTeeMismatchError,
+                f"{probed} attests TEE {tee!r}, but --cpu-tee {_COCO_CPU_TEE_CHOICES[agent.tee]} "
+                f"expects {expected!r}: name the pod's TEE in --cpu-tee, or run the pod with "
+                f"runtime class {runtime_class}",
+            )
+        nonce = secrets.token_bytes(CPU_REPORT_DATA_SIZE)
+        try:
+            evidence = collector.collect(nonce)
+        except CocoSampleEvidenceError as exc:
+            checks.record("attestation agent evidence", agent.tee.value, "sample (insecure)", False)
+            raise checks.fail(
+                InsecureAttestationAgentError,
+                f"{probed} answered with insecure sample evidence ({exc}); run the pod with runtime "
+                f"class {runtime_class}",
+            ) from None
+        except CocoTeeMismatchError as exc:
+            checks.record("attestation agent evidence", agent.tee.value, exc.found, False)
+            raise checks.fail(
+                AttestationAgentTeeMismatchError,
+                f"{probed} answered {exc.found} evidence where /info said {tee!r}: refusing an agent "
+                "that contradicts itself",
+            ) from None
+        except CocoAgentUnavailableError as exc:
+            checks.record("attestation agent evidence", agent.tee.value, f"no answer: {exc}", False)
+            raise checks.fail(
+                AttestationAgentUnavailableError,
+                f"{probed} gave no evidence ({exc}); check the agent's log in the pod VM",
+            ) from None
+        except (CocoEvidenceFormatError, CocoAgentError) as exc:
+            checks.record("attestation agent evidence", agent.tee.value, f"unusable: {exc}", False)
+            raise checks.fail(
+                AttestationAgentEvidenceError,
+                f"{probed} answered evidence that is not a {agent.tee.value} report over the "
+                f"nonce asked for ({exc}); update guest-components or check what listens there",
+            ) from None
+        checks.record(
+            "attestation agent evidence",
+            f"{agent.tee.value} evidence over a fresh nonce",
+            f"{evidence.kind.value}, {len(evidence.payload)} bytes, over the nonce (signature "
+            "checked by the self-attestation)",
+            True,
+        )
+        return CvmFinding(tee=agent.tee, signs=(f"attestation agent at {agent.url} (TEE {tee!r})",))
 
     def _check_cvm(self, checks: _Checks) -> CvmFinding:
         found: dict[CpuTee, list[str]] = {}
@@ -469,9 +657,14 @@ class Preflight:
         """Open the GPUs to work, only on a passing self-attestation of these keys.
 
         Raises SelfAttestationError if the attestation is insecure, of other keys, or lacks
-        verified GPU or CPU TEE evidence; GpuReadyStateError if NVML refuses.
+        verified GPU or CPU TEE evidence (on a GPU-less host: lacks the CPU TEE's evidence or
+        carries GPU evidence; nothing is opened then); GpuReadyStateError if NVML refuses.
         """
-        if not isinstance(report, PreflightReport) or report.mode is not self._mode:
+        if (
+            not isinstance(report, PreflightReport)
+            or report.mode is not self._mode
+            or report.gpu_requirement is not self._gpus
+        ):
             raise TypeError("release_gpus() needs the report of this Preflight's check()")
         if not isinstance(self_attestation, VerifiedAttestation):
             raise TypeError("release_gpus() needs a VerifiedAttestation from attestation.verify_bundle()")
@@ -493,11 +686,12 @@ class Preflight:
             "same keys" if _same_keys(self_attestation, keys) else "OTHER keys",
             _same_keys(self_attestation, keys),
         )
+        gpu_less = self._gpus is GpuRequirement.NONE
         ok &= checks.record(
-            "self-attestation covers the GPUs",
-            EvidenceKind.NVIDIA_GPU.value,
+            "self-attestation covers the GPUs" if not gpu_less else "self-attestation carries no GPU",
+            EvidenceKind.NVIDIA_GPU.value if not gpu_less else "no nvidia-gpu (a GPU-less host)",
             ", ".join(sorted(k.value for k in kinds)) or "none",
-            EvidenceKind.NVIDIA_GPU in kinds,
+            (EvidenceKind.NVIDIA_GPU in kinds) != gpu_less,
         )
         ok &= checks.record(
             "self-attestation covers the CPU TEE",
@@ -507,7 +701,10 @@ class Preflight:
         )
         if not ok:
             failing = ", ".join(c.name for c in checks.results if not c.passed)
-            raise checks.fail(SelfAttestationError, f"GPUs stay closed: {failing}")
+            refused = "nothing is served" if gpu_less else "GPUs stay closed"
+            raise checks.fail(SelfAttestationError, f"{refused}: {failing}")
+        if gpu_less:  # nothing to open, and NVML is not ours to touch
+            return GpuRelease(_TOKEN, self._mode, False, False, (), self_attestation.bundle_digest)
         nvml = self._load_nvml(checks)
         already = report.ready_at_start is True
 

@@ -3,7 +3,9 @@
 It serves ``GET /aa/evidence?runtime_data=…&encoding=base64`` on 127.0.0.1 as
 guest-components' api-server-rest does (URL-safe base64 without padding, decoded strictly;
 at most 64 bytes; the JSON document of the agent's attester). What it answers is up to the
-test: ``answer(runtime_data)`` returns (HTTP status, body).
+test: ``answer(runtime_data)`` returns (HTTP status, body). ``GET /info`` answers
+``info()``, by default what the API server writes for an agent attesting SEV-SNP
+(:func:`agent_info`: its ``VersionInfo``, serde skipping an absent TEE and empty lists).
 
 :func:`agent_snp_document` writes a raw SEV-SNP report the way the agent does: the sev
 crate's ``AttestationReport::from_bytes`` (6.x; generation from CHIP_ID for version 2, from
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.server
+import json
 import struct
 import threading
 import urllib.parse
@@ -27,9 +30,10 @@ from typing import Any
 
 from attestation.cpu import SnpCertGuid
 
-__all__ = ["FakeAgent", "agent_snp_document", "agent_tdx_document", "fake_agent"]
+__all__ = ["FakeAgent", "agent_info", "agent_snp_document", "agent_tdx_document", "fake_agent"]
 
 Answer = Callable[[bytes], tuple[int, bytes]]
+Info = Callable[[], tuple[int, bytes]]
 
 _CERT_NAMES = {
     SnpCertGuid.VCEK.value: "VCEK",
@@ -110,6 +114,18 @@ def agent_tdx_document(quote: bytes, eventlog: bytes | None = None) -> dict[str,
     }
 
 
+def agent_info(tee: str | None, additional_tees: tuple[str, ...] = ()) -> Info:
+    """``GET /info`` of the API server: with an agent attesting ``tee``, or without an agent."""
+    info: dict[str, Any] = {"version": "v0.18.0"}
+    if tee is not None:
+        info["tee"] = tee
+    if additional_tees:
+        info["additional_tees"] = list(additional_tees)
+    info["feature"] = "all"
+    body = json.dumps(info, separators=(",", ":")).encode()
+    return lambda: (200, body)
+
+
 def _decode_url_safe_no_pad(text: str) -> bytes | None:
     """The Rust base64 crate's URL_SAFE_NO_PAD: no padding, canonical trailing bits."""
     try:
@@ -125,17 +141,25 @@ def _decode_url_safe_no_pad(text: str) -> bytes | None:
 class FakeAgent:
     url: str
     answer: Answer
+    info: Info = field(default_factory=lambda: agent_info("snp"))
     queries: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
 
 
 @contextmanager
-def fake_agent(answer: Answer) -> Iterator[FakeAgent]:
-    """An agent API server on 127.0.0.1 (a free port) answering with ``answer``."""
+def fake_agent(answer: Answer, info: Info | None = None) -> Iterator[FakeAgent]:
+    """An agent API server on 127.0.0.1 (a free port) answering with ``answer`` (and ``info``)."""
     agent = FakeAgent(url="", answer=answer)
+    if info is not None:
+        agent.info = info
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path, _, query = self.path.partition("?")
+            agent.paths.append(path)
+            if path == "/info":
+                self._reply(*agent.info())
+                return
             agent.queries.append(query)
             params = urllib.parse.parse_qs(query)
             runtime = params.get("runtime_data", [None])[0]

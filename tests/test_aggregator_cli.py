@@ -18,7 +18,7 @@ from test_preflight import FakeNvml, _snp_root, _tree
 
 from aggregator import start_aggregator
 from aggregator._cli import _accumulator_device, main, run
-from aggregator._preflight import Preflight, PreflightMode, SelfAttestationError
+from aggregator._preflight import CocoAgent, GpuRequirement, Preflight, PreflightMode, SelfAttestationError
 from aggregator._selfattest import SelfAttestationGate
 from attestation import SimulatedEvidenceRefusedError, load_builtin_policy
 from fedseal.roundconfig import ConfigError
@@ -29,15 +29,19 @@ def _enrolment(tmp_path: Path) -> list[str]:
 
 
 class _Preflights:
-    """The preflight constructor the CLI gets: a fake host, recording the mode asked for."""
+    """The preflight constructor the CLI gets: a fake host, recording what was asked for."""
 
     def __init__(self, root: Path, nvml: FakeNvml) -> None:
         self.root, self.nvml = root, nvml
         self.modes: list[PreflightMode] = []
+        self.gpus: list[GpuRequirement] = []
 
-    def __call__(self, mode: PreflightMode) -> Preflight:
+    def __call__(
+        self, mode: PreflightMode, /, *, gpus: GpuRequirement, coco_agent: CocoAgent | None
+    ) -> Preflight:
         self.modes.append(mode)
-        return Preflight(mode, root=self.root, nvml=self.nvml)
+        self.gpus.append(gpus)
+        return Preflight(mode, root=self.root, nvml=self.nvml, gpus=gpus, coco_agent=coco_agent)
 
 
 def _log_is_empty(path: Path) -> bool:
@@ -96,15 +100,15 @@ def test_gpus_not_in_cc_mode_refuse_with_each_failing_check(
 def test_cc_host_whose_self_attestation_fails_refuses_and_keeps_the_gpus_closed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The preflight passes (fake SNP guest, fake NVML with CC on); the real configfs-tsm
-    # collector then has no hardware to ask, so there is no evidence to self-attest.
+    # The preflight passes (fake SNP guest, fake NVML with CC on); the GPU collector (NVIDIA's
+    # nvattest, not installed here) then cannot run, so there is no evidence to self-attest.
     preflights = _Preflights(_snp_root(tmp_path), FakeNvml())
     rc = run(
         [
             "--log",
             str(tmp_path / "audit.log"),
             "--gpu-collector",
-            "none",
+            "nvattest",
             "--cpu-tee",
             "sev-snp",
             *_enrolment(tmp_path),
@@ -112,6 +116,7 @@ def test_cc_host_whose_self_attestation_fails_refuses_and_keeps_the_gpus_closed(
         preflight_for=preflights,
     )
     assert rc == 1
+    assert preflights.gpus == [GpuRequirement.CC_GPUS]
     assert "nvmlSystemGetConfComputeState" in preflights.nvml.calls  # the preflight did run
     err = capsys.readouterr().err
     assert "cannot collect attestation evidence" in err
@@ -241,7 +246,7 @@ def test_no_collector_at_all_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
         ],
         preflight_for=_Preflights(_snp_root(tmp_path), FakeNvml()),
     )
-    assert rc == 1
+    assert rc == 2  # a usage error, before the host is probed
     assert "no evidence collector chosen" in capsys.readouterr().err
 
 

@@ -10,6 +10,7 @@ bundle collected through the agent verifies end to end; malformed answers are re
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime
 import json
@@ -41,6 +42,8 @@ from attestation.cpu import (
     CocoAgentError,
     CocoEvidenceCollector,
     CocoEvidenceFormatError,
+    CocoSampleEvidenceError,
+    CocoTeeMismatchError,
     CpuReportDataMismatchError,
     SevSnpCollateralStapler,
     SevSnpPolicy,
@@ -308,6 +311,25 @@ def test_malformed_tdx_documents_are_refused_by_name(agent: FakeAgent) -> None:
             collector.collect(report_data)
 
 
+def test_another_tees_or_the_sample_attesters_evidence_is_refused_as_such(agent: FakeAgent) -> None:
+    """A whole document of the other TEE, or the agent's sample fallback (no TEE found), is
+    named for what it is, not for its first unexpected field."""
+    snp = CocoEvidenceCollector(EvidenceKind.AMD_SEV_SNP, url=agent.url)
+    tdx = CocoEvidenceCollector(EvidenceKind.INTEL_TDX, url=agent.url)
+    sample = {"svn": "1", "report_data": base64.b64encode(bytes(64)).decode()}
+    for collector, document, refusal, found in (
+        (snp, agent_tdx_document(UP_TO_DATE.quote_bytes()), CocoTeeMismatchError, "intel-tdx"),
+        (tdx, _genoa_document(), CocoTeeMismatchError, "amd-sev-snp"),
+        (snp, sample, CocoSampleEvidenceError, "sample"),
+        (tdx, sample, CocoSampleEvidenceError, "sample"),
+    ):
+        agent.answer = serving({bytes(64): document})
+        with pytest.raises(refusal) as info:
+            collector.collect(bytes(64))
+        assert type(info.value) is refusal and info.value.found == found
+        assert isinstance(info.value, CocoEvidenceFormatError)
+
+
 def test_evidence_over_other_report_data_is_refused(agent: FakeAgent) -> None:
     document = _genoa_document()
     agent.answer = lambda _: (200, json.dumps(document).encode())
@@ -335,7 +357,7 @@ def test_agent_failures_are_named(agent: FakeAgent) -> None:
 def test_an_agent_that_is_down_or_hangs_fails_within_the_timeout() -> None:
     with fake_agent(lambda _: (200, b"{}")) as gone:
         url = gone.url
-    with pytest.raises(CocoAgentError, match="cannot get evidence"):
+    with pytest.raises(CocoAgentError, match="cannot reach the attestation agent"):
         CocoEvidenceCollector(EvidenceKind.INTEL_TDX, url=url).collect(bytes(64))
 
     def hang(_: bytes) -> tuple[int, bytes]:
@@ -344,7 +366,7 @@ def test_an_agent_that_is_down_or_hangs_fails_within_the_timeout() -> None:
 
     with fake_agent(hang) as slow:
         started = time.monotonic()
-        with pytest.raises(CocoAgentError, match="cannot get evidence"):
+        with pytest.raises(CocoAgentError, match="cannot reach the attestation agent"):
             CocoEvidenceCollector(EvidenceKind.INTEL_TDX, url=slow.url, timeout=0.3).collect(bytes(64))
         assert time.monotonic() - started < 1.5
 

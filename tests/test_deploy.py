@@ -28,6 +28,8 @@ from packaging.version import Version
 
 from aggregator import JobConfig
 from aggregator._cli import _parser as aggregator_cli_parser
+from attestation import Policy, PolicyError
+from attestation._templates import fill_policy_template, load_policy_template
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -214,8 +216,13 @@ def test_statefulset_runs_one_confidential_pod_with_limits_probes_and_a_log_volu
     args = aggregator_cli_parser().parse_args(container["args"])
     assert args.listen.endswith(f":{port['containerPort']}")
     assert args.health_listen.port == ports["health"]["containerPort"]
-    # In the pod VM the container reaches its TEE through the CoCo attestation agent only.
+    # In the pod VM the container reaches its TEE through the CoCo attestation agent only,
+    # whose API the Kata agent opens only when the guest kernel command line asks for it.
     assert args.cpu_tee == "coco-" + pod["runtimeClassName"].rsplit("-", 1)[1].replace("snp", "sev-snp")
+    kernel_params = spec["template"]["metadata"]["annotations"][
+        "io.katacontainers.config.hypervisor.kernel_params"
+    ]
+    assert "agent.guest_components_rest_api=attestation" in kernel_params.split()
     assert not args.insecure_simulated_tee and args.gpu_collector != "none"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     (claim,) = spec["volumeClaimTemplates"]
@@ -237,7 +244,7 @@ def _apply_json_patch(document: dict[str, Any], operations: list[dict[str, Any]]
         target: Any = result
         for part in parents:
             target = target[int(part)] if isinstance(target, list) else target[part]
-        key: Any = int(last) if isinstance(target, list) else last
+        key: Any = (len(target) if last == "-" else int(last)) if isinstance(target, list) else last
         if operation["op"] == "test":
             assert target[key] == operation["value"], operation
         elif operation["op"] == "replace":
@@ -245,8 +252,12 @@ def _apply_json_patch(document: dict[str, Any], operations: list[dict[str, Any]]
             target[key] = operation["value"]
         elif operation["op"] == "remove":
             del target[key]
+        elif operation["op"] == "add" and isinstance(target, list):
+            target.insert(key, operation["value"])
+        elif operation["op"] == "add":
+            target[key] = operation["value"]
         else:
-            raise AssertionError(f"the overlays use test, replace and remove only: {operation}")
+            raise AssertionError(f"the overlays use test, replace, remove and add only: {operation}")
     return result
 
 
@@ -299,8 +310,38 @@ def test_kata_overlay_runs_the_coco_collector_with_the_right_resources(variant: 
         assert args.gpu_collector == "none" and not gpus
         assert "tolerations" not in pod
         assert pod["nodeSelector"] == {"katacontainers.io/kata-runtime": "true"}
+        # Without GPUs the default self-attestation policy (GPUs required) cannot pass: the
+        # pod checks itself against the overlay's policy, packed into the job's ConfigMap.
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert args.self_attestation_policy == Path(mounts["job"]) / "self-attestation-policy.json"
+        (generator,) = yaml.safe_load((KATA / variant / "kustomization.yaml").read_text())[
+            "configMapGenerator"
+        ]
+        assert generator["behavior"] == "merge" and generator["files"] == ["self-attestation-policy.json"]
+        assert generator["name"] == pod["volumes"][0]["configMap"]["name"] == "fedseal-job"
     for key in ("cpu", "memory"):
         assert resources["requests"][key] and resources["limits"][key]
+
+
+@pytest.mark.parametrize(
+    ("variant", "template"), [("snp", "production-sev-snp-cpu"), ("tdx", "production-tdx-cpu")]
+)
+def test_gpu_less_overlays_ship_the_cpu_only_template_unfilled(variant: str, template: str) -> None:
+    """The overlay's self-attestation policy is the shipped CPU-only template, which loads
+    (and lets the aggregator start) only once the operator's measurement is in."""
+    document, source = load_policy_template(template)
+    shipped = json.loads((KATA / variant / "self-attestation-policy.json").read_text())
+    assert shipped == document
+    with pytest.raises(PolicyError, match="non-empty"):
+        Policy.from_file(KATA / variant / "self-attestation-policy.json")
+    filled = fill_policy_template(
+        document,
+        source=source,
+        snp_measurements=(bytes(48),) if variant == "snp" else (),
+        tdx_mrtd=(bytes(48),) if variant == "tdx" else (),
+        name="my-consortium",
+    ).policy
+    assert [k.value for k in filled.required_evidence] == ["amd-sev-snp" if variant == "snp" else "intel-tdx"]
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) is not installed")

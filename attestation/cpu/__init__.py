@@ -24,7 +24,10 @@ from ._coco import DEFAULT_COCO_AGENT_URL, CocoEvidenceCollector
 from ._configfs_tsm import DEFAULT_CONFIGFS_TSM_ROOT, ConfigfsTsmCollector
 from ._errors import (
     CocoAgentError,
+    CocoAgentUnavailableError,
     CocoEvidenceFormatError,
+    CocoSampleEvidenceError,
+    CocoTeeMismatchError,
     ConfigfsTsmConflictError,
     ConfigfsTsmError,
     CpuDebugModeError,
@@ -83,8 +86,11 @@ __all__ = [
     "SUPPORTED_SNP_REPORT_VERSIONS",
     "AmdRoots",
     "CocoAgentError",
+    "CocoAgentUnavailableError",
     "CocoEvidenceCollector",
     "CocoEvidenceFormatError",
+    "CocoSampleEvidenceError",
+    "CocoTeeMismatchError",
     "ConfigfsTsmCollector",
     "ConfigfsTsmConflictError",
     "ConfigfsTsmError",

@@ -5,6 +5,7 @@ container; the container asks the attestation agent instead, through guest-compo
 API server on the pod's loopback (``api-server-rest``, ``http://127.0.0.1:8006``)::
 
     GET /aa/evidence?runtime_data=<URL-safe base64, no padding>&encoding=base64
+    GET /info        (the agent's TEE type: "snp", "tdx", ... or "sample" when it found none)
 
 The agent writes the 64 runtime-data bytes into the report as they are (SEV-SNP
 REPORT_DATA, TDX REPORTDATA) and answers its own JSON document, which
@@ -13,6 +14,11 @@ certificate table when the host supplied certificates) or quote (TDX): the paylo
 configfs-tsm collector gives, verified by clients exactly the same way. The
 ``encoding=base64`` parameter exists in the agent since May 2026; an older agent takes the
 parameter as raw text, is asked for evidence over 86 bytes, and refuses.
+
+``/info`` (since March 2026, so in every agent that understands ``encoding=base64``)
+answers ``{"version", "tee", "additional_tees", "feature"}``; ``tee`` is the name the
+agent's ``kbs-types`` give the TEE it attests with, absent when the API server runs without
+the attestation agent. The start-up preflight reads it (:meth:`CocoEvidenceCollector.agent_tee`).
 
 Plain HTTP is accepted only to a loopback address: the API server is in the pod, and
 nothing else should be trusted to relay the evidence request. Proxies are not consulted.
@@ -27,10 +33,11 @@ import logging
 import urllib.parse
 
 from .._bundle import Evidence, EvidenceKind
+from .._encoding import DecodeError, json_type, load_json_object
 from .._errors import EvidenceFormatError
 from ._coco_format import snp_payload_from_agent, tdx_quote_from_agent
 from ._common import shorten
-from ._errors import CocoAgentError, CocoEvidenceFormatError
+from ._errors import CocoAgentError, CocoAgentUnavailableError, CocoEvidenceFormatError
 from ._report_data import CPU_REPORT_DATA_SIZE
 from ._snp import parse_sev_snp_payload
 from ._tdx import parse_tdx_quote
@@ -39,6 +46,8 @@ __all__ = ["DEFAULT_COCO_AGENT_URL", "CocoEvidenceCollector"]
 
 DEFAULT_COCO_AGENT_URL = "http://127.0.0.1:8006"
 _EVIDENCE_PATH = "/aa/evidence"
+_INFO_PATH = "/info"
+_MAX_INFO = 64 * 1024
 # A SEV-SNP document with a VCEK, ASK and ARK in JSON number arrays is about 30 KiB; a TDX
 # quote with an event log a few hundred KiB at most.
 _MAX_ANSWER = 4 * 1024 * 1024
@@ -95,9 +104,11 @@ class CocoEvidenceCollector:
     def collect(self, binding: bytes) -> Evidence:
         """Fresh evidence whose report data is ``binding`` (the 64-byte CPU report data).
 
-        Raises :class:`~attestation.cpu.CocoAgentError` when the agent cannot answer or
-        answers evidence over other report data, :class:`~attestation.cpu.CocoEvidenceFormatError`
-        when its answer is malformed.
+        Raises :class:`~attestation.cpu.CocoAgentUnavailableError` when the agent cannot
+        answer, :class:`~attestation.cpu.CocoAgentError` when it answers evidence over other
+        report data, :class:`~attestation.cpu.CocoEvidenceFormatError` when its answer is
+        malformed (:class:`~attestation.cpu.CocoTeeMismatchError` when it is another TEE's
+        evidence, :class:`~attestation.cpu.CocoSampleEvidenceError` its sample evidence).
         """
         if not isinstance(binding, bytes) or len(binding) != CPU_REPORT_DATA_SIZE:
             raise CocoAgentError(
@@ -135,6 +146,29 @@ class CocoEvidenceCollector:
         )
         return Evidence(kind=self._kind, payload=payload)
 
+    def agent_tee(self) -> str:
+        """The TEE the agent says it attests with (``GET /info``'s ``tee``: ``snp``, ``tdx``,
+        ``sample``, ...). Raises :class:`~attestation.cpu.CocoAgentUnavailableError` when
+        the API server does not answer or has no attestation agent behind it,
+        :class:`~attestation.cpu.CocoEvidenceFormatError` when the answer is malformed."""
+        body = self._request(f"{self._path}{_INFO_PATH}", _MAX_INFO)
+        try:
+            info = load_json_object(body)
+        except DecodeError as exc:
+            raise CocoEvidenceFormatError(f"attestation agent /info: the answer {exc}") from None
+        tee = info.get("tee")
+        if tee is None:
+            raise CocoAgentUnavailableError(
+                f"the API server at {self._host}:{self._port} names no TEE in /info: it runs without "
+                "the attestation agent (its features must include attestation; in Kata, the kernel "
+                "parameter agent.guest_components_rest_api=attestation or all)"
+            )
+        if not isinstance(tee, str) or not tee.isascii() or not tee.isprintable() or len(tee) > 64:
+            raise CocoEvidenceFormatError(
+                f"attestation agent /info: tee must be a short ASCII name, got {json_type(tee)}"
+            )
+        return tee
+
     def _get(self, runtime_data: bytes) -> bytes:
         query = urllib.parse.urlencode(
             {
@@ -142,27 +176,29 @@ class CocoEvidenceCollector:
                 "encoding": "base64",
             }
         )
-        target = f"{self._path}{_EVIDENCE_PATH}?{query}"
+        return self._request(f"{self._path}{_EVIDENCE_PATH}?{query}", _MAX_ANSWER)
+
+    def _request(self, target: str, limit: int) -> bytes:
         where = f"attestation agent at {self._host}:{self._port}"
         connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         try:
             connection.request("GET", target, headers={"Accept": "application/json"})
             response = connection.getresponse()
-            body = response.read(_MAX_ANSWER + 1)
+            body = response.read(limit + 1)
         except (OSError, http.client.HTTPException) as exc:
-            raise CocoAgentError(
-                f"cannot get evidence from the {where}: {shorten(str(exc) or type(exc).__name__)}"
+            raise CocoAgentUnavailableError(
+                f"cannot reach the {where}: {shorten(str(exc) or type(exc).__name__)}"
             ) from None
         finally:
             connection.close()
         if response.status != 200:
             text = shorten(body[:400].decode("utf-8", "replace"))
-            raise CocoAgentError(
+            raise CocoAgentUnavailableError(
                 f"the {where} answered HTTP {response.status}: {text} (an agent from before May 2026 "
                 "cannot take binary runtime data: update guest-components)"
                 if response.status == 500 and "64 bytes" in text
-                else f"the {where} answered HTTP {response.status}: {text}"
+                else f"the {where} answered HTTP {response.status} to {target.partition('?')[0]}: {text}"
             )
-        if len(body) > _MAX_ANSWER:
-            raise CocoEvidenceFormatError(f"the {where} answered more than {_MAX_ANSWER} bytes")
+        if len(body) > limit:
+            raise CocoEvidenceFormatError(f"the {where} answered more than {limit} bytes")
         return body

@@ -27,7 +27,10 @@ FedSeal appraises the quote's MRTD and RTMRs directly, so the event log is type-
 and not shipped.
 
 Parsing is strict: every field is type- and range-checked, an unknown or missing field is
-refused, and each refusal is a :class:`CocoEvidenceFormatError` naming the field.
+refused, and each refusal is a :class:`CocoEvidenceFormatError` naming the field. A whole
+document of the other TEE is a :class:`CocoTeeMismatchError`, and the agent's sample
+evidence (``{"svn", "report_data"}``, what it answers when it finds no TEE) a
+:class:`CocoSampleEvidenceError`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import uuid
 from collections.abc import Mapping
 
 from .._encoding import DecodeError, b64decode_strict, json_type, load_json_object
-from ._errors import CocoEvidenceFormatError
+from ._errors import CocoEvidenceFormatError, CocoSampleEvidenceError, CocoTeeMismatchError
 from ._snp import SNP_REPORT_SIZE, SUPPORTED_SNP_REPORT_VERSIONS, SnpCertGuid, encode_snp_cert_table
 
 __all__ = ["snp_payload_from_agent", "snp_report_from_agent", "tdx_quote_from_agent"]
@@ -87,6 +90,17 @@ _REPORT_FIELDS = frozenset(
 )
 # Added by sev 5.x for version 5 reports; older crates omit them, newer write null before v5.
 _MIT_FIELDS = frozenset({"launch_mit_vector", "current_mit_vector"})
+# The top-level fields of each attester's document: the agent's evidence of another TEE
+# than asked for, or its sample attester's (``attester/src/sample``, the fallback when it
+# detects no TEE), is refused by what it is.
+_SNP_DOCUMENT = frozenset({"attestation_report", "cert_chain"})
+_TDX_DOCUMENT = frozenset({"cc_eventlog", "quote"})
+_SAMPLE = "sample"
+_SHAPES = {
+    _SNP_DOCUMENT: "amd-sev-snp",
+    _TDX_DOCUMENT: "intel-tdx",
+    frozenset({"svn", "report_data"}): _SAMPLE,
+}
 
 
 def _fail(field: str, message: str) -> CocoEvidenceFormatError:
@@ -252,13 +266,27 @@ def _document(body: bytes, required: frozenset[str]) -> dict[str, object]:
         document = load_json_object(body)
     except DecodeError as exc:
         raise _fail("document", str(exc)) from None
+    # A whole document of another attester is named as such, not as its first odd field.
+    shape = _SHAPES.get(frozenset(document))
+    if shape == _SAMPLE:
+        raise CocoSampleEvidenceError(
+            "attestation agent evidence is its insecure sample evidence ({svn, report_data}): "
+            "the agent found no TEE in the pod VM",
+            found=_SAMPLE,
+        )
+    expected = _SHAPES[required]
+    if shape is not None and shape != expected:
+        raise CocoTeeMismatchError(
+            f"attestation agent evidence is {shape} evidence, not the {expected} evidence asked for",
+            found=shape,
+        )
     return _object(document, "document", required)
 
 
 def snp_payload_from_agent(body: bytes) -> bytes:
     """An ``amd-sev-snp`` evidence payload (the report, then the certificate table if the
     agent sent certificates) from the agent's SEV-SNP evidence document."""
-    document = _document(body, frozenset({"attestation_report", "cert_chain"}))
+    document = _document(body, _SNP_DOCUMENT)
     report = snp_report_from_agent(document["attestation_report"])
     table = _cert_chain(document["cert_chain"])
     return report + encode_snp_cert_table(table) if table else report
@@ -266,7 +294,7 @@ def snp_payload_from_agent(body: bytes) -> bytes:
 
 def tdx_quote_from_agent(body: bytes) -> bytes:
     """The raw DCAP quote from the agent's TDX evidence document."""
-    document = _document(body, frozenset({"cc_eventlog", "quote"}))
+    document = _document(body, _TDX_DOCUMENT)
     eventlog = document["cc_eventlog"]
     if eventlog is not None and not isinstance(eventlog, str):
         raise _fail("cc_eventlog", f"must be a base64 string or null, got {json_type(eventlog)}")

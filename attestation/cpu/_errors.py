@@ -20,7 +20,10 @@ from .._errors import (
 
 __all__ = [
     "CocoAgentError",
+    "CocoAgentUnavailableError",
     "CocoEvidenceFormatError",
+    "CocoSampleEvidenceError",
+    "CocoTeeMismatchError",
     "ConfigfsTsmConflictError",
     "ConfigfsTsmError",
     "CpuDebugModeError",
@@ -105,6 +108,24 @@ class CocoAgentError(EvidenceCollectionError):
     not give evidence: unreachable, an HTTP error, or evidence over other report data."""
 
 
+class CocoAgentUnavailableError(CocoAgentError):
+    """No attestation agent answers at the configured address, or it answers an HTTP error."""
+
+
 class CocoEvidenceFormatError(CocoAgentError):
     """The attestation agent's answer is not the evidence document this collector knows
     (the message names the field)."""
+
+
+class CocoTeeMismatchError(CocoEvidenceFormatError):
+    """The attestation agent answered evidence (or names a TEE) of another kind than the
+    collector was configured for; ``found`` is what the agent gave."""
+
+    def __init__(self, message: str, *, found: str) -> None:
+        super().__init__(message)
+        self.found = found
+
+
+class CocoSampleEvidenceError(CocoTeeMismatchError):
+    """The attestation agent answered with its insecure sample attester: the pod VM has no
+    TEE it can use (the agent falls back to "sample" when it detects none)."""
