@@ -257,6 +257,14 @@ def _parser() -> argparse.ArgumentParser:
         "(default: %(default)s). Without it the evidence proves the GPU, not the VM's software",
     )
     p.add_argument(
+        "--nras",
+        action="store_true",
+        help="also staple an NVIDIA NRAS token (NVIDIA's own appraisal of the GPU evidence, verified "
+        "here first) and NRAS's key set to every GPU evidence item; needs outbound HTTPS to "
+        "nras.attestation.nvidia.com. If NRAS fails, evidence is served without a token "
+        "(fedseal_nras_tokens_total{outcome='failed'}); clients whose policy requires one refuse",
+    )
+    p.add_argument(
         "--insecure-simulated-tee",
         action="store_true",
         help="INSECURE, development only: sign evidence with a throwaway key instead of TEE "
@@ -317,6 +325,11 @@ def run(
         for name in args.tls_name:
             if not _DNS_NAME.fullmatch(name):
                 raise ConfigError(f"--tls-name {name[:64]!r} is not a DNS name")
+        if args.nras and (args.insecure_simulated_tee or args.gpu_collector == GpuCollector.NONE.value):
+            raise ConfigError(
+                "--nras staples NVIDIA NRAS tokens to GPU evidence: it needs a --gpu-collector "
+                "other than 'none', and hardware mode (not --insecure-simulated-tee)"
+            )
         policy = _self_attestation_policy(args)
         accumulator_device = _accumulator_device(args.accumulator_device)
     except (ConfigError, FormatError, PolicyError) as exc:
@@ -477,10 +490,17 @@ def _collectors(
     if args.insecure_simulated_tee:
         return [InsecureSimulatedTeeCollector("fedseal-aggregator (insecure simulated TEE)")]
     # Collateral is fetched here, on the host side, and stapled so clients verify offline.
-    collateral = CollateralCache(HttpFetcher(), on_event=metrics.collateral_event)
+    network = HttpFetcher()
+    collateral = CollateralCache(network, on_event=metrics.collateral_event)
     stack.enter_context(CollateralRefresher(collateral))  # refreshed before due, stopped at exit
     return stack.enter_context(
-        hardware_collectors(GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee), collateral=collateral)
+        hardware_collectors(
+            GpuCollector(args.gpu_collector),
+            CpuTee(args.cpu_tee),
+            collateral=collateral,
+            nras=network if args.nras else None,  # uncached: each token answers one challenge
+            on_nras=metrics.nras_outcome,
+        )
     )
 
 

@@ -53,7 +53,14 @@ from ._format import (
     parse_nvidia_gpu_payload,
     spdm_nonce_for_binding,
 )
-from ._nras import NRAS_GPU_ATTEST_URL, NRAS_ISSUER, NRAS_JWKS_URL, nras_key_set_pins
+from ._nras import (
+    NRAS_GPU_ATTEST_URL,
+    NRAS_ISSUER,
+    NRAS_JWKS_URL,
+    nras_key_set_certificates,
+    nras_key_set_pins,
+    nras_token_validity,
+)
 from ._nras_staple import NrasStapleOutcome, NrasTokenStapler, nras_attest_request
 from ._ocsp import NVIDIA_OCSP_URL
 from ._pki import TrustAnchors, pinned_trust_anchors
@@ -111,7 +118,9 @@ __all__ = [
     "TrustAnchors",
     "evidence_from_nvidia_json",
     "nras_attest_request",
+    "nras_key_set_certificates",
     "nras_key_set_pins",
+    "nras_token_validity",
     "parse_attestation_report",
     "parse_nvidia_gpu_payload",
     "pinned_trust_anchors",
