@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nvidia_pki import NOW, FakeFetcher, NrasIssuer, NrasService, World, make_world
 
 from attestation import (
@@ -390,6 +391,11 @@ def test_policy_keys_parse_strictly(world: World) -> None:
     pinned = _policy(world, nras="required", nras_key_pins=[issuer.pin()])
     assert pinned.nvidia_gpu.nras_key_pins == frozenset({bytes.fromhex(issuer.pin())})
     assert nras_key_set_pins(issuer.jwks()) == {issuer.kid: bytes.fromhex(issuer.pin())}
+    # The pin is what policies/README.md says: SHA-256 of the x5c certificate's public key.
+    (key,) = json.loads(issuer.jwks())["keys"]
+    certificate = x509.load_der_x509_certificate(base64.b64decode(key["x5c"][0]))
+    spki = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    assert hashlib.sha256(spki).hexdigest() == issuer.pin()
     bad: list[tuple[dict[str, Any], str]] = [
         ({"nras": "if_present"}, "'nvidia_gpu.nras' must be one of 'if-present', 'required'"),
         ({"nras": True}, "'nvidia_gpu.nras' must be one of"),
