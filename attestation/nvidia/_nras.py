@@ -43,6 +43,7 @@ from ._errors import (
     NrasUntrustedTokenError,
     NvidiaVerifierUnavailableError,
 )
+from ._format import MAX_NRAS_JWKS_BYTES
 
 __all__ = [
     "NRAS_CLAIMS_VERSION",
@@ -62,7 +63,6 @@ NRAS_JWKS_URL = "https://nras.attestation.nvidia.com/.well-known/jwks.json"
 # whose tokens this module verifies (detached EAT with SHA-256 submodule digests).
 NRAS_GPU_ATTEST_URL = "https://nras.attestation.nvidia.com/v3/attest/gpu"
 NRAS_CLAIMS_VERSION = "3.0"
-_MAX_KEY_SET = 64 * 1024
 _LEEWAY = datetime.timedelta(seconds=60)
 _MAX_TOKEN_TEXT = 256 * 1024
 
@@ -132,8 +132,8 @@ def nras_key_set_certificates(key_set: bytes) -> list[x509.Certificate]:
     them; a key without one is fine). Nothing is verified: they date the key set (the
     aggregator's cache, the hardware checklist). Raises NrasTokenError for a document, or an
     ``x5c`` entry, that does not parse."""
-    if not isinstance(key_set, bytes) or len(key_set) > _MAX_KEY_SET:
-        raise NrasTokenError(f"the NRAS key set must be at most {_MAX_KEY_SET} bytes")
+    if not isinstance(key_set, bytes) or len(key_set) > MAX_NRAS_JWKS_BYTES:
+        raise NrasTokenError(f"the NRAS key set must be at most {MAX_NRAS_JWKS_BYTES} bytes")
     try:
         document = strictjson.loads(key_set, what="NRAS key set")
     except ValueError as exc:
@@ -184,8 +184,8 @@ def _pyjwt() -> Any:
 
 
 def _load_key_set(jwt: Any, key_set: bytes) -> Any:
-    if not isinstance(key_set, bytes) or len(key_set) > _MAX_KEY_SET:
-        raise NrasTokenError(f"the NRAS key set must be at most {_MAX_KEY_SET} bytes")
+    if not isinstance(key_set, bytes) or len(key_set) > MAX_NRAS_JWKS_BYTES:
+        raise NrasTokenError(f"the NRAS key set must be at most {MAX_NRAS_JWKS_BYTES} bytes")
     try:
         document = strictjson.loads(key_set, what="NRAS key set")
         return jwt.PyJWKSet.from_dict(document)
