@@ -374,29 +374,28 @@ def test_a_round_under_a_policy_requiring_an_nras_token(
     the log under it. While NRAS is down the evidence comes without a token (counted), and
     that client refuses by name and sends nothing."""
     with open_host(tmp_path, monkeypatch, nras=True) as nras_host:
-        host = nras_host
-        tokens = _nras_tokens(host)
-        assert host.vendors.nras is not None
-        document = production_like_document(host.world, host.amd)
-        document["nvidia_gpu"] |= {"nras": "required", "nras_key_pins": [host.vendors.nras.issuer.pin()]}
+        tokens = _nras_tokens(nras_host)
+        assert nras_host.vendors.nras is not None
+        document = production_like_document(nras_host.world, nras_host.amd)
+        document["nvidia_gpu"] |= {"nras": "required", "nras_key_pins": [nras_host.vendors.nras.issuer.pin()]}
         policy = Policy.from_json(json.dumps(document), source="test")
-        host.aggregator.rounds.open_round(round_config(1, min_clients=1, max_clients=1))
+        nras_host.aggregator.rounds.open_round(round_config(1, min_clients=1, max_clients=1))
         assert tokens("stapled") == 1  # the start-up evidence
 
-        host.vendors.nras.down = True
+        nras_host.vendors.nras.down = True
         with (
             FedSealClient(
-                host.aggregator.endpoint, policy, identity=site_identity("site-0"), timeout=20
+                nras_host.aggregator.endpoint, policy, identity=site_identity("site-0"), timeout=20
             ) as c,
             pytest.raises(NrasTokenRequiredError),
         ):
             c.submit_update(make_adapter(1), round_id=1, num_examples=10)
-        assert host.accepted() == 0 and tokens("failed") == 1
+        assert nras_host.accepted() == 0 and tokens("failed") == 1
 
-        host.vendors.nras.down = False
-        host.clock.offset = 2 * datetime.timedelta(minutes=1)  # past the stapler's retry pause
+        nras_host.vendors.nras.down = False
+        nras_host.clock.offset = 2 * datetime.timedelta(minutes=1)  # past the stapler's retry pause
         with FedSealClient(
-            host.aggregator.endpoint, policy, identity=site_identity("site-0"), timeout=20
+            nras_host.aggregator.endpoint, policy, identity=site_identity("site-0"), timeout=20
         ) as client:
             attested = client.attest()
             row = next(c for c in attested.checks if c.name.endswith("NRAS token"))
@@ -404,7 +403,7 @@ def test_a_round_under_a_policy_requiring_an_nras_token(
             client.submit_update(make_adapter(1), round_id=1, num_examples=10)
             assert client.fetch_aggregate(1, wait_seconds=10).manifest.participants == ("site-0",)
         assert tokens("stapled") >= 2
-        assert audit_log(host.aggregator.log.path, policy).findings == ()
+        assert audit_log(nras_host.aggregator.log.path, policy).findings == ()
 
 
 def _nras_tokens(host: Host) -> Callable[[str], float]:
