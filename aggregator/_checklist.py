@@ -8,8 +8,9 @@ step instead of stopping the service:
 2. **collect**: fresh throw-away keys and a random challenge of its own, and evidence from
    the hardware collectors for them (GPU first, the CPU report covering it);
 3. **staple**: the collateral the collectors stapled (RIMs, OCSP answers, the VCEK chain,
-   Intel's TCB info, QE identity, CRLs and their issuer chains), each with its age and time
-   left;
+   Intel's TCB info, QE identity, CRLs and their issuer chains, with ``--nras`` the NRAS
+   token and key set), each with its age and time left; with ``--nras``, GPU evidence
+   without a token fails this step;
 4. **verify**: the bundle verified with :func:`attestation.verify_bundle` under the
    production policy, with the collateral source that policy gives a client (stapled
    only unless it or ``--online`` says otherwise): exactly what a client would do;
@@ -64,7 +65,12 @@ from attestation import (
 from attestation._hardware import CpuTee, GpuCollector, hardware_collectors
 from attestation._stapled import decode_stapled
 from attestation.cpu import SnpCertGuid, parse_sev_snp_payload, parse_tdx_quote, tdx_collateral_requests
-from attestation.nvidia import parse_nvidia_gpu_payload
+from attestation.nvidia import (
+    NrasStapleOutcome,
+    nras_key_set_certificates,
+    nras_token_validity,
+    parse_nvidia_gpu_payload,
+)
 from fedseal.binding import CHALLENGE_SIZE, BoundKeys
 from fedseal.roundconfig import ConfigError
 
@@ -172,7 +178,7 @@ class ChecklistReport:
         if self.stapled:
             lines += ["", "stapled collateral:"]
             for i in self.stapled:
-                if i.issued is None or i.expires is None:  # RIMs: their signing chain bounds them
+                if i.issued is None or i.expires is None:  # RIMs (their signing chain bounds them)
                     lines.append(f"  {i.kind.value:<12} {i.item}: stapled (no dates of its own)")
                     continue
                 age, left = _span(self.now - i.issued), _span(i.expires - self.now)
@@ -198,10 +204,14 @@ def run_checklist(
     verify_fetcher: CollateralFetcher,
     collateral_source: str,
     now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+    require_nras: bool = False,
+    nras_failures: Sequence[str] = (),
 ) -> ChecklistReport:
     """Run the five steps (see the module docstring); never raises for a failing host.
 
     ``collectors`` opens the evidence collectors once the preflight passed, given its report.
+    With ``require_nras``, GPU evidence must carry an NRAS token; ``nras_failures`` (read
+    after collecting) says why the stapler left it out.
     """
     steps: list[Step] = []
 
@@ -248,13 +258,16 @@ def run_checklist(
     at = now()
     stapled = _stapled(bundle)
     expired = [i.item for i in stapled if i.expires is not None and i.expires <= at]
-    steps.append(
-        Step(
-            "staple",
-            StepStatus.FAILED if expired else StepStatus.PASSED,
-            f"expired: {', '.join(expired)}" if expired else f"{len(stapled)} item(s), all within validity",
-        )
-    )
+    tokens = sum(1 for i in stapled if i.item == "NRAS token")
+    gpu_items = sum(1 for e in bundle.evidence if e.kind is EvidenceKind.NVIDIA_GPU)
+    if expired:
+        status, summary = StepStatus.FAILED, f"expired: {', '.join(expired)}"
+    elif require_nras and tokens < gpu_items:
+        why = f": {nras_failures[-1]}" if nras_failures else ""
+        status, summary = StepStatus.FAILED, f"--nras: no NRAS token stapled to the GPU evidence{why}"
+    else:
+        status, summary = StepStatus.PASSED, f"{len(stapled)} item(s), all within validity"
+    steps.append(Step("staple", status, summary))
 
     try:
         verified = verify_bundle(bundle, policy, challenge, now=at, fetcher=verify_fetcher)
@@ -299,7 +312,9 @@ def _stapled(bundle: EvidenceBundle) -> list[StapledItem]:
                     )
                 )
             if gpu.nras_token is not None:
-                items.append(StapledItem(evidence.kind, "NRAS token", None, None))
+                items.append(_nras_token_item(evidence.kind, gpu.nras_token))
+            if gpu.nras_jwks is not None:
+                items.append(_nras_key_set_item(evidence.kind, gpu.nras_jwks))
         elif evidence.kind is EvidenceKind.AMD_SEV_SNP:
             _, table = parse_sev_snp_payload(evidence.payload)
             for guid in SnpCertGuid:
@@ -327,6 +342,30 @@ def _tdx_stapled(evidence: Evidence) -> list[StapledItem]:
             window = item.window(body)
             items.append(StapledItem(evidence.kind, item.what, window.issued, window.expires))
     return items
+
+
+def _nras_token_item(kind: EvidenceKind, token: str) -> StapledItem:
+    try:
+        issued, expires = nras_token_validity(token)
+    except AttestationError:  # the verify step names what is wrong with it
+        return StapledItem(kind, "NRAS token (unreadable)", None, None)
+    return StapledItem(kind, "NRAS token", issued, expires)
+
+
+def _nras_key_set_item(kind: EvidenceKind, key_set: bytes) -> StapledItem:
+    """The key set dated by its keys' x5c certificates (the youngest issued, the first to expire)."""
+    try:
+        certs = nras_key_set_certificates(key_set)
+    except AttestationError:
+        return StapledItem(kind, "NRAS key set (unreadable)", None, None)
+    if not certs:
+        return StapledItem(kind, "NRAS key set", None, None)
+    return StapledItem(
+        kind,
+        "NRAS key set",
+        max(c.not_valid_before_utc for c in certs),
+        min(c.not_valid_after_utc for c in certs),
+    )
 
 
 def _measurements(bundle: EvidenceBundle, policy: Policy) -> list[Measurement]:
@@ -406,6 +445,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="verify as a client that fetches missing collateral (default: as the policy says)",
     )
+    p.add_argument(
+        "--nras",
+        action="store_true",
+        help="staple an NVIDIA NRAS token as `fedseal-aggregator --nras` does, and fail the staple "
+        "step when none could be stapled",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON report")
     return p
 
@@ -448,6 +493,12 @@ def run(
         if preflight is not None
         else Preflight(PreflightMode.HARDWARE, min_gpus=args.min_gpus, gpus=gpus, coco_agent=coco_agent)
     )
+    nras_failures: list[str] = []
+
+    def nras_outcome(outcome: NrasStapleOutcome, reason: str) -> None:
+        if outcome is not NrasStapleOutcome.STAPLED:
+            nras_failures.append(reason)
+
     with contextlib.ExitStack() as stack:
 
         def open_collectors(found: PreflightReport) -> Sequence[EvidenceCollector]:
@@ -455,11 +506,18 @@ def run(
                 return collectors
             # The CPU TEE the preflight found, unless --cpu-tee names one.
             cpu = CpuTee(args.cpu_tee) if args.cpu_tee != "auto" else _collector_tee(found)
-            cache = CollateralCache(network if network is not None else HttpFetcher())
+            fetcher = network if network is not None else HttpFetcher()
+            cache = CollateralCache(fetcher)
             gpu = GpuCollector(args.gpu_collector)
             return stack.enter_context(
                 hardware_collectors(
-                    gpu, cpu, nvattest=args.nvattest, coco_agent_url=args.coco_agent_url, collateral=cache
+                    gpu,
+                    cpu,
+                    nvattest=args.nvattest,
+                    coco_agent_url=args.coco_agent_url,
+                    collateral=cache,
+                    nras=fetcher if args.nras else None,
+                    on_nras=nras_outcome,
                 )
             )
 
@@ -469,6 +527,8 @@ def run(
             policy,
             verify_fetcher=verify_fetcher,
             collateral_source=source,
+            require_nras=args.nras,
+            nras_failures=nras_failures,
             **_clock(now),
         )
     if args.json:

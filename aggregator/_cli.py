@@ -273,6 +273,14 @@ def _parser() -> argparse.ArgumentParser:
         f"http:// address (default: {DEFAULT_COCO_AGENT_URL})",
     )
     p.add_argument(
+        "--nras",
+        action="store_true",
+        help="also staple an NVIDIA NRAS token (NVIDIA's own appraisal of the GPU evidence, verified "
+        "here first) and NRAS's key set to every GPU evidence item; needs outbound HTTPS to "
+        "nras.attestation.nvidia.com. If NRAS fails, evidence is served without a token "
+        "(fedseal_nras_tokens_total{outcome='failed'}); clients whose policy requires one refuse",
+    )
+    p.add_argument(
         "--insecure-simulated-tee",
         action="store_true",
         help="INSECURE, development only: sign evidence with a throwaway key instead of TEE "
@@ -354,6 +362,11 @@ def run(argv: list[str] | None = None, *, preflight_for: PreflightFactory = Pref
         for name in args.tls_name:
             if not _DNS_NAME.fullmatch(name):
                 raise ConfigError(f"--tls-name {name[:64]!r} is not a DNS name")
+        if args.nras and (args.insecure_simulated_tee or args.gpu_collector == GpuCollector.NONE.value):
+            raise ConfigError(
+                "--nras staples NVIDIA NRAS tokens to GPU evidence: it needs a --gpu-collector "
+                "other than 'none', and hardware mode (not --insecure-simulated-tee)"
+            )
         policy = _self_attestation_policy(args)
         gpus, coco_agent = _host(args, policy)
         accumulator_device = _accumulator_device(args.accumulator_device, gpus=gpus)
@@ -563,7 +576,8 @@ def _collectors(
     if args.insecure_simulated_tee:
         return [InsecureSimulatedTeeCollector("fedseal-aggregator (insecure simulated TEE)")]
     # Collateral is fetched here, on the host side, and stapled so clients verify offline.
-    collateral = CollateralCache(HttpFetcher(), on_event=metrics.collateral_event)
+    network = HttpFetcher()
+    collateral = CollateralCache(network, on_event=metrics.collateral_event)
     stack.enter_context(CollateralRefresher(collateral))  # refreshed before due, stopped at exit
     return stack.enter_context(
         hardware_collectors(
@@ -571,6 +585,8 @@ def _collectors(
             CpuTee(args.cpu_tee),
             coco_agent_url=args.coco_agent_url,
             collateral=collateral,
+            nras=network if args.nras else None,  # uncached: each token answers one challenge
+            on_nras=metrics.nras_outcome,
         )
     )
 

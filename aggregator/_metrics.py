@@ -18,6 +18,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from attestation import CollateralEvent
+from attestation.nvidia import NrasStapleOutcome
 from fedseal.logformat import FailureCause, RejectReason
 from fedseal.roundconfig import ConfigError
 from fedseal.wire import RoundState
@@ -90,6 +91,12 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        self.nras_tokens = Counter(
+            "fedseal_nras_tokens",
+            "NVIDIA NRAS tokens for GPU evidence (--nras): stapled, failed (served without), skipped",
+            ["outcome"],
+            registry=r,
+        )
         age = Gauge(
             "fedseal_attestation_age_seconds",
             "Seconds since the evidence this enclave recorded at start-up was made (NaN before)",
@@ -113,6 +120,8 @@ class Metrics:
             self.attestation_requests.labels(outcome)
         for event in CollateralEvent:
             self.collateral_events.labels(event.value)
+        for nras in NrasStapleOutcome:
+            self.nras_tokens.labels(nras.value)
 
     # ------------------------------------------------------------------ events
     def round_opened(self, round_id: int) -> None:
@@ -162,6 +171,10 @@ class Metrics:
     def collateral_event(self, event: CollateralEvent, what: str) -> None:
         """A stapled-collateral cache outcome (``expired`` means GetAttestation now fails)."""
         self.collateral_events.labels(event.value).inc()
+
+    def nras_outcome(self, outcome: NrasStapleOutcome, reason: str) -> None:
+        """What the NRAS stapler did for one evidence item (the reason is logged, not labelled)."""
+        self.nras_tokens.labels(outcome.value).inc()
 
     def evidence_made(self, at: float | None = None) -> None:
         """Record when the enclave's start-up evidence was made (now, by default)."""

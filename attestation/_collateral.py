@@ -3,8 +3,9 @@
 The stapling collectors (``attestation.nvidia.NvidiaCollateralStapler``,
 ``attestation.cpu.SevSnpCollateralStapler`` / ``TdxCollateralStapler``) attach to every
 bundle what a client needs to verify it offline: RIMs, OCSP answers, the VCEK and its
-ASK, Intel's PCS collateral. They fetch it on the host side through a
-:class:`~attestation.CollateralFetcher`, through this cache:
+ASK, Intel's PCS collateral (and, with ``--nras``, NRAS's key set beside its token).
+They fetch it on the host side through a :class:`~attestation.CollateralFetcher`, through
+this cache:
 
 * each item is kept with two times, derived from its content when it is fetched: when
   to refresh it (shortly before its next update) and when it expires (after which no

@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._bundle import EvidenceKind
 from ._collateral import CollateralCache
 from ._collect import EvidenceCollector
 from ._errors import EvidenceCollectionError
+from ._fetch import CollateralFetcher
+
+if TYPE_CHECKING:
+    from .nvidia import NrasStapleOutcome
 
 __all__ = ["CpuTee", "GpuCollector", "hardware_collectors"]
 
@@ -60,17 +65,23 @@ def hardware_collectors(
     configfs_tsm_root: Path | None = None,
     coco_agent_url: str | None = None,
     collateral: CollateralCache | None = None,
+    nras: CollateralFetcher | None = None,
+    on_nras: Callable[[NrasStapleOutcome, str], None] | None = None,
 ) -> Iterator[list[EvidenceCollector]]:
     """The collectors for this VM, closed on exit. Raises EvidenceCollectionError if none is chosen.
 
     With ``collateral``, the GPU, SEV-SNP and TDX collectors staple what an offline verifier
     needs (RIMs, OCSP answers, AMD certificates, Intel PCS collateral), fetched and cached
-    through it.
+    through it. With ``nras`` as well (the fetcher that reaches NVIDIA's NRAS), the GPU
+    evidence also gets an NRAS token and its key set (``NrasTokenStapler``), each outcome
+    reported to ``on_nras``.
     """
     if gpu is GpuCollector.NONE and cpu is CpuTee.NONE:
         raise EvidenceCollectionError(
             "no evidence collector chosen: name the GPU collector and/or the CPU TEE of this VM"
         )
+    if nras is not None and (collateral is None or gpu is GpuCollector.NONE):
+        raise EvidenceCollectionError("NRAS tokens are stapled to GPU evidence, with the collateral cache")
     with contextlib.ExitStack() as stack:
         collectors: list[EvidenceCollector] = []
         if gpu is GpuCollector.NV_LOCAL_GPU_VERIFIER:
@@ -85,6 +96,10 @@ def hardware_collectors(
             from .nvidia import NvidiaCollateralStapler
 
             collectors[0] = NvidiaCollateralStapler(collectors[0], collateral)
+            if nras is not None:
+                from .nvidia import NrasTokenStapler
+
+                collectors[0] = NrasTokenStapler(collectors[0], collateral, nras, on_outcome=on_nras)
         if cpu is not CpuTee.NONE:
             from .cpu import CocoEvidenceCollector, ConfigfsTsmCollector
 

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 
 from ._bundle import EvidenceKind
-from ._collateral_policy import CollateralPolicy
+from ._collateral_policy import CollateralPolicy, CollateralSource
 from ._encoding import DecodeError, hexdecode_strict, json_type, load_json_object
 from ._errors import PolicyError
 from ._witness_policy import WitnessPolicy
 from .cpu._policy import SevSnpPolicy, TdxPolicy
-from .nvidia._policy import NvidiaGpuPolicy
+from .nvidia._policy import NrasMode, NvidiaGpuPolicy
 
 __all__ = [
     "MAX_POLICY_SIZE",
@@ -164,6 +164,17 @@ class Policy:
             raise PolicyError(f"{where}: 'collateral' must be a CollateralPolicy")
         if not isinstance(self.nvidia_gpu, NvidiaGpuPolicy):
             raise PolicyError(f"{where}: 'nvidia_gpu' must be an NvidiaGpuPolicy")
+        if (
+            self.nvidia_gpu.nras is NrasMode.REQUIRED
+            and not self.nvidia_gpu.nras_key_pins
+            and self.collateral.source is CollateralSource.STAPLED
+        ):
+            # Offline, the only NRAS key set is the one the aggregator stapled: its word.
+            raise PolicyError(
+                f"{where}: 'nvidia_gpu.nras' is 'required' but the policy pins no NRAS key "
+                "('nvidia_gpu.nras_key_pins') and verifies stapled-only ('collateral.source'); "
+                "no bundle could pass: pin NVIDIA's NRAS keys or verify online"
+            )
         if self.witnesses is not None and not isinstance(self.witnesses, WitnessPolicy):
             raise PolicyError(f"{where}: 'witnesses' must be a WitnessPolicy")
         for key, kind, section_type in (

@@ -16,13 +16,13 @@ import pytest
 from amd_pki import MEASUREMENT, AmdPki
 from cryptography.hazmat.primitives.serialization import Encoding
 from fake_nvml import install_fake_nvml
-from nvidia_pki import World, make_world
+from nvidia_pki import NrasService, World, make_world
 from test_hardware_path import Clock, SigningNvml, SigningTsmEntry, Vendors
 
 from attestation import CollateralCache, EvidenceCollector, EvidenceKind
 from attestation._templates import fill_policy_template, load_policy_template
 from attestation.cpu import ConfigfsTsmCollector, SevSnpCollateralStapler
-from attestation.nvidia import NvidiaCollateralStapler, NvidiaGpuCollector
+from attestation.nvidia import NrasTokenStapler, NvidiaCollateralStapler, NvidiaGpuCollector
 
 __all__ = ["Rig", "filled_template_document", "open_rig"]
 
@@ -42,22 +42,27 @@ class Rig:
 
 
 @contextlib.contextmanager
-def open_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
+def open_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, nras: bool = False) -> Iterator[Rig]:
+    """The rig; with ``nras``, its GPU evidence also gets NRAS tokens (as with ``--nras``)."""
     world, amd, clock = make_world(), AmdPki(), Clock()
     install_fake_nvml(monkeypatch, SigningNvml(world))
     tsm_root = tmp_path / "tsm" / "report"
     entry = SigningTsmEntry(tsm_root / "fedseal", amd)
-    vendors = Vendors(world, amd, clock)
+    vendors = Vendors(world, amd, clock, nras=NrasService(clock=clock.now) if nras else None)
     cache = CollateralCache(vendors, clock=clock.now)
     with contextlib.ExitStack() as stack:
         stack.callback(entry.close)
-        gpu = stack.enter_context(NvidiaGpuCollector(timeout=60))
+        gpu: EvidenceCollector = NvidiaCollateralStapler(
+            stack.enter_context(NvidiaGpuCollector(timeout=60)), cache, anchors=world.anchors
+        )
+        if nras:
+            gpu = NrasTokenStapler(gpu, cache, vendors, anchors=world.anchors)
         yield Rig(
             world,
             amd,
             vendors,
             clock,
-            NvidiaCollateralStapler(gpu, cache, anchors=world.anchors),
+            gpu,
             SevSnpCollateralStapler(
                 ConfigfsTsmCollector(EvidenceKind.AMD_SEV_SNP, root=tsm_root, entry="fedseal"), cache
             ),

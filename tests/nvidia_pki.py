@@ -11,12 +11,15 @@ same evidence sent through ``verify_bundle`` fails the NVIDIA root pin.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import functools
 import hashlib
 import json
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import jwt
 from cryptography import x509
@@ -30,6 +33,7 @@ from signxml.signer import XMLSigner
 
 from attestation import CollateralRequest, CollateralUnavailableError
 from attestation.nvidia import (
+    NRAS_GPU_ATTEST_URL,
     NRAS_ISSUER,
     NRAS_JWKS_URL,
     NVIDIA_OCSP_URL,
@@ -39,6 +43,7 @@ from attestation.nvidia import (
     NvidiaGpuEvidence,
     StapledRim,
     TrustAnchors,
+    parse_attestation_report,
 )
 
 T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
@@ -399,8 +404,6 @@ def ocsp_responder_for(
 
 
 def rim_service_answer(xml: bytes, file_id: str) -> bytes:
-    import base64
-
     return json.dumps({"id": file_id, "rim": base64.b64encode(xml).decode()}).encode()
 
 
@@ -413,13 +416,29 @@ def rim_urls(world: World) -> dict[str, bytes]:
 
 @dataclass
 class NrasIssuer:
+    """NRAS's token signer: an ES384 key published in a JWKS with an ``x5c`` certificate
+    (as NVIDIA publishes its keys), valid from T0 until ``not_after``."""
+
     key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP384R1()))
     kid: str = "test-nras-key"
+    not_after: datetime.datetime = FAR
+
+    @functools.cached_property
+    def certificate(self) -> x509.Certificate:
+        return make_cert("NRAS token signing", None, ca=False, key=self.key, not_after=self.not_after).cert
 
     def jwks(self) -> bytes:
         jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))
-        jwk.update({"kid": self.kid, "alg": "ES384", "use": "sig"})
+        der = self.certificate.public_bytes(serialization.Encoding.DER)
+        jwk.update({"kid": self.kid, "alg": "ES384", "use": "sig", "x5c": [base64.b64encode(der).decode()]})
         return json.dumps({"keys": [jwk]}).encode()
+
+    def pin(self) -> str:
+        """The key's pin as a policy's ``nvidia_gpu.nras_key_pins`` lists it."""
+        der = self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return hashlib.sha256(der).hexdigest()
 
     def token(
         self,
@@ -456,3 +475,54 @@ class NrasIssuer:
 
     def fetcher_answers(self) -> dict[str, bytes]:
         return {NRAS_JWKS_URL: self.jwks()}
+
+
+@dataclass
+class NrasService:
+    """NVIDIA's NRAS behind the CollateralFetcher interface: its key set, and its GPU
+    attestation API, which checks a request as NRAS receives it (the fields
+    nv-attestation-sdk sends, every report's SPDM nonce equal to the request's, a PEM chain
+    per GPU) and answers a detached EAT for that nonce and GPU count, signed by ``issuer``.
+
+    ``down`` makes both fail like an unreachable service; ``token_args`` are passed to
+    :meth:`NrasIssuer.token` (a misbehaving NRAS: another key, another nonce, old tokens).
+    """
+
+    issuer: NrasIssuer = field(default_factory=NrasIssuer)
+    clock: Callable[[], datetime.datetime] = lambda: NOW
+    down: bool = False
+    token_args: dict[str, object] = field(default_factory=dict)
+    requests: list[CollateralRequest] = field(default_factory=list)
+
+    def answer(self, request: CollateralRequest) -> bytes | None:
+        """NRAS's answer to ``request``, or None when it is not addressed to NRAS."""
+        if request.url not in (NRAS_GPU_ATTEST_URL, NRAS_JWKS_URL):
+            return None
+        self.requests.append(request)
+        if self.down:
+            raise CollateralUnavailableError(f"test NRAS is down: {request.url}")
+        if request.url == NRAS_JWKS_URL:
+            return self.issuer.jwks()
+        if request.content_type != "application/json" or request.body is None:
+            raise CollateralUnavailableError("test NRAS: HTTP 415, a JSON body is expected")
+        body = json.loads(request.body)
+        if set(body) != {"arch", "claims_version", "evidence_list", "nonce"} or body["arch"] != "HOPPER":
+            raise CollateralUnavailableError(f"test NRAS: HTTP 400, unexpected request fields {sorted(body)}")
+        nonce = bytes.fromhex(body["nonce"])
+        for entry in body["evidence_list"]:
+            report = parse_attestation_report(base64.b64decode(entry["evidence"], validate=True))
+            chain = x509.load_pem_x509_certificates(base64.b64decode(entry["certificate"], validate=True))
+            if report.request_nonce != nonce or len(chain) < 2:
+                raise CollateralUnavailableError("test NRAS: HTTP 400, the report is not for this nonce")
+        token_args: dict[str, Any] = {
+            "now": self.clock(),
+            "gpus": len(body["evidence_list"]),
+            **self.token_args,
+        }
+        return self.issuer.token(nonce, **token_args).encode()
+
+    def fetch(self, request: CollateralRequest) -> bytes:
+        answer = self.answer(request)
+        if answer is None:
+            raise CollateralUnavailableError(f"test NRAS knows nothing at {request.url}")
+        return answer

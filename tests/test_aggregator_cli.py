@@ -233,6 +233,16 @@ def test_self_attestation_policy_is_checked_up_front(
     assert "applies to hardware mode" in capsys.readouterr().err
 
 
+def test_nras_needs_a_gpu_collector_in_hardware_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--log", str(tmp_path / "a.log"), *_enrolment(tmp_path), "--nras"]
+    for extra in (["--insecure-simulated-tee"], ["--gpu-collector", "none", "--cpu-tee", "sev-snp"]):
+        assert main([*base, *extra]) == 2
+        assert "--nras staples NVIDIA NRAS tokens to GPU evidence" in capsys.readouterr().err
+    assert not (tmp_path / "a.log").exists()
+
+
 def test_no_collector_at_all_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = run(
         [

@@ -133,6 +133,35 @@ def test_collateral_that_cannot_be_fetched_fails_the_staple_step(
     assert "StapledCollateralExpiredError" in staple["summary"]
 
 
+def test_with_nras_the_report_dates_the_token_and_its_key_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_rig(tmp_path, monkeypatch, nras=True) as nras_rig:
+        assert nras_rig.vendors.nras is not None
+        document = filled_template_document(nras_rig)
+        document["nvidia_gpu"] |= {"nras": "required", "nras_key_pins": [nras_rig.vendors.nras.issuer.pin()]}
+        policy = tmp_path / "nras-policy.json"
+        policy.write_text(json.dumps(document))
+        status, report = _check(tmp_path, nras_rig, capsys, "--policy", str(policy), "--nras")
+        assert status == 0 and set(_steps(report).values()) == {"pass"}
+        items = {i["item"]: i for i in report["stapled"]}
+        token, key_set = items["NRAS token"], items["NRAS key set"]
+        assert 0 < token["age_seconds"] <= 120 and 3400 < token["seconds_left"] <= 3600
+        certificate = nras_rig.vendors.nras.issuer.certificate  # the key set is dated by its x5c
+        assert key_set["issued"].startswith(certificate.not_valid_before_utc.strftime("%Y-%m-%dT"))
+        assert key_set["expires"].startswith(certificate.not_valid_after_utc.strftime("%Y-%m-%dT"))
+
+        # NRAS unreachable: the evidence comes without a token and --nras fails the staple step.
+        nras_rig.vendors.nras.down = True
+        nras_rig.clock.offset = datetime.timedelta(minutes=2)  # past the stapler's retry pause
+        status, report = _check(tmp_path, nras_rig, capsys, "--policy", str(policy), "--nras")
+        assert status == 1
+        staple = next(s for s in report["steps"] if s["name"] == "staple")
+        assert staple["status"] == "FAIL" and "no NRAS token stapled" in staple["summary"]
+        verify = next(s for s in report["steps"] if s["name"] == "verify")
+        assert verify["status"] == "FAIL" and "NrasTokenRequiredError" in verify["summary"]
+
+
 def test_the_builtin_gpu_only_default_flags_the_unmeasured_vm(
     tmp_path: Path, rig: Rig, capsys: pytest.CaptureFixture[str]
 ) -> None:

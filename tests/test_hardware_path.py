@@ -45,6 +45,7 @@ from intel_pki import IntelPki
 from nvidia_pki import (
     DRIVER,
     VBIOS,
+    NrasService,
     World,
     make_report,
     make_rim,
@@ -65,6 +66,7 @@ from attestation import (
     CollateralUnavailableError,
     CollateralValidity,
     Evidence,
+    EvidenceCollector,
     EvidenceKind,
     Policy,
     PolicyError,
@@ -83,6 +85,8 @@ from attestation.cpu import (
 from attestation.nvidia import (
     NVIDIA_OCSP_URL,
     GpuCertificateRevokedError,
+    NrasTokenRequiredError,
+    NrasTokenStapler,
     NvidiaCollateralStapler,
     NvidiaGpuCollector,
     NvidiaGpuEvidence,
@@ -184,11 +188,16 @@ class Vendors:
     revoked: set[int] = field(default_factory=set)
     requests: list[CollateralRequest] = field(default_factory=list)
     intel: IntelPki | None = None
+    #: NVIDIA's NRAS, for an aggregator run with --nras (it has its own ``down``).
+    nras: NrasService | None = None
 
     def fetch(self, request: CollateralRequest) -> bytes:
         self.requests.append(request)
         if self.down:
             raise CollateralUnavailableError(f"test network is down: {request.url}")
+        answer = self.nras.answer(request) if self.nras is not None else None
+        if answer is not None:
+            return answer
         if request.url == NVIDIA_OCSP_URL and request.body is not None:
             serial = ocsp.load_der_ocsp_request(request.body).serial_number
             for cert, issuer in self.world.all_chain_certs():
@@ -280,21 +289,28 @@ def production_like_document(world: World, amd: AmdPki) -> dict[str, Any]:
     return document
 
 
-@pytest.fixture
-def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
+@contextlib.contextmanager
+def open_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, nras: bool = False) -> Iterator[Host]:
+    """The GPU + SEV-SNP aggregator; with ``nras``, run as with ``--nras`` against a test NRAS."""
     world, amd, clock = make_world(), AmdPki(), Clock()
     install_fake_nvml(monkeypatch, SigningNvml(world))
     tsm_root = tmp_path / "tsm" / "report"
     entry = SigningTsmEntry(tsm_root / "fedseal", amd)
-    vendors = Vendors(world, amd, clock)
+    vendors = Vendors(world, amd, clock, nras=NrasService(clock=clock.now) if nras else None)
     metrics = Metrics()
     cache = CollateralCache(vendors, clock=clock.now, on_event=metrics.collateral_event)
     tamper = Tamper()
     with contextlib.ExitStack() as stack:
         stack.callback(entry.close)
-        gpu = stack.enter_context(NvidiaGpuCollector(timeout=60))
+        gpu: EvidenceCollector = NvidiaCollateralStapler(
+            stack.enter_context(NvidiaGpuCollector(timeout=60)), cache, anchors=world.anchors
+        )
+        if nras:
+            gpu = NrasTokenStapler(
+                gpu, cache, vendors, anchors=world.anchors, on_outcome=metrics.nras_outcome
+            )
         collectors = [
-            Tampering(NvidiaCollateralStapler(gpu, cache, anchors=world.anchors), tamper),
+            Tampering(gpu, tamper),
             Tampering(
                 SevSnpCollateralStapler(
                     ConfigfsTsmCollector(EvidenceKind.AMD_SEV_SNP, root=tsm_root, entry="fedseal"), cache
@@ -313,6 +329,12 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
         yield Host(
             aggregator, world, amd, vendors, clock, tamper, metrics, production_like_policy(world, amd)
         )
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
+    with open_host(tmp_path, monkeypatch) as opened:
+        yield opened
 
 
 # --------------------------------------------------------------------------- the positive path
@@ -346,6 +368,54 @@ def test_a_whole_round_on_stapled_evidence_offline(host: Host, tmp_path: Path) -
     assert audit_main(["verify", log, "--policy", str(policy_file), "--quiet"]) == 0
     # The shipped template itself (vendor root pins, its sample measurement) refuses the same log.
     assert audit_main(["verify", log, "--builtin-policy", "example-sev-snp", "--quiet"]) == 1
+
+
+def test_a_round_under_a_policy_requiring_an_nras_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --nras, every bundle carries NRAS's token and key set: a stapled-only client whose
+    policy requires a token (pinning NRAS's key) runs a whole round, and the auditor accepts
+    the log under it. While NRAS is down the evidence comes without a token (counted), and
+    that client refuses by name and sends nothing."""
+    with open_host(tmp_path, monkeypatch, nras=True) as nras_host:
+        tokens = _nras_tokens(nras_host)
+        assert nras_host.vendors.nras is not None
+        document = production_like_document(nras_host.world, nras_host.amd)
+        document["nvidia_gpu"] |= {"nras": "required", "nras_key_pins": [nras_host.vendors.nras.issuer.pin()]}
+        policy = Policy.from_json(json.dumps(document), source="test")
+        nras_host.aggregator.rounds.open_round(round_config(1, min_clients=1, max_clients=1))
+        assert tokens("stapled") == 1  # the start-up evidence
+
+        nras_host.vendors.nras.down = True
+        with (
+            FedSealClient(
+                nras_host.aggregator.endpoint, policy, identity=site_identity("site-0"), timeout=20
+            ) as c,
+            pytest.raises(NrasTokenRequiredError),
+        ):
+            c.submit_update(make_adapter(1), round_id=1, num_examples=10)
+        assert nras_host.accepted() == 0 and tokens("failed") == 1
+
+        nras_host.vendors.nras.down = False
+        nras_host.clock.offset = 2 * datetime.timedelta(minutes=1)  # past the stapler's retry pause
+        with FedSealClient(
+            nras_host.aggregator.endpoint, policy, identity=site_identity("site-0"), timeout=20
+        ) as client:
+            attested = client.attest()
+            row = next(c for c in attested.checks if c.name.endswith("NRAS token"))
+            assert row.passed and "key pinned by the policy" in row.found
+            client.submit_update(make_adapter(1), round_id=1, num_examples=10)
+            assert client.fetch_aggregate(1, wait_seconds=10).manifest.participants == ("site-0",)
+        assert tokens("stapled") >= 2
+        assert audit_log(nras_host.aggregator.log.path, policy).findings == ()
+
+
+def _nras_tokens(host: Host) -> Callable[[str], float]:
+    def count(outcome: str) -> float:
+        value = host.metrics.registry.get_sample_value("fedseal_nras_tokens_total", {"outcome": outcome})
+        return value or 0.0
+
+    return count
 
 
 def test_the_same_evidence_fails_the_vendor_root_pins(host: Host) -> None:

@@ -8,8 +8,10 @@ in order). RIM and NRAS checks need ``signxml``, ``lxml`` and ``PyJWT``:
 Aggregator side (inside the confidential VM): :class:`NvidiaGpuCollector` collects every
 GPU's report through NVIDIA's ``nv-local-gpu-verifier`` (NVML underneath), and
 :class:`NvattestCollector` through NVIDIA's successor CLI ``nvattest``. Both put
-:func:`spdm_nonce_for_binding` into the reports. Installing the NVIDIA packages is a
-separate step (see ``deploy/README.md`` and the Makefile's ``nvidia-collector`` target).
+:func:`spdm_nonce_for_binding` into the reports. :class:`NvidiaCollateralStapler` staples
+RIMs and OCSP answers; :class:`NrasTokenStapler` (opt-in) an NRAS token and its key set.
+Installing the NVIDIA packages is a separate step (see ``deploy/README.md`` and the
+Makefile's ``nvidia-collector`` target).
 
 Payload format: ``_format.py``'s docstring. Policy section ``nvidia_gpu``: ``_policy.py``.
 """
@@ -29,6 +31,8 @@ from ._errors import (
     GpuRootPinError,
     NrasNonceMismatchError,
     NrasTokenError,
+    NrasTokenRequiredError,
+    NrasUntrustedKeyError,
     NrasUntrustedTokenError,
     NvidiaVerifierUnavailableError,
     OcspResponseError,
@@ -49,16 +53,25 @@ from ._format import (
     parse_nvidia_gpu_payload,
     spdm_nonce_for_binding,
 )
-from ._nras import NRAS_ISSUER, NRAS_JWKS_URL
+from ._nras import (
+    NRAS_GPU_ATTEST_URL,
+    NRAS_ISSUER,
+    NRAS_JWKS_URL,
+    nras_key_set_certificates,
+    nras_key_set_pins,
+    nras_token_validity,
+)
+from ._nras_staple import NrasStapleOutcome, NrasTokenStapler, nras_attest_request
 from ._ocsp import NVIDIA_OCSP_URL
 from ._pki import TrustAnchors, pinned_trust_anchors
-from ._policy import GpuArchitecture, NvidiaGpuPolicy, OcspMode
+from ._policy import GpuArchitecture, NrasMode, NvidiaGpuPolicy, OcspMode
 from ._rim import RIM_SERVICE_URL
 from ._spdm import SpdmReport, parse_attestation_report
 from ._staple import NvidiaCollateralStapler
 from ._verify import verify_gpu_evidence_against_nonce, verify_nvidia_gpu
 
 __all__ = [
+    "NRAS_GPU_ATTEST_URL",
     "NRAS_ISSUER",
     "NRAS_JWKS_URL",
     "NVIDIA_GPU_EVIDENCE_FORMAT",
@@ -79,8 +92,13 @@ __all__ = [
     "GpuPolicyViolationError",
     "GpuReportSignatureError",
     "GpuRootPinError",
+    "NrasMode",
     "NrasNonceMismatchError",
+    "NrasStapleOutcome",
     "NrasTokenError",
+    "NrasTokenRequiredError",
+    "NrasTokenStapler",
+    "NrasUntrustedKeyError",
     "NrasUntrustedTokenError",
     "NvattestCollector",
     "NvidiaCollateralStapler",
@@ -99,6 +117,10 @@ __all__ = [
     "StapledRim",
     "TrustAnchors",
     "evidence_from_nvidia_json",
+    "nras_attest_request",
+    "nras_key_set_certificates",
+    "nras_key_set_pins",
+    "nras_token_validity",
     "parse_attestation_report",
     "parse_nvidia_gpu_payload",
     "pinned_trust_anchors",

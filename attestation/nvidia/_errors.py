@@ -31,6 +31,8 @@ __all__ = [
     "GpuRootPinError",
     "NrasNonceMismatchError",
     "NrasTokenError",
+    "NrasTokenRequiredError",
+    "NrasUntrustedKeyError",
     "NrasUntrustedTokenError",
     "NvidiaVerifierUnavailableError",
     "OcspResponseError",
@@ -133,6 +135,17 @@ class NrasUntrustedTokenError(NrasTokenError):
 
 class NrasNonceMismatchError(BindingMismatchError):
     """An NRAS token's ``eat_nonce`` is not the nonce derived from this client's binding."""
+
+
+class NrasUntrustedKeyError(NrasTokenError):
+    """The NRAS token verifies, but under a key the policy does not trust: one outside the
+    policy's ``nras_key_pins``, or (where the policy pins none and requires a token) one
+    known only from the key set the aggregator stapled rather than fetched by the verifier."""
+
+
+class NrasTokenRequiredError(PolicyViolationError):
+    """The policy requires an NRAS token (``nvidia_gpu.nras: "required"``) and the GPU
+    evidence carries none."""
 
 
 class GpuCollectorUnavailableError(EvidenceCollectionError):

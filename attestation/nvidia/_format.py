@@ -14,6 +14,7 @@ The payload of an ``nvidia-gpu`` evidence item is one RFC 8785 canonical JSON ob
           "vbios_version":      "96.00.9F.00.01"           # optional: omitted when unknown
         }
       ],
+      "nras_jwks":      "<base64 of the NRAS key set, as NRAS served it>",  # optional
       "nras_token":     "<NRAS detached EAT, its JSON text>",          # optional
       "ocsp_responses": [ {"der": "<base64 DER OCSP response>"} ],      # optional
       "rims":           [ {"id": "NV_GPU_DRIVER_GH100_550.90.07",
@@ -29,6 +30,10 @@ The payload of an ``nvidia-gpu`` evidence item is one RFC 8785 canonical JSON ob
 * Stapled ``rims`` and ``ocsp_responses`` let a client verify offline; each is verified like
   a fetched one (signature, chain to the pinned NVIDIA root, validity at the verification
   time), so stapling can make verification fail but never pass.
+* ``nras_token`` is NVIDIA NRAS's answer to this evidence, and ``nras_jwks`` (only beside a
+  token) the key set it was verified against, for offline verifiers. The key set is signed
+  by nothing a client pins: what a verifier trusts it for is the policy's to say
+  (``_policy.py``, ``nras_key_pins``).
 
 The SPDM nonce is :func:`spdm_nonce_for_binding`: the collector puts it into every GPU's
 GET_MEASUREMENTS request, and the verifier requires it back. It is the only definition.
@@ -65,9 +70,10 @@ MAX_REPORT_BYTES: Final = 0x2000
 MAX_CHAIN_BYTES: Final = 0x4000
 MAX_RIM_BYTES: Final = 1024 * 1024
 MAX_STAPLED_ITEMS: Final = 128
+MAX_NRAS_JWKS_BYTES: Final = 64 * 1024
 _BINDING_SIZE: Final = 32
 
-_TOP_FIELDS = frozenset({"format", "gpus", "nras_token", "ocsp_responses", "rims"})
+_TOP_FIELDS = frozenset({"format", "gpus", "nras_jwks", "nras_token", "ocsp_responses", "rims"})
 _TOP_REQUIRED = frozenset({"format", "gpus"})
 _GPU_FIELDS = frozenset(
     {"architecture", "attestation_report", "cc_mode", "certificate_chain", "driver_version", "vbios_version"}
@@ -161,6 +167,8 @@ class NvidiaGpuEvidence:
     rims: tuple[StapledRim, ...] = ()
     ocsp_responses: tuple[bytes, ...] = ()
     nras_token: str | None = None
+    #: The NRAS key set (JWKS document bytes) stapled beside ``nras_token``.
+    nras_jwks: bytes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.gpus, tuple) or not 1 <= len(self.gpus) <= MAX_GPUS:
@@ -179,6 +187,11 @@ class NvidiaGpuEvidence:
             raise EvidenceFormatError(f"at most {MAX_STAPLED_ITEMS} stapled RIMs and OCSP responses each")
         if self.nras_token is not None and (not isinstance(self.nras_token, str) or not self.nras_token):
             raise EvidenceFormatError("nras_token must be a non-empty string or None")
+        if self.nras_jwks is not None:
+            if not isinstance(self.nras_jwks, bytes) or not 0 < len(self.nras_jwks) <= MAX_NRAS_JWKS_BYTES:
+                raise EvidenceFormatError(f"nras_jwks must be 1 to {MAX_NRAS_JWKS_BYTES} bytes or None")
+            if self.nras_token is None:
+                raise EvidenceFormatError("nras_jwks is stapled only beside an nras_token")
 
     def to_payload(self) -> bytes:
         """The canonical payload bytes (what goes into ``Evidence.payload``)."""
@@ -192,6 +205,8 @@ class NvidiaGpuEvidence:
             document["ocsp_responses"] = [{"der": b64encode(r)} for r in self.ocsp_responses]
         if self.nras_token is not None:
             document["nras_token"] = self.nras_token
+        if self.nras_jwks is not None:
+            document["nras_jwks"] = b64encode(self.nras_jwks)
         return canonical_json(document)
 
 
@@ -225,8 +240,11 @@ def parse_nvidia_gpu_payload(payload: bytes, *, field: str = "payload") -> Nvidi
     token = document.get("nras_token")
     if token is not None and not isinstance(token, str):
         raise EvidenceFormatError(f"{field}.nras_token must be a string", field=f"{field}.nras_token")
+    jwks = _b64(document, "nras_jwks", field) if "nras_jwks" in document else None
     try:
-        evidence = NvidiaGpuEvidence(gpus=gpus, rims=rims, ocsp_responses=ocsp, nras_token=token)
+        evidence = NvidiaGpuEvidence(
+            gpus=gpus, rims=rims, ocsp_responses=ocsp, nras_token=token, nras_jwks=jwks
+        )
     except EvidenceFormatError as exc:
         raise EvidenceFormatError(f"{field}: {exc}", field=field) from None
     if evidence.to_payload() != payload:

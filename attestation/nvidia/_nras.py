@@ -3,8 +3,8 @@
 NRAS (NVIDIA Remote Attestation Service) answers GPU evidence with a detached EAT: a JSON
 array ``[["JWT", <overall token>], {"GPU-0": <token>, ...}]``. Verification here:
 
-* every token is a JWS with ``alg`` ES384 and a ``kid`` found in the NRAS key set, fetched
-  through the collateral fetcher (``NRAS_JWKS_URL``), and its signature verifies (PyJWT);
+* every token is a JWS with ``alg`` ES384 and a ``kid`` found in the NRAS key set given
+  (NVIDIA serves it at ``NRAS_JWKS_URL``), and its signature verifies (PyJWT);
   an HS256 token, or one issued by ``LOCAL_GPU_VERIFIER`` (what nv-attestation-sdk's local
   mode makes with a constant secret), is refused with :class:`NrasUntrustedTokenError`;
 * ``iss`` is NRAS, and ``nbf`` / ``exp`` hold at the verification time (not the wall clock);
@@ -15,6 +15,11 @@ array ``[["JWT", <overall token>], {"GPU-0": <token>, ...}]``. Verification here
   true and every GPU token reports ``measres: success``.
 
 It adds NVIDIA's appraisal to FedSeal's own local checks; it never replaces them.
+
+The key set itself is signed by nothing a client pins: NVIDIA's SDKs trust it because
+they fetch it over HTTPS from NRAS. Which key sets a verifier trusts (its own fetch,
+one the aggregator stapled, keys pinned by the policy) is decided by the caller
+(``_verify.py``); :attr:`NrasAppraisal.key_pins` names the keys that signed so it can.
 """
 
 from __future__ import annotations
@@ -26,31 +31,50 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from fedseal import strictjson
 
-from .._errors import CollateralUnavailableError
-from .._fetch import CollateralFetcher, CollateralRequest
+from .._encoding import DecodeError, b64decode_strict
 from ._errors import (
     NrasNonceMismatchError,
     NrasTokenError,
     NrasUntrustedTokenError,
     NvidiaVerifierUnavailableError,
 )
+from ._format import MAX_NRAS_JWKS_BYTES
 
-__all__ = ["NRAS_ISSUER", "NRAS_JWKS_URL", "NrasAppraisal", "verify_nras_token"]
+__all__ = [
+    "NRAS_CLAIMS_VERSION",
+    "NRAS_GPU_ATTEST_URL",
+    "NRAS_ISSUER",
+    "NRAS_JWKS_URL",
+    "NrasAppraisal",
+    "nras_key_set_certificates",
+    "nras_key_set_pins",
+    "nras_token_validity",
+    "verify_nras_token",
+]
 
 NRAS_ISSUER = "https://nras.attestation.nvidia.com"
 NRAS_JWKS_URL = "https://nras.attestation.nvidia.com/.well-known/jwks.json"
+# NRAS's GPU attestation API (v3), as nv-attestation-sdk calls it, and the claims version
+# whose tokens this module verifies (detached EAT with SHA-256 submodule digests).
+NRAS_GPU_ATTEST_URL = "https://nras.attestation.nvidia.com/v3/attest/gpu"
+NRAS_CLAIMS_VERSION = "3.0"
 _LEEWAY = datetime.timedelta(seconds=60)
 _MAX_TOKEN_TEXT = 256 * 1024
 
 
 @dataclass(frozen=True)
 class NrasAppraisal:
-    """What a verified NRAS token says: the GPU submodule names and the key that signed."""
+    """What a verified NRAS token says: the GPU submodule names, the key ids that signed,
+    and those keys' pins (SHA-256 of the DER SubjectPublicKeyInfo, as a policy names them)."""
 
     gpu_submodules: tuple[str, ...]
     key_id: str
+    key_pins: frozenset[bytes]
 
 
 def verify_nras_token(
@@ -58,29 +82,18 @@ def verify_nras_token(
     *,
     expected_nonce: bytes,
     gpu_count: int,
-    fetcher: CollateralFetcher,
+    key_set: bytes,
     now: datetime.datetime,
 ) -> NrasAppraisal:
-    """Verify a stapled NRAS detached EAT; raise a named error on any failure."""
-    try:
-        import jwt
-    except ImportError as exc:
-        raise NvidiaVerifierUnavailableError(
-            f"NRAS tokens need PyJWT (pip install 'fedseal[nvidia]'): {exc}"
-        ) from None
+    """Verify an NRAS detached EAT against ``key_set`` (the JWKS document's bytes, as NRAS
+    serves it at ``NRAS_JWKS_URL``); raise a named error on any failure."""
+    jwt = _pyjwt()
     overall, detached = _split(token_text)
     tokens = [overall, *detached.values()]
     key_ids = {_check_header(jwt, token) for token in tokens}
-    try:
-        key_set = jwt.PyJWKSet.from_json(fetcher.fetch(CollateralRequest(url=NRAS_JWKS_URL)).decode("utf-8"))
-    except CollateralUnavailableError:
-        raise
-    except (jwt.PyJWKSetError, UnicodeDecodeError, ValueError) as exc:
-        raise NrasTokenError(f"the NRAS key set is not a usable JWK set: {exc}") from None
-    claims = {
-        name: _decode(jwt, key_set, token, name, expected_nonce, now) for name, token in detached.items()
-    }
-    top = _decode(jwt, key_set, overall, "overall", expected_nonce, now)
+    keys = _load_key_set(jwt, key_set)
+    claims = {name: _decode(jwt, keys, token, name, expected_nonce, now) for name, token in detached.items()}
+    top = _decode(jwt, keys, overall, "overall", expected_nonce, now)
 
     if top.get("x-nvidia-overall-att-result") is not True:
         raise NrasTokenError("NRAS reports a failed overall attestation result")
@@ -98,7 +111,91 @@ def verify_nras_token(
     gpus = tuple(sorted(name for name in detached if name.startswith("GPU-")))
     if len(gpus) != gpu_count:
         raise NrasTokenError(f"NRAS token covers {len(gpus)} GPU(s); the evidence has {gpu_count}")
-    return NrasAppraisal(gpu_submodules=gpus, key_id=",".join(sorted(key_ids)))
+    return NrasAppraisal(
+        gpu_submodules=gpus,
+        key_id=",".join(sorted(key_ids)),
+        key_pins=frozenset(_spki_sha256(keys[kid].key) for kid in key_ids),
+    )
+
+
+def nras_key_set_pins(key_set: bytes) -> dict[str, bytes]:
+    """``{kid: SHA-256 of the key's DER SubjectPublicKeyInfo}`` for every key of a JWKS
+    document: the values a policy's ``nvidia_gpu.nras_key_pins`` lists. Raises
+    NrasTokenError for a document that is not a usable key set."""
+    jwt = _pyjwt()
+    keys = _load_key_set(jwt, key_set)
+    return {key.key_id: _spki_sha256(key.key) for key in keys.keys if isinstance(key.key_id, str)}
+
+
+def nras_key_set_certificates(key_set: bytes) -> list[x509.Certificate]:
+    """The certificates of every key's ``x5c`` chain in a JWKS document (NRAS publishes
+    them; a key without one is fine). Nothing is verified: they date the key set (the
+    aggregator's cache, the hardware checklist). Raises NrasTokenError for a document, or an
+    ``x5c`` entry, that does not parse."""
+    if not isinstance(key_set, bytes) or len(key_set) > MAX_NRAS_JWKS_BYTES:
+        raise NrasTokenError(f"the NRAS key set must be at most {MAX_NRAS_JWKS_BYTES} bytes")
+    try:
+        document = strictjson.loads(key_set, what="NRAS key set")
+    except ValueError as exc:
+        raise NrasTokenError(f"the NRAS key set is not JSON: {exc}") from None
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list):
+        raise NrasTokenError("the NRAS key set has no 'keys' array")
+    certs: list[x509.Certificate] = []
+    for index, key in enumerate(keys):
+        chain = key.get("x5c", []) if isinstance(key, dict) else None
+        if not isinstance(chain, list):
+            raise NrasTokenError(f"the NRAS key set's keys[{index}] is not a JWK with an x5c array")
+        for entry in chain:
+            try:
+                certs.append(x509.load_der_x509_certificate(b64decode_strict(entry)))
+            except (DecodeError, ValueError):
+                raise NrasTokenError(
+                    f"the NRAS key set's keys[{index}].x5c holds a non-certificate"
+                ) from None
+    return certs
+
+
+def nras_token_validity(token_text: str) -> tuple[datetime.datetime, datetime.datetime]:
+    """The overall token's ``iat`` and ``exp``, read WITHOUT verifying anything: for
+    reporting the age of a token :func:`verify_nras_token` checks (the hardware checklist).
+    Raises NrasTokenError when the token or those claims do not parse."""
+    jwt = _pyjwt()
+    overall, _ = _split(token_text)
+    try:
+        claims = jwt.decode(overall, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise NrasTokenError("NRAS token is not a JWT") from None
+    times = [claims.get(claim) for claim in ("iat", "exp")]
+    if not all(isinstance(value, int) and not isinstance(value, bool) for value in times):
+        raise NrasTokenError("NRAS token has no numeric 'iat' and 'exp'")
+    issued, expires = (datetime.datetime.fromtimestamp(value, datetime.UTC) for value in times)
+    return issued, expires
+
+
+def _pyjwt() -> Any:
+    try:
+        import jwt
+    except ImportError as exc:
+        raise NvidiaVerifierUnavailableError(
+            f"NRAS tokens need PyJWT (pip install 'fedseal[nvidia]'): {exc}"
+        ) from None
+    return jwt
+
+
+def _load_key_set(jwt: Any, key_set: bytes) -> Any:
+    if not isinstance(key_set, bytes) or len(key_set) > MAX_NRAS_JWKS_BYTES:
+        raise NrasTokenError(f"the NRAS key set must be at most {MAX_NRAS_JWKS_BYTES} bytes")
+    try:
+        document = strictjson.loads(key_set, what="NRAS key set")
+        return jwt.PyJWKSet.from_dict(document)
+    except (jwt.PyJWKSetError, jwt.PyJWKError, ValueError, TypeError, KeyError) as exc:
+        raise NrasTokenError(f"the NRAS key set is not a usable JWK set: {exc}") from None
+
+
+def _spki_sha256(key: Any) -> bytes:
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).digest()
 
 
 def _split(token_text: str) -> tuple[str, dict[str, str]]:
@@ -143,11 +240,11 @@ def _check_header(jwt: Any, token: str) -> str:
 
 
 def _decode(
-    jwt: Any, key_set: Any, token: str, name: str, expected_nonce: bytes, now: datetime.datetime
+    jwt: Any, keys: Any, token: str, name: str, expected_nonce: bytes, now: datetime.datetime
 ) -> Mapping[str, object]:
     kid = jwt.get_unverified_header(token)["kid"]
     try:
-        key = key_set[kid]
+        key = keys[kid]
     except KeyError:
         raise NrasTokenError(
             f"NRAS token {name!r} is signed by key {kid!r}, which is not in the NRAS key set"

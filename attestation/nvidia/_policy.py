@@ -6,6 +6,7 @@
       "allowed_architectures": ["HOPPER"],
       "min_driver_version": "550",
       "min_vbios_version": "96.00.5E.00.00",
+      "nras": "if-present",
       "ocsp": "require",
       "require_cc_mode": true,
       "require_rim_match": true
@@ -13,6 +14,17 @@
 
 Every key is optional; an absent key (or an absent section) takes the strict default shown
 above (no version minimum). Unknown keys are refused, as everywhere in a policy.
+
+``nras`` says what to do about an NVIDIA NRAS token (NVIDIA's own appraisal of the same
+evidence, see ``_nras.py``): ``"if-present"`` verifies one when the evidence carries it
+(a token that fails is a refusal, an absent one is not), ``"required"`` refuses evidence
+without a valid one. NRAS's key set is signed by nothing FedSeal pins, so a token counts
+for ``"required"`` only when its signing key is trusted: listed in ``nras_key_pins``
+(hex SHA-256 of the key's DER SubjectPublicKeyInfo; with pins, no other key is accepted
+in any mode), or, without pins, found in the key set the verifier fetched from NRAS
+itself (online). A key set the aggregator stapled is the aggregator's word; under
+``"if-present"`` a token is still checked against it (it can make verification fail,
+never pass), under ``"required"`` it needs pins.
 
 ``roots`` (``{"device_identity_ca": "<PEM>", "rim_signing_ca": "<PEM>"}``, either key
 optional) REPLACES the NVIDIA roots FedSeal pins. It exists for a private test PKI
@@ -36,7 +48,7 @@ from .._encoding import json_type
 from .._errors import PolicyError
 from ._pki import TrustAnchors, pinned_trust_anchors
 
-__all__ = ["GpuArchitecture", "NvidiaGpuPolicy", "OcspMode", "parse_version"]
+__all__ = ["GpuArchitecture", "NrasMode", "NvidiaGpuPolicy", "OcspMode", "parse_version"]
 
 
 class GpuArchitecture(enum.Enum):
@@ -57,11 +69,22 @@ class OcspMode(enum.Enum):
     OFF = "off"
 
 
+class NrasMode(enum.Enum):
+    """Whether GPU evidence must carry an NVIDIA NRAS token (see the module docstring)."""
+
+    #: Verify a token the evidence carries; evidence without one passes on the local checks.
+    IF_PRESENT = "if-present"
+    #: Refuse evidence without a token that verifies under a trusted NRAS key.
+    REQUIRED = "required"
+
+
 _KEYS = frozenset(
     {
         "allowed_architectures",
         "min_driver_version",
         "min_vbios_version",
+        "nras",
+        "nras_key_pins",
         "ocsp",
         "require_cc_mode",
         "require_rim_match",
@@ -71,6 +94,8 @@ _KEYS = frozenset(
 _ROOT_KEYS = frozenset({"device_identity_ca", "rim_signing_ca"})
 _DRIVER_VERSION = re.compile(r"[0-9]{1,5}(\.[0-9]{1,5}){0,3}")
 _VBIOS_VERSION = re.compile(r"[0-9A-Fa-f]{2}(\.[0-9A-Fa-f]{2}){0,4}")
+_KEY_PIN = re.compile(r"[0-9a-f]{64}")
+_MAX_KEY_PINS = 32
 
 
 def parse_version(text: str, *, hexadecimal: bool) -> tuple[int, ...]:
@@ -112,6 +137,9 @@ class NvidiaGpuPolicy:
     ocsp: OcspMode = OcspMode.REQUIRE
     require_cc_mode: bool = True
     require_rim_match: bool = True
+    nras: NrasMode = NrasMode.IF_PRESENT
+    #: SHA-256 digests of the DER SubjectPublicKeyInfo of the NRAS keys trusted (empty: none pinned).
+    nras_key_pins: frozenset[bytes] = frozenset()
     #: Replacements for the pinned NVIDIA roots (a private test PKI only); None: pinned.
     device_root: x509.Certificate | None = None
     rim_root: x509.Certificate | None = None
@@ -138,6 +166,12 @@ class NvidiaGpuPolicy:
                     raise PolicyError(f"nvidia_gpu.{name}: {exc}") from None
         if not isinstance(self.ocsp, OcspMode):
             raise PolicyError("nvidia_gpu.ocsp must be an OcspMode")
+        if not isinstance(self.nras, NrasMode):
+            raise PolicyError("nvidia_gpu.nras must be an NrasMode")
+        if not isinstance(self.nras_key_pins, frozenset) or not all(
+            isinstance(pin, bytes) and len(pin) == 32 for pin in self.nras_key_pins
+        ):
+            raise PolicyError("nvidia_gpu.nras_key_pins must be a frozenset of 32-byte SHA-256 digests")
         for name in ("require_cc_mode", "require_rim_match"):
             if not isinstance(getattr(self, name), bool):
                 raise PolicyError(f"nvidia_gpu.{name} must be a boolean")
@@ -169,6 +203,14 @@ class NvidiaGpuPolicy:
             except (ValueError, TypeError):
                 known = ", ".join(repr(m.value) for m in OcspMode)
                 raise PolicyError(f"{where}: key 'nvidia_gpu.ocsp' must be one of {known}") from None
+        if "nras" in value:
+            try:
+                fields["nras"] = NrasMode(value["nras"])
+            except (ValueError, TypeError):
+                known = ", ".join(repr(m.value) for m in NrasMode)
+                raise PolicyError(f"{where}: key 'nvidia_gpu.nras' must be one of {known}") from None
+        if "nras_key_pins" in value:
+            fields["nras_key_pins"] = _key_pins(value["nras_key_pins"], where)
         for name in ("require_cc_mode", "require_rim_match"):
             if name in value:
                 if not isinstance(value[name], bool):
@@ -188,6 +230,24 @@ class NvidiaGpuPolicy:
             return cls(**fields)  # type: ignore[arg-type]
         except PolicyError as exc:
             raise PolicyError(f"{where}: {exc}") from None
+
+
+def _key_pins(value: object, where: str) -> frozenset[bytes]:
+    key = "nvidia_gpu.nras_key_pins"
+    if not isinstance(value, list) or not 1 <= len(value) <= _MAX_KEY_PINS:
+        raise PolicyError(f"{where}: key '{key}' must be an array of 1 to {_MAX_KEY_PINS} pins")
+    pins: list[bytes] = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, str) or not _KEY_PIN.fullmatch(entry):
+            raise PolicyError(
+                f"{where}: key '{key}[{index}]' must be 64 lower-case hex digits (SHA-256 of the "
+                "key's DER SubjectPublicKeyInfo)"
+            )
+        pin = bytes.fromhex(entry)
+        if pin in pins:
+            raise PolicyError(f"{where}: key '{key}[{index}]' repeats a pin")
+        pins.append(pin)
+    return frozenset(pins)
 
 
 def _architectures(value: object, where: str) -> tuple[GpuArchitecture, ...]:

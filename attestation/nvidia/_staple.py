@@ -110,6 +110,7 @@ class NvidiaCollateralStapler:
             rims=tuple(StapledRim(file_id, xml) for file_id, xml in sorted(rims.items())),
             ocsp_responses=(*kept, *answers.values()),
             nras_token=evidence.nras_token,
+            nras_jwks=evidence.nras_jwks,
         )
 
     def _rim(self, file_id: str) -> bytes:

@@ -19,7 +19,9 @@ evidence item. For every GPU of the payload, in this order:
    versions (stapled, else fetched) verify to the pinned RIM root, are for those
    versions, are not revoked, and every active golden measurement matches the report.
 
-Then, for the whole item, a stapled NRAS token is verified (``_nras.py``). Every GPU must
+Then, for the whole item, a stapled NRAS token is verified (``_nras.py``), and required
+when the policy says ``nras: "required"``; its key set is the verifier's own fetch or the
+aggregator's staple, trusted as ``_policy.py`` says. Every GPU must
 pass everything: one bad GPU fails the bundle. A failed check never stops the others, so
 a report lists every reason.
 
@@ -57,14 +59,16 @@ from ._errors import (
     GpuReportSignatureError,
     GpuRootPinError,
     NrasTokenError,
+    NrasTokenRequiredError,
+    NrasUntrustedKeyError,
     OcspResponseError,
     RimVersionMismatchError,
 )
 from ._format import CcMode, GpuEvidence, NvidiaGpuEvidence, parse_nvidia_gpu_payload, spdm_nonce_for_binding
-from ._nras import verify_nras_token
+from ._nras import NRAS_JWKS_URL, verify_nras_token
 from ._ocsp import OcspStatus, check_revocation, load_stapled
 from ._pki import ChainFailure, TrustAnchors, common_name, fingerprint, verify_chain
-from ._policy import NvidiaGpuPolicy, OcspMode, parse_version, version_at_least
+from ._policy import NrasMode, NvidiaGpuPolicy, OcspMode, parse_version, version_at_least
 from ._rim import (
     RIM_SERVICE_URL,
     RimKind,
@@ -546,34 +550,79 @@ def _verified_rim(run: _Run, name: str, file_id: str) -> VerifiedRim | None:
 
 
 def _check_nras(run: _Run, evidence: NvidiaGpuEvidence, expected_nonce: bytes) -> None:
+    policy, name = run.policy, f"{run.label} NRAS token"
+    expected = "ES384 by a trusted NRAS key, nonce and digests match, measres success"
     if evidence.nras_token is None:
+        if policy.nras is NrasMode.REQUIRED:
+            run.checks.record(
+                name,
+                expected=expected,
+                found="absent",
+                passed=False,
+                error=NrasTokenRequiredError,
+                message=f"{run.label}: the policy requires an NVIDIA NRAS token; the evidence carries none",
+            )
         return
     try:
+        key_set, fetched = _nras_key_set(run, evidence)
         appraisal = verify_nras_token(
             evidence.nras_token,
             expected_nonce=expected_nonce,
             gpu_count=len(evidence.gpus),
-            fetcher=run.fetcher,
+            key_set=key_set,
             now=run.now,
         )
+        trust = _nras_trust(policy, appraisal.key_pins, fetched=fetched)
     except AttestationError as exc:
         run.checks.record(
-            f"{run.label} NRAS token",
-            expected="ES384 by NRAS, nonce and digests match, measres success",
-            found=type(exc).__name__,
-            passed=False,
-            error=type(exc),
-            message=str(exc),
+            name, expected=expected, found=type(exc).__name__, passed=False, error=type(exc), message=str(exc)
         )
         return
     run.checks.record(
-        f"{run.label} NRAS token",
-        expected="ES384 by NRAS, nonce and digests match, measres success",
-        found=f"verified ({len(appraisal.gpu_submodules)} GPU submodule(s), key {appraisal.key_id})",
+        name,
+        expected=expected,
+        found=f"verified ({len(appraisal.gpu_submodules)} GPU submodule(s), key {appraisal.key_id}, {trust})",
         passed=True,
         error=NrasTokenError,
         message="",
     )
+
+
+def _nras_key_set(run: _Run, evidence: NvidiaGpuEvidence) -> tuple[bytes, bool]:
+    """The NRAS key set and whether this verifier fetched it (rather than taking the staple).
+
+    Without pins only a fetched key set is trusted, so the fetcher is asked first (offline it
+    has nothing); with pins the source does not matter and the staple saves a fetch.
+    """
+    stapled = evidence.nras_jwks
+    if stapled is not None and run.policy.nras_key_pins:
+        return stapled, False
+    try:
+        return run.fetcher.fetch(CollateralRequest(url=NRAS_JWKS_URL)), True
+    except CollateralUnavailableError as exc:
+        if stapled is not None:
+            return stapled, False
+        raise CollateralUnavailableError(f"{run.label}: the NRAS key set is not stapled, and {exc}") from None
+
+
+def _nras_trust(policy: NvidiaGpuPolicy, key_pins: frozenset[bytes], *, fetched: bool) -> str:
+    """How far the verified token's signing keys are trusted; raise NrasUntrustedKeyError
+    when the policy does not trust them (see ``_policy.py``)."""
+    if policy.nras_key_pins:
+        unpinned = sorted(pin.hex() for pin in key_pins - policy.nras_key_pins)
+        if unpinned:
+            raise NrasUntrustedKeyError(
+                f"the NRAS token is signed by a key the policy does not pin (sha256 {unpinned[0]})"
+            )
+        return "key pinned by the policy"
+    if fetched:
+        return "key set fetched by this verifier"
+    if policy.nras is NrasMode.REQUIRED:
+        raise NrasUntrustedKeyError(
+            "the NRAS key set comes only from the aggregator's staple, and the policy pins no NRAS "
+            "key: pin NVIDIA's NRAS keys (nvidia_gpu.nras_key_pins) or verify online"
+        )
+    return "key set stapled by the aggregator, not pinned"
 
 
 def _when(moment: datetime.datetime) -> str:
