@@ -13,6 +13,7 @@ job's next one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import structlog
@@ -105,6 +106,17 @@ class RoundCloser:
                 self._book.changed.notify_all()
 
     def close_locked(self, rnd: Round) -> None:
+        # The close's own CPU (finalize, serialize, hash, sign, publish), apart from the
+        # uploads': operators see what a round's end costs, the ingest benchmark what its
+        # uploads cost (benchmarks/bench_ingest.py).
+        started = time.thread_time()
+        try:
+            self._close_locked(rnd)
+        finally:
+            if rnd.state is RoundState.CLOSED:
+                self._metrics.round_close_cpu(time.thread_time() - started)
+
+    def _close_locked(self, rnd: Round) -> None:
         config = rnd.config
         if rnd.timer is not None:
             rnd.timer.cancel()
@@ -117,7 +129,7 @@ class RoundCloser:
             self.fail_locked(rnd, f"{count} accepted update(s), min_clients is {config.min_clients}")
             return
         ledger = self._book.dp if config.dp is not None else None
-        # The idle plaintext buffers (two updates' worth) are not needed until the next
+        # The idle plaintext buffers (an update's worth each) are not needed until the next
         # round's uploads: freeing them first keeps the aggregate's serialized copy within
         # the memory the round already used.
         self._buffers.drop_idle()

@@ -45,6 +45,11 @@ class Metrics:
             registry=r,
         )
         self.rounds_failed = Counter("fedseal_rounds_failed", "Rounds failed", ["cause"], registry=r)
+        self.round_close_cpu_seconds = Counter(
+            "fedseal_round_close_cpu_seconds",
+            "CPU seconds spent closing rounds with an aggregate (finalize, serialize, hash, sign, publish)",
+            registry=r,
+        )
         self.updates_accepted = Counter("fedseal_updates_accepted", "Updates accepted", registry=r)
         self.updates_rejected = Counter(
             "fedseal_updates_rejected",
@@ -131,6 +136,9 @@ class Metrics:
     def round_closed(self, round_id: int) -> None:
         self.rounds_closed.inc()
         self._set_round(round_id, RoundState.CLOSED)
+
+    def round_close_cpu(self, seconds: float) -> None:
+        self.round_close_cpu_seconds.inc(max(0.0, seconds))
 
     def round_failed(self, round_id: int, cause: FailureCause) -> None:
         self.rounds_failed.labels(cause.value).inc()

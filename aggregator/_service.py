@@ -267,7 +267,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             self._access.charge_upload(caller, header.ciphertext_size)
             watchdog.restart(self._rounds.upload_time_limit(header.round_id))
             try:
-                # Never waits: while both decryption buffers are busy the upload is turned
+                # Never waits: while every decryption buffer is busy the upload is turned
                 # away with a retry hint, so no stream (thread, window, client) is held
                 # open waiting. It has sent its header only (no chunk before send_chunks).
                 try:

@@ -98,6 +98,8 @@ def test_a_round_shows_in_the_metrics_endpoint(
     assert samples[("fedseal_ciphertext_received_bytes_total", ())] == sum(sizes) > 0
     assert samples[("fedseal_rounds_opened_total", ())] == 1
     assert samples[("fedseal_rounds_closed_total", ())] == 1
+    # The close's own CPU (finalize, serialize, hash, sign), counted once the round closed.
+    assert 0 < samples[("fedseal_round_close_cpu_seconds_total", ())] < 30
     assert samples[("fedseal_round_id", ())] == 1
     assert samples[("fedseal_round_state", (("state", "closed"),))] == 1
     assert samples[("fedseal_round_state", (("state", "open"),))] == 0
