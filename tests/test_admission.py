@@ -237,3 +237,25 @@ def test_a_retry_hint_that_is_not_a_number_is_an_error() -> None:
     for bad in ("", "-5", "1.5", "1e9", "\u0669", "9" * 10):
         with pytest.raises(AggregatorUnavailableError, match="retry hint"):
             _retry_seconds(bad)
+
+
+def test_the_first_retry_hints_are_sized_by_the_update_until_uploads_are_timed() -> None:
+    """The uploads turned away first have their retries spread over the hold time a buffer
+    is expected to be lent for; before any upload of a round's size was timed, that is
+    guessed from the size (a fixed guess left 8 MB updates' buffers idle most of a round)."""
+    from aggregator.enclave._receive import PlaintextBuffers
+
+    buffers = PlaintextBuffers(slots=2)
+    buffers.reserve(8_000_000)
+    small = buffers.hold_seconds()
+    buffers.reserve(80_000_000)
+    large = buffers.hold_seconds()
+    assert 0 < small < large and large == pytest.approx(10 * small)
+    # A timed upload moves the estimate; reserving the same size again keeps what was timed.
+    lent = buffers.acquire(80_000_000, wait_seconds=1)
+    time.sleep(0.05)
+    buffers.release(lent)
+    timed = buffers.hold_seconds()
+    assert timed != large
+    buffers.reserve(80_000_000)
+    assert buffers.hold_seconds() == timed

@@ -242,6 +242,7 @@ class PlaintextBuffers:
         self._lent = 0
         self._lent_at: dict[int, float] = {}  # id(buffer) -> when it was lent
         self._hold = _FIRST_HOLD_SECONDS  # moving average of how long a buffer is lent
+        self._sized_for = 0  # the update size the hold time was last estimated or measured for
 
     @property
     def slots(self) -> int:
@@ -295,6 +296,12 @@ class PlaintextBuffers:
         updates' worth of fresh pages costs ~30 ms per 67 MB, which would otherwise land on
         the first uploads. It adds nothing to the round's peak, which holds them anyway."""
         with self._lock:
+            if capacity != self._sized_for:
+                # Until uploads of this size have been timed, guess from the size: the
+                # retry hints of the uploads turned away first are spread over it
+                # (benchmarks/bench_ingest.py measured both ways of guessing wrong).
+                self._sized_for = capacity
+                self._hold = max(_MIN_HOLD_SECONDS, capacity / _FIRST_HOLD_BYTES_PER_SECOND)
             self._free = [b for b in self._free if len(b) >= capacity]
             while len(self._free) + self._lent < self._slot_count:
                 self._free.append(bytearray(capacity))  # zero-filled: every page touched
@@ -428,7 +435,15 @@ def _parse_update(
 
 
 _HEADER_LEN_SIZE = 8
-_FIRST_HOLD_SECONDS = 0.1  # before any upload finished: about a 67 MB update on loopback
+_FIRST_HOLD_SECONDS = 0.1  # before any round reserved its buffers
+# A first guess of how fast one upload moves through a buffer (receive, decrypt, check,
+# fold in): about what one stream reaches on loopback here. Both ways of being wrong cost:
+# too short and the first uploads turned away come back too early and are turned away
+# again (1e9 B/s: 32 instead of 20 such retries, 0.49 instead of 0.60 GB/s, r16 float32,
+# n = 16); too long and buffers sit idle while they wait (a fixed 0.1 s: 0.15 instead of
+# 0.4 GB/s for 8 MB updates).
+_FIRST_HOLD_BYTES_PER_SECOND = 4e8
+_MIN_HOLD_SECONDS = 0.002
 _HOLD_WEIGHT = 0.25
 
 
