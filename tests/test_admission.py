@@ -259,3 +259,10 @@ def test_the_first_retry_hints_are_sized_by_the_update_until_uploads_are_timed()
     assert timed != large
     buffers.reserve(80_000_000)
     assert buffers.hold_seconds() == timed
+    # An upload slower than the estimate stretches it while it holds its buffer, so the
+    # waiting ones do not retry at a pace only its release would correct.
+    buffers.reserve(8_000)  # a tiny guess (2 ms)
+    slow = buffers.acquire(8_000, wait_seconds=1)
+    time.sleep(0.2)
+    assert buffers.hold_seconds() >= 0.1
+    buffers.release(slow)

@@ -286,9 +286,15 @@ class PlaintextBuffers:
         self._slots.release()
 
     def hold_seconds(self) -> float:
-        """How long an upload holds a buffer, lately (a moving average of the last few)."""
+        """How long an upload holds a buffer, lately: a moving average of the last few, or
+        half the time the oldest lent buffer has been out if that is longer. Uploads much
+        slower than the average (or the first guess) must not have the waiting ones retry
+        at a pace only a release would correct; half, so the usual spread of hold times
+        around the average leaves the hints alone."""
         with self._lock:
-            return self._hold
+            now = time.monotonic()
+            oldest = max((now - lent_at for lent_at in self._lent_at.values()), default=0.0)
+            return max(self._hold, oldest / 2)
 
     def reserve(self, capacity: int) -> None:
         """Allocate (and so first-touch) every idle slot's buffer of at least `capacity`
