@@ -58,8 +58,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import hashlib
 import json
 import multiprocessing as mp
@@ -183,8 +181,7 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
         accumulator_device="cuda" if torch.cuda.is_available() else "cpu",  # its 'auto'
     )
     # As fedseal-aggregator does while it serves (the process ends with the round).
-    stack = contextlib.ExitStack()
-    stack.enter_context(frozen_startup_heap())
+    frozen_startup_heap().__enter__()
     # Idle = before the round opens: opening reserves the decryption buffers, which are
     # part of what the round costs.
     idle_rss = _status("VmRSS")
@@ -228,6 +225,7 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
 def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True, tls: bool = True) -> None:
     import grpc
 
+    from aggregator._gc import frozen_startup_heap
     from aggregator._tls import EnclaveTlsIdentity
     from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 
@@ -263,8 +261,9 @@ def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True, tls: bool = Tru
             else server.add_insecure_port("127.0.0.1:0")
         )
         server.start()
-        gc.collect()
-        gc.freeze()  # as the aggregator does: no collection walks the start-up heap
+        # As the aggregator does (the process ends with the run): no collection walks
+        # the start-up heap.
+        frozen_startup_heap().__enter__()
         cpu0 = _cpu_seconds()  # an idle server burns next to nothing until the clients start
         conn.send(("ready", port))
         conn.recv()
@@ -295,8 +294,7 @@ def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True, tls: bool = Tru
             else server.add_insecure_port("127.0.0.1:0")
         )
         await server.start()
-        gc.collect()
-        gc.freeze()
+        frozen_startup_heap().__enter__()
         cpu0 = _cpu_seconds()
         conn.send(("ready", port))
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)

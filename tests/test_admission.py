@@ -21,6 +21,7 @@ from logfiles import log_entries
 
 from aggregator import RunningAggregator
 from aggregator._rounds import RoundFailedError
+from aggregator.enclave._receive import PlaintextBuffers
 from attestation import Policy
 from client_sdk._transport import AggregatorConnection
 from fedseal.logformat import EntryKind
@@ -243,8 +244,6 @@ def test_the_first_retry_hints_are_sized_by_the_update_until_uploads_are_timed()
     """The uploads turned away first have their retries spread over the hold time a buffer
     is expected to be lent for; before any upload of a round's size was timed, that is
     guessed from the size (a fixed guess left 8 MB updates' buffers idle most of a round)."""
-    from aggregator.enclave._receive import PlaintextBuffers
-
     buffers = PlaintextBuffers(slots=2)
     buffers.reserve(8_000_000)
     small = buffers.hold_seconds()
