@@ -12,6 +12,7 @@ in (aggregator/_rounds.py docstring).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,12 +24,19 @@ from aggregator._log import AuditLog
 from aggregator._metrics import Metrics
 from aggregator._roundbook import Accepted, Round, RoundBook, RoundError
 from aggregator.enclave._keys import EnclaveKeys
-from aggregator.enclave._receive import BuffersBusyError, PlaintextBuffers, UpdateReceiver
+from aggregator.enclave._receive import BuffersBusyError, InLine, PlaintextBuffers, UpdateReceiver
 from fedseal.logschema import RejectReason, UpdateAccepted, UpdateRejected
 from fedseal.spec import AdapterSpec
 from fedseal.wire import RoundState, UpdateHeader, UpdateRejectedError
 
-__all__ = ["MAX_UPLOAD_SECONDS", "UPLOAD_GRACE_SECONDS", "Admission", "Intake", "UploadDeferredError"]
+__all__ = [
+    "MAX_UPLOAD_SECONDS",
+    "UPLOAD_GRACE_SECONDS",
+    "Admission",
+    "Intake",
+    "UploadAbandonedError",
+    "UploadDeferredError",
+]
 
 _log = structlog.get_logger("fedseal.aggregator.rounds")
 
@@ -37,6 +45,7 @@ MAX_UPLOAD_SECONDS = 3600.0
 # A deferred upload's retry hint: about when a buffer frees for it, within these bounds.
 MIN_RETRY_SECONDS = 0.02
 MAX_RETRY_SECONDS = 5.0
+MAX_HINT_TURNS = 16
 _WAITING_FOR_SECONDS = 30.0  # a deferred client not seen again for this long stops counting
 
 
@@ -47,6 +56,36 @@ class UploadDeferredError(Exception):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"every decryption buffer is busy; retry in {retry_after:.2f} s")
         self.retry_after = retry_after
+
+
+class _RetryTickets:
+    """The uploads turned away for now, numbered in the order they were first turned away:
+    an upload keeps its number across its retries, so its hint counts only those ahead."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._numbers = itertools.count()
+        self._held: dict[str, tuple[int, float]] = {}  # client -> (ticket, when last turned away)
+
+    def take(self, client_id: str) -> int | None:
+        """The client's ticket, out of the queue (None: it has none)."""
+        with self._lock:
+            held = self._held.pop(client_id, None)
+        return None if held is None else held[0]
+
+    def requeue(self, client_id: str, ticket: int | None) -> int:
+        """Put the client back with its ticket (or a new one); how many tickets are ahead."""
+        now = time.monotonic()
+        with self._lock:
+            self._held = {c: h for c, h in self._held.items() if now - h[1] < _WAITING_FOR_SECONDS}
+            mine = next(self._numbers) if ticket is None else ticket
+            self._held[client_id] = (mine, now)
+            return sum(1 for number, _ in self._held.values() if number < mine)
+
+
+class UploadAbandonedError(Exception):
+    """The caller went away while its upload waited in line for a buffer: nothing was
+    sent, nothing is logged, and no retry hint is given (nobody is there to read it)."""
 
 
 class Admission:
@@ -130,35 +169,36 @@ class Intake:
         self._metrics = metrics
         self._clock = clock
         self._on_full = on_full
-        self._waiting_lock = threading.Lock()
-        self._waiting: dict[str, float] = {}  # deferred client -> when it was last deferred
+        self._tickets = _RetryTickets()
 
-    def admit(self, header: UpdateHeader, *, wait: bool = True) -> Admission:
+    def admit(self, header: UpdateHeader, *, wait: bool | threading.Event = True) -> Admission:
         """Everything decided from the header alone, then a plaintext buffer for the upload
-        (RoundManager.admit says more). Refusals are logged and raised as UpdateRejectedError;
-        with `wait` False a busy aggregator raises UploadDeferredError instead of waiting."""
+        (RoundManager.admit says more). Refusals are logged and raised as UpdateRejectedError.
+        `wait`: True waits for a buffer; an Event (set when the caller goes away) waits in
+        the buffers' bounded line; False does not wait. Without a buffer (line full, or
+        none handed over in time) a busy aggregator raises UploadDeferredError."""
+        # A turned-away upload out of the ticket queue while it tries again (and for good
+        # once admitted); turned away again, it takes its old place back.
+        ticket = self._tickets.take(header.client_id)
         try:
-            admission = self._admit(header, wait)
+            admission = self._admit(header, wait, ticket)
         except UpdateRejectedError as exc:
             self.record_rejection(header.round_id, header.client_id, exc)
             raise
-        if not wait:
-            with self._waiting_lock:
-                self._waiting.pop(header.client_id, None)
         return admission
 
-    def _deferred(self, client_id: str) -> UploadDeferredError:
-        """The hint spreads the waiting clients' retries over the time the buffers take to
-        serve them (each buffer serves one upload per `hold_seconds`), so they do not all
-        come back at once, nor long after a buffer freed."""
-        now = time.monotonic()
-        with self._waiting_lock:
-            self._waiting = {c: t for c, t in self._waiting.items() if now - t < _WAITING_FOR_SECONDS}
-            self._waiting[client_id] = now
-            waiting = len(self._waiting)
+    def _deferred(self, client_id: str, ticket: int | None) -> UploadDeferredError:
+        """The hint asks the upload back about when the waiting line will have room for it:
+        after the uploads ahead of it (those in line and those turned away before it), less
+        the line's length, have each taken a buffer (a "turn": `hold_seconds` / `slots`).
+        The line absorbs a return a few turns late; one too early is turned away again with
+        a shorter hint. Hints are capped at MAX_HINT_TURNS turns, past which the estimate
+        and the client's jitter (10 %) would miss the line: an upload far back comes back
+        then and is given a fresh hint."""
+        ahead = self._tickets.requeue(client_id, ticket) + self._buffers.waiting()
         self._metrics.upload_deferred()
-        hold = self._buffers.hold_seconds()
-        retry = hold * waiting / self._buffers.slots
+        turns = min(MAX_HINT_TURNS, max(0.5, ahead - self._buffers.line + 1))
+        retry = self._buffers.hold_seconds() * turns / self._buffers.slots
         return UploadDeferredError(min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, retry)))
 
     def upload_time_limit(self, round_id: int) -> float:
@@ -202,7 +242,7 @@ class Intake:
             )
         )
 
-    def _admit(self, header: UpdateHeader, wait: bool) -> Admission:
+    def _admit(self, header: UpdateHeader, wait: bool | threading.Event, ticket: int | None) -> Admission:
         with self._book.lock:
             rnd = self._book.rounds.get(header.round_id)
             if rnd is None:
@@ -243,14 +283,16 @@ class Intake:
             spec, receiver = self._open_receiver(rnd, header, wait)
         except BuffersBusyError:
             self.forget_in_flight(rnd, header.client_id)
-            raise self._deferred(header.client_id) from None
+            if isinstance(wait, threading.Event) and wait.is_set():
+                raise UploadAbandonedError("the call ended while its upload waited for a buffer") from None
+            raise self._deferred(header.client_id, ticket) from None
         except BaseException:
             self.forget_in_flight(rnd, header.client_id)
             raise
         return Admission(self, rnd, header, spec=spec, receiver=receiver, governance=governance)
 
     def _open_receiver(
-        self, rnd: Round, header: UpdateHeader, wait: bool
+        self, rnd: Round, header: UpdateHeader, wait: bool | threading.Event
     ) -> tuple[AdapterSpec, UpdateReceiver]:
         config = rnd.config
         # The round's spec, or (lora-exact with client_ranks) the spec of an allowed rank:
@@ -274,7 +316,13 @@ class Intake:
             rnd.key,  # the round's own key pair; its private key is gone once the round ends
             binding,
             buffers=self._buffers,
-            wait_seconds=self.upload_time_limit(config.round_id) if wait else None,
+            wait_seconds=(
+                self.upload_time_limit(config.round_id)
+                if wait is True
+                else InLine(self.upload_time_limit(config.round_id), wait)
+                if isinstance(wait, threading.Event)
+                else None
+            ),
         )
         return spec, receiver
 

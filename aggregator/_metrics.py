@@ -73,6 +73,11 @@ class Metrics:
             "(the client sends them again; not refusals, the audit log does not record them)",
             registry=r,
         )
+        self.uploads_in_line = Gauge(
+            "fedseal_uploads_in_line",
+            "Uploads waiting (header sent, nothing else) in line for the next decryption buffer to free",
+            registry=r,
+        )
         self.submit_streams = Gauge(
             "fedseal_submit_streams", "SubmitUpdate streams open now (admitted or being answered)", registry=r
         )
@@ -172,6 +177,10 @@ class Metrics:
 
     def upload_deferred(self) -> None:
         self.uploads_deferred.inc()
+
+    def watch_line(self, waiting: Callable[[], int]) -> None:
+        """Read the decryption buffers' waiting line when scraped."""
+        self.uploads_in_line.set_function(waiting)
 
     def attestation_request(self, ok: bool) -> None:
         self.attestation_requests.labels("ok" if ok else "error").inc()

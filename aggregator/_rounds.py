@@ -161,6 +161,7 @@ class RoundManager:
                 self._dp_resume_error = str(exc)
         # Bounds the plaintext held at once, whatever the number of concurrent uploads.
         self._buffers = PlaintextBuffers()
+        self.metrics.watch_line(self._buffers.waiting)
         # The current global adapter and server-optimizer state (enclave memory).
         self._model = GlobalModel(initial_adapter, device=accumulator_device)
         self._closer = RoundCloser(
@@ -349,12 +350,14 @@ class RoundManager:
         with self.admit(header) as admission:
             return admission.receive(chunks)
 
-    def admit(self, header: UpdateHeader, *, wait: bool = True) -> Admission:
+    def admit(self, header: UpdateHeader, *, wait: bool | threading.Event = True) -> Admission:
         """Everything decided from the header alone, then a plaintext buffer for the upload.
 
-        Blocks until a buffer is free (PlaintextBuffers), or with `wait` False raises
-        UploadDeferredError at once (what the service does: the client retries after the
-        hint, so no stream is held open waiting). The service tells the client to start
+        Blocks until a buffer is free (PlaintextBuffers). With `wait` an Event (what the
+        service does; set when the call goes away) it waits only in the buffers' bounded
+        line, and a busy aggregator whose line is full raises UploadDeferredError at once:
+        the client retries after the hint, so at most the line's few streams are held
+        open waiting. With `wait` False it never waits. The service tells the client to start
         sending its chunks only after this returns, so nothing but the header is sent
         before. Use the result as a context manager (it releases the buffer and the
         client's in-flight mark) and call `receive` once. Refusals are logged and raised

@@ -32,7 +32,7 @@ import structlog
 from aggregator._admission import admitted_caller
 from aggregator._config import JobConfig
 from aggregator._identity import AccessControl, Caller
-from aggregator._intake import UploadDeferredError
+from aggregator._intake import UploadAbandonedError, UploadDeferredError
 from aggregator._log import AuditLog, AuditLogError
 from aggregator._metrics import Metrics
 from aggregator._rounds import (
@@ -267,16 +267,23 @@ class AggregatorService(pb_grpc.AggregatorServicer):
             self._access.charge_upload(caller, header.ciphertext_size)
             watchdog.restart(self._rounds.upload_time_limit(header.round_id))
             try:
-                # Never waits: while every decryption buffer is busy the upload is turned
-                # away with a retry hint, so no stream (thread, window, client) is held
-                # open waiting. It has sent its header only (no chunk before send_chunks).
+                # While every decryption buffer is busy, a few uploads wait in line (each a
+                # stream and a thread, with only its header sent: no chunk comes before
+                # send_chunks) and get the next buffer the moment it frees; the others
+                # are turned away with a retry hint, so no more streams are held open.
+                gone = threading.Event()  # the call ended (cancelled, timed out): leave the line
+                if not context.add_callback(gone.set):
+                    gone.set()
                 try:
-                    admission = self._rounds.admit(header, wait=False)
+                    admission = self._rounds.admit(header, wait=gone)
                 except UploadDeferredError as exc:
                     self._access.refund_upload(caller, header.ciphertext_size)  # not sent now
                     millis = str(max(1, round(exc.retry_after * 1000)))
                     context.set_trailing_metadata(((RETRY_AFTER_METADATA_KEY, millis),))
                     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                except UploadAbandonedError as exc:
+                    self._access.refund_upload(caller, header.ciphertext_size)  # never sent
+                    context.abort(grpc.StatusCode.CANCELLED, str(exc))
                 with admission:
                     if admission.needs_data:
                         yield pb.SubmitUpdateResponse(send_chunks=True)

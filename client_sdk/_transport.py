@@ -63,10 +63,12 @@ _MAX_MESSAGE_BYTES = MAX_CHUNK_SIZE + 64 * 1024
 _MAX_AGGREGATE_BYTES = 8 * 1024**3
 _METHOD = "/fedseal.v1.Aggregator/"
 # An upload the aggregator turned away for now (busy) is sent again after its hint, with
-# jitter so that clients turned away together do not come back together; one wait is at
+# jitter so that clients turned away together do not come back together (little: the
+# aggregator already gives each its own hint, and it must land while the line has room for
+# it, aggregator/_intake.py); one wait is at
 # most this long, whatever the hint says, and all of them end with the call's timeout.
 _MAX_RETRY_WAIT_SECONDS = 5.0
-_RETRY_JITTER = (0.75, 1.25)
+_RETRY_JITTER = (0.9, 1.1)
 _JITTER = random.SystemRandom()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -20,9 +20,11 @@ from conftest import make_adapter, round_config, site_client
 from logfiles import log_entries
 
 from aggregator import RunningAggregator
+from aggregator._intake import MAX_HINT_TURNS, UploadDeferredError, _RetryTickets
 from aggregator._rounds import RoundFailedError
-from aggregator.enclave._receive import PlaintextBuffers
+from aggregator.enclave._receive import BuffersBusyError, PlaintextBuffers
 from attestation import Policy
+from client_sdk import AggregatorUnavailableError
 from client_sdk._transport import AggregatorConnection
 from fedseal.logformat import EntryKind
 from fedseal.wire import RoundState
@@ -45,6 +47,56 @@ class _Counted:
                 assert self.release.wait(30)
             self.pulled += 1
             yield chunk
+
+
+class _Uploads:
+    """n sites' uploads to round 1 on threads of their own; the first two hold both
+    decryption buffers mid-upload until `release_held`. Use as a context manager."""
+
+    def __init__(self, aggregator: RunningAggregator, policy: Policy, n: int) -> None:
+        aggregator.rounds.open_round(round_config(1, min_clients=n, max_clients=n))
+        endpoint = aggregator.endpoint
+        self.clients = [site_client(endpoint, policy, f"site-{i}", timeout=60) for i in range(n)]
+        self.sealed = [
+            c.seal_update(make_adapter(i), round_id=1, num_examples=10 + i)
+            for i, c in enumerate(self.clients)
+        ]
+        self.sources = [_Counted(list(s.chunks), hold_after=1) for s in self.sealed[:2]]
+        self.sources += [_Counted(list(s.chunks)) for s in self.sealed[2:]]
+        self.results: dict[int, object] = {}
+        self.threads = [threading.Thread(target=self._upload, args=(i,)) for i in range(n)]
+
+    def _upload(self, i: int) -> None:
+        try:
+            header = self.sealed[i].header
+            self.results[i] = self.clients[i]._connection.submit(header, self.sources[i], timeout=60)
+        except Exception as exc:  # reported by the callers' assertions
+            self.results[i] = exc
+
+    def start(self, first: int, end: int) -> None:
+        for t in self.threads[first:end]:
+            t.start()
+        if first == 0:
+            assert self.sources[0].held.wait(10) and self.sources[1].held.wait(10)
+
+    def release_held(self) -> None:
+        for s in self.sources[:2]:
+            s.release.set()
+
+    def join(self) -> dict[int, object]:
+        for t in self.threads:
+            if t.ident is not None:  # started
+                t.join(60)
+        return self.results
+
+    def __enter__(self) -> _Uploads:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for s in self.sources:
+            s.release.set()
+        for c in self.clients:
+            c.close()
 
 
 def test_a_waiting_upload_sends_nothing_but_its_header(
@@ -96,66 +148,45 @@ def test_a_waiting_upload_sends_nothing_but_its_header(
 def test_busy_uploads_are_turned_away_and_retried_instead_of_holding_streams(
     live_aggregator: RunningAggregator, dev_policy: Policy
 ) -> None:
-    """Buffers for 2 updates, 8 uploads at once: the 6 that cannot be admitted are turned
-    away with a retry hint (not left open waiting), come back, and all 8 are accepted."""
+    """Buffers for 2 updates and a line of 4, 10 uploads at once: 4 wait in line (header
+    only), the 4 others are turned away with a retry hint (not left open waiting), come
+    back, and all 10 are accepted."""
     rounds, registry = live_aggregator.rounds, live_aggregator.metrics.registry
-    n = 8
-    rounds.open_round(round_config(1, min_clients=n, max_clients=n))
-    clients = [site_client(live_aggregator.endpoint, dev_policy, f"site-{i}", timeout=60) for i in range(n)]
-    sealed = [c.seal_update(make_adapter(i), round_id=1, num_examples=10 + i) for i, c in enumerate(clients)]
-    # The first two hold both decryption buffers mid-upload until released.
-    sources = [_Counted(list(s.chunks), hold_after=1) for s in sealed[:2]]
-    sources += [_Counted(list(s.chunks)) for s in sealed[2:]]
-    results: dict[int, object] = {}
-
-    def upload(i: int) -> None:
-        try:
-            results[i] = clients[i]._connection.submit(sealed[i].header, sources[i], timeout=60)
-        except Exception as exc:  # reported by the assertions below
-            results[i] = exc
+    n = 10
 
     def value(name: str, labels: dict[str, str] | None = None) -> float:
         return registry.get_sample_value(name, labels or {}) or 0.0
 
-    threads = [threading.Thread(target=upload, args=(i,)) for i in range(n)]
-    try:
-        for t in threads[:2]:
-            t.start()
-        assert sources[0].held.wait(10) and sources[1].held.wait(10)
-        for t in threads[2:]:
-            t.start()
+    with _Uploads(live_aggregator, dev_policy, n) as uploads:
+        uploads.start(0, 2)
+        uploads.start(2, n)
         open_streams = []
         for _ in range(20):  # while both buffers stay busy
             time.sleep(0.05)
             open_streams.append(value("fedseal_submit_streams"))
-        # The two admitted uploads are the open streams; the others come and go in a few
-        # milliseconds (before: all 8 open, 6 of them waiting in the server).
-        assert sorted(open_streams)[len(open_streams) // 2] == 2, open_streams
+        # The two admitted uploads and the four in line are the open streams; the others
+        # come and go in a few milliseconds (before the line: all 10 open, 8 waiting).
+        assert sorted(open_streams)[len(open_streams) // 2] == 6, open_streams
         assert max(open_streams) < n
-        assert all(s.pulled == 0 for s in sources[2:]), "a turned-away upload sent chunks"
-        assert value("fedseal_uploads_deferred_total") >= n - 2
-        for s in sources[:2]:
-            s.release.set()
-        for t in threads:
-            t.join(60)
+        assert value("fedseal_uploads_in_line") == 4  # the line is full
+        assert all(s.pulled == 0 for s in uploads.sources[2:]), "a waiting or turned-away upload sent chunks"
+        assert value("fedseal_uploads_deferred_total") >= n - 6
+        uploads.release_held()
+        results = uploads.join()
         assert all(isinstance(results[i], str) for i in range(n)), results
-        assert [s.pulled for s in sources] == [len(s.chunks) for s in sources]
+        assert [s.pulled for s in uploads.sources] == [len(s.chunks) for s in uploads.sources]
         assert rounds.snapshot(1).accepted == n
         # The retries show: in the server's metrics and in each client's count.
         deferred = value("fedseal_uploads_deferred_total")
         assert value("fedseal_submit_update_seconds_count", {"outcome": "deferred"}) == deferred
         assert value("fedseal_submit_update_seconds_count", {"outcome": "accepted"}) == n
-        assert sum(c._connection.deferrals for c in clients) == deferred
+        assert sum(c._connection.deferrals for c in uploads.clients) == deferred
         assert value("fedseal_updates_rejected_total", {"reason": "cancelled"}) == 0
         assert value("fedseal_submit_streams") == 0
+        assert value("fedseal_uploads_in_line") == 0
         # A busy refusal is not a refusal of the update: the audit log records none.
         kinds = [e.kind for e in log_entries(live_aggregator.log.path)]
         assert EntryKind.UPDATE_REJECTED not in kinds
-    finally:
-        for s in sources:
-            s.release.set()
-        for c in clients:
-            c.close()
 
 
 def test_a_retry_of_an_accepted_upload_gets_its_receipt_without_sending(
@@ -265,3 +296,183 @@ def test_the_first_retry_hints_are_sized_by_the_update_until_uploads_are_timed()
     time.sleep(0.2)
     assert buffers.hold_seconds() >= 0.1
     buffers.release(slow)
+
+
+def test_a_freed_buffer_goes_to_the_first_upload_in_line_and_the_line_is_bounded() -> None:
+    buffers = PlaintextBuffers(slots=1, line=2)
+    held = buffers.try_acquire(1000)
+    got: dict[str, bytearray] = {}
+
+    def wait_in_line(name: str) -> None:
+        got[name] = buffers.acquire_in_line(1000, 30, threading.Event())
+
+    first = threading.Thread(target=wait_in_line, args=("first",))
+    second = threading.Thread(target=wait_in_line, args=("second",))
+    first.start()
+    _until(lambda: buffers.waiting() == 1)
+    second.start()
+    _until(lambda: buffers.waiting() == 2)
+    with pytest.raises(BuffersBusyError, match="line is full"):
+        buffers.acquire_in_line(1000, 30, threading.Event())
+    with pytest.raises(BuffersBusyError):
+        buffers.try_acquire(1000)  # nobody jumps the line
+    buffers.release(held)
+    first.join(10)
+    assert set(got) == {"first"} and buffers.waiting() == 1
+    buffers.release(got["first"])
+    second.join(10)
+    assert set(got) == {"first", "second"} and buffers.waiting() == 0
+    buffers.release(got["second"])
+    buffers.release(buffers.try_acquire(1000))  # the slot is free again
+
+
+def test_an_upload_that_goes_away_or_waits_too_long_leaves_the_line() -> None:
+    buffers = PlaintextBuffers(slots=1, line=1)
+    held = buffers.try_acquire(1000)
+    gone = threading.Event()
+    failed: list[BaseException] = []
+
+    def wait_in_line() -> None:
+        try:
+            buffers.acquire_in_line(1000, 30, gone)
+        except BuffersBusyError as exc:
+            failed.append(exc)
+
+    waiter = threading.Thread(target=wait_in_line)
+    waiter.start()
+    _until(lambda: buffers.waiting() == 1)
+    gone.set()
+    waiter.join(10)
+    assert len(failed) == 1 and buffers.waiting() == 0
+    started = time.monotonic()
+    with pytest.raises(BuffersBusyError, match="in time"):
+        buffers.acquire_in_line(1000, 0.05, threading.Event())
+    assert time.monotonic() - started < 5 and buffers.waiting() == 0
+    buffers.release(held)
+    buffers.release(buffers.try_acquire(1000))  # the released slot was not handed to a leaver
+
+
+def test_a_buffer_handed_over_as_the_upload_leaves_is_still_its_own() -> None:
+    """A release that hands the slot over just as the caller's call ends: the waiter owns
+    the buffer (and gives it back on its way out), so no slot is lost."""
+    buffers = PlaintextBuffers(slots=1, line=1)
+    held = buffers.try_acquire(1000)
+
+    class _Both(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            buffers.release(held)  # the hand-over ...
+            self.set()  # ... and the call going away, before the waiter looks
+            return True
+
+    mine = buffers.acquire_in_line(1000, 30, _Both())
+    assert buffers.waiting() == 0
+    with pytest.raises(BuffersBusyError):
+        buffers.try_acquire(1000)
+    buffers.release(mine)
+    buffers.release(buffers.try_acquire(1000))
+
+
+def test_a_turned_away_upload_keeps_its_place_across_retries() -> None:
+    tickets = _RetryTickets()
+    assert [tickets.requeue(site, tickets.take(site)) for site in ("a", "b", "c")] == [0, 1, 2]
+    # b tries again and is turned away again: still one ahead of it, c still two.
+    assert tickets.requeue("b", tickets.take("b")) == 1
+    assert tickets.requeue("c", tickets.take("c")) == 2
+    tickets.take("a")  # a got in
+    assert tickets.requeue("c", tickets.take("c")) == 1
+    assert tickets.requeue("d", tickets.take("d")) == 2  # a newcomer queues behind
+
+
+def test_the_retry_hint_asks_an_upload_back_when_the_line_has_room_for_it(
+    live_aggregator: RunningAggregator, dev_policy: Policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two uploads hold both buffers, four wait in line: the first turned away is asked back
+    after one buffer's turn (a hold time per slot), each later one a turn later."""
+    rounds = live_aggregator.rounds
+    buffers = rounds._buffers  # internal: the round manager's pool
+    first_turned_away = 2 + buffers.line
+    n = first_turned_away + 3
+    with _Uploads(live_aggregator, dev_policy, n) as uploads:
+        uploads.start(0, 2)
+        uploads.start(2, first_turned_away)
+        _until(lambda: buffers.waiting() == buffers.line)
+        monkeypatch.setattr(buffers, "hold_seconds", lambda: 1.0)  # the test's uploads are tiny
+        hints = []
+        for i in range(first_turned_away, n):  # turned away one after the other
+            with pytest.raises(UploadDeferredError) as busy:
+                rounds.admit(uploads.sealed[i].header, wait=threading.Event())
+            hints.append(busy.value.retry_after)
+        turn = 1.0 / buffers.slots
+        assert hints == [pytest.approx(turn), pytest.approx(2 * turn), pytest.approx(3 * turn)]
+        monkeypatch.undo()
+        uploads.release_held()
+        uploads.start(first_turned_away, n)
+        results = uploads.join()
+        assert all(isinstance(results[i], str) for i in range(n)), results
+
+
+def test_a_hint_far_ahead_is_capped_so_the_upload_comes_back_for_a_fresh_one(
+    live_aggregator: RunningAggregator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 40 uploads turned away, the last is not told to come back 40 turns later (the
+    estimate and its jitter would miss the line by then) but after MAX_HINT_TURNS."""
+    intake = live_aggregator.rounds._intake  # internal: hints as the service computes them
+    buffers = live_aggregator.rounds._buffers
+    monkeypatch.setattr(buffers, "hold_seconds", lambda: 0.25)
+    monkeypatch.setattr(buffers, "waiting", lambda: buffers.line)  # the line is full
+    hints = [intake._deferred(f"site-{i}", None).retry_after for i in range(40)]
+    turn = 0.25 / buffers.slots
+    assert hints[:3] == [pytest.approx(turn), pytest.approx(2 * turn), pytest.approx(3 * turn)]
+    assert max(hints) == pytest.approx(MAX_HINT_TURNS * turn) == hints[-1]
+    assert hints == sorted(hints)
+
+
+def test_an_upload_whose_call_ends_in_line_leaves_it_and_can_come_back(
+    live_aggregator: RunningAggregator, dev_policy: Policy
+) -> None:
+    rounds = live_aggregator.rounds
+    with _Uploads(live_aggregator, dev_policy, 3) as uploads:
+        uploads.start(0, 2)
+        client, sealed = uploads.clients[2], uploads.sealed[2]
+        waiting = _Counted(list(sealed.chunks))
+        with pytest.raises(AggregatorUnavailableError):
+            client._connection.submit(sealed.header, waiting, timeout=0.5)  # gives up in line
+        assert waiting.pulled == 0
+        registry = live_aggregator.metrics.registry
+        assert (registry.get_sample_value("fedseal_uploads_deferred_total") or 0) == 0  # it was in line
+        _until(lambda: rounds._buffers.waiting() == 0)
+        uploads.release_held()
+        results = uploads.join()
+        assert isinstance(results[0], str) and isinstance(results[1], str)
+        assert client._connection.submit(sealed.header, sealed.chunks, timeout=60)
+        assert rounds.snapshot(1).accepted == 3
+        kinds = [e.kind for e in log_entries(live_aggregator.log.path)]
+        assert EntryKind.UPDATE_REJECTED not in kinds  # leaving the line refuses nothing
+
+
+def _until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_the_sdk_comes_back_within_ten_percent_of_the_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from client_sdk import _transport
+
+    connection = AggregatorConnection.__new__(AggregatorConnection)  # no channel needed
+    connection._endpoint = "aggregator.test:443"
+    hints = iter([0.2] * 200)
+    waits: list[float] = []
+
+    def busy_then_in(header: object, chunks: object, *, timeout: float) -> str:
+        hint = next(hints, None)
+        if hint is None:
+            return "receipt"
+        raise _transport._Deferred(hint)
+
+    monkeypatch.setattr(connection, "_submit_once", busy_then_in)
+    monkeypatch.setattr(time, "sleep", waits.append)  # the module the SDK sleeps with
+    assert connection.submit(object(), [], timeout=3600) == "receipt"  # type: ignore[arg-type]
+    assert connection.deferrals == len(waits) == 200
+    assert 0.18 <= min(waits) < 0.19 and 0.21 < max(waits) <= 0.22  # spread, within 10 %

@@ -11,6 +11,7 @@ with a reason; the caller logs the refusal and nothing partial is ever aggregate
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
 import time
@@ -33,6 +34,7 @@ from fedseal.wire import UpdateHeader, UpdateRejectedError
 __all__ = [
     "BuffersBusyError",
     "FlatTensors",
+    "InLine",
     "PlaintextBuffers",
     "UpdateReceiver",
     "ValidatedUpdate",
@@ -93,6 +95,15 @@ class ValidatedUpdate:
     metrics: Mapping[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class InLine:
+    """How an upload waits for a plaintext buffer: in PlaintextBuffers' bounded line, for up
+    to `seconds`, or until `wake` is set (its caller went away)."""
+
+    seconds: float
+    wake: threading.Event
+
+
 class UpdateReceiver:
     """One upload in progress. Feed chunks in arrival order, then call `finish()`."""
 
@@ -105,12 +116,13 @@ class UpdateReceiver:
         binding: bytes,
         *,
         buffers: PlaintextBuffers | None = None,
-        wait_seconds: float | None = 0.0,
+        wait_seconds: float | InLine | None = 0.0,
     ) -> None:
         """`round_key` is the key pair of the round the header names (its private key opens
         the data key). `buffers`, if given, bounds how many updates are decrypted at once
         and lends a reused buffer; the call waits up to `wait_seconds` for one (then
-        CANCELLED), or with None does not wait (BuffersBusyError)."""
+        CANCELLED), with None does not wait (BuffersBusyError), and with `InLine` waits in
+        the buffers' bounded line (BuffersBusyError if it is full or nothing comes)."""
         if not 1 <= header.chunk_size <= max_chunk_size:
             raise UpdateRejectedError(
                 RejectReason.OVERSIZE,
@@ -131,11 +143,13 @@ class UpdateReceiver:
         self._wiped = False
         if buffers is not None:
             # Sized for the spec's largest update, so one buffer serves every upload.
-            self._buffer = (
-                buffers.acquire(spec.max_serialized_size(), wait_seconds)
-                if wait_seconds is not None
-                else buffers.try_acquire(spec.max_serialized_size())
-            )
+            size = spec.max_serialized_size()
+            if wait_seconds is None:
+                self._buffer = buffers.try_acquire(size)
+            elif isinstance(wait_seconds, InLine):
+                self._buffer = buffers.acquire_in_line(size, wait_seconds.seconds, wait_seconds.wake)
+            else:
+                self._buffer = buffers.acquire(size, wait_seconds)
         try:
             try:
                 self._opener = StreamOpener.open(
@@ -216,6 +230,16 @@ class UpdateReceiver:
             self._buffers.release(buffer)
 
 
+class _Waiter:
+    """An upload waiting in PlaintextBuffers' line; `granted` once a release handed it a slot."""
+
+    __slots__ = ("granted", "wake")
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+        self.granted = False
+
+
 class BuffersBusyError(Exception):
     """Every plaintext buffer is lent (PlaintextBuffers.try_acquire): not a refusal of the
     update, which can be sent again once a buffer frees (`hold_seconds` says how soon)."""
@@ -230,14 +254,23 @@ class PlaintextBuffers:
     sender). Reuse also saves first-touching fresh pages for every update, which costs about
     as much as decrypting them. Two slots keep two cores busy: one update is being
     received and decrypted while another is validated and accumulated.
+
+    A released buffer goes straight to the first of the uploads waiting for one (first
+    come, first served), so a buffer never idles while an upload waits. `line` bounds how
+    many uploads may wait with `acquire_in_line` (the service's uploads, each holding a
+    stream and a thread while it waits); beyond that they are turned away at once.
     """
 
-    def __init__(self, slots: int = 2) -> None:
+    def __init__(self, slots: int = 2, *, line: int = 4) -> None:
         if slots < 1:
             raise ValueError("PlaintextBuffers needs at least one slot")
-        self._slots = threading.BoundedSemaphore(slots)
+        if line < 0:
+            raise ValueError("PlaintextBuffers' waiting line cannot be negative")
         self._slot_count = slots
+        self._line = line
         self._lock = threading.Lock()
+        self._available = slots  # slots neither lent nor handed to a waiter
+        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._free: list[bytearray] = []
         self._lent = 0
         self._lent_at: dict[int, float] = {}  # id(buffer) -> when it was lent
@@ -248,10 +281,15 @@ class PlaintextBuffers:
     def slots(self) -> int:
         return self._slot_count
 
+    @property
+    def line(self) -> int:
+        """How many uploads may wait in line (`acquire_in_line`)."""
+        return self._line
+
     def acquire(self, capacity: int, wait_seconds: float) -> bytearray:
-        """A buffer of at least `capacity` bytes; UpdateRejectedError (cancelled) if none is
-        free within `wait_seconds`."""
-        if not self._slots.acquire(timeout=max(0.0, wait_seconds)):
+        """A buffer of at least `capacity` bytes, waiting in line (without bound) for one;
+        UpdateRejectedError (cancelled) if none is handed over within `wait_seconds`."""
+        if not self._take(threading.Event(), wait_seconds, bounded=False):
             raise UpdateRejectedError(
                 RejectReason.CANCELLED,
                 f"the aggregator was busy decrypting other updates for {wait_seconds:.0f} s; try again",
@@ -260,9 +298,41 @@ class PlaintextBuffers:
 
     def try_acquire(self, capacity: int) -> bytearray:
         """A buffer of at least `capacity` bytes now, or BuffersBusyError."""
-        if not self._slots.acquire(blocking=False):
-            raise BuffersBusyError("every plaintext buffer is lent")
+        with self._lock:
+            if self._available < 1:
+                raise BuffersBusyError("every plaintext buffer is lent")
+            self._available -= 1
         return self._lend(capacity)
+
+    def acquire_in_line(self, capacity: int, wait_seconds: float, wake: threading.Event) -> bytearray:
+        """A buffer of at least `capacity` bytes now, or after waiting in the bounded line
+        until one is handed over. BuffersBusyError if the line is full, or if `wake` is set
+        (the caller went away) or `wait_seconds` pass before a buffer comes."""
+        if not self._take(wake, wait_seconds, bounded=True):
+            raise BuffersBusyError("no plaintext buffer came free in time")
+        return self._lend(capacity)
+
+    def waiting(self) -> int:
+        """Uploads waiting in line for a buffer now."""
+        with self._lock:
+            return len(self._waiters)
+
+    def _take(self, wake: threading.Event, wait_seconds: float, *, bounded: bool) -> bool:
+        """Take a slot, now or when a release hands one over; False if none came."""
+        with self._lock:
+            if self._available > 0:  # then nobody waits: releases hand slots to waiters first
+                self._available -= 1
+                return True
+            if bounded and len(self._waiters) >= self._line:
+                raise BuffersBusyError("every plaintext buffer is lent and the waiting line is full")
+            waiter = _Waiter(wake)
+            self._waiters.append(waiter)
+        wake.wait(max(0.0, wait_seconds))
+        with self._lock:
+            if waiter.granted:  # handed a slot (even if `wake` was also set: it is ours now)
+                return True
+            self._waiters.remove(waiter)
+            return False
 
     def _lend(self, capacity: int) -> bytearray:
         with self._lock:
@@ -276,14 +346,20 @@ class PlaintextBuffers:
         return buffer
 
     def release(self, buffer: bytearray) -> None:
-        """Give back a buffer from `acquire` (the caller has zeroed what it wrote)."""
+        """Give back a buffer from `acquire` (the caller has zeroed what it wrote); its slot
+        goes to the first upload waiting in line, if any."""
         with self._lock:
             lent_at = self._lent_at.pop(id(buffer), None)
             if lent_at is not None:
                 self._hold += _HOLD_WEIGHT * (time.monotonic() - lent_at - self._hold)
             self._free.append(buffer)
             self._lent -= 1
-        self._slots.release()
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.granted = True
+                waiter.wake.set()
+            else:
+                self._available += 1
 
     def hold_seconds(self) -> float:
         """How long an upload holds a buffer, lately: a moving average of the last few, or
