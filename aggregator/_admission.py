@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import heapq
-import itertools
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import structlog
 
+from aggregator._deadlines import Deadlines
 from aggregator._identity import AccessControl, Caller
 from fedseal.wire import (
     ACCESS_DENIED_METADATA_KEY,
@@ -61,63 +59,20 @@ def admitted_caller() -> Caller | None:
     return _ADMITTED.get()
 
 
-class _Deadlines:
-    """One thread that runs each armed callback when its time comes (a timer thread per
-    call would cost a thread per call under a flood)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._pending: set[int] = set()  # armed, neither fired nor disarmed
-        self._ids = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, seconds: float, callback: Callable[[], None]) -> int:
-        with self._cond:
-            handle = next(self._ids)
-            heapq.heappush(self._heap, (time.monotonic() + seconds, handle, callback))
-            self._pending.add(handle)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fedseal-deadlines", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-            return handle
-
-    def disarm(self, handle: int) -> None:
-        with self._cond:
-            self._pending.discard(handle)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                when, handle, callback = self._heap[0]
-                delay = when - time.monotonic()
-                if delay > 0:
-                    self._cond.wait(delay)
-                    continue
-                heapq.heappop(self._heap)
-                if handle not in self._pending:
-                    continue  # disarmed
-                self._pending.discard(handle)
-            callback()
-
-
-_DEADLINES = _Deadlines()
-
-
 class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
         access: AccessControl,
         *,
         anonymous_slots: int,
+        deadlines: Deadlines,
         receive_timeout: float = DEFAULT_RECEIVE_TIMEOUT_SECONDS,
     ) -> None:
+        """`deadlines` cancels a call whose request is late (the server's own, shared)."""
         if anonymous_slots < 1:
             raise ValueError("anonymous_slots must be at least 1")
         self._access = access
+        self._deadlines = deadlines
         self._slots = threading.BoundedSemaphore(anonymous_slots)
         self._receive_timeout = receive_timeout
 
@@ -196,13 +151,13 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             self._slots.release()
 
     def _receive(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-        handle = _DEADLINES.arm(self._receive_timeout, context.cancel)
+        handle = self._deadlines.arm(self._receive_timeout, context.cancel)
         try:
             request = next(requests, None)
         except grpc.RpcError:  # cancelled by the deadline above (or by the client)
             request = None
         finally:
-            _DEADLINES.disarm(handle)
+            self._deadlines.disarm(handle)
         if request is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request")
         return request

@@ -19,6 +19,7 @@ import structlog
 
 from aggregator._admission import AdmissionInterceptor
 from aggregator._config import JobConfig
+from aggregator._deadlines import Deadlines
 from aggregator._health import HealthEndpoint
 from aggregator._identity import AccessConfig, AccessControl
 from aggregator._log import AuditLog, CommitMode, Cosigner, LogHistory
@@ -55,6 +56,7 @@ class RunningAggregator:
     metrics: Metrics = field(default_factory=Metrics)
     health: HealthEndpoint = field(default_factory=HealthEndpoint)
     metrics_server: MetricsServer | None = None
+    deadlines: Deadlines = field(default_factory=Deadlines)
 
     @property
     def endpoint(self) -> str:
@@ -72,6 +74,7 @@ class RunningAggregator:
         self.health.not_serving()  # first: probes and balancers stop sending work
         self.rounds.shutdown()
         self.server.stop(grace).wait()
+        self.deadlines.stop()
         self.health.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -144,6 +147,7 @@ def start_aggregator(
     except BaseException:
         log.close()
         raise
+    deadlines = Deadlines()  # one thread cancels every stalled call
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedseal-rpc"),
         options=[
@@ -155,9 +159,11 @@ def start_aggregator(
             # upload sends no chunk before it is admitted (SubmitUpdate's send_chunks).
         ],
         maximum_concurrent_rpcs=max_workers * 4,
-        interceptors=[AdmissionInterceptor(gate, anonymous_slots=max(1, max_workers // 4))],
+        interceptors=[
+            AdmissionInterceptor(gate, anonymous_slots=max(1, max_workers // 4), deadlines=deadlines)
+        ],
     )
-    service = AggregatorService(keys, collectors, rounds, log, gate, metrics=metrics)
+    service = AggregatorService(keys, collectors, rounds, log, gate, deadlines=deadlines, metrics=metrics)
     add_service_to_server(service, server)
     health = HealthEndpoint()  # NOT_SERVING until the job's first round is open
     health.add_to(server)
@@ -207,7 +213,19 @@ def start_aggregator(
         metrics_port=metrics_server.port if metrics_server is not None else None,
     )
     return RunningAggregator(
-        server, port, rounds, log, keys, tls, gate, service, mtls_port, metrics, health, metrics_server
+        server,
+        port,
+        rounds,
+        log,
+        keys,
+        tls,
+        gate,
+        service,
+        mtls_port,
+        metrics,
+        health,
+        metrics_server,
+        deadlines,
     )
 
 

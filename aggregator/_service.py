@@ -31,6 +31,7 @@ import structlog
 
 from aggregator._admission import admitted_caller
 from aggregator._config import JobConfig
+from aggregator._deadlines import Deadlines
 from aggregator._identity import AccessControl, Caller
 from aggregator._intake import UploadAbandonedError, UploadDeferredError
 from aggregator._log import AuditLog, AuditLogError
@@ -109,9 +110,12 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         log: AuditLog,
         access: AccessControl,
         *,
+        deadlines: Deadlines,
         metrics: Metrics | None = None,
     ) -> None:
+        """`deadlines` cancels uploads that stall or outlive their round (the server's own)."""
         self._keys = keys
+        self._deadlines = deadlines
         self._metrics = metrics if metrics is not None else rounds.metrics
         self._collectors = tuple(collectors)
         self._rounds = rounds
@@ -242,7 +246,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
         # cancels the call (the request iterator then raises) after the header timeout and,
         # once the header is known, when the round's deadline has passed.
         site = caller.name  # the log names the authenticated site, never a claim
-        watchdog = _Watchdog(HEADER_TIMEOUT_SECONDS, context)
+        watchdog = _Watchdog(self._deadlines, HEADER_TIMEOUT_SECONDS, context)
         try:
             try:
                 first = next(request_iterator)
@@ -513,22 +517,17 @@ _APPROVAL_STATUS = {
 class _Watchdog:
     """Cancels an RPC when its time runs out (restartable with a new limit)."""
 
-    def __init__(self, seconds: float, context: grpc.ServicerContext) -> None:
-        self._context = context
-        self._timer = self._start(seconds)
-
-    def _start(self, seconds: float) -> threading.Timer:
-        timer = threading.Timer(seconds, self._context.cancel)
-        timer.daemon = True
-        timer.start()
-        return timer
+    def __init__(self, deadlines: Deadlines, seconds: float, context: grpc.ServicerContext) -> None:
+        self._deadlines = deadlines
+        self._cancel = context.cancel
+        self._handle = deadlines.arm(seconds, self._cancel)
 
     def restart(self, seconds: float) -> None:
-        self._timer.cancel()
-        self._timer = self._start(seconds)
+        self._deadlines.disarm(self._handle)
+        self._handle = self._deadlines.arm(seconds, self._cancel)
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        self._deadlines.disarm(self._handle)
 
 
 def _trailing_has(context: grpc.ServicerContext, name: str) -> bool:

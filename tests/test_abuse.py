@@ -183,16 +183,3 @@ def test_a_bad_call_token_is_refused_before_the_request_is_read(
     finally:
         release.set()
         channel.close()
-
-
-def test_the_receive_deadline_fires_once_and_only_when_armed() -> None:
-    from aggregator._admission import _Deadlines
-
-    deadlines = _Deadlines()
-    fired: list[str] = []
-    deadlines.arm(0.05, lambda: fired.append("silent"))
-    kept = deadlines.arm(0.05, lambda: fired.append("answered"))
-    deadlines.disarm(kept)  # the request arrived in time
-    time.sleep(0.3)
-    assert fired == ["silent"]
-    assert not deadlines._pending  # nothing left armed

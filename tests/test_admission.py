@@ -476,3 +476,18 @@ def test_the_sdk_comes_back_within_ten_percent_of_the_hint(monkeypatch: pytest.M
     assert connection.submit(object(), [], timeout=3600) == "receipt"  # type: ignore[arg-type]
     assert connection.deferrals == len(waits) == 200
     assert 0.18 <= min(waits) < 0.19 and 0.21 < max(waits) <= 0.22  # spread, within 10 %
+
+
+def test_uploads_in_progress_cost_no_timer_thread_of_their_own(
+    live_aggregator: RunningAggregator, dev_policy: Policy
+) -> None:
+    """Each upload's watchdog is an entry in the server's one deadline thread, not a timer
+    thread of its own (which every retry of a turned-away upload would start, twice)."""
+    with _Uploads(live_aggregator, dev_policy, 2) as uploads:
+        uploads.start(0, 2)
+        timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+        assert len(timers) == 1  # the round's deadline
+        assert live_aggregator.deadlines.armed() >= 2
+        uploads.release_held()
+        assert all(isinstance(r, str) for r in uploads.join().values())
+    assert live_aggregator.deadlines.armed() == 0
