@@ -323,7 +323,16 @@ def test_a_freed_buffer_goes_to_the_first_upload_in_line_and_the_line_is_bounded
     second.join(10)
     assert set(got) == {"first", "second"} and buffers.waiting() == 0
     buffers.release(got["second"])
-    buffers.release(buffers.try_acquire(1000))  # the slot is free again
+    again = buffers.try_acquire(1000)  # the slot is free again
+    buffers.release(again)
+    with pytest.raises(ValueError, match="not lent"):
+        buffers.release(again)  # a second release would count the slot twice
+    with pytest.raises(ValueError, match="not lent"):
+        buffers.release(bytearray(1000))
+    held_again = buffers.try_acquire(1000)
+    with pytest.raises(BuffersBusyError):
+        buffers.try_acquire(1000)  # still one slot
+    buffers.release(held_again)
 
 
 def test_an_upload_that_goes_away_or_waits_too_long_leaves_the_line() -> None:

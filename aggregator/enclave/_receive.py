@@ -350,8 +350,9 @@ class PlaintextBuffers:
         goes to the first upload waiting in line, if any."""
         with self._lock:
             lent_at = self._lent_at.pop(id(buffer), None)
-            if lent_at is not None:
-                self._hold += _HOLD_WEIGHT * (time.monotonic() - lent_at - self._hold)
+            if lent_at is None:  # a slot counted twice would let a third upload decrypt
+                raise ValueError("this buffer is not lent (released twice, or not from this pool)")
+            self._hold += _HOLD_WEIGHT * (time.monotonic() - lent_at - self._hold)
             self._free.append(buffer)
             self._lent -= 1
             if self._waiters:
