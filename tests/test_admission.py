@@ -26,8 +26,8 @@ from aggregator.enclave._receive import BuffersBusyError, PlaintextBuffers
 from attestation import Policy
 from client_sdk import AggregatorUnavailableError
 from client_sdk._transport import AggregatorConnection
-from fedseal.logformat import EntryKind
-from fedseal.wire import RoundState
+from fedseal.logformat import EntryKind, RejectReason
+from fedseal.wire import RoundState, UpdateRejectedError
 
 
 @dataclass
@@ -500,3 +500,24 @@ def test_uploads_in_progress_cost_no_timer_thread_of_their_own(
         uploads.release_held()
         assert all(isinstance(r, str) for r in uploads.join().values())
     assert live_aggregator.deadlines.armed() == 0
+
+
+def test_uploads_waiting_in_line_when_the_round_closes_are_refused_by_name(
+    live_aggregator: RunningAggregator, dev_policy: Policy
+) -> None:
+    """The operator closes the round while uploads hold both buffers and one waits in line:
+    each gets a named refusal once a buffer frees, none hangs until its time-out."""
+    rounds = live_aggregator.rounds
+    with _Uploads(live_aggregator, dev_policy, 3) as uploads:
+        uploads.start(0, 2)
+        uploads.start(2, 3)
+        _until(lambda: rounds._buffers.waiting() == 1)
+        rounds.close_round(1, "the operator ends the round early")
+        started = time.monotonic()
+        uploads.release_held()
+        results = uploads.join()
+        assert time.monotonic() - started < 10
+        assert all(isinstance(r, UpdateRejectedError) for r in results.values()), results
+        reasons = {r.reason for r in results.values() if isinstance(r, UpdateRejectedError)}
+        assert reasons <= {RejectReason.ROUND_NOT_OPEN}, reasons
+        assert rounds._buffers.waiting() == 0
