@@ -69,8 +69,9 @@ class Metrics:
         )
         self.uploads_deferred = Counter(
             "fedseal_uploads_deferred",
-            "Uploads turned away with a retry hint because every decryption buffer was busy "
-            "(the client sends them again; not refusals, the audit log does not record them)",
+            "Uploads turned away with a retry hint because every decryption buffer was busy and "
+            "the line for them full (the client sends them again; not refusals, the audit log "
+            "does not record them)",
             registry=r,
         )
         self.uploads_in_line = Gauge(

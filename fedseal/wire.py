@@ -82,7 +82,8 @@ __all__ = [
 PROTOCOL_VERSION = 3
 REJECT_REASON_METADATA_KEY = "fedseal-reject-reason"
 ACCESS_DENIED_METADATA_KEY = "fedseal-access-denied"
-# SubmitUpdate turned away for now (RESOURCE_EXHAUSTED): every decryption buffer is busy.
+# SubmitUpdate turned away for now (RESOURCE_EXHAUSTED): every decryption buffer is busy and
+# the line of uploads waiting for one is full.
 # The value is the suggested wait in milliseconds; the client retries the same upload then.
 RETRY_AFTER_METADATA_KEY = "fedseal-retry-after-ms"
 # A caller's signed call token (fedseal/signed_request.py, action "call"); binary metadata.
