@@ -171,17 +171,18 @@ class Intake:
         self._on_full = on_full
         self._tickets = _RetryTickets()
 
-    def admit(self, header: UpdateHeader, *, wait: bool | threading.Event = True) -> Admission:
+    def admit(self, header: UpdateHeader, *, line: threading.Event | None = None) -> Admission:
         """Everything decided from the header alone, then a plaintext buffer for the upload
         (RoundManager.admit says more). Refusals are logged and raised as UpdateRejectedError.
-        `wait`: True waits for a buffer; an Event (set when the caller goes away) waits in
-        the buffers' bounded line; False does not wait. Without a buffer (line full, or
-        none handed over in time) a busy aggregator raises UploadDeferredError."""
+        Without `line` the call waits for a buffer as long as the upload may take; with it
+        (an Event set when the caller goes away) it waits only in the buffers' bounded line,
+        and raises UploadDeferredError if the line is full or UploadAbandonedError if the
+        caller left first."""
         # A turned-away upload out of the ticket queue while it tries again (and for good
         # once admitted); turned away again, it takes its old place back.
         ticket = self._tickets.take(header.client_id)
         try:
-            admission = self._admit(header, wait, ticket)
+            admission = self._admit(header, line, ticket)
         except UpdateRejectedError as exc:
             self.record_rejection(header.round_id, header.client_id, exc)
             raise
@@ -242,7 +243,7 @@ class Intake:
             )
         )
 
-    def _admit(self, header: UpdateHeader, wait: bool | threading.Event, ticket: int | None) -> Admission:
+    def _admit(self, header: UpdateHeader, line: threading.Event | None, ticket: int | None) -> Admission:
         with self._book.lock:
             rnd = self._book.rounds.get(header.round_id)
             if rnd is None:
@@ -280,10 +281,10 @@ class Intake:
             return Admission(self, rnd, header, retry=previous)
         try:
             governance = check_governance(rnd.config, header)  # from the header alone
-            spec, receiver = self._open_receiver(rnd, header, wait)
+            spec, receiver = self._open_receiver(rnd, header, line)
         except BuffersBusyError:
             self.forget_in_flight(rnd, header.client_id)
-            if isinstance(wait, threading.Event) and wait.is_set():
+            if line is not None and line.is_set():
                 raise UploadAbandonedError("the call ended while its upload waited for a buffer") from None
             raise self._deferred(header.client_id, ticket) from None
         except BaseException:
@@ -292,7 +293,7 @@ class Intake:
         return Admission(self, rnd, header, spec=spec, receiver=receiver, governance=governance)
 
     def _open_receiver(
-        self, rnd: Round, header: UpdateHeader, wait: bool | threading.Event
+        self, rnd: Round, header: UpdateHeader, line: threading.Event | None
     ) -> tuple[AdapterSpec, UpdateReceiver]:
         config = rnd.config
         # The round's spec, or (lora-exact with client_ranks) the spec of an allowed rank:
@@ -309,6 +310,7 @@ class Intake:
                 f"adapter spec digest does not match round {config.round_id}'s adapter spec{allowed}",
             )
         binding = self._keys.bound.binding_for(header.challenge)
+        limit = self.upload_time_limit(config.round_id)
         receiver = UpdateReceiver(
             header,
             spec,
@@ -316,13 +318,7 @@ class Intake:
             rnd.key,  # the round's own key pair; its private key is gone once the round ends
             binding,
             buffers=self._buffers,
-            wait_seconds=(
-                self.upload_time_limit(config.round_id)
-                if wait is True
-                else InLine(self.upload_time_limit(config.round_id), wait)
-                if isinstance(wait, threading.Event)
-                else None
-            ),
+            wait_seconds=limit if line is None else InLine(limit, line),
         )
         return spec, receiver
 

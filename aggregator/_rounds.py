@@ -350,20 +350,20 @@ class RoundManager:
         with self.admit(header) as admission:
             return admission.receive(chunks)
 
-    def admit(self, header: UpdateHeader, *, wait: bool | threading.Event = True) -> Admission:
+    def admit(self, header: UpdateHeader, *, line: threading.Event | None = None) -> Admission:
         """Everything decided from the header alone, then a plaintext buffer for the upload.
 
-        Blocks until a buffer is free (PlaintextBuffers). With `wait` an Event (what the
-        service does; set when the call goes away) it waits only in the buffers' bounded
+        Blocks until a buffer is free (PlaintextBuffers). With `line` (what the service
+        passes: an Event set when the call goes away) it waits only in the buffers' bounded
         line, and a busy aggregator whose line is full raises UploadDeferredError at once:
         the client retries after the hint, so at most the line's few streams are held
-        open waiting. With `wait` False it never waits. The service tells the client to start
+        open waiting. The service tells the client to start
         sending its chunks only after this returns, so nothing but the header is sent
         before. Use the result as a context manager (it releases the buffer and the
         client's in-flight mark) and call `receive` once. Refusals are logged and raised
         as UpdateRejectedError.
         """
-        return self._intake.admit(header, wait=wait)
+        return self._intake.admit(header, line=line)
 
     def upload_time_limit(self, round_id: int) -> float:
         """Seconds an upload for `round_id` may take: until the round's deadline (plus grace)."""

@@ -279,7 +279,7 @@ class AggregatorService(pb_grpc.AggregatorServicer):
                 if not context.add_callback(gone.set):
                     gone.set()
                 try:
-                    admission = self._rounds.admit(header, wait=gone)
+                    admission = self._rounds.admit(header, line=gone)
                 except UploadDeferredError as exc:
                     self._access.refund_upload(caller, header.ciphertext_size)  # not sent now
                     millis = str(max(1, round(exc.retry_after * 1000)))

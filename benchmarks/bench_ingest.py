@@ -180,45 +180,48 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
         access=AccessConfig(enrolment),  # default max_workers, as fedseal-aggregator runs
         accumulator_device="cuda" if torch.cuda.is_available() else "cpu",  # its 'auto'
     )
-    # As fedseal-aggregator does while it serves (the process ends with the round).
-    frozen_startup_heap().__enter__()
-    # Idle = before the round opens: opening reserves the decryption buffers, which are
-    # part of what the round costs.
-    idle_rss = _status("VmRSS")
-    running.rounds.open_round(
-        RoundConfig(
-            round_id=1,
-            adapter_spec=_spec(workload),
-            min_clients=n,
-            max_clients=n,
-            deadline_seconds=900.0,
-            max_chunk_size=chunk,
+    # As fedseal-aggregator does while it serves.
+    with frozen_startup_heap():
+        # Idle = before the round opens: opening reserves the decryption buffers, which are
+        # part of what the round costs.
+        idle_rss = _status("VmRSS")
+        running.rounds.open_round(
+            RoundConfig(
+                round_id=1,
+                adapter_spec=_spec(workload),
+                min_clients=n,
+                max_clients=n,
+                deadline_seconds=900.0,
+                max_chunk_size=chunk,
+            )
         )
-    )
-    conn.send(("ready", running.port))
-    assert conn.recv() == "start"
-    _reset_peak()
-    cpu0 = _cpu_seconds()
-    conn.send("started")
-    running.rounds.wait_aggregate(1, 900.0)
-    published_at = time.monotonic()  # one clock for all processes (CLOCK_MONOTONIC)
-    conn.send(
-        {
-            "cpu_s": _cpu_seconds() - cpu0,
-            # The round's close (finalize, serialize, hash, sign) is not ingest: the bare
-            # server has none. Its CPU, from the aggregator's own metric, is kept apart.
-            "close_cpu_s": running.metrics.registry.get_sample_value("fedseal_round_close_cpu_seconds_total")
-            or 0.0,
-            "hwm": _status("VmHWM"),
-            "idle_rss": idle_rss,
-            "published_at": published_at,
-            # Uploads turned away busy (and sent again), and the most streams open at once.
-            "deferred": running.metrics.registry.get_sample_value("fedseal_uploads_deferred_total") or 0.0,
-            "streams_max": running.metrics.registry.get_sample_value("fedseal_submit_streams_max") or 0.0,
-        }
-    )
-    conn.recv()
-    running.stop(grace=0.5)
+        conn.send(("ready", running.port))
+        assert conn.recv() == "start"
+        _reset_peak()
+        cpu0 = _cpu_seconds()
+        conn.send("started")
+        running.rounds.wait_aggregate(1, 900.0)
+        published_at = time.monotonic()  # one clock for all processes (CLOCK_MONOTONIC)
+        conn.send(
+            {
+                "cpu_s": _cpu_seconds() - cpu0,
+                # The round's close (finalize, serialize, hash, sign) is not ingest: the bare
+                # server has none. Its CPU, from the aggregator's own metric, is kept apart.
+                "close_cpu_s": running.metrics.registry.get_sample_value(
+                    "fedseal_round_close_cpu_seconds_total"
+                )
+                or 0.0,
+                "hwm": _status("VmHWM"),
+                "idle_rss": idle_rss,
+                "published_at": published_at,
+                # Uploads turned away busy (and sent again), and the most streams open at once.
+                "deferred": running.metrics.registry.get_sample_value("fedseal_uploads_deferred_total")
+                or 0.0,
+                "streams_max": running.metrics.registry.get_sample_value("fedseal_submit_streams_max") or 0.0,
+            }
+        )
+        conn.recv()
+        running.stop(grace=0.5)
 
 
 # ----------------------------------------------------------------------------- bare servers
@@ -261,13 +264,11 @@ def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True, tls: bool = Tru
             else server.add_insecure_port("127.0.0.1:0")
         )
         server.start()
-        # As the aggregator does (the process ends with the run): no collection walks
-        # the start-up heap.
-        frozen_startup_heap().__enter__()
-        cpu0 = _cpu_seconds()  # an idle server burns next to nothing until the clients start
-        conn.send(("ready", port))
-        conn.recv()
-        conn.send({"cpu_s": _cpu_seconds() - cpu0})
+        with frozen_startup_heap():  # as the aggregator does: no collection walks the start-up heap
+            cpu0 = _cpu_seconds()  # an idle server burns next to nothing until the clients start
+            conn.send(("ready", port))
+            conn.recv()
+            conn.send({"cpu_s": _cpu_seconds() - cpu0})
         server.stop(0.5).wait()
         return
 
@@ -294,11 +295,11 @@ def _bare_main(conn: Any, use_aio: bool, bdp_probe: bool = True, tls: bool = Tru
             else server.add_insecure_port("127.0.0.1:0")
         )
         await server.start()
-        frozen_startup_heap().__enter__()
-        cpu0 = _cpu_seconds()
-        conn.send(("ready", port))
-        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-        conn.send({"cpu_s": _cpu_seconds() - cpu0})
+        with frozen_startup_heap():
+            cpu0 = _cpu_seconds()
+            conn.send(("ready", port))
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+            conn.send({"cpu_s": _cpu_seconds() - cpu0})
         await server.stop(0.5)
 
     asyncio.run(serve())

@@ -409,7 +409,7 @@ def test_the_retry_hint_asks_an_upload_back_when_the_line_has_room_for_it(
         hints = []
         for i in range(first_turned_away, n):  # turned away one after the other
             with pytest.raises(UploadDeferredError) as busy:
-                rounds.admit(uploads.sealed[i].header, wait=threading.Event())
+                rounds.admit(uploads.sealed[i].header, line=threading.Event())
             hints.append(busy.value.retry_after)
         turn = 1.0 / buffers.slots
         assert hints == [pytest.approx(turn), pytest.approx(2 * turn), pytest.approx(3 * turn)]
@@ -492,10 +492,14 @@ def test_uploads_in_progress_cost_no_timer_thread_of_their_own(
 ) -> None:
     """Each upload's watchdog is an entry in the server's one deadline thread, not a timer
     thread of its own (which every retry of a turned-away upload would start, twice)."""
+
+    def timer_threads() -> int:
+        return sum(isinstance(t, threading.Timer) and t.is_alive() for t in threading.enumerate())
+
     with _Uploads(live_aggregator, dev_policy, 2) as uploads:
+        before = timer_threads()  # the round's deadline (and any other test's leftovers)
         uploads.start(0, 2)
-        timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
-        assert len(timers) == 1  # the round's deadline
+        assert timer_threads() == before
         assert live_aggregator.deadlines.armed() >= 2
         uploads.release_held()
         assert all(isinstance(r, str) for r in uploads.join().values())

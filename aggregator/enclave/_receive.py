@@ -116,13 +116,13 @@ class UpdateReceiver:
         binding: bytes,
         *,
         buffers: PlaintextBuffers | None = None,
-        wait_seconds: float | InLine | None = 0.0,
+        wait_seconds: float | InLine = 0.0,
     ) -> None:
         """`round_key` is the key pair of the round the header names (its private key opens
         the data key). `buffers`, if given, bounds how many updates are decrypted at once
         and lends a reused buffer; the call waits up to `wait_seconds` for one (then
-        CANCELLED), with None does not wait (BuffersBusyError), and with `InLine` waits in
-        the buffers' bounded line (BuffersBusyError if it is full or nothing comes)."""
+        CANCELLED), or with `InLine` waits in the buffers' bounded line (BuffersBusyError
+        if it is full or nothing comes)."""
         if not 1 <= header.chunk_size <= max_chunk_size:
             raise UpdateRejectedError(
                 RejectReason.OVERSIZE,
@@ -144,12 +144,11 @@ class UpdateReceiver:
         if buffers is not None:
             # Sized for the spec's largest update, so one buffer serves every upload.
             size = spec.max_serialized_size()
-            if wait_seconds is None:
-                self._buffer = buffers.try_acquire(size)
-            elif isinstance(wait_seconds, InLine):
-                self._buffer = buffers.acquire_in_line(size, wait_seconds.seconds, wait_seconds.wake)
-            else:
-                self._buffer = buffers.acquire(size, wait_seconds)
+            self._buffer = (
+                buffers.acquire_in_line(size, wait_seconds.seconds, wait_seconds.wake)
+                if isinstance(wait_seconds, InLine)
+                else buffers.acquire(size, wait_seconds)
+            )
         try:
             try:
                 self._opener = StreamOpener.open(
@@ -241,8 +240,9 @@ class _Waiter:
 
 
 class BuffersBusyError(Exception):
-    """Every plaintext buffer is lent (PlaintextBuffers.try_acquire): not a refusal of the
-    update, which can be sent again once a buffer frees (`hold_seconds` says how soon)."""
+    """Every plaintext buffer is lent and none came in time (PlaintextBuffers.try_acquire,
+    acquire_in_line): not a refusal of the update, which can be sent again once a buffer
+    frees (`hold_seconds` says how soon)."""
 
 
 class PlaintextBuffers:
