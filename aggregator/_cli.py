@@ -23,6 +23,7 @@ from aggregator._malloc import limit_malloc_arenas
 from aggregator._metrics import ListenAddress, Metrics, parse_listen_address
 from aggregator._preflight import CocoAgent, GpuRequirement, Preflight, PreflightError, PreflightMode
 from aggregator._preflight import CpuTee as CvmTee
+from aggregator._rounds import DEFAULT_UPLOAD_LINE
 from aggregator._selfattest import SelfAttestationGate
 from aggregator._server import RunningAggregator, start_aggregator
 from aggregator._witness import WitnessCosigner, WitnessEndpoint
@@ -172,6 +173,21 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="where FedAvg/FedProx add up the updates: the GPU of this confidential VM ('cuda'), "
         "or the CPU; 'auto' (default) takes the GPU when this build of torch sees one",
+    )
+    p.add_argument(
+        "--max-workers",
+        type=positive_int,
+        default=16,
+        help="threads that serve calls, a quarter of them at most for anonymous callers "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--upload-line",
+        type=positive_int,
+        default=DEFAULT_UPLOAD_LINE,
+        help="uploads that may wait, header only, for one of the two decryption buffers, each on "
+        "a thread of its own on top of --max-workers; the others are turned away with a retry "
+        "hint and come back (default: %(default)s)",
     )
     p.add_argument("--port-file", type=Path, help="write the port actually bound to this file")
     p.add_argument(
@@ -409,6 +425,8 @@ def run(argv: list[str] | None = None, *, preflight_for: PreflightFactory = Pref
                 health_listen=args.health_listen,
                 accumulator_device=accumulator_device,
                 metrics=metrics,
+                max_workers=args.max_workers,
+                upload_line=args.upload_line,
             )
         except EvidenceCollectionError as exc:
             print(

@@ -24,7 +24,7 @@ from aggregator._health import HealthEndpoint
 from aggregator._identity import AccessConfig, AccessControl
 from aggregator._log import AuditLog, CommitMode, Cosigner, LogHistory
 from aggregator._metrics import ListenAddress, Metrics, MetricsServer
-from aggregator._rounds import RoundManager
+from aggregator._rounds import DEFAULT_UPLOAD_LINE, RoundManager
 from aggregator._selfattest import SelfAttestationGate
 from aggregator._service import AggregatorService, add_service_to_server
 from aggregator._tls import EnclaveTlsIdentity
@@ -92,6 +92,7 @@ def start_aggregator(
     listen_mtls: str | None = None,
     tls_names: Sequence[str] = (),
     max_workers: int = 16,
+    upload_line: int = DEFAULT_UPLOAD_LINE,
     commit_mode: CommitMode = CommitMode.GROUP,
     cosigner: Cosigner | None = None,
     spool_dir: Path | None = None,
@@ -113,6 +114,10 @@ def start_aggregator(
     served; otherwise a PreflightError subclass is raised. Without it no GPU is released.
 
     ``accumulator_device`` ("cpu" or "cuda") places the FedAvg/FedProx accumulator.
+
+    ``max_workers`` threads serve calls (a quarter of them at most for anonymous callers);
+    ``upload_line`` more are there for uploads waiting, header only, for a decryption
+    buffer, so a full line never takes the threads other calls need.
     """
     _check_listeners(access, listen_mtls)
     metrics = metrics if metrics is not None else Metrics()
@@ -135,6 +140,7 @@ def start_aggregator(
             metrics=metrics,
             accumulator_device=accumulator_device,
             dp_history=history.dp if history else None,
+            upload_line=upload_line,
         )
         gate = AccessControl(
             access,
@@ -149,7 +155,7 @@ def start_aggregator(
         raise
     deadlines = Deadlines()  # one thread cancels every stalled call
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedseal-rpc"),
+        futures.ThreadPoolExecutor(max_workers=max_workers + upload_line, thread_name_prefix="fedseal-rpc"),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -158,7 +164,7 @@ def start_aggregator(
             # 500 MB/s at 20 ms RTT). Memory stays flat in the number of clients because an
             # upload sends no chunk before it is admitted (SubmitUpdate's send_chunks).
         ],
-        maximum_concurrent_rpcs=max_workers * 4,
+        maximum_concurrent_rpcs=(max_workers + upload_line) * 4,
         interceptors=[
             AdmissionInterceptor(gate, anonymous_slots=max(1, max_workers // 4), deadlines=deadlines)
         ],
@@ -209,6 +215,8 @@ def start_aggregator(
         tls_certificate_sha256=tls.certificate_sha256.hex(),
         mtls_port=mtls_port,
         enrolled_sites=len(access.enrolment.sites),
+        max_workers=max_workers,
+        upload_line=upload_line,
         health_port=health.port,
         metrics_port=metrics_server.port if metrics_server is not None else None,
     )

@@ -6,6 +6,7 @@ names) and the test operator and approver; `site_client` opens a client as one o
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,16 +95,32 @@ def operator_client(endpoint: str, policy: Policy, name: str = "olivia-operator"
     return FedSealClient(endpoint, policy, identity=principal_identity(name), timeout=20)
 
 
-@pytest.fixture
-def live_aggregator(tmp_path: Path) -> Iterator[RunningAggregator]:
-    running = start_aggregator(
+def start_test_aggregator(
+    tmp_path: Path, access: AccessConfig | None = None, **options: Any
+) -> RunningAggregator:
+    """An aggregator on loopback with the simulated collector, its log in `tmp_path`,
+    every test site enrolled unless `access` says otherwise; `options` go to start_aggregator."""
+    return start_aggregator(
         log_path=tmp_path / "audit.log",
         log_origin="fedseal.test/log",
         collectors=[simulated_collector()],
-        access=access_config(),
+        access=access if access is not None else access_config(),
         listen="127.0.0.1:0",
+        **options,
     )
+
+
+@contextlib.contextmanager
+def serving_aggregator(tmp_path: Path, **options: Any) -> Iterator[RunningAggregator]:
+    """start_test_aggregator's aggregator, stopped on the way out."""
+    running = start_test_aggregator(tmp_path, **options)
     try:
         yield running
     finally:
         running.stop(grace=0.5)
+
+
+@pytest.fixture
+def live_aggregator(tmp_path: Path) -> Iterator[RunningAggregator]:
+    with serving_aggregator(tmp_path) as running:
+        yield running

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import access_config, make_adapter, round_config, simulated_collector, site_client
+from conftest import access_config, make_adapter, round_config, site_client, start_test_aggregator
 
-from aggregator import AccessLimits, RunningAggregator, start_aggregator
+from aggregator import AccessLimits, RunningAggregator
 from attestation import Policy
 from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal.tls import pinned_channel, probe_server_certificate
@@ -31,13 +31,7 @@ ROUND_SECONDS = 20.0  # an honest round of three small updates takes well under 
 
 
 def _start(tmp_path: Path, limits: AccessLimits | None = None) -> RunningAggregator:
-    return start_aggregator(
-        log_path=tmp_path / "audit.log",
-        log_origin="fedseal.test/log",
-        collectors=[simulated_collector()],
-        access=access_config(limits),
-        listen="127.0.0.1:0",
-    )
+    return start_test_aggregator(tmp_path, access_config(limits))
 
 
 def _round(running: RunningAggregator, policy: Policy) -> float:

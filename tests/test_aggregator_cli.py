@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 import threading
@@ -172,7 +173,7 @@ def restore_signals() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restore_signals")
-def test_dev_mode_starts_without_probing_the_host(tmp_path: Path) -> None:
+def test_dev_mode_starts_without_probing_the_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     nvml = FakeNvml()
     preflights = _Preflights(_tree(tmp_path / "root", "dev/null-device"), nvml)  # no CVM at all
     port_file = tmp_path / "port"
@@ -202,6 +203,10 @@ def test_dev_mode_starts_without_probing_the_host(tmp_path: Path) -> None:
                 "127.0.0.1:0",
                 "--port-file",
                 str(port_file),
+                "--max-workers",
+                "8",
+                "--upload-line",
+                "3",
                 *_enrolment(tmp_path),
             ],
             preflight_for=preflights,
@@ -218,6 +223,10 @@ def test_dev_mode_starts_without_probing_the_host(tmp_path: Path) -> None:
     assert frozen_while_serving and frozen_while_serving[0] > 10_000
     assert gc.get_freeze_count() == 0
     assert '"insecure_simulated":true' in (tmp_path / "audit.log").read_text().replace(" ", "")
+    (started,) = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if '"aggregator_started"' in line
+    ]
+    assert (started["max_workers"], started["upload_line"]) == (8, 3)
 
 
 def test_self_attestation_policy_is_checked_up_front(

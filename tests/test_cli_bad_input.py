@@ -250,6 +250,8 @@ for value, says in [
     )
 
 for flag, value in [
+    ("--max-workers", "0"),
+    ("--upload-line", "abc"),
     ("--max-streams", "-1"),
     ("--max-streams", "abc"),
     ("--max-calls-per-round", "0"),

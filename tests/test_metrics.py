@@ -9,11 +9,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import access_config, make_adapter, round_config, simulated_collector, site_client
+from conftest import make_adapter, round_config, site_client, start_test_aggregator
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from aggregator import RunningAggregator, start_aggregator
+from aggregator import RunningAggregator
 from aggregator._cli import _parser
 from aggregator._health import AGGREGATOR_SERVICE, HealthEndpoint
 from aggregator._metrics import ListenAddress, Metrics, parse_listen_address
@@ -32,14 +32,8 @@ LOOPBACK_ANY_PORT = ListenAddress("127.0.0.1", 0)
 @pytest.fixture
 def observed_aggregator(tmp_path: Path) -> Iterator[RunningAggregator]:
     """A live aggregator with /metrics and the plaintext health port on loopback."""
-    running = start_aggregator(
-        log_path=tmp_path / "audit.log",
-        log_origin="fedseal.test/log",
-        collectors=[simulated_collector()],
-        access=access_config(),
-        listen="127.0.0.1:0",
-        metrics_listen=LOOPBACK_ANY_PORT,
-        health_listen=LOOPBACK_ANY_PORT,
+    running = start_test_aggregator(
+        tmp_path, metrics_listen=LOOPBACK_ANY_PORT, health_listen=LOOPBACK_ANY_PORT
     )
     try:
         yield running
@@ -148,13 +142,7 @@ def test_the_health_port_reports_serving_and_serves_nothing_else(
 
 
 def test_stopping_turns_health_to_not_serving(tmp_path: Path) -> None:
-    running = start_aggregator(
-        log_path=tmp_path / "audit.log",
-        log_origin="fedseal.test/log",
-        collectors=[simulated_collector()],
-        access=access_config(),
-        health_listen=LOOPBACK_ANY_PORT,
-    )
+    running = start_test_aggregator(tmp_path, health_listen=LOOPBACK_ANY_PORT)
     port = running.health.port
     assert port is not None
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
