@@ -19,7 +19,7 @@ from aggregator._config import JobConfig
 from aggregator._gc import frozen_startup_heap
 from aggregator._identity import AccessConfig, AccessLimits
 from aggregator._logging import configure_logging
-from aggregator._malloc import limit_malloc_arenas
+from aggregator._malloc import tune_malloc
 from aggregator._metrics import ListenAddress, Metrics, parse_listen_address
 from aggregator._preflight import CocoAgent, GpuRequirement, Preflight, PreflightError, PreflightMode
 from aggregator._preflight import CpuTee as CvmTee
@@ -403,7 +403,7 @@ def run(argv: list[str] | None = None, *, preflight_for: PreflightFactory = Pref
     )
     cosigner = WitnessCosigner(witnesses, timeout=args.witness_timeout) if witnesses else None
     # Before the server's threads exist: they are what would each get an arena.
-    _log.info("malloc_arenas", outcome=limit_malloc_arenas())
+    _log.info("malloc", outcome=tune_malloc())
     with contextlib.ExitStack() as stack:
         try:
             metrics = Metrics()

@@ -155,14 +155,14 @@ def _aggregator_main(conn: Any, workload: Workload, n: int, chunk: int, log_dir:
     from aggregator import AccessConfig, start_aggregator
     from aggregator._gc import frozen_startup_heap
     from aggregator._logging import configure_logging
-    from aggregator._malloc import limit_malloc_arenas
+    from aggregator._malloc import tune_malloc
     from attestation import InsecureSimulatedTeeCollector
     from fedseal.canonical import b64encode
     from fedseal.enrolment import Enrolment
     from fedseal.roundconfig import RoundConfig
 
     configure_logging("warning")
-    limit_malloc_arenas()  # as fedseal-aggregator does before its server starts
+    tune_malloc()  # as fedseal-aggregator does before its server starts
     sites = [f"site-{i}" for i in range(n)]
     enrolment = Enrolment.from_json_obj(
         {
