@@ -29,7 +29,7 @@ __all__ = ["ARENA_MAX", "MMAP_THRESHOLD", "tune_malloc"]
 ARENA_MAX = 2
 MMAP_THRESHOLD = 2 * 1024 * 1024
 _M_ARENA_MAX = -8  # glibc's malloc.h
-_M_MMAP_THRESHOLD = -3
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 def tune_malloc(arenas: int = ARENA_MAX, mmap_threshold: int = MMAP_THRESHOLD) -> str:

@@ -124,8 +124,9 @@ _log = structlog.get_logger("fedseal.aggregator.rounds")
 
 # Uploads that may wait, header only, for one of the two decryption buffers. Waiting costs a
 # blocked thread and a quiet stream; turning an upload away costs a new call when it comes
-# back (~2.5 ms of CPU on the two sides). Measured at n = 64 on two cores: a line of 4
-# left 110-200 retries a round, a line of 38-42 left 18-49 and ingested 3-40 % more.
+# back (~2.3-2.7 ms of CPU on the two sides). Measured with 8 MB updates at n = 64 on two
+# cores, alternating runs: a line of 4 left 94-151 retries a round, a line of 32 left 30-33
+# and ingested 11-22 % more; 48 gained nothing more (README, ingest).
 DEFAULT_UPLOAD_LINE = 32
 
 
@@ -366,8 +367,8 @@ class RoundManager:
         Blocks until a buffer is free (PlaintextBuffers). With `line` (what the service
         passes: an Event set when the call goes away) it waits only in the buffers' bounded
         line, and a busy aggregator whose line is full raises UploadDeferredError at once:
-        the client retries after the hint, so at most the line's few streams are held
-        open waiting. The service tells the client to start
+        the client retries after the hint, so at most `upload_line` streams are held open
+        waiting. The service tells the client to start
         sending its chunks only after this returns, so nothing but the header is sent
         before. Use the result as a context manager (it releases the buffer and the
         client's in-flight mark) and call `receive` once. Refusals are logged and raised

@@ -538,7 +538,7 @@ def test_uploads_waiting_in_line_when_the_round_closes_are_refused_by_name(
 
 
 def test_the_aggregator_lets_32_uploads_wait_in_line_by_default(live_aggregator: RunningAggregator) -> None:
-    # A retry costs a new call (~2.5 ms of CPU on the two sides); waiting costs a blocked
+    # A retry costs a new call (~2.3-2.7 ms of CPU on the two sides); waiting costs a blocked
     # thread. A line of 32 keeps a 64-client burst to a few dozen retries (README, ingest).
     assert DEFAULT_UPLOAD_LINE == 32
     assert live_aggregator.rounds._buffers.line == DEFAULT_UPLOAD_LINE  # internal: the pool

@@ -18,8 +18,9 @@ glibc_only = pytest.mark.skipif(
 _OURS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")
 
 
-def _in_fresh_process(env: dict[str, str]) -> str:
-    code = "from aggregator._malloc import tune_malloc; print(tune_malloc())"
+def _in_fresh_process(
+    env: dict[str, str], code: str = "from aggregator._malloc import tune_malloc; print(tune_malloc())"
+) -> str:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, check=True
     )
@@ -63,12 +64,7 @@ for b in blocks:
     libc.free(b)
 print(rss() - before)
 """
-    env = _clean_env()
-    kept_kib = int(
-        subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, check=True
-        ).stdout
-    )
+    kept_kib = int(_in_fresh_process(_clean_env(), code))
     assert kept_kib < 8 * 1024, f"{kept_kib} KiB of 64 MiB freed stayed resident"
 
 
