@@ -57,6 +57,9 @@ def test_bench_ingest_runs_end_to_end(tmp_path: Path) -> None:
     (row,) = report["rows"]
     assert row["n"] == 2 and row["gbps"] > 0 and row["bare_gbps"] > 0
     assert 0 < row["bound_pct"] <= 100 and row["own_work_ms"] > 0
+    # The aggregator gets as many tries as the two bare ways together, and the bound uses
+    # the least of the own-work measurements.
+    assert row["runs_each"] == 2 and row["own_work_ms"] == min(row["own_work_measured_ms"])
     assert row["agg_hwm_mb"] > row["agg_idle_mb"] > 0
     # The round's close is counted apart from ingest, from the aggregator's own metric.
     assert row["close_cpu_s"] > 0 and row["agg_cpu_s"] >= 0
