@@ -60,6 +60,9 @@ def test_bench_ingest_runs_end_to_end(tmp_path: Path) -> None:
     # The aggregator gets as many tries as the two bare ways together, and the bound uses
     # the least of the own-work measurements.
     assert row["runs_each"] == 2 and row["own_work_ms"] == min(row["own_work_measured_ms"])
+    # The own work is measured again while the bare transport streams, and bounds a second ratio.
+    assert row["own_work_loaded_ms"] > 0 and row["own_work_loaded_updates"] >= 3
+    assert 0 < row["bound_loaded_pct"] <= 100
     assert row["agg_hwm_mb"] > row["agg_idle_mb"] > 0
     # The round's close is counted apart from ingest, from the aggregator's own metric.
     assert row["close_cpu_s"] > 0 and row["agg_cpu_s"] >= 0
