@@ -60,6 +60,11 @@ def test_bench_ingest_runs_end_to_end(tmp_path: Path) -> None:
     # The aggregator gets as many tries as the two bare ways together, and the bound uses
     # the least of the own-work measurements.
     assert row["runs_each"] == 2 and row["own_work_ms"] == min(row["own_work_measured_ms"])
+    # Time and CPU both come from the aggregator's fastest run, the peak from its worst.
+    fastest = min(row["fedseal_runs"], key=lambda r: r["wall_s"])
+    assert len(row["fedseal_runs"]) == 2 and len(row["bare_runs"]) == 2
+    assert (row["wall_s"], row["agg_cpu_s"]) == (fastest["wall_s"], fastest["agg_cpu_s"])
+    assert row["agg_peak_of_limit"] == max(r["agg_peak_of_limit"] for r in row["fedseal_runs"])
     # The own work is measured again while the bare transport streams, and bounds a second ratio.
     assert row["own_work_loaded_ms"] > 0 and row["own_work_loaded_updates"] >= 3
     assert 0 < row["bound_loaded_pct"] <= 100
