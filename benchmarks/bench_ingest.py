@@ -71,6 +71,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -669,15 +670,15 @@ def own_work(workload: Workload, chunk: int) -> dict[str, Any]:
     }
 
 
-def own_work_under_transport(workload: Workload, chunk: int) -> dict[str, Any]:
-    """The same own work, on one thread of this process, while the bare transport streams
+def own_work_under_transport(workload: Workload, chunk: int, own: dict[str, Any]) -> dict[str, Any]:
+    """The same own work (`own`, what `own_work` returned: its sealed updates and buffers are
+    reused), on one thread of this process, while the bare transport streams
     (staggered, as the bound's bare runs mostly are) on the same two cores; the median
     thread CPU per update of those done while it streamed. Thread CPU leaves out waiting
     for a core, so what it adds over `own_work` is what sharing the caches and the memory
     bus with the wire costs: the bound assumes the idle figure."""
     import torch
 
-    own = own_work(workload, chunk)
     open_one = own["open_one"]
     size = own["ciphertext_size"]
     # Enough updates for the stream to outlast several own-work updates (~1.5 GB).
@@ -710,8 +711,7 @@ def own_work_under_transport(workload: Workload, chunk: int) -> dict[str, Any]:
     ]
     if len(streamed) < 3:
         raise RuntimeError(f"only {len(streamed)} own-work updates ran while the bare stream did")
-    streamed.sort()
-    return {"median_s": streamed[len(streamed) // 2], "updates": len(streamed), "n": n}
+    return {"median_s": statistics.median(streamed), "updates": len(streamed)}
 
 
 def run_micro(workload: Workload, chunk: int) -> dict[str, Any]:
@@ -827,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=2,
         help="rounds of each (workload, n), each running both bare ways and the aggregator twice; "
-        "the best of each kept (default 2)",
+        "each side's fastest run kept (default 2)",
     )
     args = parser.parse_args(argv)
 
@@ -881,7 +881,8 @@ def main(argv: list[str] | None = None) -> int:
         owns: list[float] = []
         done: list[dict[str, Any]] = []
         for n in ns:
-            owns.append(own_work(workload, args.chunk)["best_s"])
+            own = own_work(workload, args.chunk)
+            owns.append(own["best_s"])
             # Alternate the two and keep each one's best wall time (and the worst memory
             # peak): other load on the box then skews the ratio less.
             # The bare limit is the faster of two ways to stream: all n at once, and one
@@ -929,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["flower_over_fedseal_round"] = row["flower"]["s"] / fed["wall_s"]
             done.append(row)
         own_s = min(owns)
-        loaded = own_work_under_transport(workload, args.chunk)
+        loaded = own_work_under_transport(workload, args.chunk, own)
         for row in done:
             bare_cpu = row["bare_cpu_s"] + row["bare_clients_cpu_s"]
             row["own_work_ms"] = own_s * 1e3
