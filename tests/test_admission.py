@@ -307,9 +307,14 @@ def test_the_first_retry_hints_are_sized_by_the_update_until_uploads_are_timed()
     buffers.release(slow)
 
 
+def _take_now(buffers: PlaintextBuffers) -> bytearray:
+    """A buffer if one is free now (no wait), else UpdateRejectedError."""
+    return buffers.acquire(1000, wait_seconds=0)
+
+
 def test_a_freed_buffer_goes_to_the_first_upload_in_line_and_the_line_is_bounded() -> None:
     buffers = PlaintextBuffers(slots=1, line=2)
-    held = buffers.try_acquire(1000)
+    held = _take_now(buffers)
     got: dict[str, bytearray] = {}
 
     def wait_in_line(name: str) -> None:
@@ -323,8 +328,8 @@ def test_a_freed_buffer_goes_to_the_first_upload_in_line_and_the_line_is_bounded
     _until(lambda: buffers.waiting() == 2)
     with pytest.raises(BuffersBusyError, match="line is full"):
         buffers.acquire_in_line(1000, 30, threading.Event())
-    with pytest.raises(BuffersBusyError):
-        buffers.try_acquire(1000)  # nobody jumps the line
+    with pytest.raises(UpdateRejectedError):
+        _take_now(buffers)  # nobody jumps the line
     buffers.release(held)
     first.join(10)
     assert set(got) == {"first"} and buffers.waiting() == 1
@@ -332,21 +337,21 @@ def test_a_freed_buffer_goes_to_the_first_upload_in_line_and_the_line_is_bounded
     second.join(10)
     assert set(got) == {"first", "second"} and buffers.waiting() == 0
     buffers.release(got["second"])
-    again = buffers.try_acquire(1000)  # the slot is free again
+    again = _take_now(buffers)  # the slot is free again
     buffers.release(again)
     with pytest.raises(ValueError, match="not lent"):
         buffers.release(again)  # a second release would count the slot twice
     with pytest.raises(ValueError, match="not lent"):
         buffers.release(bytearray(1000))
-    held_again = buffers.try_acquire(1000)
-    with pytest.raises(BuffersBusyError):
-        buffers.try_acquire(1000)  # still one slot
+    held_again = _take_now(buffers)
+    with pytest.raises(UpdateRejectedError):
+        _take_now(buffers)  # still one slot
     buffers.release(held_again)
 
 
 def test_an_upload_that_goes_away_or_waits_too_long_leaves_the_line() -> None:
     buffers = PlaintextBuffers(slots=1, line=1)
-    held = buffers.try_acquire(1000)
+    held = _take_now(buffers)
     gone = threading.Event()
     failed: list[BaseException] = []
 
@@ -367,14 +372,14 @@ def test_an_upload_that_goes_away_or_waits_too_long_leaves_the_line() -> None:
         buffers.acquire_in_line(1000, 0.05, threading.Event())
     assert time.monotonic() - started < 5 and buffers.waiting() == 0
     buffers.release(held)
-    buffers.release(buffers.try_acquire(1000))  # the released slot was not handed to a leaver
+    buffers.release(_take_now(buffers))  # the released slot was not handed to a leaver
 
 
 def test_a_buffer_handed_over_as_the_upload_leaves_is_still_its_own() -> None:
     """A release that hands the slot over just as the caller's call ends: the waiter owns
     the buffer (and gives it back on its way out), so no slot is lost."""
     buffers = PlaintextBuffers(slots=1, line=1)
-    held = buffers.try_acquire(1000)
+    held = _take_now(buffers)
 
     class _Both(threading.Event):
         def wait(self, timeout: float | None = None) -> bool:
@@ -384,10 +389,10 @@ def test_a_buffer_handed_over_as_the_upload_leaves_is_still_its_own() -> None:
 
     mine = buffers.acquire_in_line(1000, 30, _Both())
     assert buffers.waiting() == 0
-    with pytest.raises(BuffersBusyError):
-        buffers.try_acquire(1000)
+    with pytest.raises(UpdateRejectedError):
+        _take_now(buffers)
     buffers.release(mine)
-    buffers.release(buffers.try_acquire(1000))
+    buffers.release(_take_now(buffers))
 
 
 def test_a_turned_away_upload_keeps_its_place_across_retries() -> None:

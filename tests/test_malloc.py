@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
 
 import pytest
 
-from aggregator._malloc import tune_malloc
+from aggregator._malloc import _set, tune_malloc
 
 glibc_only = pytest.mark.skipif(
     not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
@@ -19,7 +20,7 @@ _OURS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")
 
 
 def _in_fresh_process(
-    env: dict[str, str], code: str = "from aggregator._malloc import tune_malloc; print(tune_malloc())"
+    env: dict[str, str], code: str = "from aggregator._malloc import _set, tune_malloc; print(tune_malloc())"
 ) -> str:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, check=True
@@ -43,7 +44,7 @@ def test_a_freed_block_of_a_few_mb_goes_back_to_the_system() -> None:
     # resident (measured: all 64 MiB; with the fixed threshold, 64 KiB).
     code = """
 import ctypes
-from aggregator._malloc import tune_malloc
+from aggregator._malloc import _set, tune_malloc
 tune_malloc()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -76,6 +77,17 @@ def test_an_operators_setting_wins() -> None:
     )
 
 
-def test_refusal_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_elsewhere_than_linux_malloc_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert tune_malloc() == "not glibc; malloc left as it is"
+
+
+@glibc_only
+def test_a_setting_glibc_refuses_is_reported_not_raised() -> None:
+    # The glibc here accepts any arena cap and mmap threshold (older ones refused a
+    # threshold above 32 MiB), so the refusal comes from an option it does refuse on every
+    # version: a fast-bin size above its maximum (M_MXFAST = 1). Real mallopt, real refusal.
+    mallopt = ctypes.CDLL(None).mallopt
+    assert _set(mallopt, "FEDSEAL_TEST_UNSET_", 1, 1 << 20, "done") == (
+        "mallopt refused FEDSEAL_TEST_UNSET; left as it is"
+    )

@@ -240,9 +240,9 @@ class _Waiter:
 
 
 class BuffersBusyError(Exception):
-    """Every plaintext buffer is lent and none came in time (PlaintextBuffers.try_acquire,
-    acquire_in_line): not a refusal of the update, which can be sent again once a buffer
-    frees (`hold_seconds` says how soon)."""
+    """Every plaintext buffer is lent and none came in time (`acquire_in_line`): not a
+    refusal of the update, which can be sent again once a buffer frees (`hold_seconds`
+    says how soon)."""
 
 
 class PlaintextBuffers:
@@ -294,14 +294,6 @@ class PlaintextBuffers:
                 RejectReason.CANCELLED,
                 f"the aggregator was busy decrypting other updates for {wait_seconds:.0f} s; try again",
             )
-        return self._lend(capacity)
-
-    def try_acquire(self, capacity: int) -> bytearray:
-        """A buffer of at least `capacity` bytes now, or BuffersBusyError."""
-        with self._lock:
-            if self._available < 1:
-                raise BuffersBusyError("every plaintext buffer is lent")
-            self._available -= 1
         return self._lend(capacity)
 
     def acquire_in_line(self, capacity: int, wait_seconds: float, wake: threading.Event) -> bytearray:
