@@ -100,12 +100,12 @@ def start_test_aggregator(
 ) -> RunningAggregator:
     """An aggregator on loopback with the simulated collector, its log in `tmp_path`,
     every test site enrolled unless `access` says otherwise; `options` go to start_aggregator."""
+    options.setdefault("listen", "127.0.0.1:0")
     return start_aggregator(
         log_path=tmp_path / "audit.log",
         log_origin="fedseal.test/log",
         collectors=[simulated_collector()],
         access=access if access is not None else access_config(),
-        listen="127.0.0.1:0",
         **options,
     )
 

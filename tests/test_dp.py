@@ -12,7 +12,14 @@ import dp_accounting
 import pytest
 import safetensors.torch
 import torch
-from conftest import access_config, make_adapter, round_config, simulated_collector, site_client
+from conftest import (
+    access_config,
+    make_adapter,
+    round_config,
+    simulated_collector,
+    site_client,
+    start_test_aggregator,
+)
 from logfiles import log_entries, resigned_log
 
 from aggregator import RunningAggregator
@@ -142,11 +149,8 @@ def dp_aggregator(tmp_path: Path) -> Iterator[RunningAggregator]:
     template = round_config(1, dp=_params(rounds=1), max_clients=4, deadline_seconds=6.0).to_json_obj()
     del template["round_id"]
     job = JobConfig.from_json_obj({"format": "fedseal-job/v1", "rounds": 2, "round_template": template})
-    running = start_aggregator(
-        log_path=tmp_path / "audit.log",
-        log_origin="fedseal.test/log",
-        collectors=[simulated_collector()],
-        access=access_config(),
+    running = start_test_aggregator(
+        tmp_path,
         job=job,
         initial_adapter=INITIAL_BYTES,
     )

@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 import safetensors.torch
 import torch
-from conftest import access_config, make_adapter, round_config, simulated_collector, site_client, submit_as
+from conftest import (
+    access_config,
+    make_adapter,
+    round_config,
+    site_client,
+    start_test_aggregator,
+    submit_as,
+)
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from flwr.app import (
     ArrayRecord,
@@ -36,7 +43,7 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.run import Run
 from identities import principal_identity, signing_key
 
-from aggregator import AccessLimits, RunningAggregator, start_aggregator
+from aggregator import AccessLimits, RunningAggregator
 from attestation import Policy, SimulatedEvidenceRefusedError, load_builtin_policy
 from client_sdk.flower import (
     GLOBAL_ROUND_KEY,
@@ -94,12 +101,9 @@ def busy_aggregator(tmp_path: Path) -> Iterator[RunningAggregator]:
     """The test aggregator with room for every party's public calls from one address: each
     node and the server attest afresh for every call, and here they all share loopback."""
     limits = AccessLimits(public_rate_per_peer=1000.0, public_burst_per_peer=5000)
-    running = start_aggregator(
-        log_path=tmp_path / "audit.log",
-        log_origin="fedseal.test/log",
-        collectors=[simulated_collector()],
+    running = start_test_aggregator(
+        tmp_path,
         access=access_config(limits),
-        listen="127.0.0.1:0",
     )
     try:
         yield running
@@ -399,12 +403,9 @@ def test_fedseals_central_dp_from_the_run_config_runs_in_the_enclave(
     initial = make_adapter(0)
     adapter_file = tmp_path / "initial.safetensors"
     adapter_file.write_bytes(safetensors.torch.save(initial))
-    running = start_aggregator(
-        log_path=tmp_path / "audit.log",
-        log_origin="fedseal.test/log",
-        collectors=[simulated_collector()],
+    running = start_test_aggregator(
+        tmp_path,
         access=access_config(AccessLimits(public_rate_per_peer=1000.0, public_burst_per_peer=5000)),
-        listen="127.0.0.1:0",
         initial_adapter=adapter_file.read_bytes(),
     )
     try:

@@ -12,11 +12,15 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from conftest import access_config, make_adapter, round_config, simulated_collector, site_client
+from conftest import (
+    make_adapter,
+    round_config,
+    site_client,
+    start_test_aggregator,
+)
 from logfiles import log_entries
 
 from aggregator import RunningAggregator
-from aggregator._server import start_aggregator
 from attestation import Policy
 from auditor import audit_log
 from client_sdk import UpdateRejectedError
@@ -29,11 +33,8 @@ BOUND = 5.0
 
 @pytest.fixture
 def bounded(tmp_path: Path) -> Iterator[RunningAggregator]:
-    running = start_aggregator(
-        log_path=tmp_path / "audit.log",
-        log_origin="fedseal.test/log",
-        collectors=[simulated_collector()],
-        access=access_config(),
+    running = start_test_aggregator(
+        tmp_path,
         initial_adapter=safetensors.torch.save(INITIAL),
     )
     try:

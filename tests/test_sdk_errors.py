@@ -17,9 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import access_config, make_adapter, round_config, simulated_collector, site_client
+from conftest import (
+    make_adapter,
+    round_config,
+    site_client,
+    start_test_aggregator,
+)
 
-from aggregator import RunningAggregator, start_aggregator
+from aggregator import RunningAggregator
 from attestation import Policy
 from client_sdk import (
     AdapterInputError,
@@ -201,12 +206,8 @@ def test_bad_constructor_arguments_are_named(
 
 
 def test_aggregator_dying_mid_upload_is_aggregator_unavailable(tmp_path: Path, dev_policy: Policy) -> None:
-    running = start_aggregator(
-        log_path=tmp_path / "audit.log",
-        log_origin="fedseal.test/log",
-        collectors=[simulated_collector()],
-        access=access_config(),
-        listen="127.0.0.1:0",
+    running = start_test_aggregator(
+        tmp_path,
     )
     running.rounds.open_round(round_config(1))
     client = site_client(running.endpoint, dev_policy, "site-0", timeout=5)

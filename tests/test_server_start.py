@@ -6,9 +6,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import access_config, simulated_collector
+from conftest import start_test_aggregator
 
-from aggregator import start_aggregator
 from aggregator._rounds import RoundManager
 
 
@@ -22,11 +21,8 @@ def test_failed_first_round_stops_the_server(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(RoundManager, "start_job", refuse)
     with pytest.raises(OSError, match="first round"):
-        start_aggregator(
-            log_path=tmp_path / "audit.log",
-            log_origin="fedseal.test/log",
-            collectors=[simulated_collector()],
-            access=access_config(),
+        start_test_aggregator(
+            tmp_path,
             listen=f"127.0.0.1:{port}",
         )
     # Nothing is left listening on the port.

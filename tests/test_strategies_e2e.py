@@ -10,16 +10,14 @@ import pytest
 import torch
 from conftest import (
     ADAPTER_SHAPES,
-    access_config,
     make_adapter,
     round_config,
-    simulated_collector,
     site_client,
+    start_test_aggregator,
 )
 from logfiles import log_entries
 
 from aggregator import RunningAggregator
-from aggregator._server import start_aggregator
 from attestation import Policy
 from auditor import audit_log
 from auditor._cli import main as audit_main
@@ -32,11 +30,8 @@ from fedseal.roundconfig import FedAdamParams, KrumParams, TrimmedMeanParams
 def aggregator(tmp_path: Path) -> Iterator[RunningAggregator]:
     spool = tmp_path / "spool"
     spool.mkdir()
-    running = start_aggregator(
-        log_path=tmp_path / "audit.log",
-        log_origin="fedseal.test/log",
-        collectors=[simulated_collector()],
-        access=access_config(),
+    running = start_test_aggregator(
+        tmp_path,
         spool_dir=spool,
     )
     try:
