@@ -18,11 +18,30 @@ def configure_logging(level: str = "info") -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}")
-    logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s")
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    # Libraries that log through the standard library (the simulated TEE's warning, for
+    # one) come out as the same JSON objects, with the logger's name, not as bare text.
+    handler = logging.StreamHandler(_CurrentStderr())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(sort_keys=True),
+            ],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+                structlog.processors.format_exc_info,
+            ],
+        )
+    )
+    # As before, a no-op where the root logger already has handlers (an embedding process).
+    logging.basicConfig(level=numeric, handlers=[handler])
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(sort_keys=True),
         ],

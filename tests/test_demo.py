@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from auditor._cli import main as audit_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +43,24 @@ def test_demo_runs_and_every_loss_falls(tmp_path: Path) -> None:
     # All four hospitals ended with the same, signed global adapter.
     weights = {(a / "adapter_model.safetensors").read_bytes() for a in adapters}
     assert len(weights) == 1
+    # README: the run folder holds the identities with the aggregator's enrolment, the audit
+    # log, the aggregator's JSON log lines and each hospital's last receipt, which holds
+    # against that log.
+    assert (run_dir / "identities" / "enrolment.json").is_file()
+    lines = (run_dir / "aggregator.jsonl").read_text().splitlines()
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines)
+    receipts = sorted(run_dir.glob("hospital-*-last-receipt.txt"))
+    assert len(receipts) == 4
+    for receipt in receipts:
+        args = ["check-receipt", str(receipt), "--log", str(run_dir / "audit.log")]
+        assert audit_main([*args, "--builtin-policy", "dev-insecure-allow-simulated"]) == 0, receipt.name
+
+
+def test_the_demo_writes_under_demo_run_by_default() -> None:
+    # README: "Output goes to `demo-run/<time>/`".
+    from examples.lora_demo.__main__ import _parser
+
+    assert _parser().parse_args([]).out == Path("demo-run")
 
 
 def test_global_adapter_folder_loads_with_peft(tmp_path: Path) -> None:

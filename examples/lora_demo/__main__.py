@@ -100,7 +100,7 @@ def _write_evidence(run_dir: Path, audit_path: Path) -> int:
     return report_rc or pack_rc
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     p.add_argument(
@@ -109,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("demo-run"),
         help="folder for the audit log, aggregator log and adapters (default: %(default)s)",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     started = time.monotonic()
     run_dir = args.out / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
@@ -120,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     mtls_port_file = run_dir / "aggregator.mtls-port"
     identities = make_identities(run_dir / "identities", list(HOSPITALS))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # gRPC's C core would put a plain-text line in the aggregator's JSON log for each
+    # hospital's certificate probe, refused by the mutual-TLS port (deploy/README.md, Logs).
+    aggregator_env = {"GRPC_VERBOSITY": "ERROR", **env}
 
     print(f"FedSeal demo: {len(HOSPITALS)} hospitals, {args.rounds} rounds, output in {run_dir}")
     print("NOTE: the aggregator runs with an INSECURE simulated TEE (no Hopper GPU here); the")
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             stdout=agg_log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=aggregator_env,
         )
         try:
             _wait_for_port(port_file, aggregator)
