@@ -5,14 +5,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedseal-installed
+# PyTorch's index of CPU-only wheels. On Linux x86_64, PyPI's torch is the CUDA build
+# (multi-GB of nvidia-* packages); pip prefers 2.13.0+cpu from this index when it can reach
+# it. Set TORCH_INDEX= (empty) where only a mirror that holds the CPU wheel is reachable.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: demo test lint proto bench bench-ingest clean nvidia-collector browser fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# The CPU build of torch first: a bare "torch" would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
+	# The CPU build of torch first, before anything that depends on torch pulls PyPI's.
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[demo,test,audit]'
 	# NVIDIA's GPU evidence package pins cryptography 43 / signxml 3.2: install it without
 	# its pins (its real needs are in the test and nvidia-collector extras). The GPU

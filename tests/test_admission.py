@@ -447,6 +447,7 @@ def test_a_hint_far_ahead_is_capped_so_the_upload_comes_back_for_a_fresh_one(
     hints = [intake._deferred(f"site-{i}", None).retry_after for i in range(40)]
     turn = 0.25 / buffers.slots
     assert hints[:3] == [pytest.approx(turn), pytest.approx(2 * turn), pytest.approx(3 * turn)]
+    assert MAX_HINT_TURNS == 16  # README: "at most 16 turns"
     assert max(hints) == pytest.approx(MAX_HINT_TURNS * turn) == hints[-1]
     assert hints == sorted(hints)
 

@@ -18,7 +18,8 @@ from identities import write_enrolment
 from test_preflight import FakeNvml, _snp_root, _tree
 
 from aggregator import start_aggregator
-from aggregator._cli import _accumulator_device, main, run
+from aggregator._cli import _accumulator_device, _parser, main, run
+from aggregator._malloc import tune_malloc
 from aggregator._preflight import CocoAgent, GpuRequirement, Preflight, PreflightMode, SelfAttestationError
 from aggregator._selfattest import SelfAttestationGate
 from attestation import SimulatedEvidenceRefusedError, load_builtin_policy
@@ -223,10 +224,12 @@ def test_dev_mode_starts_without_probing_the_host(tmp_path: Path, capsys: pytest
     assert frozen_while_serving and frozen_while_serving[0] > 10_000
     assert gc.get_freeze_count() == 0
     assert '"insecure_simulated":true' in (tmp_path / "audit.log").read_text().replace(" ", "")
-    (started,) = [
-        json.loads(line) for line in capsys.readouterr().err.splitlines() if '"aggregator_started"' in line
-    ]
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    (started,) = [e for e in events if e.get("event") == "aggregator_started"]
     assert (started["max_workers"], started["upload_line"]) == (8, 3)
+    # glibc's malloc was tuned at start (README; aggregator/_malloc.py), and it says how.
+    (malloc,) = [e for e in events if e.get("event") == "malloc"]
+    assert malloc["outcome"] == tune_malloc()
 
 
 def test_self_attestation_policy_is_checked_up_front(
@@ -285,6 +288,9 @@ def test_bad_origin_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_accumulator_device_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # README: `auto` is the default (the GPU when torch sees one).
+    defaults = _parser().parse_args(["--log", "a.log", "--enrolment", "e.json"])
+    assert defaults.accumulator_device == "auto"
     assert _accumulator_device("auto", cuda_available=lambda: False) == "cpu"
     assert _accumulator_device("auto", cuda_available=lambda: True) == "cuda"
     assert _accumulator_device("cpu", cuda_available=lambda: True) == "cpu"

@@ -7,6 +7,7 @@ The honest log's entries: 0 enclave_started, 1 principals_recorded, 2 enrolment_
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from conftest import access_config, make_adapter, round_config, site_client
 
 from aggregator import RunningAggregator
 from attestation import Policy
+from attestation._cli import main as attest_main
 from auditor import FindingKind, LogVerificationError, audit_log, verify_log
 from auditor._cli import main as audit_main
 from client_sdk import UpdateRejectedError
@@ -207,3 +209,32 @@ def test_cli_exit_codes_and_output(
     assert audit_main(["verify", str(tmp_path / "missing.log")]) == 2
     assert "not a readable file" in capsys.readouterr().err
     assert audit_main(["verify", str(honest_log), "--builtin-policy", "no-such-policy"]) == 2
+
+
+def _help(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What `argv + --help` prints; argparse's exit (status 0) or a returned 0 alike."""
+    try:
+        status = main([*argv, "--help"])
+    except SystemExit as exc:
+        status = exc.code  # type: ignore[assignment]
+    assert status == 0, argv
+    return capsys.readouterr().out
+
+
+def test_verify_and_check_receipt_offer_json_and_both_tools_give_their_exit_codes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # README: `fedseal-attest verify`, `fedseal-audit verify` and `check-receipt` have
+    # --json; both tools' --help give the exit codes 0-3.
+    for main, command in (
+        (attest_main, ["verify"]),
+        (audit_main, ["verify"]),
+        (audit_main, ["check-receipt"]),
+    ):
+        assert "--json" in _help(main, command, capsys), command
+    codes = " ".join(_help(audit_main, [], capsys).split("exit codes:")[1].split())
+    for needle in ("0 verified", "1 findings", "2 usage error", "3 endpoint unreachable"):
+        assert needle in codes, needle
+    codes = _help(attest_main, [], capsys).split("exit status:")[1]
+    for needle in ("0  verified", "1  verification failed", "2  usage", "3  cannot reach the endpoint"):
+        assert needle in codes, needle

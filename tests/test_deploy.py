@@ -160,6 +160,20 @@ def test_nodeps_lock_holds_exactly_the_makefile_pins() -> None:
         assert Requirement(spec).specifier.contains(locked[name][0]), spec
 
 
+def test_the_set_up_installs_the_cpu_build_of_torch() -> None:
+    # README: the set-up step installs the CPU build (PyPI's Linux x86_64 torch is the CUDA
+    # build, multi-GB of nvidia-* packages). The recipe asks PyTorch's CPU index first ...
+    makefile = (ROOT / "Makefile").read_text()
+    index = re.search(r"^TORCH_INDEX\s*\?=\s*(\S+)$", makefile, re.MULTILINE)
+    assert index and index.group(1) == "https://download.pytorch.org/whl/cpu"
+    (line,) = [line for line in makefile.splitlines() if re.search(r"pip install .*\btorch==", line)]
+    assert "torch==2.13.0" in line and "--extra-index-url $(TORCH_INDEX)" in line
+    # ... and the environment this suite runs in, which `make` set up, has a torch with no CUDA.
+    import torch
+
+    assert torch.__version__.startswith("2.13.0") and torch.version.cuda is None, torch.__version__
+
+
 # --- Kubernetes -----------------------------------------------------------------------------
 
 
@@ -422,3 +436,11 @@ def test_systemd_unit_allows_only_tee_and_gpu_devices_and_runs_a_valid_command()
     assert str(args.log.parent) == "/var/lib/fedseal" and unit["StateDirectory"] == ["fedseal"]
     assert not args.insecure_simulated_tee
     assert args.cpu_tee in ("sev-snp", "tdx") and args.gpu_collector != "none"
+
+
+def test_the_image_and_the_unit_keep_grpcs_own_lines_out_of_the_json_log() -> None:
+    # deploy/README.md, Logs: gRPC's C core reads GRPC_VERBOSITY once, at import; at its
+    # default level every client's certificate probe on a mutual-TLS port is a plain-text line.
+    env = " ".join(args for word, args in _instructions(CONTAINERFILE) if word == "ENV")
+    assert "GRPC_VERBOSITY=ERROR" in env.split()
+    assert "GRPC_VERBOSITY=ERROR" in " ".join(_unit()["Environment"]).split()
