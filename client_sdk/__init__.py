@@ -35,6 +35,7 @@ from client_sdk._identity import ClientIdentity, IdentityError, write_signing_ke
 from client_sdk._peft import write_peft_adapter
 from client_sdk._receipts import ReceiptStore, ReceiptStoreError
 from client_sdk._transport import ApprovalResult, ChannelSecurity, OperatorResult
+from fedseal.errors import SignatureError
 from fedseal.receipt import Receipt
 from fedseal.roundkey import ForeignRoundKeyError, MissingRoundKeyError, RoundKeyError
 from fedseal.wire import AccessDeniedError, AccessDeniedReason, StaleBaseError, UpdateRejectedError
@@ -65,6 +66,7 @@ __all__ = [
     "RoundOutcome",
     "RoundUnavailableError",
     "SealedSubmission",
+    "SignatureError",
     "StaleBaseError",
     "UnattestedChannelError",
     "UpdateRejectedError",

@@ -509,12 +509,7 @@ class FedSealClient:
         attested = self._attested_for(round_id)
         manifest_bytes, data = self._connection.get_aggregate(round_id, wait_seconds=wait_seconds)
         signed = SignedManifest.from_bytes(manifest_bytes)
-        manifest = verify_manifest(signed, attested.log_public_key_obj(), data)
-        if manifest.round_id != round_id:
-            raise AggregatorUnavailableError(
-                f"asked for round {round_id}'s aggregate, got a correctly signed one for round "
-                f"{manifest.round_id}"
-            )
+        manifest = verify_manifest(signed, attested.log_public_key_obj(), data, round_id=round_id)
         return Aggregate(manifest, data)
 
     def submit_approval(self, approval: Approval) -> ApprovalResult:

@@ -136,15 +136,21 @@ def sign_manifest(manifest: AggregateManifest, key: Ed25519PrivateKey) -> Signed
 
 
 def verify_manifest(
-    signed: SignedManifest, log_public_key: Ed25519PublicKey, aggregate: bytes | memoryview
+    signed: SignedManifest, log_public_key: Ed25519PublicKey, aggregate: bytes | memoryview, *, round_id: int
 ) -> AggregateManifest:
-    """Check the signature and that `aggregate` is the data the manifest names; raise otherwise."""
+    """Check the signature, that the manifest is `round_id`'s, and that `aggregate` is the
+    data it names; SignatureError otherwise."""
     try:
         log_public_key.verify(signed.signature, _signed_bytes(signed.manifest))
     except InvalidSignature:
         raise SignatureError(
             f"aggregate manifest for round {signed.manifest.round_id} is not signed by the attested log key"
         ) from None
+    if signed.manifest.round_id != round_id:
+        # Genuine, but another round's: handed over in place of the round asked for.
+        raise SignatureError(
+            f"asked for round {round_id}'s aggregate, got one signed for round {signed.manifest.round_id}"
+        )
     if len(aggregate) != signed.manifest.aggregate_size:
         raise SignatureError(
             f"aggregate for round {signed.manifest.round_id} has {len(aggregate)} bytes, "
