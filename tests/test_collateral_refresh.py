@@ -1,16 +1,23 @@
 """The collateral cache refreshed in the background: items are fetched again before their
 refresh time, so GetAttestation finds them fresh; a failed background fetch keeps the cached
-copy; stopping joins the thread. The cache runs on a fake clock; the thread on short sleeps."""
+copy; stopping joins the thread. The cache runs on a fake clock; the thread on short sleeps.
+The aggregator's hardware-mode start-up runs such a refresher over its collectors' cache."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import gc
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from aggregator._cli import _collectors, _parser
+from aggregator._metrics import Metrics
 from attestation import (
     CollateralCache,
     CollateralEvent,
@@ -19,6 +26,8 @@ from attestation import (
     CollateralUnavailableError,
     CollateralValidity,
 )
+from attestation.cpu import TdxCollateralStapler
+from attestation.nvidia import NrasTokenStapler, NvidiaCollateralStapler
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 HOUR = datetime.timedelta(hours=1)
@@ -125,3 +134,39 @@ def test_stop_joins_the_thread_and_arguments_are_checked() -> None:
     with slow:
         pass
     assert time.monotonic() - started < 2
+
+
+def _refresher_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "fedseal-collateral-refresh" and t.is_alive()}
+
+
+def test_the_aggregators_hardware_start_up_runs_a_refresher_over_its_collectors_collateral(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fedseal-aggregator` in hardware mode builds its collectors (GPU with NRAS, TDX) over one
+    collateral cache and enters a CollateralRefresher over that cache on the start-up's
+    ExitStack: its thread runs while the stack is open, and is stopped and joined when it closes."""
+    # NVIDIA's nvattest is looked up on PATH when the collector is made (not run here): a stand-in.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvattest").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "nvattest").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    args = _parser().parse_args(
+        ["--log", str(tmp_path / "audit.log"), "--enrolment", "e.json"]
+        + ["--gpu-collector", "nvattest", "--cpu-tee", "tdx", "--nras"]
+    )
+    before = _refresher_threads()
+    with contextlib.ExitStack() as stack:
+        gpu, cpu = _collectors(args, stack, Metrics())
+        assert isinstance(gpu, NrasTokenStapler) and isinstance(gpu._inner, NvidiaCollateralStapler)
+        assert isinstance(cpu, TdxCollateralStapler)
+        caches = {id(c._cache) for c in (gpu, gpu._inner, cpu)}
+        assert len(caches) == 1, "the collectors staple from one collateral cache"
+        (thread,) = _refresher_threads() - before
+        (refresher,) = [o for o in gc.get_objects() if type(o) is CollateralRefresher and o._thread is thread]
+        assert isinstance(refresher._cache, CollateralCache) and id(refresher._cache) in caches
+        wait_until(lambda: refresher.rounds >= 1)  # its first pass over the (still empty) cache
+        assert thread.is_alive()
+    assert not thread.is_alive(), "leaving the start-up's stack stops and joins the refresher"
+    assert _refresher_threads() == before

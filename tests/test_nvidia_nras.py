@@ -298,6 +298,29 @@ def test_nras_down_serves_evidence_without_a_token_and_a_requiring_client_refuse
     verify_bundle(bundle, _pinned(host), challenge, now=NOW + 2 * MINUTE)
 
 
+def test_after_a_failure_nras_is_not_asked_again_for_a_minute(host: Aggregator) -> None:
+    """The pause is a minute, not merely "some while": NRAS (back up at once) is left alone
+    at 59 s after the failure and asked again at 61 s."""
+    host.nras.down = True
+    failed_at = host.clock.now
+    host.bundle()
+    assert [o for o, _ in host.outcomes] == [NrasStapleOutcome.FAILED]
+    host.nras.down = False
+    asked = len(host.nras.requests)
+
+    host.clock.now = failed_at + datetime.timedelta(seconds=59)
+    bundle, _ = host.bundle()
+    assert len(host.nras.requests) == asked, "NRAS was asked again within the minute"
+    assert host.gpu_evidence(bundle).nras_token is None
+    assert host.outcomes[-1][0] is NrasStapleOutcome.SKIPPED
+
+    host.clock.now = failed_at + datetime.timedelta(seconds=61)
+    bundle, challenge = host.bundle()
+    assert [r.url for r in host.nras.requests[asked:]].count(NRAS_GPU_ATTEST_URL) == 1
+    assert host.outcomes[-1] == (NrasStapleOutcome.STAPLED, "")
+    verify_bundle(bundle, _pinned(host), challenge, now=host.clock.now)
+
+
 @pytest.mark.parametrize(
     ("misbehaviour", "why"),
     [
