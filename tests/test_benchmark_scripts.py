@@ -25,6 +25,7 @@ def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"fedseal_bench_{name}", BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -89,3 +90,12 @@ def test_bench_noise_smoke_times_both_samplers() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "16 tensors, 65,536 float32 coordinates" in result.stdout
     assert "secure (CKS20" in result.stdout and "peer (numpy PCG64" in result.stdout
+
+
+def test_the_70b_shape_is_the_one_the_readme_describes() -> None:
+    # README: 80 layers, hidden 8192, LoRA r16 on q/k/v/o: 83.9 M parameters, 168 MB per
+    # bfloat16 update.
+    shape = _load("bench_ingest").SHAPE_70B
+    assert (shape.layers, shape.hidden, shape.rank, shape.dtype) == (80, 8192, 16, "bfloat16")
+    assert shape.params == 83_886_080
+    assert round(shape.params * 2 / 1e6) == 168
