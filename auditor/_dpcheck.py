@@ -70,6 +70,11 @@ def _close(a: object, b: float, rel: float = _REL) -> bool:
     return isinstance(a, int | float) and not isinstance(a, bool) and math.isclose(a, b, rel_tol=rel)
 
 
+def _count(value: object) -> int | None:
+    """`value` if it is a JSON integer; None otherwise (`true` is not 1 here)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class DpAudit:
     """Follows the job's DP through the log; `problems` are messages for findings."""
 
@@ -144,7 +149,7 @@ class DpAudit:
         problems = []
         self.rounds_spent += 1
         t = self.rounds_spent
-        if spend.get("rounds_spent") != t:
+        if _count(spend.get("rounds_spent")) != t:
             problems.append(f"{where}: rounds_spent {spend.get('rounds_spent')!r}, but it is DP round {t}")
         if t > budget.params.rounds:
             problems.append(f"{where}: DP round {t} of a budget of {budget.params.rounds} round(s)")
@@ -158,15 +163,16 @@ class DpAudit:
         ):
             if not _close(spend.get(key), expected):
                 problems.append(f"{where}: {key} {spend.get(key)!r} is not the budget's {expected!r}")
-        if spend.get("denominator") != config.max_clients:
+        if _count(spend.get("denominator")) != config.max_clients:
             problems.append(
                 f"{where}: denominator {spend.get('denominator')!r} is not the round's max_clients "
                 f"{config.max_clients}"
             )
-        updates, clipped = spend.get("updates"), spend.get("clipped")
-        if updates != participants or not isinstance(clipped, int) or not 0 <= clipped <= participants:
+        updates, clipped = _count(spend.get("updates")), _count(spend.get("clipped"))
+        if updates != participants or clipped is None or not 0 <= clipped <= participants:
             problems.append(
-                f"{where}: updates {updates!r} / clipped {clipped!r} for {participants} participant(s)"
+                f"{where}: updates {spend.get('updates')!r} / clipped {spend.get('clipped')!r} "
+                f"for {participants} participant(s)"
             )
         clip = self.clip
         assert clip is not None
@@ -182,8 +188,8 @@ class DpAudit:
             problems.append(f"{where}: noise_stddev {spend.get('noise_stddev')!r}, recomputed {stddev!r}")
         adaptive = budget.params.adaptive_clip
         if adaptive is not None:
-            count = spend.get("noised_unclipped_count")
-            if not isinstance(count, int) or isinstance(count, bool):
+            count = _count(spend.get("noised_unclipped_count"))
+            if count is None:
                 problems.append(f"{where}: an adaptive clip round without its noised_unclipped_count")
             else:
                 fraction = count / config.max_clients

@@ -1,6 +1,7 @@
 """`fedseal-approve` in-process against a live gated round: the brief shows the numbers the
-log carries (participants, the sites' aggregated metrics, data cards, refusals), and the
-approver's signed decision goes through SubmitApproval and is logged."""
+log carries (participants, the sites' aggregated metrics, data cards, refusals; a DP round's
+spend and budget; a lora-exact round's residuals, worst first), and the approver's signed
+decision goes through SubmitApproval and is logged."""
 
 from __future__ import annotations
 
@@ -8,20 +9,24 @@ import io
 from pathlib import Path
 
 import pytest
-from conftest import make_adapter, round_config, site_client
+import torch
+from conftest import make_adapter, round_config, serving_aggregator, site_client
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from logfiles import log_entries
 from test_approval import APPROVERS, GATE, running  # noqa: F401  (the live aggregator fixture)
 from test_data_governance import _send, card
+from test_dp import DIMENSION, _dp_job, _params, _start_on, _submit_and_fetch
+from test_mixed_ranks import MODULES, adapter, lora_config
 
 from aggregator import RunningAggregator
+from aggregator._dp import DpBudget, epsilon_after
 from attestation import Policy
 from auditor import audit_log
 from client_sdk import UpdateRejectedError
 from client_sdk._approve import main, read_approval_brief
 from fedseal.logformat import EntryKind
-from fedseal.logschema import RoundClosed
+from fedseal.logschema import DpBudgetRecorded, RoundClosed
 
 POLICY = "dev-insecure-allow-simulated"
 SENT = {"site-0": (10, 2.0), "site-1": (30, 1.0), "site-2": (60, 0.5)}
@@ -120,3 +125,77 @@ def test_refuse_and_bad_input(
     assert code == 0 and "withheld" in text
     kinds = [e.kind for e in log_entries(log)]
     assert EntryKind.AGGREGATE_WITHHELD in kinds
+
+
+def test_a_dp_rounds_brief_shows_the_logged_spend_budget_and_remainder(
+    tmp_path: Path, dev_policy: Policy
+) -> None:
+    """A DP job of two rounds under epsilon 8: after round 1 the brief shows what the log says
+    was spent, of what budget, and what is left for the rest of the job."""
+    log = tmp_path / "audit.log"
+    live = _start_on(log, _dp_job(rounds=2, dp_rounds=2))
+    try:
+        _submit_and_fetch(live, dev_policy, 1)
+    finally:
+        live.stop(grace=0.5)
+    (budget,) = [e.body for e in log_entries(log) if isinstance(e.body, DpBudgetRecorded)]
+    (closed,) = [e.body for e in log_entries(log) if isinstance(e.body, RoundClosed)]
+    assert closed.dp is not None
+    spent = closed.dp["epsilon_spent"]
+    # The logged figures are the job's own: not zero, not the whole budget.
+    assert budget.budget["params"]["epsilon"] == 8.0
+    assert spent == pytest.approx(epsilon_after(DpBudget.calibrate(_params(rounds=2), DIMENSION), 1))
+    assert 0 < spent < 8.0 and closed.dp["clipped"] == 1  # make_adapter(1) is far from INITIAL
+
+    brief = read_approval_brief(log, 1)
+    assert brief.dp == closed.dp
+    assert brief.epsilon_budget == 8.0
+    assert brief.epsilon_remaining == pytest.approx(8.0 - spent)
+
+    code, text = _run(["show", str(log), "--round", "1"])
+    assert code == 0
+    dp_section = text.split("Differential privacy:\n")[1].splitlines()[0]
+    assert dp_section == (
+        f"  epsilon spent {spent:.6g} of 8 (remaining {8.0 - spent:.6g}), delta 1e-05, clipped 1 of 1 updates"
+    )
+
+
+def _low_rank_q(update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`update` with its q_proj factors cut to rank 2: three sites sum to rank 6 or less,
+    which the output rank 8 holds exactly (residual 0); v_proj keeps its full ranks."""
+    (q_a, q_b), _ = MODULES
+    out = dict(update)
+    out[q_a] = update[q_a].clone()
+    out[q_a][2:] = 0
+    out[q_b] = update[q_b].clone()
+    out[q_b][:, 2:] = 0
+    return out
+
+
+def test_a_lora_exact_rounds_brief_shows_the_logged_residuals_worst_first(
+    tmp_path: Path, dev_policy: Policy
+) -> None:
+    with serving_aggregator(tmp_path) as live:
+        live.rounds.open_round(lora_config(1))
+        for i, rank in enumerate((4, 8, 16)):
+            with site_client(live.endpoint, dev_policy, f"site-{i}", timeout=20) as client:
+                client.submit_update(
+                    _low_rank_q(adapter(rank, 200 + i)), round_id=1, num_examples=10 * (i + 1)
+                )
+        live.rounds.wait_closed(1, 20.0)
+        log = live.log.path
+    (closed,) = [e.body for e in log_entries(log) if isinstance(e.body, RoundClosed)]
+    assert closed.strategy == "lora-exact" and closed.lora_residuals is not None
+    logged = {r.module: r.residual for r in closed.lora_residuals}
+    q, v = (r.module for r in closed.lora_residuals)  # the log lists q_proj first ...
+    assert "q_proj" in q and "v_proj" in v
+    assert logged[q] < 1e-4 and logged[v] > 0.1  # ... but v_proj is the worse one
+
+    brief = read_approval_brief(log, 1)
+    assert brief.lora_residuals == ((v, logged[v]), (q, logged[q]))
+    assert brief.dp is None and brief.epsilon_remaining is None
+
+    code, text = _run(["show", str(log), "--round", "1"])
+    assert code == 0
+    assert f"Exact LoRA residuals (worst of 2): {v} {logged[v]:.4f}, {q} {logged[q]:.4f}\n" in text
+    assert "Differential privacy:\n  none (this round adds no noise)\n" in text

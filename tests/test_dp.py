@@ -3,7 +3,9 @@ in the log, the refusal of a round over budget, and the client's `require_dp` ch
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from conftest import (
     site_client,
     start_test_aggregator,
 )
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from logfiles import log_entries, resigned_log
 
 from aggregator import RunningAggregator
@@ -27,7 +30,7 @@ from aggregator._dp import DpBudget, DpBudgetExhaustedError, DpLedger, DpMismatc
 from aggregator._server import start_aggregator
 from aggregator.enclave._dp import DpNoisePlan, DpSum, clip_delta
 from aggregator.enclave._noise import calibrate_secure_noise, grid_step, secure_epsilon_after
-from attestation import Policy
+from attestation import Policy, load_builtin_policy
 from attestation._policy import DpRequirement
 from auditor import FindingKind, audit_log
 from auditor._cli import main as audit_main
@@ -141,17 +144,20 @@ def test_round_config_refuses_dp_with_robust_strategies() -> None:
         )
 
 
-@pytest.fixture
-def dp_aggregator(tmp_path: Path) -> Iterator[RunningAggregator]:
+def _one_dp_round_job() -> object:
     from aggregator._config import JobConfig
 
     # D = max_clients = 4; three updates arrive and the round closes at its deadline.
     template = round_config(1, dp=_params(rounds=1), max_clients=4, deadline_seconds=6.0).to_json_obj()
     del template["round_id"]
-    job = JobConfig.from_json_obj({"format": "fedseal-job/v1", "rounds": 2, "round_template": template})
+    return JobConfig.from_json_obj({"format": "fedseal-job/v1", "rounds": 2, "round_template": template})
+
+
+@pytest.fixture
+def dp_aggregator(tmp_path: Path) -> Iterator[RunningAggregator]:
     running = start_test_aggregator(
         tmp_path,
-        job=job,
+        job=_one_dp_round_job(),
         initial_adapter=INITIAL_BYTES,
     )
     try:
@@ -210,6 +216,54 @@ def test_dp_round_over_grpc_logs_budget_and_spend_and_refuses_the_next(
     assert "discrete-gaussian-cks20" in out
 
 
+@dataclasses.dataclass(frozen=True)
+class DpLog:
+    """A DP job's finished log and what re-signs it: the enclave's key, a forger's only tool."""
+
+    path: Path
+    origin: str
+    log_key: Ed25519PrivateKey
+
+
+@pytest.fixture(scope="module")
+def fixed_clip_log(tmp_path_factory: pytest.TempPathFactory) -> DpLog:
+    """dp_aggregator's round, once for the module: three updates, all clipped, D = 4."""
+    policy = load_builtin_policy("dev-insecure-allow-simulated")
+    running = start_test_aggregator(
+        tmp_path_factory.mktemp("dp-fixed"), job=_one_dp_round_job(), initial_adapter=INITIAL_BYTES
+    )
+    try:
+        for i in range(3):
+            with site_client(running.endpoint, policy, f"site-{i}", timeout=20) as client:
+                client.submit_update(make_adapter(i + 1), round_id=1, num_examples=1)
+        with site_client(running.endpoint, policy, "site-0", timeout=20) as client:
+            client.fetch_aggregate(1, wait_seconds=15)
+        log = DpLog(running.log.path, running.log.origin, running.keys.log_private_key)
+    finally:
+        running.stop(grace=0.5)
+    assert audit_log(log.path, policy).findings == ()
+    (spend,) = [e.fields["dp"] for e in log_entries(log.path) if e.kind is EntryKind.ROUND_CLOSED]
+    assert (spend["updates"], spend["clipped"], spend["denominator"]) == (3, 3, 4)
+    return log
+
+
+def _dp_findings_in_edited_log(
+    log: DpLog, out: Path, kind: EntryKind, change: dict[str, object], nth: int = 0
+) -> list[str]:
+    """The auditor's invalid_dp_spend messages once the `nth` entry of `kind` has `change`
+    in its DP figures (`round_closed.dp` or `dp_budget.budget`), the log re-signed."""
+    entry = [e for e in log_entries(log.path) if e.kind is kind][nth]
+    key = "dp" if kind is EntryKind.ROUND_CLOSED else "budget"
+    # Compared as JSON: `true` is another value than 1.
+    assert all(json.dumps(entry.fields[key].get(k)) != json.dumps(v) for k, v in change.items()), (
+        "an edit must change a figure"
+    )
+    fields = {**entry.fields, key: {**entry.fields[key], **change}}
+    edited = resigned_log(log.path, out, log.origin, log.log_key, entry.index, fields)
+    report = audit_log(edited, load_builtin_policy("dev-insecure-allow-simulated"))
+    return [f.message for f in report.findings if f.kind is FindingKind.INVALID_DP_SPEND]
+
+
 @pytest.mark.parametrize(
     ("kind", "change", "message"),
     [
@@ -217,13 +271,32 @@ def test_dp_round_over_grpc_logs_budget_and_spend_and_refuses_the_next(
         (EntryKind.ROUND_CLOSED, {"denominator": 3}, "is not the round's max_clients 4"),
         (EntryKind.ROUND_CLOSED, {"noise_stddev": 0.01}, "noise_stddev 0.01, recomputed"),
         (EntryKind.ROUND_CLOSED, {"clip_norm": 5.5}, "but the round had to use 1.0"),
+        (EntryKind.ROUND_CLOSED, {"grid_step": 0.0003}, "round 1's DP spend: grid_step 0.0003, recomputed"),
+        (
+            EntryKind.ROUND_CLOSED,
+            {"rounds_spent": 2},
+            "round 1's DP spend: rounds_spent 2, but it is DP round 1",
+        ),
+        (EntryKind.ROUND_CLOSED, {"epsilon_budget": 8.5}, "epsilon_budget 8.5 is not the budget's 8.0"),
+        (EntryKind.ROUND_CLOSED, {"delta": 0.001}, "delta 0.001 is not the budget's 1e-05"),
+        (EntryKind.ROUND_CLOSED, {"noise_multiplier": 0.05}, "noise_multiplier 0.05 is not the budget's"),
+        (EntryKind.ROUND_CLOSED, {"updates": 2}, "updates 2 / clipped 3 for 3 participant(s)"),
+        (EntryKind.ROUND_CLOSED, {"clipped": 4}, "updates 3 / clipped 4 for 3 participant(s)"),
+        (EntryKind.ROUND_CLOSED, {"clipped": -1}, "updates 3 / clipped -1 for 3 participant(s)"),
+        # JSON's true is no count, though Python would compare it equal to 1.
+        (EntryKind.ROUND_CLOSED, {"clipped": True}, "updates 3 / clipped True for 3 participant(s)"),
+        (EntryKind.ROUND_CLOSED, {"rounds_spent": True}, "rounds_spent True, but it is DP round 1"),
+        (EntryKind.ROUND_CLOSED, {"next_clip_norm": 1.0}, "a fixed-clip round records an adaptive clip's"),
         (EntryKind.DP_BUDGET, {"noise_multiplier": 0.1}, "more than the budget's 8"),
         (EntryKind.DP_BUDGET, {"accountant": "pld"}, "re-derives"),
+        (EntryKind.DP_BUDGET, {"zcdp_rho_per_round": 0.25}, "dp_budget: zcdp_rho_per_round 0.25 is not"),
+        (EntryKind.DP_BUDGET, {"epsilon_planned": 7.5}, "dp_budget: epsilon_planned 7.5 is not"),
+        (EntryKind.DP_BUDGET, {"denominator": "updates"}, "dp_budget: denominator 'updates' is not"),
+        (EntryKind.DP_BUDGET, {"count_noise_stddev": 5.5}, "dp_budget: count noise 5.5"),
     ],
 )
 def test_the_auditor_re_derives_every_dp_figure_even_under_valid_checkpoints(
-    dp_aggregator: RunningAggregator,
-    dev_policy: Policy,
+    fixed_clip_log: DpLog,
     tmp_path: Path,
     kind: EntryKind,
     change: dict[str, object],
@@ -231,25 +304,8 @@ def test_the_auditor_re_derives_every_dp_figure_even_under_valid_checkpoints(
 ) -> None:
     """An enclave whose key re-signs the log over an edited DP figure (a buggy or subverted
     one): the auditor's own re-derivation from the other logged numbers catches it."""
-    for i in range(3):
-        with site_client(dp_aggregator.endpoint, dev_policy, f"site-{i}", timeout=20) as client:
-            client.submit_update(make_adapter(i + 1), round_id=1, num_examples=1)
-    with site_client(dp_aggregator.endpoint, dev_policy, "site-0", timeout=20) as client:
-        client.fetch_aggregate(1, wait_seconds=15)
-    assert audit_log(dp_aggregator.log.path, dev_policy).findings == ()
-    entry = next(e for e in log_entries(dp_aggregator.log.path) if e.kind is kind)
-    key = "dp" if kind is EntryKind.ROUND_CLOSED else "budget"
-    fields = {**entry.fields, key: {**entry.fields[key], **change}}
-    edited = resigned_log(
-        dp_aggregator.log.path,
-        tmp_path / "edited.log",
-        dp_aggregator.log.origin,
-        dp_aggregator.keys.log_private_key,
-        entry.index,
-        fields,
-    )
-    findings = [f for f in audit_log(edited, dev_policy).findings if f.kind is FindingKind.INVALID_DP_SPEND]
-    assert findings and any(message in f.message for f in findings), [f.message for f in findings]
+    findings = _dp_findings_in_edited_log(fixed_clip_log, tmp_path / "edited.log", kind, change)
+    assert any(message in f for f in findings), findings
 
 
 def test_client_policy_require_dp_is_checked_before_sending(
@@ -495,3 +551,74 @@ def test_adaptive_clip_over_grpc_logs_each_rounds_clip_and_spend(tmp_path: Path,
         clip = following
     assert [s["rounds_spent"] for s in spends] == [1, 2, 3] and spends[-1]["epsilon_spent"] <= 8.0
     assert audit_log(tmp_path / "audit.log", dev_policy).findings == ()
+
+
+@pytest.fixture(scope="module")
+def adaptive_clip_log(tmp_path_factory: pytest.TempPathFactory) -> DpLog:
+    """Two rounds of an adaptive clip (the budget covers three), two updates each, D = 2."""
+    from aggregator._config import JobConfig
+
+    policy = load_builtin_policy("dev-insecure-allow-simulated")
+    template = round_config(1, dp=_adaptive(), min_clients=2, max_clients=2).to_json_obj()
+    del template["round_id"]
+    job = JobConfig.from_json_obj({"format": "fedseal-job/v1", "rounds": 2, "round_template": template})
+    running = _start_on(tmp_path_factory.mktemp("dp-adaptive") / "audit.log", job)
+    try:
+        for rid in (1, 2):
+            for i in range(2):
+                with site_client(running.endpoint, policy, f"site-{i}", timeout=20) as client:
+                    client.submit_update(make_adapter(10 * rid + i), round_id=rid, num_examples=1)
+            with site_client(running.endpoint, policy, "site-0", timeout=20) as client:
+                client.fetch_aggregate(rid, wait_seconds=15)
+        log = DpLog(running.log.path, running.log.origin, running.keys.log_private_key)
+    finally:
+        running.stop(grace=0.5)
+    assert audit_log(log.path, policy).findings == ()
+    spends = [e.fields["dp"] for e in log_entries(log.path) if e.kind is EntryKind.ROUND_CLOSED]
+    assert len(spends) == 2 and spends[1]["clip_norm"] == spends[0]["next_clip_norm"]
+    return log
+
+
+# An adaptive clip is always C·exp(-0.5·(count/2 - 0.5)) for an integer count: never 0.123.
+@pytest.mark.parametrize(
+    ("kind", "nth", "change", "message"),
+    [
+        (
+            EntryKind.ROUND_CLOSED,
+            0,
+            {"next_clip_norm": 0.123},
+            "round 1's DP spend: next_clip_norm 0.123, recomputed",
+        ),
+        (
+            EntryKind.ROUND_CLOSED,
+            1,
+            {"next_clip_norm": 0.123},
+            "round 2's DP spend: next_clip_norm 0.123, recomputed",
+        ),
+        (
+            EntryKind.ROUND_CLOSED,
+            1,
+            {"clip_norm": 0.123},
+            "round 2's DP spend: clip_norm 0.123, but the round had to use",
+        ),
+        (
+            EntryKind.ROUND_CLOSED,
+            0,
+            {"noised_unclipped_count": 1.5},
+            "round 1's DP spend: an adaptive clip round without",
+        ),
+        (EntryKind.DP_BUDGET, 0, {"count_noise_stddev": 4.5}, "dp_budget: count noise 4.5"),
+    ],
+)
+def test_the_auditor_re_derives_every_adaptive_clip_figure_even_under_valid_checkpoints(
+    adaptive_clip_log: DpLog,
+    tmp_path: Path,
+    kind: EntryKind,
+    nth: int,
+    change: dict[str, object],
+    message: str,
+) -> None:
+    """The adaptive clip's chain, re-derived: each round's next clip from its released count,
+    and the clip the following round had to use, even in a log the enclave's key re-signed."""
+    findings = _dp_findings_in_edited_log(adaptive_clip_log, tmp_path / "edited.log", kind, change, nth)
+    assert any(message in f for f in findings), findings

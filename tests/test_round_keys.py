@@ -39,8 +39,9 @@ from client_sdk import ForeignRoundKeyError, MissingRoundKeyError
 from fedseal.canonical import b64encode, canonical_json
 from fedseal.envelope import StreamOpener
 from fedseal.errors import EnvelopeUnwrapError, FormatError
-from fedseal.logformat import LogEntry, RejectReason
+from fedseal.logformat import LogEntry, RejectReason, decode_record
 from fedseal.logschema import EnclaveStarted, RoundOpened
+from fedseal.note import NoteSigner, unverified_signatures
 from fedseal.roundkey import (
     ROUND_KEY_DOMAIN,
     RoundKeyMismatchError,
@@ -378,3 +379,83 @@ def test_a_missing_round_key_is_a_finding(
         ("invalid_round_key", first.index, "round_public_key")
     ]
     assert "records no round key" in findings[0]["message"]
+
+
+# ------------------------------------------------------------------ two enclaves, one log
+
+
+def _resigned_by_each_enclave(
+    source: Path, out: Path, log_keys: list[Ed25519PrivateKey], index: int, fields: dict[str, Any]
+) -> Path:
+    """resigned_log over a log several enclaves wrote: entry `index` replaced, and every
+    checkpoint re-signed over the changed tree by the key of the enclave that signed it
+    (the enclave's key, the forgery's only tool, for each enclave's own checkpoints)."""
+    by_id = {NoteSigner(ORIGIN, key).key_id: n for n, key in enumerate(log_keys)}
+    versions = [
+        resigned_log(source, out.with_suffix(f".{n}"), ORIGIN, key, index, fields).read_bytes().splitlines()
+        for n, key in enumerate(log_keys)
+    ]
+    lines = []
+    for number, line in enumerate(source.read_bytes().splitlines(), 1):
+        note = decode_record(line, line_number=number).checkpoint
+        if note is None:
+            lines.append(versions[0][number - 1])  # an entry: the same in every version
+        else:
+            (signature,) = unverified_signatures(note)
+            lines.append(versions[by_id[signature.key_id]][number - 1])
+    out.write_bytes(b"".join(line + b"\n" for line in lines))
+    return out
+
+
+def test_a_round_key_signed_by_an_earlier_enclaves_log_key_is_a_finding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The aggregator restarted on its log: round 2 is opened by the second enclave, so
+    only the second enclave's log key may vouch for its key. A round key signed by the
+    first enclave's log key (attested too, but no longer the one writing) is a finding,
+    even with every checkpoint validly re-signed by its own enclave's key."""
+    path = tmp_path / "audit.log"
+    log_keys = []
+    for round_id in (1, 2):  # one enclave per round; round 1 is left open at the restart
+        agg = start_aggregator(
+            log_path=path, log_origin=ORIGIN, collectors=[simulated_collector()], access=access_config()
+        )
+        try:
+            agg.rounds.open_round(round_config(round_id, min_clients=1, max_clients=1))
+            log_keys.append(agg.keys.log_private_key)
+        finally:
+            agg.stop(grace=0.5)
+    entries = log_entries(path)
+    started = [e for e in entries if isinstance(e.body, EnclaveStarted)]
+    second = _opened(path)[-1]
+    body = second.body
+    assert isinstance(body, RoundOpened) and body.round_id == 2
+    assert len(started) == 2 and started[0].index < second.index and started[1].index < second.index
+    # Each checkpoint is signed by one of the two enclaves' keys, and both signed some.
+    signers = {
+        unverified_signatures(note)[0].key_id
+        for n, line in enumerate(path.read_bytes().splitlines(), 1)
+        if (note := decode_record(line, line_number=n).checkpoint) is not None
+    }
+    assert signers == {NoteSigner(ORIGIN, key).key_id for key in log_keys}
+    capsys.readouterr()  # the aggregators' own log lines
+    assert _verify(path, capsys) == []
+
+    foreign = X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+    def forged_by(log_key: Ed25519PrivateKey) -> Path:
+        signed = RoundKeyStatement(ORIGIN, 2, body.config_digest, foreign).sign(log_key)
+        fields = dataclasses.replace(
+            body, round_public_key=foreign, round_key_signature=signed.signature
+        ).to_fields()
+        return _resigned_by_each_enclave(path, tmp_path / "forged.log", log_keys, second.index, fields)
+
+    # The same new key signed by the enclave that opened round 2: the forgery machinery
+    # alone leaves a log that verifies.
+    assert _verify(forged_by(log_keys[1]), capsys) == []
+    # Signed by the first enclave's key instead: refused, on the signature.
+    findings = _verify(forged_by(log_keys[0]), capsys)
+    assert [(f["kind"], f["index"], f["field"]) for f in findings] == [
+        ("invalid_round_key", second.index, "round_key_signature")
+    ]
+    assert "does not verify under the log key of the enclave that opened the round" in findings[0]["message"]
