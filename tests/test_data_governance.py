@@ -29,7 +29,14 @@ from auditor import audit_log
 from client_sdk import FedSealClient, SealedSubmission, UpdateRejectedError
 from client_sdk.validation import validate_tabular, validate_text
 from fedseal.canonical import canonical_json
-from fedseal.datacard import DataCard, DataCardError, load_data_card, parse_data_card
+from fedseal.datacard import (
+    DataCard,
+    DataCardError,
+    DataCardMismatchError,
+    check_published_card,
+    load_data_card,
+    parse_data_card,
+)
 from fedseal.logformat import LogEntry, RejectReason, decode_record
 from fedseal.logschema import RoundClosed, UpdateAccepted, UpdateRejected
 from fedseal.sitemetrics import SiteMetricsError, check_site_metrics
@@ -234,6 +241,10 @@ def test_data_card_bound_end_to_end(live_aggregator: RunningAggregator, dev_poli
     assert accepted["site-0"].data_card == card().to_json_obj()
     assert accepted["site-1"].data_card_digest == card("site-1").digest()
     assert accepted["site-1"].data_card is None
+    # Handed over later, the private card checks against the logged digest; another does not.
+    assert check_published_card(card("site-1").canonical_bytes(), accepted["site-1"].data_card_digest)
+    with pytest.raises(DataCardMismatchError):
+        check_published_card(card("site-2").canonical_bytes(), accepted["site-1"].data_card_digest)
     rejected = [e.body.reason for e in _entries(log) if isinstance(e.body, UpdateRejected)]
     assert RejectReason.DATA_CARD_MISSING in rejected and RejectReason.DATA_CARD_MISMATCH in rejected
     assert audit_log(log, dev_policy).findings == ()
