@@ -465,11 +465,38 @@ def _check_paths(args: argparse.Namespace) -> None:
     """Paths that name the wrong kind of thing: refused before anything is created."""
     if args.log.is_dir():
         raise ConfigError(f"--log {args.log} is a directory; name the audit log file")
-    if args.spool_dir is not None and args.spool_dir.exists() and not args.spool_dir.is_dir():
-        raise ConfigError(f"--spool-dir {args.spool_dir} exists and is not a directory")
+    if (blocker := _file_in_the_way(args.log)) is not None:  # the log's folders are created
+        raise ConfigError(f"--log {args.log}: {blocker} is a file, not a folder")
+    for flag, path in (("--port-file", args.port_file), ("--mtls-port-file", args.mtls_port_file)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise ConfigError(f"{flag} {path} is a directory; name the file to write the port to")
+        if not path.parent.is_dir():
+            raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist")
+    if args.spool_dir is not None:
+        if args.spool_dir.exists() and not args.spool_dir.is_dir():
+            raise ConfigError(f"--spool-dir {args.spool_dir} exists and is not a directory")
+        if not args.spool_dir.exists():
+            # Spooling rounds write their sealed spool there; found missing only at the first
+            # such round otherwise.
+            raise ConfigError(f"--spool-dir {args.spool_dir} does not exist; create it first")
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing folder-to-be above `path` that is not a folder, if any."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def _witness(text: str) -> WitnessEndpoint:
+    if text.startswith("PRIVATE+KEY+"):
+        raise ConfigError(
+            "--witness takes the witness's verifier key (NAME+HASH+KEY@HOST:PORT), not its "
+            "private key (nothing of it is shown)"
+        )
     try:
         return WitnessEndpoint.parse(text)
     except FormatError as exc:
@@ -614,10 +641,15 @@ def _serve(running: RunningAggregator, port_file: Path | None, mtls_port_file: P
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if mtls_port_file and running.mtls_port is not None:
-        mtls_port_file.write_text(f"{running.mtls_port}\n")
-    if port_file:  # written last: a watcher that sees it finds the other one written too
-        port_file.write_text(f"{running.port}\n")
+    try:
+        if mtls_port_file and running.mtls_port is not None:
+            mtls_port_file.write_text(f"{running.mtls_port}\n")
+        if port_file:  # written last: a watcher that sees it finds the other one written too
+            port_file.write_text(f"{running.port}\n")
+    except OSError as exc:  # checked at start, but the folder can change (permissions, removal)
+        running.stop()
+        print(f"error: cannot write the port file {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     try:
         # Poll: a signal delivered to one of gRPC's threads would not wake a blocked wait.
         while not stop.wait(0.5):

@@ -38,11 +38,15 @@ class HealthEndpoint:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fedseal-health"),
             maximum_concurrent_rpcs=16,
+            options=[("grpc.so_reuseport", 0)],  # a port in use is refused (aggregator/_server.py)
         )
         self.add_to(server)
-        port = server.add_insecure_port(address.grpc_target())
+        try:
+            port = server.add_insecure_port(address.grpc_target())
+        except RuntimeError:  # gRPC's way of saying it cannot bind
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {address.grpc_target()} (--health-listen)")
+            raise OSError(f"cannot listen on {address.grpc_target()} (--health-listen): in use or not local")
         server.start()
         self._server, self.port = server, port
         return port

@@ -245,7 +245,11 @@ class MetricsServer:
     """/metrics of `metrics` over plain HTTP (prometheus_client's server), until `stop`."""
 
     def __init__(self, metrics: Metrics, address: ListenAddress) -> None:
-        server, thread = start_http_server(address.port, addr=address.host, registry=metrics.registry)
+        try:
+            server, thread = start_http_server(address.port, addr=address.host, registry=metrics.registry)
+        except OSError as exc:
+            where = address.grpc_target()
+            raise OSError(f"cannot listen on {where} (--metrics-listen): {exc.strerror}") from None
         self._server: WSGIServer = server
         self._thread = thread
         self.port: int = server.server_port

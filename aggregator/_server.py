@@ -159,6 +159,10 @@ def start_aggregator(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # gRPC sets SO_REUSEPORT by default on Linux: a second aggregator (or any process)
+            # could then bind the same port and take half the connections, and --listen and
+            # --listen-mtls could share one. A port in use is refused instead.
+            ("grpc.so_reuseport", 0),
             # BDP probing stays on (gRPC's default): windows grow to the link's bandwidth-
             # delay product, which uploads across a WAN need (64 KiB windows measured 80 vs
             # 500 MB/s at 20 ms RTT). Memory stays flat in the number of clients because an

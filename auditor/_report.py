@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedseal.canonical import canonical_json, parse_canonical
-from fedseal.checkpoint import TLOG_PROOF_HEADER, TlogProof
-from fedseal.errors import FedSealError
+from fedseal.checkpoint import TLOG_PROOF_HEADER, Checkpoint, TlogProof
+from fedseal.errors import FedSealError, FormatError
+from fedseal.note import split_note
 
 from ._bandwidth import bandwidth_summary
 from ._findings import Finding
@@ -91,10 +92,22 @@ class TrustedCheckpoint:
 
     @classmethod
     def from_text(cls, text: str, *, source: str) -> TrustedCheckpoint:
-        """A signed checkpoint note, or a tlog-proof (a receipt) whose checkpoint is taken."""
+        """A signed checkpoint note, or a tlog-proof (a receipt) whose checkpoint is taken;
+        FormatError (or NoteError) if it is neither. Its signatures are checked later,
+        against the log's keys."""
+        if _PRIVATE_KEY_MARK in text or text.startswith(_NOTE_PRIVATE_KEY_PREFIX):
+            # A findings report would otherwise quote it as the checkpoint's text.
+            raise FormatError(
+                f"{source} holds a private key, not a checkpoint or a receipt (nothing of it is shown)"
+            )
         if text.startswith(TLOG_PROOF_HEADER + "\n"):
             text = TlogProof.parse(text).checkpoint_note
+        Checkpoint.parse_body(split_note(text)[0])
         return cls(source, text)
+
+
+_PRIVATE_KEY_MARK = "PRIVATE KEY-----"  # PEM
+_NOTE_PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"  # a witness key file (auditor/_witness.py)
 
 
 @dataclass(frozen=True)

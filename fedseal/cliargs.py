@@ -68,6 +68,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+# Past this, deadlines and clock arithmetic overflow (time_t, datetime) or gRPC refuses them:
+# ~31 years is longer than any timeout, skew or rate period anyone means.
+_MAX_SECONDS = 1e9
+
+
 def _seconds(text: str, *, allow_zero: bool) -> float:
     try:
         value = float(text)
@@ -76,6 +81,8 @@ def _seconds(text: str, *, allow_zero: bool) -> float:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = "non-negative" if allow_zero else "positive"
         raise argparse.ArgumentTypeError(f"must be a finite, {bound} number of seconds, got {text[:40]!r}")
+    if value > _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {_MAX_SECONDS:.0e} seconds, got {text[:40]!r}")
     return value
 
 

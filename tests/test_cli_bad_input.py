@@ -12,13 +12,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from identities import write_enrolment
+from conftest import serving_aggregator
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from identities import ConsortiumPki, write_enrolment
 
 import aggregator._cli
 import attestation._cli
@@ -285,7 +289,7 @@ CASES["aggregator --client-ca text"] = Case(
 CASES["aggregator unknown flag"] = Case("fedseal-aggregator", _agg("--frobnicate"), 2, _s("--frobnicate"))
 CASES["aggregator no arguments"] = Case("fedseal-aggregator", lambda f: [], 2, _s("required"))
 
-for value in ("nan", "-1", "inf", "abc"):
+for value in ("nan", "-1", "inf", "abc", "1e308"):
     CASES[f"audit verify --max-clock-skew {value}"] = Case(
         "fedseal-audit",
         _with((value,), lambda f, v: ["verify", str(f.text), "--max-clock-skew", v]),
@@ -369,9 +373,42 @@ CASES["audit witness keygen --name bad"] = Case(
     2,
     _s("bad name"),
 )
-# A trusted checkpoint that does not parse is a finding of the audit (documented: exit 1).
+# A trusted checkpoint that is not a checkpoint note or a receipt is an unreadable input.
 CASES["audit verify --trusted-checkpoint nested"] = Case(
-    "fedseal-audit", lambda f: ["verify", str(f.text), "--trusted-checkpoint", str(f.nested)], 1, _s("FAILED")
+    "fedseal-audit", lambda f: ["verify", str(f.text), "--trusted-checkpoint", str(f.nested)], 2, _p("nested")
+)
+CASES["audit verify --trusted-checkpoint a private key"] = Case(
+    "fedseal-audit",
+    lambda f: ["verify", str(f.text), "--trusted-checkpoint", str(f.witness_key)],
+    2,
+    _s("holds a private key, not a checkpoint"),
+)
+CASES["aggregator --log under a file"] = Case(
+    "fedseal-aggregator",
+    _agg("--log", lambda f: str(f.text / "logs" / "audit.log")),
+    2,
+    _s("is a file, not a folder"),
+)
+CASES["aggregator --port-file a directory"] = Case(
+    "fedseal-aggregator", _agg("--port-file", _p("directory")), 2, _s("--port-file")
+)
+CASES["aggregator --mtls-port-file under a missing folder"] = Case(
+    "fedseal-aggregator",
+    _agg("--listen-mtls", "127.0.0.1:0", "--mtls-port-file", lambda f: str(f.missing / "port")),
+    2,
+    _s("--mtls-port-file"),
+)
+CASES["aggregator --spool-dir missing"] = Case(
+    "fedseal-aggregator", _agg("--spool-dir", _p("missing")), 2, _s("does not exist")
+)
+CASES["aggregator --witness a private key"] = Case(
+    "fedseal-aggregator",
+    _agg("--witness", lambda f: f.witness_key.read_text().strip() + "@127.0.0.1:1"),
+    2,
+    _s("not its private key"),
+)
+CASES["aggregator --witness-timeout 1e308"] = Case(
+    "fedseal-aggregator", _agg("--witness-timeout", "1e308"), 2, _s("--witness-timeout")
 )
 CASES["audit no command"] = Case("fedseal-audit", lambda f: [], 2, _s("required"))
 for flag, value in [("--challenge", "zz"), ("--challenge", "00"), ("--now", "yesterday")]:
@@ -588,3 +625,54 @@ def test_user_mistake_is_one_named_line(
     assert errors, output[-600:]
     expected = case.says(files)
     assert any(expected in line for line in errors), f"no line names {expected!r}: {errors}"
+
+
+@pytest.mark.parametrize("kind", ["pem", "witness"])
+def test_a_private_key_given_as_a_trusted_checkpoint_is_not_shown(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The report would otherwise quote the file as the checkpoint's text, in --json too.
+    files = Files(tmp_path)
+    if kind == "pem":
+        key = tmp_path / "site.key"
+        key.write_bytes(
+            Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        )
+    else:
+        key = files.witness_key
+    secret_lines = [line for line in key.read_text().splitlines() if "PRIVATE KEY" not in line]
+    secrets = [line.rsplit("+", 1)[-1] for line in secret_lines]  # the key's base64 part
+    for extra in ([], ["--json"]):
+        code = audit_cli.main(["verify", str(files.text), "--trusted-checkpoint", str(key), *extra])
+        captured = capsys.readouterr()
+        output = captured.out + captured.err
+        assert code == 2 and "holds a private key" in output
+        assert not any(secret[:16] in output for secret in secrets), output
+
+
+def test_a_port_in_use_is_refused_not_shared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # gRPC would set SO_REUSEPORT: a second server on the port would take half its connections.
+    with serving_aggregator(tmp_path / "first") as first:
+        busy = f"127.0.0.1:{first.port}"
+        files = Files(tmp_path)
+        ca = files.root / "ca.pem"
+        ca.write_bytes(ConsortiumPki().ca_pem)
+        for flag in ("--listen", "--listen-mtls", "--health-listen", "--metrics-listen"):
+            extra = ["--client-ca", str(ca)] if flag == "--listen-mtls" else []
+            with _watchdog(files.port_file):
+                code = aggregator._cli.main(_agg(flag, busy, *extra)(files))
+            output = "".join(capsys.readouterr())
+            assert "Traceback" not in output and not files.port_file.exists(), flag
+            assert code == 1 and f"cannot listen on {busy}" in output, (flag, output[-400:])
+            if flag in ("--health-listen", "--metrics-listen"):
+                assert flag in output
+        # One aggregator cannot serve TLS and mutual TLS on one port either.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = f"127.0.0.1:{probe.getsockname()[1]}"
+        with _watchdog(files.port_file):
+            code = aggregator._cli.main(
+                _agg("--listen", free, "--listen-mtls", free, "--client-ca", str(ca))(files)
+            )
+        output = "".join(capsys.readouterr())
+        assert code == 1 and f"cannot listen on {free}" in output, output[-400:]
