@@ -373,7 +373,7 @@ def run(argv: list[str] | None = None, *, preflight_for: PreflightFactory = Pref
         _check_paths(args)
         job = JobConfig.from_file(args.job) if args.job else None
         witnesses = [_witness(w) for w in args.witness]
-        initial_adapter = _initial_adapter(args.initial_adapter)
+        initial_adapter = _initial_adapter(args.initial_adapter, job)
         access = _access(args, job)
         for name in args.tls_name:
             if not _DNS_NAME.fullmatch(name):
@@ -503,8 +503,9 @@ def _witness(text: str) -> WitnessEndpoint:
         raise ConfigError(f"--witness {text[:80]!r}: {exc}") from None
 
 
-def _initial_adapter(path: Path | None) -> bytes | None:
-    """The file's bytes, once they parse as safetensors (the round checks them against its spec)."""
+def _initial_adapter(path: Path | None, job: JobConfig | None) -> bytes | None:
+    """The file's bytes, once they parse as safetensors with the tensors of the job's adapter
+    spec (rounds opened by request are checked when they open)."""
     if path is None:
         return None
     try:
@@ -512,9 +513,23 @@ def _initial_adapter(path: Path | None) -> bytes | None:
     except OSError as exc:
         raise ConfigError(f"cannot read --initial-adapter {path}: {exc.strerror}") from None
     try:
-        check_safetensors(data, what=f"--initial-adapter {path}")
+        shapes = check_safetensors(data, what=f"--initial-adapter {path}")
     except FormatError as exc:
         raise ConfigError(str(exc)) from None
+    if job is not None and job.rounds > 0:
+        # A global that does not fit the rounds would be ignored: no DP, norm bound or server
+        # optimizer could start from it.
+        wanted = job.round_config(1).adapter_spec.shapes()
+        if shapes != wanted:
+            missing = sorted(set(wanted) - set(shapes))
+            extra = sorted(set(shapes) - set(wanted))
+            other = sorted(n for n in set(wanted) & set(shapes) if wanted[n] != shapes[n])
+            detail = "; ".join(
+                f"{what} {names[0]!r}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+                for what, names in (("missing", missing), ("not in the spec", extra), ("other shape", other))
+                if names
+            )
+            raise ConfigError(f"--initial-adapter {path} does not fit the job's adapter_spec: {detail}")
     return data
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from fedseal import strictjson
 from fedseal.errors import FormatError
-from fedseal.roundconfig import ConfigError, RoundConfig, config_int
+from fedseal.roundconfig import MAX_JOB_ROUNDS, ConfigError, RoundConfig, config_int
 from fedseal.signed_request import Signer, parse_principals
 
 __all__ = ["JobConfig"]
@@ -46,7 +46,7 @@ class JobConfig:
             )
         if obj.get("format") != "fedseal-job/v1":
             raise ConfigError(f"{where}: 'format' must be 'fedseal-job/v1'")
-        rounds = config_int(obj, "rounds", 0, 100_000, where)
+        rounds = config_int(obj, "rounds", 0, MAX_JOB_ROUNDS, where)
         template = obj.get("round_template", {} if rounds == 0 else None)
         if not isinstance(template, dict) or "round_id" in template:
             raise ConfigError(f"{where}: 'round_template' must be a round config without 'round_id'")

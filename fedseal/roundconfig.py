@@ -29,6 +29,7 @@ __all__ = [
     "DP_STRATEGIES",
     "MAX_CHUNK_SIZE",
     "MAX_CLIENT_RANKS",
+    "MAX_JOB_ROUNDS",
     "MAX_STALENESS",
     "STRATEGIES",
     "AdaptiveClipParams",
@@ -77,6 +78,7 @@ STRATEGIES = tuple(name.value for name in StrategyName)
 DP_STRATEGIES = (StrategyName.FEDAVG, StrategyName.FEDPROX)
 MAX_STALENESS = 1000
 MAX_CHUNK_SIZE = 4 * 1024 * 1024  # the transport's receive limit is set from this
+MAX_JOB_ROUNDS = 100_000  # rounds a job file may list (fedseal-job init checks the same)
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 MAX_CLIENTS = 10_000
 MAX_CLIENT_RANKS = 16  # LoRA ranks one lora-exact round may allow (client_ranks)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import torch
 from conftest import serving_aggregator
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -676,3 +678,20 @@ def test_a_port_in_use_is_refused_not_shared(tmp_path: Path, capsys: pytest.Capt
             )
         output = "".join(capsys.readouterr())
         assert code == 1 and f"cannot listen on {free}" in output, output[-400:]
+
+
+def test_an_initial_adapter_that_does_not_fit_the_job_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It would be ignored (the global must fit the round's spec): no DP, norm bound or server
+    # optimizer could start from it.
+    files = Files(tmp_path)
+    job = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "job.json"
+    adapter = tmp_path / "other.safetensors"
+    adapter.write_bytes(safetensors.torch.save({"not.in.the.spec": torch.zeros(2, 2)}))
+    with _watchdog(files.port_file):
+        code = aggregator._cli.main(_agg("--job", str(job), "--initial-adapter", str(adapter))(files))
+    output = "".join(capsys.readouterr())
+    assert code == 2 and not files.port_file.exists()
+    assert "does not fit the job's adapter_spec: missing" in output
+    assert "not in the spec 'not.in.the.spec'" in output

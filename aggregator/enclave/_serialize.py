@@ -69,9 +69,11 @@ def serialize_safetensors(
     return bytearray().join(parts) if wipeable else b"".join(parts)
 
 
-def check_safetensors(data: bytes, *, what: str) -> None:
-    """Raise FormatError unless `data` parses as a safetensors file (e.g. --initial-adapter)."""
+def check_safetensors(data: bytes, *, what: str) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape, once `data` parses as a safetensors file (e.g. --initial-adapter);
+    FormatError otherwise."""
     try:
-        safetensors.torch.load(data)
+        tensors = safetensors.torch.load(data)
     except Exception as exc:  # the Rust parser raises its own error types (and Python ones)
         raise FormatError(f"{what} is not a safetensors file ({type(exc).__name__})") from None
+    return {name: tuple(tensor.shape) for name, tensor in tensors.items()}
