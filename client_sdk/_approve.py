@@ -15,7 +15,7 @@ submitted over SubmitApproval to an aggregator that attested under the policy. W
 the log first: this command reads it, it does not audit it.
 
 Exit status: 0 decision recorded (or brief shown), 1 the aggregator refused the decision,
-2 bad input (log, round, key, policy) or the aggregator could not be reached.
+2 bad input (log, round, key, policy, endpoint, timeout) or the aggregator could not be reached.
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from attestation import AttestationError, Policy, builtin_policy_names, load_builtin_policy
+from attestation import Policy, builtin_policy_names, load_builtin_policy
 from client_sdk._client import FedSealClient
-from client_sdk._errors import AggregatorUnavailableError, ClientError
+from client_sdk._errors import ClientError
 from client_sdk._identity import IdentityError, _load_key
 from fedseal.approval import ApprovalError, Decision, sign_approval
 from fedseal.canonical import b64encode
+from fedseal.cliargs import host_port, positive_seconds
 from fedseal.errors import FedSealError
-from fedseal.logformat import decode_record
+from fedseal.logformat import MAX_RECORD_BYTES, decode_record
 from fedseal.logschema import (
     ApprovalRecorded,
     DpBudgetRecorded,
@@ -98,8 +99,16 @@ def read_approval_brief(path: Path, round_id: int) -> ApprovalBrief:
     budget: float | None = None
     try:
         with path.open("rb") as fh:
-            for number, raw in enumerate(fh, start=1):
+            # Bounded reads: a line longer than any record (or a file without newlines, such
+            # as /dev/zero) is refused after one record's length, not read without end.
+            limit = MAX_RECORD_BYTES + 1  # a record and its newline
+            for number, raw in enumerate(iter(lambda: fh.readline(limit), b""), start=1):
                 if not raw.endswith(b"\n"):
+                    if len(raw) == limit:
+                        raise BriefError(
+                            f"{path.name} line {number} is longer than a log record "
+                            f"({MAX_RECORD_BYTES} bytes): not an audit log"
+                        )
                     continue  # a torn tail: not an entry yet
                 try:
                     entry = decode_record(raw[:-1], line_number=number).entry
@@ -251,10 +260,13 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--key", type=Path, required=True, help="the approver's Ed25519 key (PEM, PKCS#8)"
             )
-            cmd.add_argument("--endpoint", required=True, help="the aggregator, HOST:PORT")
+            # Checked here, as a usage error, so a bad address fails before anything is signed.
+            cmd.add_argument("--endpoint", type=host_port(), required=True, help="the aggregator, HOST:PORT")
             cmd.add_argument("--policy", required=True, help="a built-in policy name or a policy JSON file")
             cmd.add_argument("--yes", action="store_true", help="do not ask again on the terminal")
-            cmd.add_argument("--timeout", type=float, default=60.0)
+            cmd.add_argument(
+                "--timeout", type=positive_seconds, default=60.0, help="seconds to wait for the aggregator"
+            )
     return parser
 
 
@@ -300,7 +312,7 @@ def main(
     except ApprovalError as exc:
         print(f"fedseal-approve: the aggregator refused the decision ({exc.reason}): {exc}", file=sys.stderr)
         return 1
-    except (AttestationError, AggregatorUnavailableError, ClientError) as exc:
+    except FedSealError as exc:  # unreachable, not attested, or a value the client refuses
         print(f"fedseal-approve: {exc}", file=sys.stderr)
         return 2
     out.write(

@@ -49,9 +49,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from client_sdk._adapters import AdapterInputError, adapter_tensors
 from client_sdk._identity import write_signing_key
 from client_sdk._sitemap import SiteMap
+from fedseal.cliargs import positive_int
 from fedseal.enrolment import SITE_ID_PATTERN, EnrolledSite, Enrolment
 from fedseal.errors import FedSealError
-from fedseal.roundconfig import STRATEGIES, RoundConfig
+from fedseal.roundconfig import MAX_JOB_ROUNDS, STRATEGIES, RoundConfig
 from fedseal.signed_request import Role, Signer, principals_to_json
 from fedseal.spec import AdapterSpec
 from fedseal.strictjson import loads as strict_loads
@@ -97,8 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--rounds", type=int, default=0, help="rounds the aggregator runs by itself (0: by request)"
     )
-    init.add_argument("--min-clients", type=int, help="with --rounds: each round's minimum")
-    init.add_argument("--max-clients", type=int, help="with --rounds: each round's cohort")
+    # At least 1: a 0 would silently become the site count (the default) below.
+    init.add_argument(
+        "--min-clients", type=positive_int, help="with --rounds: each round's minimum (default: all sites)"
+    )
+    init.add_argument(
+        "--max-clients", type=positive_int, help="with --rounds: each round's cohort (default: all sites)"
+    )
     init.add_argument("--deadline-s", type=float, default=600.0, help="with --rounds: each round's deadline")
     init.add_argument("--strategy", choices=STRATEGIES, default="fedavg", help="with --rounds: the strategy")
     return p
@@ -115,8 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedseal-job: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     for path in written:
-        print(path)
+        print(_printable(path))
     return 0
+
+
+def _printable(path: Path) -> str:
+    """`path` as stdout can encode it: OUT may hold bytes that are not valid in its encoding
+    (undecodable bytes come from the OS as lone surrogates), and printing must not fail
+    after every file is written. Such characters are shown backslash-escaped."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    return str(path).encode(encoding, "backslashreplace").decode(encoding)
 
 
 def init_job(args: argparse.Namespace) -> list[Path]:
@@ -140,9 +154,12 @@ def init_job(args: argparse.Namespace) -> list[Path]:
             f"--operator {args.operator!r}: a principal's name is letters, digits, '.', '_' or '-' "
             "(at most 128)"
         )
-    if args.rounds < 0:
-        raise JobInitError(f"--rounds must be 0 (rounds by request) or more, got {args.rounds}")
-    if args.rounds == 0 and (args.min_clients or args.max_clients):
+    # What the site map and the aggregator's job config refuse, refused before writing.
+    if not args.policy:
+        raise JobInitError("--policy '': name a built-in policy or a policy file")
+    if not 0 <= args.rounds <= MAX_JOB_ROUNDS:
+        raise JobInitError(f"--rounds must be 0 (rounds by request) to {MAX_JOB_ROUNDS}, got {args.rounds}")
+    if args.rounds == 0 and (args.min_clients is not None or args.max_clients is not None):
         raise JobInitError("--min-clients and --max-clients go with --rounds N (N >= 1)")
     if not 0 < args.deadline_s <= 7 * 24 * 3600:
         raise JobInitError(f"--deadline-s must be in (0, 604800] seconds, got {args.deadline_s}")
@@ -153,8 +170,8 @@ def init_job(args: argparse.Namespace) -> list[Path]:
         count = len(new_sites) + len(given)
         round_template = {
             "adapter_spec": spec.to_json_obj(),
-            "min_clients": args.min_clients or count,
-            "max_clients": args.max_clients or count,
+            "min_clients": count if args.min_clients is None else args.min_clients,
+            "max_clients": count if args.max_clients is None else args.max_clients,
             "deadline_ms": round(args.deadline_s * 1000),
             "strategy": args.strategy,
         }

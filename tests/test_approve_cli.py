@@ -13,6 +13,7 @@ import torch
 from conftest import make_adapter, round_config, serving_aggregator, site_client
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from log_samples import sample_bodies
 from logfiles import log_entries
 from test_approval import APPROVERS, GATE, running  # noqa: F401  (the live aggregator fixture)
 from test_data_governance import _send, card
@@ -21,12 +22,13 @@ from test_mixed_ranks import MODULES, adapter, lora_config
 
 from aggregator import RunningAggregator
 from aggregator._dp import DpBudget, epsilon_after
+from aggregator._log import AuditLog
 from attestation import Policy
 from auditor import audit_log
-from client_sdk import UpdateRejectedError
+from client_sdk import UpdateRejectedError, _approve
 from client_sdk._approve import main, read_approval_brief
-from fedseal.logformat import EntryKind
-from fedseal.logschema import DpBudgetRecorded, RoundClosed
+from fedseal.logformat import MAX_RECORD_BYTES, EntryKind
+from fedseal.logschema import DpBudgetRecorded, EnclaveStarted, RoundClosed
 
 POLICY = "dev-insecure-allow-simulated"
 SENT = {"site-0": (10, 2.0), "site-1": (30, 1.0), "site-2": (60, 0.5)}
@@ -199,3 +201,70 @@ def test_a_lora_exact_rounds_brief_shows_the_logged_residuals_worst_first(
     assert code == 0
     assert f"Exact LoRA residuals (worst of 2): {v} {logged[v]:.4f}, {q} {logged[q]:.4f}\n" in text
     assert "Differential privacy:\n  none (this round adds no noise)\n" in text
+
+
+@pytest.fixture
+def closed_log(tmp_path: Path) -> Path:
+    """A log holding one closed, gated round (round 2), from the aggregator's log writer:
+    enough for a brief, with no aggregator running."""
+    bodies = sample_bodies()
+    started = bodies[EntryKind.ENCLAVE_STARTED]
+    assert isinstance(started, EnclaveStarted)
+    log = AuditLog.open(tmp_path / "audit.log", started.log_origin, Ed25519PrivateKey.generate())
+    try:
+        log.start_enclave(started)
+        log.append(bodies[EntryKind.ROUND_CLOSED])
+    finally:
+        log.close()
+    return log.path
+
+
+@pytest.mark.parametrize("command", ["approve", "refuse"])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--endpoint", "nothost"),
+        ("--endpoint", "host:abc"),
+        ("--endpoint", "127.0.0.1:99999"),
+        ("--endpoint", "127.0.0.1:0"),
+        ("--endpoint", "127.0.0.1:-1"),
+        ("--endpoint", "a" * 100 + ":1"),
+        ("--endpoint", "h\udcff:1"),  # a non-UTF-8 byte in argv
+        ("--timeout", "nan"),
+        ("--timeout", "0"),
+    ],
+)
+def test_a_bad_endpoint_or_timeout_is_a_usage_error_before_anything_is_signed(
+    closed_log: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    flag: str,
+    value: str,
+) -> None:
+    done: list[str] = []
+    monkeypatch.setattr(_approve, "sign_approval", lambda *a, **k: done.append("signed"))
+    monkeypatch.setattr(_approve, "FedSealClient", lambda *a, **k: done.append("sent"))
+    options = {"--endpoint": "127.0.0.1:1", "--timeout": "5", flag: value}
+    argv = [command, str(closed_log), "--round", "2", "--key", str(_pem(tmp_path, APPROVERS[0], "a0.pem"))]
+    argv += ["--policy", POLICY, "--yes", *(x for kv in options.items() for x in kv)]
+    with pytest.raises(SystemExit) as stop:
+        _run(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {flag}: " in err and "Traceback" not in err
+    assert done == []  # nothing signed, nothing sent
+
+
+def test_a_line_longer_than_any_log_record_is_refused_without_reading_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As /dev/zero reads: no newline within a record's maximum length."""
+    log = tmp_path / "endless.log"
+    log.write_bytes(b"\0" * (MAX_RECORD_BYTES + 1))
+    code, text = _run(["show", str(log), "--round", "1"])
+    assert code == 2 and text == ""
+    err = capsys.readouterr().err
+    assert f"endless.log line 1 is longer than a log record ({MAX_RECORD_BYTES} bytes)" in err
+    assert err.count("\n") == 1 and "Traceback" not in err

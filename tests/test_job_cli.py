@@ -5,6 +5,7 @@ config with its base model; dtypes kept."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,13 @@ import safetensors.torch
 import torch
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from aggregator import JobConfig
+from aggregator import ConfigError, JobConfig
 from client_sdk import ClientIdentity
 from client_sdk._jobcli import main
 from client_sdk._sitemap import SiteMap
 from examples.lora_demo.training import DemoModelConfig, build_model
 from fedseal.enrolment import Enrolment
+from fedseal.roundconfig import MAX_JOB_ROUNDS
 from fedseal.spec import AdapterSpec
 
 
@@ -151,3 +153,54 @@ def test_bad_arguments_are_named_in_one_line(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def _exit_code(argv: list[str]) -> object:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--rounds", "99999999999"], "--rounds must be 0 (rounds by request) to 100000"),
+        (["--policy", ""], "--policy ''"),
+        (["--rounds", "2", "--min-clients", "0"], "argument --min-clients: must be at least 1, got 0"),
+        (["--rounds", "2", "--max-clients", "0"], "argument --max-clients: must be at least 1, got 0"),
+    ],
+)
+def test_init_refuses_what_the_aggregator_or_the_site_map_would_refuse(
+    tmp_path: Path,
+    sources: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "out"
+    argv = ["init", str(out), "--sites", "a,b", "--operator", "op", "--adapter", str(sources["file"])]
+    assert _exit_code([*argv, *extra]) == 2
+    err = capsys.readouterr().err  # argparse's refusals come after its usage lines
+    assert message in err.splitlines()[-1] and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_the_rounds_limit_is_the_job_configs(tmp_path: Path, sources: dict[str, Path]) -> None:
+    rc, out = _init(tmp_path, "--adapter", str(sources["file"]), "--rounds", str(MAX_JOB_ROUNDS))
+    assert rc == 0
+    job = json.loads((out / "job.json").read_text())
+    assert JobConfig.from_json_obj(job).rounds == MAX_JOB_ROUNDS
+    with pytest.raises(ConfigError, match="'rounds' must be an integer in"):
+        JobConfig.from_json_obj({**job, "rounds": MAX_JOB_ROUNDS + 1})
+
+
+def test_an_out_path_that_is_not_utf8_is_written_and_printed_escaped(
+    tmp_path: Path, sources: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / os.fsdecode(b"job\xff")  # what the OS hands Python for that byte
+    argv = ["init", str(out), "--sites", "a", "--operator", "op", "--adapter", str(sources["file"])]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()  # capsys's stdout is strict UTF-8
+    assert (out / "job.json").exists()
+    assert printed and all("job\\udcff" in line for line in printed)
