@@ -437,6 +437,17 @@ def _parse_now(text: str | None) -> datetime.datetime | None:
         raise _UsageError(f"--now {text!r} is not an ISO 8601 time (e.g. 2026-06-01T00:00:00Z)") from None
     if moment.tzinfo is None:
         raise _UsageError("--now needs a UTC offset (e.g. 2026-06-01T00:00:00Z or +02:00)")
+    # Its UTC time is reported, and verification adds leeways (days at most) to it: keep a
+    # year clear of the ends of datetime's range rather than overflow later.
+    try:
+        year = moment.astimezone(datetime.UTC).year
+    except OverflowError:
+        year = datetime.MINYEAR
+    if not datetime.MINYEAR < year < datetime.MAXYEAR:
+        raise _UsageError(
+            f"--now {text!r} is out of range: give a time between years "
+            f"{datetime.MINYEAR + 1} and {datetime.MAXYEAR - 1}"
+        )
     return moment
 
 

@@ -94,7 +94,16 @@ class SnpLaunch:
         if not 0 <= self.guest_features <= 0xFFFFFFFFFFFFFFFF:
             raise MeasurementError("guest features must be a 64-bit value")
         if self.append is not None and "\x00" in self.append:
-            raise MeasurementError("the kernel command line must not contain NUL")
+            raise MeasurementError("the kernel command line (--append) must not contain NUL")
+        if self.append is not None:
+            # sev-snp-measure hashes it as UTF-8; an argv byte the locale could not decode would
+            # otherwise fail there, reported as a bad OVMF.
+            try:
+                self.append.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise MeasurementError(
+                    f"the kernel command line (--append) is not UTF-8 text (character {exc.start + 1})"
+                ) from None
 
 
 # sev-snp-measure's VMMType member names.

@@ -25,7 +25,8 @@ from fedseal._atomicfile import create_durably, replace_durably
 
 from ._errors import PolicyError
 from ._measure import DEFAULT_GUEST_FEATURES, MeasurementError, SnpLaunch, SnpVmm, snp_launch_measurement
-from ._templates import fill_policy_template, load_policy_template, policy_template_names
+from ._templates import _NAME, fill_policy_template, load_policy_template, policy_template_names
+from .cpu._common import shorten
 from .cpu._policy import SNP_MEASUREMENT_SIZE, TDX_MEASUREMENT_SIZE
 
 __all__ = ["add_measure_parser", "measure_command"]
@@ -125,6 +126,9 @@ def measure_command(args: argparse.Namespace) -> int:
     """Run ``fedseal-attest measure``; print errors and return the exit status."""
     if args.policy_out is None and (args.template or args.name or args.add or args.force):
         return _usage("--template, --name, --add and --force go with --policy-out")
+    # Checked here, before measuring, to name the flag and echo a long value cut short.
+    if args.name is not None and not _NAME.fullmatch(args.name):
+        return _usage(f"--name {shorten(repr(args.name), 64)}: use 1-64 lowercase letters, digits and '-'")
     rtmrs: dict[int, bytes] = {}
     if args.tee == "snp":
         try:

@@ -185,6 +185,18 @@ def test_bundle_input_errors(
     assert "no builtin policy named 'nope'" in err
 
 
+@pytest.mark.parametrize("now", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+def test_now_beyond_the_representable_range_is_a_usage_error(
+    now: str, bundle_file: Path, challenge: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Valid ISO 8601, but its UTC time is past datetime's range: it overflowed at report time.
+    assert main(_verify_args(bundle_file, challenge, *DEV, "--now", now)) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"fedseal-attest: error: --now {now!r} is out of range")
+
+
 def test_bad_policy_file_message_names_key(
     tmp_path: Path, bundle_file: Path, challenge: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -331,6 +331,29 @@ def test_the_agent_url_must_be_loopback_and_only_for_coco(
     assert "--coco-agent-url applies to --cpu-tee coco-sev-snp or coco-tdx only" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("http://[::1", "attestation agent URL is malformed (Invalid IPv6 URL)"),
+        ("http://127.0.0.1:1/\u00e9", "attestation agent URL path must be printable ASCII"),
+    ],
+)
+def test_a_malformed_agent_url_is_a_one_line_usage_error(
+    url: str, named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # urlsplit raised ValueError on the first; http.client UnicodeEncodeError on the second.
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(cpu_only_document(AmdPki())))
+    assert main(_coco_args(tmp_path, url, policy_file)) == 2
+    options = ["--cpu-tee", "coco-tdx", "--gpu-collector", "none", "--coco-agent-url", url]
+    assert check_hardware(options, network=OfflineFetcher()) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    start, checklist = captured.err.splitlines()
+    assert start.startswith(f"error: --coco-agent-url: {named}")
+    assert checklist.startswith(f"fedseal-aggregator check-hardware: error: --coco-agent-url: {named}")
+
+
 # --------------------------------------------------------------------------- GPU-less: explicit only
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,32 @@ def test_bad_inputs_are_named(
     assert main(["measure", "snp", *args]) == status
     err = capsys.readouterr().err
     assert message in err.splitlines()[0] and "Traceback" not in err  # one line names it
+
+
+def test_a_command_line_argv_could_not_decode_is_named_as_append(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A byte argv cannot decode arrives as a lone surrogate (os.fsdecode); the error was
+    # sev-snp-measure's, blamed on the OVMF image.
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    args = ["measure", "snp", "--ovmf", str(AMDSEV), "--vcpus", "4", "--vcpu-type", "EPYC-v4"]
+    assert main([*args, "--kernel", str(empty), "--append", os.fsdecode(b"a\xff")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "--append" in err and "UTF-8" in err and str(AMDSEV) not in err
+
+
+def test_a_long_policy_name_is_named_and_echoed_cut_short(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "policy.json"
+    args = ["measure", "snp", "--ovmf", str(AMDSEV), "--vcpus", "1", "--vcpu-type", "EPYC-v4"]
+    assert main([*args, "--policy-out", str(out), "--name", "x" * 5000]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("fedseal-attest: error: --name 'xxx") and "..." in err and len(err) < 200
+    assert not out.exists()
 
 
 def test_missing_package_is_a_named_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -55,7 +55,12 @@ _KINDS = (EvidenceKind.AMD_SEV_SNP, EvidenceKind.INTEL_TDX)
 
 
 def _loopback_endpoint(url: str) -> tuple[str, int, str]:
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise CocoAgentError(
+            f"attestation agent URL is malformed ({exc}): {shorten(repr(url), 80)}"
+        ) from None
     if parts.scheme != "http" or parts.hostname is None or parts.query or parts.fragment:
         raise CocoAgentError(f"attestation agent URL must be http://<loopback address>:<port>, got {url!r}")
     host = parts.hostname
@@ -72,6 +77,12 @@ def _loopback_endpoint(url: str) -> tuple[str, int, str]:
         port = parts.port or 80
     except ValueError:
         raise CocoAgentError(f"attestation agent URL has an invalid port: {url!r}") from None
+    # http.client sends the path as it is: only printable ASCII without spaces can be sent.
+    if not all("!" <= char <= "~" for char in parts.path):
+        raise CocoAgentError(
+            "attestation agent URL path must be printable ASCII without spaces (percent-encode "
+            f"the rest), got {shorten(repr(parts.path), 80)}"
+        )
     return host, port, parts.path.rstrip("/")
 
 
