@@ -45,6 +45,7 @@ from attestation import (
 )
 from attestation._hardware import CpuTee, GpuCollector, hardware_collectors
 from attestation.cpu import DEFAULT_COCO_AGENT_URL, CocoAgentError
+from fedseal.checkpoint import check_log_origin
 from fedseal.cliargs import host_port, positive_int, positive_seconds
 from fedseal.enrolment import Enrolment
 from fedseal.errors import FedSealError, FormatError
@@ -54,7 +55,6 @@ _log = structlog.get_logger("fedseal.aggregator")
 
 __all__ = ["main"]
 
-_ORIGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _DNS_NAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
@@ -363,11 +363,10 @@ def run(argv: list[str] | None = None, *, preflight_for: PreflightFactory = Pref
     NVML; the command always probes the real host."""
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
-    if not _ORIGIN.match(args.log_origin):
-        print(
-            "error: --log-origin must be 1-128 characters of letters, digits, '.', '_', '/', '-'",
-            file=sys.stderr,
-        )
+    try:
+        check_log_origin(args.log_origin)
+    except FormatError as exc:
+        print(f"error: --log-origin: {exc}", file=sys.stderr)
         return 2
     try:
         _check_paths(args)

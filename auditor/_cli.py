@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from attestation import AttestationError, Policy, PolicyError, collateral_fetcher, load_builtin_policy
+from fedseal.checkpoint import check_log_origin
 from fedseal.cliargs import host_port, non_negative_seconds, positive_seconds
-from fedseal.errors import FedSealError
+from fedseal.errors import FedSealError, FormatError
 from fedseal.logschema import UpdateAccepted, UpdateRejected
 
 from ._endpoint import AuditEndpointError
@@ -159,7 +160,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--state", type=Path, required=True, help="state file: the last checkpoint cosigned per log"
     )
-    s.add_argument("--log-origin", action="append", required=True, help="a log origin to witness; repeatable")
+    s.add_argument(
+        "--log-origin",
+        type=_log_origin,
+        action="append",
+        required=True,
+        help="a log origin to witness; repeatable",
+    )
     s.add_argument(
         "--listen",
         type=host_port(allow_port_zero=True),
@@ -172,6 +179,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_policy(s)
     return p
+
+
+def _log_origin(text: str) -> str:
+    """argparse type: a log origin as the aggregator accepts it (a witness for an origin the
+    aggregator refuses would never be asked anything)."""
+    try:
+        return check_log_origin(text)
+    except FormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -473,8 +489,21 @@ def _keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _serve_witness(args: argparse.Namespace, policy: Policy) -> int:
+def _port_file_problem(path: Path | None) -> str | None:
+    """Why the port cannot be written to `path` (checked before serving), or None."""
+    if path is None:
+        return None
+    if path.is_dir():
+        return f"--port-file {path} is a folder; name the file to write the port to"
+    if not path.parent.is_dir():
+        return f"--port-file {path}: {path.parent} does not exist or is not a folder"
+    return None
 
+
+def _serve_witness(args: argparse.Namespace, policy: Policy) -> int:
+    if (problem := _port_file_problem(args.port_file)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         witness = Witness(
             WitnessKey.load(args.key_file),
@@ -489,14 +518,20 @@ def _serve_witness(args: argparse.Namespace, policy: Policy) -> int:
     try:
         server, port = serve_witness(witness, args.listen)
     except (OSError, RuntimeError) as exc:
-        print(f"error: cannot serve on {args.listen}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        # Exit 1 means findings here; a port in use is the --listen given (documented: 2).
+        print(f"error: {exc} (--listen)", file=sys.stderr)
+        return EXIT_USAGE
     # Handlers first, then announce the port: a supervisor may signal as soon as it sees it.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if args.port_file:
-        args.port_file.write_text(f"{port}\n")
+        try:
+            args.port_file.write_text(f"{port}\n")
+        except OSError as exc:  # checked at start, but the folder can change under it
+            server.stop(None).wait()
+            print(f"error: cannot write --port-file {args.port_file}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
     print(f"witness {witness.verifier_key} listening on port {port}", file=sys.stderr, flush=True)
     try:
         # Poll: a signal delivered to one of gRPC's threads would not wake a blocked wait.

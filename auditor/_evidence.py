@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation import AttestationError, CollateralFetcher, Policy, verify_bundle
+from fedseal import strictjson
 from fedseal.canonical import b64encode, canonical_json
 from fedseal.errors import FedSealError
 from fedseal.logschema import EnclaveStarted
@@ -50,9 +51,23 @@ from ._mlbom import ReleasedRound, adapter_bom
 from ._report import AuditReport, RoundSummary
 from ._verify import audit_log
 
-__all__ = ["PACK_FORMAT", "EvidencePack", "EvidencePackError", "build_evidence_pack", "verify_evidence_pack"]
+__all__ = [
+    "MAX_BASE_MODEL_CHARS",
+    "PACK_FORMAT",
+    "EvidencePack",
+    "EvidencePackError",
+    "base_model_problem",
+    "build_evidence_pack",
+    "verify_evidence_pack",
+]
 
 PACK_FORMAT = "fedseal-evidence-pack/v1"
+# A model name or a one-line description of it (the datasheet and every ML-BOM quote it).
+MAX_BASE_MODEL_CHARS = 256
+# The earliest audit time a pack may claim; the latest is the checker's clock plus this skew
+# (a pack audited "in the future" would let future-dated checkpoints pass its rebuild).
+_EARLIEST_AUDIT = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MAX_AUDIT_SKEW = dt.timedelta(minutes=5)
 
 
 class EvidencePackError(FedSealError):
@@ -68,6 +83,18 @@ class EvidencePack:
 
 def _released(r: RoundSummary) -> bool:
     return r.state == "closed" and (r.approval is None or r.approval.get("state") == "released")
+
+
+def base_model_problem(name: str) -> str | None:
+    """What is wrong with `name` as a base model's name, or None: printable text (no control
+    characters, no undecodable bytes, which UTF-8 cannot write) of sane length."""
+    if not name.strip():
+        return "is empty"
+    if len(name) > MAX_BASE_MODEL_CHARS:
+        return f"is longer than {MAX_BASE_MODEL_CHARS} characters"
+    if not name.isprintable():  # surrogates (undecodable argv bytes) are not printable either
+        return "holds a control character or bytes that are not text"
+    return None
 
 
 def _json(obj: Any) -> bytes:
@@ -90,6 +117,8 @@ def build_evidence_pack(
     BomUnavailableError (no cyclonedx-python-lib), OSError."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EvidencePackError(f"{out} exists and is not an empty folder: an evidence pack is never merged")
+    if base_model is not None and (problem := base_model_problem(base_model)) is not None:
+        raise EvidencePackError(f"the base model name {base_model[:64]!r} {problem}")
     moment = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).replace(microsecond=0)
     report = audit_log(log, policy, now=moment, fetcher=fetcher)
     if report.findings:
@@ -147,14 +176,14 @@ def build_evidence_pack(
 def verify_evidence_pack(
     folder: Path, policy: Policy, policy_bytes: bytes, *, fetcher: CollateralFetcher | None = None
 ) -> EvidencePack:
-    """Rebuild the pack from its `audit.log` under `policy` and compare every file; raise if any differs."""
+    """Rebuild the pack from its `audit.log` under `policy` and compare every file; raise if any differs.
+
+    EvidencePackError if it differs or its pack.json is damaged; OSError (naming the file) if
+    the pack or one of its files cannot be read."""
+    data = (folder / "pack.json").read_bytes()
     try:
-        index = json.loads((folder / "pack.json").read_bytes())
-        audited_at = dt.datetime.fromisoformat(index["audited_at"])
-        base_model = index["base_model"]
-        if index["format"] != PACK_FORMAT or not (base_model is None or isinstance(base_model, str)):
-            raise ValueError("not a pack of this format")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        audited_at, base_model = _read_index(data)
+    except (FedSealError, ValueError) as exc:
         raise EvidencePackError(f"{folder} is not a FedSeal evidence pack ({PACK_FORMAT}): {exc}") from None
     with tempfile.TemporaryDirectory(prefix="fedseal-pack-") as tmp:
         rebuilt = build_evidence_pack(
@@ -183,6 +212,43 @@ def verify_evidence_pack(
                 f"the pack's {', '.join(changed)} differ(s) from what its audit.log and this policy give"
             )
         return EvidencePack(folder, rebuilt.files, rebuilt.releases)
+
+
+def _read_index(data: bytes) -> tuple[dt.datetime, str | None]:
+    """pack.json's audit time and base model; ValueError (or FormatError) names what is wrong."""
+    index = strictjson.loads(data, what="pack.json")
+    if not isinstance(index, dict):
+        raise ValueError(f"pack.json holds {strictjson.json_type(index)}, not an object")
+    if "format" not in index:
+        raise ValueError("pack.json has no 'format'")
+    if (found := index["format"]) != PACK_FORMAT:
+        shown = repr(found[:64]) if isinstance(found, str) else strictjson.json_type(found)
+        raise ValueError(f"pack.json's 'format' is {shown}, not {PACK_FORMAT!r}")
+    for name in ("audited_at", "base_model"):
+        if name not in index:
+            raise ValueError(f"pack.json has no {name!r}")
+    text = index["audited_at"]
+    if not isinstance(text, str):
+        raise ValueError(f"pack.json's 'audited_at' is {strictjson.json_type(text)}, not a date and time")
+    try:
+        audited_at = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"pack.json's 'audited_at' {text[:64]!r} is not an ISO 8601 date and time") from None
+    if audited_at.tzinfo is None:  # a naive time would be read in the checker's own time zone
+        raise ValueError(f"pack.json's 'audited_at' {text[:64]!r} has no UTC offset")
+    try:
+        utc = audited_at.astimezone(dt.UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not _EARLIEST_AUDIT <= utc <= dt.datetime.now(dt.UTC) + _MAX_AUDIT_SKEW:
+        raise ValueError(f"pack.json's 'audited_at' {text[:64]!r} is before 1970 or in the future")
+    base_model = index["base_model"]
+    if base_model is not None:
+        if not isinstance(base_model, str):
+            raise ValueError(f"pack.json's 'base_model' is {strictjson.json_type(base_model)}, not a string")
+        if (problem := base_model_problem(base_model)) is not None:
+            raise ValueError(f"pack.json's 'base_model' {problem}")
+    return utc, base_model
 
 
 def _log_key_at(facts: LogFacts, index: int) -> bytes:

@@ -13,7 +13,7 @@ from attestation import Policy, collateral_fetcher
 from fedseal.errors import FedSealError
 
 from ._browser import BrowserUnavailableError, screenshot
-from ._evidence import EvidencePackError, build_evidence_pack, verify_evidence_pack
+from ._evidence import EvidencePackError, base_model_problem, build_evidence_pack, verify_evidence_pack
 from ._html_report import render_report_html
 from ._logfacts import read_log_facts
 from ._mlbom import BomUnavailableError
@@ -50,7 +50,9 @@ def add_report_commands(
     r.add_argument("log", type=Path, help="the audit log file")
     add_policy(r)
     r.add_argument("--out", type=Path, required=True, metavar="HTML", help="the HTML file to write")
-    r.add_argument("--png", type=Path, metavar="PNG", help="also write a PNG summary (needs Chromium)")
+    r.add_argument(
+        "--png", type=Path, metavar="PNG", help="also write a PNG summary, a .png file (needs Chromium)"
+    )
     r.add_argument("--online", action="store_true", help="as for verify: fetch missing evidence collateral")
 
     e = sub.add_parser(
@@ -61,9 +63,13 @@ def add_report_commands(
         formatter_class=raw,
     )
     e.add_argument("log", type=Path, help="the audit log file")
-    e.add_argument("out", type=Path, help="the folder to write (new or empty)")
+    e.add_argument("out", type=Path, metavar="OUT", help="the folder to write (new or empty)")
     add_policy(e)
-    e.add_argument("--base-model", help="the base model the adapters apply to (the log does not record it)")
+    e.add_argument(
+        "--base-model",
+        type=_base_model,
+        help="the base model the adapters apply to (the log does not record it)",
+    )
     e.add_argument("--online", action="store_true", help="as for verify: fetch missing evidence collateral")
 
     c = sub.add_parser(
@@ -84,8 +90,39 @@ and its verification report (Art. 12), the policy, a datasheet in the spirit of 
 Annex IV 2(d), and per released adapter a CycloneDX ML-BOM and the in-toto provenance
 statement the enclave signed with its attested log key (a DSSE envelope), plus pack.json
 with every file's SHA-256. evidence-verify rebuilds the pack from its audit.log under your
-policy and compares every file byte for byte (exit 1 on any difference).
+policy and compares every file byte for byte (exit 1 on any difference, or a damaged
+pack.json; exit 2 if the pack or one of its files cannot be read).
 """
+
+
+def _base_model(text: str) -> str:
+    """argparse type: the datasheet and every ML-BOM quote it, so printable text only."""
+    if (problem := base_model_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(f"{text[:64]!r} {problem}")
+    return text
+
+
+def _os_error(exc: OSError, fallback: Path, doing: str = "") -> str:
+    """One line naming the file an OSError is about (the path given if it names none)."""
+    return f"error: {doing}{exc.filename or fallback}: {exc.strerror or exc}"
+
+
+def _output_problem(flag: str, path: Path, *, folder: bool = False) -> str | None:
+    """Why `path` cannot be written as `flag`'s output (checked before any work), or None."""
+    try:
+        if folder and path.exists() and (not path.is_dir() or any(path.iterdir())):
+            return f"{flag} {path} exists and is not an empty folder: an evidence pack is never merged"
+    except OSError as exc:
+        return f"{flag} {path}: {exc.strerror}"
+    if not folder and path.is_dir():
+        return f"{flag} {path} is a folder; name the file to write"
+    # A file where a folder must be: the pack makes the folders it needs, the report does not.
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"{flag} {path}: {parent} is a file, not a folder"
+    if not folder and not path.parent.is_dir():
+        return f"{flag} {path}: the folder {path.parent} does not exist"
+    return None
 
 
 def policy_bytes(args: argparse.Namespace) -> bytes:
@@ -99,6 +136,9 @@ def run_evidence_pack(args: argparse.Namespace, policy: Policy) -> int:
     if not args.log.is_file():
         print(f"error: {args.log} is not a readable file", file=sys.stderr)
         return EXIT_USAGE
+    if (problem := _output_problem("OUT", args.out, folder=True)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         pack = build_evidence_pack(
             args.log,
@@ -109,7 +149,7 @@ def run_evidence_pack(args: argparse.Namespace, policy: Policy) -> int:
             fetcher=collateral_fetcher(policy.collateral, online=True if args.online else None),
         )
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(_os_error(exc, args.out), file=sys.stderr)
         return EXIT_USAGE
     except (EvidencePackError, BomUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -119,6 +159,10 @@ def run_evidence_pack(args: argparse.Namespace, policy: Policy) -> int:
 
 
 def run_evidence_verify(args: argparse.Namespace, policy: Policy) -> int:
+    # An unreadable pack is a usage error; one that reads but differs does not verify (exit 1).
+    if not args.pack.is_dir():
+        print(f"error: {args.pack} is not a folder (an evidence pack)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         pack = verify_evidence_pack(
             args.pack,
@@ -127,7 +171,7 @@ def run_evidence_verify(args: argparse.Namespace, policy: Policy) -> int:
             fetcher=collateral_fetcher(policy.collateral, online=True if args.online else None),
         )
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(_os_error(exc, args.pack, "cannot read "), file=sys.stderr)
         return EXIT_USAGE
     except (EvidencePackError, BomUnavailableError) as exc:
         print(f"PACK DOES NOT VERIFY: {exc}")
@@ -141,6 +185,19 @@ def run_evidence_verify(args: argparse.Namespace, policy: Policy) -> int:
 def run_report(args: argparse.Namespace, policy: Policy) -> int:
     if not args.log.is_file():
         print(f"error: {args.log} is not a readable file", file=sys.stderr)
+        return EXIT_USAGE
+    # Checked before the audit: Chromium would fail only after the HTML is written, with its
+    # own log line for a message.
+    problem = _output_problem("--out", args.out)
+    if problem is None and args.png is not None:
+        if args.png.suffix.lower() != ".png":
+            problem = f"--png {args.png} does not end in .png (Chromium picks the format by the suffix)"
+        elif args.png.resolve() == args.out.resolve():
+            problem = f"--png {args.png} is the --out file; the PNG would replace the HTML"
+        else:
+            problem = _output_problem("--png", args.png)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
         report = audit_log(

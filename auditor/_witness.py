@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -113,7 +114,10 @@ class WitnessKey:
     def load(cls, path: Path) -> WitnessKey:
         """Read a key file; FormatError names what is wrong (never the key itself)."""
         try:
-            if os.stat(path).st_mode & 0o077:
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):  # a folder's mode bits say nothing of a key's exposure
+                raise FormatError(f"witness key file {path} is not a file")
+            if mode & 0o077:
                 raise FormatError(f"witness key file {path} is readable by others; chmod 600 it")
             text = path.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
@@ -226,8 +230,10 @@ class Witness:
                 raise WitnessRefusedError(f"checkpoint for size {cp.size} is dated in the future")
             self._check_consistency(request, cp, state)
             keys = known if any(k.entry_index == key.entry_index for k in known) else (*known, key)
-            self._logs[origin] = _LogState(cp.size, cp.root_hash, request.checkpoint, keys)
-            self._save_state()
+            logs = {**self._logs, origin: _LogState(cp.size, cp.root_hash, request.checkpoint, keys)}
+            # Saved first, then kept: a failed save (OSError) leaves the witness where it was.
+            self._save_state(logs)
+            self._logs = logs
             return self._signer.signature_line(cp.body(), int(self._clock()))
 
     def _signed_by(
@@ -287,6 +293,14 @@ class Witness:
 
     def _load_state(self) -> dict[str, _LogState]:
         path = self._state_path
+        # Checked at start-up: a state that can never be saved would fail every cosigning.
+        folder = path.parent
+        if not folder.is_dir():
+            raise FormatError(f"witness state {path}: the folder {folder} does not exist or is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise FormatError(f"witness state {path}: the folder {folder} is not writable")
+        if path.is_dir():
+            raise FormatError(f"witness state {path} is a folder, not a file")
         if not path.exists():
             return {}
         try:
@@ -303,11 +317,12 @@ class Witness:
             raise FormatError(f"witness state {path} is not a {STATE_FORMAT} document")
         return {o: _LogState.from_json_obj(s, f"witness state for {o!r}") for o, s in obj["logs"].items()}
 
-    def _save_state(self) -> None:
-        """Replace the state file atomically and durably (fsync file, rename, fsync directory)."""
+    def _save_state(self, logs: dict[str, _LogState]) -> None:
+        """Write `logs` as the state file atomically and durably (fsync file, rename, fsync
+        directory); OSError if it cannot be written."""
         path = self._state_path
         data = json.dumps(
-            {"format": STATE_FORMAT, "logs": {o: s.to_json_obj() for o, s in sorted(self._logs.items())}},
+            {"format": STATE_FORMAT, "logs": {o: s.to_json_obj() for o, s in sorted(logs.items())}},
             indent=1,
         ).encode("utf-8")
         replace_durably(path, data)

@@ -32,6 +32,13 @@ class _WitnessService(pb_grpc.WitnessServicer):
     ) -> pb.AddCheckpointResponse:
         try:
             line = self._witness.add_checkpoint(AddCheckpointRequest.from_proto(request))
+        except OSError as exc:
+            # The state could not be saved, so nothing was cosigned (the witness is unchanged);
+            # the path and the cause stay in the witness's own log.
+            _log.error("witness_state_not_saved", error=str(exc))
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the witness cannot save its state; nothing was cosigned"
+            )
         except FedSealError as exc:
             if isinstance(exc, WitnessRefusedError):
                 _log.warning("witness_refused", reason=str(exc))
@@ -45,11 +52,20 @@ class _WitnessService(pb_grpc.WitnessServicer):
 def serve_witness(witness: Witness, listen: str, *, max_workers: int = 4) -> tuple[grpc.Server, int]:
     """Start serving `witness` on `listen`; returns the server and the bound port."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedseal-witness")
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedseal-witness"),
+        # gRPC sets SO_REUSEPORT by default on Linux: a second witness on the same port would
+        # take half the connections, each with its own state. A port in use is refused instead.
+        options=[("grpc.so_reuseport", 0)],
     )
     pb_grpc.add_WitnessServicer_to_server(_WitnessService(witness), server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port(listen)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:  # gRPC's way of saying it cannot bind
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+        raise OSError(
+            f"cannot listen on {listen}: the port is in use or closed to this user, "
+            "or the address is not this machine's"
+        )
     server.start()
     return server, port

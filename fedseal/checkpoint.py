@@ -51,12 +51,30 @@ __all__ = [
     "Checkpoint",
     "TlogProof",
     "VerifiedCheckpoint",
+    "check_log_origin",
     "cosign_checkpoint",
     "open_checkpoint",
     "sign_checkpoint",
     "verify_cosignature",
     "verify_tlog_proof",
 ]
+
+# What FedSeal accepts as a log origin (the checkpoint's first line): the aggregator's
+# --log-origin and a witness's alike, so a witness is never set up for an origin no
+# aggregator could have.
+_LOG_ORIGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+
+
+def check_log_origin(origin: str) -> str:
+    """`origin` if it is 1-128 letters, digits, '.', '_', '/', '-' starting with a letter or
+    digit; FormatError otherwise."""
+    if not _LOG_ORIGIN.fullmatch(origin):
+        raise FormatError(
+            f"log origin {origin[:64]!r} is not 1-128 characters of letters, digits, '.', '_', "
+            "'/', '-' (starting with a letter or digit)"
+        )
+    return origin
+
 
 TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
 # An index below 2^64 has an audit path of at most 64 hashes; more cannot be valid.

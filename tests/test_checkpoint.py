@@ -12,6 +12,7 @@ from fedseal.checkpoint import (
     TLOG_PROOF_HEADER,
     Checkpoint,
     TlogProof,
+    check_log_origin,
     cosign_checkpoint,
     open_checkpoint,
     sign_checkpoint,
@@ -350,3 +351,16 @@ def test_verify_tlog_proof_tampering(logged: tuple[MerkleTree, str], log_signer:
     swapped = note.replace(_b64(tree.root()), _b64(tree.root(14)))
     with pytest.raises(NoteError, match="does not verify"):
         verify_tlog_proof(TlogProof(None, 13, good.proof, swapped), b"entry 13", verifiers, ORIGIN)
+
+
+@pytest.mark.parametrize("origin", ["", "has space", "fedseal.local/log\n", "-leading-dash", "a" * 129, "é"])
+def test_a_log_origin_outside_the_rule_is_refused(origin: str) -> None:
+    # One rule for the aggregator's --log-origin and a witness's; the trailing newline got
+    # past the aggregator's old `match` with `$`.
+    with pytest.raises(FormatError, match="log origin"):
+        check_log_origin(origin)
+
+
+def test_a_log_origin_inside_the_rule_is_kept() -> None:
+    for origin in ("fedseal.local/log", "a", "A" * 128, "x_y-z.0/1"):
+        assert check_log_origin(origin) == origin

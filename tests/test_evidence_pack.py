@@ -30,7 +30,8 @@ from test_data_governance import card
 from aggregator import RunningAggregator
 from attestation import Policy, load_builtin_policy
 from auditor import attest_enclave_entry
-from auditor._evidence import EvidencePackError, build_evidence_pack, verify_evidence_pack
+from auditor._cli import main as audit_main
+from auditor._evidence import PACK_FORMAT, EvidencePackError, build_evidence_pack, verify_evidence_pack
 from client_sdk.validation import validate_text
 from fedseal.logformat import EntryKind
 from fedseal.provenance import PREDICATE_TYPE
@@ -171,7 +172,7 @@ def test_a_log_with_findings_is_not_packed(pack: Path, tmp_path: Path) -> None:
     assert made.returncode == 1 and "only a verified log is packed" in made.stderr
     assert not out.exists()
     again = _cli("evidence-pack", str(pack / "audit.log"), str(pack), "--builtin-policy", DEV)
-    assert again.returncode == 1 and "not an empty folder" in again.stderr
+    assert again.returncode == 2 and "not an empty folder" in again.stderr  # a usage error
 
 
 def test_datasheet_and_bom_list_the_data_cards_and_validations(
@@ -212,3 +213,116 @@ def test_datasheet_and_bom_list_the_data_cards_and_validations(
     assert props["site-0 training data"]["fedseal:data-cards"] == f"1:{digests['site-0']}"
     assert "fedseal:data-cards" not in props["site-2 training data"]
     assert verify_evidence_pack(built.folder, dev_policy, POLICY_BYTES).files == built.files
+
+
+def _index(**fields: object) -> bytes:
+    return json.dumps(
+        {"format": PACK_FORMAT, "audited_at": "2026-01-02T03:04:05+00:00", "base_model": None, **fields}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("damaged", "named"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "deeper than 32 levels"),
+        (_index(base_model="\udcff"), "'base_model'"),
+        (_index(base_model=7), "'base_model' is a number"),
+        (_index(audited_at="9999-12-31T23:59:59-14:00"), "'audited_at'"),
+        (_index(audited_at="2999-01-01T00:00:00+00:00"), "in the future"),
+        (_index(audited_at="2026-01-02T03:04:05"), "has no UTC offset"),
+        (_index(audited_at="yesterday"), "'audited_at' 'yesterday'"),
+        (b'{"format":1}', "'format' is a number"),
+        (json.dumps({"format": PACK_FORMAT}).encode(), "has no 'audited_at'"),
+        (b"[]", "holds an array"),
+        (b"\xff", "not valid UTF-8"),
+    ],
+    ids=[
+        "nested",
+        "surrogate-base-model",
+        "number-base-model",
+        "overflowing-time",
+        "future-time",
+        "naive-time",
+        "not-a-time",
+        "format-1",
+        "no-audited-at",
+        "array",
+        "not-utf8",
+    ],
+)
+def test_a_damaged_pack_json_does_not_verify_and_names_the_field(
+    pack: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: bytes, named: str
+) -> None:
+    copy = tmp_path / "pack"
+    shutil.copytree(pack, copy)
+    (copy / "pack.json").write_bytes(damaged)
+    assert audit_main(["evidence-verify", str(copy), "--builtin-policy", DEV]) == 1  # fails closed
+    out = capsys.readouterr().out
+    assert out.startswith(f"PACK DOES NOT VERIFY: {copy} is not a FedSeal evidence pack"), out
+    assert named in out and len(out.splitlines()) == 1, out
+
+
+def test_a_missing_pack_or_file_and_an_existing_out_are_usage_errors(
+    pack: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing-folder"
+    assert audit_main(["evidence-verify", str(missing), "--builtin-policy", DEV]) == 2
+    assert f"error: {missing} is not a folder" in capsys.readouterr().err
+    for name in ("audit.log", "pack.json"):
+        copy = tmp_path / f"no-{name}"
+        shutil.copytree(pack, copy)
+        (copy / name).unlink()
+        assert audit_main(["evidence-verify", str(copy), "--builtin-policy", DEV]) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"error: cannot read {copy / name}: No such file or directory\n"
+        assert "PACK" not in captured.out
+    # Into a folder already in use, or below a file: refused before the audit, nothing written.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("kept\n")
+    for out, why in [(pack, "exists and is not an empty folder"), (notes / "x", f"{notes} is a file")]:
+        before = sorted(pack.rglob("*"))
+        assert audit_main(["evidence-pack", str(pack / "audit.log"), str(out), "--builtin-policy", DEV]) == 2
+        assert f"error: OUT {out}" in (err := capsys.readouterr().err) and why in err, err
+        assert sorted(pack.rglob("*")) == before and notes.read_text() == "kept\n"
+
+
+def test_a_base_model_that_is_not_printable_text_is_a_usage_error(
+    pack: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The undecodable byte of the audit's report, as a shell passes it (bytes, not text).
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "auditor",
+            "evidence-pack",
+            str(pack / "audit.log"),
+            str(tmp_path / "a"),
+            "--builtin-policy",
+            DEV,
+            "--base-model",
+            b"a\xff",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert made.returncode == 2 and "argument --base-model" in made.stderr, made.stderr
+    assert "Traceback" not in made.stderr and not (tmp_path / "a").exists()
+    for bad in ("a\udcff", "line\nbreak", "", "x" * 257):
+        with pytest.raises(SystemExit) as refused:
+            audit_main(
+                [
+                    "evidence-pack",
+                    str(pack / "audit.log"),
+                    str(tmp_path / "b"),
+                    "--builtin-policy",
+                    DEV,
+                    "--base-model",
+                    bad,
+                ]
+            )
+        assert refused.value.code == 2 and "argument --base-model" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -25,6 +25,7 @@ from report_logs import make_report_log
 
 from aggregator import RunningAggregator
 from attestation import Policy, load_builtin_policy
+from auditor._cli import main as audit_main
 from fedseal.logformat import EntryKind
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,3 +215,46 @@ def test_report_of_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
         "report", str(tmp_path / "none.log"), "--builtin-policy", DEV, "--out", str(tmp_path / "x.html")
     )
     assert made.returncode == 2 and "is not a readable file" in made.stderr
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_audit(
+    report_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    (tmp_path / "adir.png").mkdir()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("kept\n")
+    html = tmp_path / "r.html"
+    for flag, value, why in [
+        ("--png", folder, "does not end in .png"),
+        ("--png", tmp_path / "adir.png", "is a folder"),
+        ("--png", notes / "x.png", f"{notes} is a file, not a folder"),
+        ("--png", tmp_path / "none" / "x.png", "does not exist"),
+        ("--out", folder, "is a folder"),
+        ("--out", notes / "r.html", f"{notes} is a file, not a folder"),
+    ]:
+        out = value if flag == "--out" else html
+        png = ["--png", str(value)] if flag == "--png" else []
+        assert audit_main(["report", str(report_log), "--builtin-policy", DEV, "--out", str(out), *png]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"error: {flag} {value}") and why in captured.err, captured.err
+        assert len(captured.err.splitlines()) == 1 and captured.out == ""  # refused before the audit
+        assert not html.exists() and notes.read_text() == "kept\n"
+    # The PNG over the HTML would lose the report.
+    assert (
+        audit_main(
+            [
+                "report",
+                str(report_log),
+                "--builtin-policy",
+                DEV,
+                "--out",
+                str(tmp_path / "s.png"),
+                "--png",
+                str(tmp_path / "s.png"),
+            ]
+        )
+        == 2
+    )
+    assert "--png" in capsys.readouterr().err and not (tmp_path / "s.png").exists()

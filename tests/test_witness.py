@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from fedseal.witness import (
     UnknownLogError,
     WitnessConflictError,
     WitnessRefusedError,
+    WitnessUnavailableError,
 )
 
 ORIGIN = "fedseal.test/witnessed"
@@ -345,3 +347,122 @@ def test_cli_keygen_and_serve(tmp_path: Path, dev_policy: Policy, capsys: pytest
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+
+
+# ----------------------------------------------------------------------------- bad input to serve
+
+
+def _serve_args(key_file: Path, state: Path, *extra: str) -> list[str]:
+    return [
+        "witness",
+        "serve",
+        "--key-file",
+        str(key_file),
+        "--state",
+        str(state),
+        "--log-origin",
+        ORIGIN,
+        "--listen",
+        "127.0.0.1:0",
+        "--builtin-policy",
+        "dev-insecure-allow-simulated",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def no_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command that must be refused before it serves fails the test if it gets that far."""
+
+    def serve(*_: object, **__: object) -> None:
+        raise AssertionError("the witness started serving")
+
+    monkeypatch.setattr("auditor._cli.serve_witness", serve)
+
+
+def test_a_state_that_cannot_be_saved_is_refused_at_start_and_a_failed_save_changes_nothing(
+    tmp_path: Path,
+    witness_key: WitnessKey,
+    dev_policy: Policy,
+    capsys: pytest.CaptureFixture[str],
+    no_serving: None,
+) -> None:
+    key_file = tmp_path / "w.key"
+    witness_key.write(key_file)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a file, not a folder\n")
+    assert audit_main(_serve_args(key_file, notes / "wstate")) == 2
+    err = capsys.readouterr().err
+    assert f"witness state {notes / 'wstate'}" in err and "not a folder" in err and "Traceback" not in err
+    # The origins the aggregator refuses, and a key file that is a folder.
+    for origin in ("bad origin", "", "/leading-slash"):
+        args = _serve_args(key_file, tmp_path / "s.json")
+        args[args.index(ORIGIN)] = origin
+        with pytest.raises(SystemExit) as refused:
+            audit_main(args)
+        assert refused.value.code == 2
+        assert "argument --log-origin" in capsys.readouterr().err
+    (tmp_path / "adir").mkdir()
+    assert audit_main(_serve_args(tmp_path / "adir", tmp_path / "s.json")) == 2
+    err = capsys.readouterr().err
+    assert f"witness key file {tmp_path / 'adir'} is not a file" in err and "chmod" not in err
+
+    # The state's folder becomes a file while serving: AddCheckpoint fails with a clear
+    # status, nothing is cosigned, and the witness is where it was (the same request works
+    # once the folder is back).
+    folder = tmp_path / "wstate"
+    folder.mkdir()
+    witness = _witness(witness_key, folder / "state.json", dev_policy)
+    log = _Log(tmp_path / "audit.log")
+    first = log.grow(2)
+    witness.add_checkpoint(log.request(0, first))
+    second = log.grow(2)
+    shutil.rmtree(folder)
+    folder.write_text("in the way\n")
+    server, port = serve_witness(witness, "127.0.0.1:0")
+    client = WitnessClient(f"127.0.0.1:{port}")
+    try:
+        with pytest.raises(WitnessUnavailableError, match="UNAVAILABLE: the witness cannot save its state"):
+            client.add_checkpoint(log.request(3, second))
+        assert witness.last_checkpoint(ORIGIN) == first
+        folder.unlink()
+        folder.mkdir()
+        client.add_checkpoint(log.request(3, second))  # not a conflict: the size is still 3
+        assert witness.last_checkpoint(ORIGIN) == second
+    finally:
+        client.close()
+        server.stop(0.5).wait()
+        log.log.close()
+
+
+def test_a_port_file_that_cannot_be_written_is_refused_before_serving(
+    tmp_path: Path, witness_key: WitnessKey, capsys: pytest.CaptureFixture[str], no_serving: None
+) -> None:
+    key_file = tmp_path / "w.key"
+    witness_key.write(key_file)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a file, not a folder\n")
+    for port_file in (notes / "port", tmp_path):
+        assert audit_main(_serve_args(key_file, tmp_path / "s.json", "--port-file", str(port_file))) == 2
+        err = capsys.readouterr().err
+        assert f"--port-file {port_file}" in err and "Traceback" not in err
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_a_port_in_use_is_refused(
+    tmp_path: Path, witness_key: WitnessKey, dev_policy: Policy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # gRPC's default SO_REUSEPORT would let a second witness share the port (and its traffic).
+    first, port = serve_witness(_witness(witness_key, tmp_path / "a.json", dev_policy), "127.0.0.1:0")
+    try:
+        with pytest.raises(OSError, match="in use"):
+            serve_witness(_witness(witness_key, tmp_path / "b.json", dev_policy), f"127.0.0.1:{port}")
+        key_file = tmp_path / "w.key"
+        witness_key.write(key_file)
+        args = _serve_args(key_file, tmp_path / "c.json")
+        args[args.index("127.0.0.1:0")] = f"127.0.0.1:{port}"
+        assert audit_main(args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--listen" in lines[0], lines
+    finally:
+        first.stop(0.5).wait()
