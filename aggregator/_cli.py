@@ -50,6 +50,7 @@ from fedseal.cliargs import host_port, positive_int, positive_seconds
 from fedseal.enrolment import Enrolment
 from fedseal.errors import FedSealError, FormatError
 from fedseal.roundconfig import ConfigError
+from fedseal.tls import refuse_private_key_in
 
 _log = structlog.get_logger("fedseal.aggregator")
 
@@ -491,7 +492,7 @@ def _file_in_the_way(path: Path) -> Path | None:
 
 
 def _witness(text: str) -> WitnessEndpoint:
-    if text.startswith("PRIVATE+KEY+"):
+    if "PRIVATE+KEY+" in text:  # also after the spaces a key file may start with
         raise ConfigError(
             "--witness takes the witness's verifier key (NAME+HASH+KEY@HOST:PORT), not its "
             "private key (nothing of it is shown)"
@@ -538,6 +539,10 @@ def _access(args: argparse.Namespace, job: JobConfig | None) -> AccessConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read --client-ca {args.client_ca}: {exc.strerror}") from None
     if client_ca is not None:
+        try:
+            refuse_private_key_in(client_ca, f"--client-ca {args.client_ca}")
+        except FormatError as exc:
+            raise ConfigError(str(exc)) from None
         try:
             x509.load_pem_x509_certificates(client_ca)
         except ValueError:

@@ -104,7 +104,9 @@ class AccessConfig:
 
     enrolment: Enrolment
     principals: tuple[Signer, ...] = ()
-    client_ca_pem: bytes | None = None  # the CA(s) that issue site certificates (PEM)
+    # The CA(s) that issue site certificates (PEM); kept out of reprs in case a file given
+    # as the CA also held its key (refused when read, aggregator/_cli.py).
+    client_ca_pem: bytes | None = field(default=None, repr=False)
     crl_path: Path | None = None  # that CA's revocation list (PEM or DER), re-read on change
     limits: AccessLimits = field(default_factory=AccessLimits)
 

@@ -45,6 +45,7 @@ __all__ = [
     "ca_channel",
     "pinned_channel",
     "probe_server_certificate",
+    "refuse_private_key_in",
     "split_endpoint",
 ]
 
@@ -97,14 +98,24 @@ class ServerCertificate:
         raise TlsProbeError("the server's certificate names no DNS name and no common name")
 
 
+def refuse_private_key_in(pem: bytes, what: str) -> None:
+    """FormatError if `pem`, meant to hold certificates only, holds a private key: a combined
+    cert-and-key file (as some web servers take) would carry it wherever the certificates go."""
+    if b"PRIVATE KEY-----" in pem:
+        raise FormatError(
+            f"{what} holds a private key block: give the certificates alone (nothing of the key is shown)"
+        )
+
+
 @dataclass(frozen=True)
 class ClientTlsCredentials:
     """A TLS client certificate (chain, PEM) and its private key (PEM), for mutual TLS."""
 
-    certificate_chain_pem: bytes
+    certificate_chain_pem: bytes = field(repr=False)  # a combined PEM would carry the key
     private_key_pem: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
+        refuse_private_key_in(self.certificate_chain_pem, "client certificate chain")
         try:
             x509.load_pem_x509_certificates(self.certificate_chain_pem)
         except ValueError as exc:

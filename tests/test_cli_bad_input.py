@@ -99,6 +99,13 @@ def _agg(
     return argv
 
 
+def _ca_with_its_key(root: Path) -> Path:
+    pki = ConsortiumPki()
+    path = root / "ca-and-key.pem"
+    path.write_bytes(pki.ca_pem + pki.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return path
+
+
 def _with(values: tuple[str, ...], make: Callable[..., list[str]]) -> Callable[[Files], list[str]]:
     """Bind a loop's values now (a bare lambda in a loop would see only the last ones)."""
     return lambda f: make(f, *values)
@@ -408,6 +415,23 @@ CASES["aggregator --witness a private key"] = Case(
     _agg("--witness", lambda f: f.witness_key.read_text().strip() + "@127.0.0.1:1"),
     2,
     _s("not its private key"),
+)
+CASES["aggregator --witness a private key after a space"] = Case(
+    "fedseal-aggregator",
+    _agg("--witness", lambda f: " " + f.witness_key.read_text().strip() + "@127.0.0.1:1"),
+    2,
+    _s("not its private key"),
+)
+CASES["aggregator --client-ca with its private key"] = Case(
+    "fedseal-aggregator",
+    _agg(
+        "--listen-mtls",
+        "127.0.0.1:0",
+        "--client-ca",
+        lambda f: str(_ca_with_its_key(f.root)),
+    ),
+    2,
+    _s("holds a private key block"),
 )
 CASES["aggregator --witness-timeout 1e308"] = Case(
     "fedseal-aggregator", _agg("--witness-timeout", "1e308"), 2, _s("--witness-timeout")

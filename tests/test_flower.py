@@ -69,6 +69,8 @@ from fedseal.roundconfig import STRATEGIES
 DEV = "dev-insecure-allow-simulated"
 SERVER = principal_identity("olivia-operator")  # the Flower server calls FedSeal as the operator
 
+_RECORD = "MRN-0042-Jane-Roe"  # a stand-in for training data in a ClientApp error
+
 
 def _entries(path: Path) -> list[tuple[EntryKind, dict[str, Any]]]:
     out = []
@@ -206,7 +208,8 @@ def _node_app(updates: dict[str, dict[str, torch.Tensor]], seen_mu: list[float] 
         if seen_mu is not None:
             seen_mu.append(proximal_mu(msg))
         if name not in updates:
-            raise RuntimeError(f"{name} is down")
+            # Text a training error may carry (a record): it must not reach the audit log.
+            raise RuntimeError(f"{name} is down on record {_RECORD}")
         reply = RecordDict(
             {
                 "arrays": tensors_to_arrays(updates[name]),
@@ -290,7 +293,8 @@ def test_a_failed_node_closes_the_round_on_the_others_at_once(
     close = [f for k, f in entries if k is EntryKind.OPERATOR_ACTION and f["action"] == "close_round"]
     assert len(close) == 1
     reason = str(close[0]["request"]["params"]["reason"])
-    assert "2 with a valid receipt" in reason and "site-2 is down" in reason
+    assert "2 with a valid receipt" in reason and "failed (Flower error code" in reason
+    assert _RECORD not in live_aggregator.log.path.read_text()
     closed = [f for k, f in entries if k is EntryKind.ROUND_CLOSED]
     assert [sorted(f["participants"]) for f in closed] == [["site-0", "site-1"]]
 
@@ -306,7 +310,8 @@ def test_a_round_without_an_aggregate_fails_the_run_with_the_aggregators_reason(
     assert time.monotonic() - started < 60  # no deadline waited out
     message = str(failed.value)
     assert "FedSeal round 1 published no aggregate" in message
-    assert "1 accepted update(s), min_clients is 3" in message and "site-1 is down" in message
+    assert "1 accepted update(s), min_clients is 3" in message and "failed (Flower error code" in message
+    assert _RECORD not in message and _RECORD not in live_aggregator.log.path.read_text()
     kinds = [k for k, _ in _entries(live_aggregator.log.path)]
     assert EntryKind.ROUND_FAILED in kinds and kinds.count(EntryKind.ROUND_OPENED) == 1  # the run stopped
 

@@ -9,9 +9,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from aggregator.enclave._receive import FlatTensors, _parse_and_validate
+from aggregator.enclave._dp import ClippedDelta
+from aggregator.enclave._receive import FlatTensors, ValidatedUpdate, _parse_and_validate
 from aggregator.enclave.strategies.fedavg import FedAvg
 from fedseal.logformat import RejectReason
+from fedseal.sitemetrics import METRICS_METADATA_KEY
 from fedseal.spec import AdapterSpec, WireDtype
 from fedseal.wire import UpdateRejectedError
 
@@ -219,3 +221,35 @@ def test_cached_spec_sizes_leave_equality_hash_and_pickling_alone() -> None:
     assert spec == fresh and hash(spec) == hash(fresh)
     assert pickle.loads(pickle.dumps(spec)) == spec
     assert fresh.max_serialized_size() == size
+
+
+_SITE_TEXT = "MRN 0042 Jane Roe"  # what a site's own text in its sealed update could be
+
+
+def test_a_rejection_quotes_nothing_from_the_decrypted_update() -> None:
+    # The detail goes into the public audit log: the spec's names may appear, text that
+    # came out of the sealed update may not (its tensor names, metric names, dtypes).
+    spec = _spec()
+    extra = safetensors.torch.save({**_tensors(), f"notes {_SITE_TEXT}": torch.zeros(1)})
+    metric = safetensors.torch.save(
+        _tensors(), metadata={METRICS_METADATA_KEY: json.dumps({_SITE_TEXT: 1.0})}
+    )
+    header, data = _split(safetensors.torch.save(_tensors()))
+    name = next(n for n in header if n != "__metadata__")
+    header[name] = {**header[name], "dtype": f"F32 {_SITE_TEXT}"}  # type: ignore[dict-item]
+    for payload, says in (
+        (extra, "1 not in the spec"),
+        (metric, "site metrics do not follow"),
+        (bytes(_join(header, data)), "has another dtype than the spec's"),
+    ):
+        with pytest.raises(UpdateRejectedError) as refused:
+            _parse_and_validate(memoryview(bytearray(payload)), spec)
+        assert says in refused.value.detail and _SITE_TEXT not in str(refused.value)
+
+
+def test_plaintext_holders_keep_their_tensors_out_of_their_repr() -> None:
+    secret = torch.tensor([0.123456, 0.654321])
+    update = ValidatedUpdate(None, {"a": secret}, b"", 0, {"loss": 0.987654})  # type: ignore[arg-type]
+    delta = ClippedDelta({"a": secret}, 1.0, False)
+    for holder in (update, delta):
+        assert "0.1234" not in repr(holder) and "0.9876" not in repr(holder)

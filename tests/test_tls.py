@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import make_adapter, operator_client, round_config, simulated_collector, site_client
 from cryptography import x509
+from identities import ConsortiumPki, site_identity
 from relay import Relay, self_signed_certificate
 
 from aggregator import RunningAggregator
@@ -27,7 +28,7 @@ from client_sdk._transport import AggregatorConnection
 from fedseal.binding import BINDING_DOMAIN_V2, BindingVersion, BoundKeys, compute_binding, length_prefixed
 from fedseal.errors import FormatError
 from fedseal.logformat import EntryKind, decode_record
-from fedseal.tls import ENCLAVE_TLS_NAME, probe_server_certificate
+from fedseal.tls import ENCLAVE_TLS_NAME, ClientTlsCredentials, probe_server_certificate
 
 # --- the binding ---------------------------------------------------------------------------
 
@@ -220,3 +221,15 @@ def test_a_public_name_in_the_certificate_is_sent_and_checked(tmp_path: Path, de
             assert client.attest().tls_certificate_sha256 == seen.sha256
     finally:
         running.stop(0.2)
+
+
+def test_a_certificate_chain_that_carries_its_key_is_refused_and_no_repr_shows_either() -> None:
+    # A combined cert-and-key PEM (as some web servers take) would carry the key wherever
+    # the chain goes: into a ClientIdentity's repr, for one.
+    _, tls = ConsortiumPki().issue("site-0")
+    with pytest.raises(FormatError, match="holds a private key block") as refused:
+        ClientTlsCredentials(tls.certificate_chain_pem + tls.private_key_pem, tls.private_key_pem)
+    key_body = tls.private_key_pem.decode().splitlines()[1]
+    assert key_body not in str(refused.value)
+    shown = repr(site_identity("site-0", tls))
+    assert "BEGIN" not in shown and key_body not in shown

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,7 +41,8 @@ __all__ = ["ClippedDelta", "DpNoisePlan", "DpSum", "clip_delta"]
 
 @dataclass(frozen=True)
 class ClippedDelta:
-    tensors: dict[str, torch.Tensor]  # delta·min(1, C/‖delta‖), float32, owned: zero when done
+    # delta·min(1, C/‖delta‖), float32, owned: zero when done; plaintext, so never in a repr
+    tensors: dict[str, torch.Tensor] = field(repr=False)
     norm: float  # L2 norm of the delta before clipping
     clipped: bool
 

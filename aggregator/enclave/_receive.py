@@ -88,11 +88,11 @@ class FlatTensors(Mapping[str, torch.Tensor]):
 @dataclass(frozen=True)
 class ValidatedUpdate:
     header: UpdateHeader
-    tensors: Mapping[str, torch.Tensor]
+    tensors: Mapping[str, torch.Tensor] = field(repr=False)  # plaintext: never in a repr
     ciphertext_digest: bytes
     ciphertext_size: int
     # The site's metrics, sealed in the update's safetensors metadata (fedseal/sitemetrics.py).
-    metrics: Mapping[str, float] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -438,16 +438,20 @@ def _parse_update(
     if metadata is not None and METRICS_METADATA_KEY in metadata:
         try:
             metrics = decode_site_metrics(metadata[METRICS_METADATA_KEY])
-        except SiteMetricsError as exc:
-            raise _malformed(f"site metrics: {exc}") from None
+        except SiteMetricsError:
+            # Their text would quote the sealed metadata into the public log: the kind only
+            # (the SDK checks metrics by name before it seals them).
+            raise _malformed("site metrics do not follow the site-metrics rules") from None
     expected = spec.by_name()
     missing = sorted(set(expected) - set(header))
     extra = sorted(set(header) - set(expected))
     if missing or extra:
+        # The spec's names are public; the others come from the sealed update, so only
+        # their number leaves the enclave.
         raise UpdateRejectedError(
             RejectReason.SPEC_MISMATCH,
-            f"tensor names differ from the round's adapter spec: missing {missing[:5]}, "
-            f"unexpected {extra[:5]}",
+            f"tensor names differ from the round's adapter spec: missing {missing[:5]}"
+            f"{' and more' if len(missing) > 5 else ''}, {len(extra)} not in the spec",
         )
     data_len = total - data_start
     layout: list[tuple[int, int, str]] = []
@@ -466,7 +470,7 @@ def _parse_update(
         if entry["dtype"] != tspec.dtype.value:
             raise UpdateRejectedError(
                 RejectReason.SPEC_MISMATCH,
-                f"tensor {name!r} has dtype {str(entry['dtype'])[:16]!r}, the spec says {tspec.dtype.value}",
+                f"tensor {name!r} has another dtype than the spec's {tspec.dtype.value}",
             )
         begin, end = offsets
         if end - begin != tspec.nbytes:

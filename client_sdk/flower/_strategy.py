@@ -247,7 +247,9 @@ class FedSealStrategy(FedAvg):
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                problems.append(f"node {node} failed: {(reply.error.reason or 'no reason')[:80]}")
+                # Not the reason: Flower puts the ClientApp's exception text there, which can
+                # quote a training record, and this line reaches the log and close_round.
+                problems.append(f"node {node} failed (Flower error code {reply.error.code})")
                 continue
             record = reply.content.config_records.get(RECEIPT_RECORD)
             text = record.get("receipt") if record is not None else None
