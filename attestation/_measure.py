@@ -139,6 +139,11 @@ def snp_launch_measurement(launch: SnpLaunch) -> bytes:
     except (RuntimeError, ValueError, IndexError, KeyError, struct.error) as exc:
         # The package reports a malformed OVMF (no SEV metadata or footer table) this way.
         raise MeasurementError(f"cannot measure {launch.ovmf}: {exc}") from exc
+    except AssertionError:
+        # ... and a file of another size than whole 4 KiB pages with a bare assert.
+        raise MeasurementError(
+            f"cannot measure {launch.ovmf}: not an OVMF image (sev-snp-measure's layout checks fail)"
+        ) from None
     except OSError as exc:
         raise MeasurementError(f"cannot read the launch inputs: {exc.strerror or exc}") from exc
     if not isinstance(digest, bytes) or len(digest) != SNP_MEASUREMENT_SIZE:

@@ -167,6 +167,7 @@ def test_the_command_prints_and_pins_the_known_answer(
             "SNP_KERNEL_HASHES",
         ),
         (["--ovmf", "KERNEL", "--vcpus", "1", "--vcpu-type", "EPYC-v4"], 1, "cannot measure"),
+        (["--ovmf", "SHORT", "--vcpus", "1", "--vcpu-type", "EPYC-v4"], 1, "not an OVMF image"),
         (["--ovmf", "missing.fd", "--vcpus", "1", "--vcpu-type", "EPYC-v4"], 1, "not a readable file"),
         (["--ovmf", str(AMDSEV), "--vcpus", "0", "--vcpu-type", "EPYC-v4"], 2, "vCPU count"),
         (["--ovmf", str(AMDSEV), "--vcpus", "1", "--vcpu-type", "Pentium"], 2, "unknown vCPU type"),
@@ -189,7 +190,9 @@ def test_bad_inputs_are_named(
 ) -> None:
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"\x7fELF not really a kernel, 4 KiB of it".ljust(4096, b"\0"))
-    args = [str(kernel) if a == "KERNEL" else a for a in args]
+    short = tmp_path / "short.fd"  # not whole 4 KiB pages: sev-snp-measure asserts
+    short.write_bytes(bytes(100))
+    args = [str(kernel) if a == "KERNEL" else str(short) if a == "SHORT" else a for a in args]
     assert main(["measure", "snp", *args]) == status
     err = capsys.readouterr().err
     assert message in err.splitlines()[0] and "Traceback" not in err  # one line names it
