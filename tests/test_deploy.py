@@ -4,12 +4,17 @@ complete and consistent with the aggregator's command line.
 No container engine, cluster or systemd runs here, so these check the files themselves:
 the base image digest, that the lock pins and hashes every package and covers pyproject's
 runtime dependencies, that the Kubernetes manifests parse and carry limits, probes and the
-audit-log volume, and that the systemd unit keeps its hardening.
+audit-log volume, and that the systemd unit keeps its hardening. The guide's numbers and
+names (defaults, timeouts, site ids, the commands it shows) are read from its text and
+checked against the code they describe.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
+import datetime
+import inspect
 import json
 import re
 import shlex
@@ -22,14 +27,21 @@ from typing import Any
 
 import pytest
 import yaml
+from identities import enrolment_json
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from aggregator import JobConfig
+from aggregator._admission import DEFAULT_RECEIVE_TIMEOUT_SECONDS, AdmissionInterceptor
 from aggregator._cli import _parser as aggregator_cli_parser
-from attestation import Policy, PolicyError
+from aggregator._metrics import ListenAddress, parse_listen_address
+from attestation import CollateralRefresher, EvidenceKind, Policy, PolicyError
+from attestation._cli import main as fedseal_attest
 from attestation._templates import fill_policy_template, load_policy_template
+from attestation.cpu import DEFAULT_COCO_AGENT_URL
+from attestation.cpu._tdx_staple import _validity as tdx_collateral_validity
+from fedseal.enrolment import Enrolment, EnrolmentError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -39,8 +51,21 @@ NODEPS_LOCK = DEPLOY / "container" / "requirements-nodeps.lock"
 K8S = DEPLOY / "kubernetes"
 KATA = DEPLOY / "kubernetes-kata"
 UNIT = DEPLOY / "systemd" / "fedseal-aggregator.service"
+GUIDE = DEPLOY / "README.md"
 
 _SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _guide() -> str:
+    """deploy/README.md with its line breaks and runs of spaces folded into one space."""
+    return " ".join(GUIDE.read_text().split())
+
+
+def _guide_says(pattern: str) -> str:
+    """The one group of the one match of `pattern` in the folded guide."""
+    matches = re.findall(pattern, _guide())
+    assert len(matches) == 1, f"deploy/README.md: {pattern!r} matched {len(matches)} times"
+    return str(matches[0])
 
 
 # --- the image ----------------------------------------------------------------------------
@@ -94,7 +119,9 @@ def test_containerfile_installs_only_hash_checked_locked_packages() -> None:
 def test_containerfile_command_is_a_valid_aggregator_command_line() -> None:
     steps = dict(_instructions(CONTAINERFILE))
     assert json.loads(steps["ENTRYPOINT"]) == ["python", "-m", "aggregator"]
-    aggregator_cli_parser().parse_args(json.loads(steps["CMD"]))
+    args = aggregator_cli_parser().parse_args(json.loads(steps["CMD"]))
+    # Hardware mode refuses to start without a CPU TEE collector (deploy/README.md, --cpu-tee).
+    assert not args.insecure_simulated_tee and args.cpu_tee != "none"
 
 
 def _lock_entries(path: Path) -> dict[str, tuple[Version, list[str]]]:
@@ -174,6 +201,116 @@ def test_the_set_up_installs_the_cpu_build_of_torch() -> None:
     assert torch.__version__.startswith("2.13.0") and torch.version.cuda is None, torch.__version__
 
 
+def test_the_image_lock_holds_the_cuda_build_of_torch() -> None:
+    # deploy/README.md, Container image: "requirements.lock (... CUDA torch included)".
+    locked = _lock_entries(LOCK)
+    assert "torch" in locked
+    assert {"nvidia-cuda-runtime", "nvidia-cublas"} <= set(locked)
+
+
+def _make_recipe(target: str) -> list[str]:
+    """The recipe of `target` in the Makefile, one line per command, its LOCK_ variables
+    expanded and `$(IMAGE)` written as the guide writes it, `$IMAGE`."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = next(n for n, line in enumerate(lines) if re.match(rf"^{target}:", line))
+    commands: list[str] = []
+    pending = ""
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        commands.append(pending + line.strip())
+        pending = ""
+    expanded = []
+    for command in commands:
+        command = re.sub(
+            r"\$\(addprefix (\S+) ,\$\((\w+)\)\)",
+            lambda m: " ".join(f"{m.group(1)} {value}" for value in _make_variable(m.group(2))),
+            command,
+        )
+        command = re.sub(r"\$\((LOCK_\w+)\)", lambda m: " ".join(_make_variable(m.group(1))), command)
+        expanded.append(command.replace("$(IMAGE)", "$IMAGE").replace("$$", "$"))
+    return expanded
+
+
+def _guide_block(first_line: str) -> list[str]:
+    """The commands a ```sh block of the guide shows after `first_line` in its `# = ...`
+    comment, continuation lines joined (prose lines come back too; callers pick)."""
+    text = GUIDE.read_text()
+    match = re.search(rf"```sh\n{re.escape(first_line)}.*?\n(.*?)```", text, re.DOTALL)
+    assert match, f"deploy/README.md shows no `{first_line}` block"
+    commands: list[str] = []
+    pending = ""
+    for raw in match.group(1).splitlines():
+        line = raw.lstrip("#").strip().removeprefix("= ")
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        commands.append(pending + line)
+        pending = ""
+    return commands
+
+
+def _after(commands: list[str], program: str, *, drop: tuple[str, ...] = ()) -> list[str]:
+    """The arguments of the one command whose program (a path's last part) is `program`."""
+    found = []
+    for command in commands:
+        words = shlex.split(command)
+        for n, word in enumerate(words):
+            if word.rsplit("/", 1)[-1] == program:
+                found.append([w for w in words[n + 1 :] if w not in drop])
+                break
+    assert len(found) == 1, (program, commands)
+    return found[0]
+
+
+def test_make_lock_is_the_command_the_guide_shows() -> None:
+    # deploy/README.md, Container image: `make lock` = pip-tools 7.6.2, then pip-compile and
+    # nodeps_lock.py exactly as shown, with the pip config ignored (no local wheel leaks in).
+    recipe, shown = _make_recipe("lock"), _guide_block("make lock")
+    assert "pip-tools==7.6.2" in _after(recipe, "pip", drop=("install", "--quiet"))
+    assert "# = pip install pip-tools==7.6.2," in GUIDE.read_text()
+    assert _after(recipe, "pip-compile", drop=("--quiet",)) == _after(shown, "pip-compile")
+    assert _after(recipe, "python") == _after(shown, "python")
+    assert "with your pip config ignored (PIP_CONFIG_FILE=/dev/null, no PIP_FIND_LINKS)" in " ".join(shown)
+    for command in recipe[1:]:  # both the resolver and the no-deps pins
+        words = shlex.split(command)
+        assert words[:4] == ["env", "-u", "PIP_FIND_LINKS", "PIP_CONFIG_FILE=/dev/null"], command
+
+
+def test_make_image_is_the_reproducible_build_the_guide_shows() -> None:
+    # deploy/README.md, Build and "What is reproducible": file times rewritten to the commit
+    # time, no provenance/SBOM attestations, the dockerignore keeps caches and environments out.
+    (build,) = _make_recipe("image")
+    shown = [c for c in _guide_block("make image IMAGE=registry.example/fedseal-aggregator:1") if c]
+    assert len(shown) == 1
+    assert shlex.split(build) == shlex.split(shown[0])
+    words = shlex.split(build)
+    assert words[:3] == ["docker", "buildx", "build"] and words[-1] == "."
+    assert words[words.index("--file") + 1] == str(CONTAINERFILE.relative_to(ROOT))
+    assert "--provenance=false" in words and "--sbom=false" in words
+    assert "SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)" in " ".join(words)
+    output = dict(item.split("=", 1) for item in words[words.index("--output") + 1].split(","))
+    assert output["type"] == "docker" and output["rewrite-timestamp"] == "true"
+    steps = _instructions(CONTAINERFILE)
+    assert ("ARG", "SOURCE_DATE_EPOCH=0") in steps
+    env = " ".join(args for word, args in steps if word == "ENV").split()
+    assert "PYTHONDONTWRITEBYTECODE=1" in env  # no .pyc (pip's --no-compile: checked above)
+    # BuildKit reads <Dockerfile>.dockerignore next to the file that --file names.
+    ignore = CONTAINERFILE.with_name(CONTAINERFILE.name + ".dockerignore")
+    patterns = {line.strip() for line in ignore.read_text().splitlines() if not line.startswith("#")}
+    assert {
+        ".venv",
+        "**/__pycache__",
+        "**/*.pyc",
+        "**/.mypy_cache",
+        "**/.ruff_cache",
+        "**/.pytest_cache",
+    } <= (patterns)
+
+
 # --- Kubernetes -----------------------------------------------------------------------------
 
 
@@ -229,7 +366,7 @@ def test_statefulset_runs_one_confidential_pod_with_limits_probes_and_a_log_volu
     assert "@" not in container["image"] and ":" not in container["image"]  # pinned by kustomize
     args = aggregator_cli_parser().parse_args(container["args"])
     assert args.listen.endswith(f":{port['containerPort']}")
-    assert args.health_listen.port == ports["health"]["containerPort"]
+    assert args.health_listen == ListenAddress("0.0.0.0", ports["health"]["containerPort"])
     # In the pod VM the container reaches its TEE through the CoCo attestation agent only,
     # whose API the Kata agent opens only when the guest kernel command line asks for it.
     assert args.cpu_tee == "coco-" + pod["runtimeClassName"].rsplit("-", 1)[1].replace("snp", "sev-snp")
@@ -244,6 +381,16 @@ def test_statefulset_runs_one_confidential_pod_with_limits_probes_and_a_log_volu
     assert claim["spec"]["resources"]["requests"]["storage"]
     assert spec["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
     assert args.job is not None and mounts["job"] == str(args.job.parent)
+
+
+def test_the_probes_health_port_is_the_one_the_guide_names() -> None:
+    # deploy/README.md, Kubernetes: "the plaintext health port (`--health-listen 0.0.0.0:8081`)";
+    # Metrics and health: "the manifests in `kubernetes/` probe it on 8081".
+    container = _one("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    args = aggregator_cli_parser().parse_args(container["args"])
+    named = _guide_says(r"\(`--health-listen (\S+)`\)")
+    assert args.health_listen == parse_listen_address(named, "--health-listen")
+    assert args.health_listen.port == int(_guide_says(r"the manifests in `kubernetes/` probe it on (\d+)"))
 
 
 def _pointer(path: str) -> list[str]:
@@ -358,6 +505,59 @@ def test_gpu_less_overlays_ship_the_cpu_only_template_unfilled(variant: str, tem
     assert [k.value for k in filled.required_evidence] == ["amd-sev-snp" if variant == "snp" else "intel-tdx"]
 
 
+_PLACEHOLDERS = {
+    # the overlay comment's placeholders -> inputs `fedseal-attest measure` takes here
+    # (tests/test_measure.py: sev-snp-measure's own OVMF vector; empty kernel and initrd)
+    "OVMF.fd": str(ROOT / "tests" / "vectors" / "sev-snp-measure" / "ovmf_AmdSev_suffix.bin"),
+    "vmlinuz": "EMPTY",
+    "initrd.img": "EMPTY",
+    "CMDLINE": "console=ttyS0",
+    "N": "4",
+    "MODEL": "EPYC-v4",
+    "HEX": "ab" * 48,
+}
+
+
+def _commented_measure_command(variant: str) -> list[str]:
+    """The `fedseal-attest measure ...` command the overlay's header comment shows."""
+    comment = [
+        line.removeprefix("#").strip()
+        for line in (KATA / variant / "kustomization.yaml").read_text().splitlines()
+        if line.startswith("#")
+    ]
+    start = next(n for n, line in enumerate(comment) if line.startswith("fedseal-attest measure"))
+    command = ""
+    for line in comment[start:]:
+        command += line.removesuffix("\\").strip() + " "
+        if not line.endswith("\\"):
+            break
+    return shlex.split(command)
+
+
+@pytest.mark.parametrize("variant", ["snp", "tdx"])
+def test_the_kata_overlays_measure_command_fills_their_policy(variant: str, tmp_path: Path) -> None:
+    """The command in the overlay's comment, run as shown on a copy of the shipped policy,
+    writes a policy that loads (deploy/README.md, Kubernetes: `--policy-out` that file `--force`)."""
+    argv = _commented_measure_command(variant)
+    assert argv[:3] == ["fedseal-attest", "measure", variant]
+    shipped = KATA / variant / "self-attestation-policy.json"
+    out = argv.index("--policy-out") + 1
+    assert argv[out] == str(shipped.relative_to(ROOT))
+    copy_of_shipped = tmp_path / shipped.name
+    shutil.copyfile(shipped, copy_of_shipped)
+    argv[out] = str(copy_of_shipped)
+    empty = tmp_path / "empty"  # as tests/test_measure.py: sev-snp-measure measures /dev/null
+    empty.write_bytes(b"")
+    unknown = [w for w in argv if w.isupper() and w not in _PLACEHOLDERS]
+    assert not unknown, f"placeholders this test does not fill: {unknown}"
+    argv = [_PLACEHOLDERS.get(w, w).replace("EMPTY", str(empty)) for w in argv]
+    assert fedseal_attest(argv[1:]) == 0
+    filled = Policy.from_file(copy_of_shipped)
+    kind = EvidenceKind.AMD_SEV_SNP if variant == "snp" else EvidenceKind.INTEL_TDX
+    assert filled.required_evidence == (kind,)
+    assert "--force" in _guide_says(r"--policy-out` that file (`--force`)")
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) is not installed")
 @pytest.mark.parametrize("variant", sorted(KATA_VARIANTS))
 def test_kata_overlays_render_with_kustomize_as_checked_above(variant: str) -> None:
@@ -415,12 +615,74 @@ def _unit() -> dict[str, list[str]]:
         ("DevicePolicy", "closed"),
         ("CapabilityBoundingSet", "CAP_SYS_ADMIN"),
         ("ProtectKernelModules", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("ProtectKernelLogs", "yes"),
+        ("ProtectControlGroups", "yes"),
+        ("ProtectClock", "yes"),
         ("RestrictNamespaces", "yes"),
         ("SystemCallArchitectures", "native"),
+        ("SystemCallFilter", "@system-service"),
+        ("AmbientCapabilities", ""),
     ],
 )
 def test_systemd_unit_keeps_its_hardening(key: str, value: str) -> None:
     assert _unit()[key] == [value]
+
+
+def test_systemd_unit_writes_only_the_audit_log_and_configfs_tsm_as_root() -> None:
+    # deploy/README.md, A confidential VM with systemd: only /var/lib/fedseal is writable,
+    # plus configfs-tsm (and PrivateTmp's /tmp); the process is root inside the CVM.
+    unit = _unit()
+    assert unit["ReadWritePaths"] == ["-/sys/kernel/config/tsm/report"]
+    assert unit["StateDirectory"] == ["fedseal"]  # /var/lib/fedseal
+    for writable in ("RuntimeDirectory", "CacheDirectory", "LogsDirectory", "BindPaths"):
+        assert writable not in unit, writable
+    assert unit.get("User", ["root"]) == ["root"] and "DynamicUser" not in unit
+    assert "plus configfs-tsm and the unit's private `/tmp`" in _guide()
+
+
+def test_systemd_unit_keeps_the_accumulator_off_the_gpu_under_mdwe() -> None:
+    # deploy/README.md: CUDA has not been checked under MemoryDenyWriteExecute (the driver
+    # JIT-compiles into W+X memory), so a unit that sets it keeps the accumulator on the CPU.
+    unit = _unit()
+    (exec_start,) = unit["ExecStart"]
+    args = aggregator_cli_parser().parse_args(shlex.split(exec_start)[1:])
+    if unit.get("MemoryDenyWriteExecute") == ["yes"]:
+        assert args.accumulator_device == "cpu"
+
+
+def _unit_install_commands() -> list[list[str]]:
+    """The install steps in the unit's header comment, continuation lines joined."""
+    commands: list[list[str]] = []
+    pending = ""
+    for raw in UNIT.read_text().splitlines():
+        if not raw.startswith("#"):
+            break
+        line = raw.removeprefix("#").strip()
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        commands.append(shlex.split(pending + line))
+        pending = ""
+    return commands
+
+
+def test_systemd_units_install_steps_use_the_images_locks_and_pip_flags() -> None:
+    # deploy/README.md: "the install steps are at its top (a venv from the same locks as the image)".
+    (image_install,) = [
+        args for word, args in _instructions(CONTAINERFILE) if word == "RUN" and "pip install" in args
+    ]
+    image_flags = {w for w in shlex.split(image_install) if w.startswith("--")}
+    image_locks = {Path(w).name for w in shlex.split(image_install) if w.endswith(".lock")}
+    assert image_locks == {LOCK.name, NODEPS_LOCK.name}
+    (install,) = [
+        c for c in _unit_install_commands() if c[:2] == ["/opt/fedseal/venv/bin/pip", "install"] and "-r" in c
+    ]
+    assert {w for w in install if w.startswith("--")} == image_flags
+    locks = [install[n + 1] for n, w in enumerate(install) if w == "-r"]
+    assert sorted(locks) == sorted(str(p.relative_to(ROOT)) for p in (LOCK, NODEPS_LOCK))
+    (exec_start,) = _unit()["ExecStart"]
+    assert shlex.split(exec_start)[0].startswith("/opt/fedseal/venv/bin/")  # the venv installed above
 
 
 def test_systemd_unit_allows_only_tee_and_gpu_devices_and_runs_a_valid_command() -> None:
@@ -444,3 +706,116 @@ def test_the_image_and_the_unit_keep_grpcs_own_lines_out_of_the_json_log() -> No
     env = " ".join(args for word, args in _instructions(CONTAINERFILE) if word == "ENV")
     assert "GRPC_VERBOSITY=ERROR" in env.split()
     assert "GRPC_VERBOSITY=ERROR" in " ".join(_unit()["Environment"]).split()
+
+
+# --- the guide's numbers and names ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("site_id", "accepted"),
+    [
+        ("a", True),
+        ("A-1.b_c", True),
+        ("9", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("", False),
+        ("-site", False),
+        (".x", False),
+        ("_a", False),
+        ("a b", False),
+        ("a/b", False),
+    ],
+)
+def test_site_ids_are_what_the_enrolment_table_says(site_id: str, accepted: bool) -> None:
+    # deploy/README.md, the enrolment table: "1-128 of `A-Za-z0-9._-`, starting with a letter or digit".
+    assert _guide_says(r"\(1-128 of `A-Za-z0-9\._-`(, starting with a letter or digit)\)")
+    document = enrolment_json([site_id])
+    if accepted:
+        assert Enrolment.from_json_obj(document).site(site_id) is not None
+    else:
+        with pytest.raises(EnrolmentError, match="site id"):
+            Enrolment.from_json_obj(document)
+
+
+def _guide_number(text: str) -> float:
+    """`2`, `4 GiB`, `20/s` as the abuse-limit table writes them."""
+    match = re.fullmatch(r"(\d+)( GiB|/s)?", text.strip())
+    assert match, text
+    return int(match.group(1)) * (1024**3 if match.group(2) == " GiB" else 1)
+
+
+def test_the_abuse_limit_table_is_the_commands_defaults() -> None:
+    # deploy/README.md, "Abuse limits": every limit the command has is in the table, with
+    # its default; and "Two more options size the server itself".
+    section = GUIDE.read_text().split("### Abuse limits", 1)[1].split("\n### ", 1)[0]
+    table: dict[str, float] = {}
+    for row in re.findall(r"^\| (`--.*?) \| (.*?) \|", section, re.MULTILINE):
+        options = re.findall(r"`(--[a-z-]+)`", row[0])
+        values = row[1].split(",")
+        for option, value in zip(options, values, strict=True):
+            table[option] = _guide_number(value)
+    parser = aggregator_cli_parser()
+    (group,) = [g for g in parser._action_groups if (g.title or "").startswith("abuse limits")]
+    assert set(table) == {a.option_strings[0] for a in group._group_actions}
+    defaults = {a.option_strings[0]: a.default for a in parser._actions if a.option_strings}
+    for option, value in table.items():
+        assert defaults[option] == value, option
+    for option in ("--max-workers", "--upload-line"):
+        assert defaults[option] == int(_guide_says(rf"`{option}` \((\d+)\)")), option
+
+
+def test_the_witness_timeout_and_the_anonymous_request_timeout_are_the_guides() -> None:
+    defaults = {a.dest: a.default for a in aggregator_cli_parser()._actions}
+    assert defaults["witness_timeout"] == float(_guide_says(r"\(`--witness-timeout`, default (\d+) s\)"))
+    # "A call without credentials ... must send its request within 10 s": the admission
+    # interceptor's default, which the server does not override.
+    assert float(_guide_says(r"must send its request within (\d+) s")) == DEFAULT_RECEIVE_TIMEOUT_SECONDS
+    parameter = inspect.signature(AdmissionInterceptor.__init__).parameters["receive_timeout"]
+    assert parameter.default == DEFAULT_RECEIVE_TIMEOUT_SECONDS
+    calls = [
+        node
+        for node in ast.walk(ast.parse((ROOT / "aggregator" / "_server.py").read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "AdmissionInterceptor"
+    ]
+    assert calls and all(k.arg != "receive_timeout" for call in calls for k in call.keywords)
+
+
+def test_the_collectors_defaults_are_the_guides() -> None:
+    defaults = {a.dest: a.default for a in aggregator_cli_parser()._actions}
+    assert defaults["gpu_collector"] == _guide_says(r"`--gpu-collector (\S+)` \(default\)")
+    assert defaults["coco_agent_url"] is None  # then the collector's default:
+    assert "http://" + _guide_says(r"guest-components' API server on `([^`]+)`") == DEFAULT_COCO_AGENT_URL
+
+
+def test_stapled_collateral_is_refreshed_as_the_guide_says() -> None:
+    # "by a background thread ten minutes ahead of that time": the refresher's lead, which
+    # the aggregator does not override ...
+    assert "by a background thread ten minutes ahead of that time" in _guide()
+    lead = inspect.signature(CollateralRefresher.__init__).parameters["lead"]
+    assert lead.default == datetime.timedelta(minutes=10)
+    calls = [
+        node
+        for node in ast.walk(ast.parse((ROOT / "aggregator" / "_cli.py").read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "CollateralRefresher"
+    ]
+    assert calls and all(len(call.args) == 1 and not call.keywords for call in calls)
+    # ... and Intel's TDX collateral is "refreshed at least daily", however far its expiry.
+    assert "field, refreshed at least daily" in _guide()
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    for days in (2, 8, 30, 365):
+        refresh = tdx_collateral_validity(now + datetime.timedelta(days=days), now).refresh_at
+        assert refresh - now <= datetime.timedelta(days=1), days
+    far = tdx_collateral_validity(now + datetime.timedelta(days=365), now).refresh_at
+    assert far - now == datetime.timedelta(days=1)
+
+
+def test_the_guides_first_command_is_one_the_aggregator_starts_with() -> None:
+    # deploy/README.md opens with a hardware-mode command line: it must parse, and name the
+    # CPU TEE collector hardware mode refuses to start without (its optional part dropped).
+    guide = (ROOT / "deploy" / "README.md").read_text()
+    block = re.search(r"```sh\n(fedseal-aggregator .*?)```", guide, re.DOTALL)
+    assert block
+    command = re.sub(r"\[[^\]]*\]", "", block.group(1).replace("\\\n", " "))
+    args = aggregator_cli_parser().parse_args(shlex.split(command)[1:])
+    assert not args.insecure_simulated_tee and args.cpu_tee in ("sev-snp", "tdx", "coco-sev-snp", "coco-tdx")

@@ -11,18 +11,22 @@ import grpc
 import pytest
 from conftest import make_adapter, round_config, site_client, start_test_aggregator
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from identities import ConsortiumPki, enrolment, principals
 from prometheus_client.parser import text_string_to_metric_families
 
-from aggregator import RunningAggregator
+import aggregator._server
+from aggregator import AccessConfig, JobConfig, RunningAggregator
 from aggregator._cli import _parser
 from aggregator._health import AGGREGATOR_SERVICE, HealthEndpoint
 from aggregator._metrics import ListenAddress, Metrics, parse_listen_address
+from aggregator._rounds import RoundManager
 from attestation import Policy
 from client_sdk import UpdateRejectedError
 from fedseal._proto.fedseal.v1 import fedseal_pb2 as pb
 from fedseal._proto.fedseal.v1 import fedseal_pb2_grpc as pb_grpc
 from fedseal.logformat import FailureCause, RejectReason
 from fedseal.roundconfig import ConfigError
+from fedseal.tls import ClientTlsCredentials, pinned_channel, probe_server_certificate
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -139,6 +143,71 @@ def test_the_health_port_reports_serving_and_serves_nothing_else(
         with pytest.raises(grpc.RpcError) as info:
             stub.GetAttestation(pb.AttestationRequest(challenge=bytes(32)), timeout=5)
     assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+def _tls_check(endpoint: str, service: str = "", client: ClientTlsCredentials | None = None) -> int:
+    """Health/Check on an aggregator TLS port, as a client reaches it: probe, then pin."""
+    certificate = probe_server_certificate(endpoint, timeout=5)
+    with pinned_channel(endpoint, certificate, client=client) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return int(response.status)
+
+
+def test_the_health_service_is_on_the_tls_ports_once_the_first_round_is_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # deploy/README.md, Metrics and health: registered on the aggregator's TLS ports (both),
+    # NOT_SERVING until start-up has finished (listeners up, the job's first round not yet
+    # open), SERVING after, NOT_SERVING again as soon as shutdown begins.
+    pki = ConsortiumPki()
+    _, site_a = pki.issue("site-a")
+    bound: list[int] = []
+    real_bind = aggregator._server._bind
+
+    def recording_bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials) -> int:
+        bound.append(real_bind(server, address, credentials))
+        return bound[-1]
+
+    while_opening: list[int] = []
+    real_start_job = RoundManager.start_job
+
+    def probing_start_job(self: RoundManager) -> None:
+        # The server listens on both ports already; the job's first round is not open yet.
+        while_opening.extend(
+            _tls_check(f"127.0.0.1:{bound[0]}", service) for service in ("", AGGREGATOR_SERVICE)
+        )
+        real_start_job(self)
+
+    monkeypatch.setattr(aggregator._server, "_bind", recording_bind)
+    monkeypatch.setattr(RoundManager, "start_job", probing_start_job)
+    template = {k: v for k, v in round_config(1).to_json_obj().items() if k != "round_id"}
+    running = start_test_aggregator(
+        tmp_path,
+        AccessConfig(
+            enrolment(["site-a"], certificates={"site-a": pki.subject_of("site-a")}),
+            principals(),
+            client_ca_pem=pki.ca_pem,
+        ),
+        listen_mtls="127.0.0.1:0",
+        job=JobConfig(rounds=1, round_template=template),
+    )
+    try:
+        assert bound == [running.port, running.mtls_port]
+        assert while_opening == [NOT_SERVING, NOT_SERVING]
+        assert running.rounds.current_round_id() == 1  # the job's first round is open
+        for service in ("", AGGREGATOR_SERVICE):
+            assert _tls_check(running.endpoint, service) == SERVING
+            assert _tls_check(running.mtls_endpoint, service, client=site_a) == SERVING
+        certificate = probe_server_certificate(running.endpoint, timeout=5)
+        with pinned_channel(running.endpoint, certificate) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service=AGGREGATOR_SERVICE), timeout=10)
+            assert next(watch).status == SERVING
+            running.stop(grace=0.5)
+            assert next(watch).status == NOT_SERVING
+    finally:
+        running.stop(grace=0.5)
 
 
 def test_stopping_turns_health_to_not_serving(tmp_path: Path) -> None:
