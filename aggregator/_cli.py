@@ -340,6 +340,8 @@ def _accumulator_device(
                 "update may reach one; use --accumulator-device cpu or auto"
             )
         return "cpu"
+    if choice == "cpu":  # no probe: it would start the CUDA driver (e.g. under MDWE) for nothing
+        return "cpu"
     has_cuda = (cuda_available or enclave_cuda_available)()
     if choice == "auto":
         return "cuda" if has_cuda else "cpu"
@@ -608,6 +610,15 @@ def _host(args: argparse.Namespace, policy: Policy | None) -> tuple[GpuRequireme
         if args.coco_agent_url is not None:
             raise ConfigError("--coco-agent-url applies to hardware mode, not --insecure-simulated-tee")
         return GpuRequirement.CC_GPUS, None
+    if CpuTee(args.cpu_tee) is CpuTee.NONE and GpuCollector(args.gpu_collector) is not GpuCollector.NONE:
+        # The GPUs open (and the service starts) only once the aggregator's own evidence
+        # covers the CPU TEE the preflight finds (aggregator/_preflight.py, release_gpus):
+        # without a CPU TEE collector that never happens, so say it now, not after the keys.
+        raise ConfigError(
+            "hardware mode needs --cpu-tee: sev-snp or tdx (coco-sev-snp or coco-tdx in a "
+            "Confidential Containers pod); the aggregator serves only once its own evidence "
+            "covers the CPU TEE (deploy/README.md)"
+        )
     gpus, agent = preflight_host(GpuCollector(args.gpu_collector), CpuTee(args.cpu_tee), args.coco_agent_url)
     if (
         gpus is GpuRequirement.NONE

@@ -76,7 +76,10 @@ def test_hardware_mode_without_a_cvm_refuses_with_the_preflight_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     preflights = _Preflights(_tree(tmp_path / "root", "dev/null-device"), FakeNvml())
-    rc = run(["--log", str(tmp_path / "audit.log"), *_enrolment(tmp_path)], preflight_for=preflights)
+    rc = run(
+        ["--log", str(tmp_path / "audit.log"), "--cpu-tee", "sev-snp", *_enrolment(tmp_path)],
+        preflight_for=preflights,
+    )
     assert rc == 1
     assert preflights.modes == [PreflightMode.HARDWARE]
     err = capsys.readouterr().err
@@ -91,7 +94,10 @@ def test_gpus_not_in_cc_mode_refuse_with_each_failing_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     preflights = _Preflights(_snp_root(tmp_path), FakeNvml(cc_feature=0, devtools=1))
-    rc = run(["--log", str(tmp_path / "audit.log"), *_enrolment(tmp_path)], preflight_for=preflights)
+    rc = run(
+        ["--log", str(tmp_path / "audit.log"), "--cpu-tee", "sev-snp", *_enrolment(tmp_path)],
+        preflight_for=preflights,
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "failed: GPU CC feature: expected on, found off" in err
@@ -255,6 +261,18 @@ def test_nras_needs_a_gpu_collector_in_hardware_mode(
     assert not (tmp_path / "a.log").exists()
 
 
+def test_hardware_mode_without_a_cpu_tee_is_refused_before_the_host_is_probed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its GPUs would never open: release_gpus needs the self-attestation to cover the CPU
+    # TEE the preflight finds (tests/test_preflight.py, GPU evidence alone).
+    preflights = _Preflights(_snp_root(tmp_path), FakeNvml())
+    rc = run(["--log", str(tmp_path / "a.log"), *_enrolment(tmp_path)], preflight_for=preflights)
+    assert rc == 2
+    assert "hardware mode needs --cpu-tee" in capsys.readouterr().err
+    assert preflights.modes == [] and not (tmp_path / "a.log").exists()
+
+
 def test_no_collector_at_all_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = run(
         [
@@ -294,6 +312,11 @@ def test_accumulator_device_choice(tmp_path: Path, capsys: pytest.CaptureFixture
     assert _accumulator_device("auto", cuda_available=lambda: False) == "cpu"
     assert _accumulator_device("auto", cuda_available=lambda: True) == "cuda"
     assert _accumulator_device("cpu", cuda_available=lambda: True) == "cpu"
+
+    def no_probe() -> bool:
+        raise AssertionError("'cpu' must not start the CUDA driver to ask")
+
+    assert _accumulator_device("cpu", cuda_available=no_probe) == "cpu"
     with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
         _accumulator_device("cuda", cuda_available=lambda: False)
     if not torch.cuda.is_available():  # this host: asking for the GPU is a usage error, up front

@@ -366,6 +366,7 @@ def test_simulated_self_attestation_never_opens_cc_gpus(tmp_path: Path) -> None:
         ),
         ((EvidenceKind.AMD_SEV_SNP,), False, "self-attestation covers the GPUs"),
         ((EvidenceKind.NVIDIA_GPU, EvidenceKind.INTEL_TDX), False, "self-attestation covers the CPU TEE"),
+        ((EvidenceKind.NVIDIA_GPU,), False, "self-attestation covers the CPU TEE"),  # no --cpu-tee
     ],
 )
 def test_self_attestation_of_other_keys_or_missing_evidence_is_refused(
