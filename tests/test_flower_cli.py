@@ -132,7 +132,7 @@ def test_deployment_engine_on_loopback_closes_a_round_without_a_killed_node(tmp_
     opened_configs = [f["config"] for k, f in entries if k is EntryKind.ROUND_OPENED]
     assert [(c["max_clients"], c["min_clients"]) for c in opened_configs] == [(3, 2)]
     reason = str(close[0]["request"]["params"]["reason"])
-    assert "2 with a valid receipt" in reason and "Node Unavailable" in reason, reason
+    assert "2 with a valid receipt" in reason and "failed (Flower error node unavailable)" in reason, reason
     assert "eval_loss" in out and "train_loss" in out  # the losses reached Flower's history
     report = audit_log(audit, load_builtin_policy(DEV_POLICY))
     assert report.findings == (), report.findings

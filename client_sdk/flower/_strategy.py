@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
@@ -249,7 +250,7 @@ class FedSealStrategy(FedAvg):
             if reply.has_error():
                 # Not the reason: Flower puts the ClientApp's exception text there, which can
                 # quote a training record, and this line reaches the log and close_round.
-                problems.append(f"node {node} failed (Flower error code {reply.error.code})")
+                problems.append(f"node {node} failed ({_error_name(reply.error.code)})")
                 continue
             record = reply.content.config_records.get(RECEIPT_RECORD)
             text = record.get("receipt") if record is not None else None
@@ -276,3 +277,15 @@ class FedSealStrategy(FedAvg):
 
 # The name of the first release, which ran FedAvg only; any strategy is selected by argument.
 FedSealFedAvg = FedSealStrategy
+
+
+_ERROR_NAMES = {
+    value: name.lower().replace("_", " ")
+    for name, value in vars(ErrorCode).items()
+    if not name.startswith("_") and isinstance(value, int)
+}
+
+
+def _error_name(code: int) -> str:
+    """Flower's name for an error code ("node unavailable"); never its reason text."""
+    return f"Flower error {_ERROR_NAMES.get(code, 'code ' + str(code))}"
