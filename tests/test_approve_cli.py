@@ -27,6 +27,7 @@ from attestation import Policy
 from auditor import audit_log
 from client_sdk import UpdateRejectedError, _approve
 from client_sdk._approve import main, read_approval_brief
+from client_sdk.validation import validate_text
 from fedseal.logformat import MAX_RECORD_BYTES, EntryKind
 from fedseal.logschema import DpBudgetRecorded, EnclaveStarted, RoundClosed
 
@@ -109,6 +110,53 @@ def test_brief_shows_the_numbers_and_decisions_are_signed_and_logged(
             "train_loss": pytest.approx(expected_loss)
         }
     assert audit_log(log, dev_policy).findings == ()
+
+
+def test_show_prints_validation_results_and_metrics_beside_earlier_rounds(
+    running: RunningAggregator,  # noqa: F811
+    dev_policy: Policy,
+) -> None:
+    """docs/data-card.md: `show` prints the sites' validation results and the aggregated
+    metrics beside earlier rounds'."""
+    first = {"site-0": (10, 4.0), "site-1": (30, 3.0), "site-2": (60, 2.0)}
+    running.rounds.open_round(round_config(1))
+    for i, (site, (n, loss)) in enumerate(first.items()):
+        with site_client(running.endpoint, dev_policy, site, timeout=20) as client:
+            client.submit_update(make_adapter(i), round_id=1, num_examples=n, metrics={"train_loss": loss})
+    running.rounds.wait_closed(1, 10.0)
+
+    passing = validate_text([f"record {i}" for i in range(20)])
+    failing = validate_text(["record", "record", ""])
+    assert passing.passed and not failing.passed
+    validations = {"site-0": passing, "site-1": failing, "site-2": None}
+    running.rounds.open_round(round_config(2, approval=GATE))
+    for i, (site, (n, loss)) in enumerate(SENT.items()):
+        with site_client(running.endpoint, dev_policy, site, timeout=20) as client:
+            client.submit_update(
+                make_adapter(i),
+                round_id=2,
+                num_examples=n,
+                metrics={"train_loss": loss},
+                validation=validations[site],
+            )
+    running.rounds.wait_closed(2, 10.0)
+
+    def mean(sent: dict[str, tuple[int, float]]) -> float:
+        return sum(n * v for n, v in sent.values()) / sum(n for n, _ in sent.values())
+
+    code, text = _run(["show", str(running.log.path), "--round", "2"])
+    assert code == 0
+    lines = text.splitlines()
+    site_lines = {line.split(":")[0].strip(): line for line in lines if ": " in line and "examples," in line}
+    assert site_lines["site-0"].endswith(", validation passed")
+    assert site_lines["site-1"].endswith(", validation FAILED")
+    assert site_lines["site-2"].endswith(", no validation")
+    assert f"  client.train_loss: {mean(SENT):.6g}   (r1={mean(first):.6g})" in lines
+    assert "  client_reports: 3   (r1=3)" in lines
+    # Round 1's own brief has no earlier round to show beside it.
+    code, text = _run(["show", str(running.log.path), "--round", "1"])
+    assert code == 0 and f"  client.train_loss: {mean(first):.6g}" in text.splitlines()
+    assert "(r" not in text
 
 
 def test_refuse_and_bad_input(

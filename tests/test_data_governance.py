@@ -15,9 +15,12 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 import jsonschema
+import pandas
 import pytest
 import safetensors.torch
 from conftest import adapter_spec, make_adapter, round_config, site_client
@@ -30,6 +33,7 @@ from client_sdk import FedSealClient, SealedSubmission, UpdateRejectedError
 from client_sdk.validation import validate_tabular, validate_text
 from fedseal.canonical import canonical_json
 from fedseal.datacard import (
+    MAX_DATA_CARD_SIZE,
     DataCard,
     DataCardError,
     DataCardMismatchError,
@@ -108,19 +112,29 @@ def test_data_card_parses_strictly_and_matches_its_published_schema(tmp_path: Pa
     path = tmp_path / "card.json"
     path.write_text(json.dumps(good))
     assert load_data_card(path).digest() == hashlib.sha256(canonical_json(good)).digest()
-    bad_cards = {
-        "unknown field": good | {"notes": "x"},
-        "missing field": {k: v for k, v in good.items() if k != "contact"},
-        "empty source": good | {"source": " "},
-        "reversed dates": good | {"date_range": {"start": "2024-01-01", "end": "2023-01-01"}},
-        "not a date": good | {"date_range": {"start": "2024-13-01", "end": "2024-12-01"}},
-        "zero records": good | {"record_count": 0},
-        "boolean count": good | {"record_count": True},
-        "extensions not an object": good | {"extensions": []},
+    # (the field the DataCardError must name, the bad card)
+    bad_cards: dict[str, tuple[str, dict[str, object]]] = {
+        "unknown field": ("notes", good | {"notes": "x"}),
+        "missing field": ("contact", {k: v for k, v in good.items() if k != "contact"}),
+        "empty source": ("source", good | {"source": " "}),
+        "reversed dates": (
+            "date_range",
+            good | {"date_range": {"start": "2024-01-01", "end": "2023-01-01"}},
+        ),
+        "not a date": (
+            "date_range.start",
+            good | {"date_range": {"start": "2024-13-01", "end": "2024-12-01"}},
+        ),
+        "zero records": ("record_count", good | {"record_count": 0}),
+        "boolean count": ("record_count", good | {"record_count": True}),
+        "extensions not an object": ("extensions", good | {"extensions": []}),
     }
-    for what, obj in bad_cards.items():
-        with pytest.raises(DataCardError):
+    for what, (name, obj) in bad_cards.items():
+        # docs/data-card.md: "a DataCardError naming the field".
+        with pytest.raises(DataCardError, match=re.escape(name)):
             DataCard.from_json_obj(obj)
+        with pytest.raises(DataCardError, match=re.escape(name)):
+            parse_data_card(json.dumps(obj))
         if what not in ("reversed dates", "not a date"):  # what JSON Schema does not assert
             with pytest.raises(jsonschema.ValidationError):
                 jsonschema.validate(obj, schema)
@@ -128,6 +142,57 @@ def test_data_card_parses_strictly_and_matches_its_published_schema(tmp_path: Pa
         parse_data_card('{"source": "a", "source": "b"}')
     with pytest.raises(DataCardError, match="cannot be read"):
         load_data_card(tmp_path / "absent.json")
+
+
+def _padded_card(size: int) -> bytes:
+    """The canonical JSON of a valid card exactly `size` bytes long (padded in extensions)."""
+    base = card(extensions={"pad": ""}).to_json_obj()
+    pad = "x" * (size - len(canonical_json(base)))
+    padded = canonical_json(base | {"extensions": {"pad": pad}})
+    assert len(padded) == size
+    return padded
+
+
+def test_data_card_over_16_kib_of_canonical_json_is_refused() -> None:
+    """docs/data-card.md: more than 16 KiB of canonical JSON is a DataCardError."""
+    assert MAX_DATA_CARD_SIZE == 16 * 1024
+    at_limit = _padded_card(MAX_DATA_CARD_SIZE)
+    assert parse_data_card(at_limit).canonical_bytes() == at_limit
+    just_under = _padded_card(MAX_DATA_CARD_SIZE - 1)
+    assert parse_data_card(just_under).canonical_bytes() == just_under
+    just_over = _padded_card(MAX_DATA_CARD_SIZE + 1)
+    with pytest.raises(DataCardError, match=f"longer than {MAX_DATA_CARD_SIZE} bytes"):
+        parse_data_card(just_over)
+    with pytest.raises(DataCardError, match=f"longer than {MAX_DATA_CARD_SIZE} bytes"):
+        card(extensions=json.loads(just_over)["extensions"])
+    # Spacing does not count: a card whose pretty-printed text is over the limit but whose
+    # canonical JSON is not is accepted.
+    spaced = json.dumps(json.loads(at_limit), indent=8)
+    assert len(spaced.encode()) > MAX_DATA_CARD_SIZE
+    assert parse_data_card(spaced).canonical_bytes() == at_limit
+
+
+def _nested(levels: int, *, lists: bool = False) -> dict[str, object]:
+    """`levels` nested JSON containers, the outermost an object and the innermost holding a
+    string: {"a": {"a": ... {"a": "v"}}}; with `lists`, every other level is a list."""
+    value: object = "v"
+    for i in range(levels - 1):
+        value = [value] if lists and i % 2 == 0 else {"a": value}
+    return {"a": value}
+
+
+def test_data_card_extensions_are_at_most_8_levels_deep() -> None:
+    """docs/data-card.md: extensions "at most 8 levels deep" (the extensions object is level
+    1, so {"language": "de"} is 1 level deep; a list is a level as an object is)."""
+    for lists in (False, True):
+        eight = card().to_json_obj() | {"extensions": _nested(8, lists=lists)}
+        nine = card().to_json_obj() | {"extensions": _nested(9, lists=lists)}
+        assert parse_data_card(json.dumps(eight)).extensions == eight["extensions"]
+        assert card(extensions=_nested(8, lists=lists)).extensions == eight["extensions"]
+        with pytest.raises(DataCardError, match=r"'extensions.*' nests deeper than 8 levels"):
+            parse_data_card(json.dumps(nine))
+        with pytest.raises(DataCardError, match="nests deeper than 8 levels"):
+            card(extensions=_nested(9, lists=lists))
 
 
 def test_site_metrics_are_bounded() -> None:
@@ -168,6 +233,12 @@ def test_validation_helpers_count_and_never_carry_records() -> None:
     strict = validate_tabular(rows, schema=schema | {"properties": {"age": {"type": "integer"}}})
     assert {c.name: c for c in strict.checks}["schema"].counts["invalid_records"] == 1
 
+    # The same records as a pandas DataFrame (docs/data-card.md): the same summary, its NaN
+    # the missing value.
+    frame = pandas.DataFrame(rows)
+    assert frame["age"].isna().sum() == 1
+    assert validate_tabular(frame, schema=schema).canonical_bytes() == summary.canonical_bytes()
+
     texts = [f"{marker} sentence number {i}" for i in range(20)] + ["", "x" * 5000]
     text_summary = validate_text(texts, max_length=1000)
     tchecks = {c.name: c for c in text_summary.checks}
@@ -189,6 +260,67 @@ def test_validation_helpers_count_and_never_carry_records() -> None:
     lying = json.loads(summary.canonical_bytes()) | {"passed": True}
     with pytest.raises(ValidationSummaryError, match="contradicts"):
         parse_validation_summary(canonical_json(lying))
+
+
+def _with_score(score: float) -> list[float]:
+    """15 values with median 0 and median absolute deviation 1 (also with the extra value),
+    plus one value whose modified z-score (0.6745 * |x - median| / MAD) is `score`."""
+    return [-1.0] * 5 + [0.0] * 5 + [1.0] * 5 + [score / 0.6745]
+
+
+def test_numeric_outliers_are_a_modified_z_score_above_3_5() -> None:
+    """docs/data-card.md: numeric outliers (modified z-score above 3.5)."""
+    counts: dict[float, int] = {}
+    for score in (3.4, 3.6):
+        rows = [{"value": v, "id": n} for n, v in enumerate(_with_score(score))]
+        checks = {c.name: c for c in validate_tabular(rows).checks}
+        counts[score] = checks["outliers"].counts["outliers"]
+        assert checks["outliers"].counts["numeric_columns"] == 2
+    assert counts == {3.4: 0, 3.6: 1}
+    # The threshold is the default of both helpers, and applies to text lengths as well.
+    for score, flagged in ((3.4, 0), (3.6, 1)):
+        # Lengths 10, 20, 30 (five each) and one more: median 20, MAD 10, and the last
+        # length's score 3.37 (3.4) or 3.57 (3.6).
+        texts = ["t" * round(10 * (v + 2)) for v in _with_score(score)]
+        tchecks = {c.name: c for c in validate_text(texts).checks}
+        assert tchecks["length_outliers"].counts["outliers"] == flagged
+        assert tchecks["length_outliers"].passed is (flagged == 0)
+
+
+def test_text_validation_counts_types_and_length_outliers() -> None:
+    """docs/data-card.md: validate_text counts types (non-strings) and length outliers."""
+    records: list[Any] = ["first record", 42, "second record", None, "third record"]
+    summary = validate_text(records)
+    checks = {c.name: c for c in summary.checks}
+    assert summary.records == 5
+    assert not checks["types"].passed and checks["types"].counts["not_strings"] == 2
+    assert not summary.passed and "types" in summary.failed_checks()
+    assert {c.name: c for c in validate_text(["a", "b"]).checks}["types"].passed
+
+    texts = [f"record {i:02d}" + "x" * (i % 3) for i in range(30)] + ["y" * 2000]
+    checks = {c.name: c for c in validate_text(texts).checks}
+    assert checks["length_outliers"].counts["outliers"] == 1
+    assert not checks["length_outliers"].passed
+    assert checks["length"].passed  # no max_length: only the outlier check sees it
+    assert validate_text(texts[:-1]).passed
+
+
+def test_a_forged_summary_with_a_negative_count_is_refused() -> None:
+    """docs/data-card.md: the summary's format refuses anything but non-negative integers."""
+    clean = validate_text([f"record {i}" for i in range(10)])
+    assert parse_validation_summary(clean.canonical_bytes()) == clean
+    for where in ("count", "records"):
+        forged = json.loads(clean.canonical_bytes())
+        if where == "count":
+            forged["checks"][0]["counts"]["records"] = -1
+        else:
+            forged["records"] = -1
+        with pytest.raises(ValidationSummaryError, match="non-negative integer"):
+            parse_validation_summary(canonical_json(forged))
+    forged = json.loads(clean.canonical_bytes())
+    forged["checks"][0]["counts"]["records"] = 0.5
+    with pytest.raises(ValidationSummaryError, match="non-negative integer"):
+        parse_validation_summary(canonical_json(forged))
 
 
 # ------------------------------------------------------------------ end to end

@@ -1,12 +1,23 @@
-"""Every test the docs cite as enforcing a claim exists (docs/threat-model.md, README, deploy guide)."""
+"""Every test the docs cite as enforcing a claim exists (threat model, READMEs, deploy guide,
+quick starts, data card)."""
 
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
+from attestation import EvidenceKind, load_builtin_policy
+
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "docs" / "threat-model.md", ROOT / "README.md", ROOT / "deploy" / "README.md"]
+DOCS = [
+    ROOT / "docs" / "threat-model.md",
+    ROOT / "README.md",
+    ROOT / "deploy" / "README.md",
+    ROOT / "docs" / "quickstart.md",
+    ROOT / "docs" / "data-card.md",
+    *sorted((ROOT / "examples").glob("*/README.md")),
+]
 _CITATION = re.compile(r"tests/([a-z0-9_]+\.py)(?:::([a-z0-9_]+))?")
 
 
@@ -70,3 +81,15 @@ def test_the_flower_diff_in_the_readmes_is_counted_and_is_the_templates_diff() -
         assert run_config and all(f"\n{key} = " in config for key in run_config), doc.name
         for replaced in marked_was:
             assert any(line.endswith(replaced) for line in removed), (doc.name, replaced)
+
+
+def test_the_quickstarts_install_line_names_the_extras_the_default_policy_needs() -> None:
+    # docs/quickstart.md: the default policy requires NVIDIA GPU evidence with a RIM match,
+    # whose XML signatures need signxml and lxml: the `nvidia` extra; the pack needs `audit`.
+    default = load_builtin_policy("default")
+    assert EvidenceKind.NVIDIA_GPU in default.required_evidence
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"signxml", "lxml"} <= {re.split(r"[<>=\[ ]", spec)[0] for spec in extras["nvidia"]}
+    assert any(spec.startswith("cyclonedx-python-lib") for spec in extras["audit"])
+    quickstart = (ROOT / "docs" / "quickstart.md").read_text()
+    assert "pip install -e '.[nvidia]'" in quickstart and "pip install -e '.[nvidia,audit]'" in quickstart
