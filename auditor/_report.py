@@ -95,7 +95,7 @@ class TrustedCheckpoint:
         """A signed checkpoint note, or a tlog-proof (a receipt) whose checkpoint is taken;
         FormatError (or NoteError) if it is neither. Its signatures are checked later,
         against the log's keys."""
-        if _PRIVATE_KEY_MARK in text or text.startswith(_NOTE_PRIVATE_KEY_PREFIX):
+        if _PRIVATE_KEY_MARK in text or _NOTE_PRIVATE_KEY_PREFIX in text:
             # A findings report would otherwise quote it as the checkpoint's text.
             raise FormatError(
                 f"{source} holds a private key, not a checkpoint or a receipt (nothing of it is shown)"
