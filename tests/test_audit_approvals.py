@@ -173,6 +173,9 @@ def test_an_approval_with_a_bad_signature(
     fields = _approval_fields(APPROVERS[0], digest, signature=other)
     findings = _verify(_forge(gated, tmp_path, first, fields), capsys)
     assert _found(findings, "invalid_approval", first.index, "[forged_approval]")
+    # ... and it does not count towards min_approvals.
+    (release,) = _entries(gated.path, AggregateReleased, 1)
+    assert _found(findings, "invalid_release", release.index, "1 valid approval(s)")
 
 
 def test_an_approval_of_another_aggregate(
@@ -182,6 +185,9 @@ def test_an_approval_of_another_aggregate(
     fields = _approval_fields(APPROVERS[0], hashlib.sha256(b"another aggregate").digest())
     findings = _verify(_forge(gated, tmp_path, first, fields), capsys)
     assert _found(findings, "invalid_approval", first.index, "[wrong_aggregate]")
+    # ... and it does not count towards min_approvals.
+    (release,) = _entries(gated.path, AggregateReleased, 1)
+    assert _found(findings, "invalid_release", release.index, "1 valid approval(s)")
 
 
 def test_a_second_decision_by_one_approver(
