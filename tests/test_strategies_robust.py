@@ -2,7 +2,8 @@
 
 Setting (deterministic seeds): n = 10 clients, f = 3 Byzantine at accept positions 2, 5, 9.
 Honest update i is h_i = mu + 0.1 * z_i with mu, z_i ~ N(0, I), d = 2,048 parameters.
-Attacks: "scaled" sends 100 * h_i, "sign-flipped" sends -h_i; each attacker claims 1,000
+Attacks: "scaled" sends 100 * h_i, "sign-flipped" sends -h_i, "colluding" has two send
+50 * mu and the last send the centroid of the nine others; each attacker claims 1,000
 examples against the honest 100. f < n/2 (median), f <= floor(beta * n) = 3 (trimmed mean,
 beta 0.3) and n >= 2f + 3 = 9 (Krum's bound).
 
@@ -40,7 +41,15 @@ def scenario(attack: str) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
     honest = [{k: mu[k] + 0.1 * torch.randn(s, generator=gen) for k, s in SHAPES.items()} for _ in range(N)]
     updates, counts = [], []
     for i in range(N):
-        if i in BYZANTINE:
+        if i in BYZANTINE and attack == "colluding":
+            # Two send one far point; the last sends the centroid of all the others, which
+            # is what a score over every other update (not Krum's n - f - 2 closest) picks.
+            if i == BYZANTINE[-1]:
+                updates.append({k: torch.stack([u[k] for u in updates]).mean(0) for k in SHAPES})
+            else:
+                updates.append({k: 50.0 * v for k, v in mu.items()})
+            counts.append(1000)
+        elif i in BYZANTINE:
             factor = 100.0 if attack == "scaled" else -1.0
             updates.append({k: factor * v for k, v in honest[i].items()})
             counts.append(1000)
@@ -69,7 +78,7 @@ def honest_stats(attack: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return mean, lo, hi, r_coord, r_honest
 
 
-ATTACKS = ["scaled", "sign-flipped"]
+ATTACKS = ["scaled", "sign-flipped", "colluding"]
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
