@@ -39,7 +39,8 @@ def scenario(attack: str) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
     gen = torch.Generator().manual_seed(2024)
     mu = {k: torch.randn(s, generator=gen) for k, s in SHAPES.items()}
     honest = [{k: mu[k] + 0.1 * torch.randn(s, generator=gen) for k, s in SHAPES.items()} for _ in range(N)]
-    updates, counts = [], []
+    updates: list[dict[str, torch.Tensor]] = []
+    counts: list[int] = []
     for i in range(N):
         if i in BYZANTINE and attack == "colluding":
             # Two send one far point; the last sends the centroid of all the others, which
