@@ -622,3 +622,32 @@ def test_the_auditor_re_derives_every_adaptive_clip_figure_even_under_valid_chec
     and the clip the following round had to use, even in a log the enclave's key re-signed."""
     findings = _dp_findings_in_edited_log(adaptive_clip_log, tmp_path / "edited.log", kind, change, nth)
     assert any(message in f for f in findings), findings
+
+
+def test_a_restarted_enclave_clips_against_its_initial_adapter(tmp_path: Path, dev_policy: Policy) -> None:
+    """docs/threat-model.md: until its next release, a restarted enclave clips DP rounds
+    against its --initial-adapter (the globals released before the restart are not in its
+    memory). Round 1's release, sent back unchanged in the next enclave's round, is no step
+    from that release but far from the initial adapter: it is clipped."""
+    log = tmp_path / "audit.log"
+    first = _start_on(log, _dp_job(rounds=3, dp_rounds=2))
+    try:
+        with site_client(first.endpoint, dev_policy, "site-1", timeout=20) as client:
+            client.submit_update(make_adapter(1), round_id=1, num_examples=1)
+            released = safetensors.torch.load(bytes(client.fetch_aggregate(1, wait_seconds=15).data))
+    finally:
+        first.stop(grace=0.5)
+    step = math.sqrt(sum(float((released[k] - INITIAL[k]).pow(2).sum()) for k in INITIAL))
+    assert step > 1.0  # the clip norm: clipped against the initial adapter, not against the release
+
+    second = _start_on(log, _dp_job(rounds=3, dp_rounds=2))
+    try:
+        with site_client(second.endpoint, dev_policy, "site-3", timeout=20) as client:
+            client.submit_update(released, round_id=3, num_examples=1)
+            client.fetch_aggregate(3, wait_seconds=15)
+    finally:
+        second.stop(grace=0.5)
+    spends = {
+        e.fields["round_id"]: e.fields["dp"] for e in log_entries(log) if e.kind is EntryKind.ROUND_CLOSED
+    }
+    assert spends[3]["clipped"] == 1 and spends[3]["updates"] == 1
