@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from test_cpu_tee import SNP_SAMPLES, TDX, UP_TO_DATE, SnpSample, snp_policy, tdx_policy
 
 from attestation import (
+    AttestationError,
     CollateralCache,
     EvidenceCollectionError,
     EvidenceKind,
@@ -406,3 +407,36 @@ def test_the_aggregator_cli_offers_the_coco_collectors() -> None:
         assert CpuTee(choice) in (CpuTee.COCO_SEV_SNP, CpuTee.COCO_TDX)
         args = _parser().parse_args(["--log", "log", "--enrolment", "e.json", "--cpu-tee", choice])
         assert args.cpu_tee == choice
+
+
+def test_a_report_signed_with_non_zero_reserved_bytes_fails_its_signature(agent: FakeAgent) -> None:
+    """docs/threat-model.md: the agent's JSON drops reserved bytes and the collector rebuilds
+    them as zero (AMD's ABI): a report signed with non-zero ones fails, never passes."""
+    amd = AmdPki()
+
+    def sign(runtime_data: bytes) -> tuple[int, bytes]:
+        report = bytearray(amd.report_template())
+        report[0x50:0x90] = runtime_data.ljust(64, b"\0")
+        report[0x4C] = 1  # reserved (after the key-info word), zero in every report AMD makes
+        return 200, json.dumps(agent_snp_document(amd.sign(bytes(report)), None)).encode()
+
+    agent.answer = sign
+    keys = BoundKeys(
+        hpke_public_key=X25519PrivateKey.generate().public_key().public_bytes_raw(),
+        log_public_key=Ed25519PrivateKey.generate().public_key().public_bytes_raw(),
+    )
+    cache = CollateralCache(OfflineFetcher(amd.kds_answers()))
+    with hardware_collectors(
+        GpuCollector.NONE, CpuTee.COCO_SEV_SNP, coco_agent_url=agent.url, collateral=cache
+    ) as collectors:
+        challenge = os.urandom(32)
+        bundle = build_bundle(keys, challenge, collectors)
+    (evidence,) = bundle.evidence
+    assert evidence.payload[0x4C] == 0  # rebuilt as zero
+    policy = Policy(
+        name="coco",
+        required_evidence=(EvidenceKind.AMD_SEV_SNP,),
+        amd_sev_snp=SevSnpPolicy(measurements=(MEASUREMENT,), roots={SevSnpProduct.MILAN: amd.ark}),
+    )
+    with pytest.raises(AttestationError, match=r"(?i)signature"):
+        verify_bundle(bundle.to_bytes(), policy, challenge)
