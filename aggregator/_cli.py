@@ -46,7 +46,7 @@ from attestation import (
 from attestation._hardware import CpuTee, GpuCollector, hardware_collectors
 from attestation.cpu import DEFAULT_COCO_AGENT_URL, CocoAgentError
 from fedseal.checkpoint import check_log_origin
-from fedseal.cliargs import host_port, positive_int, positive_seconds
+from fedseal.cliargs import file_in_the_way, host_port, output_file_problem, positive_int, positive_seconds
 from fedseal.enrolment import Enrolment
 from fedseal.errors import FedSealError, FormatError
 from fedseal.roundconfig import ConfigError
@@ -467,15 +467,11 @@ def _check_paths(args: argparse.Namespace) -> None:
     """Paths that name the wrong kind of thing: refused before anything is created."""
     if args.log.is_dir():
         raise ConfigError(f"--log {args.log} is a directory; name the audit log file")
-    if (blocker := _file_in_the_way(args.log)) is not None:  # the log's folders are created
+    if (blocker := file_in_the_way(args.log)) is not None:  # the log's folders are created
         raise ConfigError(f"--log {args.log}: {blocker} is a file, not a folder")
     for flag, path in (("--port-file", args.port_file), ("--mtls-port-file", args.mtls_port_file)):
-        if path is None:
-            continue
-        if path.is_dir():
-            raise ConfigError(f"{flag} {path} is a directory; name the file to write the port to")
-        if not path.parent.is_dir():
-            raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist")
+        if path is not None and (problem := output_file_problem(flag, path)) is not None:
+            raise ConfigError(problem)
     if args.spool_dir is not None:
         if args.spool_dir.exists() and not args.spool_dir.is_dir():
             raise ConfigError(f"--spool-dir {args.spool_dir} exists and is not a directory")
@@ -483,14 +479,6 @@ def _check_paths(args: argparse.Namespace) -> None:
             # Spooling rounds write their sealed spool there; found missing only at the first
             # such round otherwise.
             raise ConfigError(f"--spool-dir {args.spool_dir} does not exist; create it first")
-
-
-def _file_in_the_way(path: Path) -> Path | None:
-    """The nearest existing folder-to-be above `path` that is not a folder, if any."""
-    for parent in path.parents:
-        if parent.exists():
-            return None if parent.is_dir() else parent
-    return None
 
 
 def _witness(text: str) -> WitnessEndpoint:

@@ -13,7 +13,7 @@ from typing import Any
 
 from attestation import AttestationError, Policy, PolicyError, collateral_fetcher, load_builtin_policy
 from fedseal.checkpoint import check_log_origin
-from fedseal.cliargs import host_port, non_negative_seconds, positive_seconds
+from fedseal.cliargs import host_port, non_negative_seconds, output_file_problem, positive_seconds
 from fedseal.errors import FedSealError, FormatError
 from fedseal.logschema import UpdateAccepted, UpdateRejected
 
@@ -489,19 +489,8 @@ def _keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _port_file_problem(path: Path | None) -> str | None:
-    """Why the port cannot be written to `path` (checked before serving), or None."""
-    if path is None:
-        return None
-    if path.is_dir():
-        return f"--port-file {path} is a folder; name the file to write the port to"
-    if not path.parent.is_dir():
-        return f"--port-file {path}: {path.parent} does not exist or is not a folder"
-    return None
-
-
 def _serve_witness(args: argparse.Namespace, policy: Policy) -> int:
-    if (problem := _port_file_problem(args.port_file)) is not None:
+    if args.port_file is not None and (problem := output_file_problem("--port-file", args.port_file)):
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:

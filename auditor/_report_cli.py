@@ -10,6 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from attestation import Policy, collateral_fetcher
+from fedseal.cliargs import file_in_the_way, output_file_problem
 from fedseal.errors import FedSealError
 
 from ._browser import BrowserUnavailableError, screenshot
@@ -107,21 +108,16 @@ def _os_error(exc: OSError, fallback: Path, doing: str = "") -> str:
     return f"error: {doing}{exc.filename or fallback}: {exc.strerror or exc}"
 
 
-def _output_problem(flag: str, path: Path, *, folder: bool = False) -> str | None:
-    """Why `path` cannot be written as `flag`'s output (checked before any work), or None."""
+def _pack_folder_problem(flag: str, path: Path) -> str | None:
+    """Why `path` cannot take a new evidence pack (checked before any work), or None; the
+    pack makes the folders it needs, but not under a file."""
     try:
-        if folder and path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
             return f"{flag} {path} exists and is not an empty folder: an evidence pack is never merged"
     except OSError as exc:
         return f"{flag} {path}: {exc.strerror}"
-    if not folder and path.is_dir():
-        return f"{flag} {path} is a folder; name the file to write"
-    # A file where a folder must be: the pack makes the folders it needs, the report does not.
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        return f"{flag} {path}: {parent} is a file, not a folder"
-    if not folder and not path.parent.is_dir():
-        return f"{flag} {path}: the folder {path.parent} does not exist"
+    if (blocker := file_in_the_way(path)) is not None:
+        return f"{flag} {path}: {blocker} is a file, not a folder"
     return None
 
 
@@ -136,7 +132,7 @@ def run_evidence_pack(args: argparse.Namespace, policy: Policy) -> int:
     if not args.log.is_file():
         print(f"error: {args.log} is not a readable file", file=sys.stderr)
         return EXIT_USAGE
-    if (problem := _output_problem("OUT", args.out, folder=True)) is not None:
+    if (problem := _pack_folder_problem("OUT", args.out)) is not None:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -188,14 +184,14 @@ def run_report(args: argparse.Namespace, policy: Policy) -> int:
         return EXIT_USAGE
     # Checked before the audit: Chromium would fail only after the HTML is written, with its
     # own log line for a message.
-    problem = _output_problem("--out", args.out)
+    problem = output_file_problem("--out", args.out)
     if problem is None and args.png is not None:
         if args.png.suffix.lower() != ".png":
             problem = f"--png {args.png} does not end in .png (Chromium picks the format by the suffix)"
         elif args.png.resolve() == args.out.resolve():
             problem = f"--png {args.png} is the --out file; the PNG would replace the HTML"
         else:
-            problem = _output_problem("--png", args.png)
+            problem = output_file_problem("--png", args.png)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE

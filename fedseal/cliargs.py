@@ -12,10 +12,19 @@ import argparse
 import math
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from fedseal.errors import FormatError
 
-__all__ = ["host_port", "non_negative_seconds", "parse_host_port", "positive_int", "positive_seconds"]
+__all__ = [
+    "file_in_the_way",
+    "host_port",
+    "non_negative_seconds",
+    "output_file_problem",
+    "parse_host_port",
+    "positive_int",
+    "positive_seconds",
+]
 
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -94,3 +103,21 @@ def positive_seconds(text: str) -> float:
 def non_negative_seconds(text: str) -> float:
     """argparse type: a finite number >= 0."""
     return _seconds(text, allow_zero=True)
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing path above `path` if it is a file (where a folder must be), else None."""
+    existing = next((parent for parent in path.absolute().parents if parent.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
+def output_file_problem(flag: str, path: Path) -> str | None:
+    """Why `flag` cannot write a file at `path`, checked before any work (a folder there, a
+    file where a folder must be, a folder that does not exist), or None."""
+    if path.is_dir():
+        return f"{flag} {path} is a folder; name the file to write"
+    if (blocker := file_in_the_way(path)) is not None:
+        return f"{flag} {path}: {blocker} is a file, not a folder"
+    if not path.parent.is_dir():
+        return f"{flag} {path}: the folder {path.parent} does not exist"
+    return None
