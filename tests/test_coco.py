@@ -31,6 +31,7 @@ from test_cpu_tee import SNP_SAMPLES, TDX, UP_TO_DATE, SnpSample, snp_policy, td
 from attestation import (
     AttestationError,
     CollateralCache,
+    EvidenceBundle,
     EvidenceCollectionError,
     EvidenceKind,
     OfflineFetcher,
@@ -151,39 +152,62 @@ def test_tdx_quote_comes_back_byte_identical_and_verifies(agent: FakeAgent) -> N
 # --------------------------------------------------------------------------- end to end
 
 
+def _signing_over_the_asked_report_data(
+    amd: AmdPki, *, reserved_0x4c: int = 0
+) -> Callable[[bytes], tuple[int, bytes]]:
+    """An agent answer as the real agent gives one: a report (signed by the test AMD PKI)
+    over whatever report data it is asked for."""
+
+    def sign(runtime_data: bytes) -> tuple[int, bytes]:
+        report = bytearray(amd.report_template())
+        report[0x50:0x90] = runtime_data.ljust(64, b"\0")
+        report[0x4C] = reserved_0x4c
+        return 200, json.dumps(agent_snp_document(amd.sign(bytes(report)), None)).encode()
+
+    return sign
+
+
+def _bound_keys() -> BoundKeys:
+    return BoundKeys(
+        hpke_public_key=X25519PrivateKey.generate().public_key().public_bytes_raw(),
+        log_public_key=Ed25519PrivateKey.generate().public_key().public_bytes_raw(),
+    )
+
+
+def _collect_through(
+    agent: FakeAgent, amd: AmdPki, keys: BoundKeys, challenge: bytes
+) -> tuple[EvidenceBundle, list[Any]]:
+    """A bundle built by the CoCo SEV-SNP collectors through `agent`, stapled offline."""
+    cache = CollateralCache(OfflineFetcher(amd.kds_answers()))
+    with hardware_collectors(
+        GpuCollector.NONE, CpuTee.COCO_SEV_SNP, coco_agent_url=agent.url, collateral=cache
+    ) as collectors:
+        return build_bundle(keys, challenge, collectors), list(collectors)
+
+
+def _test_pki_policy(amd: AmdPki) -> Policy:
+    return Policy(
+        name="coco",
+        required_evidence=(EvidenceKind.AMD_SEV_SNP,),
+        amd_sev_snp=SevSnpPolicy(measurements=(MEASUREMENT,), roots={SevSnpProduct.MILAN: amd.ark}),
+    )
+
+
 def test_a_bundle_collected_through_the_agent_verifies_end_to_end(agent: FakeAgent) -> None:
     """With the test AMD PKI the stand-in signs a report over whatever report data it is
     asked for, like the real agent; the SEV-SNP stapler adds the VCEK chain, the client
     verifies the bundle offline, and another client's challenge is refused."""
     amd = AmdPki()
-
-    def sign(runtime_data: bytes) -> tuple[int, bytes]:
-        report = bytearray(amd.report_template())
-        report[0x50:0x90] = runtime_data.ljust(64, b"\0")
-        return 200, json.dumps(agent_snp_document(amd.sign(bytes(report)), None)).encode()
-
-    agent.answer = sign
-    keys = BoundKeys(
-        hpke_public_key=X25519PrivateKey.generate().public_key().public_bytes_raw(),
-        log_public_key=Ed25519PrivateKey.generate().public_key().public_bytes_raw(),
-    )
-    cache = CollateralCache(OfflineFetcher(amd.kds_answers()))
-    with hardware_collectors(
-        GpuCollector.NONE, CpuTee.COCO_SEV_SNP, coco_agent_url=agent.url, collateral=cache
-    ) as collectors:
-        assert isinstance(collectors[0], SevSnpCollateralStapler)
-        challenge = os.urandom(32)
-        bundle = build_bundle(keys, challenge, collectors)
-    policy = Policy(
-        name="coco",
-        required_evidence=(EvidenceKind.AMD_SEV_SNP,),
-        amd_sev_snp=SevSnpPolicy(measurements=(MEASUREMENT,), roots={SevSnpProduct.MILAN: amd.ark}),
-    )
+    agent.answer = _signing_over_the_asked_report_data(amd)
+    keys, challenge = _bound_keys(), os.urandom(32)
+    bundle, collectors = _collect_through(agent, amd, keys, challenge)
+    assert isinstance(collectors[0], SevSnpCollateralStapler)
+    policy = _test_pki_policy(amd)
     result = verify_bundle(bundle.to_bytes(), policy, challenge)
     assert result.bundle_digest == bundle.digest()
     # The runtime data went out as URL-safe base64 without padding, marked as such.
     assert all("encoding=base64" in query and "%3D" not in query for query in agent.queries)
-    other = build_bundle(keys, os.urandom(32), collectors)
+    other, _ = _collect_through(agent, amd, keys, os.urandom(32))
     with pytest.raises(CpuReportDataMismatchError):
         verify_bundle(
             bundle.__class__(
@@ -413,30 +437,11 @@ def test_a_report_signed_with_non_zero_reserved_bytes_fails_its_signature(agent:
     """docs/threat-model.md: the agent's JSON drops reserved bytes and the collector rebuilds
     them as zero (AMD's ABI): a report signed with non-zero ones fails, never passes."""
     amd = AmdPki()
-
-    def sign(runtime_data: bytes) -> tuple[int, bytes]:
-        report = bytearray(amd.report_template())
-        report[0x50:0x90] = runtime_data.ljust(64, b"\0")
-        report[0x4C] = 1  # reserved (after the key-info word), zero in every report AMD makes
-        return 200, json.dumps(agent_snp_document(amd.sign(bytes(report)), None)).encode()
-
-    agent.answer = sign
-    keys = BoundKeys(
-        hpke_public_key=X25519PrivateKey.generate().public_key().public_bytes_raw(),
-        log_public_key=Ed25519PrivateKey.generate().public_key().public_bytes_raw(),
-    )
-    cache = CollateralCache(OfflineFetcher(amd.kds_answers()))
-    with hardware_collectors(
-        GpuCollector.NONE, CpuTee.COCO_SEV_SNP, coco_agent_url=agent.url, collateral=cache
-    ) as collectors:
-        challenge = os.urandom(32)
-        bundle = build_bundle(keys, challenge, collectors)
+    # Byte 0x4C is reserved (after the key-info word): zero in every report AMD makes.
+    agent.answer = _signing_over_the_asked_report_data(amd, reserved_0x4c=1)
+    challenge = os.urandom(32)
+    bundle, _ = _collect_through(agent, amd, _bound_keys(), challenge)
     (evidence,) = bundle.evidence
     assert evidence.payload[0x4C] == 0  # rebuilt as zero
-    policy = Policy(
-        name="coco",
-        required_evidence=(EvidenceKind.AMD_SEV_SNP,),
-        amd_sev_snp=SevSnpPolicy(measurements=(MEASUREMENT,), roots={SevSnpProduct.MILAN: amd.ark}),
-    )
     with pytest.raises(AttestationError, match=r"(?i)signature"):
-        verify_bundle(bundle.to_bytes(), policy, challenge)
+        verify_bundle(bundle.to_bytes(), _test_pki_policy(amd), challenge)
