@@ -3,7 +3,10 @@ quick starts, data card)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -93,3 +96,25 @@ def test_the_quickstarts_install_line_names_the_extras_the_default_policy_needs(
     assert any(spec.startswith("cyclonedx-python-lib") for spec in extras["audit"])
     quickstart = (ROOT / "docs" / "quickstart.md").read_text()
     assert "pip install -e '.[nvidia]'" in quickstart and "pip install -e '.[nvidia,audit]'" in quickstart
+
+
+def test_the_flower_lora_readmes_job_steps_run_as_written(tmp_path: Path) -> None:
+    # examples/flower_lora/README.md, "As a Flower app": the initial adapter and the job it
+    # makes (everything before the long-running aggregator), run as written from a
+    # repository-like root.
+    readme = (ROOT / "examples" / "flower_lora" / "README.md").read_text()
+    block = next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.DOTALL) if "fedseal-job init" in b)
+    steps = block.split("\nfedseal-aggregator ")[0]
+    assert steps.startswith("python -c") and "fedseal-job init examples/flower_lora/job" in steps
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    result = subprocess.run(
+        ["bash", "-euc", steps], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    job = tmp_path / "examples" / "flower_lora" / "job"
+    for name in ("job.json", "enrolment.json", "initial_adapter.safetensors", "flower-server.key"):
+        assert (job / name).is_file(), name
